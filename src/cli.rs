@@ -1,0 +1,99 @@
+//! The command line. Doc comments here are the `--help` text.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::Flags;
+
+/// Finds leaked and excessive NATS connections per user across a cluster.
+#[derive(Debug, Parser)]
+#[command(name = "connwatch", version, about)]
+pub struct Cli {
+    /// Config file [default: config/connwatch.toml when it exists]
+    #[arg(long, global = true, env = "CONNWATCH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log format on stderr
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Settings that override the config file and environment.
+    #[command(flatten)]
+    pub overrides: Overrides,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags that override configuration keys.
+#[derive(Debug, Args)]
+pub struct Overrides {
+    /// NATS server URL; repeat for several (overrides `nats.servers`)
+    #[arg(short = 's', long = "server", global = true)]
+    pub servers: Vec<String>,
+    /// System-account .creds file (overrides `nats.creds`)
+    #[arg(long, global = true)]
+    pub creds: Option<PathBuf>,
+    /// Servers that must answer for a complete sweep (overrides `sweep.expected_servers`)
+    #[arg(long, global = true)]
+    pub expected_servers: Option<usize>,
+    /// How long to wait for replies, e.g. 5s (overrides `sweep.timeout`)
+    #[arg(long, global = true, value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
+}
+
+impl Overrides {
+    /// The flags as a configuration layer.
+    pub fn to_flags(&self) -> Flags {
+        Flags {
+            servers: self.servers.clone(),
+            creds: self.creds.clone(),
+            expected_servers: self.expected_servers,
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Sweep the cluster once and print every user's connections
+    Report(ReportArgs),
+    /// Validate the configuration and print it, secrets redacted
+    CheckConfig,
+}
+
+/// `connwatch report` options.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Show at most this many users, most connections first; 0 shows all
+    #[arg(long, default_value_t = 20)]
+    pub top: usize,
+    /// Only this account (name or public key)
+    #[arg(long)]
+    pub account: Option<String>,
+    /// Only this user (name or public nkey)
+    #[arg(long)]
+    pub user: Option<String>,
+}
+
+/// Report output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// A table for a person.
+    Table,
+    /// JSON for a program.
+    Json,
+}

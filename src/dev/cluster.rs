@@ -1,0 +1,1142 @@
+//! A real local nats-server cluster on loopback, for integration tests and manual development.
+//!
+//! Synchronous on purpose (std processes and sockets) so it works from plain tests and from
+//! inside tokio alike. Servers are child processes; dropping the [`Cluster`] kills them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use nkeys::KeyPair;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::jwt::{AccountTemplate, OperatorSetup};
+
+/// Environment variable naming the nats-server binary to use instead of the one on `PATH`.
+pub const NATS_SERVER_BIN_ENV: &str = "NATS_SERVER_BIN";
+
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+const TERMINATE_TIMEOUT: Duration = Duration::from_secs(10);
+const START_ATTEMPTS: usize = 3;
+const REQUEST_WAIT: Duration = Duration::from_secs(1);
+const INBOX_PREFIX: &str = "_INBOX.connwatch-dev-harness";
+
+/// How clients authenticate to the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Accounts and user/password pairs in the server configuration file.
+    Config,
+    /// Operator mode: JWTs minted by [`OperatorSetup`], users log in with `.creds` files.
+    Operator,
+}
+
+/// A user of an account. The password is only used in [`AuthMode::Config`].
+#[derive(Debug, Clone)]
+pub struct UserSpec {
+    /// User name (config mode: the login; operator mode: the JWT `name` claim).
+    pub name: String,
+    /// Password in config mode.
+    pub password: String,
+}
+
+/// An application account and its users.
+#[derive(Debug, Clone)]
+pub struct AccountSpec {
+    /// Account name.
+    pub name: String,
+    /// The account's users.
+    pub users: Vec<UserSpec>,
+    /// Account-wide connection limit (`limits { max_connections }` or JWT `limits.conn`);
+    /// `None` for unlimited.
+    pub max_connections: Option<i64>,
+}
+
+impl AccountSpec {
+    /// An account with no users and no connection limit.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            users: Vec::new(),
+            max_connections: None,
+        }
+    }
+
+    /// Adds a user.
+    pub fn user(mut self, name: impl Into<String>, password: impl Into<String>) -> Self {
+        self.users.push(UserSpec {
+            name: name.into(),
+            password: password.into(),
+        });
+        self
+    }
+
+    /// Sets the account-wide connection limit.
+    pub fn max_connections(mut self, limit: i64) -> Self {
+        self.max_connections = Some(limit);
+        self
+    }
+}
+
+/// What cluster to start. Build with [`ClusterSpec::new`] and adjust the public fields.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    /// Directory for configuration files, logs and `.creds` files (created if missing).
+    pub dir: PathBuf,
+    /// Number of servers.
+    pub servers: usize,
+    /// The `cluster { name }`.
+    pub cluster_name: String,
+    /// How clients authenticate.
+    pub mode: AuthMode,
+    /// The user of the system account `SYS` that connwatch logs in as.
+    pub system_user: UserSpec,
+    /// Application accounts (`SYS` is always added).
+    pub accounts: Vec<AccountSpec>,
+    /// Server-wide `max_connections`; `None` leaves the server default.
+    pub max_connections: Option<u64>,
+    /// How long to wait for every server to be up with its routes formed.
+    pub start_timeout: Duration,
+}
+
+impl ClusterSpec {
+    /// Three servers in config mode, system user `sys`, no application accounts, 20 s to start.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            servers: 3,
+            cluster_name: "connwatch-dev".to_owned(),
+            mode: AuthMode::Config,
+            system_user: UserSpec {
+                name: "sys".to_owned(),
+                password: "sys-dev-password".to_owned(),
+            },
+            accounts: Vec::new(),
+            max_connections: None,
+            start_timeout: Duration::from_secs(20),
+        }
+    }
+
+    /// Adds an application account.
+    pub fn account(mut self, account: AccountSpec) -> Self {
+        self.accounts.push(account);
+        self
+    }
+
+    /// Sets the authentication mode.
+    pub fn mode(mut self, mode: AuthMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Sets the number of servers.
+    pub fn servers(mut self, servers: usize) -> Self {
+        self.servers = servers;
+        self
+    }
+}
+
+#[derive(Debug)]
+struct Server {
+    name: String,
+    client_port: u16,
+    http_port: u16,
+    route_port: u16,
+    config_path: PathBuf,
+    log_path: PathBuf,
+    stderr_path: PathBuf,
+    child: Option<Child>,
+    paused: bool,
+}
+
+impl Server {
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    fn http_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.http_port))
+    }
+
+    /// Last lines of the server's stderr and log, for error messages.
+    fn diagnostics(&self) -> String {
+        let mut out = String::new();
+        for path in [&self.stderr_path, &self.log_path] {
+            if let Ok(text) = std::fs::read_to_string(path) {
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(15)..];
+                if !tail.is_empty() {
+                    let _ = write!(out, "\n--- {} ---\n{}", path.display(), tail.join("\n"));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// One server's addresses, as written to `cluster.json` by `connwatch-dev cluster`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerInfo {
+    /// `server_name`.
+    pub name: String,
+    /// `nats://127.0.0.1:<port>`.
+    pub client_url: String,
+    /// `http://127.0.0.1:<port>`.
+    pub monitor_url: String,
+    /// `nats-route://127.0.0.1:<port>`.
+    pub route_url: String,
+    /// The process id, if running.
+    pub pid: Option<u32>,
+    /// The server's configuration file.
+    pub config: PathBuf,
+    /// The server's log file.
+    pub log: PathBuf,
+}
+
+/// A description of a running cluster, serialisable for scripts.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterInfo {
+    /// The cluster name.
+    pub cluster_name: String,
+    /// The authentication mode.
+    pub mode: AuthMode,
+    /// The servers.
+    pub servers: Vec<ServerInfo>,
+    /// `.creds` files by `"<account>/<user>"` (operator mode only).
+    pub creds: BTreeMap<String, PathBuf>,
+}
+
+/// A running local nats-server cluster. Dropping it kills and reaps every server.
+#[derive(Debug)]
+pub struct Cluster {
+    spec: ClusterSpec,
+    binary: PathBuf,
+    servers: Vec<Server>,
+    operator: Option<OperatorSetup>,
+    creds: BTreeMap<(String, String), PathBuf>,
+}
+
+impl Cluster {
+    /// Starts the cluster and waits (polling, up to `spec.start_timeout`) until every server
+    /// answers `/healthz`, has routes to every other server (including the dedicated
+    /// system-account route), and answers `$SYS.REQ.SERVER.PING.STATSZ` with `active_servers`
+    /// counting all of them: servers learn of each other over the system account a little after
+    /// the routes form, and connwatch relies on that count.
+    ///
+    /// The convergence check logs in as the system user (client name `connwatch-dev-harness`),
+    /// so that connection shows up among the servers' closed connections.
+    pub fn start(spec: ClusterSpec) -> anyhow::Result<Cluster> {
+        if spec.servers == 0 {
+            bail!("a cluster needs at least one server");
+        }
+        let binary = find_nats_server()?;
+        std::fs::create_dir_all(&spec.dir)
+            .with_context(|| format!("failed to create {}", spec.dir.display()))?;
+
+        let mut cluster = Cluster {
+            binary,
+            servers: Vec::new(),
+            operator: None,
+            creds: BTreeMap::new(),
+            spec,
+        };
+        if cluster.spec.mode == AuthMode::Operator {
+            cluster.mint_operator_setup()?;
+        }
+
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match cluster.try_start() {
+                Ok(()) => return Ok(cluster),
+                Err(err) => {
+                    // Ports are picked by binding :0 and released before the servers bind them, so
+                    // another process can take one in between: pick new ports and try again.
+                    let port_race = cluster
+                        .servers
+                        .iter()
+                        .any(|s| s.diagnostics().contains("address already in use"));
+                    cluster.kill_all();
+                    if !port_race || attempt >= START_ATTEMPTS {
+                        return Err(err);
+                    }
+                }
+            }
+        }
+    }
+
+    fn mint_operator_setup(&mut self) -> anyhow::Result<()> {
+        let templates: Vec<AccountTemplate> = self
+            .spec
+            .accounts
+            .iter()
+            .map(|a| AccountTemplate {
+                name: a.name.clone(),
+                conn_limit: a.max_connections.unwrap_or(-1),
+                users: a.users.iter().map(|u| u.name.clone()).collect(),
+            })
+            .collect();
+        let setup = OperatorSetup::generate(
+            &self.spec.cluster_name,
+            &[self.spec.system_user.name.as_str()],
+            &templates,
+        )?;
+        for account in std::iter::once(&setup.system_account).chain(&setup.accounts) {
+            for user in &account.users {
+                let path = self
+                    .spec
+                    .dir
+                    .join(format!("{}-{}.creds", account.name, user.name));
+                std::fs::write(&path, user.creds())
+                    .with_context(|| format!("failed to write {}", path.display()))?;
+                self.creds
+                    .insert((account.name.clone(), user.name.clone()), path);
+            }
+        }
+        self.operator = Some(setup);
+        Ok(())
+    }
+
+    fn try_start(&mut self) -> anyhow::Result<()> {
+        let n = self.spec.servers;
+        let ports = free_ports(3 * n)?;
+        self.servers = (0..n)
+            .map(|i| {
+                let name = format!("n{}", i + 1);
+                Server {
+                    client_port: ports[3 * i],
+                    http_port: ports[3 * i + 1],
+                    route_port: ports[3 * i + 2],
+                    config_path: self.spec.dir.join(format!("{name}.conf")),
+                    log_path: self.spec.dir.join(format!("{name}.log")),
+                    stderr_path: self.spec.dir.join(format!("{name}.stderr")),
+                    name,
+                    child: None,
+                    paused: false,
+                }
+            })
+            .collect();
+        for i in 0..n {
+            let config = self.render_server_config(i);
+            let path = &self.servers[i].config_path;
+            std::fs::write(path, config)
+                .with_context(|| format!("failed to write {}", path.display()))?;
+            // Old logs would confuse the port-race check and the reader.
+            let _ = std::fs::remove_file(&self.servers[i].log_path);
+        }
+        for i in 0..n {
+            self.spawn(i)?;
+        }
+        let deadline = Instant::now() + self.spec.start_timeout;
+        for i in 0..n {
+            self.wait_ready(i, deadline)?;
+        }
+        self.wait_converged(0, deadline)
+    }
+
+    /// The nats-server configuration file for server `i`.
+    fn render_server_config(&self, i: usize) -> String {
+        let server = &self.servers[i];
+        let mut out = String::new();
+        let _ = writeln!(out, "server_name: {}", server.name);
+        let _ = writeln!(out, "listen: 127.0.0.1:{}", server.client_port);
+        let _ = writeln!(out, "http: 127.0.0.1:{}", server.http_port);
+        let _ = writeln!(
+            out,
+            "log_file: {}",
+            quote(&server.log_path.to_string_lossy())
+        );
+        if let Some(max) = self.spec.max_connections {
+            let _ = writeln!(out, "max_connections: {max}");
+        }
+        let routes: Vec<String> = self
+            .servers
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, s)| format!("nats-route://127.0.0.1:{}", s.route_port))
+            .collect();
+        let _ = writeln!(
+            out,
+            "cluster {{\n  name: {}\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}",
+            quote(&self.spec.cluster_name),
+            server.route_port,
+            routes.join(", ")
+        );
+        match &self.operator {
+            Some(setup) => out.push_str(&setup.server_config()),
+            None => {
+                out.push_str("accounts {\n");
+                let sys = AccountSpec {
+                    name: "SYS".to_owned(),
+                    users: vec![self.spec.system_user.clone()],
+                    max_connections: None,
+                };
+                for account in std::iter::once(&sys).chain(&self.spec.accounts) {
+                    let users: Vec<String> = account
+                        .users
+                        .iter()
+                        .map(|u| {
+                            format!(
+                                "{{user: {}, password: {}}}",
+                                quote(&u.name),
+                                quote(&u.password)
+                            )
+                        })
+                        .collect();
+                    let _ = write!(
+                        out,
+                        "  {} {{\n    users: [{}]\n",
+                        quote(&account.name),
+                        users.join(", ")
+                    );
+                    if let Some(limit) = account.max_connections {
+                        let _ = writeln!(out, "    limits {{ max_connections: {limit} }}");
+                    }
+                    out.push_str("  }\n");
+                }
+                out.push_str("}\nsystem_account: SYS\n");
+            }
+        }
+        out
+    }
+
+    fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        let server = &mut self.servers[i];
+        let stderr = std::fs::File::create(&server.stderr_path)
+            .with_context(|| format!("failed to create {}", server.stderr_path.display()))?;
+        let child = Command::new(&self.binary)
+            .arg("-c")
+            .arg(&server.config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("failed to run {}", self.binary.display()))?;
+        server.child = Some(child);
+        server.paused = false;
+        Ok(())
+    }
+
+    /// Polls server `i` until it is healthy with routes to every other running server.
+    fn wait_ready(&mut self, i: usize, deadline: Instant) -> anyhow::Result<()> {
+        let peers: BTreeSet<String> = self
+            .servers
+            .iter()
+            .enumerate()
+            .filter(|(j, s)| *j != i && s.child.is_some() && !s.paused)
+            .map(|(_, s)| s.name.clone())
+            .collect();
+        let system_account = match &self.operator {
+            Some(setup) => setup.system_account.public_key(),
+            None => "SYS".to_owned(),
+        };
+        loop {
+            let server = &mut self.servers[i];
+            if let Some(child) = server.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    server.child = None;
+                    bail!(
+                        "nats-server {} exited during start-up ({status}){}",
+                        server.name,
+                        server.diagnostics()
+                    );
+                }
+            }
+            let last_state = match readiness(server.http_addr(), &peers, &system_account) {
+                Ok(()) => return Ok(()),
+                Err(err) => err,
+            };
+            if Instant::now() >= deadline {
+                bail!(
+                    "nats-server {} not ready in time: {last_state}{}",
+                    server.name,
+                    server.diagnostics()
+                );
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// Polls STATSZ through server `via` until every running, unpaused server answers and
+    /// counts at least that many active servers.
+    fn wait_converged(&self, via: usize, deadline: Instant) -> anyhow::Result<()> {
+        let http = self.servers[via].http_addr();
+        let mut client = None;
+        loop {
+            let state = match self.statsz_round(via, &mut client, deadline) {
+                Ok(None) => break,
+                Ok(Some(state)) => state,
+                Err(err) => format!("{err:#}"),
+            };
+            if Instant::now() >= deadline {
+                if let Some(client) = client {
+                    let _ = client.close(http);
+                }
+                bail!("cluster did not converge in time: {state}");
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+        match client {
+            Some(client) => client.close(http),
+            None => Ok(()),
+        }
+    }
+
+    /// One STATSZ round for [`Cluster::wait_converged`]: `None` once converged, else what is
+    /// still missing. Keeps the connection in `client` for the next round while it is usable.
+    fn statsz_round(
+        &self,
+        via: usize,
+        client: &mut Option<SysClient>,
+        deadline: Instant,
+    ) -> anyhow::Result<Option<String>> {
+        let expected = self
+            .servers
+            .iter()
+            .filter(|s| s.child.is_some() && !s.paused)
+            .count();
+        let mut c = match client.take() {
+            Some(c) => c,
+            None => SysClient::connect(self.client_addr(via), &self.system_auth()?)?,
+        };
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .min(REQUEST_WAIT);
+        let (replies, complete) =
+            c.request_all("$SYS.REQ.SERVER.PING.STATSZ", b"", expected, wait)?;
+        if complete {
+            *client = Some(c);
+        } else {
+            // A timed-out read leaves the stream mid-message: start afresh next round.
+            let _ = c.close(self.servers[via].http_addr());
+        }
+        let counts: Vec<u64> = replies
+            .iter()
+            .map(|r| r["statsz"]["active_servers"].as_u64().unwrap_or(0))
+            .collect();
+        if counts.len() == expected && counts.iter().all(|&n| n >= expected as u64) {
+            return Ok(None);
+        }
+        Ok(Some(format!(
+            "{} of {expected} servers answered STATSZ, active_servers {counts:?}",
+            counts.len()
+        )))
+    }
+
+    fn system_auth(&self) -> anyhow::Result<SysAuth> {
+        let user = &self.spec.system_user;
+        Ok(match &self.operator {
+            Some(setup) => {
+                let minted = setup
+                    .user("SYS", &user.name)
+                    .ok_or_else(|| anyhow!("system user {} not minted", user.name))?;
+                SysAuth::Creds {
+                    jwt: minted.jwt.clone(),
+                    key: Box::new(minted.key.clone()),
+                }
+            }
+            None => SysAuth::UserPassword {
+                user: user.name.clone(),
+                password: user.password.clone(),
+            },
+        })
+    }
+
+    /// Sends a request as the system user through server `via` and gathers up to `expect`
+    /// replies for at most `wait` (e.g. `$SYS.REQ.SERVER.PING.STATSZ`, which every server
+    /// answers). A small synchronous client, independent of the code under test; its connection
+    /// is gone from the server's connz when this returns.
+    pub fn system_request(
+        &self,
+        via: usize,
+        subject: &str,
+        body: &[u8],
+        expect: usize,
+        wait: Duration,
+    ) -> anyhow::Result<Vec<Value>> {
+        let mut client = SysClient::connect(self.client_addr(via), &self.system_auth()?)?;
+        let (replies, _) = client.request_all(subject, body, expect, wait)?;
+        client.close(self.servers[via].http_addr())?;
+        Ok(replies)
+    }
+
+    /// Number of servers.
+    pub fn len(&self) -> usize {
+        self.servers.len()
+    }
+
+    /// Always false: a cluster has at least one server.
+    pub fn is_empty(&self) -> bool {
+        self.servers.is_empty()
+    }
+
+    /// The directory holding configuration, logs and `.creds` files.
+    pub fn dir(&self) -> &Path {
+        &self.spec.dir
+    }
+
+    /// The authentication mode.
+    pub fn mode(&self) -> AuthMode {
+        self.spec.mode
+    }
+
+    /// The client URLs, `nats://127.0.0.1:<port>`, in server order.
+    pub fn client_urls(&self) -> Vec<String> {
+        (0..self.len()).map(|i| self.client_url(i)).collect()
+    }
+
+    /// Server `i`'s client URL.
+    pub fn client_url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.servers[i].client_port)
+    }
+
+    /// Server `i`'s client address.
+    pub fn client_addr(&self, i: usize) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.servers[i].client_port))
+    }
+
+    /// Server `i`'s `server_name` (`n1`, `n2`, ...).
+    pub fn server_name(&self, i: usize) -> &str {
+        &self.servers[i].name
+    }
+
+    /// Server `i`'s monitoring URL, `http://127.0.0.1:<port>`.
+    pub fn monitor_url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.servers[i].http_port)
+    }
+
+    /// Server `i`'s process id, if it is running.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.servers[i].pid()
+    }
+
+    /// Server `i`'s log file.
+    pub fn log_path(&self, i: usize) -> &Path {
+        &self.servers[i].log_path
+    }
+
+    /// The minted operator setup (operator mode only).
+    pub fn operator(&self) -> Option<&OperatorSetup> {
+        self.operator.as_ref()
+    }
+
+    /// The `.creds` file of `user` in `account` (operator mode only; the system account is `SYS`).
+    pub fn creds_path(&self, account: &str, user: &str) -> Option<&Path> {
+        self.creds
+            .get(&(account.to_owned(), user.to_owned()))
+            .map(PathBuf::as_path)
+    }
+
+    /// The system user's `.creds` file (operator mode only).
+    pub fn system_creds_path(&self) -> Option<&Path> {
+        self.creds_path("SYS", &self.spec.system_user.name)
+    }
+
+    /// The system user (name and, in config mode, password).
+    pub fn system_user(&self) -> &UserSpec {
+        &self.spec.system_user
+    }
+
+    /// A connwatch configuration for this cluster: a `[nats]` table with the servers and the
+    /// system user's credentials. Tests append further sections.
+    pub fn connwatch_toml(&self) -> String {
+        let servers: Vec<String> = self.client_urls().iter().map(|u| toml_string(u)).collect();
+        let mut out = format!("[nats]\nservers = [{}]\n", servers.join(", "));
+        match self.system_creds_path() {
+            Some(path) => {
+                let _ = writeln!(out, "creds = {}", toml_string(&path.to_string_lossy()));
+            }
+            None => {
+                let user = &self.spec.system_user;
+                let _ = writeln!(out, "user = {}", toml_string(&user.name));
+                let _ = writeln!(out, "password = {}", toml_string(&user.password));
+            }
+        }
+        out
+    }
+
+    /// Addresses and files of the cluster, for `cluster.json`.
+    pub fn info(&self) -> ClusterInfo {
+        ClusterInfo {
+            cluster_name: self.spec.cluster_name.clone(),
+            mode: self.spec.mode,
+            servers: self
+                .servers
+                .iter()
+                .enumerate()
+                .map(|(i, s)| ServerInfo {
+                    name: s.name.clone(),
+                    client_url: self.client_url(i),
+                    monitor_url: self.monitor_url(i),
+                    route_url: format!("nats-route://127.0.0.1:{}", s.route_port),
+                    pid: s.pid(),
+                    config: s.config_path.clone(),
+                    log: s.log_path.clone(),
+                })
+                .collect(),
+            creds: self
+                .creds
+                .iter()
+                .map(|((account, user), path)| (format!("{account}/{user}"), path.clone()))
+                .collect(),
+        }
+    }
+
+    /// GETs `path` (e.g. `/varz`) from server `i`'s monitoring port and parses the JSON body.
+    pub fn monitor_get(&self, i: usize, path: &str) -> anyhow::Result<Value> {
+        let (status, body) = http_get(self.servers[i].http_addr(), path)?;
+        if status != 200 {
+            bail!(
+                "GET {path} on {} returned {status}: {body}",
+                self.servers[i].name
+            );
+        }
+        serde_json::from_str(&body).with_context(|| format!("GET {path} returned invalid JSON"))
+    }
+
+    /// Open client connections on server `i` by `(account, authorized_user)`, from the server's
+    /// own `/connz` (the ground truth tests compare against). Config mode reports connections of
+    /// the global account without `account`: they are counted under `$G`. In operator mode both
+    /// keys are public nkeys.
+    pub fn connz_counts(&self, i: usize) -> anyhow::Result<BTreeMap<(String, String), u64>> {
+        let connz = self.monitor_get(i, "/connz?auth=true&limit=10000000")?;
+        let total = connz["total"].as_u64().unwrap_or(0);
+        let connections = connz["connections"].as_array().cloned().unwrap_or_default();
+        if connections.len() as u64 != total {
+            bail!(
+                "connz returned {} of {total} connections",
+                connections.len()
+            );
+        }
+        let mut counts = BTreeMap::new();
+        for conn in &connections {
+            let account = conn["account"].as_str().unwrap_or("$G").to_owned();
+            let user = conn["authorized_user"].as_str().unwrap_or("").to_owned();
+            *counts.entry((account, user)).or_insert(0) += 1;
+        }
+        Ok(counts)
+    }
+
+    /// Kills server `i` with SIGKILL and reaps it.
+    pub fn kill(&mut self, i: usize) -> anyhow::Result<()> {
+        let server = &mut self.servers[i];
+        if let Some(mut child) = server.child.take() {
+            // Fails only if it already exited, which is what we want anyway.
+            let _ = child.kill();
+            child.wait().context("failed to reap nats-server")?;
+        }
+        server.paused = false;
+        Ok(())
+    }
+
+    /// Stops server `i` with SIGTERM (a clean shutdown) and waits for it to exit; SIGKILL after
+    /// 10 s.
+    pub fn terminate(&mut self, i: usize) -> anyhow::Result<()> {
+        let server = &mut self.servers[i];
+        let Some(mut child) = server.child.take() else {
+            return Ok(());
+        };
+        if child.try_wait()?.is_some() {
+            server.paused = false;
+            return Ok(());
+        }
+        signal(child.id(), "TERM")?;
+        if server.paused {
+            // A stopped process only acts on SIGTERM once continued.
+            signal(child.id(), "CONT")?;
+            server.paused = false;
+        }
+        let deadline = Instant::now() + TERMINATE_TIMEOUT;
+        while child.try_wait()?.is_none() {
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                child.wait()?;
+                bail!(
+                    "nats-server {} ignored SIGTERM for {TERMINATE_TIMEOUT:?}; killed",
+                    server.name
+                );
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+        Ok(())
+    }
+
+    /// Freezes server `i` with SIGSTOP: its sockets stay open but it answers nothing.
+    pub fn pause(&mut self, i: usize) -> anyhow::Result<()> {
+        let server = &mut self.servers[i];
+        let pid = server
+            .pid()
+            .ok_or_else(|| anyhow!("{} is not running", server.name))?;
+        signal(pid, "STOP")?;
+        server.paused = true;
+        Ok(())
+    }
+
+    /// Continues server `i` after [`Cluster::pause`] with SIGCONT.
+    pub fn resume(&mut self, i: usize) -> anyhow::Result<()> {
+        let server = &mut self.servers[i];
+        let pid = server
+            .pid()
+            .ok_or_else(|| anyhow!("{} is not running", server.name))?;
+        signal(pid, "CONT")?;
+        server.paused = false;
+        Ok(())
+    }
+
+    /// Starts server `i` again with the same configuration (terminating it first if it still
+    /// runs) and waits until its routes to the other running servers have formed and the servers
+    /// count each other again (see [`Cluster::start`]).
+    pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        self.terminate(i)?;
+        self.spawn(i)?;
+        let deadline = Instant::now() + self.spec.start_timeout;
+        self.wait_ready(i, deadline)?;
+        self.wait_converged(i, deadline)
+    }
+
+    fn kill_all(&mut self) {
+        for i in 0..self.servers.len() {
+            let _ = self.kill(i);
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
+enum SysAuth {
+    UserPassword { user: String, password: String },
+    Creds { jwt: String, key: Box<KeyPair> },
+}
+
+/// A minimal synchronous NATS client for the harness's own system-account requests.
+struct SysClient {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    seq: u64,
+    cid: Option<u64>,
+}
+
+impl SysClient {
+    fn connect(addr: SocketAddr, auth: &SysAuth) -> anyhow::Result<Self> {
+        let stream = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT)
+            .with_context(|| format!("failed to connect to {addr}"))?;
+        stream.set_read_timeout(Some(HTTP_TIMEOUT))?;
+        let mut client = SysClient {
+            reader: BufReader::new(stream.try_clone()?),
+            writer: stream,
+            seq: 0,
+            cid: None,
+        };
+        let info = client.read_line()?;
+        let info: Value = info
+            .strip_prefix("INFO ")
+            .and_then(|json| serde_json::from_str(json).ok())
+            .ok_or_else(|| anyhow!("{addr} sent no INFO"))?;
+        client.cid = info["client_id"].as_u64();
+        let mut connect = serde_json::json!({
+            "verbose": false, "pedantic": false, "protocol": 1,
+            "lang": "rust", "version": "0", "name": "connwatch-dev-harness",
+        });
+        match auth {
+            SysAuth::UserPassword { user, password } => {
+                connect["user"] = user.as_str().into();
+                connect["pass"] = password.as_str().into();
+            }
+            SysAuth::Creds { jwt, key } => {
+                connect["jwt"] = jwt.as_str().into();
+                if let Some(nonce) = info["nonce"].as_str() {
+                    let sig = key.sign(nonce.as_bytes()).context("failed to sign nonce")?;
+                    connect["sig"] = URL_SAFE_NO_PAD.encode(sig).into();
+                }
+            }
+        }
+        write!(
+            client.writer,
+            "CONNECT {connect}\r\nSUB {INBOX_PREFIX}.* 1\r\nPING\r\n"
+        )?;
+        loop {
+            let line = client.read_line()?;
+            if line == "PONG" {
+                return Ok(client);
+            }
+            if line.starts_with("-ERR") {
+                bail!("{addr} refused the system user: {line}");
+            }
+        }
+    }
+
+    /// Closes the connection and waits until the server (monitored at `http`) no longer lists
+    /// it, so the harness's own connection never shows up in a test's connz counts.
+    fn close(self, http: SocketAddr) -> anyhow::Result<()> {
+        let _ = self.writer.shutdown(std::net::Shutdown::Both);
+        let Some(cid) = self.cid else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + HTTP_TIMEOUT;
+        loop {
+            let (_, body) = http_get(http, &format!("/connz?cid={cid}"))?;
+            let connz: Value = serde_json::from_str(&body).context("connz is not JSON")?;
+            if connz["connections"].as_array().is_none_or(Vec::is_empty) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("the server still lists the harness connection {cid} after closing");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn read_line(&mut self) -> std::io::Result<String> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(line.trim_end().to_owned())
+    }
+
+    /// Publishes a request and gathers replies until `expect` arrived or `wait` passed; also
+    /// says whether the stream is still usable (false after a read timed out mid-way).
+    fn request_all(
+        &mut self,
+        subject: &str,
+        body: &[u8],
+        expect: usize,
+        wait: Duration,
+    ) -> anyhow::Result<(Vec<Value>, bool)> {
+        self.seq += 1;
+        let inbox = format!("{INBOX_PREFIX}.{}", self.seq);
+        write!(self.writer, "PUB {subject} {inbox} {}\r\n", body.len())?;
+        self.writer.write_all(body)?;
+        self.writer.write_all(b"\r\n")?;
+        let deadline = Instant::now() + wait;
+        let mut replies = Vec::new();
+        while replies.len() < expect {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok((replies, false));
+            }
+            self.reader.get_ref().set_read_timeout(Some(left))?;
+            let line = match self.read_line() {
+                Ok(line) => line,
+                Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Ok((replies, false));
+                }
+                Err(err) => return Err(err.into()),
+            };
+            if line == "PING" {
+                self.writer.write_all(b"PONG\r\n")?;
+            } else if let Some(args) = line.strip_prefix("MSG ") {
+                // MSG <subject> <sid> [reply-to] <#bytes>
+                let args: Vec<&str> = args.split_whitespace().collect();
+                let len: usize = args
+                    .last()
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(|| anyhow!("malformed MSG line: {line}"))?;
+                let mut payload = vec![0; len + 2];
+                self.reader.read_exact(&mut payload)?;
+                payload.truncate(len);
+                if args.first() == Some(&inbox.as_str()) {
+                    replies.push(serde_json::from_slice(&payload)?);
+                }
+            } else if line.starts_with("-ERR") {
+                bail!("server error: {line}");
+            }
+        }
+        Ok((replies, true))
+    }
+}
+
+/// Checks `/healthz` and that `/routez` has routes to every peer, one of them the dedicated
+/// system-account route (nats-server 2.10+ pools routes: several per peer, plus one per pinned
+/// account).
+fn readiness(
+    http: SocketAddr,
+    peers: &BTreeSet<String>,
+    system_account: &str,
+) -> anyhow::Result<()> {
+    let (status, body) = http_get(http, "/healthz")?;
+    if status != 200 {
+        bail!("healthz {status}: {}", body.trim());
+    }
+    if peers.is_empty() {
+        return Ok(());
+    }
+    let (_, body) = http_get(http, "/routez")?;
+    let routez: Value = serde_json::from_str(&body).context("routez is not JSON")?;
+    let mut pooled = BTreeSet::new();
+    let mut system = BTreeSet::new();
+    for route in routez["routes"].as_array().into_iter().flatten() {
+        let Some(name) = route["remote_name"].as_str() else {
+            continue;
+        };
+        match route["account"].as_str() {
+            Some(account) if account == system_account => system.insert(name.to_owned()),
+            Some(_) => false,
+            None => pooled.insert(name.to_owned()),
+        };
+    }
+    let missing: Vec<&String> = peers
+        .iter()
+        .filter(|p| !pooled.contains(*p) || !system.contains(*p))
+        .collect();
+    if !missing.is_empty() {
+        bail!("routes to {missing:?} not formed yet");
+    }
+    Ok(())
+}
+
+/// A minimal HTTP/1.0 GET against a loopback monitoring port: returns status and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT)
+        .with_context(|| format!("failed to connect to {addr}"))?;
+    stream.set_read_timeout(Some(HTTP_TIMEOUT))?;
+    stream.set_write_timeout(Some(HTTP_TIMEOUT))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .with_context(|| format!("failed to read GET {path} from {addr}"))?;
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("malformed HTTP response from {addr}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("malformed HTTP status line from {addr}"))?;
+    Ok((status, body.to_owned()))
+}
+
+/// The nats-server binary: `$NATS_SERVER_BIN`, else `nats-server` on `PATH`.
+pub fn find_nats_server() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os(NATS_SERVER_BIN_ENV) {
+        let path = PathBuf::from(path);
+        if !path.is_file() {
+            bail!(
+                "{NATS_SERVER_BIN_ENV}={} is not a file: point it at a nats-server binary or \
+                 unset it and run scripts/install-nats-server.sh",
+                path.display()
+            );
+        }
+        return Ok(path);
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("nats-server"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            anyhow!(
+                "nats-server not found on PATH (nor {NATS_SERVER_BIN_ENV} set): \
+                 run scripts/install-nats-server.sh"
+            )
+        })
+}
+
+/// Picks `n` distinct free loopback ports by binding them all at once.
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("failed to reserve loopback ports")?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
+}
+
+fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .context("failed to run kill")?;
+    if !status.success() {
+        bail!("kill -{name} {pid} failed ({status})");
+    }
+    Ok(())
+}
+
+/// A double-quoted nats-server configuration string.
+fn quote(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster_without_processes(mode: AuthMode) -> Cluster {
+        let spec = ClusterSpec::new("/tmp/connwatch-unit").mode(mode).account(
+            AccountSpec::new("APP")
+                .user("app", "pw\"1")
+                .max_connections(7),
+        );
+        let mut cluster = Cluster {
+            binary: PathBuf::from("nats-server"),
+            servers: Vec::new(),
+            operator: None,
+            creds: BTreeMap::new(),
+            spec,
+        };
+        cluster.servers = (0..3)
+            .map(|i| Server {
+                name: format!("n{}", i + 1),
+                client_port: 4000 + i,
+                http_port: 5000 + i,
+                route_port: 6000 + i,
+                config_path: PathBuf::from(format!("/x/n{i}.conf")),
+                log_path: PathBuf::from(format!("/x/n{i}.log")),
+                stderr_path: PathBuf::from(format!("/x/n{i}.stderr")),
+                child: None,
+                paused: false,
+            })
+            .collect();
+        cluster
+    }
+
+    #[test]
+    fn config_routes_to_the_other_servers_only() {
+        let cluster = cluster_without_processes(AuthMode::Config);
+        let config = cluster.render_server_config(1);
+        assert!(config.contains("server_name: n2\n"));
+        assert!(config.contains("listen: 127.0.0.1:4001\n"));
+        assert!(
+            config.contains("routes: [nats-route://127.0.0.1:6000, nats-route://127.0.0.1:6002]")
+        );
+        assert!(config.contains(r#"{user: "app", password: "pw\"1"}"#));
+        assert!(config.contains("limits { max_connections: 7 }"));
+        assert!(config.contains("system_account: SYS\n"));
+        assert!(!config.contains("max_connections: 65536"));
+    }
+
+    #[test]
+    fn connwatch_toml_has_servers_and_system_user() {
+        let cluster = cluster_without_processes(AuthMode::Config);
+        let parsed: toml::Value = toml::from_str(&cluster.connwatch_toml()).unwrap();
+        let nats = &parsed["nats"];
+        assert_eq!(nats["servers"].as_array().unwrap().len(), 3);
+        assert_eq!(nats["servers"][2].as_str(), Some("nats://127.0.0.1:4002"));
+        assert_eq!(nats["user"].as_str(), Some("sys"));
+        assert_eq!(nats["password"].as_str(), Some("sys-dev-password"));
+    }
+}

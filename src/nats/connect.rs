@@ -1,0 +1,149 @@
+//! Connecting with any of the credential kinds NATS offers, with errors an operator can act on.
+
+use async_nats::{Client, ConnectErrorKind, ConnectOptions, Event};
+use tracing::{debug, info, warn};
+
+use crate::config::NatsConfig;
+
+/// Why connwatch could not connect, each with what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// No server answered.
+    #[error("cannot reach any NATS server of {servers}: check `nats.servers` and that the servers are up")]
+    Unreachable {
+        /// The configured URLs.
+        servers: String,
+        /// What the client saw.
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    /// A server answered but refused the credentials.
+    #[error("the server rejected connwatch's credentials (`nats.{kind}`): check they belong to a user of the system account")]
+    Rejected {
+        /// Which credential setting was used.
+        kind: &'static str,
+        /// What the client saw.
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    /// The credentials file could not be read or used.
+    #[error(
+        "cannot use the credentials in {path}: check the file is a valid .creds or nkey seed file"
+    )]
+    BadCredentials {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The TLS handshake failed.
+    #[error("TLS with the server failed: check `nats.tls.ca` (the CA that signed the server certificate) and the client certificate")]
+    Tls {
+        /// What the client saw.
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    /// Connected, but the user is not in the system account: system requests get no answer.
+    #[error("connected as user `{user}` of account `{account}`, but this is not a system-account user: the servers do not answer its system requests; use credentials of a user in the account named by the servers' `system_account`")]
+    NotSystemAccount {
+        /// The user connwatch authenticated as.
+        user: String,
+        /// Its account.
+        account: String,
+    },
+}
+
+impl ConnectError {
+    /// The process exit code for this error (see README).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Unreachable { .. } | Self::Tls { .. } => 3,
+            Self::Rejected { .. } | Self::BadCredentials { .. } => 4,
+            Self::NotSystemAccount { .. } => 5,
+        }
+    }
+}
+
+/// Which credential setting is in use, for messages.
+fn credential_kind(cfg: &NatsConfig) -> &'static str {
+    if cfg.creds.is_some() {
+        "creds"
+    } else if cfg.user.is_some() {
+        "user"
+    } else if cfg.token.is_some() {
+        "token"
+    } else if cfg.nkey.is_some() {
+        "nkey"
+    } else {
+        "(none)"
+    }
+}
+
+/// Connects to the cluster. Reconnects are automatic and unlimited after the first connection.
+pub async fn connect(cfg: &NatsConfig) -> Result<Client, ConnectError> {
+    let mut opts = ConnectOptions::new()
+        .name(&cfg.name)
+        .connection_timeout(cfg.connect_timeout)
+        .max_reconnects(None)
+        .event_callback(|event| async move {
+            match event {
+                Event::Connected => info!("nats connected"),
+                Event::Disconnected => warn!("nats disconnected"),
+                Event::ClientError(e) => warn!(error = %e, "nats client error"),
+                Event::ServerError(e) => warn!(error = %e, "nats server error"),
+                other => debug!(event = %other, "nats event"),
+            }
+        });
+    if let Some(path) = &cfg.creds {
+        opts = opts
+            .credentials_file(path)
+            .await
+            .map_err(|e| ConnectError::BadCredentials {
+                path: path.display().to_string(),
+                source: Box::new(e),
+            })?;
+    }
+    if let (Some(user), Some(password)) = (&cfg.user, &cfg.password) {
+        opts = opts.user_and_password(user.clone(), password.expose().to_string());
+    }
+    if let Some(token) = &cfg.token {
+        opts = opts.token(token.expose().to_string());
+    }
+    if let Some(path) = &cfg.nkey {
+        let seed = std::fs::read_to_string(path).map_err(|e| ConnectError::BadCredentials {
+            path: path.display().to_string(),
+            source: Box::new(e),
+        })?;
+        opts = opts.nkey(seed.trim().to_string());
+    }
+    if cfg.tls.enabled() {
+        opts = opts.require_tls(true);
+        if let Some(ca) = &cfg.tls.ca {
+            opts = opts.add_root_certificates(ca.clone());
+        }
+        if let (Some(cert), Some(key)) = (&cfg.tls.cert, &cfg.tls.key) {
+            opts = opts.add_client_certificate(cert.clone(), key.clone());
+        }
+    }
+    let servers = cfg.servers.join(",");
+    opts.connect(cfg.servers.as_slice())
+        .await
+        .map_err(|source| match source.kind() {
+            ConnectErrorKind::AuthorizationViolation => ConnectError::Rejected {
+                kind: credential_kind(cfg),
+                source,
+            },
+            ConnectErrorKind::Authentication => ConnectError::BadCredentials {
+                path: cfg
+                    .creds
+                    .as_ref()
+                    .or(cfg.nkey.as_ref())
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                source: Box::new(source),
+            },
+            ConnectErrorKind::Tls => ConnectError::Tls { source },
+            _ => ConnectError::Unreachable { servers, source },
+        })
+}

@@ -1,0 +1,164 @@
+//! System requests: scatter-gather to every server, and requests directed at one.
+
+use std::time::Duration;
+
+use async_nats::{Client, Message, StatusCode};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
+
+use super::wire::{Reply, UserInfo};
+
+/// `$SYS.REQ.SERVER.PING.CONNZ`: every server answers with its connections.
+pub const PING_CONNZ: &str = "$SYS.REQ.SERVER.PING.CONNZ";
+/// `$SYS.REQ.SERVER.PING.STATSZ`: every server answers with its statistics.
+pub const PING_STATSZ: &str = "$SYS.REQ.SERVER.PING.STATSZ";
+/// `$SYS.REQ.USER.INFO`: who am I.
+pub const USER_INFO: &str = "$SYS.REQ.USER.INFO";
+
+/// A system request that failed as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// Nobody subscribes to the subject: not in the system account, or the server is gone.
+    #[error("no responders")]
+    NoResponders,
+    /// No answer in time.
+    #[error("timed out after {0:?}")]
+    TimedOut(Duration),
+    /// The NATS connection failed the request.
+    #[error("nats request failed")]
+    Nats(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Sends system requests over one client.
+#[derive(Clone, Debug)]
+pub struct System {
+    client: Client,
+}
+
+impl System {
+    /// Wraps a connected client.
+    pub fn new(client: Client) -> Self {
+        Self { client }
+    }
+
+    /// The underlying client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Sends `body` to `subject` and gathers replies until `done` says so or `timeout` passes.
+    ///
+    /// There is no end-of-replies marker in NATS, so `done` sees each reply and decides.
+    pub async fn scatter(
+        &self,
+        subject: &str,
+        body: Bytes,
+        timeout: Duration,
+        mut done: impl FnMut(&Message) -> bool,
+    ) -> Result<Vec<Message>, RequestError> {
+        let replies = self
+            .scatter_many(&[(subject, body)], timeout, Duration::ZERO, |_, m| done(m))
+            .await?;
+        Ok(replies.into_iter().map(|(_, m)| m).collect())
+    }
+
+    /// Sends several scatter requests at once and gathers all their replies in one loop, until
+    /// `done(request index, reply)` says so or `timeout` passes: a silent server costs one
+    /// timeout, not one per request. After `done`, replies still arriving within `linger` are
+    /// kept too (for when the expected count may be an underestimate).
+    pub async fn scatter_many(
+        &self,
+        requests: &[(&str, Bytes)],
+        timeout: Duration,
+        linger: Duration,
+        mut done: impl FnMut(usize, &Message) -> bool,
+    ) -> Result<Vec<(usize, Message)>, RequestError> {
+        let inbox = self.client.new_inbox();
+        let mut sub = self
+            .client
+            .subscribe(format!("{inbox}.*"))
+            .await
+            .map_err(boxed)?;
+        for (i, (subject, body)) in requests.iter().enumerate() {
+            self.client
+                .publish_with_reply(subject.to_string(), format!("{inbox}.{i}"), body.clone())
+                .await
+                .map_err(boxed)?;
+        }
+        let mut deadline = Instant::now() + timeout;
+        let mut finished = false;
+        let mut replies = Vec::new();
+        while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, sub.next()).await {
+            let Some(i) = msg
+                .subject
+                .rsplit('.')
+                .next()
+                .and_then(|t| t.parse::<usize>().ok())
+            else {
+                continue;
+            };
+            if msg.status == Some(StatusCode::NO_RESPONDERS) {
+                if replies.is_empty() {
+                    return Err(RequestError::NoResponders);
+                }
+                continue;
+            }
+            let stop = !finished && done(i, &msg);
+            replies.push((i, msg));
+            if stop {
+                if linger.is_zero() {
+                    break;
+                }
+                finished = true;
+                deadline = deadline.min(Instant::now() + linger);
+            }
+        }
+        let _ = sub.unsubscribe().await;
+        Ok(replies)
+    }
+
+    /// Sends one request and waits for its single reply.
+    pub async fn request(
+        &self,
+        subject: String,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Message, RequestError> {
+        let req = async_nats::Request::new()
+            .payload(body)
+            .timeout(Some(timeout));
+        self.client
+            .send_request(subject, req)
+            .await
+            .map_err(|e| match e.kind() {
+                async_nats::RequestErrorKind::NoResponders => RequestError::NoResponders,
+                async_nats::RequestErrorKind::TimedOut => RequestError::TimedOut(timeout),
+                _ => boxed(e),
+            })
+    }
+
+    /// Who connwatch is connected as (`$SYS.REQ.USER.INFO`).
+    pub async fn user_info(&self, timeout: Duration) -> Result<UserInfo, RequestError> {
+        let msg = self
+            .request(USER_INFO.into(), Bytes::new(), timeout)
+            .await?;
+        let reply: Reply<UserInfo> = parse(&msg.payload).map_err(boxed)?;
+        Ok(reply.data.unwrap_or_default())
+    }
+}
+
+/// Parses a JSON reply.
+pub fn parse<T: DeserializeOwned>(payload: &[u8]) -> Result<T, serde_json::Error> {
+    serde_json::from_slice(payload)
+}
+
+fn boxed(e: impl std::error::Error + Send + Sync + 'static) -> RequestError {
+    RequestError::Nats(Box::new(e))
+}
+
+/// `$SYS.REQ.SERVER.<id>.<endpoint>`: a request to one server, by id.
+pub fn server_subject(server_id: &str, endpoint: &str) -> String {
+    format!("$SYS.REQ.SERVER.{server_id}.{endpoint}")
+}

@@ -1,0 +1,236 @@
+//! Wire types of the NATS system API replies, as the server sends them.
+//!
+//! Every field is optional or defaulted: a server of another version, or a broken reply, must not
+//! stop a sweep. What is missing shows up as empty values, never as a panic.
+
+use chrono::{DateTime, FixedOffset};
+use serde::{Deserialize, Serialize};
+
+/// The envelope of every `$SYS.REQ.SERVER.*` reply.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Reply<T> {
+    /// The server that answered.
+    #[serde(default)]
+    pub server: ServerInfo,
+    /// The answer; absent when `error` is set.
+    pub data: Option<T>,
+    /// Set when the server could not answer.
+    pub error: Option<ApiError>,
+}
+
+/// Who answered a system request.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct ServerInfo {
+    /// Server name (`server_name`), unique in a well-run cluster.
+    #[serde(default)]
+    pub name: String,
+    /// Server id (a public nkey); changes when the server restarts.
+    #[serde(default)]
+    pub id: String,
+    /// Cluster name.
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// Server version.
+    #[serde(default)]
+    pub ver: String,
+}
+
+/// The error part of a system reply.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct ApiError {
+    /// HTTP-like status code.
+    #[serde(default)]
+    pub code: i64,
+    /// What went wrong, as the server says it.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// The `data` of a CONNZ reply.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Connz {
+    /// The server's id.
+    #[serde(default)]
+    pub server_id: String,
+    /// The server's clock when it built the reply.
+    #[serde(default)]
+    pub now: Option<DateTime<FixedOffset>>,
+    /// Connections in this page.
+    #[serde(default)]
+    pub num_connections: u64,
+    /// Connections matching the request on this server, over all pages.
+    #[serde(default)]
+    pub total: u64,
+    /// Offset of this page.
+    #[serde(default)]
+    pub offset: u64,
+    /// Limit of this page.
+    #[serde(default)]
+    pub limit: u64,
+    /// The connections; `null` when there are none.
+    #[serde(default)]
+    pub connections: Option<Vec<ConnInfo>>,
+}
+
+/// One connection in a CONNZ reply.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ConnInfo {
+    /// Connection id, unique per server run.
+    #[serde(default)]
+    pub cid: u64,
+    /// `Client` or `Leafnode`.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Remote IP.
+    #[serde(default)]
+    pub ip: String,
+    /// Remote port.
+    #[serde(default)]
+    pub port: u16,
+    /// When the connection was made.
+    #[serde(default)]
+    pub start: Option<DateTime<FixedOffset>>,
+    /// Last time the server saw traffic from or to it.
+    #[serde(default)]
+    pub last_activity: Option<DateTime<FixedOffset>>,
+    /// When it was closed (closed connections only).
+    #[serde(default)]
+    pub stop: Option<DateTime<FixedOffset>>,
+    /// Why it was closed (closed connections only).
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Messages received from the client.
+    #[serde(default)]
+    pub in_msgs: u64,
+    /// Messages sent to the client.
+    #[serde(default)]
+    pub out_msgs: u64,
+    /// Subscriptions the client holds.
+    #[serde(default)]
+    pub subscriptions: u64,
+    /// Client name (`name` option of the client library).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Client library language.
+    #[serde(default)]
+    pub lang: Option<String>,
+    /// Client library version.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// The authenticated user (user name or user nkey).
+    #[serde(default)]
+    pub authorized_user: Option<String>,
+    /// The account (name, or public key in operator mode); absent for `$G`.
+    #[serde(default)]
+    pub account: Option<String>,
+    /// A human name the server knows (in operator mode, the account's name).
+    #[serde(default)]
+    pub name_tag: Option<String>,
+    /// Tags from the user JWT.
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
+    /// The user JWT (operator mode).
+    #[serde(default)]
+    pub jwt: Option<String>,
+}
+
+/// A STATSZ reply (no `data` envelope).
+#[derive(Debug, Clone, Deserialize)]
+pub struct StatszReply {
+    /// The server that answered.
+    #[serde(default)]
+    pub server: ServerInfo,
+    /// Its statistics.
+    #[serde(default)]
+    pub statsz: Option<Statsz>,
+}
+
+/// The part of STATSZ connwatch uses.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Statsz {
+    /// Servers this server knows to be in the cluster (itself included).
+    #[serde(default)]
+    pub active_servers: usize,
+    /// Open client connections.
+    #[serde(default)]
+    pub connections: u64,
+}
+
+/// The `data` of a `$SYS.REQ.USER.INFO` reply.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct UserInfo {
+    /// The user connwatch is connected as.
+    #[serde(default)]
+    pub user: String,
+    /// Its account.
+    #[serde(default)]
+    pub account: String,
+}
+
+/// The body of a CONNZ request.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ConnzRequest {
+    /// Include `authorized_user`, `account` and JWT details.
+    pub auth: bool,
+    /// Page size.
+    pub limit: usize,
+    /// Page offset.
+    pub offset: usize,
+    /// Sort order; `cid` keeps pages stable.
+    pub sort: &'static str,
+    /// Only connections of this account.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acc: Option<String>,
+}
+
+/// The user name claim of a user JWT, if it has one (`jwt` field of a connection).
+pub fn jwt_name(jwt: &str) -> Option<String> {
+    use base64::Engine;
+    let claims = jwt.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(claims.trim_end_matches('='))
+        .ok()?;
+    #[derive(Deserialize)]
+    struct Claims {
+        name: Option<String>,
+    }
+    serde_json::from_slice::<Claims>(&bytes)
+        .ok()?
+        .name
+        .filter(|n| !n.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connz_reply_with_null_connections_parses() {
+        let r: Reply<Connz> = serde_json::from_str(
+            r#"{"server":{"name":"n1","id":"NABC"},"data":{"server_id":"NABC","now":"2026-01-02T03:04:05.123456789+01:00","num_connections":0,"total":0,"offset":0,"limit":1024,"connections":null}}"#,
+        )
+        .unwrap();
+        assert_eq!(r.server.name, "n1");
+        assert!(r.data.unwrap().connections.is_none());
+    }
+
+    #[test]
+    fn error_envelope_parses() {
+        let r: Reply<Connz> = serde_json::from_str(
+            r#"{"server":{"name":"n1","id":"N"},"error":{"code":500,"description":"boom"}}"#,
+        )
+        .unwrap();
+        assert!(r.data.is_none());
+        assert_eq!(r.error.unwrap().description, "boom");
+    }
+
+    #[test]
+    fn jwt_name_reads_the_claim() {
+        use base64::Engine;
+        let enc = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let jwt = format!("{}.{}.sig", enc("{}"), enc(r#"{"name":"alice","sub":"U"}"#));
+        assert_eq!(jwt_name(&jwt).as_deref(), Some("alice"));
+        assert_eq!(jwt_name("garbage"), None);
+        assert_eq!(jwt_name("a.!!!.c"), None);
+    }
+}

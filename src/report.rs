@@ -1,0 +1,342 @@
+//! `connwatch report`: one sweep's census, for a person (a table) or a program (JSON).
+//!
+//! Rendering only reads the census; it computes no findings of its own.
+
+use std::fmt::Write as _;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::census::{Census, UserCensus};
+use crate::snapshot::{ServerError, ServerSeen, Snapshot};
+
+/// How complete a sweep was, and what it cost.
+#[derive(Debug, Clone, Serialize)]
+pub struct SweepSummary {
+    /// When the sweep started.
+    pub started: Option<DateTime<Utc>>,
+    /// How long it took, in milliseconds.
+    pub duration_ms: u64,
+    /// Servers expected to answer.
+    pub servers_expected: usize,
+    /// Servers whose connections are all counted.
+    pub servers_responded: usize,
+    /// Whether some connections may be missing.
+    pub partial: bool,
+    /// Expected servers that did not answer (`<unknown>` when the name was never learned).
+    pub missing: Vec<String>,
+    /// Servers that answered with an error or whose pages failed.
+    pub errors: Vec<ServerError>,
+    /// The servers that answered.
+    pub servers: Vec<ServerSeen>,
+    /// Connections counted.
+    pub connections: usize,
+    /// Requests sent.
+    pub requests: usize,
+    /// CONNZ pages received.
+    pub pages: usize,
+    /// Reply bytes received.
+    pub bytes: usize,
+    /// Replies that could not be parsed.
+    pub bad_replies: usize,
+}
+
+impl SweepSummary {
+    /// Summarises a snapshot.
+    pub fn of(s: &Snapshot) -> Self {
+        Self {
+            started: s.started,
+            duration_ms: s.duration.as_millis() as u64,
+            servers_expected: s.servers_expected,
+            servers_responded: s.servers.len(),
+            partial: s.partial(),
+            missing: s.missing.clone(),
+            errors: s.errors.clone(),
+            servers: s.servers.clone(),
+            connections: s.connections.len(),
+            requests: s.requests,
+            pages: s.pages,
+            bytes: s.bytes,
+            bad_replies: s.bad_replies,
+        }
+    }
+}
+
+/// Which users to show.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Only this account (key or name).
+    pub account: Option<String>,
+    /// Only this user (key or name).
+    pub user: Option<String>,
+    /// At most this many users; 0 for all.
+    pub top: usize,
+}
+
+impl Filter {
+    fn keeps(&self, u: &UserCensus) -> bool {
+        let matches = |want: &Option<String>, key: &str, name: &Option<String>| {
+            want.as_deref()
+                .is_none_or(|w| w == key || name.as_deref() == Some(w))
+        };
+        matches(&self.account, &u.account, &u.account_name)
+            && matches(&self.user, &u.user, &u.user_name)
+    }
+}
+
+/// The report, as printed with `--format json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report<'a> {
+    /// The sweep's completeness and cost.
+    pub sweep: SweepSummary,
+    /// Users matching the filter, before `--top`.
+    pub users_total: usize,
+    /// The users shown, most connections first.
+    pub users: Vec<&'a UserCensus>,
+}
+
+impl<'a> Report<'a> {
+    /// Builds the report of a sweep and its census.
+    pub fn new(snap: &Snapshot, census: &'a Census, filter: &Filter) -> Self {
+        let matching: Vec<&UserCensus> = census.users.iter().filter(|u| filter.keeps(u)).collect();
+        let users_total = matching.len();
+        let take = if filter.top == 0 {
+            usize::MAX
+        } else {
+            filter.top
+        };
+        Self {
+            sweep: SweepSummary::of(snap),
+            users_total,
+            users: matching.into_iter().take(take).collect(),
+        }
+    }
+
+    /// The report as pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("report serializes")
+    }
+
+    /// The report as a table for a person.
+    pub fn to_table(&self) -> String {
+        let s = &self.sweep;
+        let mut out = String::new();
+        let state = if s.partial { "PARTIAL" } else { "complete" };
+        let _ = writeln!(
+            out,
+            "sweep {state}: {}/{} servers answered, {} connections, {} requests, {} in {} ms",
+            s.servers_responded,
+            s.servers_expected,
+            s.connections,
+            s.requests,
+            human_bytes(s.bytes),
+            s.duration_ms
+        );
+        if !s.missing.is_empty() {
+            let _ = writeln!(out, "  missing (no answer): {}", s.missing.join(", "));
+        }
+        for e in &s.errors {
+            let _ = writeln!(out, "  error from {}: {}", e.server, e.error);
+        }
+        if s.partial {
+            let _ = writeln!(
+                out,
+                "  counts below may be too low: not every server's connections are in them"
+            );
+        }
+        let _ = writeln!(out);
+        let header = [
+            "ACCOUNT",
+            "USER",
+            "CONNS",
+            "LIMIT",
+            "IDLE0",
+            "SERVERS",
+            "TOP CLIENT NAME",
+            "TOP IP",
+        ];
+        let rows: Vec<[String; 8]> = self
+            .users
+            .iter()
+            .map(|u| {
+                [
+                    u.account_label() + if u.system { " [system]" } else { "" },
+                    u.label(),
+                    u.connections.to_string(),
+                    format!(
+                        "{}{}",
+                        u.threshold,
+                        if u.over_threshold { " OVER" } else { "" }
+                    ),
+                    u.idle_zero_msgs.to_string(),
+                    u.by_server
+                        .iter()
+                        .map(|(k, v)| format!("{k}:{v}"))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    top_of(&u.by_name, "(unnamed)"),
+                    top_of(&u.by_ip, "?"),
+                ]
+            })
+            .collect();
+        let mut widths = header.map(str::len);
+        for r in &rows {
+            for (w, cell) in widths.iter_mut().zip(r) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let line = |cells: &[String]| {
+            let mut l = String::new();
+            for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
+                if i + 1 == cells.len() {
+                    l.push_str(c);
+                } else {
+                    let _ = write!(l, "{c}{}  ", " ".repeat(w - c.chars().count()));
+                }
+            }
+            l
+        };
+        let _ = writeln!(out, "{}", line(&header.map(String::from)));
+        for r in &rows {
+            let _ = writeln!(out, "{}", line(r));
+        }
+        if self.users_total > self.users.len() {
+            let _ = writeln!(
+                out,
+                "({} more users; --top 0 shows all)",
+                self.users_total - self.users.len()
+            );
+        }
+        out
+    }
+}
+
+/// The most frequent key with its count, and how many others there are.
+fn top_of(m: &std::collections::BTreeMap<String, u64>, empty: &str) -> String {
+    let Some((k, v)) = m.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0))) else {
+        return String::new();
+    };
+    let k = if k.is_empty() { empty } else { k.as_str() };
+    let others = m.len() - 1;
+    if others == 0 {
+        format!("{k} ({v})")
+    } else {
+        format!("{k} ({v}) +{others} more")
+    }
+}
+
+fn human_bytes(n: usize) -> String {
+    match n {
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} B"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn user(account: &str, user: &str, n: u64) -> UserCensus {
+        UserCensus {
+            account: account.into(),
+            user: user.into(),
+            connections: n,
+            threshold: 100,
+            over_threshold: n > 100,
+            by_name: BTreeMap::from([("".into(), n)]),
+            ..UserCensus::default()
+        }
+    }
+
+    fn census() -> Census {
+        Census {
+            connections: 260,
+            users: vec![
+                user("APP", "leaky", 250),
+                user("APP", "ok", 7),
+                user("B", "x", 3),
+            ],
+        }
+    }
+
+    #[test]
+    fn filter_and_top_select_users() {
+        let c = census();
+        let snap = Snapshot::default();
+        let r = Report::new(
+            &snap,
+            &c,
+            &Filter {
+                account: Some("APP".into()),
+                top: 1,
+                ..Filter::default()
+            },
+        );
+        assert_eq!(r.users_total, 2);
+        assert_eq!(r.users.len(), 1);
+        assert_eq!(r.users[0].user, "leaky");
+        let r = Report::new(
+            &snap,
+            &c,
+            &Filter {
+                user: Some("x".into()),
+                ..Filter::default()
+            },
+        );
+        assert_eq!(
+            r.users.iter().map(|u| u.user.as_str()).collect::<Vec<_>>(),
+            vec!["x"]
+        );
+    }
+
+    #[test]
+    fn json_has_the_documented_fields() {
+        let c = census();
+        let snap = Snapshot {
+            servers_expected: 3,
+            missing: vec!["n3".into()],
+            ..Snapshot::default()
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&Report::new(&snap, &c, &Filter::default()).to_json()).unwrap();
+        for key in [
+            "servers_expected",
+            "servers_responded",
+            "partial",
+            "missing",
+            "connections",
+        ] {
+            assert!(v["sweep"].get(key).is_some(), "sweep.{key}");
+        }
+        assert_eq!(v["sweep"]["partial"], true);
+        for key in [
+            "account",
+            "user",
+            "connections",
+            "by_server",
+            "by_name",
+            "by_ip",
+            "idle_zero_msgs",
+            "over_threshold",
+        ] {
+            assert!(v["users"][0].get(key).is_some(), "users[].{key}");
+        }
+    }
+
+    #[test]
+    fn table_flags_partial_and_over_threshold() {
+        let c = census();
+        let snap = Snapshot {
+            servers_expected: 3,
+            missing: vec!["n3".into()],
+            ..Snapshot::default()
+        };
+        let t = Report::new(&snap, &c, &Filter::default()).to_table();
+        assert!(t.contains("PARTIAL"), "{t}");
+        assert!(t.contains("missing (no answer): n3"), "{t}");
+        assert!(t.contains("100 OVER"), "{t}");
+        assert!(t.contains("(unnamed) (250)"), "{t}");
+    }
+}

@@ -1,0 +1,269 @@
+//! Why a user holds so many connections, read from how they spread, in words with the numbers.
+
+use serde::Serialize;
+
+use crate::census::UserCensus;
+
+/// Closed connections of a user between two sweeps (CONNZ `state: 1`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Churn {
+    /// Connections of the user closed since the previous sweep.
+    pub closed: u64,
+    /// Seconds between the two sweeps.
+    pub window_secs: u64,
+    /// The most common close reason and how many closed with it.
+    pub top_reason: Option<(String, u64)>,
+}
+
+/// A likely cause, with the numbers behind it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Cause {
+    /// `one_process_leak`, `shared_credential`, `several_per_process`, `reconnect_loop` or
+    /// `unnamed_connections`.
+    pub cause: &'static str,
+    /// What it means and what to do, in words.
+    pub message: String,
+}
+
+/// The diagnosis of an excessive user.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Diagnosis {
+    /// The causes, most telling first, joined in one paragraph.
+    pub summary: String,
+    /// Each cause on its own.
+    pub causes: Vec<Cause>,
+}
+
+/// A process (IP + client name) holding this share of the connections, and at least
+/// [`MIN_LEAK`] of them, is leaking.
+const ONE_PROCESS_SHARE: f64 = 0.5;
+const MIN_LEAK: u64 = 10;
+/// Many IPs with at most this many connections each means one credential shared by replicas.
+const SHARED_MAX_PER_IP: u64 = 2;
+const SHARED_MIN_IPS: u64 = 10;
+/// Several IPs each holding between these many connections means several per process.
+const SEVERAL_MIN: u64 = 3;
+const SEVERAL_MAX: u64 = 20;
+/// Closed connections between sweeps above this share of the open ones (and at least
+/// [`MIN_CHURN`]) means a reconnect loop.
+const CHURN_SHARE: f64 = 0.1;
+const MIN_CHURN: u64 = 10;
+/// Unnamed connections above this share are worth naming.
+const UNNAMED_SHARE: f64 = 0.5;
+
+/// Diagnoses a user from its census and its churn.
+pub fn diagnose(u: &UserCensus, churn: Option<&Churn>) -> Diagnosis {
+    let n = u.connections.max(1);
+    let s = &u.spread;
+    let mut causes = Vec::new();
+    if let Some(top) = s.top_process.as_ref().filter(|t| {
+        t.connections >= MIN_LEAK && t.connections as f64 >= ONE_PROCESS_SHARE * n as f64
+    }) {
+        let name = if top.name.is_empty() {
+            "no client name".to_string()
+        } else {
+            format!("client name \"{}\"", top.name)
+        };
+        causes.push(Cause {
+            cause: "one_process_leak",
+            message: format!(
+                "{} of {} connections come from one process ({name} at {}): a leak inside one process, which opens connections and never closes them; create one connection at startup and reuse it",
+                top.connections, u.connections, top.ip
+            ),
+        });
+    }
+    if s.ips >= SHARED_MIN_IPS && s.max_per_ip <= SHARED_MAX_PER_IP {
+        causes.push(Cause {
+            cause: "shared_credential",
+            message: format!(
+                "{} connections from {} distinct IPs, at most {} each: one credential shared by many replicas; issue per-instance credentials so each replica is its own user",
+                u.connections, s.ips, s.max_per_ip
+            ),
+        });
+    }
+    if s.ips >= 2 && (SEVERAL_MIN..=SEVERAL_MAX).contains(&s.median_per_ip) {
+        causes.push(Cause {
+            cause: "several_per_process",
+            message: format!(
+                "{} IPs hold a median of {} connections each: several connections per process across replicas; one connection per process is enough, NATS multiplexes everything over it",
+                s.ips, s.median_per_ip
+            ),
+        });
+    }
+    if let Some(c) =
+        churn.filter(|c| c.closed >= MIN_CHURN && c.closed as f64 >= CHURN_SHARE * n as f64)
+    {
+        let reason = c
+            .top_reason
+            .as_ref()
+            .map(|(r, k)| format!(", most often \"{r}\" ({k})"))
+            .unwrap_or_default();
+        causes.push(Cause {
+            cause: "reconnect_loop",
+            message: format!(
+                "{} connections of this user closed in the last {}s{reason} while {} are open: a reconnect loop that opens a new connection before the old one is gone; use the client library's own reconnect instead of connecting again",
+                c.closed, c.window_secs, u.connections
+            ),
+        });
+    }
+    if s.unnamed as f64 > UNNAMED_SHARE * n as f64 {
+        causes.push(Cause {
+            cause: "unnamed_connections",
+            message: format!(
+                "{} of {} connections have no client name: give every connection a descriptive name (e.g. nats.Name(\"order-service\")) so they can be told apart",
+                s.unnamed, u.connections
+            ),
+        });
+    }
+    let summary = if causes.is_empty() {
+        format!(
+            "{} connections over {} processes and {} IPs, with no single pattern; check whether each process opens more than one connection",
+            u.connections, s.processes, s.ips
+        )
+    } else {
+        causes
+            .iter()
+            .map(|c| c.message.as_str())
+            .collect::<Vec<_>>()
+            .join(". ")
+    };
+    Diagnosis { summary, causes }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::census::{ProcessCount, Spread};
+
+    fn user(connections: u64, spread: Spread) -> UserCensus {
+        UserCensus {
+            connections,
+            spread,
+            ..UserCensus::default()
+        }
+    }
+
+    fn causes(d: &Diagnosis) -> Vec<&str> {
+        d.causes.iter().map(|c| c.cause).collect()
+    }
+
+    #[test]
+    fn one_process_holding_most_connections_is_a_leak() {
+        let top = ProcessCount {
+            ip: "10.0.0.7".into(),
+            name: "invoice-worker".into(),
+            connections: 480,
+        };
+        let u = user(
+            500,
+            Spread {
+                processes: 3,
+                top_process: Some(top),
+                ips: 3,
+                max_per_ip: 480,
+                median_per_ip: 10,
+                unnamed: 0,
+            },
+        );
+        let d = diagnose(&u, None);
+        assert_eq!(causes(&d), vec!["one_process_leak", "several_per_process"]);
+        assert!(d.summary.contains("480 of 500"), "{}", d.summary);
+        assert!(d.summary.contains("10.0.0.7"));
+        assert!(d.summary.contains("invoice-worker"));
+    }
+
+    #[test]
+    fn many_ips_with_one_or_two_each_is_a_shared_credential() {
+        let u = user(
+            150,
+            Spread {
+                processes: 100,
+                top_process: None,
+                ips: 100,
+                max_per_ip: 2,
+                median_per_ip: 1,
+                unnamed: 0,
+            },
+        );
+        assert_eq!(causes(&diagnose(&u, None)), vec!["shared_credential"]);
+    }
+
+    #[test]
+    fn a_few_per_ip_is_several_per_process() {
+        let u = user(
+            200,
+            Spread {
+                processes: 50,
+                top_process: None,
+                ips: 50,
+                max_per_ip: 5,
+                median_per_ip: 4,
+                unnamed: 0,
+            },
+        );
+        assert_eq!(causes(&diagnose(&u, None)), vec!["several_per_process"]);
+    }
+
+    #[test]
+    fn churn_is_a_reconnect_loop() {
+        let u = user(
+            120,
+            Spread {
+                processes: 1,
+                ips: 1,
+                max_per_ip: 120,
+                median_per_ip: 120,
+                ..Spread::default()
+            },
+        );
+        let churn = Churn {
+            closed: 40,
+            window_secs: 30,
+            top_reason: Some(("Stale Connection".into(), 38)),
+        };
+        let d = diagnose(&u, Some(&churn));
+        assert!(causes(&d).contains(&"reconnect_loop"));
+        assert!(
+            d.summary
+                .contains("40 connections of this user closed in the last 30s"),
+            "{}",
+            d.summary
+        );
+        assert!(d.summary.contains("Stale Connection"));
+        let calm = Churn { closed: 5, ..churn };
+        assert!(!causes(&diagnose(&u, Some(&calm))).contains(&"reconnect_loop"));
+    }
+
+    #[test]
+    fn mostly_unnamed_connections_are_called_out() {
+        let u = user(
+            300,
+            Spread {
+                processes: 1,
+                ips: 1,
+                max_per_ip: 300,
+                median_per_ip: 300,
+                unnamed: 300,
+                ..Spread::default()
+            },
+        );
+        assert!(causes(&diagnose(&u, None)).contains(&"unnamed_connections"));
+    }
+
+    #[test]
+    fn no_pattern_still_says_something() {
+        let u = user(
+            101,
+            Spread {
+                processes: 3,
+                ips: 3,
+                max_per_ip: 50,
+                median_per_ip: 30,
+                ..Spread::default()
+            },
+        );
+        let d = diagnose(&u, None);
+        assert!(d.causes.is_empty());
+        assert!(d.summary.contains("101 connections over 3 processes"));
+    }
+}

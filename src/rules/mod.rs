@@ -1,0 +1,442 @@
+//! Rules: plain functions from a census (and a short history) to findings.
+//!
+//! - `excessive_user_connections`: a user above its threshold, with its leak suspects, a
+//!   diagnosis and its growth;
+//! - `user_connection_growth`: a user below its threshold that will cross it, or exhaust its
+//!   account's limit, within `detect.growth_horizon`;
+//! - `account_connection_pressure`: an account at `detect.account_pressure` of its limit;
+//! - `server_connection_pressure`: a server at `detect.server_pressure` of `max_connections`.
+
+pub mod diagnosis;
+pub mod growth;
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::census::{Census, UserCensus};
+use crate::config::{DetectConfig, UserMatch};
+use diagnosis::{diagnose, Churn, Diagnosis};
+use growth::{growth, Growth, History};
+
+/// The kinds of finding; each is an advisory type `io.connwatch.advisory.v1.<name>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// A user above its threshold.
+    ExcessiveUserConnections,
+    /// A user growing toward its threshold or its account's limit.
+    UserConnectionGrowth,
+    /// An account near its connection limit.
+    AccountConnectionPressure,
+    /// A server near its `max_connections`.
+    ServerConnectionPressure,
+}
+
+impl Kind {
+    /// The advisory name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ExcessiveUserConnections => "excessive_user_connections",
+            Self::UserConnectionGrowth => "user_connection_growth",
+            Self::AccountConnectionPressure => "account_connection_pressure",
+            Self::ServerConnectionPressure => "server_connection_pressure",
+        }
+    }
+
+    /// Every kind, for schemas and documentation.
+    pub const ALL: [Kind; 4] = [
+        Self::ExcessiveUserConnections,
+        Self::UserConnectionGrowth,
+        Self::AccountConnectionPressure,
+        Self::ServerConnectionPressure,
+    ];
+}
+
+/// A finding about a user: its census, why, and where it is heading.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UserFinding {
+    /// The user's connections: counts by server, name and IP, and the leak suspects
+    /// (the connections an operator would kick).
+    #[serde(flatten)]
+    pub census: UserCensus,
+    /// Why, in words with the numbers.
+    pub diagnosis: Diagnosis,
+    /// The trend, when there are enough sweeps to tell.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub growth: Option<Growth>,
+}
+
+/// A finding about an account.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AccountFinding {
+    /// Account (name or public key).
+    pub account: String,
+    /// The account's human name, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account_name: Option<String>,
+    /// Open connections of the account, cluster-wide.
+    pub connections: u64,
+    /// Its connection limit.
+    pub limit: u64,
+    /// `connections / limit`.
+    pub ratio: f64,
+}
+
+/// A finding about a server.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServerFinding {
+    /// Server name.
+    pub server: String,
+    /// Server id.
+    pub server_id: String,
+    /// Its open connections.
+    pub connections: u64,
+    /// Its `max_connections`.
+    pub max_connections: u64,
+    /// `connections / max_connections`.
+    pub ratio: f64,
+}
+
+/// What a finding is about.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Body {
+    /// A user.
+    User(Box<UserFinding>),
+    /// An account.
+    Account(AccountFinding),
+    /// A server.
+    Server(ServerFinding),
+}
+
+/// One finding of one sweep.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finding {
+    /// Which rule found it.
+    pub kind: Kind,
+    /// What it is about.
+    pub body: Body,
+}
+
+impl Finding {
+    /// The names that identify it: account and user, account, or server.
+    pub fn tokens(&self) -> Vec<String> {
+        match &self.body {
+            Body::User(u) => vec![u.census.account.clone(), u.census.user.clone()],
+            Body::Account(a) => vec![a.account.clone()],
+            Body::Server(s) => vec![s.server.clone()],
+        }
+    }
+
+    /// A key that stays the same while the finding lasts.
+    pub fn key(&self) -> String {
+        let mut parts = vec![self.kind.name().to_string()];
+        parts.extend(self.tokens());
+        serde_json::to_string(&parts).expect("strings serialize")
+    }
+}
+
+/// A server's connections and limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerLoad {
+    /// Server name.
+    pub name: String,
+    /// Server id.
+    pub id: String,
+    /// Open connections.
+    pub connections: u64,
+    /// `max_connections`, when known.
+    pub max_connections: Option<u64>,
+}
+
+/// Everything the rules look at besides the census.
+#[derive(Debug, Clone, Default)]
+pub struct Context<'a> {
+    /// Connection counts of earlier complete sweeps.
+    pub history: Option<&'a History>,
+    /// Closed connections per `(account, user)` since the previous sweep.
+    pub churn: HashMap<(String, String), Churn>,
+    /// Account connection limits known from the servers (operator mode JWTs).
+    pub account_limits: HashMap<String, u64>,
+    /// The servers that answered, with their limits.
+    pub servers: Vec<ServerLoad>,
+}
+
+fn ignored(ignore: &[UserMatch], u: &UserCensus) -> bool {
+    ignore
+        .iter()
+        .any(|m| m.matches(&u.account, &u.account_name, &u.user, &u.user_name))
+}
+
+/// The connection limit of an account: from the servers, else from `detect.account_limits`.
+fn account_limit(
+    detect: &DetectConfig,
+    ctx: &Context,
+    account: &str,
+    name: &Option<String>,
+) -> Option<u64> {
+    ctx.account_limits.get(account).copied().or_else(|| {
+        detect
+            .account_limits
+            .get(account)
+            .or_else(|| name.as_ref().and_then(|n| detect.account_limits.get(n)))
+            .copied()
+    })
+}
+
+/// Applies every rule to a census.
+pub fn evaluate(census: &Census, detect: &DetectConfig, ctx: &Context) -> Vec<Finding> {
+    let mut per_account: BTreeMap<&str, (u64, &Option<String>)> = BTreeMap::new();
+    for u in &census.users {
+        let e = per_account
+            .entry(u.account.as_str())
+            .or_insert((0, &u.account_name));
+        e.0 += u.connections;
+    }
+    let mut findings = Vec::new();
+    for u in census.users.iter().filter(|u| !ignored(&detect.ignore, u)) {
+        let (account_connections, _) = per_account[u.account.as_str()];
+        let limit = account_limit(detect, ctx, &u.account, &u.account_name);
+        let trend = ctx.history.and_then(|h| {
+            growth(
+                &h.samples(&u.account, &u.user),
+                u.threshold,
+                account_connections,
+                limit,
+            )
+        });
+        let horizon = detect.growth_horizon.as_secs();
+        let growing = trend.as_ref().is_some_and(|g| {
+            g.per_hour >= detect.growth_min_per_hour
+                && [g.threshold_in_secs, g.account_limit_in_secs]
+                    .iter()
+                    .flatten()
+                    .any(|s| *s <= horizon)
+        });
+        let kind = if u.over_threshold {
+            Kind::ExcessiveUserConnections
+        } else if growing {
+            Kind::UserConnectionGrowth
+        } else {
+            continue;
+        };
+        let churn = ctx.churn.get(&(u.account.clone(), u.user.clone()));
+        findings.push(Finding {
+            kind,
+            body: Body::User(Box::new(UserFinding {
+                census: u.clone(),
+                diagnosis: diagnose(u, churn),
+                growth: trend,
+            })),
+        });
+    }
+    for (account, (connections, name)) in per_account {
+        let Some(limit) = account_limit(detect, ctx, account, name).filter(|l| *l > 0) else {
+            continue;
+        };
+        let ratio = connections as f64 / limit as f64;
+        if ratio >= detect.account_pressure {
+            findings.push(Finding {
+                kind: Kind::AccountConnectionPressure,
+                body: Body::Account(AccountFinding {
+                    account: account.to_string(),
+                    account_name: name.clone(),
+                    connections,
+                    limit,
+                    ratio: round3(ratio),
+                }),
+            });
+        }
+    }
+    for s in &ctx.servers {
+        let Some(max) = s.max_connections.filter(|m| *m > 0) else {
+            continue;
+        };
+        let ratio = s.connections as f64 / max as f64;
+        if ratio >= detect.server_pressure {
+            findings.push(Finding {
+                kind: Kind::ServerConnectionPressure,
+                body: Body::Server(ServerFinding {
+                    server: s.name.clone(),
+                    server_id: s.id.clone(),
+                    connections: s.connections,
+                    max_connections: max,
+                    ratio: round3(ratio),
+                }),
+            });
+        }
+    }
+    findings
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::census::build;
+    use crate::snapshot::Connection;
+    use chrono::{DateTime, Utc};
+    use std::time::Duration;
+
+    fn conns(account: &str, user: &str, n: u64, server: &str) -> Vec<Connection> {
+        (0..n)
+            .map(|cid| Connection {
+                server: server.into(),
+                server_id: format!("ID{server}"),
+                cid,
+                kind: "Client".into(),
+                ip: "10.1.1.1".into(),
+                start: None,
+                idle: Duration::from_secs(600),
+                in_msgs: 0,
+                out_msgs: 0,
+                name: "worker".into(),
+                account: account.into(),
+                account_name: None,
+                user: user.into(),
+                user_name: None,
+                tags: vec![],
+            })
+            .collect()
+    }
+
+    fn kinds(f: &[Finding]) -> Vec<(Kind, Vec<String>)> {
+        f.iter().map(|f| (f.kind, f.tokens())).collect()
+    }
+
+    #[test]
+    fn excessive_users_are_found_with_suspects_and_diagnosis() {
+        let mut c = conns("APP", "leaky", 150, "n1");
+        c.extend(conns("APP", "fine", 5, "n2"));
+        let census = build(&c, None, &DetectConfig::default());
+        let f = evaluate(&census, &DetectConfig::default(), &Context::default());
+        assert_eq!(
+            kinds(&f),
+            vec![(
+                Kind::ExcessiveUserConnections,
+                vec!["APP".into(), "leaky".into()]
+            )]
+        );
+        let Body::User(u) = &f[0].body else { panic!() };
+        assert_eq!(u.census.connections, 150);
+        assert_eq!(u.census.suspects.len(), 20);
+        assert_eq!(u.diagnosis.causes[0].cause, "one_process_leak");
+    }
+
+    #[test]
+    fn ignored_users_are_not_reported() {
+        let census = build(
+            &conns("APP", "leaky", 150, "n1"),
+            None,
+            &DetectConfig::default(),
+        );
+        let detect = DetectConfig {
+            ignore: vec![UserMatch {
+                account: "APP".into(),
+                user: Some("leaky".into()),
+            }],
+            ..DetectConfig::default()
+        };
+        assert!(evaluate(&census, &detect, &Context::default()).is_empty());
+    }
+
+    #[test]
+    fn account_and_server_pressure() {
+        let census = build(&conns("APP", "a", 95, "n1"), None, &DetectConfig::default());
+        let detect = DetectConfig {
+            account_limits: BTreeMap::from([("APP".into(), 100)]),
+            ..DetectConfig::default()
+        };
+        let ctx = Context {
+            servers: vec![
+                ServerLoad {
+                    name: "n1".into(),
+                    id: "I1".into(),
+                    connections: 85,
+                    max_connections: Some(100),
+                },
+                ServerLoad {
+                    name: "n2".into(),
+                    id: "I2".into(),
+                    connections: 79,
+                    max_connections: Some(100),
+                },
+            ],
+            ..Context::default()
+        };
+        let f = evaluate(&census, &detect, &ctx);
+        assert_eq!(
+            kinds(&f),
+            vec![
+                (Kind::AccountConnectionPressure, vec!["APP".into()]),
+                (Kind::ServerConnectionPressure, vec!["n1".into()]),
+            ]
+        );
+        // A limit known from the servers wins over the configured one.
+        let ctx = Context {
+            account_limits: HashMap::from([("APP".into(), 1000)]),
+            ..Context::default()
+        };
+        assert!(evaluate(&census, &detect, &ctx).is_empty());
+    }
+
+    #[test]
+    fn a_growing_user_is_found_before_it_crosses_its_threshold() {
+        let t = |m: i64| DateTime::<Utc>::from_timestamp(1_700_000_000 + m * 60, 0).unwrap();
+        let mut history = History::default();
+        for i in 0..5u64 {
+            let census = build(
+                &conns("APP", "slow", 10 * i + 10, "n1"),
+                None,
+                &DetectConfig::default(),
+            );
+            history.record(&census, t(i as i64 * 10), Duration::from_secs(3600));
+        }
+        let census = build(
+            &conns("APP", "slow", 50, "n1"),
+            None,
+            &DetectConfig::default(),
+        );
+        let ctx = Context {
+            history: Some(&history),
+            ..Context::default()
+        };
+        let f = evaluate(&census, &DetectConfig::default(), &ctx);
+        assert_eq!(
+            kinds(&f),
+            vec![(
+                Kind::UserConnectionGrowth,
+                vec!["APP".into(), "slow".into()]
+            )]
+        );
+        let Body::User(u) = &f[0].body else { panic!() };
+        let g = u.growth.as_ref().unwrap();
+        assert!((g.per_hour - 60.0).abs() < 0.01, "{g:?}");
+        // 51 more at 60/h: 51 minutes.
+        assert!(
+            (3059..=3061).contains(&g.threshold_in_secs.unwrap()),
+            "{g:?}"
+        );
+        // A horizon shorter than that keeps it quiet.
+        let detect = DetectConfig {
+            growth_horizon: Duration::from_secs(600),
+            ..DetectConfig::default()
+        };
+        assert!(evaluate(&census, &detect, &ctx).is_empty());
+    }
+
+    #[test]
+    fn keys_are_stable_and_distinct() {
+        let census = build(
+            &conns("A.B", "u*", 150, "n1"),
+            None,
+            &DetectConfig::default(),
+        );
+        let f = evaluate(&census, &DetectConfig::default(), &Context::default());
+        assert_eq!(f[0].key(), r#"["excessive_user_connections","A.B","u*"]"#);
+    }
+}

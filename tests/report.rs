@@ -1,0 +1,379 @@
+//! `connwatch report` against real 3-node nats-server clusters.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs `connwatch report --format json --top 0` with a config, returns the parsed report.
+fn report_json(dir: &std::path::Path, config: &str) -> Value {
+    let path = write_config(dir, config);
+    let out = run_connwatch(
+        [
+            "--config",
+            path.to_str().unwrap(),
+            "report",
+            "--format",
+            "json",
+            "--top",
+            "0",
+        ],
+        RUN_TIMEOUT,
+    );
+    assert_eq!(out.code, Some(0), "report failed: {}", out.stderr);
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("bad JSON ({e}): {}", out.stdout))
+}
+
+/// Per (account, user): server name → connections, as the servers' own HTTP /connz say.
+fn ground_truth(
+    cluster: &Cluster,
+    servers: &[usize],
+) -> BTreeMap<(String, String), BTreeMap<String, u64>> {
+    let mut truth: BTreeMap<(String, String), BTreeMap<String, u64>> = BTreeMap::new();
+    for &i in servers {
+        for (key, n) in cluster.connz_counts(i).unwrap() {
+            truth
+                .entry(key)
+                .or_default()
+                .insert(cluster.server_name(i).to_string(), n);
+        }
+    }
+    truth
+}
+
+/// Per (account, user): server name → connections, as connwatch reported them.
+fn reported(report: &Value) -> BTreeMap<(String, String), BTreeMap<String, u64>> {
+    report["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            let key = (
+                u["account"].as_str().unwrap().to_string(),
+                u["user"].as_str().unwrap().to_string(),
+            );
+            let by_server = u["by_server"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+                .collect();
+            (key, by_server)
+        })
+        .collect()
+}
+
+fn user<'a>(report: &'a Value, account: &str, user: &str) -> &'a Value {
+    report["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["account"] == account && u["user"] == user)
+        .unwrap_or_else(|| panic!("{account}/{user} not in report"))
+}
+
+/// connwatch's own connection is in the ground truth read after it exits: drop the system
+/// account from both sides, the app accounts are what must match exactly.
+fn without_system(
+    mut m: BTreeMap<(String, String), BTreeMap<String, u64>>,
+) -> BTreeMap<(String, String), BTreeMap<String, u64>> {
+    m.retain(|(account, _), _| account != "SYS");
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn census_is_exact_across_servers_and_pages_and_a_stopped_server_makes_it_partial() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(
+        ClusterSpec::new(dir.path().join("cluster"))
+            .account(
+                AccountSpec::new("APP")
+                    .user("leaky", "leaky-pw")
+                    .user("app", "app-pw"),
+            )
+            .account(AccountSpec::new("OTHER").user("batch", "batch-pw")),
+    )
+    .unwrap();
+
+    // 2,500 leaked (idle, named) connections of one user on one server, a healthy publishing
+    // user spread over all three, and an unnamed batch user on the second.
+    let leaky = LoadAuth::user_password("leaky", "leaky-pw");
+    let app = LoadAuth::user_password("app", "app-pw");
+    let mut loads = vec![
+        load::open(LoadSpec::new(cluster.client_url(0), leaky, 2500).name("leaky-worker"))
+            .await
+            .unwrap(),
+        load::open(LoadSpec::new(
+            cluster.client_url(1),
+            LoadAuth::user_password("batch", "batch-pw"),
+            42,
+        ))
+        .await
+        .unwrap(),
+    ];
+    for i in 0..3 {
+        let spec = LoadSpec::new(cluster.client_url(i), app.clone(), 30)
+            .name("orders")
+            .publish_every(Duration::from_millis(200));
+        loads.push(load::open(spec).await.unwrap());
+    }
+
+    let state = dir.path().join("state.json");
+    let base = format!(
+        "{}\n[sweep]\ntimeout = \"3s\"\n[detect]\nidle_threshold = \"1s\"\n[state]\nfile = {:?}\n",
+        cluster.connwatch_toml(),
+        state
+    );
+
+    // One page per server (default page size), then forced paging with small pages.
+    for (label, extra) in [("one page", ""), ("paged by 500", "page_size = 500\n")] {
+        let config = base.replace("[sweep]\n", &format!("[sweep]\n{extra}"));
+        let dirc = dir.path().to_path_buf();
+        let report = tokio::task::spawn_blocking(move || report_json(&dirc, &config))
+            .await
+            .unwrap();
+        let truth = without_system(ground_truth(&cluster, &[0, 1, 2]));
+        assert_eq!(
+            without_system(reported(&report)),
+            truth,
+            "{label}: per-user counts differ from the servers'"
+        );
+        assert_eq!(
+            truth[&("APP".into(), "leaky".into())]["n1"],
+            2500,
+            "{label}: load not as planned"
+        );
+        let sweep = &report["sweep"];
+        assert_eq!(sweep["partial"], false, "{label}");
+        assert_eq!(sweep["servers_expected"], 3, "{label}");
+        assert_eq!(sweep["servers_responded"], 3, "{label}");
+        let leaky = user(&report, "APP", "leaky");
+        assert_eq!(leaky["connections"], 2500);
+        assert_eq!(leaky["over_threshold"], true);
+        assert_eq!(leaky["by_name"]["leaky-worker"], 2500);
+        assert_eq!(leaky["by_ip"]["127.0.0.1"], 2500);
+        let app = user(&report, "APP", "app");
+        assert_eq!(app["connections"], 90);
+        assert_eq!(app["over_threshold"], false);
+        assert_eq!(user(&report, "OTHER", "batch")["by_name"][""], 42);
+        let sys = report["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["account"] == "SYS")
+            .unwrap();
+        assert_eq!(sys["system"], true);
+        if label == "paged by 500" {
+            // n1 holds 2,500+ connections: at least 6 pages there.
+            let n1 = sweep["servers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["name"] == "n1")
+                .unwrap();
+            assert!(n1["pages"].as_u64().unwrap() >= 6, "{n1}");
+        }
+    }
+
+    // Leak suspects: once the leaked connections are idle past 1s, all of them count, and none
+    // of the publishing ones.
+    let dirc = dir.path().to_path_buf();
+    let config = base.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        let mut last = Value::Null;
+        let ok = wait_until(Duration::from_secs(15), || {
+            last = report_json(&dirc, &config);
+            user(&last, "APP", "leaky")["idle_zero_msgs"] == 2500
+        });
+        assert!(
+            ok,
+            "leaked connections never counted idle: {}",
+            user(&last, "APP", "leaky")
+        );
+        last
+    })
+    .await
+    .unwrap();
+    assert_eq!(user(&report, "APP", "app")["idle_zero_msgs"], 0);
+    assert_eq!(
+        user(&report, "APP", "leaky")["suspects"]
+            .as_array()
+            .unwrap()
+            .len(),
+        20
+    );
+
+    // A stopped server: the sweep is partial, names it, and ends within the timeout.
+    cluster.kill(2).unwrap();
+    let dirc = dir.path().to_path_buf();
+    let config = base.clone();
+    let report = tokio::task::spawn_blocking(move || report_json(&dirc, &config))
+        .await
+        .unwrap();
+    let sweep = &report["sweep"];
+    assert_eq!(sweep["partial"], true, "{sweep}");
+    assert_eq!(sweep["missing"], serde_json::json!(["n3"]), "{sweep}");
+    assert_eq!(sweep["servers_responded"], 2);
+    assert!(
+        sweep["duration_ms"].as_u64().unwrap() < 6_000,
+        "sweep outlived twice its timeout: {sweep}"
+    );
+    assert_eq!(
+        without_system(reported(&report)),
+        without_system(ground_truth(&cluster, &[0, 1]))
+    );
+
+    // Without remembered servers the cluster still counts the killed one: partial, unnamed.
+    let config = base.replace(&format!("file = {:?}\n", state), "");
+    let dirc = dir.path().to_path_buf();
+    let report = tokio::task::spawn_blocking(move || report_json(&dirc, &config))
+        .await
+        .unwrap();
+    assert_eq!(report["sweep"]["partial"], true, "{}", report["sweep"]);
+    assert_eq!(report["sweep"]["missing"], serde_json::json!(["<unknown>"]));
+
+    for l in loads {
+        l.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_mode_creds_work_and_users_show_their_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(
+        ClusterSpec::new(dir.path().join("cluster"))
+            .mode(AuthMode::Operator)
+            .account(AccountSpec::new("APP").user("alice", "").user("bob", "")),
+    )
+    .unwrap();
+    let alice = LoadAuth::from_creds_file(cluster.creds_path("APP", "alice").unwrap()).unwrap();
+    let bob = LoadAuth::from_creds_file(cluster.creds_path("APP", "bob").unwrap()).unwrap();
+    let l1 = load::open(LoadSpec::new(cluster.client_url(1), alice, 120).name("alice-svc"))
+        .await
+        .unwrap();
+    let l2 = load::open(LoadSpec::new(cluster.client_url(2), bob, 3))
+        .await
+        .unwrap();
+
+    let config = cluster.connwatch_toml();
+    assert!(
+        config.contains("creds = "),
+        "operator mode uses a .creds file: {config}"
+    );
+    let dirc = dir.path().to_path_buf();
+    let cfg = config.clone();
+    let report = tokio::task::spawn_blocking(move || report_json(&dirc, &cfg))
+        .await
+        .unwrap();
+    assert_eq!(report["sweep"]["partial"], false);
+    let alice = report["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["user_name"] == "alice")
+        .unwrap();
+    assert!(
+        alice["user"].as_str().unwrap().starts_with('U'),
+        "user is the nkey: {alice}"
+    );
+    assert!(
+        alice["account"].as_str().unwrap().starts_with('A'),
+        "account is the key: {alice}"
+    );
+    assert_eq!(alice["account_name"], "APP");
+    assert_eq!(alice["connections"], 120);
+    assert_eq!(alice["by_server"]["n2"], 120);
+    assert_eq!(alice["over_threshold"], true);
+    let sys = report["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["system"] == true)
+        .unwrap();
+    assert_eq!(sys["by_name"]["connwatch"], 1);
+
+    // The table shows the human name beside the key, and an account override by name applies.
+    let path = write_config(
+        dir.path(),
+        &format!("{config}\n[[detect.overrides]]\naccount = \"APP\"\nuser = \"alice\"\nmax_connections = 500\n"),
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        run_connwatch(["--config", path.to_str().unwrap(), "report"], RUN_TIMEOUT)
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("alice (U"))
+        .unwrap_or_else(|| panic!("{}", out.stdout));
+    assert!(
+        line.contains(" 500 ") && !line.contains("OVER"),
+        "override not applied: {line}"
+    );
+    assert!(line.starts_with("APP (A"), "{line}");
+    l1.close().await;
+    l2.close().await;
+}
+
+#[test]
+fn connection_problems_have_distinct_errors_and_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(
+        ClusterSpec::new(dir.path().join("cluster"))
+            .account(AccountSpec::new("APP").user("app", "app-pw")),
+    )
+    .unwrap();
+    let urls = format!("servers = {:?}\n", cluster.client_urls());
+    let run = |body: &str| {
+        let path = write_config(
+            dir.path(),
+            &format!("[nats]\n{urls}{body}[sweep]\ntimeout = \"2s\"\n"),
+        );
+        run_connwatch(["--config", path.to_str().unwrap(), "report"], RUN_TIMEOUT)
+    };
+
+    let out = run("user = \"app\"\npassword = \"app-pw\"\n");
+    assert_eq!(out.code, Some(5), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("not a system-account user"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("`APP`"), "{}", out.stderr);
+
+    let out = run("user = \"sys\"\npassword = \"wrong\"\n");
+    assert_eq!(out.code, Some(4), "{}", out.stderr);
+    assert!(out.stderr.contains("rejected"), "{}", out.stderr);
+
+    let unreachable = write_config(
+        dir.path(),
+        "[nats]\nservers = [\"nats://127.0.0.1:1\"]\nuser = \"sys\"\npassword = \"x\"\nconnect_timeout = \"1s\"\n",
+    );
+    let out = run_connwatch(
+        ["--config", unreachable.to_str().unwrap(), "report"],
+        RUN_TIMEOUT,
+    );
+    assert_eq!(out.code, Some(3), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("cannot reach any NATS server"),
+        "{}",
+        out.stderr
+    );
+
+    let creds = dir.path().join("broken.creds");
+    std::fs::write(
+        &creds,
+        "-----BEGIN NATS USER JWT-----\nnot a jwt\n------END NATS USER JWT------\n",
+    )
+    .unwrap();
+    let out = run(&format!("creds = {:?}\n", creds));
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("`nats.creds`"), "{}", out.stderr);
+}
