@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo: brings up a local 3-node nats-server cluster, starts clients that leak connections
-# next to well-behaved ones, and runs `connwatch report` against it. Everything runs on
-# loopback and is stopped on exit.
+# next to well-behaved ones, and shows connwatch at work: a one-shot `report`, then `run`
+# publishing advisories (watched with `tail`) as a leak grows, fires with its diagnosis, and
+# resolves when the leaking process goes away. Everything runs on loopback and stops on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,27 +39,59 @@ pids+=($!)
 wait_for "$DIR/cluster.out" 30 "running"
 mapfile -t URLS < <(python3 -c 'import json,sys; [print(s["client_url"]) for s in json.load(open(sys.argv[1]))["servers"]]' "$DIR/cluster.json")
 
-# Starts `connwatch-dev load` in the background and waits until its connections are open.
+# Starts `connwatch-dev load NAME ARGS...` in the background, waits until its connections are
+# open, and leaves its pid in $LOAD_PID.
 load() {
     local out="$DIR/load-$1.out"
     shift
     "$BIN/connwatch-dev" load "$@" >"$out" 2>&1 &
-    pids+=($!)
+    LOAD_PID=$!
+    pids+=("$LOAD_PID")
     wait_for "$out" 30 "connections open"
 }
 
-echo "== clients: a leak in one process, a credential shared by replicas, healthy services"
-load leak --server "${URLS[0]}" --user leaky --password leaky-dev-password --count 300 --name invoice-worker
-for i in 0 1 2; do
-    load "app$i" --server "${URLS[$i]}" --user app --password app-dev-password --count 2 --name orders --publish-every 1s
-done
-load unnamed --server "${URLS[1]}" --user leaky --password leaky-dev-password --count 40
+# Demo timings: sweep every second, idle after 2s, announce again after 20s.
+cat >>"$DIR/connwatch.toml" <<TOML
+[sweep]
+interval = "1s"
+[detect]
+idle_threshold = "2s"
+growth_min_per_hour = 1.0
+[advisory]
+renotify = "20s"
+[state]
+file = "$DIR/state.json"
+TOML
 
-# A leak shows as connections idle with zero messages; let the demo's ones idle past 2s.
-export CONNWATCH_DETECT__IDLE_THRESHOLD=2s
-sleep 3
-echo "== connwatch report (idle threshold 2s for the demo)"
-"$BIN/connwatch" --config "$DIR/connwatch.toml" report
+echo "== healthy services: 2 publishing connections per server, named"
+for i in 0 1 2; do
+    load "orders$i" --server "${URLS[$i]}" --user app --password app-dev-password --count 2 --name orders --publish-every 1s
+done
+
+echo "== connwatch run in the background; connwatch tail shows its advisories below"
+"$BIN/connwatch" --config "$DIR/connwatch.toml" run 2>"$DIR/run.log" &
+pids+=($!)
+"$BIN/connwatch" --config "$DIR/connwatch.toml" tail 2>/dev/null &
+pids+=($!)
+wait_for "$DIR/run.log" 30 "round done"
+
+echo "== a leak grows in one process: 40, then 80, then 160 idle connections"
+leak_pids=()
+for n in 40 40 80; do
+    load "leak$n-${#leak_pids[@]}" --server "${URLS[0]}" --user leaky --password leaky-dev-password --count "$n" --name invoice-worker
+    leak_pids+=("$LOAD_PID")
+    sleep 4
+done
+wait_for "$DIR/run.log" 30 "finding firing kind=\"excessive_user_connections\""
+sleep 2
+
 echo
-echo "== the leaking user as JSON (connwatch report --format json --user leaky), first lines"
-"$BIN/connwatch" --config "$DIR/connwatch.toml" report --format json --user leaky 2>/dev/null | head -40
+echo "== connwatch report while the leak is on"
+"$BIN/connwatch" --config "$DIR/connwatch.toml" report 2>/dev/null
+
+echo
+echo "== the leaking process exits: its connections close"
+kill "${leak_pids[@]}"
+wait_for "$DIR/run.log" 30 "finding resolved kind=\"excessive_user_connections\""
+sleep 2
+echo "== done (connwatch's own log: $DIR/run.log)"

@@ -5,12 +5,25 @@ use std::time::Duration;
 use tracing::warn;
 
 use crate::census;
-use crate::cli::{Format, ReportArgs};
+use tokio_util::sync::CancellationToken;
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use chrono::Utc;
+
+use crate::advisory::publisher::{Publisher, PublisherStats};
+use crate::advisory::{self, Completeness};
+use crate::cli::{Format, KickArgs, ReportArgs, TailArgs};
 use crate::config::{self, Config, ConfigErrors};
+use crate::config::{names_match, KickConfig, UserMatch};
+use crate::kick::executor::Outcome;
+use crate::kick::{self, KickInputs, Own};
 use crate::nats::{self, ConnectError, RequestError, System};
 use crate::report::{Filter, Report};
 use crate::snapshot::Snapshot;
-use crate::sweep::{SweepError, Sweeper};
+use crate::state::State;
+use crate::sweep::{self, SweepError, Sweeper};
 
 /// Exit code for configuration errors.
 pub const EXIT_CONFIG: i32 = 2;
@@ -29,6 +42,12 @@ pub enum AppError {
     /// The sweep failed as a whole.
     #[error(transparent)]
     Sweep(#[from] SweepError),
+    /// Tailing advisories failed.
+    #[error("tail failed")]
+    Tail(#[source] anyhow::Error),
+    /// A kick asked by hand is not allowed, or its target is unknown.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl AppError {
@@ -37,7 +56,7 @@ impl AppError {
         match self {
             Self::Config(_) => EXIT_CONFIG,
             Self::Connect(e) => e.exit_code(),
-            Self::Sweep(_) => EXIT_FAILURE,
+            Self::Sweep(_) | Self::Tail(_) | Self::Refused(_) => EXIT_FAILURE,
         }
     }
 }
@@ -83,8 +102,12 @@ pub async fn open_session(config: &Config) -> Result<Session, ConnectError> {
 /// `connwatch report`: one sweep, printed.
 pub async fn report(config: &Config, args: &ReportArgs) -> Result<String, AppError> {
     let session = open_session(config).await?;
-    let mut sweeper = Sweeper::new(session.system.clone(), config);
+    let state_file = config.state.file.as_deref();
+    let mut state = State::load_or_default(state_file);
+    let mut sweeper = Sweeper::new(session.system.clone(), &config.sweep, state.servers.clone());
     let snap: Snapshot = sweeper.sweep().await?;
+    state.servers = sweeper.known().clone();
+    state.save_to(state_file);
     let census = census::build(
         &snap.connections,
         session.system_account.as_deref(),
@@ -100,6 +123,182 @@ pub async fn report(config: &Config, args: &ReportArgs) -> Result<String, AppErr
         Format::Json => report.to_json() + "\n",
         Format::Table => report.to_table(),
     };
+    let _ = session.system.client().drain().await;
+    Ok(out)
+}
+
+/// `connwatch tail`: advisories as they are published, until `shutdown`.
+pub async fn tail(
+    config: &Config,
+    args: &TailArgs,
+    shutdown: CancellationToken,
+) -> Result<(), AppError> {
+    let client = nats::connect(&config.nats).await?;
+    crate::tail::run(
+        client,
+        &config.advisory.subject_prefix,
+        args,
+        shutdown,
+        std::io::stdout(),
+    )
+    .await
+    .map_err(AppError::Tail)
+}
+
+/// `connwatch kick`: shows what would be kicked, and kicks it with `--yes`.
+pub async fn kick(config: &Config, args: &KickArgs) -> Result<String, AppError> {
+    let session = open_session(config).await?;
+    let info = session.system.client().server_info();
+    let own = Own {
+        server_id: info.server_id.clone(),
+        cid: info.client_id,
+    };
+    let system_account = session.system_account.as_deref();
+    let state_file = config.state.file.as_deref();
+    let mut state = State::load_or_default(state_file);
+    let mut sweeper = Sweeper::new(session.system.clone(), &config.sweep, state.servers.clone());
+    let snap = sweeper.sweep().await?;
+    state.servers = sweeper.known().clone();
+    let plans = match (&args.server_id, args.cid, &args.account, &args.user) {
+        (Some(server_id), Some(cid), _, _) => {
+            let timeout = config.sweep.timeout;
+            let conn = sweep::connection(&session.system, server_id, cid, timeout)
+                .await
+                .map_err(|e| {
+                    AppError::Refused(format!(
+                        "cannot look up connection {cid} on server {server_id}: {e}"
+                    ))
+                })?
+                .ok_or_else(|| {
+                    AppError::Refused(format!("server {server_id} has no open connection {cid}"))
+                })?;
+            if let Some(why) = kick::refusal(&conn, &config.kick, system_account, Some(&own)) {
+                return Err(AppError::Refused(format!(
+                    "refusing to kick connection {cid}: {why}"
+                )));
+            }
+            vec![kick::KickPlan::of(&conn, Utc::now(), 0, 0)]
+        }
+        (_, _, Some(account), Some(user)) => {
+            if snap.partial() {
+                return Err(AppError::Refused(format!(
+                    "the sweep is partial (missing: {}): connwatch never kicks on partial data",
+                    snap.missing.join(", ")
+                )));
+            }
+            let census = census::build(&snap.connections, system_account, &config.detect);
+            let only = UserMatch {
+                account: account.clone(),
+                user: Some(user.clone()),
+            };
+            let cfg = KickConfig {
+                deny: vec![only],
+                max_per_sweep: usize::MAX,
+                max_per_user: usize::MAX,
+                ..config.kick.clone()
+            };
+            let plans = kick::plan(&KickInputs {
+                connections: &snap.connections,
+                census: &census,
+                complete: true,
+                cfg: &cfg,
+                system_account,
+                own: Some(&own),
+                kicked: &state.kicked,
+                now: snap.started.unwrap_or_else(Utc::now),
+            });
+            if plans.is_empty() {
+                let u = census.users.iter().find(|u| {
+                    names_match(account, &u.account, &u.account_name)
+                        && names_match(user, &u.user, &u.user_name)
+                });
+                let why = match u {
+                    None => "it has no connections".to_string(),
+                    Some(u) if u.system => "it is in the system account".to_string(),
+                    Some(u) if !u.over_threshold => format!(
+                        "it is not over its threshold ({} ≤ {})",
+                        u.connections, u.threshold
+                    ),
+                    Some(_) => format!(
+                        "none of its connections is idle ≥ {} with no messages and older than {}",
+                        humantime::format_duration(cfg.min_idle),
+                        humantime::format_duration(cfg.min_age)
+                    ),
+                };
+                return Ok(format!("nothing to kick for {account}/{user}: {why}\n"));
+            }
+            plans
+        }
+        _ => unreachable!("clap requires --server-id with --cid, or --account with --user"),
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<10} {:>8}  {:<24} {:<16} {:>10} {:>10}",
+        "SERVER", "CID", "NAME", "IP", "IDLE", "AGE"
+    );
+    for p in &plans {
+        let secs =
+            |d: Duration| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string();
+        let _ = writeln!(
+            out,
+            "{:<10} {:>8}  {:<24} {:<16} {:>10} {:>10}",
+            p.server,
+            p.cid,
+            p.name,
+            p.ip,
+            secs(p.idle),
+            secs(p.age)
+        );
+    }
+    if !args.yes {
+        let _ = writeln!(
+            out,
+            "{} connection(s) would be kicked; run again with --yes to kick them",
+            plans.len()
+        );
+        return Ok(out);
+    }
+    let outcomes = kick::executor::kick_all(&session.system, &plans, config.kick.timeout).await;
+    let stats = Arc::new(PublisherStats::default());
+    let publisher = Publisher::spawn(session.system.client().clone(), &config.advisory, stats);
+    let sweep = Completeness::of(&snap);
+    let mut sent = Vec::new();
+    for (p, o) in plans.iter().zip(&outcomes) {
+        let error = match o {
+            Outcome::Failed(e) => Some(e.as_str()),
+            _ => None,
+        };
+        if *o == Outcome::Kicked {
+            sent.push(p.clone());
+        }
+        let _ = writeln!(
+            out,
+            "{} {} on {}: {}",
+            o.result(),
+            p.cid,
+            p.server,
+            error.unwrap_or("")
+        );
+        publisher.enqueue(advisory::kicked(
+            &config.advisory.subject_prefix,
+            p,
+            "manual",
+            o.result(),
+            error,
+            &sweep,
+            Utc::now(),
+        ));
+    }
+    state.kicked.record(&sent, Utc::now());
+    state.save_to(state_file);
+    let left = publisher.shutdown(config.advisory.publish_timeout).await;
+    if left > 0 {
+        warn!(
+            unpublished = left,
+            "audit advisories could not be published"
+        );
+    }
     let _ = session.system.client().drain().await;
     Ok(out)
 }

@@ -68,8 +68,62 @@ pub enum LogFormat {
 pub enum Command {
     /// Sweep the cluster once and print every user's connections
     Report(ReportArgs),
+    /// Sweep on a schedule, publish findings as advisories, until SIGTERM or SIGINT
+    Run,
+    /// Print advisories as they are published
+    Tail(TailArgs),
+    /// Kick leaked connections by hand: a preview unless --yes
+    Kick(KickArgs),
     /// Validate the configuration and print it, secrets redacted
     CheckConfig,
+}
+
+/// `connwatch kick` options: one connection by server id and cid, or every eligible
+/// connection of one user (the `[kick]` policy without its caps).
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["cid", "user"])))]
+pub struct KickArgs {
+    /// Server id of the connection (from `report --format json` suspects, or /connz)
+    #[arg(long, requires = "cid")]
+    pub server_id: Option<String>,
+    /// Connection id on that server
+    #[arg(long, requires = "server_id", conflicts_with_all = ["account", "user"])]
+    pub cid: Option<u64>,
+    /// Account of the user whose eligible connections to kick (name or public key)
+    #[arg(long, requires = "user")]
+    pub account: Option<String>,
+    /// The user whose eligible connections to kick (name or public nkey)
+    #[arg(long, requires = "account")]
+    pub user: Option<String>,
+    /// Really kick; without it nothing is sent
+    #[arg(long)]
+    pub yes: bool,
+}
+
+/// `connwatch tail` options.
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    /// Output format: a readable line per advisory, or the JSON bodies one per line
+    #[arg(long, value_enum, default_value_t = TailFormat::Text)]
+    pub format: TailFormat,
+    /// Only advisories of this type (e.g. excessive_user_connections); repeat for several
+    #[arg(long = "type")]
+    pub types: Vec<String>,
+    /// Only this account (name or public key)
+    #[arg(long)]
+    pub account: Option<String>,
+    /// Only this user (name or public nkey)
+    #[arg(long)]
+    pub user: Option<String>,
+}
+
+/// `connwatch tail` output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TailFormat {
+    /// One readable line per advisory.
+    Text,
+    /// The advisory JSON, one per line.
+    Json,
 }
 
 /// `connwatch report` options.

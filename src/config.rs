@@ -29,6 +29,8 @@ pub struct Config {
     pub detect: DetectConfig,
     /// Where and how findings are published.
     pub advisory: AdvisoryConfig,
+    /// Closing leaked connections: off unless enabled.
+    pub kick: KickConfig,
     /// What connwatch remembers between runs.
     pub state: StateConfig,
 }
@@ -253,6 +255,65 @@ pub struct ThresholdOverride {
     pub user: Option<String>,
     /// The threshold for the matching users.
     pub max_connections: u64,
+}
+
+/// `[kick]`: closing leaked connections (`$SYS.REQ.SERVER.<id>.KICK`), under a strict policy.
+///
+/// A connection is kicked only when its user is over its threshold in a complete sweep, it is
+/// idle at least `min_idle` with no message in or out, older than `min_age`, its user passes
+/// `allow` and `deny`, and it is neither the system account's, connwatch's own, nor a leafnode
+/// (unless `leafnodes`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KickConfig {
+    /// Kick at all. Off by default.
+    pub enabled: bool,
+    /// Decide and announce every kick, but never send one. On by default: set it to false to act.
+    pub dry_run: bool,
+    /// A connection must have been idle this long, with no message ever, to be kicked.
+    #[serde(with = "humantime_serde")]
+    pub min_idle: Duration,
+    /// A connection must be at least this old to be kicked.
+    #[serde(with = "humantime_serde")]
+    pub min_age: Duration,
+    /// Users (or whole accounts) never kicked.
+    pub allow: Vec<UserMatch>,
+    /// When not empty, only these users (or accounts) are ever kicked.
+    pub deny: Vec<UserMatch>,
+    /// Kick leafnode connections too.
+    pub leafnodes: bool,
+    /// Kicks per sweep, at most, over all users.
+    pub max_per_sweep: usize,
+    /// Kicks per user per sweep, at most.
+    pub max_per_user: usize,
+    /// A client (user, client name, IP) that connects again within this of a kick came back:
+    /// the kick was ineffective.
+    #[serde(with = "humantime_serde")]
+    pub return_window: Duration,
+    /// After this many ineffective kicks a client is left alone (and reported).
+    pub max_attempts: u32,
+    /// How long to wait for a server's answer to a KICK.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for KickConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            dry_run: true,
+            min_idle: Duration::from_secs(3600),
+            min_age: Duration::from_secs(3600),
+            allow: Vec::new(),
+            deny: Vec::new(),
+            leafnodes: false,
+            max_per_sweep: 100,
+            max_per_user: 20,
+            return_window: Duration::from_secs(600),
+            max_attempts: 3,
+            timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 /// `[state]`: what survives a restart.
@@ -727,6 +788,8 @@ fn validate(c: &Config, figment: &Figment) -> Result<(), ConfigErrors> {
         ("detect.growth_window", c.detect.growth_window),
         ("detect.growth_horizon", c.detect.growth_horizon),
         ("advisory.renotify", c.advisory.renotify),
+        ("kick.return_window", c.kick.return_window),
+        ("kick.timeout", c.kick.timeout),
         ("advisory.publish_timeout", c.advisory.publish_timeout),
     ] {
         if d.is_zero() {
@@ -747,12 +810,18 @@ fn validate(c: &Config, figment: &Figment) -> Result<(), ConfigErrors> {
     if c.advisory.queue_size == 0 {
         bad("advisory.queue_size", "must be at least 1".into());
     }
-    for (i, o) in c.detect.ignore.iter().enumerate() {
-        if o.account.is_empty() {
-            bad(
-                &format!("detect.ignore.{i}.account"),
-                "must not be empty".into(),
-            );
+    if c.kick.max_attempts == 0 {
+        bad("kick.max_attempts", "must be at least 1".into());
+    }
+    for (list, matches) in [
+        ("detect.ignore", &c.detect.ignore),
+        ("kick.allow", &c.kick.allow),
+        ("kick.deny", &c.kick.deny),
+    ] {
+        for (i, m) in matches.iter().enumerate() {
+            if m.account.is_empty() {
+                bad(&format!("{list}.{i}.account"), "must not be empty".into());
+            }
         }
     }
     for (i, o) in c.detect.overrides.iter().enumerate() {

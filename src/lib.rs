@@ -1,13 +1,18 @@
 //! connwatch: finds leaked and excessive NATS connections per user across a cluster.
 
+pub mod advisory;
 pub mod app;
 pub mod census;
 pub mod cli;
 pub mod config;
 pub mod dev;
+pub mod kick;
+pub mod lifecycle;
 pub mod nats;
 pub mod report;
 pub mod rules;
+pub mod service;
 pub mod snapshot;
 pub mod state;
 pub mod sweep;
+pub mod tail;

@@ -1,10 +1,14 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
 use clap::Parser;
 use connwatch::app::{self, AppError};
 use connwatch::cli::{Cli, Command, LogFormat};
-use connwatch::config;
+use connwatch::{config, service};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 fn init_tracing(format: LogFormat) {
@@ -37,6 +41,21 @@ fn fail(err: &AppError) -> ExitCode {
     ExitCode::from(err.exit_code() as u8)
 }
 
+/// A token cancelled by the first SIGTERM or SIGINT.
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        }
+        cancel.cancel();
+    });
+    token
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -52,6 +71,16 @@ async fn main() -> ExitCode {
     let result = match &cli.command {
         Command::CheckConfig => Ok(app::check_config(&loaded)),
         Command::Report(args) => app::report(&loaded.config, args).await,
+        Command::Run => {
+            let stats = Arc::new(service::Stats::default());
+            service::run(loaded.config.clone(), shutdown_on_signal(), stats)
+                .await
+                .map(|()| String::new())
+        }
+        Command::Kick(args) => app::kick(&loaded.config, args).await,
+        Command::Tail(args) => app::tail(&loaded.config, args, shutdown_on_signal())
+            .await
+            .map(|()| String::new()),
     };
     match result {
         Ok(out) => {

@@ -1,7 +1,9 @@
-//! What connwatch remembers between sweeps and across restarts: the servers it has seen.
+//! What connwatch remembers between sweeps and across restarts (`state.file`): the servers it
+//! has seen, the findings that are firing, and recent connection counts.
 //!
 //! A server that stops answering is still expected for `sweep.forget_servers_after`, so its
 //! silence makes a sweep partial and names it, instead of quietly shrinking the cluster.
+//! Firing findings are kept so that a restart does not announce them all again.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -9,6 +11,69 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+
+use crate::kick::Kicked;
+use crate::lifecycle::Lifecycle;
+use crate::rules::growth::History;
+
+/// Everything in the state file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    /// Servers seen by earlier sweeps.
+    #[serde(default)]
+    pub servers: KnownServers,
+    /// Findings that are firing.
+    #[serde(default)]
+    pub findings: Lifecycle,
+    /// Connection counts of recent complete sweeps.
+    #[serde(default)]
+    pub history: History,
+    /// Clients connwatch kicked, to notice them coming back.
+    #[serde(default)]
+    pub kicked: Kicked,
+}
+
+impl State {
+    /// Loads from a JSON file; a missing file is an empty state.
+    pub fn load(path: &Path) -> std::io::Result<Self> {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Loads the configured state file, or starts empty (with a warning) when it is unreadable.
+    pub fn load_or_default(path: Option<&Path>) -> Self {
+        let Some(path) = path else {
+            return Self::default();
+        };
+        Self::load(path).unwrap_or_else(|e| {
+            tracing::warn!(file = %path.display(), error = %e, "cannot read state file; starting without it");
+            Self::default()
+        })
+    }
+
+    /// Saves to a JSON file atomically (write, then rename).
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec(self)?)?;
+        std::fs::rename(tmp, path)
+    }
+
+    /// Saves to the configured state file, if any; a failure is logged, never fatal.
+    pub fn save_to(&self, path: Option<&Path>) {
+        if let Some(path) = path {
+            if let Err(e) = self.save(path) {
+                tracing::warn!(file = %path.display(), error = %e, "cannot write state file");
+            }
+        }
+    }
+}
 
 /// Servers seen by earlier sweeps, by server name (the id changes on restart; the name does not).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,7 +89,14 @@ pub struct KnownServer {
     pub id: String,
     /// When it last answered.
     pub last_seen: DateTime<Utc>,
+    /// When it last came back with a new id (a restart).
+    #[serde(default)]
+    pub restarted_at: Option<DateTime<Utc>>,
 }
+
+/// After a restart, the other servers count the old id for up to this long (nats-server drops
+/// an orphan after 150 s and checks every 90 s).
+pub const GHOST_WINDOW: chrono::Duration = chrono::Duration::seconds(300);
 
 impl KnownServers {
     /// Records the servers that answered a sweep at `now`.
@@ -34,14 +106,26 @@ impl KnownServers {
         servers: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) {
         for (name, id) in servers {
-            self.servers.insert(
-                name.to_string(),
-                KnownServer {
-                    id: id.to_string(),
-                    last_seen: now,
-                },
-            );
+            let restarted_at = match self.servers.get(name) {
+                Some(k) if k.id != id => Some(now),
+                Some(k) => k.restarted_at,
+                None => None,
+            };
+            let server = KnownServer {
+                id: id.to_string(),
+                last_seen: now,
+                restarted_at,
+            };
+            self.servers.insert(name.to_string(), server);
         }
+    }
+
+    /// Whether the server `name`, answering as `id`, restarted recently enough that the others
+    /// may still count its old id.
+    pub fn recently_restarted(&self, name: &str, id: &str, now: DateTime<Utc>) -> bool {
+        self.servers
+            .get(name)
+            .is_some_and(|k| k.id != id || k.restarted_at.is_some_and(|t| now - t <= GHOST_WINDOW))
     }
 
     /// Drops servers not seen within `forget_after` of `now`.
@@ -54,26 +138,6 @@ impl KnownServers {
     /// Names of the servers still expected.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.servers.keys().map(String::as_str)
-    }
-
-    /// Loads from a JSON file; a missing file is an empty memory.
-    pub fn load(path: &Path) -> std::io::Result<Self> {
-        match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Saves to a JSON file atomically (write, then rename).
-    pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
-        std::fs::rename(tmp, path)
     }
 }
 
@@ -92,6 +156,10 @@ mod tests {
         k.saw(t(10), [("n1", "NEW")]);
         assert_eq!(k.servers.len(), 1);
         assert_eq!(k.servers["n1"].id, "NEW");
+        assert!(k.recently_restarted("n1", "NEW", t(10)));
+        assert!(k.recently_restarted("n1", "NEW", t(300)));
+        assert!(!k.recently_restarted("n1", "NEW", t(311)));
+        assert!(k.recently_restarted("n1", "NEWER", t(1000)));
     }
 
     #[test]
@@ -107,10 +175,19 @@ mod tests {
     fn round_trips_through_a_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/state.json");
-        assert_eq!(KnownServers::load(&path).unwrap(), KnownServers::default());
-        let mut k = KnownServers::default();
-        k.saw(t(0), [("n1", "A")]);
-        k.save(&path).unwrap();
-        assert_eq!(KnownServers::load(&path).unwrap(), k);
+        assert_eq!(State::load(&path).unwrap(), State::default());
+        let mut s = State::default();
+        s.servers.saw(t(0), [("n1", "A")]);
+        s.save(&path).unwrap();
+        assert_eq!(State::load(&path).unwrap(), s);
+    }
+
+    #[test]
+    fn a_corrupt_file_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        std::fs::write(&path, "{not json").unwrap();
+        assert!(State::load(&path).is_err());
+        assert_eq!(State::load_or_default(Some(&path)), State::default());
     }
 }

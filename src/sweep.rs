@@ -1,7 +1,6 @@
 //! One sweep: ask every server for its connections, page the large ones, note who was silent.
 
-use std::collections::HashSet;
-use std::path::PathBuf;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,9 +9,13 @@ use futures::future::join_all;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::config::{Config, SweepConfig};
-use crate::nats::wire::{jwt_name, ConnInfo, Connz, ConnzRequest, Reply, ServerInfo, StatszReply};
-use crate::nats::{parse, server_subject, RequestError, System, PING_CONNZ, PING_STATSZ};
+use crate::config::SweepConfig;
+use crate::nats::wire::{
+    jwt_name, Accountz, ConnInfo, Connz, ConnzRequest, Reply, ServerInfo, StatszReply, Varz,
+};
+use crate::nats::{
+    parse, server_subject, RequestError, System, PING_CONNZ, PING_STATSZ, PING_VARZ,
+};
 use crate::snapshot::{Connection, ServerError, ServerSeen, Snapshot};
 use crate::state::KnownServers;
 
@@ -43,26 +46,21 @@ pub struct Sweeper {
     system: System,
     cfg: SweepConfig,
     known: KnownServers,
-    state_file: Option<PathBuf>,
 }
 
 impl Sweeper {
-    /// A sweeper over a connected client; loads the remembered servers from `state.file`.
-    pub fn new(system: System, config: &Config) -> Self {
-        let state_file = config.state.file.clone();
-        let known = match &state_file {
-            Some(path) => KnownServers::load(path).unwrap_or_else(|e| {
-                warn!(file = %path.display(), error = %e, "cannot read state file; starting without remembered servers");
-                KnownServers::default()
-            }),
-            None => KnownServers::default(),
-        };
+    /// A sweeper over a connected client, expecting the servers seen before.
+    pub fn new(system: System, config: &SweepConfig, known: KnownServers) -> Self {
         Self {
             system,
-            cfg: config.sweep.clone(),
+            cfg: config.clone(),
             known,
-            state_file,
         }
+    }
+
+    /// The servers seen so far (for the state file).
+    pub fn known(&self) -> &KnownServers {
+        &self.known
     }
 
     /// Runs one sweep over the cluster.
@@ -85,7 +83,7 @@ impl Sweeper {
             requests.push((PING_STATSZ, Bytes::new()));
         }
         snap.requests += requests.len();
-        let mut discovery = Discovery::default();
+        let mut discovery = Discovery::new(&self.known, started);
         let mut connz_replies = 0;
         // A count from STATSZ alone can be low while a cluster forms: linger briefly then.
         let linger = if configured == 0 && known == 0 {
@@ -201,11 +199,6 @@ impl Sweeper {
                 .iter()
                 .map(|s| (s.name.as_str(), s.id.as_str())),
         );
-        if let Some(path) = &self.state_file {
-            if let Err(e) = self.known.save(path) {
-                warn!(file = %path.display(), error = %e, "cannot write state file");
-            }
-        }
         snap.duration = t0.elapsed();
         info!(
             servers_expected = snap.servers_expected,
@@ -226,31 +219,57 @@ impl Sweeper {
 }
 
 /// What STATSZ replies say about the cluster's size.
-#[derive(Debug, Default)]
-struct Discovery {
+///
+/// A server that restarted comes back with a new id, while the others keep counting its old id
+/// in `active_servers` until they notice it is gone (minutes). A known name answering with a
+/// new id is such a restart: its ghost is not waited for.
+#[derive(Debug)]
+struct Discovery<'a> {
+    known: &'a KnownServers,
+    now: DateTime<Utc>,
     replies: usize,
     most_active: usize,
+    restarted: HashSet<String>,
 }
 
-impl Discovery {
+impl<'a> Discovery<'a> {
+    fn new(known: &'a KnownServers, now: DateTime<Utc>) -> Self {
+        Self {
+            known,
+            now,
+            replies: 0,
+            most_active: 0,
+            restarted: HashSet::new(),
+        }
+    }
+
     fn add(&mut self, payload: &[u8]) {
         self.replies += 1;
         if let Ok(r) = parse::<StatszReply>(payload) {
             self.most_active = self
                 .most_active
                 .max(r.statsz.map(|s| s.active_servers).unwrap_or(0));
+            if self
+                .known
+                .recently_restarted(&r.server.name, &r.server.id, self.now)
+            {
+                self.restarted.insert(r.server.name);
+            }
         }
     }
 
     /// Whether every server the cluster counts has answered STATSZ (or the size is configured),
     /// so that a server the responders do not count yet cannot be missed.
     fn settled(&self, configured: usize) -> bool {
-        configured > 0 || (self.replies > 0 && self.replies >= self.most_active)
+        configured > 0
+            || (self.replies > 0
+                && self.replies >= self.most_active.saturating_sub(self.restarted.len()))
     }
 
     /// The cluster's size as far as the replies so far tell; `None` before any reply.
     fn count(&self) -> Option<usize> {
-        Some(self.most_active.max(self.replies)).filter(|n| *n > 0)
+        let active = self.most_active.saturating_sub(self.restarted.len());
+        Some(active.max(self.replies)).filter(|n| *n > 0)
     }
 }
 
@@ -267,7 +286,7 @@ fn connz_body(limit: usize, offset: usize) -> Bytes {
         limit,
         offset,
         sort: "cid",
-        acc: None,
+        ..ConnzRequest::default()
     };
     Bytes::from(serde_json::to_vec(&req).expect("connz request serializes"))
 }
@@ -395,6 +414,117 @@ async fn page_server(
     out
 }
 
+/// Connections of one user closed recently, cluster-wide, as (stop time, reason): the servers
+/// keep their last 10,000 closed connections each.
+pub async fn closed_connections(
+    system: &System,
+    account: &str,
+    user: &str,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<(DateTime<Utc>, String)> {
+    let req = ConnzRequest {
+        auth: true,
+        limit: 10_000,
+        sort: "cid",
+        // `$G` is how connwatch names the global account: the server has no filter for it.
+        acc: Some(account.to_string()).filter(|a| a != "$G"),
+        user: Some(user.to_string()),
+        state: Some(1),
+        ..ConnzRequest::default()
+    };
+    let body = Bytes::from(serde_json::to_vec(&req).expect("connz request serializes"));
+    let mut n = 0;
+    let replies = match system
+        .scatter(PING_CONNZ, body, timeout, |_| {
+            n += 1;
+            n >= expected
+        })
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(account, user, error = %e, "closed connections request failed");
+            return Vec::new();
+        }
+    };
+    replies
+        .iter()
+        .filter_map(|m| parse::<Reply<Connz>>(&m.payload).ok()?.data?.connections)
+        .flatten()
+        .filter_map(|c| Some((c.stop?.with_timezone(&Utc), c.reason.unwrap_or_default())))
+        .collect()
+}
+
+/// One connection of one server by cid (`None` when the server has no such open connection).
+pub async fn connection(
+    system: &System,
+    server_id: &str,
+    cid: u64,
+    timeout: Duration,
+) -> Result<Option<Connection>, RequestError> {
+    let body = Bytes::from(serde_json::json!({ "cid": cid, "auth": true }).to_string());
+    let msg = system
+        .request(server_subject(server_id, "CONNZ"), body, timeout)
+        .await?;
+    let reply = parse::<Reply<Connz>>(&msg.payload).map_err(|e| RequestError::Nats(Box::new(e)))?;
+    let Some(mut connz) = reply.data else {
+        return Ok(None);
+    };
+    let now = connz
+        .now
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_else(Utc::now);
+    let conns = connz.connections.take().unwrap_or_default();
+    Ok(conns
+        .into_iter()
+        .find(|c| c.cid == cid)
+        .map(|c| to_connection(&reply.server, now, c)))
+}
+
+/// An account's connection limit from its JWT, asked of one server; `None` when unlimited or
+/// not known to the server (config mode).
+pub async fn account_limit(
+    system: &System,
+    server_id: &str,
+    account: &str,
+    timeout: Duration,
+) -> Option<u64> {
+    let body = Bytes::from(serde_json::json!({ "account": account }).to_string());
+    let msg = system
+        .request(server_subject(server_id, "ACCOUNTZ"), body, timeout)
+        .await
+        .ok()?;
+    parse::<Reply<Accountz>>(&msg.payload)
+        .ok()?
+        .data?
+        .account_detail?
+        .connection_limit()
+}
+
+/// Every server's `max_connections`, by server name.
+pub async fn server_limits(
+    system: &System,
+    expected: usize,
+    timeout: Duration,
+) -> HashMap<String, u64> {
+    let mut n = 0;
+    let replies = system
+        .scatter(PING_VARZ, Bytes::new(), timeout, |_| {
+            n += 1;
+            n >= expected
+        })
+        .await
+        .unwrap_or_default();
+    replies
+        .iter()
+        .filter_map(|m| {
+            let r = parse::<Reply<Varz>>(&m.payload).ok()?;
+            Some((r.server.name, r.data?.max_connections))
+        })
+        .collect()
+}
+
 /// Decides the pages of one server: sorted by cid, each page overlapping the last, every cid
 /// kept once, and a step back when a page starts past the highest cid seen (connections closed
 /// below the offset shifted the list).
@@ -491,6 +621,38 @@ mod tests {
         assert_eq!(expected_count(3, Some(5), 7), Some(3));
         assert_eq!(expected_count(0, Some(2), 3), Some(3));
         assert_eq!(expected_count(0, None, 0), None);
+    }
+
+    fn statsz(name: &str, id: &str, active: usize) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "server": {"name": name, "id": id},
+            "statsz": {"active_servers": active}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_restarted_server_is_not_counted_twice() {
+        let mut known = KnownServers::default();
+        known.saw(Utc::now(), [("n1", "A"), ("n2", "B"), ("n3", "OLD")]);
+        let mut d = Discovery::new(&known, Utc::now());
+        // The survivors still count n3's old id beside its new one.
+        d.add(&statsz("n1", "A", 4));
+        d.add(&statsz("n2", "B", 4));
+        assert!(!d.settled(0));
+        d.add(&statsz("n3", "NEW", 3));
+        assert!(d.settled(0));
+        assert_eq!(d.count(), Some(3));
+    }
+
+    #[test]
+    fn an_unknown_extra_server_is_still_expected() {
+        let known = KnownServers::default();
+        let mut d = Discovery::new(&known, Utc::now());
+        d.add(&statsz("n1", "A", 3));
+        d.add(&statsz("n2", "B", 3));
+        assert_eq!(d.count(), Some(3));
+        assert!(!d.settled(0));
     }
 
     #[test]

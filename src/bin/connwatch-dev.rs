@@ -70,6 +70,10 @@ enum Command {
         /// connections are not idle.
         #[arg(long, value_parser = humantime::parse_duration)]
         publish_every: Option<Duration>,
+        /// Connect again this long after the server closes a connection (e.g. 1s), like a
+        /// client library with reconnect: a kicked leak comes back.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        reconnect: Option<Duration>,
         /// Close the connections after this long (e.g. 10m) [default: until a signal].
         #[arg(long, value_parser = humantime::parse_duration)]
         hold: Option<Duration>,
@@ -121,6 +125,7 @@ async fn main() -> anyhow::Result<()> {
             count,
             name,
             publish_every,
+            reconnect,
             hold,
         } => {
             let auth = match (creds, user, password) {
@@ -134,6 +139,7 @@ async fn main() -> anyhow::Result<()> {
                 name,
                 count,
                 publish_every,
+                reconnect,
             };
             run_load(spec, hold).await
         }

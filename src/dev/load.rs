@@ -94,6 +94,9 @@ pub struct LoadSpec {
     /// If set, each connection publishes a small message to [`LOAD_SUBJECT`] at this interval
     /// (first one straight away), so it is not idle.
     pub publish_every: Option<Duration>,
+    /// If set, a connection the server closes (e.g. kicked) connects again after this delay,
+    /// like a client library with reconnect enabled.
+    pub reconnect: Option<Duration>,
 }
 
 impl LoadSpec {
@@ -105,12 +108,19 @@ impl LoadSpec {
             name: None,
             count,
             publish_every: None,
+            reconnect: None,
         }
     }
 
     /// Sets the client name.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
+        self
+    }
+
+    /// Makes every connection connect again, after `delay`, when the server closes it.
+    pub fn reconnect(mut self, delay: Duration) -> Self {
+        self.reconnect = Some(delay);
         self
     }
 
@@ -128,6 +138,7 @@ pub struct Load {
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     alive: Arc<AtomicUsize>,
+    reconnects: Arc<AtomicUsize>,
 }
 
 /// Opens `spec.count` connections, at most 64 handshaking at once. Fails (closing any already
@@ -145,6 +156,7 @@ pub async fn open(spec: LoadSpec) -> anyhow::Result<Load> {
         cancel: CancellationToken::new(),
         tasks: Vec::with_capacity(spec.count),
         alive: Arc::new(AtomicUsize::new(0)),
+        reconnects: Arc::new(AtomicUsize::new(0)),
     };
     let mut handshakes = futures::stream::iter(0..spec.count)
         .map(|_| {
@@ -165,11 +177,31 @@ pub async fn open(spec: LoadSpec) -> anyhow::Result<Load> {
                 load.alive.fetch_add(1, Ordering::SeqCst);
                 let guard = AliveGuard(load.alive.clone());
                 let cancel = load.cancel.clone();
-                let publish_every = spec.publish_every;
+                let (spec, signer, addr) = (spec.clone(), signer.clone(), addr.clone());
+                let (alive, reconnects) = (load.alive.clone(), load.reconnects.clone());
                 load.tasks.push(tokio::spawn(async move {
-                    let _guard = guard;
-                    // Errors here just end the connection; `Load::alive` shows it.
-                    let _ = conn.serve(cancel, publish_every).await;
+                    let mut current = Some((conn, guard));
+                    while let Some((conn, guard)) = current.take() {
+                        // Errors here just end the connection; `Load::alive` shows it.
+                        let _ = conn.serve(cancel.clone(), spec.publish_every).await;
+                        drop(guard);
+                        let Some(delay) = spec.reconnect.filter(|_| !cancel.is_cancelled()) else {
+                            break;
+                        };
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = cancel.cancelled() => break,
+                        }
+                        let again = tokio::time::timeout(
+                            HANDSHAKE_TIMEOUT,
+                            handshake(&addr, &spec, signer.as_deref()),
+                        );
+                        if let Ok(Ok(again)) = again.await {
+                            alive.fetch_add(1, Ordering::SeqCst);
+                            reconnects.fetch_add(1, Ordering::SeqCst);
+                            current = Some((again, AliveGuard(alive.clone())));
+                        }
+                    }
                 }));
             }
             Err(err) => {
@@ -200,6 +232,11 @@ impl Load {
     /// Number of connections still open (the server may have closed some, e.g. by a kick).
     pub fn alive(&self) -> usize {
         self.alive.load(Ordering::SeqCst)
+    }
+
+    /// Times a closed connection connected again (with [`LoadSpec::reconnect`]).
+    pub fn reconnects(&self) -> usize {
+        self.reconnects.load(Ordering::SeqCst)
     }
 
     /// Closes every connection and waits until all sockets are closed.

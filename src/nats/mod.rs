@@ -7,4 +7,4 @@ mod system;
 pub mod wire;
 
 pub use connect::{connect, ConnectError};
-pub use system::{parse, server_subject, RequestError, System, PING_CONNZ, PING_STATSZ};
+pub use system::{parse, server_subject, RequestError, System, PING_CONNZ, PING_STATSZ, PING_VARZ};

@@ -14,6 +14,8 @@ use super::wire::{Reply, UserInfo};
 pub const PING_CONNZ: &str = "$SYS.REQ.SERVER.PING.CONNZ";
 /// `$SYS.REQ.SERVER.PING.STATSZ`: every server answers with its statistics.
 pub const PING_STATSZ: &str = "$SYS.REQ.SERVER.PING.STATSZ";
+/// `$SYS.REQ.SERVER.PING.VARZ`: every server answers with its settings and counters.
+pub const PING_VARZ: &str = "$SYS.REQ.SERVER.PING.VARZ";
 /// `$SYS.REQ.USER.INFO`: who am I.
 pub const USER_INFO: &str = "$SYS.REQ.USER.INFO";
 

@@ -181,6 +181,48 @@ pub struct ConnzRequest {
     /// Only connections of this account.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub acc: Option<String>,
+    /// Only connections of this user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// 0 open, 1 closed, 2 all (an integer: a string is refused).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<u8>,
+}
+
+/// The `data` of an ACCOUNTZ reply, as far as connwatch reads it.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Accountz {
+    /// The account asked about.
+    #[serde(default)]
+    pub account_detail: Option<AccountDetail>,
+}
+
+/// One account's details.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AccountDetail {
+    /// The decoded account JWT (operator mode only).
+    #[serde(default)]
+    pub decoded_jwt: Option<serde_json::Value>,
+}
+
+impl AccountDetail {
+    /// The account's connection limit from its JWT; `None` when unlimited or unknown.
+    pub fn connection_limit(&self) -> Option<u64> {
+        let conn = self
+            .decoded_jwt
+            .as_ref()?
+            .pointer("/nats/limits/conn")?
+            .as_i64()?;
+        u64::try_from(conn).ok()
+    }
+}
+
+/// The `data` of a VARZ reply, as far as connwatch reads it.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Varz {
+    /// The server's `max_connections`.
+    #[serde(default)]
+    pub max_connections: u64,
 }
 
 /// The user name claim of a user JWT, if it has one (`jwt` field of a connection).

@@ -1,5 +1,8 @@
 //! Why a user holds so many connections, read from how they spread, in words with the numbers.
 
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::census::UserCensus;
@@ -13,6 +16,30 @@ pub struct Churn {
     pub window_secs: u64,
     /// The most common close reason and how many closed with it.
     pub top_reason: Option<(String, u64)>,
+}
+
+/// The churn of a user from its closed connections (stop time, reason): those closed after
+/// `since` (the previous sweep) and up to `now`.
+pub fn churn(
+    closed: &[(DateTime<Utc>, String)],
+    since: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Churn {
+    let mut reasons: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut n = 0;
+    for (_, reason) in closed.iter().filter(|(stop, _)| *stop > since) {
+        n += 1;
+        *reasons.entry(reason.as_str()).or_default() += 1;
+    }
+    let top_reason = reasons
+        .into_iter()
+        .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0)))
+        .map(|(r, k)| (r.to_string(), k));
+    Churn {
+        closed: n,
+        window_secs: (now - since).num_seconds().max(0) as u64,
+        top_reason,
+    }
 }
 
 /// A likely cause, with the numbers behind it.
@@ -232,6 +259,22 @@ mod tests {
         assert!(d.summary.contains("Stale Connection"));
         let calm = Churn { closed: 5, ..churn };
         assert!(!causes(&diagnose(&u, Some(&calm))).contains(&"reconnect_loop"));
+    }
+
+    #[test]
+    fn churn_counts_what_closed_since_the_last_sweep() {
+        let t = |s: i64| DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap();
+        let closed = vec![
+            (t(5), "Client Closed".to_string()),
+            (t(12), "Stale Connection".to_string()),
+            (t(15), "Stale Connection".to_string()),
+            (t(20), "Client Closed".to_string()),
+            (t(25), "Stale Connection".to_string()),
+        ];
+        let c = churn(&closed, t(10), t(40));
+        assert_eq!(c.closed, 4);
+        assert_eq!(c.window_secs, 30);
+        assert_eq!(c.top_reason, Some(("Stale Connection".into(), 3)));
     }
 
     #[test]

@@ -80,9 +80,11 @@ pub struct Growth {
     pub account_limit_in_secs: Option<u64>,
 }
 
-/// Computes a user's growth from its samples; `None` with too few samples or no time span.
+/// Computes a user's growth from its samples, projecting from its `current` connections;
+/// `None` with too few samples or no time span.
 pub fn growth(
     samples: &[(DateTime<Utc>, u64)],
+    current: u64,
     threshold: u64,
     account_connections: u64,
     account_limit: Option<u64>,
@@ -104,7 +106,7 @@ pub fn growth(
     }
     let sxy: f64 = xs.iter().zip(&ys).map(|(x, y)| (x - mx) * (y - my)).sum();
     let per_hour = sxy / sxx;
-    let now = samples.last().map(|(_, n)| *n).unwrap_or(0);
+    let now = current;
     let eta = |headroom: u64| -> Option<u64> {
         (per_hour > 0.0).then(|| (headroom as f64 / per_hour * 3600.0).ceil() as u64)
     };
@@ -136,7 +138,14 @@ mod tests {
     fn a_steady_leak_projects_when_it_crosses_the_threshold() {
         // 10 connections every 6 minutes: 100 an hour, at 40 now.
         let samples: Vec<_> = (0..5).map(|i| (t(i * 6), (i as u64) * 10)).collect();
-        let g = growth(&samples, 100, 500, Some(1000)).unwrap();
+        let g = growth(&samples, 40, 100, 500, Some(1000)).unwrap();
+        assert!(
+            growth(&samples, 150, 100, 500, None)
+                .unwrap()
+                .threshold_in_secs
+                .is_none(),
+            "already over"
+        );
         assert!((g.per_hour - 100.0).abs() < 0.01, "{}", g.per_hour);
         // 61 more to cross 100 at 100/h: 36.6 minutes.
         assert_eq!(g.threshold_in_secs, Some(2196));
@@ -148,17 +157,17 @@ mod tests {
     #[test]
     fn flat_or_shrinking_users_have_no_eta() {
         let flat: Vec<_> = (0..5).map(|i| (t(i), 50)).collect();
-        let g = growth(&flat, 100, 50, Some(1000)).unwrap();
+        let g = growth(&flat, 50, 100, 50, Some(1000)).unwrap();
         assert_eq!(g.per_hour, 0.0);
         assert_eq!(g.threshold_in_secs, None);
         let shrinking: Vec<_> = (0..5).map(|i| (t(i), 50 - i as u64)).collect();
-        assert!(growth(&shrinking, 100, 50, None).unwrap().per_hour < 0.0);
+        assert!(growth(&shrinking, 46, 100, 50, None).unwrap().per_hour < 0.0);
     }
 
     #[test]
     fn too_few_samples_say_nothing() {
-        assert!(growth(&[(t(0), 1), (t(1), 2)], 100, 0, None).is_none());
-        assert!(growth(&[(t(0), 1), (t(0), 2), (t(0), 3)], 100, 0, None).is_none());
+        assert!(growth(&[(t(0), 1), (t(1), 2)], 2, 100, 0, None).is_none());
+        assert!(growth(&[(t(0), 1), (t(0), 2), (t(0), 3)], 3, 100, 0, None).is_none());
     }
 
     #[test]

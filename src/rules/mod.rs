@@ -201,6 +201,7 @@ pub fn evaluate(census: &Census, detect: &DetectConfig, ctx: &Context) -> Vec<Fi
         let trend = ctx.history.and_then(|h| {
             growth(
                 &h.samples(&u.account, &u.user),
+                u.connections,
                 u.threshold,
                 account_connections,
                 limit,
@@ -225,7 +226,7 @@ pub fn evaluate(census: &Census, detect: &DetectConfig, ctx: &Context) -> Vec<Fi
         findings.push(Finding {
             kind,
             body: Body::User(Box::new(UserFinding {
-                census: u.clone(),
+                census: bounded(u),
                 diagnosis: diagnose(u, churn),
                 growth: trend,
             })),
@@ -268,6 +269,27 @@ pub fn evaluate(census: &Census, detect: &DetectConfig, ctx: &Context) -> Vec<Fi
         }
     }
     findings
+}
+
+/// Entries kept in an advisory's `by_name` and `by_ip` (the largest); `spread` has the totals.
+pub const MAX_MAP_ENTRIES: usize = 50;
+
+/// A user's census with its per-name and per-IP maps cut to their largest entries, so that an
+/// advisory stays small whatever the user does.
+fn bounded(u: &UserCensus) -> UserCensus {
+    let top = |m: &BTreeMap<String, u64>| -> BTreeMap<String, u64> {
+        let mut v: Vec<(&String, &u64)> = m.iter().collect();
+        v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        v.into_iter()
+            .take(MAX_MAP_ENTRIES)
+            .map(|(k, n)| (k.clone(), *n))
+            .collect()
+    };
+    UserCensus {
+        by_name: top(&u.by_name),
+        by_ip: top(&u.by_ip),
+        ..u.clone()
+    }
 }
 
 fn round3(x: f64) -> f64 {
@@ -325,6 +347,26 @@ mod tests {
         assert_eq!(u.census.connections, 150);
         assert_eq!(u.census.suspects.len(), 20);
         assert_eq!(u.diagnosis.causes[0].cause, "one_process_leak");
+    }
+
+    #[test]
+    fn advisory_maps_are_bounded_to_the_largest_entries() {
+        let mut c = Vec::new();
+        for i in 0..200u64 {
+            let mut conn = conns("APP", "shared", 1 + (i == 7) as u64, "n1");
+            for x in conn.iter_mut() {
+                x.ip = format!("10.0.{}.{}", i / 250, i % 250);
+                x.cid += i * 10;
+            }
+            c.extend(conn);
+        }
+        let census = build(&c, None, &DetectConfig::default());
+        let f = evaluate(&census, &DetectConfig::default(), &Context::default());
+        let Body::User(u) = &f[0].body else { panic!() };
+        assert_eq!(u.census.by_ip.len(), MAX_MAP_ENTRIES);
+        assert_eq!(u.census.by_ip["10.0.0.7"], 2, "the largest entry is kept");
+        assert_eq!(u.census.spread.ips, 200, "the total stays known");
+        assert_eq!(u.census.connections, 201);
     }
 
     #[test]

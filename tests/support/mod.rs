@@ -109,3 +109,155 @@ pub async fn wait_until_async(timeout: Duration, mut condition: impl FnMut() -> 
         tokio::time::sleep(POLL_INTERVAL).await;
     }
 }
+
+/// A `connwatch run` child process logging to a file; killed on drop.
+pub struct Running {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl Running {
+    /// Starts `connwatch --config <config> run`, logging to `log`.
+    pub fn start(config: &Path, log: PathBuf) -> Self {
+        let child = Command::new(connwatch_bin())
+            .args(["--config", config.to_str().unwrap(), "run"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("create log"))
+            .spawn()
+            .expect("spawn connwatch run");
+        Self { child, log }
+    }
+
+    /// Everything it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Rounds finished so far, and how many of them were partial.
+    pub fn rounds(&self) -> (usize, usize) {
+        let log = self.log();
+        let rounds: Vec<&str> = log.lines().filter(|l| l.contains("round done")).collect();
+        (
+            rounds.len(),
+            rounds.iter().filter(|l| l.contains("partial=true")).count(),
+        )
+    }
+
+    /// Sends SIGTERM and returns the exit code; panics if it does not exit within 30 s.
+    pub fn terminate(mut self) -> Option<i32> {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let mut code = None;
+        let exited = wait_until(Duration::from_secs(30), || {
+            match self.child.try_wait().unwrap() {
+                Some(status) => {
+                    code = status.code();
+                    true
+                }
+                None => false,
+            }
+        });
+        assert!(exited, "connwatch did not exit on SIGTERM: {}", self.log());
+        code
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every advisory published under `connwatch.advisory.>`, as (subject, body), in order.
+#[derive(Clone, Default)]
+pub struct Seen(pub std::sync::Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>>);
+
+impl Seen {
+    /// Subscribes as the cluster's system user (client name `test-subscriber`) at `url`.
+    pub async fn subscribe(url: &str) -> (Self, async_nats::Client) {
+        use futures::StreamExt;
+        let client = async_nats::ConnectOptions::with_user_and_password(
+            "sys".into(),
+            "sys-dev-password".into(),
+        )
+        .name("test-subscriber")
+        .connect(url)
+        .await
+        .expect("subscriber connects");
+        let mut sub = client.subscribe("connwatch.advisory.>").await.unwrap();
+        client.flush().await.unwrap();
+        let seen = Seen::default();
+        let out = seen.clone();
+        tokio::spawn(async move {
+            while let Some(m) = sub.next().await {
+                let body = serde_json::from_slice(&m.payload).expect("advisory is JSON");
+                out.0.lock().unwrap().push((m.subject.to_string(), body));
+            }
+        });
+        (seen, client)
+    }
+
+    /// Everything so far.
+    pub fn all(&self) -> Vec<(String, serde_json::Value)> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// The bodies of one advisory type (name without the prefix).
+    pub fn of(&self, name: &str) -> Vec<serde_json::Value> {
+        let t = format!("io.connwatch.advisory.v1.{name}");
+        self.all()
+            .into_iter()
+            .map(|(_, b)| b)
+            .filter(|b| b["type"] == t.as_str())
+            .collect()
+    }
+
+    /// Waits (30 s at most) for the first advisory after index `from` matching `pred`.
+    pub async fn wait_for(
+        &self,
+        from: usize,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> (usize, String, serde_json::Value) {
+        let mut found = None;
+        let ok = wait_until_async(Duration::from_secs(30), || {
+            found = self
+                .all()
+                .into_iter()
+                .enumerate()
+                .skip(from)
+                .find(|(_, (_, b))| pred(b));
+            found.is_some()
+        })
+        .await;
+        assert!(ok, "no {what} advisory; seen: {:#?}", self.all());
+        let (i, (s, b)) = found.unwrap();
+        (i, s, b)
+    }
+}
+
+/// Asserts that an advisory matches its schema in `schemas/`.
+pub fn assert_valid(body: &serde_json::Value) {
+    let name = body["type"]
+        .as_str()
+        .expect("advisory type")
+        .rsplit('.')
+        .next()
+        .unwrap();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("schemas/{name}.json"));
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(body)
+        .map(|e| format!("{e} at {}", e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{name} advisory does not match its schema: {errors:?}\n{body:#}"
+    );
+}

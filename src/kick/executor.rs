@@ -1,0 +1,85 @@
+//! Sending kicks: directed `$SYS.REQ.SERVER.<id>.KICK`, each server in parallel, one slow
+//! server holding up only its own kicks.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::join_all;
+use tracing::warn;
+
+use super::KickPlan;
+use crate::nats::wire::Reply;
+use crate::nats::{parse, server_subject, System};
+
+/// What became of one kick.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The server closed the connection.
+    Kicked,
+    /// The connection was already gone ("no such client"): fine.
+    Gone,
+    /// The server refused or did not answer.
+    Failed(String),
+}
+
+impl Outcome {
+    /// The `result` field of the audit advisory.
+    pub fn result(&self) -> &'static str {
+        match self {
+            Self::Kicked => "kicked",
+            Self::Gone => "already_gone",
+            Self::Failed(_) => "failed",
+        }
+    }
+}
+
+/// Sends every kick; the outcomes are in the order of `plans`.
+pub async fn kick_all(system: &System, plans: &[KickPlan], timeout: Duration) -> Vec<Outcome> {
+    let mut by_server: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, p) in plans.iter().enumerate() {
+        by_server.entry(p.server_id.as_str()).or_default().push(i);
+    }
+    let per_server = join_all(by_server.into_iter().map(|(server_id, idx)| async move {
+        let mut out = Vec::with_capacity(idx.len());
+        for i in idx {
+            out.push((i, kick(system, server_id, plans[i].cid, timeout).await));
+        }
+        out
+    }))
+    .await;
+    let mut outcomes = vec![Outcome::Failed("not sent".into()); plans.len()];
+    for (i, o) in per_server.into_iter().flatten() {
+        outcomes[i] = o;
+    }
+    outcomes
+}
+
+/// Kicks one connection.
+pub async fn kick(system: &System, server_id: &str, cid: u64, timeout: Duration) -> Outcome {
+    let body = Bytes::from(serde_json::json!({ "cid": cid }).to_string());
+    let msg = match system
+        .request(server_subject(server_id, "KICK"), body, timeout)
+        .await
+    {
+        Ok(m) => m,
+        Err(e) => {
+            warn!(server_id, cid, error = %e, "kick failed");
+            return Outcome::Failed(e.to_string());
+        }
+    };
+    match parse::<Reply<serde_json::Value>>(&msg.payload) {
+        Ok(Reply { error: None, .. }) => Outcome::Kicked,
+        Ok(Reply { error: Some(e), .. }) if e.description.contains("no such client") => {
+            Outcome::Gone
+        }
+        Ok(Reply { error: Some(e), .. }) => {
+            warn!(server_id, cid, code = e.code, error = %e.description, "server refused the kick");
+            Outcome::Failed(e.description)
+        }
+        Err(e) => {
+            warn!(server_id, cid, error = %e, "unparseable kick reply");
+            Outcome::Failed(format!("unparseable reply: {e}"))
+        }
+    }
+}

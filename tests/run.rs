@@ -1,0 +1,314 @@
+//! `connwatch run` against a real 3-node cluster: findings become advisories on NATS.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::Value;
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn is(kind: &str, state: &str) -> impl Fn(&Value) -> bool {
+    let (kind, state) = (
+        format!("io.connwatch.advisory.v1.{kind}"),
+        state.to_string(),
+    );
+    move |b: &Value| b["type"] == kind.as_str() && b["state"] == state.as_str()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leak_fires_renotifies_survives_a_partial_sweep_and_resolves() {
+    let dir = tempfile::tempdir().unwrap();
+    // Names that are not subject tokens: the subject escapes them, the body keeps them raw.
+    let (account, user) = ("team.a b", "svc *1>");
+    let mut cluster = Cluster::start(
+        ClusterSpec::new(dir.path().join("cluster"))
+            .account(AccountSpec::new(account).user(user, "pw")),
+    )
+    .unwrap();
+    let config = format!(
+        "[nats]\nservers = [{:?}]\nuser = \"sys\"\npassword = \"sys-dev-password\"\n\
+         [sweep]\ninterval = \"500ms\"\ntimeout = \"2s\"\n\
+         [detect]\nidle_threshold = \"1s\"\ngrowth_min_per_hour = 1.0\n\
+         [advisory]\nrenotify = \"4s\"\n[state]\nfile = {:?}\n",
+        cluster.client_url(0),
+        dir.path().join("state.json")
+    );
+    let path = write_config(dir.path(), &config);
+    let (seen, _sub) = Seen::subscribe(&cluster.client_url(1)).await;
+    let running = Running::start(&path, dir.path().join("connwatch.log"));
+    let auth = LoadAuth::user_password(user, "pw");
+
+    // Growing below the threshold: a growth advisory with a projection, before it hurts.
+    let mut loads = vec![load::open(
+        LoadSpec::new(cluster.client_url(0), auth.clone(), 20).name("invoice-worker"),
+    )
+    .await
+    .unwrap()];
+    let grow = |r: &Running| r.rounds().0;
+    let before = grow(&running);
+    assert!(
+        wait_until_async(WAIT, || grow(&running) >= before + 3).await,
+        "{}",
+        running.log()
+    );
+    loads.push(
+        load::open(LoadSpec::new(cluster.client_url(0), auth.clone(), 30).name("invoice-worker"))
+            .await
+            .unwrap(),
+    );
+    let (_, _, growth) = seen
+        .wait_for(0, "growth", is("user_connection_growth", "firing"))
+        .await;
+    assert_valid(&growth);
+    assert!(growth["connections"].as_u64().unwrap() <= 100);
+    assert!(
+        growth["growth"]["per_hour"].as_f64().unwrap() > 0.0,
+        "{growth:#}"
+    );
+    assert!(
+        growth["growth"]["threshold_in_secs"].as_u64().is_some(),
+        "{growth:#}"
+    );
+
+    // Past the threshold: the excessive advisory, on the escaped subject, with the numbers.
+    loads.push(
+        load::open(LoadSpec::new(cluster.client_url(1), auth.clone(), 80).name("invoice-worker"))
+            .await
+            .unwrap(),
+    );
+    let (i, subject, fired) = seen
+        .wait_for(0, "excessive", is("excessive_user_connections", "firing"))
+        .await;
+    assert_valid(&fired);
+    assert_eq!(
+        subject,
+        "connwatch.advisory.excessive_user_connections.team%2Ea%20b.svc%20%2A1%3E"
+    );
+    assert_eq!(fired["account"], account);
+    assert_eq!(fired["user"], user);
+    assert_eq!(fired["connections"], 130);
+    assert_eq!(fired["threshold"], 100);
+    assert_eq!(fired["renotify"], false);
+    assert_eq!(fired["by_server"], serde_json::json!({"n1": 50, "n2": 80}));
+    assert_eq!(fired["by_name"], serde_json::json!({"invoice-worker": 130}));
+    assert_eq!(fired["by_ip"], serde_json::json!({"127.0.0.1": 130}));
+    assert_eq!(fired["sweep"]["partial"], false);
+    let causes: Vec<&str> = fired["diagnosis"]["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["cause"].as_str().unwrap())
+        .collect();
+    assert!(causes.contains(&"one_process_leak"), "{causes:?}");
+    assert!(fired["diagnosis"]["summary"]
+        .as_str()
+        .unwrap()
+        .contains("130 of 130 connections come from one process"));
+    assert!(
+        fired["growth"]["per_hour"].as_f64().unwrap() > 0.0,
+        "{fired:#}"
+    );
+
+    // A reconnect loop on top (connections opened and closed over and over), until the
+    // finding is announced again after `advisory.renotify`, same start, with the loop diagnosed.
+    let stop_churn = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = tokio::spawn({
+        let (url, auth, stop) = (cluster.client_url(2), auth.clone(), stop_churn.clone());
+        async move {
+            for _ in 0..2_000 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let l =
+                    load::open(LoadSpec::new(url.clone(), auth.clone(), 20).name("invoice-worker"))
+                        .await
+                        .unwrap();
+                l.close().await;
+            }
+        }
+    });
+    let (_, _, again) = seen
+        .wait_for(i + 1, "renotify", |b| {
+            is("excessive_user_connections", "firing")(b) && b["renotify"] == true
+        })
+        .await;
+    stop_churn.store(true, std::sync::atomic::Ordering::Relaxed);
+    churn.await.unwrap();
+    assert_valid(&again);
+    assert_eq!(again["since"], fired["since"]);
+    assert_ne!(again["id"], fired["id"]);
+    let loop_cause = again["diagnosis"]["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["cause"] == "reconnect_loop");
+    let message = loop_cause.unwrap_or_else(|| panic!("no reconnect loop diagnosed: {again:#}"))
+        ["message"]
+        .as_str()
+        .unwrap();
+    assert!(message.contains("Client Closed"), "{message}");
+
+    // A server goes silent and the leak closes: partial sweeps never resolve it.
+    cluster.kill(2).unwrap();
+    let partial_before = running.rounds().1;
+    for l in loads.drain(..) {
+        l.close().await;
+    }
+    assert!(
+        wait_until_async(WAIT, || running.rounds().1 >= partial_before + 4).await,
+        "{}",
+        running.log()
+    );
+    assert!(
+        !seen
+            .all()
+            .iter()
+            .any(|(_, b)| is("excessive_user_connections", "resolved")(b)),
+        "resolved on a partial sweep: {:#?}",
+        seen.all()
+    );
+
+    // The server is back: a complete sweep resolves it.
+    cluster.restart(2).unwrap();
+    let (_, _, resolved) = seen
+        .wait_for(0, "resolved", is("excessive_user_connections", "resolved"))
+        .await;
+    assert_valid(&resolved);
+    assert_eq!(resolved["sweep"]["partial"], false);
+    assert_eq!(resolved["since"], fired["since"]);
+
+    assert_eq!(running.terminate(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_does_not_fire_again_and_sigterm_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(
+        ClusterSpec::new(dir.path().join("cluster"))
+            .account(AccountSpec::new("APP").user("leaky", "pw")),
+    )
+    .unwrap();
+    let state = dir.path().join("state.json");
+    let config = format!(
+        "{}[sweep]\ninterval = \"300ms\"\n[advisory]\nrenotify = \"1h\"\n[state]\nfile = {:?}\n",
+        cluster.connwatch_toml(),
+        state
+    );
+    let path = write_config(dir.path(), &config);
+    let (seen, _sub) = Seen::subscribe(&cluster.client_url(0)).await;
+    let leak = load::open(LoadSpec::new(
+        cluster.client_url(2),
+        LoadAuth::user_password("leaky", "pw"),
+        120,
+    ))
+    .await
+    .unwrap();
+
+    let first = Running::start(&path, dir.path().join("first.log"));
+    seen.wait_for(0, "excessive", is("excessive_user_connections", "firing"))
+        .await;
+    assert_eq!(first.terminate(), Some(0));
+    let saved: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    assert_eq!(
+        saved["findings"]["active"].as_object().unwrap().len(),
+        1,
+        "{saved:#}"
+    );
+
+    let second = Running::start(&path, dir.path().join("second.log"));
+    assert!(
+        wait_until_async(WAIT, || second.rounds().0 >= 5).await,
+        "{}",
+        second.log()
+    );
+    let firings = seen
+        .all()
+        .iter()
+        .filter(|(_, b)| is("excessive_user_connections", "firing")(b))
+        .count();
+    assert_eq!(firings, 1, "fired again after a restart: {:#?}", seen.all());
+    assert_eq!(second.terminate(), Some(0));
+    leak.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn advisories_queued_while_disconnected_arrive_after_reconnect() {
+    use connwatch::advisory::publisher::{Publisher, PublisherStats};
+    use connwatch::advisory::Advisory;
+    use connwatch::config::AdvisoryConfig;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster =
+        Cluster::start(ClusterSpec::new(dir.path().join("cluster")).servers(1)).unwrap();
+    let url = cluster.client_url(0);
+    let connect = || {
+        async_nats::ConnectOptions::with_user_and_password("sys".into(), "sys-dev-password".into())
+            .max_reconnects(None)
+            .connect(url.clone())
+    };
+    let client = connect().await.unwrap();
+    let stats = Arc::new(PublisherStats::default());
+    let cfg = AdvisoryConfig {
+        queue_size: 8,
+        ..AdvisoryConfig::default()
+    };
+    let publisher = Publisher::spawn(client.clone(), &cfg, stats.clone());
+    let advisory = |n: u32| Advisory {
+        subject: format!("connwatch.advisory.test.{n}"),
+        id: format!("id-{n}"),
+        body: serde_json::json!({ "n": n }),
+    };
+
+    // Subscribed on the same client: after the reconnect it subscribes again before it publishes.
+    let mut sub = client.subscribe("connwatch.advisory.>").await.unwrap();
+    client.flush().await.unwrap();
+    let seen = Seen::default();
+    let out = seen.clone();
+    tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            out.0.lock().unwrap().push((
+                m.subject.to_string(),
+                serde_json::from_slice(&m.payload).unwrap(),
+            ));
+        }
+    });
+
+    cluster.kill(0).unwrap();
+    assert!(
+        wait_until_async(WAIT, || client.connection_state()
+            != async_nats::connection::State::Connected)
+        .await,
+        "client did not notice the server going away"
+    );
+    // Ten advisories into a queue of eight while the server is down: the two oldest drop.
+    for n in 0..10 {
+        publisher.enqueue(advisory(n));
+    }
+    assert_eq!(publisher.queued(), 8);
+    assert_eq!(stats.dropped.load(std::sync::atomic::Ordering::Relaxed), 2);
+
+    cluster.restart(0).unwrap();
+    // Shutdown waits until the queue is empty: everything was confirmed by the server.
+    let left = publisher.shutdown(WAIT).await;
+    assert_eq!(left, 0, "advisories left after reconnect");
+    assert_eq!(
+        stats.published.load(std::sync::atomic::Ordering::Relaxed),
+        8
+    );
+    let got: Vec<u64> = {
+        wait_until_async(Duration::from_secs(5), || seen.all().len() >= 8).await;
+        seen.all()
+            .iter()
+            .map(|(_, b)| b["n"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(
+        got,
+        (2..10).collect::<Vec<u64>>(),
+        "delivered out of order or lost"
+    );
+}
