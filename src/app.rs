@@ -8,6 +8,7 @@ use crate::census;
 use tokio_util::sync::CancellationToken;
 
 use std::fmt::Write as _;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -70,8 +71,12 @@ pub struct Session {
 }
 
 /// Connects and checks that the user can send system requests.
-pub async fn open_session(config: &Config) -> Result<Session, ConnectError> {
-    let client = nats::connect(&config.nats).await?;
+/// `connects`, when given, counts the connections made (see [`nats::connect`]).
+pub async fn open_session(
+    config: &Config,
+    connects: Option<Arc<AtomicU64>>,
+) -> Result<Session, ConnectError> {
+    let client = nats::connect(&config.nats, connects).await?;
     let system = System::new(client);
     let timeout = config.sweep.timeout.min(Duration::from_secs(5));
     let me = system.user_info(timeout).await.map_err(|e| {
@@ -101,7 +106,7 @@ pub async fn open_session(config: &Config) -> Result<Session, ConnectError> {
 
 /// `connwatch report`: one sweep, printed.
 pub async fn report(config: &Config, args: &ReportArgs) -> Result<String, AppError> {
-    let session = open_session(config).await?;
+    let session = open_session(config, None).await?;
     let state_file = config.state.file.as_deref();
     let mut state = State::load_or_default(state_file);
     let mut sweeper = Sweeper::new(session.system.clone(), &config.sweep, state.servers.clone());
@@ -133,7 +138,7 @@ pub async fn tail(
     args: &TailArgs,
     shutdown: CancellationToken,
 ) -> Result<(), AppError> {
-    let client = nats::connect(&config.nats).await?;
+    let client = nats::connect(&config.nats, None).await?;
     crate::tail::run(
         client,
         &config.advisory.subject_prefix,
@@ -147,7 +152,7 @@ pub async fn tail(
 
 /// `connwatch kick`: shows what would be kicked, and kicks it with `--yes`.
 pub async fn kick(config: &Config, args: &KickArgs) -> Result<String, AppError> {
-    let session = open_session(config).await?;
+    let session = open_session(config, None).await?;
     let info = session.system.client().server_info();
     let own = Own {
         server_id: info.server_id.clone(),

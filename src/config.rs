@@ -18,7 +18,7 @@ pub const ENV_PREFIX: &str = "CONNWATCH_";
 pub const DEFAULT_CONFIG_PATH: &str = "config/connwatch.toml";
 
 /// The whole configuration.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// How to reach the cluster and authenticate as a system-account user.
@@ -31,12 +31,18 @@ pub struct Config {
     pub advisory: AdvisoryConfig,
     /// Closing leaked connections: off unless enabled.
     pub kick: KickConfig,
+    /// Prometheus metrics and health over HTTP.
+    pub metrics: MetricsConfig,
+    /// The NATS micro service (`$SRV.PING`, census, findings, sweep now).
+    pub service: ServiceConfig,
+    /// Logging.
+    pub log: LogConfig,
     /// What connwatch remembers between runs.
     pub state: StateConfig,
 }
 
 /// `[nats]`: the connection to the cluster.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsConfig {
     /// Server URLs; a list, or one string of comma-separated URLs.
@@ -79,7 +85,7 @@ impl Default for NatsConfig {
 }
 
 /// `[nats.tls]`: custom CA and client certificate.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// PEM file of the CA that signed the servers' certificates.
@@ -98,7 +104,7 @@ impl TlsConfig {
 }
 
 /// `[sweep]`: one round of CONNZ requests over the cluster.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SweepConfig {
     /// Time between the starts of two sweeps (`connwatch run`).
@@ -130,7 +136,7 @@ impl Default for SweepConfig {
 }
 
 /// `[detect]`: thresholds for findings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DetectConfig {
     /// A user holding more connections than this, cluster-wide, is excessive.
@@ -214,7 +220,7 @@ pub fn names_match(want: &str, key: &str, name: &Option<String>) -> bool {
 }
 
 /// `[advisory]`: publishing findings on NATS.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdvisoryConfig {
     /// Subjects are `<subject_prefix>.<type name>.<account>.<user>` (escaped tokens).
@@ -263,7 +269,7 @@ pub struct ThresholdOverride {
 /// idle at least `min_idle` with no message in or out, older than `min_age`, its user passes
 /// `allow` and `deny`, and it is neither the system account's, connwatch's own, nor a leafnode
 /// (unless `leafnodes`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KickConfig {
     /// Kick at all. Off by default.
@@ -316,8 +322,65 @@ impl Default for KickConfig {
     }
 }
 
+/// `[metrics]`: Prometheus exposition, `/healthz` and `/readyz` over HTTP.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address to listen on, e.g. `127.0.0.1:9464`; empty turns the listener off.
+    pub listen: String,
+    /// Users with fewer connections than this get no per-user series.
+    pub user_floor: u64,
+    /// At most this many users (the largest) get per-user series.
+    pub max_users: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: String::new(),
+            user_floor: 10,
+            max_users: 100,
+        }
+    }
+}
+
+/// `[service]`: connwatch as a NATS micro service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceConfig {
+    /// Answer `$SRV.PING`/`INFO`/`STATS` and the endpoints.
+    pub enabled: bool,
+    /// Endpoint subjects are `<prefix>.census`, `<prefix>.findings` and `<prefix>.sweep`.
+    pub prefix: String,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            prefix: "connwatch".into(),
+        }
+    }
+}
+
+/// `[log]`: logging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Level or filter (`info`, `debug`, `connwatch=debug,info`); `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+        }
+    }
+}
+
 /// `[state]`: what survives a restart.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StateConfig {
     /// JSON file where connwatch keeps the servers it has seen; empty keeps them in memory only.
@@ -807,6 +870,24 @@ fn validate(c: &Config, figment: &Figment) -> Result<(), ConfigErrors> {
             format!("`{prefix}` is not a literal subject (no wildcards, spaces or empty tokens)"),
         );
     }
+    if !c.metrics.listen.is_empty() && c.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
+        bad(
+            "metrics.listen",
+            format!(
+                "`{}` is not an address like 127.0.0.1:9464",
+                c.metrics.listen
+            ),
+        );
+    }
+    if c.service.prefix.is_empty() || c.service.prefix.contains(['*', '>', ' ']) {
+        bad(
+            "service.prefix",
+            format!("`{}` is not a literal subject", c.service.prefix),
+        );
+    }
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&c.log.level) {
+        bad("log.level", format!("not a log level or filter: {e}"));
+    }
     if c.advisory.queue_size == 0 {
         bad("advisory.queue_size", "must be at least 1".into());
     }
@@ -880,6 +961,19 @@ pub fn check_seed_file(path: &Path) -> Result<(), String> {
     nkeys::KeyPair::from_seed(seed)
         .map_err(|e| format!("{}: invalid nkey seed: {e}", path.display()))?;
     Ok(())
+}
+
+/// The credential files (`nats.creds`, `nats.nkey`) that users other than the owner can read.
+pub fn loose_credential_files(c: &Config) -> Vec<(&'static str, PathBuf)> {
+    use std::os::unix::fs::PermissionsExt;
+    [("nats.creds", &c.nats.creds), ("nats.nkey", &c.nats.nkey)]
+        .into_iter()
+        .filter_map(|(key, path)| {
+            let path = path.as_ref()?;
+            let mode = std::fs::metadata(path).ok()?.permissions().mode();
+            (mode & 0o044 != 0).then(|| (key, path.clone()))
+        })
+        .collect()
 }
 
 /// The effective configuration as TOML, secrets redacted.
@@ -1098,6 +1192,7 @@ mod shipped_file {
             key: Some("x".into()),
         };
         c.state.file = Some("x".into());
+        c.metrics.listen = "127.0.0.1:9464".into();
         let value = serde_json::to_value(&c).unwrap();
         for (section, keys) in value.as_object().unwrap() {
             for (key, v) in keys.as_object().unwrap() {

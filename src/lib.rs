@@ -1,6 +1,7 @@
 //! connwatch: finds leaked and excessive NATS connections per user across a cluster.
 
 pub mod advisory;
+pub mod api;
 pub mod app;
 pub mod census;
 pub mod cli;
@@ -8,6 +9,7 @@ pub mod config;
 pub mod dev;
 pub mod kick;
 pub mod lifecycle;
+pub mod metrics;
 pub mod nats;
 pub mod report;
 pub mod rules;

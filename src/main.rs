@@ -1,19 +1,23 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
-
 use std::sync::Arc;
 
 use clap::Parser;
 use connwatch::app::{self, AppError};
 use connwatch::cli::{Cli, Command, LogFormat};
-use connwatch::{config, service};
+use connwatch::config::{self, Loaded};
+use connwatch::metrics::Metrics;
+use connwatch::service::{self, Reload};
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
-fn init_tracing(format: LogFormat) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,async_nats=off"));
+/// Logs to stderr: `RUST_LOG` when set, else `log.level`; colour only on a terminal.
+fn init_tracing(format: LogFormat, level: &str) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{level},async_nats=off")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -48,32 +52,61 @@ fn shutdown_on_signal() -> CancellationToken {
     tokio::spawn(async move {
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+            _ = term.recv() => info!("SIGTERM: shutting down"),
+            _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
         }
         cancel.cancel();
     });
     token
 }
 
+/// Reloads on SIGHUP: the same file, the environment as it is then, the same flags.
+fn reload_on_sighup(cli: &Cli) -> Reload {
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(async move {
+        let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+        while hup.recv().await.is_some() {
+            info!("SIGHUP: reload requested");
+            let _ = tx.try_send(());
+        }
+    });
+    let (path, flags) = (cli.config.clone(), cli.overrides.to_flags());
+    Reload {
+        requests: rx,
+        load: Box::new(move || {
+            let env: Vec<(String, String)> = std::env::vars().collect();
+            config::load(path.as_deref(), &env, flags.clone()).map(|l| l.config)
+        }),
+    }
+}
+
+/// Warnings about the environment and the credential files, once logging is up.
+fn warn_about(loaded: &Loaded, env: &[(String, String)]) {
+    for var in config::stray_env_vars(env) {
+        warn!(var = %var, "ignoring environment variable: use CONNWATCH_<SECTION>__<KEY>");
+    }
+    for (key, path) in config::loose_credential_files(&loaded.config) {
+        warn!(key, file = %path.display(), "credentials file is readable by others: chmod 600 it");
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
     let env: Vec<(String, String)> = std::env::vars().collect();
-    for var in config::stray_env_vars(&env) {
-        tracing::warn!(var = %var, "ignoring environment variable: use CONNWATCH_<SECTION>__<KEY>");
-    }
     let loaded = match config::load(cli.config.as_deref(), &env, cli.overrides.to_flags()) {
         Ok(l) => l,
         Err(e) => return fail(&AppError::Config(e)),
     };
+    init_tracing(cli.log_format, &loaded.config.log.level);
+    warn_about(&loaded, &env);
     let result = match &cli.command {
         Command::CheckConfig => Ok(app::check_config(&loaded)),
         Command::Report(args) => app::report(&loaded.config, args).await,
         Command::Run => {
-            let stats = Arc::new(service::Stats::default());
-            service::run(loaded.config.clone(), shutdown_on_signal(), stats)
+            let metrics = Arc::new(Metrics::new());
+            let reload = Some(reload_on_sighup(&cli));
+            service::run(loaded.config.clone(), shutdown_on_signal(), reload, metrics)
                 .await
                 .map(|()| String::new())
         }

@@ -98,6 +98,11 @@ pub struct Report<'a> {
 impl<'a> Report<'a> {
     /// Builds the report of a sweep and its census.
     pub fn new(snap: &Snapshot, census: &'a Census, filter: &Filter) -> Self {
+        Self::of_summary(SweepSummary::of(snap), census, filter)
+    }
+
+    /// Builds the report from a sweep's summary and its census.
+    pub fn of_summary(sweep: SweepSummary, census: &'a Census, filter: &Filter) -> Self {
         let matching: Vec<&UserCensus> = census.users.iter().filter(|u| filter.keeps(u)).collect();
         let users_total = matching.len();
         let take = if filter.top == 0 {
@@ -106,7 +111,7 @@ impl<'a> Report<'a> {
             filter.top
         };
         Self {
-            sweep: SweepSummary::of(snap),
+            sweep,
             users_total,
             users: matching.into_iter().take(take).collect(),
         }

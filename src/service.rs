@@ -6,23 +6,27 @@
 //! advisories are flushed and the client drained.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use crate::advisory::publisher::{Publisher, PublisherStats};
+use crate::advisory::publisher::Publisher;
 use crate::advisory::{self, Completeness};
+use crate::api;
 use crate::app::{open_session, AppError, Session};
 use crate::census::{self, Census};
 use crate::config::Config;
+use crate::config::ConfigErrors;
 use crate::kick::executor::Outcome;
 use crate::kick::{self, KickInputs, Own};
 use crate::lifecycle::State as FindingState;
+use crate::metrics::{Health, Metrics};
+use crate::report::SweepSummary;
 use crate::rules::diagnosis::churn;
 use crate::rules::{self, Context, ServerLoad};
 use crate::snapshot::Snapshot;
@@ -35,28 +39,15 @@ const MAX_CHURN_LOOKUPS: usize = 10;
 const LIMITS_REFRESH: Duration = Duration::from_secs(300);
 /// How long shutdown waits for queued advisories.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(10);
+/// How long shutdown waits for the client to drain.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Counters of the service, for logs and metrics.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Sweeps run.
-    pub sweeps: AtomicU64,
-    /// Sweeps that failed as a whole.
-    pub sweeps_failed: AtomicU64,
-    /// Sweeps that were partial.
-    pub sweeps_partial: AtomicU64,
-    /// Sweeps skipped because the previous one ran past their start.
-    pub sweeps_skipped: AtomicU64,
-    /// Advisory publishing counters.
-    pub advisories: Arc<PublisherStats>,
-    /// Kicks sent and confirmed.
-    pub kicks_sent: AtomicU64,
-    /// Would-be kicks announced in dry run.
-    pub kicks_dry_run: AtomicU64,
-    /// Kicks that failed.
-    pub kicks_failed: AtomicU64,
-    /// Kicked clients seen coming back.
-    pub kicks_ineffective: AtomicU64,
+/// Where a reload comes from: a signal (SIGHUP) and how to load the configuration again.
+pub struct Reload {
+    /// One message per reload request.
+    pub requests: mpsc::Receiver<()>,
+    /// Loads and validates the configuration as at start (same file, environment, flags).
+    pub load: Box<dyn Fn() -> Result<Config, ConfigErrors> + Send>,
 }
 
 /// Limits read from the cluster, refreshed now and then.
@@ -74,32 +65,62 @@ struct Service {
     sweeper: Sweeper,
     state: State,
     publisher: Publisher,
-    stats: Arc<Stats>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    latest: api::Shared,
     limits: Limits,
     last_sweep: Option<DateTime<Utc>>,
+    connects: Arc<std::sync::atomic::AtomicU64>,
 }
 
-/// Runs until `shutdown` is cancelled.
+/// Runs until `shutdown` is cancelled; reloads on `reload` requests.
 pub async fn run(
     config: Config,
     shutdown: CancellationToken,
-    stats: Arc<Stats>,
+    reload: Option<Reload>,
+    metrics: Arc<Metrics>,
 ) -> Result<(), AppError> {
     if config.state.file.is_none() {
         warn!("state.file is not set: firing findings are announced again after a restart");
     }
-    let session = open_session(&config).await?;
+    let connects = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let session = open_session(&config, Some(connects.clone())).await?;
+    let client = session.system.client().clone();
     let state = State::load_or_default(config.state.file.as_deref());
     let sweeper = Sweeper::new(session.system.clone(), &config.sweep, state.servers.clone());
-    let publisher = Publisher::spawn(
-        session.system.client().clone(),
-        &config.advisory,
-        stats.advisories.clone(),
-    );
+    let publisher = Publisher::spawn(client.clone(), &config.advisory, metrics.advisories.clone());
+    let health = Arc::new(Health::new(client.clone(), config.sweep.interval));
+    let latest = api::Shared::default();
+    let (commands_tx, mut commands) = mpsc::channel(8);
+    let helpers = CancellationToken::new();
+    let mut tasks = Vec::new();
+    if let Ok(listen) = config.metrics.listen.parse() {
+        let (m, h, stop) = (metrics.clone(), health.clone(), helpers.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(listen, m, h, stop).await {
+                error!(listen = %listen, error = %e, "metrics listener failed");
+            }
+        }));
+    }
+    if config.service.enabled {
+        let (c, cfg, l, stop) = (
+            client.clone(),
+            config.service.clone(),
+            latest.clone(),
+            helpers.clone(),
+        );
+        let timeout = config.sweep.timeout;
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = api::serve(c, cfg, l, commands_tx, timeout, stop).await {
+                error!(error = %e, "service endpoints failed");
+            }
+        }));
+    }
     info!(
         interval = %humantime::format_duration(config.sweep.interval),
         firing = state.findings.active.len(),
         subject_prefix = %config.advisory.subject_prefix,
+        kick = if !config.kick.enabled { "off" } else if config.kick.dry_run { "dry run" } else { "on" },
         "connwatch running"
     );
     let mut svc = Service {
@@ -108,31 +129,49 @@ pub async fn run(
         sweeper,
         state,
         publisher,
-        stats,
+        metrics,
+        health,
+        latest,
         limits: Limits::default(),
         last_sweep: None,
+        connects,
     };
-    let interval = svc.config.sweep.interval;
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut ticker = svc.ticker();
+    let (mut reloads, loader) = match reload {
+        Some(r) => (Some(r.requests), Some(r.load)),
+        None => (None, None),
+    };
     loop {
+        let mut reply = None;
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = ticker.tick() => {}
+            Some(api::Command::SweepNow(tx)) = commands.recv() => reply = Some(tx),
+            Some(()) = async { reloads.as_mut()?.recv().await } => {
+                if let Some(load) = &loader {
+                    info!("reloading the configuration");
+                    if svc.reload(load()) {
+                        ticker = svc.ticker();
+                    }
+                }
+                continue;
+            }
         }
         let started = Instant::now();
-        tokio::select! {
-            _ = svc.round() => {}
+        let summary = tokio::select! {
+            s = svc.round() => s,
             _ = shutdown.cancelled() => {
                 info!("shutdown: in-flight sweep cancelled");
                 break;
             }
+        };
+        if let Some(tx) = reply {
+            let _ = tx.send(summary.ok_or_else(|| "sweep failed".to_string()));
         }
+        let interval = svc.config.sweep.interval;
         let overran = (started.elapsed().as_nanos() / interval.as_nanos().max(1)) as u64;
         if overran > 0 {
-            svc.stats
-                .sweeps_skipped
-                .fetch_add(overran, Ordering::Relaxed);
+            svc.metrics.sweeps_skipped.inc_by(overran);
             warn!(
                 skipped = overran,
                 elapsed_ms = started.elapsed().as_millis() as u64,
@@ -140,26 +179,112 @@ pub async fn run(
             );
         }
     }
+    helpers.cancel();
     svc.stop().await;
+    for t in tasks {
+        let _ = t.await;
+    }
     Ok(())
 }
 
 impl Service {
-    /// One sweep and everything that follows from it.
-    async fn round(&mut self) {
-        self.stats.sweeps.fetch_add(1, Ordering::Relaxed);
+    /// A ticker for `sweep.interval` whose missed ticks are skipped, not bunched.
+    fn ticker(&self) -> tokio::time::Interval {
+        let mut t = tokio::time::interval(self.config.sweep.interval);
+        t.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        t
+    }
+
+    /// Applies a reloaded configuration, or refuses it; returns whether the interval changed.
+    /// Findings, history and kick memory are kept; settings that need a new connection or
+    /// listener are reported and left as they are.
+    fn reload(&mut self, new: Result<Config, ConfigErrors>) -> bool {
+        let new = match new {
+            Ok(c) => c,
+            Err(e) => {
+                error!(error = %e, "reload refused: the new configuration is invalid; the old one keeps running");
+                return false;
+            }
+        };
+        let old = &self.config;
+        let mut restart = Vec::new();
+        for (key, changed) in [
+            ("nats", old.nats != new.nats),
+            ("metrics.listen", old.metrics.listen != new.metrics.listen),
+            ("service", old.service != new.service),
+            (
+                "advisory.queue_size",
+                old.advisory.queue_size != new.advisory.queue_size,
+            ),
+            (
+                "advisory.jetstream",
+                old.advisory.jetstream != new.advisory.jetstream,
+            ),
+            (
+                "advisory.publish_timeout",
+                old.advisory.publish_timeout != new.advisory.publish_timeout,
+            ),
+            ("state.file", old.state.file != new.state.file),
+            ("log.level", old.log.level != new.log.level),
+        ] {
+            if changed {
+                restart.push(key);
+            }
+        }
+        if !restart.is_empty() {
+            warn!(keys = ?restart, "reload: these settings need a restart and keep their old values");
+        }
+        let interval_changed = old.sweep.interval != new.sweep.interval;
+        let mut applied = new;
+        applied.nats = old.nats.clone();
+        applied.metrics.listen = old.metrics.listen.clone();
+        applied.service = old.service.clone();
+        applied.advisory.queue_size = old.advisory.queue_size;
+        applied.advisory.jetstream = old.advisory.jetstream;
+        applied.advisory.publish_timeout = old.advisory.publish_timeout;
+        applied.state = old.state.clone();
+        applied.log = old.log.clone();
+        self.sweeper.set_config(&applied.sweep);
+        self.health.set_interval(applied.sweep.interval);
+        self.config = applied;
+        info!(
+            threshold = self.config.detect.max_connections_per_user,
+            kick = if !self.config.kick.enabled {
+                "off"
+            } else if self.config.kick.dry_run {
+                "dry run"
+            } else {
+                "on"
+            },
+            "configuration reloaded"
+        );
+        interval_changed
+    }
+
+    /// One sweep and everything that follows from it; the sweep's summary, unless it failed.
+    async fn round(&mut self) -> Option<SweepSummary> {
+        self.metrics.sweeps.inc();
+        self.count_reconnects();
+        if self.session.system.client().connection_state()
+            != async_nats::connection::State::Connected
+        {
+            self.metrics.sweeps_failed.inc();
+            warn!("sweep failed: not connected to NATS (reconnecting)");
+            return None;
+        }
         let snap = match self.sweeper.sweep().await {
             Ok(s) => s,
             Err(e) => {
-                self.stats.sweeps_failed.fetch_add(1, Ordering::Relaxed);
+                self.metrics.sweeps_failed.inc();
                 warn!(error = %e, "sweep failed");
-                return;
+                return None;
             }
         };
         let now = snap.started.unwrap_or_else(Utc::now);
         let complete = !snap.partial();
-        if !complete {
-            self.stats.sweeps_partial.fetch_add(1, Ordering::Relaxed);
+        self.count_reconnects();
+        if complete {
+            self.health.complete_sweep();
         }
         let census = census::build(
             &snap.connections,
@@ -217,16 +342,38 @@ impl Service {
         self.state.servers = self.sweeper.known().clone();
         self.state.save_to(self.config.state.file.as_deref());
         self.last_sweep = Some(now);
+        self.metrics
+            .observe(&snap, &census, &self.state.findings, &self.config.metrics);
+        self.metrics
+            .advisories_queued
+            .set(self.publisher.queued() as i64);
+        let summary = SweepSummary::of(&snap);
+        *self.latest.write().expect("latest lock") = api::Latest {
+            sweep: Some(summary.clone()),
+            census,
+            findings: self.state.findings.active.values().cloned().collect(),
+        };
         info!(
             findings = findings.len(),
             firing = self.state.findings.active.len(),
             events = events.len(),
             queued = self.publisher.queued(),
-            published = self.stats.advisories.published.load(Ordering::Relaxed),
-            dropped = self.stats.advisories.dropped.load(Ordering::Relaxed),
+            published = self.metrics.advisories.published.get(),
+            dropped = self.metrics.advisories.dropped.get(),
             partial = !complete,
             "round done"
         );
+        Some(summary)
+    }
+
+    /// Brings the reconnect counter up to the client's own count of connects.
+    fn count_reconnects(&self) {
+        let connects = self.connects.load(std::sync::atomic::Ordering::Relaxed);
+        let reconnects = connects.saturating_sub(1);
+        let counted = self.metrics.reconnects.get();
+        if reconnects > counted {
+            self.metrics.reconnects.inc_by(reconnects - counted);
+        }
     }
 
     /// Reports kicked clients that came back, then kicks (or, in dry run, announces) the
@@ -242,7 +389,7 @@ impl Service {
         let cfg = &self.config.kick;
         let prefix = &self.config.advisory.subject_prefix;
         for r in self.state.kicked.observe(&snap.connections, now, cfg) {
-            self.stats.kicks_ineffective.fetch_add(1, Ordering::Relaxed);
+            self.metrics.kicks_ineffective.inc();
             warn!(account = %r.account, user = %r.user, name = %r.name, ip = %r.ip, returns = r.returns, given_up = r.given_up, "kicked client came back");
             self.publisher
                 .enqueue(advisory::kick_ineffective(prefix, &r, sweep, Utc::now()));
@@ -282,12 +429,11 @@ impl Service {
                 Some(o @ Outcome::Failed(e)) => (o.result(), Some(e.as_str())),
                 Some(o) => (o.result(), None),
             };
-            let counter = match outcome {
-                None => &self.stats.kicks_dry_run,
-                Some(Outcome::Failed(_)) => &self.stats.kicks_failed,
-                Some(_) => &self.stats.kicks_sent,
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
+            self.metrics.kick(match outcome {
+                None => "dry_run",
+                Some(Outcome::Failed(_)) => "failed",
+                Some(_) => "sent",
+            });
             if matches!(outcome, Some(Outcome::Kicked)) {
                 sent.push(plan.clone());
             }
@@ -377,8 +523,10 @@ impl Service {
             );
         }
         self.state.save_to(self.config.state.file.as_deref());
-        if let Err(e) = self.session.system.client().drain().await {
-            warn!(error = %e, "drain failed");
+        match tokio::time::timeout(DRAIN_TIMEOUT, self.session.system.client().drain()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "drain failed"),
+            Err(_) => warn!("drain did not finish in time"),
         }
         info!("connwatch stopped");
     }

@@ -49,6 +49,54 @@ fn compose_has_a_three_node_cluster_and_connwatch() {
     let cw = &services["connwatch"];
     assert_eq!(cw["build"].as_str(), Some("."));
     assert!(root().join("Dockerfile").exists());
+    let command: Vec<&str> = cw["command"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c.as_str())
+        .collect();
+    assert_eq!(command.last(), Some(&"run"), "connwatch runs as a service");
+    // Every environment variable it sets is a configuration key connwatch accepts.
+    let env: Vec<(String, String)> = cw["environment"]
+        .as_hash()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().unwrap().to_string(),
+                v.as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let env: Vec<(String, String)> = env
+        .into_iter()
+        .map(|(k, v)| {
+            if k == "CONNWATCH_NATS__CREDS" {
+                (k, root().join("creds/sys.creds").display().to_string())
+            } else {
+                (k, v)
+            }
+        })
+        .collect();
+    let loaded = connwatch::config::load(
+        Some(&root().join("config/connwatch.toml")),
+        &env,
+        Default::default(),
+    );
+    assert!(
+        loaded.is_ok(),
+        "compose environment is not a valid configuration: {:?}",
+        loaded.err()
+    );
+    let leaky = &services["leaky-client"];
+    let args: Vec<&str> = leaky["command"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c.as_str())
+        .collect();
+    assert_eq!(args[0], "load");
+    assert!(root().join("creds/leaky.creds").exists());
 }
 
 #[test]
@@ -92,4 +140,108 @@ fn dockerfile_is_multi_stage_and_runs_unprivileged() {
     );
     assert!(d.contains("COPY --from=build"));
     assert!(d.contains("USER connwatch"));
+    assert!(d.contains("--bin connwatch --bin connwatch-dev"));
+}
+
+#[test]
+fn alert_rules_and_dashboard_use_only_metrics_connwatch_exports() {
+    // Label families show only once they have a series: observe one sweep first.
+    let metrics = connwatch::metrics::Metrics::new();
+    let census = connwatch::census::Census {
+        connections: 150,
+        users: vec![connwatch::census::UserCensus {
+            connections: 150,
+            ..Default::default()
+        }],
+    };
+    let snap = connwatch::snapshot::Snapshot::default();
+    metrics.observe(&snap, &census, &Default::default(), &Default::default());
+    metrics.kick("sent");
+    let exported = metrics.render();
+    let known = |name: &str| {
+        let base = name
+            .trim_end_matches("_bucket")
+            .trim_end_matches("_total")
+            .trim_end_matches("_count")
+            .trim_end_matches("_sum");
+        exported.contains(&format!("# TYPE {base} "))
+    };
+    let names = |text: &str| -> Vec<String> {
+        let mut out = Vec::new();
+        let mut rest = text;
+        while let Some(i) = rest.find("connwatch_") {
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            out.push(tail[..end].to_string());
+            rest = &tail[end..];
+        }
+        out
+    };
+    let rules_text = std::fs::read_to_string(root().join("deploy/prometheus/alerts.yml")).unwrap();
+    let rules = YamlLoader::load_from_str(&rules_text)
+        .expect("alerts.yml is valid YAML")
+        .remove(0);
+    let mut exprs = 0;
+    for group in rules["groups"].as_vec().unwrap() {
+        for rule in group["rules"].as_vec().unwrap() {
+            assert!(rule["alert"].as_str().is_some());
+            let expr = rule["expr"].as_str().unwrap();
+            for n in names(expr) {
+                assert!(
+                    known(&n),
+                    "alert {} uses {n}, which connwatch does not export",
+                    rule["alert"].as_str().unwrap()
+                );
+            }
+            exprs += 1;
+        }
+    }
+    assert!(exprs >= 5);
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("deploy/grafana/connwatch-dashboard.json")).unwrap(),
+    )
+    .expect("dashboard is valid JSON");
+    let mut targets = 0;
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            for n in names(t["expr"].as_str().unwrap()) {
+                assert!(
+                    known(&n),
+                    "panel {} uses {n}, which connwatch does not export",
+                    p["title"]
+                );
+            }
+            targets += 1;
+        }
+    }
+    assert!(targets >= 8);
+}
+
+#[test]
+fn systemd_unit_runs_reloads_and_stops_connwatch() {
+    let unit = std::fs::read_to_string(root().join("deploy/systemd/connwatch.service")).unwrap();
+    let mut section = String::new();
+    let mut keys = std::collections::HashMap::new();
+    for line in unit
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        if line.starts_with('[') {
+            section = line.to_string();
+            continue;
+        }
+        let (k, v) = line
+            .split_once('=')
+            .unwrap_or_else(|| panic!("not a key=value line: {line}"));
+        keys.insert(format!("{section}{k}"), v.to_string());
+    }
+    assert!(keys["[Service]ExecStart"].ends_with(" run"));
+    assert!(keys["[Service]ExecStart"].starts_with("/usr/local/bin/connwatch "));
+    assert_eq!(keys["[Service]ExecReload"], "/bin/kill -HUP $MAINPID");
+    assert_eq!(keys["[Service]KillSignal"], "SIGTERM");
+    assert_eq!(keys["[Service]Restart"], "on-failure");
+    assert_eq!(keys["[Install]WantedBy"], "multi-user.target");
 }

@@ -180,26 +180,7 @@ async fn dry_run_and_by_hand_kick_nothing_until_asked() {
     );
 
     // The system account is never kicked, not even by hand.
-    let report = tokio::task::spawn_blocking({
-        let p = path.clone();
-        move || {
-            run_connwatch(
-                [
-                    "--config",
-                    p.to_str().unwrap(),
-                    "report",
-                    "--format",
-                    "json",
-                    "--top",
-                    "0",
-                ],
-                WAIT,
-            )
-        }
-    })
-    .await
-    .unwrap();
-    let report: Value = serde_json::from_str(&report.stdout).unwrap();
+    let report = report_json_async(&path).await;
     let sys = report["users"]
         .as_array()
         .unwrap()

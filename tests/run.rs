@@ -289,16 +289,13 @@ async fn advisories_queued_while_disconnected_arrive_after_reconnect() {
         publisher.enqueue(advisory(n));
     }
     assert_eq!(publisher.queued(), 8);
-    assert_eq!(stats.dropped.load(std::sync::atomic::Ordering::Relaxed), 2);
+    assert_eq!(stats.dropped.get(), 2);
 
     cluster.restart(0).unwrap();
     // Shutdown waits until the queue is empty: everything was confirmed by the server.
     let left = publisher.shutdown(WAIT).await;
     assert_eq!(left, 0, "advisories left after reconnect");
-    assert_eq!(
-        stats.published.load(std::sync::atomic::Ordering::Relaxed),
-        8
-    );
+    assert_eq!(stats.published.get(), 8);
     let got: Vec<u64> = {
         wait_until_async(Duration::from_secs(5), || seen.all().len() >= 8).await;
         seen.all()

@@ -6,7 +6,6 @@
 //! `Nats-Msg-Id`, tell duplicates apart). A full queue drops its oldest advisory and counts it.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,6 +13,7 @@ use async_nats::connection::State as ConnectionState;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::Client;
 use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -31,11 +31,11 @@ const RETRY: Duration = Duration::from_millis(250);
 #[derive(Debug, Default)]
 pub struct PublisherStats {
     /// Advisories confirmed by the server.
-    pub published: AtomicU64,
+    pub published: Counter,
     /// Advisories dropped because the queue was full.
-    pub dropped: AtomicU64,
+    pub dropped: Counter,
     /// Batches that failed and were retried.
-    pub failures: AtomicU64,
+    pub failures: Counter,
 }
 
 struct Shared {
@@ -89,7 +89,7 @@ impl Publisher {
         q.items.push_back((seq, advisory));
         while q.items.len() > q.capacity {
             if let Some((_, dropped)) = q.items.pop_front() {
-                self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                self.shared.stats.dropped.inc();
                 warn!(subject = %dropped.subject, id = %dropped.id, "advisory queue full: dropped the oldest advisory");
             }
         }
@@ -162,13 +162,10 @@ async fn publish_loop(
                 while q.items.front().is_some_and(|(seq, _)| *seq <= last) {
                     q.items.pop_front();
                 }
-                shared
-                    .stats
-                    .published
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                shared.stats.published.inc_by(batch.len() as u64);
             }
             Err(e) => {
-                shared.stats.failures.fetch_add(1, Ordering::Relaxed);
+                shared.stats.failures.inc();
                 warn!(error = %e, queued = batch.len(), "publishing advisories failed; will retry");
                 tokio::select! {
                     _ = tokio::time::sleep(RETRY) => {}

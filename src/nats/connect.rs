@@ -1,5 +1,8 @@
 //! Connecting with any of the credential kinds NATS offers, with errors an operator can act on.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use async_nats::{Client, ConnectErrorKind, ConnectOptions, Event};
 use tracing::{debug, info, warn};
 
@@ -80,19 +83,48 @@ fn credential_kind(cfg: &NatsConfig) -> &'static str {
     }
 }
 
-/// Connects to the cluster. Reconnects are automatic and unlimited after the first connection.
-pub async fn connect(cfg: &NatsConfig) -> Result<Client, ConnectError> {
+/// Whether an error (or one of its sources) is a TLS handshake or certificate failure:
+/// async-nats reports rustls errors as IO errors.
+fn is_tls_failure(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        let text = e.to_string().to_ascii_lowercase();
+        if ["certificate", "handshake", "unknownissuer", "tls"]
+            .iter()
+            .any(|w| text.contains(w))
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// Connects to the cluster. Reconnects are automatic and unlimited after the first connection;
+/// `connects`, when given, counts every connection made (the first and each reconnect).
+pub async fn connect(
+    cfg: &NatsConfig,
+    connects: Option<Arc<AtomicU64>>,
+) -> Result<Client, ConnectError> {
     let mut opts = ConnectOptions::new()
         .name(&cfg.name)
         .connection_timeout(cfg.connect_timeout)
         .max_reconnects(None)
-        .event_callback(|event| async move {
-            match event {
-                Event::Connected => info!("nats connected"),
-                Event::Disconnected => warn!("nats disconnected"),
-                Event::ClientError(e) => warn!(error = %e, "nats client error"),
-                Event::ServerError(e) => warn!(error = %e, "nats server error"),
-                other => debug!(event = %other, "nats event"),
+        .event_callback(move |event| {
+            let connects = connects.clone();
+            async move {
+                match event {
+                    Event::Connected => {
+                        if let Some(c) = &connects {
+                            c.fetch_add(1, Ordering::Relaxed);
+                        }
+                        info!("nats connected")
+                    }
+                    Event::Disconnected => warn!("nats disconnected"),
+                    Event::ClientError(e) => warn!(error = %e, "nats client error"),
+                    Event::ServerError(e) => warn!(error = %e, "nats server error"),
+                    other => debug!(event = %other, "nats event"),
+                }
             }
         });
     if let Some(path) = &cfg.creds {
@@ -144,6 +176,41 @@ pub async fn connect(cfg: &NatsConfig) -> Result<Client, ConnectError> {
                 source: Box::new(source),
             },
             ConnectErrorKind::Tls => ConnectError::Tls { source },
+            _ if is_tls_failure(&source) => ConnectError::Tls { source },
             _ => ConnectError::Unreachable { servers, source },
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Chain(&'static str, Option<Box<Chain>>);
+    impl std::fmt::Display for Chain {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+    impl std::error::Error for Chain {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|c| c as _)
+        }
+    }
+
+    #[test]
+    fn certificate_errors_below_an_io_error_are_tls_failures() {
+        let e = Chain(
+            "IO error",
+            Some(Box::new(Chain(
+                "invalid peer certificate: UnknownIssuer",
+                None,
+            ))),
+        );
+        assert!(is_tls_failure(&e));
+        assert!(!is_tls_failure(&Chain(
+            "IO error",
+            Some(Box::new(Chain("Connection refused (os error 111)", None)))
+        )));
+    }
 }

@@ -7,4 +7,7 @@ mod system;
 pub mod wire;
 
 pub use connect::{connect, ConnectError};
-pub use system::{parse, server_subject, RequestError, System, PING_CONNZ, PING_STATSZ, PING_VARZ};
+pub use system::{
+    parse, server_subject, RequestError, System, PING_ACCOUNT_STATZ, PING_CONNZ, PING_STATSZ,
+    PING_VARZ,
+};

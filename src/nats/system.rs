@@ -16,6 +16,8 @@ pub const PING_CONNZ: &str = "$SYS.REQ.SERVER.PING.CONNZ";
 pub const PING_STATSZ: &str = "$SYS.REQ.SERVER.PING.STATSZ";
 /// `$SYS.REQ.SERVER.PING.VARZ`: every server answers with its settings and counters.
 pub const PING_VARZ: &str = "$SYS.REQ.SERVER.PING.VARZ";
+/// `$SYS.REQ.ACCOUNT.PING.STATZ`: every server answers with per-account connection counts.
+pub const PING_ACCOUNT_STATZ: &str = "$SYS.REQ.ACCOUNT.PING.STATZ";
 /// `$SYS.REQ.USER.INFO`: who am I.
 pub const USER_INFO: &str = "$SYS.REQ.USER.INFO";
 
@@ -77,6 +79,30 @@ impl System {
         linger: Duration,
         mut done: impl FnMut(usize, &Message) -> bool,
     ) -> Result<Vec<(usize, Message)>, RequestError> {
+        let mut replies = Vec::new();
+        let mut finished = false;
+        self.scatter_each(requests, timeout, linger, |i, msg| {
+            // Late replies (within `linger`) are kept but not shown to `done`.
+            let stop = !finished && done(i, &msg);
+            finished |= stop;
+            replies.push((i, msg));
+            stop
+        })
+        .await?;
+        Ok(replies)
+    }
+
+    /// Like [`System::scatter_many`], but hands each reply to `each` as it arrives instead of
+    /// keeping it: a caller that parses and drops replies holds one reply at a time, not all.
+    /// `each` returns whether gathering is done; after that, late replies within `linger` still
+    /// go to `each` (its answer is then ignored). Returns how many replies were handed over.
+    pub async fn scatter_each(
+        &self,
+        requests: &[(&str, Bytes)],
+        timeout: Duration,
+        linger: Duration,
+        mut each: impl FnMut(usize, Message) -> bool,
+    ) -> Result<usize, RequestError> {
         let inbox = self.client.new_inbox();
         let mut sub = self
             .client
@@ -91,7 +117,7 @@ impl System {
         }
         let mut deadline = Instant::now() + timeout;
         let mut finished = false;
-        let mut replies = Vec::new();
+        let mut count = 0;
         while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, sub.next()).await {
             let Some(i) = msg
                 .subject
@@ -102,13 +128,13 @@ impl System {
                 continue;
             };
             if msg.status == Some(StatusCode::NO_RESPONDERS) {
-                if replies.is_empty() {
+                if count == 0 {
                     return Err(RequestError::NoResponders);
                 }
                 continue;
             }
-            let stop = !finished && done(i, &msg);
-            replies.push((i, msg));
+            count += 1;
+            let stop = each(i, msg) && !finished;
             if stop {
                 if linger.is_zero() {
                     break;
@@ -118,7 +144,7 @@ impl System {
             }
         }
         let _ = sub.unsubscribe().await;
-        Ok(replies)
+        Ok(count)
     }
 
     /// Sends one request and waits for its single reply.

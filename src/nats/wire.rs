@@ -3,6 +3,8 @@
 //! Every field is optional or defaulted: a server of another version, or a broken reply, must not
 //! stop a sweep. What is missing shows up as empty values, never as a panic.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, FixedOffset};
 use serde::{Deserialize, Serialize};
 
@@ -132,6 +134,134 @@ pub struct ConnInfo {
     /// The user JWT (operator mode).
     #[serde(default)]
     pub jwt: Option<String>,
+}
+
+/// One connection of a CONNZ page, as a sweep reads it (see [`ConnInfo`] for the meanings):
+/// only the fields the census uses, strings borrowed from the reply wherever they need no
+/// unescaping (most of them), so a page costs one copy per string (into the snapshot), and
+/// fields nobody reads are skipped instead of allocated.
+#[derive(Debug, Deserialize)]
+#[allow(missing_docs)]
+pub struct SweepConn<'a> {
+    #[serde(default)]
+    pub cid: u64,
+    #[serde(borrow, default)]
+    pub kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub ip: Cow<'a, str>,
+    #[serde(default)]
+    pub start: Option<Rfc3339>,
+    #[serde(default)]
+    pub last_activity: Option<Rfc3339>,
+    #[serde(default)]
+    pub in_msgs: u64,
+    #[serde(default)]
+    pub out_msgs: u64,
+    #[serde(borrow, default)]
+    pub name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub authorized_user: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub account: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub name_tag: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub tags: Option<Vec<Cow<'a, str>>>,
+    #[serde(borrow, default)]
+    pub jwt: Option<Cow<'a, str>>,
+}
+
+/// A server timestamp (RFC 3339 with nanoseconds), parsed by a fast path for the exact shape
+/// nats-server writes and by chrono otherwise: CONNZ has two per connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rfc3339(pub DateTime<FixedOffset>);
+
+impl<'de> Deserialize<'de> for Rfc3339 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <Cow<'de, str>>::deserialize(d)?;
+        parse_rfc3339(&s)
+            .map(Rfc3339)
+            .ok_or_else(|| serde::de::Error::custom(format!("invalid timestamp {s:?}")))
+    }
+}
+
+/// Parses `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`; anything else goes to chrono.
+pub fn parse_rfc3339(s: &str) -> Option<DateTime<FixedOffset>> {
+    fast_rfc3339(s.as_bytes()).or_else(|| DateTime::parse_from_rfc3339(s).ok())
+}
+
+fn fast_rfc3339(b: &[u8]) -> Option<DateTime<FixedOffset>> {
+    use chrono::{NaiveDate, TimeZone};
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        b.get(r)?.iter().try_fold(0u32, |n, c| {
+            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+        })
+    };
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let date = NaiveDate::from_ymd_opt(num(0..4)? as i32, num(5..7)?, num(8..10)?)?;
+    let mut i = 19;
+    let mut nanos = 0u32;
+    if b.get(i) == Some(&b'.') {
+        let start = i + 1;
+        i = start;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        let digits = i - start;
+        if digits == 0 || digits > 9 {
+            return None;
+        }
+        nanos = num(start..i)? * 10u32.pow(9 - digits as u32);
+    }
+    let offset = match b.get(i..)? {
+        [b'Z'] => 0,
+        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
+            let secs = (num(i + 1..i + 3)? * 3600 + num(i + 4..i + 6)? * 60) as i32;
+            if *sign == b'-' {
+                -secs
+            } else {
+                secs
+            }
+        }
+        _ => return None,
+    };
+    let naive = date.and_hms_nano_opt(num(11..13)?, num(14..16)?, num(17..19)?, nanos)?;
+    FixedOffset::east_opt(offset)?
+        .from_local_datetime(&naive)
+        .single()
+}
+
+/// The `data` of a `$SYS.REQ.ACCOUNT.PING.STATZ` reply.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AccountStatzData {
+    /// One entry per account the server knows (active ones, or all with `include_unused`).
+    #[serde(default)]
+    pub account_statz: Option<Vec<AccountStatz>>,
+}
+
+/// One account's counts on one server.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AccountStatz {
+    /// The account (name, or public key in operator mode).
+    #[serde(default)]
+    pub acc: String,
+    /// Its human name, when the server knows one.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Client connections on this server.
+    #[serde(default)]
+    pub conns: u64,
+    /// Leafnode connections on this server.
+    #[serde(default)]
+    pub leafnodes: u64,
 }
 
 /// A STATSZ reply (no `data` envelope).
@@ -264,6 +394,40 @@ mod tests {
         .unwrap();
         assert!(r.data.is_none());
         assert_eq!(r.error.unwrap().description, "boom");
+    }
+
+    #[test]
+    fn sweep_conn_borrows_plain_strings_and_unescapes_others() {
+        let conns: Vec<SweepConn> = serde_json::from_slice(
+            br#"[{"cid":1,"ip":"127.0.0.1","name":"a\"b","lang":"go","authorized_user":"u","subscriptions_list":["x"]},
+                {"cid":2,"ip":"::1","tags":["t"],"start":"2026-01-02T03:04:05.5Z"}]"#,
+        )
+        .unwrap();
+        assert!(matches!(conns[0].ip, Cow::Borrowed("127.0.0.1")));
+        assert_eq!(conns[0].name.as_deref(), Some("a\"b"));
+        assert_eq!(conns[1].tags.as_ref().unwrap()[0], "t");
+        assert!(conns[1].start.is_some());
+    }
+
+    #[test]
+    fn fast_timestamps_agree_with_chrono() {
+        for s in [
+            "2026-01-02T03:04:05.123456789+01:00",
+            "2026-11-25T20:30:01.1Z",
+            "2026-11-25T20:30:01Z",
+            "2026-11-25T20:30:01.000000001-05:30",
+            "1999-12-31T23:59:59.999999999+00:00",
+        ] {
+            assert_eq!(
+                fast_rfc3339(s.as_bytes()),
+                DateTime::parse_from_rfc3339(s).ok(),
+                "{s}"
+            );
+        }
+        assert_eq!(fast_rfc3339(b"2026-13-02T03:04:05Z"), None);
+        assert_eq!(fast_rfc3339(b"2026-01-02T03:04:05.Z"), None);
+        assert!(parse_rfc3339("2026-01-02t03:04:05z").is_some());
+        assert!(parse_rfc3339("yesterday").is_none());
     }
 
     #[test]

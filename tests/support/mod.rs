@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub use connwatch::dev::cluster::{AccountSpec, AuthMode, Cluster, ClusterSpec};
+pub use connwatch::dev::cluster::{AccountSpec, AuthMode, Cluster, ClusterSpec, TlsSpec};
 pub use connwatch::dev::jwt::{AccountTemplate, OperatorSetup};
 pub use connwatch::dev::load::{self, Load, LoadAuth, LoadSpec};
 
@@ -179,15 +179,27 @@ pub struct Seen(pub std::sync::Arc<std::sync::Mutex<Vec<(String, serde_json::Val
 impl Seen {
     /// Subscribes as the cluster's system user (client name `test-subscriber`) at `url`.
     pub async fn subscribe(url: &str) -> (Self, async_nats::Client) {
+        Self::subscribe_as(url, "sys", "sys-dev-password").await
+    }
+
+    /// Like [`Seen::subscribe`], as another user of the system account.
+    pub async fn subscribe_as(url: &str, user: &str, password: &str) -> (Self, async_nats::Client) {
+        let options =
+            async_nats::ConnectOptions::with_user_and_password(user.into(), password.into());
+        Self::subscribe_with(url, options).await
+    }
+
+    /// Like [`Seen::subscribe`], with any connect options (e.g. a `.creds` file).
+    pub async fn subscribe_with(
+        url: &str,
+        options: async_nats::ConnectOptions,
+    ) -> (Self, async_nats::Client) {
         use futures::StreamExt;
-        let client = async_nats::ConnectOptions::with_user_and_password(
-            "sys".into(),
-            "sys-dev-password".into(),
-        )
-        .name("test-subscriber")
-        .connect(url)
-        .await
-        .expect("subscriber connects");
+        let client = options
+            .name("test-subscriber")
+            .connect(url)
+            .await
+            .expect("subscriber connects");
         let mut sub = client.subscribe("connwatch.advisory.>").await.unwrap();
         client.flush().await.unwrap();
         let seen = Seen::default();
@@ -260,4 +272,73 @@ pub fn assert_valid(body: &serde_json::Value) {
         errors.is_empty(),
         "{name} advisory does not match its schema: {errors:?}\n{body:#}"
     );
+}
+
+impl Running {
+    /// Starts `connwatch <args...>` with extra environment variables, logging to `log`.
+    pub fn start_with(args: &[&str], env: &[(&str, &str)], log: PathBuf) -> Self {
+        let child = Command::new(connwatch_bin())
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("create log"))
+            .spawn()
+            .expect("spawn connwatch");
+        Self { child, log }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+/// Runs `connwatch <args>` with extra environment variables, killing it after `timeout`.
+pub fn run_connwatch_env(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> RunOutput {
+    let out = Command::new("timeout")
+        .arg("--signal=KILL")
+        .arg(format!("{}", timeout.as_secs().max(1)))
+        .arg(connwatch_bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("spawn connwatch");
+    RunOutput {
+        code: out.status.code(),
+        timed_out: out.status.code() == Some(137) || out.status.code().is_none(),
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+    }
+}
+
+/// Runs `connwatch --config <config> report --format json --top 0` off the async runtime,
+/// asserts it succeeded, and returns the parsed report.
+pub async fn report_json_async(config: &Path) -> serde_json::Value {
+    let config = config.to_path_buf();
+    let out = tokio::task::spawn_blocking(move || {
+        run_connwatch(
+            [
+                "--config",
+                config.to_str().unwrap(),
+                "report",
+                "--format",
+                "json",
+                "--top",
+                "0",
+            ],
+            Duration::from_secs(60),
+        )
+    })
+    .await
+    .expect("report task");
+    assert_eq!(out.code, Some(0), "report failed: {}", out.stderr);
+    serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("bad report JSON ({e}): {}", out.stdout))
 }

@@ -1,0 +1,206 @@
+//! connwatch as a NATS micro service: discoverable with `$SRV.PING`, `$SRV.INFO`, `$SRV.STATS`,
+//! with three endpoints (request and reply bodies are JSON):
+//!
+//! - `<prefix>.census`: the latest census, like `report --format json`; body optional:
+//!   `{"account": "...", "user": "...", "top": N}` (`top` 0 or absent: all);
+//! - `<prefix>.findings`: the findings firing; body optional: `{"type": "<name>"}`;
+//! - `<prefix>.sweep`: sweep now; replies with the sweep's summary and the findings firing.
+//!
+//! A body that is not such JSON gets a service error (code 400), never a crash.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_nats::service::{error::Error as ServiceError, Request, ServiceExt};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::census::Census;
+use crate::config::ServiceConfig;
+use crate::lifecycle::Active;
+use crate::report::{Filter, Report, SweepSummary};
+
+/// The latest round's results, read by the endpoints.
+#[derive(Debug, Clone, Default)]
+pub struct Latest {
+    /// The last sweep.
+    pub sweep: Option<SweepSummary>,
+    /// Its census.
+    pub census: Census,
+    /// The findings firing after it.
+    pub findings: Vec<Active>,
+}
+
+/// Shared between the run loop (writer) and the endpoints (readers).
+pub type Shared = Arc<RwLock<Latest>>;
+
+/// A request from the endpoints to the run loop.
+#[derive(Debug)]
+pub enum Command {
+    /// Sweep now; the reply is the sweep's summary, or why it failed.
+    SweepNow(oneshot::Sender<Result<SweepSummary, String>>),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CensusQuery {
+    account: Option<String>,
+    user: Option<String>,
+    #[serde(default)]
+    top: usize,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FindingsQuery {
+    r#type: Option<String>,
+}
+
+/// Parses an optional JSON request body; empty means the defaults.
+fn query<T: Default + for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ServiceError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| ServiceError {
+        code: 400,
+        status: format!("invalid request: {e}"),
+    })
+}
+
+/// The census endpoint's answer.
+pub fn census_reply(latest: &Latest, body: &[u8]) -> Result<Bytes, ServiceError> {
+    let q: CensusQuery = query(body)?;
+    let sweep = latest.sweep.clone().ok_or(ServiceError {
+        code: 503,
+        status: "no sweep yet".into(),
+    })?;
+    let filter = Filter {
+        account: q.account,
+        user: q.user,
+        top: q.top,
+    };
+    Ok(Bytes::from(
+        serde_json::to_vec(&Report::of_summary(sweep, &latest.census, &filter))
+            .expect("serializes"),
+    ))
+}
+
+/// The findings endpoint's answer.
+pub fn findings_reply(latest: &Latest, body: &[u8]) -> Result<Bytes, ServiceError> {
+    let q: FindingsQuery = query(body)?;
+    let findings: Vec<&Active> = latest
+        .findings
+        .iter()
+        .filter(|a| q.r#type.as_deref().is_none_or(|t| t == a.kind.name()))
+        .collect();
+    Ok(Bytes::from(
+        serde_json::to_vec(&serde_json::json!({ "findings": findings })).expect("serializes"),
+    ))
+}
+
+/// Serves the endpoints on `client` until `shutdown`.
+pub async fn serve(
+    client: async_nats::Client,
+    cfg: ServiceConfig,
+    latest: Shared,
+    commands: mpsc::Sender<Command>,
+    sweep_timeout: Duration,
+    shutdown: CancellationToken,
+) -> Result<(), async_nats::Error> {
+    let service = client
+        .service_builder()
+        .description("Finds leaked and excessive NATS connections per user across a cluster")
+        .start("connwatch", env!("CARGO_PKG_VERSION"))
+        .await?;
+    let group = service.group(&cfg.prefix);
+    let mut census = group.endpoint("census").await?;
+    let mut findings = group.endpoint("findings").await?;
+    let mut sweep = group.endpoint("sweep").await?;
+    info!(prefix = %cfg.prefix, "service endpoints ready");
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(req) = census.next() => {
+                let reply = census_reply(&latest.read().expect("latest lock"), &req.message.payload);
+                respond(&req, reply).await;
+            }
+            Some(req) = findings.next() => {
+                let reply = findings_reply(&latest.read().expect("latest lock"), &req.message.payload);
+                respond(&req, reply).await;
+            }
+            Some(req) = sweep.next() => {
+                // A sweep takes a while: answer from a task, so the other endpoints stay responsive.
+                let commands = commands.clone();
+                tokio::spawn(async move {
+                    let reply = sweep_now(&commands, sweep_timeout).await;
+                    respond(&req, reply).await;
+                });
+            }
+        }
+    }
+    service.stop().await?;
+    Ok(())
+}
+
+async fn sweep_now(
+    commands: &mpsc::Sender<Command>,
+    timeout: Duration,
+) -> Result<Bytes, ServiceError> {
+    let unavailable = |why: &str| ServiceError {
+        code: 503,
+        status: why.to_string(),
+    };
+    let (tx, rx) = oneshot::channel();
+    commands
+        .send(Command::SweepNow(tx))
+        .await
+        .map_err(|_| unavailable("shutting down"))?;
+    // Waiting covers a sweep in flight, the requested one, and their pages.
+    let summary = tokio::time::timeout(timeout * 4, rx)
+        .await
+        .map_err(|_| unavailable("sweep did not finish in time"))?
+        .map_err(|_| unavailable("shutting down"))?
+        .map_err(|e| ServiceError {
+            code: 500,
+            status: e,
+        })?;
+    Ok(Bytes::from(
+        serde_json::to_vec(&summary).expect("serializes"),
+    ))
+}
+
+async fn respond(req: &Request, reply: Result<Bytes, ServiceError>) {
+    if let Err(e) = req.respond(reply).await {
+        warn!(error = %e, "service reply failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_bodies_get_a_400() {
+        let latest = Latest::default();
+        for body in [
+            &b"{not json"[..],
+            b"[1,2]",
+            b"{\"acount\": \"x\"}",
+            b"\xff\xfe",
+        ] {
+            let e = census_reply(&latest, body).unwrap_err();
+            assert_eq!(e.code, 400, "{body:?}");
+            assert!(e.status.starts_with("invalid request"));
+            assert_eq!(findings_reply(&latest, body).unwrap_err().code, 400);
+        }
+    }
+
+    #[test]
+    fn census_before_the_first_sweep_is_unavailable() {
+        assert_eq!(census_reply(&Latest::default(), b"").unwrap_err().code, 503);
+    }
+}

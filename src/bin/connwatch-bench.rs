@@ -1,0 +1,1020 @@
+//! connwatch-bench: what a sweep costs, side by side with the physical floor and the usual
+//! recipes, on a local 3-node cluster holding tens of thousands of connections.
+//!
+//! `connwatch-bench run` starts the cluster, opens the load in separate processes (so no
+//! measured process holds the load's sockets), and runs every method as its own child process
+//! so that CPU time and peak RSS are the method's alone. See BENCHMARKS.md and scripts/bench.sh.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, Parser, Subcommand};
+use connwatch::config::{DetectConfig, NatsConfig, Secret, SweepConfig};
+use connwatch::dev::cluster::{AccountSpec, Cluster, ClusterSpec};
+use connwatch::dev::load::{self, LoadAuth, LoadSpec};
+use connwatch::state::KnownServers;
+use connwatch::sweep::{SweepMode, Sweeper};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// Password of every load user (development only).
+const LOAD_PASSWORD: &str = "bench-pw";
+/// The hot user (in account A00).
+const HOT_USER: &str = "leaky";
+
+#[derive(Debug, Parser)]
+#[command(name = "connwatch-bench", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Start a cluster, grow the load through the sizes and measure every method at each.
+    Run(RunArgs),
+    /// (internal) Hold the connections of a plan file until stdin closes.
+    #[command(hide = true)]
+    LoadWorker {
+        #[arg(long)]
+        plan: PathBuf,
+    },
+    /// (internal) Run one method several times and print its measurements as JSON.
+    #[command(hide = true)]
+    Method(MethodArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Total connections at each step (ascending), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "10000,30000,45000")]
+    sizes: Vec<usize>,
+    /// A smoke run: sizes 600,1500, 3 runs, 50 soak sweeps, threshold 50.
+    #[arg(long)]
+    quick: bool,
+    /// Timed sweeps per method and size (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Application accounts (A00 is the hot one).
+    #[arg(long, default_value_t = 50)]
+    accounts: usize,
+    /// Users per account.
+    #[arg(long, default_value_t = 10)]
+    users: usize,
+    /// Share of all connections held by the hot user A00/leaky.
+    #[arg(long, default_value_t = 0.1)]
+    hot_share: f64,
+    /// `detect.max_connections_per_user` for the filtered method: accounts at or below it are
+    /// not swept in detail.
+    #[arg(long, default_value_t = 1000)]
+    threshold: u64,
+    /// Sweeps of the memory soak (on the first size); 0 skips it.
+    #[arg(long, default_value_t = 1000)]
+    soak_sweeps: usize,
+    /// CONNZ page size of connwatch and the floor.
+    #[arg(long, default_value_t = 10_000)]
+    page_size: usize,
+    /// Methods to run (default: all).
+    #[arg(long, value_delimiter = ',')]
+    methods: Option<Vec<String>>,
+    /// Where the results go (JSON).
+    #[arg(long, default_value = "target/bench/results.json")]
+    out: PathBuf,
+    /// Run the in-process methods under this command, e.g. `perf record -g -o perf.data --`
+    /// (profiling; the numbers then include the wrapper).
+    #[arg(long)]
+    wrap: Option<String>,
+    /// The connwatch binary for the end-to-end `report` method [default: next to this one].
+    #[arg(long)]
+    connwatch_bin: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Clone)]
+struct MethodArgs {
+    /// connwatch | filtered | floor | floor-gzip | floor-snappy | paged1024
+    #[arg(long)]
+    kind: String,
+    #[arg(long, value_delimiter = ',')]
+    servers: Vec<String>,
+    #[arg(long)]
+    user: String,
+    #[arg(long)]
+    password: String,
+    /// nats-server pids, for their CPU time.
+    #[arg(long, value_delimiter = ',')]
+    pids: Vec<u32>,
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    #[arg(long, default_value_t = 10_000)]
+    page_size: usize,
+    #[arg(long, default_value_t = 1000)]
+    threshold: u64,
+}
+
+/// What one method child measured.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Measured {
+    kind: String,
+    /// Wall time of each timed sweep.
+    wall_ms: Vec<f64>,
+    /// CPU time (user + system) of the collecting process per sweep.
+    cpu_ms: f64,
+    /// Peak RSS of the collecting process (VmHWM, or the child's ru_maxrss).
+    peak_rss_kb: u64,
+    /// RSS after the 10th sweep and after the last (soak).
+    rss_after_10_kb: u64,
+    rss_end_kb: u64,
+    /// (sweeps done, RSS in KiB) after 10 sweeps and every 100th.
+    #[serde(default)]
+    rss_samples_kb: Vec<(usize, u64)>,
+    /// Reply bytes received per sweep.
+    bytes: f64,
+    /// Requests sent per sweep.
+    requests: f64,
+    /// Connections collected per sweep (connwatch methods).
+    connections: f64,
+    /// Servers' CPU time per sweep, before subtracting their idle rate.
+    server_cpu_ms_raw: f64,
+    /// Length of the timed window (for subtracting the servers' idle rate).
+    window_ms: f64,
+    /// Census build time per sweep (connwatch methods).
+    census_ms: f64,
+    /// Servers' CPU time per sweep, idle rate subtracted (filled in by `run`).
+    #[serde(default)]
+    server_cpu_ms: f64,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::Run(args) => run(args),
+        Cmd::LoadWorker { plan } => load_worker(&plan),
+        Cmd::Method(args) => {
+            let m = match args.kind.as_str() {
+                "connwatch" | "filtered" | "soak" => sweeper_method(&args)?,
+                "floor" => floor_method(&args, args.page_size, 16, None)?,
+                "floor-gzip" => floor_method(&args, args.page_size, 16, Some("gzip"))?,
+                "floor-snappy" => floor_method(&args, args.page_size, 16, Some("snappy"))?,
+                "paged1024" => floor_method(&args, 1024, 0, None)?,
+                other => bail!("unknown method {other}"),
+            };
+            println!("{}", serde_json::to_string(&m)?);
+            Ok(())
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measuring helpers (Linux).
+
+fn self_cpu() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+fn tv(t: libc::timeval) -> Duration {
+    Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+}
+
+/// `VmHWM` / `VmRSS` of this process, in KiB.
+fn self_status_kb(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// utime + stime of a process from /proc/<pid>/stat, in ms.
+fn proc_cpu_ms(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11).and_then(|s| s.parse().ok()).unwrap_or(0)
+        + f.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks as f64 * 1000.0 / hz
+}
+
+fn servers_cpu_ms(pids: &[u32]) -> f64 {
+    pids.iter().map(|p| proc_cpu_ms(*p)).sum()
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        0.0
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Methods run in a child process.
+
+/// connwatch's real code path: `Sweeper::sweep` (full or hot accounts), then the census.
+fn sweeper_method(a: &MethodArgs) -> anyhow::Result<Measured> {
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let nats = NatsConfig {
+            servers: a.servers.clone(),
+            user: Some(a.user.clone()),
+            password: Some(Secret::new(a.password.clone())),
+            name: "connwatch-bench".into(),
+            ..NatsConfig::default()
+        };
+        let client = connwatch::nats::connect(&nats, None).await?;
+        let system = connwatch::nats::System::new(client);
+        let cfg = SweepConfig {
+            expected_servers: a.servers.len(),
+            page_size: a.page_size,
+            ..SweepConfig::default()
+        };
+        let detect = DetectConfig {
+            max_connections_per_user: a.threshold,
+            ..DetectConfig::default()
+        };
+        let mode = if a.kind == "filtered" {
+            SweepMode::hot_accounts(&detect)
+        } else {
+            SweepMode::Full
+        };
+        let mut sweeper = Sweeper::new(system, &cfg, KnownServers::default()).with_mode(mode);
+        let _warm = sweeper.sweep().await?;
+        drop(_warm);
+        let mut m = Measured {
+            kind: a.kind.clone(),
+            ..Measured::default()
+        };
+        let (cpu0, srv0, t0) = (self_cpu(), servers_cpu_ms(&a.pids), Instant::now());
+        let mut census_ms = Vec::new();
+        for i in 0..a.runs {
+            let t = Instant::now();
+            let snap = sweeper.sweep().await?;
+            m.wall_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+            if snap.partial() {
+                bail!("partial sweep: {:?} {:?}", snap.missing, snap.errors);
+            }
+            let t = Instant::now();
+            let census = connwatch::census::build(&snap.connections, Some("SYS"), &detect);
+            census_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+            m.bytes += snap.bytes as f64;
+            m.requests += snap.requests as f64;
+            m.connections += snap.connections.len() as f64;
+            drop((census, snap));
+            if i + 1 == 10 {
+                m.rss_after_10_kb = self_status_kb("VmRSS:");
+            }
+            if i + 1 == 10 || (i + 1) % 100 == 0 {
+                m.rss_samples_kb.push((i + 1, self_status_kb("VmRSS:")));
+            }
+        }
+        let n = a.runs.max(1) as f64;
+        m.window_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        m.server_cpu_ms_raw = (servers_cpu_ms(&a.pids) - srv0) / n;
+        m.cpu_ms = (self_cpu() - cpu0).as_secs_f64() * 1000.0 / n;
+        m.bytes /= n;
+        m.requests /= n;
+        m.connections /= n;
+        m.census_ms = median(&census_ms);
+        m.peak_rss_kb = self_status_kb("VmHWM:");
+        m.rss_end_kb = self_status_kb("VmRSS:");
+        Ok(m)
+    })
+}
+
+/// A bare NATS client on a blocking socket that counts reply bytes and throws them away.
+struct Raw {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// One reply: the last token of its subject and its payload size.
+struct RawMsg {
+    tag: String,
+    len: usize,
+}
+
+impl Raw {
+    fn connect(url: &str, user: &str, password: &str) -> anyhow::Result<Raw> {
+        let addr = url.trim_start_matches("nats://");
+        let stream = TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
+        stream.set_nodelay(true)?;
+        let mut raw = Raw {
+            reader: BufReader::with_capacity(1 << 16, stream.try_clone()?),
+            writer: stream,
+            buf: Vec::new(),
+        };
+        let info = raw.line()?;
+        if !info.starts_with("INFO ") {
+            bail!("no INFO: {info}");
+        }
+        let connect = json!({"verbose": false, "pedantic": false, "protocol": 1, "headers": true,
+            "no_responders": true, "name": "bench-floor", "user": user, "pass": password});
+        write!(
+            raw.writer,
+            "CONNECT {connect}\r\nSUB _FLOOR.> 1\r\nPING\r\n"
+        )?;
+        loop {
+            let l = raw.line()?;
+            if l == "PONG" {
+                return Ok(raw);
+            }
+            if l.starts_with("-ERR") {
+                bail!("{l}");
+            }
+        }
+    }
+
+    fn line(&mut self) -> anyhow::Result<String> {
+        let mut l = String::new();
+        if self.reader.read_line(&mut l)? == 0 {
+            bail!("connection closed");
+        }
+        Ok(l.trim_end().to_string())
+    }
+
+    fn publish(
+        &mut self,
+        subject: &str,
+        reply: &str,
+        body: &[u8],
+        accept: Option<&str>,
+    ) -> anyhow::Result<()> {
+        match accept {
+            None => write!(self.writer, "PUB {subject} {reply} {}\r\n", body.len())?,
+            Some(enc) => {
+                let hdr = format!("NATS/1.0\r\nAccept-Encoding: {enc}\r\n\r\n");
+                write!(
+                    self.writer,
+                    "HPUB {subject} {reply} {} {}\r\n{hdr}",
+                    hdr.len(),
+                    hdr.len() + body.len()
+                )?;
+            }
+        }
+        self.writer.write_all(body)?;
+        self.writer.write_all(b"\r\n")?;
+        Ok(())
+    }
+
+    /// The next reply; its payload is read into a reused buffer (`self.buf`).
+    fn next(&mut self) -> anyhow::Result<RawMsg> {
+        loop {
+            let l = self.line()?;
+            if l == "PING" {
+                self.writer.write_all(b"PONG\r\n")?;
+                continue;
+            }
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let len: usize = match f.first().copied() {
+                Some("MSG") | Some("HMSG") => f.last().and_then(|n| n.parse().ok()).unwrap_or(0),
+                _ => continue,
+            };
+            let tag = f[1].rsplit('.').next().unwrap_or("").to_string();
+            self.buf.resize(len + 2, 0);
+            self.reader.read_exact(&mut self.buf)?;
+            return Ok(RawMsg { tag, len });
+        }
+    }
+}
+
+fn connz_req(limit: usize, offset: usize) -> Vec<u8> {
+    format!(r#"{{"auth":true,"limit":{limit},"offset":{offset},"sort":"cid"}}"#).into_bytes()
+}
+
+/// The floor: the same CONNZ requests as connwatch (a PING to all, then directed pages of each
+/// server in turn, all servers at once), every reply byte received and thrown away.
+/// With `accept`, the replies are compressed by the servers (and not decompressed here).
+fn floor_method(
+    a: &MethodArgs,
+    page: usize,
+    overlap: usize,
+    accept: Option<&str>,
+) -> anyhow::Result<Measured> {
+    let mut raw = Raw::connect(&a.servers[0], &a.user, &a.password)?;
+    // Untimed probe: the servers' ids and totals (the floor parses nothing while timed).
+    raw.publish(
+        "$SYS.REQ.SERVER.PING.CONNZ",
+        "_FLOOR.probe",
+        &connz_req(1, 0),
+        None,
+    )?;
+    let mut servers: Vec<(String, usize)> = Vec::new();
+    while servers.len() < a.servers.len() {
+        raw.next()?;
+        let v: Value = serde_json::from_slice(&raw.buf)?;
+        servers.push((
+            v["server"]["id"].as_str().unwrap_or("").to_string(),
+            v["data"]["total"].as_u64().unwrap_or(0) as usize,
+        ));
+    }
+    let step = page - overlap;
+    let pages_of = |total: usize| -> Vec<usize> {
+        let mut offs = vec![0];
+        let mut next = page;
+        while next < total {
+            offs.push(next - overlap);
+            next = next - overlap + page;
+        }
+        let _ = step;
+        offs
+    };
+    let mut m = Measured {
+        kind: a.kind.clone(),
+        ..Measured::default()
+    };
+    let sweep = |raw: &mut Raw, m: &mut Measured| -> anyhow::Result<()> {
+        raw.publish(
+            "$SYS.REQ.SERVER.PING.CONNZ",
+            "_FLOOR.first",
+            &connz_req(page, 0),
+            accept,
+        )?;
+        let mut requests = 1;
+        let mut bytes = 0;
+        // Per server: the next page index to ask for, once its previous page came.
+        let plans: Vec<Vec<usize>> = servers.iter().map(|(_, t)| pages_of(*t)).collect();
+        let mut firsts = 0;
+        let mut outstanding = 0;
+        while firsts < servers.len() {
+            let msg = raw.next()?;
+            bytes += msg.len;
+            firsts += 1;
+        }
+        for (s, plan) in plans.iter().enumerate() {
+            if plan.len() > 1 {
+                let subject = format!("$SYS.REQ.SERVER.{}.CONNZ", servers[s].0);
+                raw.publish(
+                    &subject,
+                    &format!("_FLOOR.{s}-1"),
+                    &connz_req(page, plan[1]),
+                    accept,
+                )?;
+                requests += 1;
+                outstanding += 1;
+            }
+        }
+        while outstanding > 0 {
+            let msg = raw.next()?;
+            bytes += msg.len;
+            outstanding -= 1;
+            let (s, k) = msg.tag.split_once('-').ok_or_else(|| anyhow!("bad tag"))?;
+            let (s, k): (usize, usize) = (s.parse()?, k.parse()?);
+            if let Some(off) = plans[s].get(k + 1) {
+                let subject = format!("$SYS.REQ.SERVER.{}.CONNZ", servers[s].0);
+                raw.publish(
+                    &subject,
+                    &format!("_FLOOR.{s}-{}", k + 1),
+                    &connz_req(page, *off),
+                    accept,
+                )?;
+                requests += 1;
+                outstanding += 1;
+            }
+        }
+        m.bytes += bytes as f64;
+        m.requests += requests as f64;
+        Ok(())
+    };
+    sweep(&mut raw, &mut m)?; // warm-up
+    m.bytes = 0.0;
+    m.requests = 0.0;
+    let (cpu0, srv0, t0) = (self_cpu(), servers_cpu_ms(&a.pids), Instant::now());
+    for _ in 0..a.runs {
+        let t = Instant::now();
+        sweep(&mut raw, &mut m)?;
+        m.wall_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let n = a.runs.max(1) as f64;
+    m.window_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    m.server_cpu_ms_raw = (servers_cpu_ms(&a.pids) - srv0) / n;
+    m.cpu_ms = (self_cpu() - cpu0).as_secs_f64() * 1000.0 / n;
+    m.bytes /= n;
+    m.requests /= n;
+    m.peak_rss_kb = self_status_kb("VmHWM:");
+    m.rss_end_kb = self_status_kb("VmRSS:");
+    Ok(m)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load workers.
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PlanEntry {
+    server: String,
+    user: String,
+    name: String,
+    count: usize,
+}
+
+fn load_worker(plan: &Path) -> anyhow::Result<()> {
+    let plan: Vec<PlanEntry> = serde_json::from_slice(&std::fs::read(plan)?)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let loads: Vec<anyhow::Result<load::Load>> = futures::stream::iter(plan)
+            .map(|e| {
+                load::open(
+                    LoadSpec::new(
+                        e.server,
+                        LoadAuth::user_password(e.user, LOAD_PASSWORD),
+                        e.count,
+                    )
+                    .name(e.name),
+                )
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        let loads: Vec<load::Load> = loads.into_iter().collect::<anyhow::Result<_>>()?;
+        let n: usize = loads.iter().map(|l| l.len()).sum();
+        println!("ready {n}");
+        std::io::stdout().flush()?;
+        // Hold until the parent closes our stdin (or dies).
+        let mut sink = Vec::new();
+        let _ = tokio::task::spawn_blocking(move || std::io::stdin().read_to_end(&mut sink)).await;
+        for l in loads {
+            l.close().await;
+        }
+        Ok(())
+    })
+}
+
+/// Connections per (server index, account, user) for `n` connections in all.
+fn distribution(
+    n: usize,
+    accounts: usize,
+    users: usize,
+    hot_share: f64,
+    servers: usize,
+) -> BTreeMap<(usize, String, String), usize> {
+    let mut out = BTreeMap::new();
+    let hot = (n as f64 * hot_share) as usize;
+    for i in 0..hot {
+        *out.entry((i % servers, "A00".to_string(), HOT_USER.to_string()))
+            .or_default() += 1;
+    }
+    for j in 0..n - hot {
+        let a = j % accounts;
+        let key = (
+            j % servers,
+            format!("A{a:02}"),
+            format!("a{a:02}u{}", (j / accounts) % users),
+        );
+        *out.entry(key).or_default() += 1;
+    }
+    out
+}
+
+struct Worker {
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The orchestrator.
+
+/// A child's resources as wait4 reports them (its own plus its waited-for descendants').
+struct ChildUsage {
+    wall: Duration,
+    cpu: Duration,
+    maxrss_kb: u64,
+    stdout: String,
+}
+
+fn run_measured(cmd: &mut Command) -> anyhow::Result<ChildUsage> {
+    let t = Instant::now();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .expect("piped")
+        .read_to_string(&mut stdout)?;
+    let mut status = 0;
+    // SAFETY: wait4 on our own child, with valid pointers.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = child.id() as libc::pid_t;
+    if unsafe { libc::wait4(pid, &mut status, 0, &mut ru) } != pid {
+        bail!("wait4 failed");
+    }
+    let wall = t.elapsed();
+    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+        bail!("child failed ({status}): {cmd:?}");
+    }
+    // The child is reaped: keep std from trying again.
+    std::mem::forget(child);
+    Ok(ChildUsage {
+        wall,
+        cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
+        maxrss_kb: ru.ru_maxrss as u64,
+        stdout,
+    })
+}
+
+fn run(mut args: RunArgs) -> anyhow::Result<()> {
+    if args.quick {
+        args.sizes = vec![600, 1500];
+        args.runs = args.runs.min(3);
+        args.soak_sweeps = args.soak_sweeps.min(50);
+        args.threshold = args.threshold.min(50);
+    }
+    let exe = std::env::current_exe()?;
+    let connwatch_bin = args
+        .connwatch_bin
+        .clone()
+        .unwrap_or_else(|| exe.with_file_name("connwatch"));
+    let all = [
+        "connwatch",
+        "filtered",
+        "floor",
+        "floor-gzip",
+        "floor-snappy",
+        "paged1024",
+        "report",
+        "curl+jq",
+    ];
+    let methods: Vec<String> = args
+        .methods
+        .clone()
+        .unwrap_or_else(|| all.iter().map(|s| s.to_string()).collect());
+    let dir = std::env::temp_dir().join(format!("connwatch-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+
+    let mut spec = ClusterSpec::new(&dir);
+    spec.start_timeout = Duration::from_secs(60);
+    for a in 0..args.accounts {
+        let mut acc = AccountSpec::new(format!("A{a:02}"));
+        for u in 0..args.users {
+            // User names are unique across accounts in config mode.
+            acc = acc.user(format!("a{a:02}u{u}"), LOAD_PASSWORD);
+        }
+        if a == 0 {
+            acc = acc.user(HOT_USER, LOAD_PASSWORD);
+        }
+        spec = spec.account(acc);
+    }
+    eprintln!("starting a 3-node cluster in {}", dir.display());
+    let cluster = Cluster::start(spec)?;
+    let n_servers = cluster.len();
+    let pids: Vec<u32> = (0..n_servers)
+        .map(|i| {
+            cluster
+                .pid(i)
+                .ok_or_else(|| anyhow!("server {i} not running"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    // nats-server on PATH may be a pyenv shim (a shell script that execs the binary): the
+    // child's pid must be the server itself by now.
+    for pid in &pids {
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))?;
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))?;
+        eprintln!("server pid {pid}: {} ({})", exe.display(), comm.trim());
+        if comm.trim() != "nats-server" {
+            bail!("pid {pid} is {comm:?}, not nats-server");
+        }
+    }
+    let urls = cluster.client_urls();
+    let sys = cluster.system_user().clone();
+    let config_path = dir.join("connwatch.toml");
+    std::fs::write(&config_path, cluster.connwatch_toml())?;
+
+    let mut workers: Vec<Worker> = Vec::new();
+    let mut have: BTreeMap<(usize, String, String), usize> = BTreeMap::new();
+    let mut results: Vec<Value> = Vec::new();
+    let mut soak: Option<Measured> = None;
+
+    for (step, &size) in args.sizes.iter().enumerate() {
+        let want = distribution(size, args.accounts, args.users, args.hot_share, n_servers);
+        // One worker process per server per step, holding the new connections.
+        for (s, url) in urls.iter().enumerate() {
+            let plan: Vec<PlanEntry> = want
+                .iter()
+                .filter(|((srv, _, _), _)| *srv == s)
+                .filter_map(|(k, n)| {
+                    let delta = n - have.get(k).copied().unwrap_or(0);
+                    (delta > 0).then(|| PlanEntry {
+                        server: url.clone(),
+                        user: k.2.clone(),
+                        name: format!(
+                            "{}-{}",
+                            k.1,
+                            if k.2 == HOT_USER {
+                                "leaky-worker"
+                            } else {
+                                "svc"
+                            }
+                        ),
+                        count: delta,
+                    })
+                })
+                .collect();
+            if plan.is_empty() {
+                continue;
+            }
+            let plan_path = dir.join(format!("plan-{step}-{s}.json"));
+            std::fs::write(&plan_path, serde_json::to_vec(&plan)?)?;
+            let mut child = Command::new(&exe)
+                .args(["load-worker", "--plan"])
+                .arg(&plan_path)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()?;
+            let stdin = child.stdin.take();
+            let mut out = BufReader::new(child.stdout.take().expect("piped"));
+            let mut worker = Worker { child, stdin };
+            let mut line = String::new();
+            out.read_line(&mut line)?;
+            if !line.starts_with("ready") {
+                let _ = worker.child.kill();
+                bail!("load worker failed: {line:?}");
+            }
+            workers.push(worker);
+        }
+        have = want;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let total: u64 = (0..n_servers)
+                .map(|i| {
+                    cluster
+                        .monitor_get(i, "/varz")
+                        .map(|v| v["connections"].as_u64().unwrap_or(0))
+                        .unwrap_or(0)
+                })
+                .sum();
+            if total as usize >= size {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("only {total} of {size} connections open");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        eprintln!("{size} connections open; measuring");
+
+        // The servers' idle CPU rate (PINGs to 45k clients cost something), to subtract.
+        // New connections make the servers publish connect events for a while: let that settle.
+        std::thread::sleep(Duration::from_secs(5));
+        let (c0, t0) = (servers_cpu_ms(&pids), Instant::now());
+        std::thread::sleep(Duration::from_secs(3));
+        let idle_rate = (servers_cpu_ms(&pids) - c0) / (t0.elapsed().as_secs_f64() * 1000.0);
+
+        let method_args = |kind: &str, runs: usize| -> Vec<String> {
+            vec![
+                "method".into(),
+                "--kind".into(),
+                kind.into(),
+                "--servers".into(),
+                urls.join(","),
+                "--user".into(),
+                sys.name.clone(),
+                "--password".into(),
+                sys.password.clone(),
+                "--pids".into(),
+                pids.iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                "--runs".into(),
+                runs.to_string(),
+                "--page-size".into(),
+                args.page_size.to_string(),
+                "--threshold".into(),
+                args.threshold.to_string(),
+            ]
+        };
+
+        if step == 0 && args.soak_sweeps > 0 {
+            eprintln!("  soak: {} sweeps", args.soak_sweeps);
+            let u = run_measured(Command::new(&exe).args(method_args("soak", args.soak_sweeps)))?;
+            soak = Some(serde_json::from_str(u.stdout.trim())?);
+        }
+
+        let mut rows: Vec<Measured> = Vec::new();
+        for method in &methods {
+            eprintln!("  {method}");
+            let m = match method.as_str() {
+                "report" => external(
+                    method,
+                    args.runs,
+                    &pids,
+                    || {
+                        let mut c = Command::new(&connwatch_bin);
+                        c.arg("--config")
+                            .arg(&config_path)
+                            .args(["report", "--format", "json", "--top", "0"])
+                            .env("RUST_LOG", "warn");
+                        c
+                    },
+                    None,
+                )?,
+                "curl+jq" => {
+                    let script = curl_jq_script(&cluster);
+                    let bytes = curl_bytes(&cluster)?;
+                    external(
+                        method,
+                        args.runs,
+                        &pids,
+                        || {
+                            let mut c = Command::new("sh");
+                            c.args(["-c", &script]);
+                            c
+                        },
+                        Some((bytes, n_servers as f64)),
+                    )?
+                }
+                kind => {
+                    let mut cmd = match &args.wrap {
+                        Some(w) => {
+                            let mut w = w.split_whitespace();
+                            let mut c = Command::new(w.next().unwrap_or("env"));
+                            c.args(w).arg(&exe);
+                            c
+                        }
+                        None => Command::new(&exe),
+                    };
+                    let u = run_measured(cmd.args(method_args(kind, args.runs)))?;
+                    serde_json::from_str(u.stdout.trim())
+                        .with_context(|| format!("method {kind}: {}", u.stdout))?
+                }
+            };
+            rows.push(m);
+        }
+        for m in &mut rows {
+            m.server_cpu_ms = (m.server_cpu_ms_raw
+                - idle_rate * m.window_ms / m.wall_ms.len().max(1) as f64)
+                .max(0.0);
+        }
+        print_table(size, &rows);
+        results.push(
+            json!({"size": size, "server_idle_cpu_ms_per_s": idle_rate * 1000.0, "methods": rows}),
+        );
+    }
+
+    if let Some(s) = &soak {
+        println!(
+            "\nmemory soak at {} connections: {} sweeps; RSS after 10 sweeps {:.1} MiB, after {} sweeps {:.1} MiB, peak {:.1} MiB",
+            args.sizes[0],
+            s.wall_ms.len(),
+            s.rss_after_10_kb as f64 / 1024.0,
+            s.wall_ms.len(),
+            s.rss_end_kb as f64 / 1024.0,
+            s.peak_rss_kb as f64 / 1024.0
+        );
+        let samples: Vec<String> = s
+            .rss_samples_kb
+            .iter()
+            .map(|(n, kb)| format!("{n}: {:.1}", *kb as f64 / 1024.0))
+            .collect();
+        println!("RSS (MiB) by sweeps done: {}", samples.join(", "));
+    }
+    if let Some(parent) = args.out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let out = json!({"sizes": results, "soak": soak, "accounts": args.accounts, "users": args.users,
+        "hot_share": args.hot_share, "threshold": args.threshold, "page_size": args.page_size, "runs": args.runs});
+    std::fs::write(&args.out, serde_json::to_vec_pretty(&out)?)?;
+    eprintln!("results written to {}", args.out.display());
+    drop(workers);
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// An external program run `runs` times (after one warm-up): wall, CPU and peak RSS from wait4,
+/// the servers' CPU from /proc around all runs.
+fn external(
+    kind: &str,
+    runs: usize,
+    pids: &[u32],
+    mut cmd: impl FnMut() -> Command,
+    bytes_requests: Option<(f64, f64)>,
+) -> anyhow::Result<Measured> {
+    let warm = run_measured(&mut cmd())?;
+    let mut m = Measured {
+        kind: kind.into(),
+        ..Measured::default()
+    };
+    if let Ok(v) = serde_json::from_str::<Value>(warm.stdout.trim()) {
+        // `connwatch report --format json` says what it fetched.
+        m.bytes = v["sweep"]["bytes"].as_f64().unwrap_or(0.0);
+        m.requests = v["sweep"]["requests"].as_f64().unwrap_or(0.0);
+        m.connections = v["sweep"]["connections"].as_f64().unwrap_or(0.0);
+    }
+    if let Some((b, r)) = bytes_requests {
+        m.bytes = b;
+        m.requests = r;
+    }
+    let (srv0, t0) = (servers_cpu_ms(pids), Instant::now());
+    let mut cpu = Duration::ZERO;
+    for _ in 0..runs {
+        let u = run_measured(&mut cmd())?;
+        m.wall_ms.push(u.wall.as_secs_f64() * 1000.0);
+        cpu += u.cpu;
+        m.peak_rss_kb = m.peak_rss_kb.max(u.maxrss_kb);
+    }
+    let n = runs.max(1) as f64;
+    m.window_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    m.server_cpu_ms_raw = (servers_cpu_ms(pids) - srv0) / n;
+    m.cpu_ms = cpu.as_secs_f64() * 1000.0 / n;
+    Ok(m)
+}
+
+/// The common HTTP recipe: every server's /connz in one big page, grouped by user with jq.
+fn curl_jq_script(cluster: &Cluster) -> String {
+    let urls: Vec<String> = (0..cluster.len())
+        .map(|i| format!("'{}/connz?auth=true&limit=1000000'", cluster.monitor_url(i)))
+        .collect();
+    format!(
+        "for u in {}; do curl -sf \"$u\" || exit 1; done | jq -s '[.[].connections[]] | \
+         group_by([.account, .authorized_user]) | map({{account: .[0].account, user: \
+         .[0].authorized_user, conns: length}}) | sort_by(-.conns)' > /dev/null",
+        urls.join(" ")
+    )
+}
+
+/// Bytes the curl recipe downloads (measured once, untimed).
+fn curl_bytes(cluster: &Cluster) -> anyhow::Result<f64> {
+    let mut total = 0.0;
+    for i in 0..cluster.len() {
+        let out = Command::new("curl")
+            .args(["-sf", "-o", "/dev/null", "-w", "%{size_download}"])
+            .arg(format!(
+                "{}/connz?auth=true&limit=1000000",
+                cluster.monitor_url(i)
+            ))
+            .output()?;
+        total += String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<f64>()
+            .unwrap_or(0.0);
+    }
+    Ok(total)
+}
+
+fn print_table(size: usize, rows: &[Measured]) {
+    let floor = rows.iter().find(|m| m.kind == "floor");
+    let fw = floor.map(|f| median(&f.wall_ms)).unwrap_or(0.0);
+    let fs = floor.map(|f| f.server_cpu_ms).unwrap_or(0.0);
+    let ratio = |x: f64, base: f64| {
+        if base > 0.0 {
+            format!("{:.2}×", x / base)
+        } else {
+            "-".into()
+        }
+    };
+    println!("\n### {size} connections\n");
+    println!("| method | sweep wall (median) | × floor | client CPU/sweep | peak RSS | bytes/sweep | requests | server CPU/sweep (raw) | × floor |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for m in rows {
+        let w = median(&m.wall_ms);
+        println!(
+            "| {} | {:.1} ms | {} | {:.1} ms | {:.1} MiB | {:.2} MB | {:.0} | {:.1} ms ({:.0}) | {} |",
+            m.kind,
+            w,
+            ratio(w, fw),
+            m.cpu_ms,
+            m.peak_rss_kb as f64 / 1024.0,
+            m.bytes / 1e6,
+            m.requests,
+            m.server_cpu_ms,
+            m.server_cpu_ms_raw,
+            ratio(m.server_cpu_ms, fs)
+        );
+    }
+    let _ = std::io::stdout().flush();
+}

@@ -1,0 +1,466 @@
+//! Prometheus metrics, `/healthz` and `/readyz` over HTTP.
+//!
+//! Per-user series are bounded: only users with at least `metrics.user_floor` connections, and
+//! at most `metrics.max_users` of them (the largest); the set is rebuilt after every sweep, so a
+//! user that drops out loses its series.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::connection::State as ConnectionState;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::advisory::publisher::PublisherStats;
+use crate::census::{Census, UserCensus};
+use crate::config::MetricsConfig;
+use crate::lifecycle::Lifecycle;
+use crate::rules::Kind;
+use crate::snapshot::Snapshot;
+
+/// Labels of a per-user series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UserLabels {
+    /// Account (name or key).
+    pub account: String,
+    /// User (name or key).
+    pub user: String,
+}
+
+/// A label naming an advisory type.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabel {
+    /// The advisory type's name.
+    pub r#type: String,
+}
+
+/// A label naming a kick result.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// `sent`, `dry_run` or `failed`.
+    pub result: String,
+}
+
+/// Everything connwatch counts.
+pub struct Metrics {
+    registry: Registry,
+    /// Sweeps run.
+    pub sweeps: Counter,
+    /// Sweeps that failed as a whole.
+    pub sweeps_failed: Counter,
+    /// Partial sweeps.
+    pub sweeps_partial: Counter,
+    /// Sweep starts skipped because the previous sweep ran over.
+    pub sweeps_skipped: Counter,
+    /// Sweep duration.
+    pub sweep_duration: Histogram,
+    /// Servers expected by the last sweep.
+    pub servers_expected: Gauge,
+    /// Servers that answered the last sweep.
+    pub servers_responded: Gauge,
+    /// Connections counted by the last sweep.
+    pub connections: Gauge,
+    /// Per-user connections (bounded, see the module docs).
+    pub user_connections: Family<UserLabels, Gauge>,
+    /// Findings firing, by type.
+    pub findings_firing: Family<TypeLabel, Gauge>,
+    /// Kicks by result.
+    pub kicks: Family<ResultLabel, Counter>,
+    /// Kicked clients that came back.
+    pub kicks_ineffective: Counter,
+    /// Advisory publishing.
+    pub advisories: Arc<PublisherStats>,
+    /// Advisories waiting to be published.
+    pub advisories_queued: Gauge,
+    /// Reconnects of connwatch's NATS connection.
+    pub reconnects: Counter,
+    /// Server replies that could not be parsed.
+    pub bad_replies: Counter,
+    /// Unix time of the last complete sweep.
+    pub last_complete_sweep: Gauge<f64, AtomicU64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("connwatch");
+        let m = Self {
+            sweeps: Counter::default(),
+            sweeps_failed: Counter::default(),
+            sweeps_partial: Counter::default(),
+            sweeps_skipped: Counter::default(),
+            sweep_duration: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            servers_expected: Gauge::default(),
+            servers_responded: Gauge::default(),
+            connections: Gauge::default(),
+            user_connections: Family::default(),
+            findings_firing: Family::default(),
+            kicks: Family::default(),
+            kicks_ineffective: Counter::default(),
+            advisories: Arc::new(PublisherStats::default()),
+            advisories_queued: Gauge::default(),
+            reconnects: Counter::default(),
+            bad_replies: Counter::default(),
+            last_complete_sweep: Gauge::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register("sweeps", "Sweeps run", m.sweeps.clone());
+        r.register(
+            "sweeps_failed",
+            "Sweeps that failed as a whole",
+            m.sweeps_failed.clone(),
+        );
+        r.register(
+            "sweeps_partial",
+            "Sweeps where a server did not answer or failed",
+            m.sweeps_partial.clone(),
+        );
+        r.register(
+            "sweeps_skipped",
+            "Sweep starts skipped because the previous sweep ran over",
+            m.sweeps_skipped.clone(),
+        );
+        r.register(
+            "sweep_duration_seconds",
+            "Duration of a sweep",
+            m.sweep_duration.clone(),
+        );
+        r.register(
+            "servers_expected",
+            "Servers expected to answer the last sweep",
+            m.servers_expected.clone(),
+        );
+        r.register(
+            "servers_responded",
+            "Servers that answered the last sweep completely",
+            m.servers_responded.clone(),
+        );
+        r.register(
+            "connections",
+            "Connections counted by the last sweep",
+            m.connections.clone(),
+        );
+        r.register(
+            "user_connections",
+            "Connections of a user across the cluster (users over metrics.user_floor, at most metrics.max_users)",
+            m.user_connections.clone(),
+        );
+        r.register(
+            "findings_firing",
+            "Findings firing, by advisory type",
+            m.findings_firing.clone(),
+        );
+        r.register(
+            "kicks",
+            "Kicks by result (sent, dry_run, failed)",
+            m.kicks.clone(),
+        );
+        r.register(
+            "kicks_ineffective",
+            "Kicked clients seen coming back",
+            m.kicks_ineffective.clone(),
+        );
+        r.register(
+            "advisories_published",
+            "Advisories confirmed by the server",
+            m.advisories.published.clone(),
+        );
+        r.register(
+            "advisories_dropped",
+            "Advisories dropped because the queue was full",
+            m.advisories.dropped.clone(),
+        );
+        r.register(
+            "advisories_publish_failures",
+            "Advisory batches that failed and were retried",
+            m.advisories.failures.clone(),
+        );
+        r.register(
+            "advisories_queued",
+            "Advisories waiting to be published",
+            m.advisories_queued.clone(),
+        );
+        r.register(
+            "nats_reconnects",
+            "Reconnects of connwatch's NATS connection",
+            m.reconnects.clone(),
+        );
+        r.register(
+            "bad_replies",
+            "Server replies that could not be parsed (logged and skipped)",
+            m.bad_replies.clone(),
+        );
+        r.register(
+            "last_complete_sweep_timestamp_seconds",
+            "Unix time of the last complete sweep",
+            m.last_complete_sweep.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String");
+        out
+    }
+
+    /// Takes in one sweep and its outcome.
+    pub fn observe(
+        &self,
+        snap: &Snapshot,
+        census: &Census,
+        findings: &Lifecycle,
+        cfg: &MetricsConfig,
+    ) {
+        self.sweep_duration.observe(snap.duration.as_secs_f64());
+        self.servers_expected.set(snap.servers_expected as i64);
+        self.servers_responded.set(snap.servers.len() as i64);
+        self.connections.set(snap.connections.len() as i64);
+        self.bad_replies.inc_by(snap.bad_replies as u64);
+        if snap.partial() {
+            self.sweeps_partial.inc();
+        } else if let Some(t) = snap.started {
+            self.last_complete_sweep
+                .set(t.timestamp_millis() as f64 / 1000.0);
+        }
+        self.user_connections.clear();
+        for u in user_series(census, cfg) {
+            let labels = UserLabels {
+                account: u.account.clone(),
+                user: u.user.clone(),
+            };
+            self.user_connections
+                .get_or_create(&labels)
+                .set(u.connections as i64);
+        }
+        let firing = findings.firing_by_kind();
+        for kind in Kind::ALL {
+            let n = firing.get(&kind).copied().unwrap_or(0);
+            self.findings_firing
+                .get_or_create(&TypeLabel {
+                    r#type: kind.name().into(),
+                })
+                .set(n as i64);
+        }
+    }
+
+    /// Counts a kick by result (`sent`, `dry_run`, `failed`).
+    pub fn kick(&self, result: &str) {
+        self.kicks
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
+    }
+}
+
+/// The users that get a per-user series: at least `user_floor` connections, the largest
+/// `max_users` of them.
+pub fn user_series<'a>(census: &'a Census, cfg: &MetricsConfig) -> Vec<&'a UserCensus> {
+    let mut users: Vec<&UserCensus> = census
+        .users
+        .iter()
+        .filter(|u| u.connections >= cfg.user_floor)
+        .collect();
+    users.sort_by(|a, b| {
+        b.connections
+            .cmp(&a.connections)
+            .then_with(|| (&a.account, &a.user).cmp(&(&b.account, &b.user)))
+    });
+    users.truncate(cfg.max_users);
+    users
+}
+
+/// What `/readyz` looks at.
+pub struct Health {
+    client: async_nats::Client,
+    interval: Mutex<Duration>,
+    last_complete: Mutex<Option<Instant>>,
+}
+
+impl Health {
+    /// Health of the service using `client`, sweeping every `interval`.
+    pub fn new(client: async_nats::Client, interval: Duration) -> Self {
+        Self {
+            client,
+            interval: Mutex::new(interval),
+            last_complete: Mutex::new(None),
+        }
+    }
+
+    /// Takes a new sweep interval (a reload).
+    pub fn set_interval(&self, interval: Duration) {
+        *self.interval.lock().expect("health lock") = interval;
+    }
+
+    /// Notes a complete sweep.
+    pub fn complete_sweep(&self) {
+        *self.last_complete.lock().expect("health lock") = Some(Instant::now());
+    }
+
+    /// Ready: connected, and a complete sweep within 3 intervals.
+    pub fn ready(&self) -> Result<(), String> {
+        if self.client.connection_state() != ConnectionState::Connected {
+            return Err("not connected to NATS".into());
+        }
+        match *self.last_complete.lock().expect("health lock") {
+            None => Err("no complete sweep yet".into()),
+            Some(t) if t.elapsed() > *self.interval.lock().expect("health lock") * 3 => {
+                Err(format!(
+                    "no complete sweep for {}s (3 intervals)",
+                    t.elapsed().as_secs()
+                ))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Http {
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listen` until `shutdown`.
+pub async fn serve(
+    listen: std::net::SocketAddr,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready_handler))
+        .with_state(Http { metrics, health });
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    info!(listen = %listener.local_addr()?, "metrics listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+async fn metrics_handler(State(s): State<Http>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+}
+
+async fn ready_handler(State(s): State<Http>) -> impl IntoResponse {
+    match s.health.ready() {
+        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+        Err(why) => {
+            warn!(reason = %why, "not ready");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {why}\n"),
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn census(counts: &[(&str, u64)]) -> Census {
+        Census {
+            connections: counts.iter().map(|c| c.1).sum(),
+            users: counts
+                .iter()
+                .map(|(u, n)| UserCensus {
+                    account: "A".into(),
+                    user: u.to_string(),
+                    connections: *n,
+                    ..UserCensus::default()
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn per_user_series_are_bounded() {
+        let c = census(&[("a", 5), ("b", 500), ("c", 50), ("d", 9), ("e", 10)]);
+        let cfg = MetricsConfig {
+            user_floor: 10,
+            max_users: 2,
+            ..MetricsConfig::default()
+        };
+        let names: Vec<&str> = user_series(&c, &cfg)
+            .iter()
+            .map(|u| u.user.as_str())
+            .collect();
+        assert_eq!(names, vec!["b", "c"]);
+    }
+
+    #[test]
+    fn exposition_has_the_documented_families_and_drops_stale_users() {
+        let m = Metrics::new();
+        let snap = Snapshot {
+            servers_expected: 3,
+            ..Snapshot::default()
+        };
+        let cfg = MetricsConfig {
+            user_floor: 1,
+            ..MetricsConfig::default()
+        };
+        m.observe(
+            &snap,
+            &census(&[("leaky", 150)]),
+            &Lifecycle::default(),
+            &cfg,
+        );
+        m.kick("dry_run");
+        let text = m.render();
+        for name in [
+            "connwatch_sweeps_total",
+            "connwatch_sweep_duration_seconds_bucket",
+            "connwatch_servers_expected 3",
+            "connwatch_user_connections{account=\"A\",user=\"leaky\"} 150",
+            "connwatch_findings_firing{type=\"excessive_user_connections\"} 0",
+            "connwatch_kicks_total{result=\"dry_run\"} 1",
+            "connwatch_advisories_dropped_total",
+            "connwatch_nats_reconnects_total",
+            "connwatch_bad_replies_total",
+        ] {
+            assert!(text.contains(name), "{name} missing:\n{text}");
+        }
+        m.observe(
+            &snap,
+            &census(&[("other", 20)]),
+            &Lifecycle::default(),
+            &cfg,
+        );
+        assert!(
+            !m.render().contains("user=\"leaky\""),
+            "stale user series kept"
+        );
+    }
+}

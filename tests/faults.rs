@@ -1,0 +1,555 @@
+//! Faults on a real 3-node cluster, driving the real `connwatch run`: a server killed mid-sweep,
+//! paused past `sweep.timeout`, restarted with a new id; connwatch's own server killed; the whole
+//! cluster down. In every case: no crash, the sweep is marked partial or failed, nothing resolves
+//! and nothing is kicked on partial data, and every advisory is delivered after recovery.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(40);
+
+fn is(kind: &str, state: &str) -> impl Fn(&Value) -> bool {
+    let (kind, state) = (
+        format!("io.connwatch.advisory.v1.{kind}"),
+        state.to_string(),
+    );
+    move |b: &Value| b["type"] == kind.as_str() && b["state"] == state.as_str()
+}
+
+fn pw(user: &str) -> LoadAuth {
+    LoadAuth::user_password(user, "pw")
+}
+
+/// APP users: `held` (a leak that fires and is never kicked: `kick.allow`), `leaky` (kickable),
+/// `big` (many connections, under its own high threshold), `active` (publishing: never kicked).
+fn start_cluster(dir: &Path) -> Cluster {
+    Cluster::start(
+        ClusterSpec::new(dir.join("cluster")).account(
+            AccountSpec::new("APP")
+                .user("held", "pw")
+                .user("leaky", "pw")
+                .user("big", "pw")
+                .user("active", "pw"),
+        ),
+    )
+    .unwrap()
+}
+
+/// Sweep pacing and kick caps of one test.
+#[derive(Clone, Copy)]
+struct Tuning {
+    interval: &'static str,
+    page_size: usize,
+    max_per_user: usize,
+}
+
+const DEFAULT: Tuning = Tuning {
+    interval: "400ms",
+    page_size: 100,
+    max_per_user: 1000,
+};
+
+/// Kicks on for real (`dry_run = false`), small pages, short sweeps.
+fn config(servers: &[String], dir: &Path, t: Tuning) -> String {
+    let servers: Vec<String> = servers.iter().map(|s| format!("{s:?}")).collect();
+    format!(
+        "[nats]\nservers = [{}]\nuser = \"sys\"\npassword = \"sys-dev-password\"\n\
+         [sweep]\ninterval = {:?}\ntimeout = \"1s\"\npage_size = {}\n\
+         [detect]\nidle_threshold = \"1s\"\nmax_connections_per_user = 100\n\
+         [[detect.overrides]]\naccount = \"APP\"\nuser = \"big\"\nmax_connections = 1000000\n\
+         [advisory]\nrenotify = \"1h\"\n\
+         [kick]\nenabled = true\ndry_run = false\nmin_idle = \"1s\"\nmin_age = \"1s\"\n\
+         max_per_sweep = 1000\nmax_per_user = {}\n\
+         [[kick.allow]]\naccount = \"APP\"\nuser = \"held\"\n\
+         [state]\nfile = {:?}\n",
+        servers.join(", "),
+        t.interval,
+        t.page_size,
+        t.max_per_user,
+        dir.join("state.json")
+    )
+}
+
+/// Rounds finished, partial rounds, failed sweeps.
+fn counts(r: &Running) -> (usize, usize, usize) {
+    let (rounds, partial) = r.rounds();
+    let failed = r
+        .log()
+        .lines()
+        .filter(|l| l.contains("sweep failed"))
+        .count();
+    (rounds, partial, failed)
+}
+
+/// Waits until `n` more rounds were partial or sweeps failed (both count as "not complete").
+async fn wait_incomplete(r: &Running, n: usize) {
+    let (_, p0, f0) = counts(r);
+    assert!(
+        wait_until_async(WAIT, || {
+            let (_, p, f) = counts(r);
+            p + f >= p0 + f0 + n
+        })
+        .await,
+        "no partial or failed sweeps: {}",
+        r.log()
+    );
+}
+
+/// Waits for `n` more complete rounds.
+async fn wait_complete(r: &Running, n: usize) {
+    let complete = |r: &Running| {
+        let (rounds, partial) = r.rounds();
+        rounds - partial
+    };
+    let c0 = complete(r);
+    assert!(
+        wait_until_async(WAIT, || complete(r) >= c0 + n).await,
+        "no complete rounds: {}",
+        r.log()
+    );
+}
+
+/// Every advisory connwatch logged (`finding ... id=`) arrived; the last round reports an empty
+/// queue and nothing dropped; as many `connection_kicked` arrived as kicks were logged.
+async fn assert_nothing_lost(r: &Running, seen: &Seen) {
+    let ids = |log: &str| -> Vec<String> {
+        log.lines()
+            .filter(|l| l.contains(" finding "))
+            .filter_map(|l| l.split(" id=").nth(1))
+            .map(|s| s.split_whitespace().next().unwrap_or("").to_string())
+            .collect()
+    };
+    let delivered = |seen: &Seen, want: &[String]| {
+        let got: Vec<String> = seen
+            .all()
+            .iter()
+            .filter_map(|(_, b)| b["id"].as_str().map(str::to_string))
+            .collect();
+        want.iter().all(|id| got.contains(id))
+    };
+    let want = ids(&r.log());
+    assert!(!want.is_empty(), "no advisory logged: {}", r.log());
+    assert!(
+        wait_until_async(WAIT, || delivered(seen, &want)).await,
+        "logged advisories never arrived: {want:?}\nseen: {:#?}",
+        seen.all()
+    );
+    let drained = |r: &Running| {
+        r.log()
+            .lines()
+            .rev()
+            .find(|l| l.contains("round done"))
+            .is_some_and(|l| l.contains("queued=0") && l.contains("dropped=0"))
+    };
+    assert!(
+        wait_until_async(WAIT, || drained(r)).await,
+        "advisories left queued or dropped: {}",
+        r.log()
+    );
+    let kicks_logged = r
+        .log()
+        .lines()
+        .filter(|l| l.contains("result=") && l.contains(" kick"))
+        .count();
+    assert!(
+        wait_until_async(WAIT, || seen.of("connection_kicked").len() >= kicks_logged).await,
+        "{kicks_logged} kicks logged, {} kick advisories",
+        seen.of("connection_kicked").len()
+    );
+}
+
+/// No kick happened during the fault, no `held` resolution, and the leak is intact.
+fn assert_nothing_acted_on(seen: &Seen, kicks_before: usize, leaky: &Load, n: usize) {
+    assert_eq!(
+        seen.of("connection_kicked").len(),
+        kicks_before,
+        "kicked on partial data: {:#?}",
+        seen.of("connection_kicked")
+    );
+    assert!(
+        !seen
+            .all()
+            .iter()
+            .any(|(_, b)| is("excessive_user_connections", "resolved")(b)),
+        "resolved on partial data: {:#?}",
+        seen.all()
+    );
+    assert_eq!(leaky.alive(), n, "a connection was closed during the fault");
+}
+
+/// After recovery: the held finding resolves on a complete sweep, the leak is kicked on complete
+/// sweeps only (kicks were enabled all along), nothing is lost, SIGTERM exits 0.
+async fn assert_recovers(running: Running, seen: &Seen, leaky: &Load) {
+    let (_, _, resolved) = seen
+        .wait_for(0, "resolved", |b| {
+            is("excessive_user_connections", "resolved")(b) && b["user"] == "held"
+        })
+        .await;
+    assert_eq!(resolved["sweep"]["partial"], false, "{resolved:#}");
+    assert_valid(&resolved);
+    assert!(
+        wait_until_async(WAIT, || leaky.alive() <= 100).await,
+        "the leak was not kicked after recovery: {} alive\n{}",
+        leaky.alive(),
+        running.log()
+    );
+    for k in seen.of("connection_kicked") {
+        assert_valid(&k);
+        assert_eq!(
+            k["sweep"]["partial"], false,
+            "kick on a partial sweep: {k:#}"
+        );
+        assert_eq!(k["user"], "leaky", "{k:#}");
+        assert_eq!(k["dry_run"], false);
+    }
+    assert_nothing_lost(&running, seen).await;
+    assert_eq!(
+        running.terminate(),
+        Some(0),
+        "connwatch did not exit cleanly"
+    );
+}
+
+/// Index of the server connwatch's own connection (client name `connwatch`) is attached to.
+fn attached_to(cluster: &Cluster) -> Option<usize> {
+    (0..cluster.len()).find(|&i| {
+        cluster.pid(i).is_some()
+            && cluster
+                .monitor_get(i, "/connz?limit=1000")
+                .ok()
+                .and_then(|c| c["connections"].as_array().cloned())
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c["name"] == "connwatch")
+    })
+}
+
+/// Common start: `held` (110 on n1) fires on a complete sweep.
+async fn start(
+    dir: &Path,
+    cluster: &Cluster,
+    servers: &[String],
+    tuning: Tuning,
+) -> (Running, Seen, async_nats::Client, Load) {
+    let held = load::open(LoadSpec::new(cluster.client_url(0), pw("held"), 110).name("held"))
+        .await
+        .unwrap();
+    let (seen, sub) = Seen::subscribe(&cluster.client_url(1)).await;
+    let path = write_config(dir, &config(servers, dir, tuning));
+    let running = Running::start(&path, dir.join("run.log"));
+    let (_, _, fired) = seen
+        .wait_for(0, "firing", |b| {
+            is("excessive_user_connections", "firing")(b) && b["user"] == "held"
+        })
+        .await;
+    assert_eq!(fired["sweep"]["partial"], false);
+    (running, seen, sub, held)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_mid_sweep_makes_the_sweep_partial_and_nothing_is_acted_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = start_cluster(dir.path());
+    // A big server (n3): 1,500 connections in pages of 20, so most of a sweep is spent paging it,
+    // and sweeps run back to back (interval shorter than a sweep).
+    let big = load::open(LoadSpec::new(cluster.client_url(2), pw("big"), 1500).name("big"))
+        .await
+        .unwrap();
+    let tuning = Tuning {
+        interval: "100ms",
+        page_size: 20,
+        ..DEFAULT
+    };
+    let (running, seen, _sub, held) =
+        start(dir.path(), &cluster, &[cluster.client_url(0)], tuning).await;
+    let mut mid_sweep = false;
+    for attempt in 0..4 {
+        if attempt > 0 {
+            cluster.restart(2).unwrap();
+            wait_complete(&running, 1).await;
+        }
+        let before = running.log().matches("connz page failed").count();
+        let sweeps = running.log().matches("sweep done").count();
+        // Right after one sweep ends the next starts and pages n3 for most of its time.
+        assert!(
+            wait_until_async(WAIT, || running.log().matches("sweep done").count()
+                > sweeps)
+            .await
+        );
+        tokio::time::sleep(Duration::from_millis(60 + 40 * attempt)).await;
+        cluster.kill(2).unwrap();
+        wait_incomplete(&running, 2).await;
+        if running.log().matches("connz page failed").count() > before {
+            mid_sweep = true;
+            break;
+        }
+    }
+    drop(big);
+    assert!(
+        mid_sweep,
+        "never killed n3 while it was being paged: {}",
+        running.log()
+    );
+    let log = running.log();
+    let partial_line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("sweep done") && l.contains("partial=true"))
+        .unwrap_or_else(|| panic!("no partial sweep logged: {log}"))
+        .to_string();
+    assert!(partial_line.contains("n3"), "{partial_line}");
+
+    // During the fault: the held leak closes (must not resolve), a new leak opens (must not be
+    // kicked), for several partial rounds past min_idle and min_age.
+    let kicks_before = seen.of("connection_kicked").len();
+    held.close().await;
+    let leaky = load::open(LoadSpec::new(cluster.client_url(1), pw("leaky"), 120).name("leaky"))
+        .await
+        .unwrap();
+    wait_incomplete(&running, 5).await;
+    assert!(wait_until_async(WAIT, || counts(&running).1 >= 8).await);
+    assert_nothing_acted_on(&seen, kicks_before, &leaky, 120);
+
+    cluster.restart(2).unwrap();
+    assert_recovers(running, &seen, &leaky).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_paused_past_the_timeout_then_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = start_cluster(dir.path());
+    let (running, seen, _sub, held) =
+        start(dir.path(), &cluster, &[cluster.client_url(0)], DEFAULT).await;
+
+    cluster.pause(2).unwrap();
+    let kicks_before = seen.of("connection_kicked").len();
+    held.close().await;
+    let leaky = load::open(LoadSpec::new(cluster.client_url(0), pw("leaky"), 120).name("leaky"))
+        .await
+        .unwrap();
+    // Each round waits sweep.timeout (1 s) for the frozen server: well past min_idle/min_age.
+    wait_incomplete(&running, 3).await;
+    let log = running.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("sweep done") && l.contains("partial=true") && l.contains("n3")),
+        "the frozen server is not named missing: {log}"
+    );
+    assert_nothing_acted_on(&seen, kicks_before, &leaky, 120);
+
+    cluster.resume(2).unwrap();
+    assert_recovers(running, &seen, &leaky).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_is_not_counted_twice_and_gets_no_stale_kicks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = start_cluster(dir.path());
+    // A leak on n3 kicked slowly (5 a sweep), so kicks are in progress when n3 restarts.
+    let leaky = load::open(LoadSpec::new(cluster.client_url(2), pw("leaky"), 200).name("leaky"))
+        .await
+        .unwrap();
+    let tuning = Tuning {
+        max_per_user: 5,
+        ..DEFAULT
+    };
+    let (running, seen, _sub, held) =
+        start(dir.path(), &cluster, &[cluster.client_url(0)], tuning).await;
+    let server_id = |c: &Cluster| {
+        c.monitor_get(2, "/varz").unwrap()["server_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let old_id = server_id(&cluster);
+    assert!(
+        wait_until_async(WAIT, || !seen.of("connection_kicked").is_empty()).await,
+        "no kicks before the restart"
+    );
+    cluster.restart(2).unwrap();
+    let restart_at = seen.all().len();
+    assert_ne!(old_id, server_id(&cluster), "restart kept the server id");
+    drop(leaky); // its connections died with the old n3
+
+    // New connections on the new n3 take low cids again: an active (publishing) client and an
+    // idle one under its threshold. A stale plan for the old id must not touch them.
+    let active = load::open(
+        LoadSpec::new(cluster.client_url(2), pw("active"), 30)
+            .name("active")
+            .publish_every(Duration::from_millis(200)),
+    )
+    .await
+    .unwrap();
+    let quiet = load::open(LoadSpec::new(cluster.client_url(2), pw("big"), 40).name("quiet"))
+        .await
+        .unwrap();
+    wait_complete(&running, 4).await;
+    for (_, k) in &seen.all()[restart_at..] {
+        if k["type"] != "io.connwatch.advisory.v1.connection_kicked" {
+            continue;
+        }
+        assert_ne!(
+            k["server_id"],
+            old_id.as_str(),
+            "stale kick at the old id: {k:#}"
+        );
+        assert_ne!(k["result"], "failed", "{k:#}");
+        assert_eq!(k["user"], "leaky", "{k:#}");
+    }
+    assert_eq!(active.alive(), 30, "an active connection was kicked");
+    assert_eq!(
+        quiet.alive(),
+        40,
+        "a connection under its threshold was kicked"
+    );
+
+    // No double counting: the report equals the servers' own connz, one entry per server name.
+    let config = dir.path().join("connwatch.toml");
+    let report = report_json_async(&config).await;
+    assert_eq!(report["sweep"]["partial"], false, "{:#}", report["sweep"]);
+    assert_eq!(
+        report["sweep"]["servers_expected"], 3,
+        "{:#}",
+        report["sweep"]
+    );
+    let mut names: Vec<&str> = report["sweep"]["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["n1", "n2", "n3"]);
+    let mut truth: BTreeMap<String, u64> = BTreeMap::new();
+    for i in 0..3 {
+        for ((account, user), n) in cluster.connz_counts(i).unwrap() {
+            if account == "APP" {
+                *truth.entry(user).or_default() += n;
+            }
+        }
+    }
+    for u in report["users"].as_array().unwrap() {
+        if u["account"] == "APP" {
+            let user = u["user"].as_str().unwrap();
+            assert_eq!(
+                u["connections"].as_u64(),
+                truth.get(user).copied(),
+                "{user} counted wrong after a restart: {u:#}"
+            );
+        }
+    }
+    held.close().await;
+    let (_, _, resolved) = seen
+        .wait_for(0, "resolved", |b| {
+            is("excessive_user_connections", "resolved")(b) && b["user"] == "held"
+        })
+        .await;
+    assert_eq!(resolved["sweep"]["partial"], false);
+    assert_nothing_lost(&running, &seen).await;
+    assert_eq!(running.terminate(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connwatch_reconnects_through_another_url_when_its_server_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = start_cluster(dir.path());
+    // All three URLs: the client picks one at random. Find it, then keep the loads and the
+    // subscriber away from that server.
+    let path = write_config(
+        dir.path(),
+        &config(&cluster.client_urls(), dir.path(), DEFAULT),
+    );
+    let running = Running::start(&path, dir.path().join("run.log"));
+    let mut own = None;
+    assert!(
+        wait_until_async(WAIT, || {
+            own = attached_to(&cluster);
+            own.is_some()
+        })
+        .await,
+        "connwatch's connection not found: {}",
+        running.log()
+    );
+    let own = own.unwrap();
+    let others: Vec<usize> = (0..3).filter(|&i| i != own).collect();
+    let held =
+        load::open(LoadSpec::new(cluster.client_url(others[0]), pw("held"), 110).name("held"))
+            .await
+            .unwrap();
+    let (seen, _sub) = Seen::subscribe(&cluster.client_url(others[1])).await;
+    let (_, _, fired) = seen
+        .wait_for(0, "firing", is("excessive_user_connections", "firing"))
+        .await;
+    assert_eq!(fired["sweep"]["partial"], false);
+
+    cluster.kill(own).unwrap();
+    let kicks_before = seen.of("connection_kicked").len();
+    held.close().await;
+    let leaky =
+        load::open(LoadSpec::new(cluster.client_url(others[1]), pw("leaky"), 120).name("leaky"))
+            .await
+            .unwrap();
+    // It reconnects to a surviving server; sweeps are partial while the dead one is expected.
+    assert!(
+        wait_until_async(WAIT, || attached_to(&cluster).is_some()).await,
+        "connwatch did not reconnect: {}",
+        running.log()
+    );
+    wait_incomplete(&running, 4).await;
+    assert!(
+        running.log().contains("nats disconnected"),
+        "{}",
+        running.log()
+    );
+    assert_nothing_acted_on(&seen, kicks_before, &leaky, 120);
+
+    cluster.restart(own).unwrap();
+    assert_recovers(running, &seen, &leaky).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_cluster_down_then_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = start_cluster(dir.path());
+    let (running, seen, sub, held) =
+        start(dir.path(), &cluster, &cluster.client_urls(), DEFAULT).await;
+    let kicks_before = seen.of("connection_kicked").len();
+    for i in 0..3 {
+        cluster.kill(i).unwrap();
+    }
+    drop(held); // its connections died with the servers
+
+    // Sweeps fail, or are partial with no server answering; connwatch keeps running.
+    wait_incomplete(&running, 3).await;
+    let log = running.log();
+    assert!(
+        log.contains("sweep failed") || log.contains("servers_responded=0 partial=true"),
+        "sweeps with the cluster down neither failed nor partial: {log}"
+    );
+
+    // Two of three back: partial sweeps, so the held finding stays and a new leak is not kicked.
+    cluster.restart(0).unwrap();
+    cluster.restart(1).unwrap();
+    assert!(
+        wait_until_async(WAIT, || sub.connection_state()
+            == async_nats::connection::State::Connected)
+        .await,
+        "the test subscriber did not reconnect"
+    );
+    let leaky = load::open(LoadSpec::new(cluster.client_url(0), pw("leaky"), 120).name("leaky"))
+        .await
+        .unwrap();
+    wait_incomplete(&running, 4).await;
+    assert!(running.log().contains("partial=true"), "{}", running.log());
+    assert_nothing_acted_on(&seen, kicks_before, &leaky, 120);
+
+    // All back: the held finding resolves, the leak is kicked, nothing was lost.
+    cluster.restart(2).unwrap();
+    assert_recovers(running, &seen, &leaky).await;
+}

@@ -1,0 +1,270 @@
+//! Operating connwatch: the NATS micro service, Prometheus metrics, health, reload, shutdown.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use connwatch::dev::cluster::http_get;
+use serde_json::Value;
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// A request to a service endpoint: the JSON reply, or the service error code.
+async fn call(client: &async_nats::Client, subject: &str, body: &str) -> Result<Value, String> {
+    let msg = client
+        .request(subject.to_string(), Bytes::from(body.to_string()))
+        .await
+        .unwrap();
+    if let Some(code) = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Nats-Service-Error-Code"))
+    {
+        return Err(code.to_string());
+    }
+    Ok(serde_json::from_slice(&msg.payload).unwrap())
+}
+
+fn sighup(pid: u32) {
+    std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+}
+
+fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_metrics_health_reload_and_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(
+        ClusterSpec::new(dir.path().join("cluster"))
+            .account(AccountSpec::new("APP").user("leaky", "pw")),
+    )
+    .unwrap();
+    let leak = load::open(
+        LoadSpec::new(
+            cluster.client_url(0),
+            LoadAuth::user_password("leaky", "pw"),
+            150,
+        )
+        .name("w"),
+    )
+    .await
+    .unwrap();
+    let listen = free_addr();
+    let base = format!(
+        "{}[sweep]\ninterval = \"500ms\"\ntimeout = \"1s\"\n[metrics]\nlisten = \"{listen}\"\nuser_floor = 1\n",
+        cluster.connwatch_toml()
+    );
+    let with_threshold = |n: u64| format!("{base}[detect]\nmax_connections_per_user = {n}\n");
+    let path = write_config(dir.path(), &with_threshold(200));
+    let (seen, client) = Seen::subscribe(&cluster.client_url(1)).await;
+    let running = Running::start(&path, dir.path().join("run.log"));
+    let ready = || {
+        http_get(listen, "/readyz")
+            .map(|(code, _)| code)
+            .unwrap_or(0)
+    };
+    assert!(
+        wait_until_async(WAIT, || ready() == 200).await,
+        "never ready: {}",
+        running.log()
+    );
+    assert_eq!(http_get(listen, "/healthz").unwrap().0, 200);
+
+    // Discoverable as a NATS micro service, with its endpoints.
+    let ping = call(&client, "$SRV.PING.connwatch", "").await.unwrap();
+    assert_eq!(ping["name"], "connwatch");
+    assert_eq!(ping["type"], "io.nats.micro.v1.ping_response");
+    let info = call(&client, "$SRV.INFO.connwatch", "").await.unwrap();
+    let subjects: Vec<&str> = info["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["subject"].as_str().unwrap())
+        .collect();
+    for s in ["connwatch.census", "connwatch.findings", "connwatch.sweep"] {
+        assert!(subjects.contains(&s), "{s} not in {subjects:?}");
+    }
+    let census = call(
+        &client,
+        "connwatch.census",
+        r#"{"account": "APP", "user": "leaky"}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(census["users"].as_array().unwrap().len(), 1);
+    assert_eq!(census["users"][0]["connections"], 150);
+    assert_eq!(census["sweep"]["partial"], false);
+    let findings = call(&client, "connwatch.findings", "").await.unwrap();
+    assert_eq!(
+        findings["findings"],
+        serde_json::json!([]),
+        "nothing fires at threshold 200"
+    );
+    let swept = call(&client, "connwatch.sweep", "").await.unwrap();
+    assert_eq!(swept["servers_responded"], 3);
+    assert_eq!(
+        call(&client, "connwatch.census", "{not json")
+            .await
+            .unwrap_err(),
+        "400"
+    );
+    assert_eq!(
+        call(&client, "connwatch.findings", r#"{"tipe": 1}"#)
+            .await
+            .unwrap_err(),
+        "400"
+    );
+    let stats = call(&client, "$SRV.STATS.connwatch", "").await.unwrap();
+    let errors: u64 = stats["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["num_errors"].as_u64().unwrap())
+        .sum();
+    assert_eq!(errors, 2, "{stats:#}");
+
+    // Prometheus: the per-user gauge and the sweep figures agree with the report.
+    let (code, text) = http_get(listen, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(
+        metric(
+            &text,
+            "connwatch_user_connections{account=\"APP\",user=\"leaky\"}"
+        ),
+        Some(150.0),
+        "{text}"
+    );
+    assert_eq!(metric(&text, "connwatch_servers_expected "), Some(3.0));
+    assert_eq!(metric(&text, "connwatch_servers_responded "), Some(3.0));
+    let report = report_json_async(&path).await;
+    let (_, text) = http_get(listen, "/metrics").unwrap();
+    for u in report["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|u| u["account"] == "APP")
+    {
+        let series = format!(
+            "connwatch_user_connections{{account=\"APP\",user=\"{}\"}}",
+            u["user"].as_str().unwrap()
+        );
+        assert_eq!(
+            metric(&text, &series),
+            u["connections"].as_f64(),
+            "{series}"
+        );
+    }
+    assert!(metric(&text, "connwatch_sweep_duration_seconds_count").unwrap() >= 2.0);
+    assert!(metric(&text, "connwatch_sweeps_total").unwrap() >= 2.0);
+
+    // SIGHUP with a broken config is refused; the old one keeps running.
+    std::fs::write(
+        &path,
+        format!("{base}[detect]\nmax_connections_per_user = \"lots\"\n"),
+    )
+    .unwrap();
+    sighup(running.pid());
+    assert!(
+        wait_until_async(WAIT, || running.log().contains("reload refused")).await,
+        "{}",
+        running.log()
+    );
+    let rounds = running.rounds().0;
+    assert!(
+        wait_until_async(WAIT, || running.rounds().0 >= rounds + 2).await,
+        "stopped sweeping"
+    );
+    assert!(seen.of("excessive_user_connections").is_empty());
+
+    // SIGHUP with a lower threshold: the next sweep fires on it.
+    std::fs::write(&path, with_threshold(100)).unwrap();
+    sighup(running.pid());
+    let (_, _, fired) = seen
+        .wait_for(0, "excessive", |b| {
+            b["type"] == "io.connwatch.advisory.v1.excessive_user_connections"
+        })
+        .await;
+    assert_eq!(fired["threshold"], 100);
+    let findings = call(
+        &client,
+        "connwatch.findings",
+        r#"{"type": "excessive_user_connections"}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(findings["findings"].as_array().unwrap().len(), 1);
+    let (_, text) = http_get(listen, "/metrics").unwrap();
+    assert_eq!(
+        metric(
+            &text,
+            "connwatch_findings_firing{type=\"excessive_user_connections\"}"
+        ),
+        Some(1.0)
+    );
+    assert!(metric(&text, "connwatch_advisories_published_total").unwrap() >= 1.0);
+    drop(client);
+    leak.close().await;
+
+    // The whole cluster unreachable: not ready; back: ready again.
+    for i in 0..3 {
+        cluster.kill(i).unwrap();
+    }
+    let partial = running.rounds().1;
+    assert!(
+        wait_until_async(WAIT, || ready() == 503).await,
+        "still ready with the cluster down"
+    );
+    assert_eq!(
+        http_get(listen, "/healthz").unwrap().0,
+        200,
+        "alive while the cluster is down"
+    );
+    let failed_or_partial =
+        || running.log().contains("sweep failed") || running.rounds().1 > partial;
+    assert!(
+        wait_until_async(WAIT, failed_or_partial).await,
+        "no sweep during the outage: {}",
+        running.log()
+    );
+    for i in 0..3 {
+        cluster.restart(i).unwrap();
+    }
+    assert!(
+        wait_until_async(WAIT, || ready() == 200).await,
+        "not ready again: {}",
+        running.log()
+    );
+    let (_, text) = http_get(listen, "/metrics").unwrap();
+    assert!(
+        metric(&text, "connwatch_nats_reconnects_total").unwrap() >= 1.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "connwatch_sweeps_failed_total").unwrap()
+            + metric(&text, "connwatch_sweeps_partial_total").unwrap()
+            >= 1.0
+    );
+
+    assert_eq!(running.terminate(), Some(0));
+    assert!(
+        http_get(listen, "/healthz").is_err(),
+        "listener still up after exit"
+    );
+}
