@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use crate::config::{DetectConfig, SweepConfig};
 use crate::nats::wire::{
-    jwt_name, AccountStatzData, Accountz, ApiError, ConnInfo, Connz, ConnzRequest, Reply, Rfc3339,
+    jwt_name, AccountStatzData, Accountz, ApiError, Connz, ConnzRequest, Reply, Rfc3339,
     ServerInfo, StatszReply, SweepConn, Varz,
 };
 use crate::nats::{
@@ -750,19 +750,11 @@ pub async fn connection(
     let msg = system
         .request(server_subject(server_id, "CONNZ"), body, timeout)
         .await?;
-    let reply = parse::<Reply<Connz>>(&msg.payload).map_err(|e| RequestError::Nats(Box::new(e)))?;
-    let Some(mut connz) = reply.data else {
-        return Ok(None);
-    };
-    let now = connz
-        .now
-        .map(|t| t.with_timezone(&Utc))
-        .unwrap_or_else(Utc::now);
-    let conns = connz.connections.take().unwrap_or_default();
-    Ok(conns
-        .into_iter()
-        .find(|c| c.cid == cid)
-        .map(|c| to_connection(&reply.server, now, c)))
+    // The same streaming parse as a sweep's pages.
+    let mut conns = Vec::new();
+    parse_page(&msg.payload, 0, &mut Pager::new(1), &mut conns, false)
+        .map_err(|e| RequestError::Nats(Box::new(e)))?;
+    Ok(conns.into_iter().find(|c| c.cid == cid))
 }
 
 /// An account's connection limit from its JWT, asked of one server; `None` when unlimited or
@@ -926,32 +918,6 @@ impl Pager {
         }
         // Less overlap than a page, or small pages would never move forward.
         Some(self.offset.saturating_sub(OVERLAP.min(self.page_size / 2)))
-    }
-}
-
-/// Turns a wire connection into census input, with idle time by the server's clock.
-fn to_connection(server: &ServerInfo, now: DateTime<Utc>, c: ConnInfo) -> Connection {
-    let last = c.last_activity.map(|t| t.with_timezone(&Utc));
-    let idle = last
-        .and_then(|l| now.signed_duration_since(l).to_std().ok())
-        .unwrap_or_default();
-    let user_name = c.jwt.as_deref().and_then(jwt_name);
-    Connection {
-        server: server.name.clone(),
-        server_id: server.id.clone(),
-        cid: c.cid,
-        kind: c.kind.unwrap_or_else(|| "Client".into()),
-        ip: c.ip,
-        start: c.start.map(|t| t.with_timezone(&Utc)),
-        idle,
-        in_msgs: c.in_msgs,
-        out_msgs: c.out_msgs,
-        name: c.name.unwrap_or_default(),
-        account: c.account.unwrap_or_else(|| "$G".into()),
-        account_name: c.name_tag.filter(|n| !n.is_empty()),
-        user: c.authorized_user.unwrap_or_default(),
-        user_name,
-        tags: c.tags.unwrap_or_default(),
     }
 }
 
@@ -1193,7 +1159,8 @@ impl<'de> serde::de::Visitor<'de> for ConnsSeed<'_> {
     }
 }
 
-/// Like [`to_connection`], from a borrowed page: one copy per string.
+/// Turns a borrowed wire connection into census input (one copy per string), with idle time
+/// by the server's clock.
 fn to_connection_borrowed(server: &ServerInfo, now: DateTime<Utc>, c: SweepConn) -> Connection {
     let last = c.last_activity.map(|t| t.0.with_timezone(&Utc));
     let idle = last
