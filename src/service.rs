@@ -264,15 +264,10 @@ impl Service {
     /// One sweep and everything that follows from it; the sweep's summary, unless it failed.
     async fn round(&mut self) -> Option<SweepSummary> {
         self.metrics.sweeps.inc();
+        let result = self.sweeper.sweep().await;
+        // After the sweep: a reconnect it waited on has been counted by then.
         self.count_reconnects();
-        if self.session.system.client().connection_state()
-            != async_nats::connection::State::Connected
-        {
-            self.metrics.sweeps_failed.inc();
-            warn!("sweep failed: not connected to NATS (reconnecting)");
-            return None;
-        }
-        let snap = match self.sweeper.sweep().await {
+        let snap = match result {
             Ok(s) => s,
             Err(e) => {
                 self.metrics.sweeps_failed.inc();
@@ -282,7 +277,6 @@ impl Service {
         };
         let now = snap.started.unwrap_or_else(Utc::now);
         let complete = !snap.partial();
-        self.count_reconnects();
         if complete {
             self.health.complete_sweep();
         }
@@ -390,7 +384,7 @@ impl Service {
         let prefix = &self.config.advisory.subject_prefix;
         for r in self.state.kicked.observe(&snap.connections, now, cfg) {
             self.metrics.kicks_ineffective.inc();
-            warn!(account = %r.account, user = %r.user, name = %r.name, ip = %r.ip, returns = r.returns, given_up = r.given_up, "kicked client came back");
+            warn!(account = %r.client.account, user = %r.client.user, name = %r.client.name, ip = %r.client.ip, returns = r.returns, given_up = r.given_up, "kicked client came back");
             self.publisher
                 .enqueue(advisory::kick_ineffective(prefix, &r, sweep, Utc::now()));
         }

@@ -81,6 +81,9 @@ impl std::fmt::Debug for SweepMode {
 /// A sweep that could not run at all (as opposed to a partial one).
 #[derive(Debug, thiserror::Error)]
 pub enum SweepError {
+    /// The client is not connected (it is reconnecting): nothing was asked.
+    #[error("not connected to NATS (reconnecting)")]
+    NotConnected,
     /// Nobody answers system requests.
     #[error("the servers do not answer system requests (no responders): connwatch's user is not in the system account, or no server is reachable")]
     NoResponders,
@@ -140,6 +143,10 @@ impl Sweeper {
 
     /// Runs one sweep over the cluster.
     pub async fn sweep(&mut self) -> Result<Snapshot, SweepError> {
+        // Asking while disconnected would only wait out the timeout for no answer.
+        if self.system.client().connection_state() != async_nats::connection::State::Connected {
+            return Err(SweepError::NotConnected);
+        }
         let t0 = Instant::now();
         let started = Utc::now();
         let mut snap = Snapshot {

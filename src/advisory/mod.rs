@@ -156,7 +156,7 @@ pub fn kick_ineffective(
     build(
         prefix,
         EVENT_TYPES[1],
-        &[r.account.clone(), r.user.clone()],
+        &[r.client.account.clone(), r.client.user.clone()],
         serde_json::json!({}),
         &fields,
         sweep,

@@ -211,7 +211,26 @@ pub fn plan(inputs: &KickInputs) -> Vec<KickPlan> {
 }
 
 /// The identity of a client across its connections: user, client name and IP.
-pub fn client_key(account: &str, user: &str, name: &str, ip: &str) -> String {
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Client {
+    /// Account.
+    pub account: String,
+    /// User.
+    pub user: String,
+    /// Client name.
+    pub name: String,
+    /// Remote IP.
+    pub ip: String,
+}
+
+impl Client {
+    /// Its key in [`Kicked::clients`].
+    pub fn key(&self) -> String {
+        client_key(&self.account, &self.user, &self.name, &self.ip)
+    }
+}
+
+fn client_key(account: &str, user: &str, name: &str, ip: &str) -> String {
     serde_json::to_string(&[account, user, name, ip]).expect("strings serialize")
 }
 
@@ -225,14 +244,9 @@ pub struct Kicked {
 /// One client's kicks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KickedClient {
-    /// Account.
-    pub account: String,
-    /// User.
-    pub user: String,
-    /// Client name.
-    pub name: String,
-    /// Remote IP.
-    pub ip: String,
+    /// Who.
+    #[serde(flatten)]
+    pub client: Client,
     /// Connections kicked, in all.
     pub kicks: u64,
     /// Times it came back after a kick.
@@ -246,14 +260,9 @@ pub struct KickedClient {
 /// A kicked client that came back.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Returned {
-    /// Account.
-    pub account: String,
-    /// User.
-    pub user: String,
-    /// Client name.
-    pub name: String,
-    /// Remote IP.
-    pub ip: String,
+    /// Who.
+    #[serde(flatten)]
+    pub client: Client,
     /// Connections kicked, in all.
     pub kicks: u64,
     /// Times it came back after a kick, this one included.
@@ -277,10 +286,12 @@ impl Kicked {
                 .clients
                 .entry(client_key(&k.account, &k.user, &k.name, &k.ip))
                 .or_insert_with(|| KickedClient {
-                    account: k.account.clone(),
-                    user: k.user.clone(),
-                    name: k.name.clone(),
-                    ip: k.ip.clone(),
+                    client: Client {
+                        account: k.account.clone(),
+                        user: k.user.clone(),
+                        name: k.name.clone(),
+                        ip: k.ip.clone(),
+                    },
                     kicks: 0,
                     returns: 0,
                     last_kick: now,
@@ -337,25 +348,20 @@ impl Kicked {
                 )
             };
             out.push(Returned {
-                account: r.account.clone(),
-                user: r.user.clone(),
-                name: r.name.clone(),
-                ip: r.ip.clone(),
+                client: r.client.clone(),
                 kicks: r.kicks,
                 returns: r.returns,
                 new_connections: n,
                 given_up,
                 message: format!(
                     "{n} new connections from this client (name \"{}\" at {}) within {} of a kick: kicking treats the symptom; the process keeps the leaking object alive and its library reconnects. Fix the code, or revoke the credential; {what_next}",
-                    r.name,
-                    r.ip,
+                    r.client.name,
+                    r.client.ip,
                     humantime::format_duration(cfg.return_window)
                 ),
             });
         }
-        out.sort_by(|a, b| {
-            (&a.account, &a.user, &a.name, &a.ip).cmp(&(&b.account, &b.user, &b.name, &b.ip))
-        });
+        out.sort_by(|a, b| a.client.cmp(&b.client));
         out
     }
 }
