@@ -1,6 +1,10 @@
 //! The advisory JSON Schemas in `schemas/` against advisories built by the real code path:
 //! synthetic connections → census → rules → lifecycle → `advisory::from_event`.
 
+mod support;
+
+use support::key;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -72,18 +76,6 @@ fn assert_valid(validators: &BTreeMap<&str, jsonschema::Validator>, body: &Value
 
 fn t(minutes: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(1_800_000_000 + minutes * 60, 123_456_789).unwrap()
-}
-
-/// A public key lookalike: 56 uppercase characters starting with `prefix`.
-fn key(prefix: char, seed: &str) -> String {
-    let mut k = String::from(prefix);
-    k.extend(
-        seed.chars()
-            .cycle()
-            .take(55)
-            .map(|c| c.to_ascii_uppercase()),
-    );
-    k
 }
 
 /// Builds connections like a sweep would report them.

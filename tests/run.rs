@@ -5,7 +5,6 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use serde_json::Value;
 use support::*;
 
@@ -264,18 +263,7 @@ async fn advisories_queued_while_disconnected_arrive_after_reconnect() {
     };
 
     // Subscribed on the same client: after the reconnect it subscribes again before it publishes.
-    let mut sub = client.subscribe("connwatch.advisory.>").await.unwrap();
-    client.flush().await.unwrap();
-    let seen = Seen::default();
-    let out = seen.clone();
-    tokio::spawn(async move {
-        while let Some(m) = sub.next().await {
-            out.0.lock().unwrap().push((
-                m.subject.to_string(),
-                serde_json::from_slice(&m.payload).unwrap(),
-            ));
-        }
-    });
+    let seen = Seen::on(&client).await;
 
     cluster.kill(0).unwrap();
     assert!(

@@ -56,17 +56,6 @@ fn t(minutes: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(1_800_000_000 + minutes * 60, 250_000_000).unwrap()
 }
 
-fn key(prefix: char, seed: &str) -> String {
-    let mut k = String::from(prefix);
-    k.extend(
-        seed.chars()
-            .cycle()
-            .take(55)
-            .map(|c| c.to_ascii_uppercase()),
-    );
-    k
-}
-
 fn ops_key() -> String {
     key('A', "ops")
 }

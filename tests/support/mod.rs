@@ -44,8 +44,22 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    run_connwatch_with(args, &[], timeout)
+}
+
+/// Runs `connwatch <args>` with extra environment variables, killing it after `timeout`.
+pub fn run_connwatch_env(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> RunOutput {
+    run_connwatch_with(args, env, timeout)
+}
+
+fn run_connwatch_with<I, S>(args: I, env: &[(&str, &str)], timeout: Duration) -> RunOutput
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     let mut child = Command::new(connwatch_bin())
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -119,14 +133,7 @@ pub struct Running {
 impl Running {
     /// Starts `connwatch --config <config> run`, logging to `log`.
     pub fn start(config: &Path, log: PathBuf) -> Self {
-        let child = Command::new(connwatch_bin())
-            .args(["--config", config.to_str().unwrap(), "run"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("create log"))
-            .spawn()
-            .expect("spawn connwatch run");
-        Self { child, log }
+        Self::start_with(&["--config", config.to_str().unwrap(), "run"], &[], log)
     }
 
     /// Everything it logged so far.
@@ -200,6 +207,13 @@ impl Seen {
             .connect(url)
             .await
             .expect("subscriber connects");
+        let seen = Seen::on(&client).await;
+        (seen, client)
+    }
+
+    /// Subscribes to `connwatch.advisory.>` on an existing client (flushed before returning).
+    pub async fn on(client: &async_nats::Client) -> Self {
+        use futures::StreamExt;
         let mut sub = client.subscribe("connwatch.advisory.>").await.unwrap();
         client.flush().await.unwrap();
         let seen = Seen::default();
@@ -210,7 +224,7 @@ impl Seen {
                 out.0.lock().unwrap().push((m.subject.to_string(), body));
             }
         });
-        (seen, client)
+        seen
     }
 
     /// Everything so far.
@@ -299,25 +313,6 @@ impl Running {
     }
 }
 
-/// Runs `connwatch <args>` with extra environment variables, killing it after `timeout`.
-pub fn run_connwatch_env(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> RunOutput {
-    let out = Command::new("timeout")
-        .arg("--signal=KILL")
-        .arg(format!("{}", timeout.as_secs().max(1)))
-        .arg(connwatch_bin())
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .output()
-        .expect("spawn connwatch");
-    RunOutput {
-        code: out.status.code(),
-        timed_out: out.status.code() == Some(137) || out.status.code().is_none(),
-        stdout: String::from_utf8_lossy(&out.stdout).into(),
-        stderr: String::from_utf8_lossy(&out.stderr).into(),
-    }
-}
-
 /// Runs `connwatch --config <config> report --format json --top 0` off the async runtime,
 /// asserts it succeeded, and returns the parsed report.
 pub async fn report_json_async(config: &Path) -> serde_json::Value {
@@ -341,4 +336,16 @@ pub async fn report_json_async(config: &Path) -> serde_json::Value {
     assert_eq!(out.code, Some(0), "report failed: {}", out.stderr);
     serde_json::from_str(&out.stdout)
         .unwrap_or_else(|e| panic!("bad report JSON ({e}): {}", out.stdout))
+}
+
+/// A public-key lookalike: 56 uppercase characters starting with `prefix`.
+pub fn key(prefix: char, seed: &str) -> String {
+    let mut k = String::from(prefix);
+    k.extend(
+        seed.chars()
+            .cycle()
+            .take(55)
+            .map(|c| c.to_ascii_uppercase()),
+    );
+    k
 }
