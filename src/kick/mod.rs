@@ -332,6 +332,8 @@ impl Kicked {
             r.kicks += 1;
             r.last_kick = now;
             r.return_seen = false;
+            // Kicked again (e.g. after `kick.max_attempts` was raised): not given up on now.
+            r.given_up_at = None;
         }
     }
 
