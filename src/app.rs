@@ -150,8 +150,12 @@ pub async fn tail(
     .map_err(AppError::Tail)
 }
 
-/// `connwatch kick`: shows what would be kicked, and kicks it with `--yes`.
+/// `connwatch kick`: shows what would be kicked, and kicks it with `--yes`; with `--forget`,
+/// clears the kick memory instead.
 pub async fn kick(config: &Config, args: &KickArgs) -> Result<String, AppError> {
+    if args.forget {
+        return forget(config, args);
+    }
     let session = open_session(config, None).await?;
     let info = session.system.client().server_info();
     let own = Own {
@@ -192,17 +196,17 @@ pub async fn kick(config: &Config, args: &KickArgs) -> Result<String, AppError> 
                 )));
             }
             let census = census::build(&snap.connections, system_account, &config.detect);
-            let only = UserMatch {
+            let named = UserMatch {
                 account: account.clone(),
                 user: Some(user.clone()),
             };
+            // The whole policy, `protect` and `only` included, without the caps.
             let cfg = KickConfig {
-                deny: vec![only],
                 max_per_sweep: usize::MAX,
                 max_per_user: usize::MAX,
                 ..config.kick.clone()
             };
-            let plans = kick::plan(&KickInputs {
+            let mut plans = kick::plan(&KickInputs {
                 connections: &snap.connections,
                 census: &census,
                 complete: true,
@@ -212,24 +216,23 @@ pub async fn kick(config: &Config, args: &KickArgs) -> Result<String, AppError> 
                 kicked: &state.kicked,
                 now: snap.started.unwrap_or_else(Utc::now),
             });
+            plans.retain(|p| named.matches(&p.account, &p.account_name, &p.user, &p.user_name));
             if plans.is_empty() {
                 let u = census.users.iter().find(|u| {
                     names_match(account, &u.account, &u.account_name)
                         && names_match(user, &u.user, &u.user_name)
                 });
-                let why = match u {
-                    None => "it has no connections".to_string(),
-                    Some(u) if u.system => "it is in the system account".to_string(),
-                    Some(u) if !u.over_threshold => format!(
-                        "it is not over its threshold ({} ≤ {})",
-                        u.connections, u.threshold
-                    ),
-                    Some(_) => format!(
-                        "none of its connections is idle ≥ {} with no messages and older than {}",
-                        humantime::format_duration(cfg.min_idle),
-                        humantime::format_duration(cfg.min_age)
-                    ),
-                };
+                let given_up = state
+                    .kicked
+                    .clients
+                    .values()
+                    .filter(|r| {
+                        r.given_up(cfg.max_attempts)
+                            && names_match(account, &r.client.account, &r.account_name)
+                            && names_match(user, &r.client.user, &r.user_name)
+                    })
+                    .count();
+                let why = why_nothing(u, &cfg, given_up, account, user);
                 return Ok(format!("nothing to kick for {account}/{user}: {why}\n"));
             }
             plans
@@ -264,7 +267,13 @@ pub async fn kick(config: &Config, args: &KickArgs) -> Result<String, AppError> 
         );
         return Ok(out);
     }
-    let outcomes = kick::executor::kick_all(&session.system, &plans, config.kick.timeout).await;
+    let outcomes = kick::executor::kick_all(
+        &session.system,
+        &plans,
+        config.kick.timeout,
+        config.kick.concurrency,
+    )
+    .await;
     let stats = Arc::new(PublisherStats::default());
     let publisher = Publisher::spawn(session.system.client().clone(), &config.advisory, stats);
     let sweep = Completeness::of(&snap);
@@ -305,6 +314,107 @@ pub async fn kick(config: &Config, args: &KickArgs) -> Result<String, AppError> 
         );
     }
     let _ = session.system.client().drain().await;
+    Ok(out)
+}
+
+/// Why the by-hand kick of `account`/`user` found nothing to kick, in words.
+fn why_nothing(
+    u: Option<&census::UserCensus>,
+    cfg: &KickConfig,
+    given_up: usize,
+    account: &str,
+    user: &str,
+) -> String {
+    let Some(u) = u else {
+        return "it has no connections".into();
+    };
+    if u.system {
+        return "it is in the system account".into();
+    }
+    if let Some(why) = kick::policy_refusal(cfg, &u.account, &u.account_name, &u.user, &u.user_name)
+    {
+        return why.into();
+    }
+    if !u.over_threshold {
+        return format!(
+            "it is not over its threshold ({} ≤ {})",
+            u.connections, u.threshold
+        );
+    }
+    if given_up > 0 {
+        return format!(
+            "connwatch gave up on {given_up} of its clients (they came back after every kick); `connwatch kick --forget --account {account} --user {user}` clears that"
+        );
+    }
+    format!(
+        "none of its connections is idle ≥ {} with no messages and older than {}",
+        humantime::format_duration(cfg.min_idle),
+        humantime::format_duration(cfg.min_age)
+    )
+}
+
+/// `connwatch kick --forget`: removes kicked clients from the kick memory in `state.file`, so
+/// a client connwatch gave up on may be kicked again. `connwatch run` reads the file only at
+/// start and rewrites it every round: it must be stopped first, and started after.
+fn forget(config: &Config, args: &KickArgs) -> Result<String, AppError> {
+    let Some(path) = config.state.file.as_deref() else {
+        return Err(AppError::Refused(
+            "nothing to forget: `state.file` is not set, so connwatch keeps no kick memory between runs (a running `connwatch run` keeps it in memory until it stops)"
+                .into(),
+        ));
+    };
+    // Never replace an unreadable file with an empty one: that would drop everything else.
+    let mut state = State::load(path).map_err(|e| {
+        AppError::Refused(format!(
+            "cannot read the state file {} (`state.file`): {e}",
+            path.display()
+        ))
+    })?;
+    let (what, gone) = match (&args.account, &args.user) {
+        (Some(account), Some(user)) => (
+            format!("{account}/{user}"),
+            state.kicked.forget(account, user),
+        ),
+        _ => ("any user".to_string(), state.kicked.forget_all()),
+    };
+    let mut out = String::new();
+    if gone.is_empty() {
+        let _ = writeln!(
+            out,
+            "no kicked client of {what} in {}: nothing to forget",
+            path.display()
+        );
+        return Ok(out);
+    }
+    state.save(path).map_err(|e| {
+        AppError::Refused(format!(
+            "cannot write the state file {} (`state.file`): {e}",
+            path.display()
+        ))
+    })?;
+    for r in &gone {
+        let _ = writeln!(
+            out,
+            "forgot {}/{} name \"{}\" at {}: {} kicks, {} returns{}",
+            r.client.account,
+            r.client.user,
+            r.client.name,
+            r.client.ip,
+            r.kicks,
+            r.returns,
+            if r.given_up(config.kick.max_attempts) {
+                " (was given up on)"
+            } else {
+                ""
+            }
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{} client(s) forgotten in {}; a `connwatch run` started from now on may kick them again (one running while this ran rewrites the file: stop it, forget, start it)",
+        gone.len(),
+        path.display()
+    );
     Ok(out)
 }
 

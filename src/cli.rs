@@ -79,9 +79,10 @@ pub enum Command {
 }
 
 /// `connwatch kick` options: one connection by server id and cid, or every eligible
-/// connection of one user (the `[kick]` policy without its caps).
+/// connection of one user (the `[kick]` policy without its caps); or, with `--forget`, clear
+/// connwatch's memory of the clients it kicked (and gave up on) in `state.file`.
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["cid", "user"])))]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["cid", "user", "all"])))]
 pub struct KickArgs {
     /// Server id of the connection (from `report --format json` suspects, or /connz)
     #[arg(long, requires = "cid")]
@@ -96,8 +97,16 @@ pub struct KickArgs {
     #[arg(long, requires = "account")]
     pub user: Option<String>,
     /// Really kick; without it nothing is sent
-    #[arg(long)]
+    #[arg(long, conflicts_with = "forget")]
     pub yes: bool,
+    /// Forget the kicked clients of --account/--user (or --all), so a client connwatch gave up
+    /// on may be kicked again; edits `state.file` (stop `connwatch run` first: it rewrites the
+    /// file every round)
+    #[arg(long, conflicts_with_all = ["server_id", "cid"])]
+    pub forget: bool,
+    /// With --forget: forget every kicked client
+    #[arg(long, requires = "forget", conflicts_with_all = ["account", "user"])]
+    pub all: bool,
 }
 
 /// `connwatch tail` options.

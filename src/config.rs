@@ -266,9 +266,9 @@ pub struct ThresholdOverride {
 /// `[kick]`: closing leaked connections (`$SYS.REQ.SERVER.<id>.KICK`), under a strict policy.
 ///
 /// A connection is kicked only when its user is over its threshold in a complete sweep, it is
-/// idle at least `min_idle` with no message in or out, older than `min_age`, its user passes
-/// `allow` and `deny`, and it is neither the system account's, connwatch's own, nor a leafnode
-/// (unless `leafnodes`).
+/// idle at least `min_idle` with no message in or out, older than `min_age`, its user is not in
+/// `protect` (and is in `only` when that is set), and it is neither the system account's,
+/// connwatch's own, nor a leafnode (unless `leafnodes`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KickConfig {
@@ -283,9 +283,9 @@ pub struct KickConfig {
     #[serde(with = "humantime_serde")]
     pub min_age: Duration,
     /// Users (or whole accounts) never kicked.
-    pub allow: Vec<UserMatch>,
-    /// When not empty, only these users (or accounts) are ever kicked.
-    pub deny: Vec<UserMatch>,
+    pub protect: Vec<UserMatch>,
+    /// When not empty, only these users (or accounts) may ever be kicked.
+    pub only: Vec<UserMatch>,
     /// Kick leafnode connections too.
     pub leafnodes: bool,
     /// Kicks per sweep, at most, over all users.
@@ -298,9 +298,19 @@ pub struct KickConfig {
     pub return_window: Duration,
     /// After this many ineffective kicks a client is left alone (and reported).
     pub max_attempts: u32,
+    /// How long a client connwatch gave up on stays given up on; unset: until the operator runs
+    /// `connwatch kick --forget`.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub give_up_for: Option<Duration>,
     /// How long to wait for a server's answer to a KICK.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// KICK requests in flight to one server at a time, at most; servers are kicked in parallel.
+    pub concurrency: usize,
 }
 
 impl Default for KickConfig {
@@ -310,14 +320,16 @@ impl Default for KickConfig {
             dry_run: true,
             min_idle: Duration::from_secs(3600),
             min_age: Duration::from_secs(3600),
-            allow: Vec::new(),
-            deny: Vec::new(),
+            protect: Vec::new(),
+            only: Vec::new(),
             leafnodes: false,
             max_per_sweep: 100,
             max_per_user: 20,
             return_window: Duration::from_secs(600),
             max_attempts: 3,
+            give_up_for: None,
             timeout: Duration::from_secs(5),
+            concurrency: 8,
         }
     }
 }
@@ -722,7 +734,10 @@ fn from_figment(figment: &Figment, err: figment::Error) -> ConfigErrors {
                 if path.last() != Some(field) {
                     path.push(field.clone());
                 }
-                format!("unknown key; expected one of: {}", expected.join(", "))
+                match renamed(&path.join(".")) {
+                    Some(message) => message.to_string(),
+                    None => format!("unknown key; expected one of: {}", expected.join(", ")),
+                }
             }
             kind => kind.to_string(),
         };
@@ -738,6 +753,22 @@ fn from_figment(figment: &Figment, err: figment::Error) -> ConfigErrors {
         });
     }
     ConfigErrors(out)
+}
+
+/// Keys that were renamed because their old names read as the opposite of what they did.
+const RENAMED: [(&str, &str); 2] = [
+    (
+        "kick.allow",
+        "renamed to `kick.protect` (the users never kicked); `kick.allow` is no longer read",
+    ),
+    (
+        "kick.deny",
+        "renamed to `kick.only` (when set, only these users may be kicked); `kick.deny` is no longer read",
+    ),
+];
+
+fn renamed(key: &str) -> Option<&'static str> {
+    RENAMED.iter().find(|(old, _)| *old == key).map(|(_, m)| *m)
 }
 
 fn validate(c: &Config, figment: &Figment) -> Result<(), ConfigErrors> {
@@ -894,10 +925,20 @@ fn validate(c: &Config, figment: &Figment) -> Result<(), ConfigErrors> {
     if c.kick.max_attempts == 0 {
         bad("kick.max_attempts", "must be at least 1".into());
     }
+    if c.kick.concurrency == 0 {
+        bad("kick.concurrency", "must be at least 1".into());
+    }
+    if c.kick.give_up_for.is_some_and(|d| d.is_zero()) {
+        bad(
+            "kick.give_up_for",
+            "must be longer than zero; leave it unset to keep giving up until `connwatch kick --forget`"
+                .into(),
+        );
+    }
     for (list, matches) in [
         ("detect.ignore", &c.detect.ignore),
-        ("kick.allow", &c.kick.allow),
-        ("kick.deny", &c.kick.deny),
+        ("kick.protect", &c.kick.protect),
+        ("kick.only", &c.kick.only),
     ] {
         for (i, m) in matches.iter().enumerate() {
             if m.account.is_empty() {

@@ -410,7 +410,7 @@ impl Service {
         let outcomes = if cfg.dry_run {
             vec![None; plans.len()]
         } else {
-            kick::executor::kick_all(&self.session.system, &plans, cfg.timeout)
+            kick::executor::kick_all(&self.session.system, &plans, cfg.timeout, cfg.concurrency)
                 .await
                 .into_iter()
                 .map(Some)

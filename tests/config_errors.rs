@@ -156,3 +156,40 @@ fn check_config_refuses_what_report_refuses() {
     );
     assert_config_error(&out, &["`detect.idle_threshold`", "longer than zero"]);
 }
+
+#[test]
+fn the_old_kick_list_keys_are_refused_naming_their_new_names() {
+    for (old, new, env) in [
+        ("allow", "`kick.protect`", "CONNWATCH_KICK__ALLOW"),
+        ("deny", "`kick.only`", "CONNWATCH_KICK__DENY"),
+    ] {
+        let key = format!("`kick.{old}`");
+        let file = format!("[[kick.{old}]]\naccount = \"APP\"\n");
+        for command in ["report", "check-config", "kick"] {
+            let args: &[&str] = if command == "kick" {
+                &["kick", "--account", "APP", "--user", "u"]
+            } else {
+                &[command]
+            };
+            let out = run(Some(&file), &[], args);
+            assert_config_error(&out, &[&key, new, "renamed", "c.toml"]);
+            let out = run(None, &[(env, "[{account = \"APP\"}]")], args);
+            assert_config_error(&out, &[&key, new, "renamed", env]);
+        }
+    }
+    // An empty list under the old name is refused too: the key itself is gone.
+    let out = run(Some("[kick]\nallow = []\n"), &[], &["report"]);
+    assert_config_error(&out, &["`kick.allow`", "`kick.protect`"]);
+}
+
+#[test]
+fn forget_without_a_state_file_says_so() {
+    let out = run(None, &[], &["kick", "--forget", "--all"]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("`state.file` is not set"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+}

@@ -26,7 +26,7 @@ fn pw(user: &str) -> LoadAuth {
     LoadAuth::user_password(user, "pw")
 }
 
-/// APP users: `held` (a leak that fires and is never kicked: `kick.allow`), `leaky` (kickable),
+/// APP users: `held` (a leak that fires and is never kicked: `kick.protect`), `leaky` (kickable),
 /// `big` (many connections, under its own high threshold), `active` (publishing: never kicked).
 fn start_cluster(dir: &Path) -> Cluster {
     Cluster::start(
@@ -66,7 +66,7 @@ fn config(servers: &[String], dir: &Path, t: Tuning) -> String {
          [advisory]\nrenotify = \"1h\"\n\
          [kick]\nenabled = true\ndry_run = false\nmin_idle = \"1s\"\nmin_age = \"1s\"\n\
          max_per_sweep = 1000\nmax_per_user = {}\n\
-         [[kick.allow]]\naccount = \"APP\"\nuser = \"held\"\n\
+         [[kick.protect]]\naccount = \"APP\"\nuser = \"held\"\n\
          [state]\nfile = {:?}\n",
         servers.join(", "),
         t.interval,

@@ -178,6 +178,19 @@ async fn dry_run_and_by_hand_kick_nothing_until_asked() {
             == 130)
         .await
     );
+    // Sent `kick.concurrency` at a time: still one audit per connection, each with its own result.
+    let manual: Vec<Value> = seen
+        .of("connection_kicked")
+        .into_iter()
+        .filter(|k| k["rule"] == "manual")
+        .collect();
+    let cids: std::collections::BTreeSet<u64> =
+        manual.iter().map(|k| k["cid"].as_u64().unwrap()).collect();
+    assert_eq!(cids.len(), 130, "an audit repeated or lost a connection");
+    assert!(
+        manual.iter().all(|k| k["result"] == "kicked"),
+        "{manual:#?}"
+    );
 
     // The system account is never kicked, not even by hand.
     let report = report_json_async(&path).await;
@@ -293,4 +306,418 @@ async fn a_client_that_reconnects_is_reported_ineffective_and_then_left_alone() 
         "kicked a client it gave up on"
     );
     assert_eq!(running.terminate(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protected_users_are_never_kicked_and_only_listed_users_may_be() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(
+        ClusterSpec::new(dir.path().join("cluster")).account(
+            AccountSpec::new("APP")
+                .user("guarded", "pw")
+                .user("target", "pw")
+                .user("bystander", "pw"),
+        ),
+    )
+    .unwrap();
+    let open = |user: &'static str| {
+        load::open(
+            LoadSpec::new(
+                cluster.client_url(0),
+                LoadAuth::user_password(user, "pw"),
+                130,
+            )
+            .name("worker"),
+        )
+    };
+    let (guarded, target, bystander) = (
+        open("guarded").await.unwrap(),
+        open("target").await.unwrap(),
+        open("bystander").await.unwrap(),
+    );
+    let (seen, _c) = Seen::subscribe(&cluster.client_url(1)).await;
+    // `guarded` is in both lists: protection wins. `bystander` is in neither.
+    let path = write_config(
+        dir.path(),
+        &kick_config(
+            &cluster,
+            "dry_run = false\nmax_per_user = 30\n\
+             [[kick.protect]]\naccount = \"APP\"\nuser = \"guarded\"\n\
+             [[kick.only]]\naccount = \"APP\"\nuser = \"guarded\"\n\
+             [[kick.only]]\naccount = \"APP\"\nuser = \"target\"\n",
+        ),
+    );
+    let running = Running::start(&path, dir.path().join("run.log"));
+    // 130 - 30 = 100: `target` is kicked once, down to its threshold.
+    assert!(
+        wait_until_async(WAIT, || target.alive() == 100).await,
+        "target not kicked: {} alive",
+        target.alive()
+    );
+    let rounds = running.rounds().0;
+    assert!(wait_until_async(WAIT, || running.rounds().0 >= rounds + 4).await);
+    assert_eq!(running.terminate(), Some(0));
+    let kicks = seen.of("connection_kicked");
+    assert_eq!(kicks.len(), 30, "{kicks:#?}");
+    for k in &kicks {
+        assert_valid(k);
+        assert_eq!(
+            (k["user"].as_str(), k["result"].as_str()),
+            (Some("target"), Some("kicked"))
+        );
+    }
+    assert_eq!(guarded.alive(), 130, "a protected user was kicked");
+    assert_eq!(
+        bystander.alive(),
+        130,
+        "a user outside kick.only was kicked"
+    );
+    assert_eq!(target.alive(), 100);
+
+    // By hand the lists hold too, and the preview says why.
+    for (user, why) in [
+        ("guarded", "protected by kick.protect"),
+        ("bystander", "not in kick.only"),
+    ] {
+        let out = tokio::task::spawn_blocking({
+            let p = path.clone();
+            move || {
+                run_connwatch(
+                    [
+                        "--config",
+                        p.to_str().unwrap(),
+                        "kick",
+                        "--account",
+                        "APP",
+                        "--user",
+                        user,
+                        "--yes",
+                    ],
+                    WAIT,
+                )
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        assert!(out.stdout.contains("nothing to kick"), "{}", out.stdout);
+        assert!(out.stdout.contains(why), "{}", out.stdout);
+    }
+    assert_eq!((guarded.alive(), bystander.alive()), (130, 130));
+}
+
+/// The open connections of `user` on server `i`, as kick plans, from the server's own /connz.
+fn plans_on(cluster: &Cluster, i: usize, user: &str) -> Vec<connwatch::kick::KickPlan> {
+    let id = cluster.monitor_get(i, "/varz").unwrap()["server_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let connz = cluster
+        .monitor_get(i, "/connz?auth=true&limit=100000")
+        .unwrap();
+    connz["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["authorized_user"] == user)
+        .map(|c| {
+            plan(
+                cluster.server_name(i),
+                &id,
+                c["cid"].as_u64().unwrap(),
+                user,
+            )
+        })
+        .collect()
+}
+
+fn plan(server: &str, server_id: &str, cid: u64, user: &str) -> connwatch::kick::KickPlan {
+    connwatch::kick::KickPlan {
+        server: server.into(),
+        server_id: server_id.into(),
+        cid,
+        account: "APP".into(),
+        account_name: None,
+        user: user.into(),
+        user_name: None,
+        name: "worker".into(),
+        ip: "127.0.0.1".into(),
+        idle: Duration::ZERO,
+        age: Duration::ZERO,
+        user_connections: 0,
+        threshold: 0,
+    }
+}
+
+async fn system(cluster: &Cluster, i: usize) -> connwatch::nats::System {
+    let client =
+        async_nats::ConnectOptions::with_user_and_password("sys".into(), "sys-dev-password".into())
+            .connect(cluster.client_url(i))
+            .await
+            .unwrap();
+    connwatch::nats::System::new(client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kicks_to_one_server_go_concurrently_but_never_more_than_kick_concurrency() {
+    use futures::StreamExt;
+    use std::sync::{Arc, Mutex};
+    const CONCURRENCY: usize = 8;
+    const KICKS: u64 = 20;
+    const GRACE: Duration = Duration::from_millis(300);
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path());
+    // A system-account responder standing in for one server's KICK endpoint: it answers only
+    // once it holds CONCURRENCY requests (or all that are left), so kicks sent one at a time
+    // would all time out; it records the most requests it ever held at once (waiting a moment
+    // for more before answering, which catches a sender with no bound).
+    let responder = system(&cluster, 0).await;
+    let client = responder.client().clone();
+    let mut sub = client
+        .subscribe("$SYS.REQ.SERVER.NSTANDIN.KICK")
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let most = Arc::new(Mutex::new(0usize));
+    let answered_cids = Arc::new(Mutex::new(Vec::new()));
+    tokio::spawn({
+        let (most, answered_cids) = (most.clone(), answered_cids.clone());
+        async move {
+            let mut held = Vec::new();
+            let mut answered = 0;
+            while let Some(m) = sub.next().await {
+                held.push(m);
+                {
+                    let mut most = most.lock().unwrap();
+                    *most = (*most).max(held.len());
+                }
+                if held.len() < CONCURRENCY && held.len() as u64 != KICKS - answered {
+                    continue;
+                }
+                // More than CONCURRENCY in flight would show up here: a bounded sender sends no
+                // more until answered, so this grace only ever ends by timing out.
+                while let Ok(Some(m)) = tokio::time::timeout(GRACE, sub.next()).await {
+                    held.push(m);
+                }
+                {
+                    let mut most = most.lock().unwrap();
+                    *most = (*most).max(held.len());
+                }
+                for m in held.drain(..) {
+                    let body: Value = serde_json::from_slice(&m.payload).unwrap();
+                    let cid = body["cid"].as_u64().unwrap();
+                    answered_cids.lock().unwrap().push(cid);
+                    answered += 1;
+                    // Odd cids are gone already, so each outcome must match its own plan.
+                    let reply = if cid % 2 == 1 {
+                        r#"{"error":{"code":404,"description":"no such client"}}"#
+                    } else {
+                        r#"{"data":{}}"#
+                    };
+                    client
+                        .publish(m.reply.unwrap(), reply.into())
+                        .await
+                        .unwrap();
+                }
+                client.flush().await.unwrap();
+            }
+        }
+    });
+
+    let kicker = system(&cluster, 1).await;
+    let plans: Vec<_> = (0..KICKS)
+        .map(|cid| plan("standin", "NSTANDIN", cid, "leaky"))
+        .collect();
+    let outcomes =
+        connwatch::kick::executor::kick_all(&kicker, &plans, Duration::from_secs(10), CONCURRENCY)
+            .await;
+    assert_eq!(outcomes.len(), plans.len());
+    for (p, o) in plans.iter().zip(&outcomes) {
+        let want = if p.cid % 2 == 1 {
+            connwatch::kick::executor::Outcome::Gone
+        } else {
+            connwatch::kick::executor::Outcome::Kicked
+        };
+        assert_eq!(*o, want, "cid {}", p.cid);
+    }
+    assert_eq!(
+        *most.lock().unwrap(),
+        CONCURRENCY,
+        "kicks in flight at once"
+    );
+    let mut cids = answered_cids.lock().unwrap().clone();
+    cids.sort_unstable();
+    assert_eq!(cids, (0..KICKS).collect::<Vec<_>>(), "each kick sent once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_server_times_out_only_its_own_kicks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = cluster(dir.path());
+    let mut loads = Vec::new();
+    for i in 0..3 {
+        loads.push(
+            load::open(LoadSpec::new(cluster.client_url(i), leaky(), 40).name("worker"))
+                .await
+                .unwrap(),
+        );
+    }
+    // Plans for every server, interleaved, so outcomes must be put back in plan order.
+    let per_server: Vec<_> = (0..3).map(|i| plans_on(&cluster, i, "leaky")).collect();
+    assert!(per_server.iter().all(|p| p.len() == 40));
+    let mut plans = Vec::new();
+    for k in 0..40 {
+        for p in &per_server {
+            plans.push(p[k].clone());
+        }
+    }
+    let kicker = system(&cluster, 0).await;
+    cluster.pause(2).unwrap();
+    let outcomes =
+        connwatch::kick::executor::kick_all(&kicker, &plans, Duration::from_secs(2), 8).await;
+    let frozen = cluster.server_name(2).to_string();
+    for (p, o) in plans.iter().zip(&outcomes) {
+        if p.server == frozen {
+            assert!(
+                matches!(o, connwatch::kick::executor::Outcome::Failed(e) if e.contains("timed out")),
+                "{} cid {}: {o:?}",
+                p.server,
+                p.cid
+            );
+        } else {
+            assert_eq!(
+                *o,
+                connwatch::kick::executor::Outcome::Kicked,
+                "{} cid {}",
+                p.server,
+                p.cid
+            );
+        }
+    }
+    // The servers' own /connz agree: the other two lost every kicked connection.
+    for i in 0..2 {
+        assert!(plans_on(&cluster, i, "leaky").is_empty(), "server {i}");
+    }
+    // A KICK that timed out may still be carried out once the server runs again: "failed"
+    // means unconfirmed, not undone.
+    cluster.resume(2).unwrap();
+}
+
+/// `connwatch --config <path> kick <args...>`, off the async runtime.
+async fn kick_cmd(path: &Path, args: &[&str]) -> RunOutput {
+    let mut a = vec![
+        "--config".to_string(),
+        path.display().to_string(),
+        "kick".into(),
+    ];
+    a.extend(args.iter().map(|s| s.to_string()));
+    tokio::task::spawn_blocking(move || run_connwatch(&a, WAIT))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_given_up_on_stays_so_across_restarts_until_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path());
+    let comeback = load::open(
+        LoadSpec::new(cluster.client_url(0), leaky(), 130)
+            .name("worker")
+            .reconnect(Duration::from_millis(100)),
+    )
+    .await
+    .unwrap();
+    let (seen, _c) = Seen::subscribe(&cluster.client_url(1)).await;
+    let state = dir.path().join("state.json");
+    let path = write_config(
+        dir.path(),
+        &format!(
+            "{}max_per_user = 20\nmax_attempts = 1\nreturn_window = \"1m\"\ndry_run = false\n\
+             [state]\nfile = {:?}\n",
+            kick_config(&cluster, ""),
+            state.display().to_string()
+        ),
+    );
+    let log = |n: &str| dir.path().join(format!("{n}.log"));
+
+    // Kicked once, back at once: given up on.
+    let running = Running::start(&path, log("first"));
+    let given_up = seen
+        .wait_for(0, "kick_ineffective", |a| a["given_up"] == true)
+        .await
+        .2;
+    assert!(
+        given_up["message"]
+            .as_str()
+            .unwrap()
+            .contains("until `connwatch kick --forget`"),
+        "{given_up:#}"
+    );
+    assert_eq!(running.terminate(), Some(0));
+    let kicks = seen.of("connection_kicked").len();
+    assert!(kicks >= 20, "{kicks}");
+
+    // A restart keeps the decision: several complete rounds, no kick; by hand neither.
+    let running = Running::start(&path, log("second"));
+    assert!(wait_until_async(WAIT, || running.rounds().0 >= 4).await);
+    assert_eq!(running.terminate(), Some(0));
+    assert_eq!(
+        seen.of("connection_kicked").len(),
+        kicks,
+        "kicked a client it gave up on"
+    );
+    let preview = kick_cmd(&path, &["--account", "APP", "--user", "leaky"]).await;
+    assert_eq!(preview.code, Some(0), "{}", preview.stderr);
+    assert!(
+        preview.stdout.contains("gave up on 1 of its clients")
+            && preview
+                .stdout
+                .contains("--forget --account APP --user leaky"),
+        "{}",
+        preview.stdout
+    );
+
+    // The operator forgets it (with the service stopped); the next run kicks it again.
+    let forgot = kick_cmd(&path, &["--forget", "--account", "APP", "--user", "leaky"]).await;
+    assert_eq!(forgot.code, Some(0), "{}", forgot.stderr);
+    assert!(
+        forgot
+            .stdout
+            .contains("forgot APP/leaky name \"worker\" at 127.0.0.1")
+            && forgot.stdout.contains("(was given up on)")
+            && forgot.stdout.contains("1 client(s) forgotten"),
+        "{}",
+        forgot.stdout
+    );
+    let again = kick_cmd(&path, &["--forget", "--account", "APP", "--user", "leaky"]).await;
+    assert!(
+        again.stdout.contains("nothing to forget"),
+        "{}",
+        again.stdout
+    );
+    let running = Running::start(&path, log("third"));
+    assert!(
+        wait_until_async(WAIT, || seen.of("connection_kicked").len() >= kicks + 20).await,
+        "not kicked after --forget: {}",
+        running.log()
+    );
+    assert_eq!(running.terminate(), Some(0));
+    for k in &seen.of("connection_kicked")[kicks..] {
+        assert_eq!(
+            (k["user"].as_str(), k["result"].as_str()),
+            (Some("leaky"), Some("kicked"))
+        );
+    }
+
+    // --all forgets everyone.
+    let all = kick_cmd(&path, &["--forget", "--all"]).await;
+    assert_eq!(all.code, Some(0), "{}", all.stderr);
+    assert!(
+        all.stdout.contains("1 client(s) forgotten"),
+        "{}",
+        all.stdout
+    );
+    let saved: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    assert_eq!(saved["kicked"]["clients"], serde_json::json!({}));
+    drop(comeback);
 }

@@ -431,14 +431,14 @@ async fn kicks_happen_only_when_enabled_and_only_inside_the_policy() {
             "[kick]\nenabled = false\ndry_run = false\nmin_idle = \"1s\"\nmin_age = \"1s\"\n",
         ),
         (
-            "protected by kick.allow",
+            "protected by kick.protect",
             "[kick]\nenabled = true\ndry_run = false\nmin_idle = \"1s\"\nmin_age = \"1s\"\n\
-             [[kick.allow]]\naccount = \"APP\"\n",
+             [[kick.protect]]\naccount = \"APP\"\n",
         ),
         (
-            "not on the kick.deny list",
+            "not on the kick.only list",
             "[kick]\nenabled = true\ndry_run = false\nmin_idle = \"1s\"\nmin_age = \"1s\"\n\
-             [[kick.deny]]\naccount = \"APP\"\nuser = \"other\"\n",
+             [[kick.only]]\naccount = \"APP\"\nuser = \"other\"\n",
         ),
         (
             "too young",

@@ -1,11 +1,12 @@
-//! Sending kicks: directed `$SYS.REQ.SERVER.<id>.KICK`, each server in parallel, one slow
-//! server holding up only its own kicks.
+//! Sending kicks: directed `$SYS.REQ.SERVER.<id>.KICK`, each server in parallel and a bounded
+//! number in flight per server, one slow server holding up only its own kicks.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::join_all;
+use futures::{stream, StreamExt};
 use tracing::warn;
 
 use super::KickPlan;
@@ -34,18 +35,24 @@ impl Outcome {
     }
 }
 
-/// Sends every kick; the outcomes are in the order of `plans`.
-pub async fn kick_all(system: &System, plans: &[KickPlan], timeout: Duration) -> Vec<Outcome> {
+/// Sends every kick: servers in parallel, at most `concurrency` KICK requests in flight to one
+/// server (so a slow server delays only its own kicks, and by `timeout` per `concurrency`
+/// kicks, not per kick). The outcomes are in the order of `plans`, one for each.
+pub async fn kick_all(
+    system: &System,
+    plans: &[KickPlan],
+    timeout: Duration,
+    concurrency: usize,
+) -> Vec<Outcome> {
     let mut by_server: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, p) in plans.iter().enumerate() {
         by_server.entry(p.server_id.as_str()).or_default().push(i);
     }
-    let per_server = join_all(by_server.into_iter().map(|(server_id, idx)| async move {
-        let mut out = Vec::with_capacity(idx.len());
-        for i in idx {
-            out.push((i, kick(system, server_id, plans[i].cid, timeout).await));
-        }
-        out
+    let per_server = join_all(by_server.into_iter().map(|(server_id, idx)| {
+        stream::iter(idx)
+            .map(move |i| async move { (i, kick(system, server_id, plans[i].cid, timeout).await) })
+            .buffer_unordered(concurrency.max(1))
+            .collect::<Vec<_>>()
     }))
     .await;
     let mut outcomes = vec![Outcome::Failed("not sent".into()); plans.len()];

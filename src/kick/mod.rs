@@ -4,7 +4,8 @@
 //! kick only helps when the leaking object is really abandoned. connwatch remembers whom it
 //! kicked, notices a client (user, client name, IP) coming back within `kick.return_window`,
 //! reports it (`kick_ineffective`: fix the code or revoke the credential) and, after
-//! `kick.max_attempts` such returns, leaves that client alone.
+//! `kick.max_attempts` such returns, leaves that client alone: until the operator runs
+//! `connwatch kick --forget`, or for `kick.give_up_for` when that is set.
 
 pub mod executor;
 
@@ -15,7 +16,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::census::Census;
-use crate::config::{KickConfig, UserMatch};
+use crate::config::{names_match, KickConfig, UserMatch};
 use crate::snapshot::Connection;
 
 /// A connection chosen for a kick.
@@ -54,6 +55,11 @@ pub struct KickPlan {
 }
 
 impl KickPlan {
+    /// The key of its client in [`Kicked::clients`].
+    pub fn client_key(&self) -> String {
+        client_key(&self.account, &self.user, &self.name, &self.ip)
+    }
+
     /// A plan for one connection of a user with `user_connections` and `threshold`.
     pub fn of(c: &Connection, now: DateTime<Utc>, user_connections: u64, threshold: u64) -> Self {
         Self {
@@ -101,6 +107,23 @@ pub fn refusal(
     }
     if c.kind == "Leafnode" && !cfg.leafnodes {
         return Some("it is a leafnode connection (kick.leafnodes is false)".into());
+    }
+    None
+}
+
+/// Why `kick.protect` or `kick.only` keep a user from being kicked, if they do.
+pub fn policy_refusal(
+    cfg: &KickConfig,
+    account: &str,
+    account_name: &Option<String>,
+    user: &str,
+    user_name: &Option<String>,
+) -> Option<&'static str> {
+    if listed(&cfg.protect, account, account_name, user, user_name) {
+        return Some("it is protected by kick.protect");
+    }
+    if !cfg.only.is_empty() && !listed(&cfg.only, account, account_name, user, user_name) {
+        return Some("it is not in kick.only");
     }
     None
 }
@@ -166,22 +189,10 @@ pub fn plan(inputs: &KickInputs) -> Vec<KickPlan> {
         if out.len() >= cfg.max_per_sweep {
             break;
         }
-        let protected = listed(
-            &cfg.allow,
-            &u.account,
-            &u.account_name,
-            &u.user,
-            &u.user_name,
-        );
-        let outside_deny = !cfg.deny.is_empty()
-            && !listed(
-                &cfg.deny,
-                &u.account,
-                &u.account_name,
-                &u.user,
-                &u.user_name,
-            );
-        if !u.over_threshold || u.system || protected || outside_deny {
+        if !u.over_threshold
+            || u.system
+            || policy_refusal(cfg, &u.account, &u.account_name, &u.user, &u.user_name).is_some()
+        {
             continue;
         }
         let mut candidates: Vec<(&Connection, Duration)> = by_user
@@ -255,6 +266,22 @@ pub struct KickedClient {
     pub last_kick: DateTime<Utc>,
     /// Whether its return after the last kick was already seen.
     pub return_seen: bool,
+    /// When connwatch gave up on it (its returns reached `kick.max_attempts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub given_up_at: Option<DateTime<Utc>>,
+    /// The account's human name, when known (so `--forget` can name it either way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_name: Option<String>,
+    /// The user's human name, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_name: Option<String>,
+}
+
+impl KickedClient {
+    /// Whether connwatch has given up on it under `max_attempts`.
+    pub fn given_up(&self, max_attempts: u32) -> bool {
+        self.returns >= max_attempts
+    }
 }
 
 /// A kicked client that came back.
@@ -275,7 +302,7 @@ pub struct Returned {
     pub message: String,
 }
 
-/// Kick records older than this are forgotten.
+/// Kick records older than this are forgotten, unless connwatch gave up on the client.
 const FORGET_AFTER: chrono::Duration = chrono::Duration::hours(24);
 
 impl Kicked {
@@ -296,10 +323,17 @@ impl Kicked {
                     returns: 0,
                     last_kick: now,
                     return_seen: false,
+                    given_up_at: None,
+                    account_name: None,
+                    user_name: None,
                 });
+            r.account_name.clone_from(&k.account_name);
+            r.user_name.clone_from(&k.user_name);
             r.kicks += 1;
             r.last_kick = now;
             r.return_seen = false;
+            // Kicked again (e.g. after `kick.max_attempts` was raised): not given up on now.
+            r.given_up_at = None;
         }
     }
 
@@ -307,7 +341,41 @@ impl Kicked {
     pub fn given_up(&self, key: &str, max_attempts: u32) -> bool {
         self.clients
             .get(key)
-            .is_some_and(|r| r.returns >= max_attempts)
+            .is_some_and(|r| r.given_up(max_attempts))
+    }
+
+    /// Drops what is no longer needed at `now`: records of ordinary kicks after 24 h; a client
+    /// given up on only after `kick.give_up_for`, when set (else it stays until forgotten).
+    pub fn expire(&mut self, now: DateTime<Utc>, cfg: &KickConfig) {
+        let give_up_for = cfg
+            .give_up_for
+            .map(|d| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX));
+        self.clients.retain(|_, r| {
+            if r.given_up(cfg.max_attempts) {
+                let since = r.given_up_at.unwrap_or(r.last_kick);
+                give_up_for.is_none_or(|d| now - since <= d)
+            } else {
+                now - r.last_kick <= FORGET_AFTER
+            }
+        });
+    }
+
+    /// Forgets every client of one user (`account` and `user` by key or human name); returns
+    /// what was forgotten.
+    pub fn forget(&mut self, account: &str, user: &str) -> Vec<KickedClient> {
+        let (gone, kept) = std::mem::take(&mut self.clients)
+            .into_iter()
+            .partition(|(_, r)| {
+                names_match(account, &r.client.account, &r.account_name)
+                    && names_match(user, &r.client.user, &r.user_name)
+            });
+        self.clients = kept;
+        gone.into_values().collect()
+    }
+
+    /// Forgets every client; returns what was forgotten.
+    pub fn forget_all(&mut self) -> Vec<KickedClient> {
+        std::mem::take(&mut self.clients).into_values().collect()
     }
 
     /// Finds kicked clients that connected again within `window` of their last kick.
@@ -317,8 +385,7 @@ impl Kicked {
         now: DateTime<Utc>,
         cfg: &KickConfig,
     ) -> Vec<Returned> {
-        self.clients
-            .retain(|_, r| now - r.last_kick <= FORGET_AFTER);
+        self.expire(now, cfg);
         let window =
             chrono::Duration::from_std(cfg.return_window).unwrap_or(chrono::Duration::MAX / 2);
         let mut new: HashMap<String, u64> = HashMap::new();
@@ -335,10 +402,20 @@ impl Kicked {
             let r = self.clients.get_mut(&key).expect("counted above");
             r.return_seen = true;
             r.returns += 1;
-            let given_up = r.returns >= cfg.max_attempts;
+            let given_up = r.given_up(cfg.max_attempts);
+            if given_up && r.given_up_at.is_none() {
+                r.given_up_at = Some(now);
+            }
             let what_next = if given_up {
+                let how_long = match cfg.give_up_for {
+                    Some(d) => format!(
+                        "for {} (or until `connwatch kick --forget`)",
+                        humantime::format_duration(d)
+                    ),
+                    None => "until `connwatch kick --forget`".to_string(),
+                };
                 format!(
-                    "connwatch stops kicking this client after {} ineffective kicks",
+                    "connwatch stops kicking this client after {} ineffective kicks, {how_long}",
                     r.returns
                 )
             } else {
@@ -476,7 +553,7 @@ mod tests {
     }
 
     #[test]
-    fn users_under_threshold_system_and_allowed_users_are_spared() {
+    fn users_under_threshold_system_and_protected_users_are_spared() {
         let few: Vec<_> = (0..50).map(|i| conn(i, "few", 1000, 0)).collect();
         assert!(plan_for(&few, &cfg(), true).is_empty());
         let mut sys = leak("sys");
@@ -484,30 +561,36 @@ mod tests {
             c.account = "SYS".into();
         }
         assert!(plan_for(&sys, &cfg(), true).is_empty());
-        let allow = KickConfig {
-            allow: vec![UserMatch {
+        let protect = KickConfig {
+            protect: vec![UserMatch {
                 account: "APP".into(),
                 user: Some("leaky".into()),
             }],
             ..cfg()
         };
-        assert!(plan_for(&leak("leaky"), &allow, true).is_empty());
-        let deny = KickConfig {
-            deny: vec![UserMatch {
+        assert!(plan_for(&leak("leaky"), &protect, true).is_empty());
+        let only_other = KickConfig {
+            only: vec![UserMatch {
                 account: "APP".into(),
                 user: Some("other".into()),
             }],
             ..cfg()
         };
-        assert!(plan_for(&leak("leaky"), &deny, true).is_empty());
-        let deny = KickConfig {
-            deny: vec![UserMatch {
+        assert!(plan_for(&leak("leaky"), &only_other, true).is_empty());
+        let only_app = KickConfig {
+            only: vec![UserMatch {
                 account: "APP".into(),
                 user: None,
             }],
             ..cfg()
         };
-        assert_eq!(plan_for(&leak("leaky"), &deny, true).len(), 50);
+        assert_eq!(plan_for(&leak("leaky"), &only_app, true).len(), 50);
+        // Protection wins over `only`.
+        let both = KickConfig {
+            protect: protect.protect.clone(),
+            ..only_app
+        };
+        assert!(plan_for(&leak("leaky"), &both, true).is_empty());
     }
 
     #[test]
@@ -584,5 +667,120 @@ mod tests {
         let mut late = conns.clone();
         late[0].start = Some(t(3600 + 601));
         assert!(kicked.observe(&late, t(4300), &cfg()).is_empty());
+    }
+
+    /// A client that came back `max_attempts` times after kicks, given up on at about t(3730).
+    fn given_up_on(cfg: &KickConfig) -> (Kicked, Vec<Connection>, Census) {
+        let mut kicked = Kicked::default();
+        let conns = leak("leaky");
+        let census = build(&conns, None, &DetectConfig::default());
+        let first = plan(&inputs(&conns, &census, cfg, None, &kicked, t(3600)));
+        let mut back = conns.clone();
+        for i in 0..cfg.max_attempts as i64 {
+            kicked.record(&first, t(3600 + 100 * i));
+            for c in back.iter_mut().take(50) {
+                c.start = Some(t(3601 + 100 * i));
+            }
+            kicked.observe(&back, t(3630 + 100 * i), cfg);
+        }
+        assert!(kicked.given_up(&first[0].client_key(), cfg.max_attempts));
+        (kicked, back, census)
+    }
+
+    #[test]
+    fn a_client_given_up_on_stays_given_up_on_after_a_day() {
+        let cfg = KickConfig {
+            max_attempts: 2,
+            ..cfg()
+        };
+        let (mut kicked, back, census) = given_up_on(&cfg);
+        let day = 24 * 3600;
+        // Sweeps go on; a day and an hour later the decision holds.
+        for later in [day / 2, day, day + 3600, 30 * day] {
+            assert!(kicked.observe(&back, t(3730 + later), &cfg).is_empty());
+            let again = plan(&inputs(
+                &back,
+                &census,
+                &cfg,
+                None,
+                &kicked,
+                t(3730 + later),
+            ));
+            assert!(again.is_empty(), "kicked again {later} s after giving up");
+        }
+    }
+
+    #[test]
+    fn give_up_for_ends_the_decision_and_ordinary_memory_expires_after_a_day() {
+        let cfg = KickConfig {
+            max_attempts: 2,
+            give_up_for: Some(Duration::from_secs(7 * 24 * 3600)),
+            ..cfg()
+        };
+        let (mut kicked, back, census) = given_up_on(&cfg);
+        kicked.observe(&back, t(3730 + 6 * 24 * 3600), &cfg);
+        assert!(plan(&inputs(
+            &back,
+            &census,
+            &cfg,
+            None,
+            &kicked,
+            t(3730 + 6 * 24 * 3600)
+        ))
+        .is_empty());
+        kicked.observe(&back, t(3730 + 8 * 24 * 3600), &cfg);
+        assert!(kicked.clients.is_empty());
+        assert_eq!(
+            plan(&inputs(
+                &back,
+                &census,
+                &cfg,
+                None,
+                &kicked,
+                t(3730 + 8 * 24 * 3600)
+            ))
+            .len(),
+            50
+        );
+
+        // A client kicked once (not given up on) is forgotten after 24 h, as before.
+        let mut once = Kicked::default();
+        let p = plan(&inputs(&back, &census, &cfg, None, &once, t(3600)));
+        once.record(&p, t(3600));
+        once.observe(&[], t(3600 + 23 * 3600), &cfg);
+        assert_eq!(once.clients.len(), 1);
+        once.observe(&[], t(3600 + 25 * 3600), &cfg);
+        assert!(once.clients.is_empty());
+    }
+
+    #[test]
+    fn forget_drops_one_user_by_key_or_name_or_everyone() {
+        let cfg = KickConfig {
+            max_attempts: 1,
+            ..cfg()
+        };
+        let (mut kicked, _, _) = given_up_on(&cfg);
+        let other: Vec<_> = leak("other")
+            .into_iter()
+            .map(|mut c| {
+                c.user_name = Some("Other Person".into());
+                c
+            })
+            .collect();
+        let census = build(&other, None, &DetectConfig::default());
+        kicked.record(
+            &plan(&inputs(&other, &census, &cfg, None, &kicked, t(3600))),
+            t(3600),
+        );
+        assert_eq!(kicked.clients.len(), 2);
+        assert!(kicked.forget("APP", "nobody").is_empty());
+        let gone = kicked.forget("APP", "leaky");
+        assert_eq!(gone.len(), 1);
+        assert!(gone[0].given_up(1));
+        assert_eq!(kicked.forget("APP", "Other Person").len(), 1);
+        assert!(kicked.clients.is_empty());
+        let (mut kicked, _, _) = given_up_on(&cfg);
+        assert_eq!(kicked.forget_all().len(), 1);
+        assert!(kicked.clients.is_empty());
     }
 }
