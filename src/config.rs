@@ -121,6 +121,20 @@ pub struct SweepConfig {
     /// A server not seen for this long is no longer expected (it left the cluster).
     #[serde(with = "humantime_serde")]
     pub forget_servers_after: Duration,
+    /// Time limit of a whole sweep; unset: 4 × `timeout`. Servers not read by then are errors
+    /// (the sweep is partial); the others are kept.
+    #[serde(with = "humantime_serde")]
+    pub deadline: Option<Duration>,
+    /// A server reporting more connections than this is an error and its list is not asked
+    /// for: a bound on what one reply can make connwatch allocate.
+    pub max_connections_per_server: u64,
+}
+
+impl SweepConfig {
+    /// `deadline`, or 4 × `timeout` when unset.
+    pub fn deadline(&self) -> Duration {
+        self.deadline.unwrap_or(self.timeout.saturating_mul(4))
+    }
 }
 
 impl Default for SweepConfig {
@@ -131,6 +145,8 @@ impl Default for SweepConfig {
             expected_servers: 0,
             page_size: 10_000,
             forget_servers_after: Duration::from_secs(3600),
+            deadline: None,
+            max_connections_per_server: 1_000_000,
         }
     }
 }
@@ -832,6 +848,19 @@ fn validate(c: &Config, figment: &Figment) -> Result<(), ConfigErrors> {
     }
     if c.sweep.page_size == 0 {
         bad("sweep.page_size", "must be at least 1".into());
+    }
+    if c.sweep.max_connections_per_server == 0 {
+        bad("sweep.max_connections_per_server", "must be at least 1".into());
+    }
+    if let Some(d) = c.sweep.deadline.filter(|d| *d < c.sweep.timeout) {
+        bad(
+            "sweep.deadline",
+            format!(
+                "must be at least `sweep.timeout` ({}), got {}",
+                humantime::format_duration(c.sweep.timeout),
+                humantime::format_duration(d)
+            ),
+        );
     }
     for (key, share) in [
         ("detect.account_pressure", c.detect.account_pressure),
