@@ -1052,7 +1052,7 @@ async fn fetch_server(
         {
             Ok(m) => m,
             Err(e) => {
-                warn!(server = %out.server.name, error = %e, "directed connz request failed");
+                warn!(server = %out.server.name, error = %e, "connz page failed");
                 out.error = Some(if Instant::now() >= limits.deadline {
                     "sweep.deadline passed while its connections were read: none counted".into()
                 } else {

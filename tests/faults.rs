@@ -558,3 +558,58 @@ async fn the_whole_cluster_down_then_back() {
     cluster.restart(2).unwrap();
     assert_recovers(running, &seen, &leaky).await;
 }
+
+/// Issue 10 item 4: every server frozen past `sweep.forget_servers_after`, so connwatch no
+/// longer expects any: a sweep nobody answers is a failed sweep, never an empty complete one
+/// that resolves everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_no_server_answers_fails_and_resolves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = start_cluster(dir.path());
+    let held = load::open(LoadSpec::new(cluster.client_url(0), pw("held"), 110).name("held"))
+        .await
+        .unwrap();
+    let (seen, _sub) = Seen::subscribe(&cluster.client_url(1)).await;
+    let cfg = config(&cluster.client_urls(), dir.path(), DEFAULT)
+        .replace("[sweep]\n", "[sweep]\nforget_servers_after = \"1s\"\n");
+    let path = write_config(dir.path(), &cfg);
+    let running = Running::start(&path, dir.path().join("run.log"));
+    seen.wait_for(0, "firing", |b| {
+        is("excessive_user_connections", "firing")(b) && b["user"] == "held"
+    })
+    .await;
+
+    // Frozen, the servers keep their TCP connections: connwatch's client stays connected and
+    // its sweeps go out, but nobody answers.
+    for i in 0..3 {
+        cluster.pause(i).unwrap();
+    }
+    let ended = |r: &Running| {
+        let (rounds, _, failed) = counts(r);
+        rounds + failed
+    };
+    let before = ended(&running);
+    // Four sweeps of `sweep.timeout` (1 s) each: the servers are forgotten after the first.
+    assert!(
+        wait_until_async(WAIT, || ended(&running) >= before + 4).await,
+        "sweeps stopped while the cluster was frozen: {}",
+        running.log()
+    );
+    for i in 0..3 {
+        cluster.resume(i).unwrap();
+    }
+    // Whatever was decided while frozen is delivered once the servers run again.
+    wait_complete(&running, 3).await;
+    let resolved: Vec<Value> = seen
+        .all()
+        .into_iter()
+        .map(|(_, b)| b)
+        .filter(|b| is("excessive_user_connections", "resolved")(b))
+        .collect();
+    assert!(
+        resolved.is_empty(),
+        "resolved while no server answered: {resolved:#?}"
+    );
+    assert_eq!(held.alive(), 110);
+    assert_eq!(running.terminate(), Some(0));
+}
