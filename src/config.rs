@@ -850,7 +850,10 @@ fn validate(c: &Config, figment: &Figment) -> Result<(), ConfigErrors> {
         bad("sweep.page_size", "must be at least 1".into());
     }
     if c.sweep.max_connections_per_server == 0 {
-        bad("sweep.max_connections_per_server", "must be at least 1".into());
+        bad(
+            "sweep.max_connections_per_server",
+            "must be at least 1".into(),
+        );
     }
     if let Some(d) = c.sweep.deadline.filter(|d| *d < c.sweep.timeout) {
         bad(

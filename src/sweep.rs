@@ -236,7 +236,9 @@ impl Sweeper {
             let (done, fetches) = self
                 .hot_first_replies(&hot_accounts, &servers, &discovery, deadline, &mut snap)
                 .await?;
-            let mut fetched = self.fetch_all(fetches, deadline, &mut snap.connections).await;
+            let mut fetched = self
+                .fetch_all(fetches, deadline, &mut snap.connections)
+                .await;
             fetched.extend(done);
             // Servers that answered STATZ but hold none of the hot accounts' connections.
             for (id, server) in servers {
@@ -250,7 +252,9 @@ impl Sweeper {
             if done.is_empty() && fetches.is_empty() && snap.errors.is_empty() {
                 return Err(SweepError::NoAnswer(gather));
             }
-            let mut fetched = self.fetch_all(fetches, deadline, &mut snap.connections).await;
+            let mut fetched = self
+                .fetch_all(fetches, deadline, &mut snap.connections)
+                .await;
             fetched.extend(done);
             fetched
         };
@@ -283,12 +287,8 @@ impl Sweeper {
             .chain(snap.errors.iter().map(|e| e.server.as_str()))
             .collect();
         let peers = discovery.peers(&answered);
-        snap.missing = missing_servers(
-            snap.servers_expected,
-            &answered,
-            self.known.names(),
-            &peers,
-        );
+        snap.missing =
+            missing_servers(snap.servers_expected, &answered, self.known.names(), &peers);
         self.known.saw(
             started,
             snap.servers
@@ -797,11 +797,7 @@ impl AccountCounts {
     }
 
     /// The servers whose counts are taken (by id), as [`FirstReplies::resolve`] decides.
-    fn resolve(
-        &mut self,
-        discovery: &Discovery,
-        snap: &mut Snapshot,
-    ) -> Vec<(String, ServerInfo)> {
+    fn resolve(&mut self, discovery: &Discovery, snap: &mut Snapshot) -> Vec<(String, ServerInfo)> {
         let mut by_id: BTreeMap<String, Vec<(ServerInfo, AccountReply)>> = BTreeMap::new();
         for (server, reply) in std::mem::take(&mut self.replies) {
             if discovery.accepts(&server) {
@@ -1038,16 +1034,19 @@ async fn fetch_server(
         };
         let now = Instant::now();
         if now >= limits.deadline {
-            out.error = Some(
-                "sweep.deadline passed before its connections were read: none counted".into(),
-            );
+            out.error =
+                Some("sweep.deadline passed before its connections were read: none counted".into());
             break;
         }
         directed += 1;
         out.requests += 1;
         let wait = limits.timeout.min(limits.deadline - now);
         let reply = match system
-            .request(subject.clone(), connz_body(limit, 0, f.acc.as_deref()), wait)
+            .request(
+                subject.clone(),
+                connz_body(limit, 0, f.acc.as_deref()),
+                wait,
+            )
             .await
         {
             Ok(m) => m,
@@ -1110,7 +1109,6 @@ async fn fetch_server(
     }
     out
 }
-
 
 /// Connections of one user closed recently, cluster-wide, as (stop time, reason): the servers
 /// keep their last 10,000 closed connections each.
@@ -1589,7 +1587,6 @@ fn to_connection_borrowed(server: &ServerInfo, now: DateTime<Utc>, c: SweepConn)
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1767,25 +1764,86 @@ mod tests {
         let mut deep = "[".repeat(10_000);
         deep.push_str(&"]".repeat(10_000));
         let cases: Vec<(&str, String)> = vec![
-            ("truncated", r#"{"server":{},"data":{"connections":[{"cid":9},"#.into()),
+            (
+                "truncated",
+                r#"{"server":{},"data":{"connections":[{"cid":9},"#.into(),
+            ),
             ("not json", "\u{1f}\u{8b}garbage".into()),
-            ("deep nesting", reply(&format!(r#"{{"total":1,"connections":{deep}}}"#))),
-            ("repeated cid", reply(&format!(r#"{{"total":3,"connections":[{}]}}"#, conns(&[1, 2, 2])))),
-            ("unsorted", reply(&format!(r#"{{"total":3,"connections":[{}]}}"#, conns(&[3, 1])))),
-            ("more than asked", reply(&format!(r#"{{"total":9,"connections":[{}]}}"#, conns(&[1, 2, 3, 4, 5, 6])))),
-            ("more than its total", reply(&format!(r#"{{"total":1,"connections":[{}]}}"#, conns(&[1, 2])))),
+            (
+                "deep nesting",
+                reply(&format!(r#"{{"total":1,"connections":{deep}}}"#)),
+            ),
+            (
+                "repeated cid",
+                reply(&format!(
+                    r#"{{"total":3,"connections":[{}]}}"#,
+                    conns(&[1, 2, 2])
+                )),
+            ),
+            (
+                "unsorted",
+                reply(&format!(
+                    r#"{{"total":3,"connections":[{}]}}"#,
+                    conns(&[3, 1])
+                )),
+            ),
+            (
+                "more than asked",
+                reply(&format!(
+                    r#"{{"total":9,"connections":[{}]}}"#,
+                    conns(&[1, 2, 3, 4, 5, 6])
+                )),
+            ),
+            (
+                "more than its total",
+                reply(&format!(
+                    r#"{{"total":1,"connections":[{}]}}"#,
+                    conns(&[1, 2])
+                )),
+            ),
             ("negative total", reply(r#"{"total":-1,"connections":[]}"#)),
-            ("negative offset", reply(r#"{"total":1,"offset":-5,"connections":[]}"#)),
-            ("absurd offset", reply(r#"{"total":1,"offset":18446744073709551615,"connections":[]}"#)),
-            ("another offset", reply(r#"{"total":1,"offset":7,"connections":[]}"#)),
-            ("two server ids", reply(r#"{"server_id":"N2","total":0,"connections":[]}"#)),
-            ("no server id", r#"{"server":{"name":"n1"},"data":{"total":0}}"#.into()),
-            ("duplicate data", format!(r#"{{"server":{{"name":"n1","id":"N1"}},"data":{{"total":1,"connections":[{}]}},"data":{{"total":0}}}}"#, conns(&[1]))),
-            ("too big", reply(&format!(r#"{{"total":1,"pad":"{}","connections":[]}}"#, "x".repeat(200_000)))),
+            (
+                "negative offset",
+                reply(r#"{"total":1,"offset":-5,"connections":[]}"#),
+            ),
+            (
+                "absurd offset",
+                reply(r#"{"total":1,"offset":18446744073709551615,"connections":[]}"#),
+            ),
+            (
+                "another offset",
+                reply(r#"{"total":1,"offset":7,"connections":[]}"#),
+            ),
+            (
+                "two server ids",
+                reply(r#"{"server_id":"N2","total":0,"connections":[]}"#),
+            ),
+            (
+                "no server id",
+                r#"{"server":{"name":"n1"},"data":{"total":0}}"#.into(),
+            ),
+            (
+                "duplicate data",
+                format!(
+                    r#"{{"server":{{"name":"n1","id":"N1"}},"data":{{"total":1,"connections":[{}]}},"data":{{"total":0}}}}"#,
+                    conns(&[1])
+                ),
+            ),
+            (
+                "too big",
+                reply(&format!(
+                    r#"{{"total":1,"pad":"{}","connections":[]}}"#,
+                    "x".repeat(200_000)
+                )),
+            ),
         ];
         let mut out = vec![];
         parse_page(
-            reply(&format!(r#"{{"total":2,"connections":[{}]}}"#, conns(&[1, 2]))).as_bytes(),
+            reply(&format!(
+                r#"{{"total":2,"connections":[{}]}}"#,
+                conns(&[1, 2])
+            ))
+            .as_bytes(),
             &mut out,
             5,
             false,
@@ -1842,14 +1900,24 @@ mod tests {
         firsts.add(&connz("n3", "N3", 3, &[1]), &mut bad);
         assert_eq!(firsts.answered(&d), 3);
 
-        let mut snap = Snapshot::default();
-        snap.bad_replies = bad;
+        let mut snap = Snapshot {
+            bad_replies: bad,
+            ..Snapshot::default()
+        };
         let (done, fetches) = firsts.resolve(&d, &mut snap);
         // "fake" (unknown id) and "evil" (n1's id under another name) are bad; n2 answered
         // twice with different lists: an error, counted nowhere.
         assert_eq!(snap.bad_replies, 1 + 2 + 1);
-        assert_eq!(done.iter().map(|f| f.server.name.as_str()).collect::<Vec<_>>(), vec!["n1"]);
-        assert_eq!(snap.connections.iter().map(|c| c.cid).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(
+            done.iter()
+                .map(|f| f.server.name.as_str())
+                .collect::<Vec<_>>(),
+            vec!["n1"]
+        );
+        assert_eq!(
+            snap.connections.iter().map(|c| c.cid).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
         assert_eq!(fetches.len(), 1, "n3 is read again in one request");
         assert_eq!((fetches[0].total, fetches[0].returned), (3, 1));
         assert_eq!(snap.errors.len(), 1);

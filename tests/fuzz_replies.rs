@@ -25,7 +25,10 @@ fn parse_all(bytes: &[u8]) {
         if let Ok(page) = parse_reply(bytes, limit) {
             let cids: Vec<u64> = page.connections.iter().map(|c| c.cid).collect();
             assert!(cids.len() <= limit, "more connections than asked: {cids:?}");
-            assert!(cids.windows(2).all(|w| w[0] < w[1]), "cids not rising: {cids:?}");
+            assert!(
+                cids.windows(2).all(|w| w[0] < w[1]),
+                "cids not rising: {cids:?}"
+            );
             if let Some(total) = page.total {
                 assert!(cids.len() as u64 <= total, "more than total {total}");
                 assert!(!page.server.id.is_empty(), "data without a server id");
@@ -280,7 +283,10 @@ fn snapshot_run(
     let mut next_cid = initial as u64 + 1;
     let mut closed = HashSet::new();
     let reply = |open: &[u64], limit: usize| -> (u64, Vec<u64>) {
-        (open.len() as u64, open.iter().copied().take(limit).collect())
+        (
+            open.len() as u64,
+            open.iter().copied().take(limit).collect(),
+        )
     };
     let (mut total, mut got) = reply(&open, page_size);
     let mut directed = 0;
@@ -303,7 +309,10 @@ fn snapshot_run(
                     next_cid += 1;
                 }
                 directed += 1;
-                prop_assert!(directed <= MAX_DIRECTED, "more directed requests than allowed");
+                prop_assert!(
+                    directed <= MAX_DIRECTED,
+                    "more directed requests than allowed"
+                );
                 let before = total;
                 (total, got) = reply(&open, limit as usize);
                 if total > before + headroom(before) {
@@ -313,14 +322,22 @@ fn snapshot_run(
         }
     };
     let Some(kept) = kept else {
-        prop_assert_eq!(grew_past_headroom, MAX_DIRECTED, "given up without outgrowing the headroom");
+        prop_assert_eq!(
+            grew_past_headroom,
+            MAX_DIRECTED,
+            "given up without outgrowing the headroom"
+        );
         return Ok(());
     };
     prop_assert_eq!(&kept, &open, "the list kept is not one whole snapshot");
     let unique: HashSet<u64> = kept.iter().copied().collect();
     prop_assert_eq!(unique.len(), kept.len(), "a cid was kept twice");
     for cid in (1..=initial as u64).filter(|c| !closed.contains(c)) {
-        prop_assert!(unique.contains(&cid), "cid {} open throughout was skipped", cid);
+        prop_assert!(
+            unique.contains(&cid),
+            "cid {} open throughout was skipped",
+            cid
+        );
     }
     Ok(())
 }
