@@ -115,8 +115,9 @@ pub struct SweepConfig {
     pub timeout: Duration,
     /// How many servers must answer for a complete sweep; 0 discovers it from the cluster.
     pub expected_servers: usize,
-    /// Connections per CONNZ page. Each page costs the server a sort of all its connections,
-    /// so pages are large; a server with more is paged with directed requests.
+    /// Connections in each server's first CONNZ reply (the PING). Each request costs the server
+    /// a sort of all its connections; a server with more is read again in one directed request
+    /// for its whole list (its `total` plus headroom), so its connections are one snapshot.
     pub page_size: usize,
     /// A server not seen for this long is no longer expected (it left the cluster).
     #[serde(with = "humantime_serde")]
@@ -1086,6 +1087,27 @@ mod tests {
             err.0[0].source,
             "environment variable CONNWATCH_SWEEP__TIMEOUT"
         );
+    }
+
+    #[test]
+    fn sweep_deadline_defaults_to_four_timeouts_and_is_never_shorter_than_one() {
+        assert_eq!(SweepConfig::default().deadline(), Duration::from_secs(20));
+        let dir = tempfile::tempdir().unwrap();
+        let f = write(
+            dir.path(),
+            "c.toml",
+            "[sweep]\ntimeout = \"5s\"\ndeadline = \"2s\"\nmax_connections_per_server = 0\n",
+        );
+        let err = load(Some(&f), &[], Flags::default()).unwrap_err();
+        let keys: Vec<&str> = err.0.iter().map(|e| e.key.as_str()).collect();
+        assert!(keys.contains(&"sweep.deadline"), "{keys:?}");
+        assert!(
+            keys.contains(&"sweep.max_connections_per_server"),
+            "{keys:?}"
+        );
+        let ok = write(dir.path(), "d.toml", "[sweep]\ndeadline = \"1m\"\n");
+        let l = load(Some(&ok), &[], Flags::default()).unwrap();
+        assert_eq!(l.config.sweep.deadline(), Duration::from_secs(60));
     }
 
     #[test]
