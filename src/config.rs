@@ -115,12 +115,27 @@ pub struct SweepConfig {
     pub timeout: Duration,
     /// How many servers must answer for a complete sweep; 0 discovers it from the cluster.
     pub expected_servers: usize,
-    /// Connections per CONNZ page. Each page costs the server a sort of all its connections,
-    /// so pages are large; a server with more is paged with directed requests.
+    /// Connections in each server's first CONNZ reply (the PING). Each request costs the server
+    /// a sort of all its connections; a server with more is read again in one directed request
+    /// for its whole list (its `total` plus headroom), so its connections are one snapshot.
     pub page_size: usize,
     /// A server not seen for this long is no longer expected (it left the cluster).
     #[serde(with = "humantime_serde")]
     pub forget_servers_after: Duration,
+    /// Time limit of a whole sweep; unset: 4 × `timeout`. Servers not read by then are errors
+    /// (the sweep is partial); the others are kept.
+    #[serde(with = "humantime_serde")]
+    pub deadline: Option<Duration>,
+    /// A server reporting more connections than this is an error and its list is not asked
+    /// for: a bound on what one reply can make connwatch allocate.
+    pub max_connections_per_server: u64,
+}
+
+impl SweepConfig {
+    /// `deadline`, or 4 × `timeout` when unset.
+    pub fn deadline(&self) -> Duration {
+        self.deadline.unwrap_or(self.timeout.saturating_mul(4))
+    }
 }
 
 impl Default for SweepConfig {
@@ -131,6 +146,8 @@ impl Default for SweepConfig {
             expected_servers: 0,
             page_size: 10_000,
             forget_servers_after: Duration::from_secs(3600),
+            deadline: None,
+            max_connections_per_server: 1_000_000,
         }
     }
 }
@@ -864,6 +881,22 @@ fn validate(c: &Config, figment: &Figment) -> Result<(), ConfigErrors> {
     if c.sweep.page_size == 0 {
         bad("sweep.page_size", "must be at least 1".into());
     }
+    if c.sweep.max_connections_per_server == 0 {
+        bad(
+            "sweep.max_connections_per_server",
+            "must be at least 1".into(),
+        );
+    }
+    if let Some(d) = c.sweep.deadline.filter(|d| *d < c.sweep.timeout) {
+        bad(
+            "sweep.deadline",
+            format!(
+                "must be at least `sweep.timeout` ({}), got {}",
+                humantime::format_duration(c.sweep.timeout),
+                humantime::format_duration(d)
+            ),
+        );
+    }
     for (key, share) in [
         ("detect.account_pressure", c.detect.account_pressure),
         ("detect.server_pressure", c.detect.server_pressure),
@@ -1095,6 +1128,27 @@ mod tests {
             err.0[0].source,
             "environment variable CONNWATCH_SWEEP__TIMEOUT"
         );
+    }
+
+    #[test]
+    fn sweep_deadline_defaults_to_four_timeouts_and_is_never_shorter_than_one() {
+        assert_eq!(SweepConfig::default().deadline(), Duration::from_secs(20));
+        let dir = tempfile::tempdir().unwrap();
+        let f = write(
+            dir.path(),
+            "c.toml",
+            "[sweep]\ntimeout = \"5s\"\ndeadline = \"2s\"\nmax_connections_per_server = 0\n",
+        );
+        let err = load(Some(&f), &[], Flags::default()).unwrap_err();
+        let keys: Vec<&str> = err.0.iter().map(|e| e.key.as_str()).collect();
+        assert!(keys.contains(&"sweep.deadline"), "{keys:?}");
+        assert!(
+            keys.contains(&"sweep.max_connections_per_server"),
+            "{keys:?}"
+        );
+        let ok = write(dir.path(), "d.toml", "[sweep]\ndeadline = \"1m\"\n");
+        let l = load(Some(&ok), &[], Flags::default()).unwrap();
+        assert_eq!(l.config.sweep.deadline(), Duration::from_secs(60));
     }
 
     #[test]

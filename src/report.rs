@@ -23,9 +23,11 @@ pub struct SweepSummary {
     pub servers_responded: usize,
     /// Whether some connections may be missing.
     pub partial: bool,
-    /// Expected servers that did not answer (`<unknown>` when the name was never learned).
+    /// Expected servers that did not answer: known names, else route peers the live servers
+    /// name, else `<unknown>` (`<unknown> (cluster C)` for a silent gateway cluster).
     pub missing: Vec<String>,
-    /// Servers that answered with an error or whose pages failed.
+    /// Servers that answered but whose connections are not counted (an error envelope, a list
+    /// that could not be read whole, conflicting replies for its id, the sweep's deadline).
     pub errors: Vec<ServerError>,
     /// The servers that answered.
     pub servers: Vec<ServerSeen>,
@@ -37,7 +39,8 @@ pub struct SweepSummary {
     pub pages: usize,
     /// Reply bytes received.
     pub bytes: usize,
-    /// Replies that could not be parsed.
+    /// Replies ignored: unparseable, inconsistent, or not from a server the cluster knows by
+    /// that id and name.
     pub bad_replies: usize,
 }
 
@@ -141,7 +144,18 @@ impl<'a> Report<'a> {
             let _ = writeln!(out, "  missing (no answer): {}", s.missing.join(", "));
         }
         for e in &s.errors {
-            let _ = writeln!(out, "  error from {}: {}", e.server, e.error);
+            let _ = writeln!(
+                out,
+                "  error from {} (its connections are not counted): {}",
+                e.server, e.error
+            );
+        }
+        if s.bad_replies > 0 {
+            let _ = writeln!(
+                out,
+                "  bad replies ignored: {} (unparseable, inconsistent, or not from a server the cluster knows by that id and name)",
+                s.bad_replies
+            );
         }
         if s.partial {
             let _ = writeln!(
@@ -336,11 +350,21 @@ mod tests {
         let snap = Snapshot {
             servers_expected: 3,
             missing: vec!["n3".into()],
+            errors: vec![ServerError {
+                server: "n2".into(),
+                error: "boom".into(),
+            }],
+            bad_replies: 2,
             ..Snapshot::default()
         };
         let t = Report::new(&snap, &c, &Filter::default()).to_table();
         assert!(t.contains("PARTIAL"), "{t}");
         assert!(t.contains("missing (no answer): n3"), "{t}");
+        assert!(
+            t.contains("error from n2 (its connections are not counted): boom"),
+            "{t}"
+        );
+        assert!(t.contains("bad replies ignored: 2"), "{t}");
         assert!(t.contains("100 OVER"), "{t}");
         assert!(t.contains("(unnamed) (250)"), "{t}");
     }

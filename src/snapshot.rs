@@ -47,13 +47,15 @@ pub struct ServerSeen {
     pub name: String,
     /// Server id.
     pub id: String,
-    /// Connections it reported (`total`).
+    /// Connections it reported (`total`), all of them in the snapshot.
     pub connections: u64,
-    /// CONNZ pages it took.
+    /// CONNZ replies it took: 1 when its PING reply held every connection, else 2 or 3
+    /// (one or two directed requests for its whole list).
     pub pages: usize,
 }
 
-/// A server that answered but whose connections are not (all) in the census.
+/// A server that answered but whose connections are not in the census: none of them (a
+/// server's connections are counted whole or not at all).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ServerError {
     /// Server name, or id when the name is unknown.
@@ -73,11 +75,14 @@ pub struct Snapshot {
     pub servers_expected: usize,
     /// Servers whose connections are all here.
     pub servers: Vec<ServerSeen>,
-    /// Expected servers that did not answer: names where known.
+    /// Expected servers that did not answer: names where known (remembered, or route peers
+    /// of the live servers), else `<unknown>`.
     pub missing: Vec<String>,
-    /// Servers that answered with an error, or whose later pages failed.
+    /// Servers that answered but whose connections are not counted: an error envelope, a list
+    /// that could not be read in one reply, conflicting replies for its id, the deadline.
     pub errors: Vec<ServerError>,
-    /// Replies that could not be parsed.
+    /// Replies ignored: unparseable, inconsistent, or not from a server the cluster knows by
+    /// that id and name.
     pub bad_replies: usize,
     /// Requests sent.
     pub requests: usize,
@@ -85,7 +90,8 @@ pub struct Snapshot {
     pub pages: usize,
     /// Reply bytes received.
     pub bytes: usize,
-    /// The connections, each exactly once.
+    /// The connections of the servers in `servers`, each exactly once: every server's from one
+    /// reply (one snapshot of it).
     pub connections: Vec<Connection>,
 }
 

@@ -169,14 +169,15 @@ async fn census_is_exact_across_servers_and_pages_and_a_stopped_server_makes_it_
             .unwrap();
         assert_eq!(sys["system"], true);
         if label == "paged by 500" {
-            // n1 holds 2,500+ connections: at least 6 pages there.
+            // n1 holds 2,500+ connections: its PING reply, then ONE directed request for all
+            // of them (one snapshot), not a page per 500.
             let n1 = sweep["servers"]
                 .as_array()
                 .unwrap()
                 .iter()
                 .find(|s| s["name"] == "n1")
                 .unwrap();
-            assert!(n1["pages"].as_u64().unwrap() >= 6, "{n1}");
+            assert_eq!(n1["pages"], 2, "{n1}");
         }
     }
 
@@ -376,4 +377,266 @@ fn connection_problems_have_distinct_errors_and_exit_codes() {
     let out = run(&format!("creds = {:?}\n", creds));
     assert_eq!(out.code, Some(2), "{}", out.stderr);
     assert!(out.stderr.contains("`nats.creds`"), "{}", out.stderr);
+}
+
+/// A second system-account client answering each request on `subject` with the payloads
+/// `replies` holds at that moment (after `delay`), as anything in the system account can.
+async fn responder(
+    url: &str,
+    subject: &str,
+    replies: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    delay: Duration,
+) -> async_nats::Client {
+    use futures::StreamExt;
+    let client =
+        async_nats::ConnectOptions::with_user_and_password("sys".into(), "sys-dev-password".into())
+            .name("hostile-responder")
+            .connect(url)
+            .await
+            .expect("responder connects");
+    let mut sub = client.subscribe(subject.to_string()).await.unwrap();
+    client.flush().await.unwrap();
+    let c = client.clone();
+    tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            let Some(reply) = m.reply else { continue };
+            let payloads = replies.lock().unwrap().clone();
+            let c = c.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                for p in payloads {
+                    let _ = c.publish(reply.clone(), p.into()).await;
+                }
+                let _ = c.flush().await;
+            });
+        }
+    });
+    client
+}
+
+fn server_id(cluster: &Cluster, i: usize) -> String {
+    cluster.monitor_get(i, "/varz").unwrap()["server_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Issue 10 item 6: something else in the system account answers the sweep's PING CONNZ with
+/// garbage, hostile numbers, or a real server's id under another name. Each is a bad reply:
+/// no crash, every real server counted exactly (the servers' own /connz), the sweep complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_connz_replies_are_bad_replies_and_real_servers_stay_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(
+        ClusterSpec::new(dir.path().join("cluster"))
+            .account(AccountSpec::new("APP").user("app", "app-pw")),
+    )
+    .unwrap();
+    let mut loads = Vec::new();
+    for (i, n) in [(0, 300), (1, 120), (2, 80)] {
+        let spec = LoadSpec::new(
+            cluster.client_url(i),
+            LoadAuth::user_password("app", "app-pw"),
+            n,
+        );
+        loads.push(load::open(spec).await.unwrap());
+    }
+    let ids: Vec<String> = (0..3).map(|i| server_id(&cluster, i)).collect();
+    let replies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let _hostile = responder(
+        &cluster.client_url(1),
+        "$SYS.REQ.SERVER.PING.CONNZ",
+        replies.clone(),
+        Duration::ZERO,
+    )
+    .await;
+    let reply = |name: &str, id: &str, data: Value| {
+        serde_json::to_vec(&serde_json::json!({"server": {"name": name, "id": id}, "data": data}))
+            .unwrap()
+    };
+    let ghosts: Vec<Value> = (1..=5)
+        .map(|cid| serde_json::json!({"cid": cid, "account": "APP", "authorized_user": "ghost"}))
+        .collect();
+    let kinds: Vec<(&str, Vec<u8>)> = vec![
+        ("invalid JSON", b"{\"server\": nope".to_vec()),
+        ("deep nesting", "[".repeat(100_000).into_bytes()),
+        (
+            "big body",
+            reply(
+                "big",
+                "NBIG",
+                serde_json::json!({"total": 1, "pad": "x".repeat(900_000), "connections": []}),
+            ),
+        ),
+        (
+            "total near u64::MAX",
+            reply(
+                "huge",
+                "NHUGE",
+                serde_json::json!({"server_id": "NHUGE", "total": u64::MAX, "connections": []}),
+            ),
+        ),
+        (
+            "negative offset",
+            reply(
+                "n1",
+                &ids[0],
+                serde_json::json!({"total": 0, "offset": -1, "connections": []}),
+            ),
+        ),
+        (
+            "absurd offset",
+            reply(
+                "n2",
+                &ids[1],
+                serde_json::json!({"total": 0, "offset": u64::MAX, "connections": []}),
+            ),
+        ),
+        (
+            "a real server's id under another name",
+            reply(
+                "n3-impostor",
+                &ids[2],
+                serde_json::json!({"server_id": ids[2], "total": 5, "connections": ghosts}),
+            ),
+        ),
+    ];
+    // No state file: the sweep lingers briefly after the last real server, so the hostile
+    // replies (sent at once) are seen and counted.
+    let config = format!("{}\n[sweep]\ntimeout = \"3s\"\n", cluster.connwatch_toml());
+    for (label, payload) in kinds {
+        *replies.lock().unwrap() = vec![payload];
+        let dirc = dir.path().to_path_buf();
+        let cfg = config.clone();
+        let report = tokio::task::spawn_blocking(move || report_json(&dirc, &cfg))
+            .await
+            .unwrap();
+        let sweep = &report["sweep"];
+        assert_eq!(sweep["partial"], false, "{label}: {sweep:#}");
+        assert_eq!(sweep["servers_responded"], 3, "{label}: {sweep:#}");
+        assert!(
+            sweep["bad_replies"].as_u64().unwrap() >= 1,
+            "{label}: not counted as a bad reply: {sweep:#}"
+        );
+        assert_eq!(
+            without_system(reported(&report)),
+            without_system(ground_truth(&cluster, &[0, 1, 2])),
+            "{label}: per-user counts differ from the servers'"
+        );
+        assert_eq!(user(&report, "APP", "app")["connections"], 500, "{label}");
+    }
+    for l in loads {
+        l.close().await;
+    }
+}
+
+/// Issue 10 item 10: a frozen server, no state file: the live servers still list it as a
+/// route peer in STATSZ, so `missing` names it instead of `<unknown>`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_server_is_named_missing_without_a_state_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(
+        ClusterSpec::new(dir.path().join("cluster"))
+            .account(AccountSpec::new("APP").user("app", "app-pw")),
+    )
+    .unwrap();
+    cluster.pause(2).unwrap();
+    // Attached to n1 only: a frozen server accepts TCP but never greets.
+    let config = cluster
+        .connwatch_toml()
+        .replacen(
+            &format!("{:?}", cluster.client_url(1)),
+            &format!("{:?}", cluster.client_url(0)),
+            1,
+        )
+        .replacen(&format!(", {:?}", cluster.client_url(2)), "", 1);
+    let config = format!("{config}\n[sweep]\ntimeout = \"1s\"\n");
+    let dirc = dir.path().to_path_buf();
+    let report = tokio::task::spawn_blocking(move || report_json(&dirc, &config))
+        .await
+        .unwrap();
+    let sweep = &report["sweep"];
+    assert_eq!(sweep["partial"], true, "{sweep:#}");
+    assert_eq!(sweep["servers_expected"], 3, "{sweep:#}");
+    assert_eq!(sweep["missing"], serde_json::json!(["n3"]), "{sweep:#}");
+    cluster.resume(2).unwrap();
+}
+
+/// Issue 10 item 7: a server that answers the PING but is slow to give its whole list holds
+/// up only itself: at `sweep.deadline` it is an error (the sweep partial) and every other
+/// server, read meanwhile, is counted exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_server_is_cut_at_the_deadline_and_the_others_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(
+        ClusterSpec::new(dir.path().join("cluster"))
+            .account(AccountSpec::new("APP").user("app", "app-pw")),
+    )
+    .unwrap();
+    // n1 needs a directed request too (pages of 50): it is read while "slow" is waited for.
+    let load = load::open(LoadSpec::new(
+        cluster.client_url(0),
+        LoadAuth::user_password("app", "app-pw"),
+        300,
+    ))
+    .await
+    .unwrap();
+    let url = cluster.client_url(1);
+    let slow = |data: Value| {
+        std::sync::Arc::new(std::sync::Mutex::new(vec![serde_json::to_vec(
+            &serde_json::json!({"server": {"name": "slow", "id": "NSLOW"}, "data": data,
+                                "statsz": {"active_servers": 0}}),
+        )
+        .unwrap()]))
+    };
+    // A "server" the cluster vouches for (it answers STATSZ as itself), holding 5,000
+    // connections, whose directed replies take 1.5 s and always show it grown.
+    let _statsz = responder(
+        &url,
+        "$SYS.REQ.SERVER.PING.STATSZ",
+        slow(Value::Null),
+        Duration::ZERO,
+    )
+    .await;
+    let _ping = responder(
+        &url,
+        "$SYS.REQ.SERVER.PING.CONNZ",
+        slow(serde_json::json!({"server_id": "NSLOW", "total": 5000, "connections": []})),
+        Duration::ZERO,
+    )
+    .await;
+    let _directed = responder(
+        &url,
+        "$SYS.REQ.SERVER.NSLOW.CONNZ",
+        slow(serde_json::json!({"server_id": "NSLOW", "total": 100000, "connections": []})),
+        Duration::from_millis(1500),
+    )
+    .await;
+    let config = format!(
+        "{}\n[sweep]\ntimeout = \"2s\"\ndeadline = \"3s\"\npage_size = 50\n",
+        cluster.connwatch_toml()
+    );
+    let dirc = dir.path().to_path_buf();
+    let report = tokio::task::spawn_blocking(move || report_json(&dirc, &config))
+        .await
+        .unwrap();
+    let sweep = &report["sweep"];
+    assert_eq!(sweep["partial"], true, "{sweep:#}");
+    assert_eq!(sweep["servers_responded"], 3, "{sweep:#}");
+    let errors = sweep["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{sweep:#}");
+    assert_eq!(errors[0]["server"], "slow", "{sweep:#}");
+    assert!(
+        errors[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("sweep.deadline"),
+        "{sweep:#}"
+    );
+    assert_eq!(
+        without_system(reported(&report)),
+        without_system(ground_truth(&cluster, &[0, 1, 2])),
+    );
+    assert_eq!(user(&report, "APP", "app")["connections"], 300);
+    load.close().await;
 }

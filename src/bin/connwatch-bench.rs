@@ -97,7 +97,7 @@ struct RunArgs {
 
 #[derive(Debug, Args, Clone)]
 struct MethodArgs {
-    /// connwatch | filtered | floor | floor-gzip | floor-snappy | paged1024
+    /// connwatch | filtered | floor | floor-gzip | floor-snappy | floor-overlap16 | paged1024
     #[arg(long)]
     kind: String,
     #[arg(long, value_delimiter = ',')]
@@ -157,10 +157,13 @@ fn main() -> anyhow::Result<()> {
         Cmd::Method(args) => {
             let m = match args.kind.as_str() {
                 "connwatch" | "filtered" | "soak" => sweeper_method(&args)?,
-                "floor" => floor_method(&args, args.page_size, 16, None)?,
-                "floor-gzip" => floor_method(&args, args.page_size, 16, Some("gzip"))?,
-                "floor-snappy" => floor_method(&args, args.page_size, 16, Some("snappy"))?,
-                "paged1024" => floor_method(&args, 1024, 0, None)?,
+                "floor" => floor_method(&args, args.page_size, Plan::Snapshot, None)?,
+                "floor-gzip" => floor_method(&args, args.page_size, Plan::Snapshot, Some("gzip"))?,
+                "floor-snappy" => {
+                    floor_method(&args, args.page_size, Plan::Snapshot, Some("snappy"))?
+                }
+                "floor-overlap16" => floor_method(&args, args.page_size, Plan::Overlap(16), None)?,
+                "paged1024" => floor_method(&args, 1024, Plan::Overlap(0), None)?,
                 other => bail!("unknown method {other}"),
             };
             println!("{}", serde_json::to_string(&m)?);
@@ -399,13 +402,23 @@ fn connz_req(limit: usize, offset: usize) -> Vec<u8> {
     format!(r#"{{"auth":true,"limit":{limit},"offset":{offset},"sort":"cid"}}"#).into_bytes()
 }
 
-/// The floor: the same CONNZ requests as connwatch (a PING to all, then directed pages of each
-/// server in turn, all servers at once), every reply byte received and thrown away.
+/// How the floor reads a server with more connections than its first reply holds.
+#[derive(Clone, Copy)]
+enum Plan {
+    /// connwatch's requests: one directed request from offset 0 for `total` + headroom.
+    Snapshot,
+    /// Pages of the same size, each starting this many connections before the last ended
+    /// (connwatch's former pager with 16; `nats server report connections` with 0).
+    Overlap(usize),
+}
+
+/// The floor: the same CONNZ requests as connwatch (a PING to all, then directed requests of
+/// each server in turn, all servers at once), every reply byte received and thrown away.
 /// With `accept`, the replies are compressed by the servers (and not decompressed here).
 fn floor_method(
     a: &MethodArgs,
     page: usize,
-    overlap: usize,
+    plan: Plan,
     accept: Option<&str>,
 ) -> anyhow::Result<Measured> {
     let mut raw = Raw::connect(&a.servers[0], &a.user, &a.password)?;
@@ -425,16 +438,24 @@ fn floor_method(
             v["data"]["total"].as_u64().unwrap_or(0) as usize,
         ));
     }
-    let step = page - overlap;
-    let pages_of = |total: usize| -> Vec<usize> {
-        let mut offs = vec![0];
-        let mut next = page;
-        while next < total {
-            offs.push(next - overlap);
-            next = next - overlap + page;
+    // (limit, offset) of each request to one server.
+    let pages_of = |total: usize| -> Vec<(usize, usize)> {
+        let mut reqs = vec![(page, 0)];
+        match plan {
+            Plan::Snapshot if total > page => {
+                let limit = connwatch::sweep::headroom(total as u64) as usize + total;
+                reqs.push((limit, 0));
+            }
+            Plan::Snapshot => {}
+            Plan::Overlap(overlap) => {
+                let mut next = page;
+                while next < total {
+                    reqs.push((page, next - overlap));
+                    next = next - overlap + page;
+                }
+            }
         }
-        let _ = step;
-        offs
+        reqs
     };
     let mut m = Measured {
         kind: a.kind.clone(),
@@ -450,7 +471,7 @@ fn floor_method(
         let mut requests = 1;
         let mut bytes = 0;
         // Per server: the next page index to ask for, once its previous page came.
-        let plans: Vec<Vec<usize>> = servers.iter().map(|(_, t)| pages_of(*t)).collect();
+        let plans: Vec<Vec<(usize, usize)>> = servers.iter().map(|(_, t)| pages_of(*t)).collect();
         let mut firsts = 0;
         let mut outstanding = 0;
         while firsts < servers.len() {
@@ -464,7 +485,7 @@ fn floor_method(
                 raw.publish(
                     &subject,
                     &format!("_FLOOR.{s}-1"),
-                    &connz_req(page, plan[1]),
+                    &connz_req(plan[1].0, plan[1].1),
                     accept,
                 )?;
                 requests += 1;
@@ -477,12 +498,12 @@ fn floor_method(
             outstanding -= 1;
             let (s, k) = msg.tag.split_once('-').ok_or_else(|| anyhow!("bad tag"))?;
             let (s, k): (usize, usize) = (s.parse()?, k.parse()?);
-            if let Some(off) = plans[s].get(k + 1) {
+            if let Some((limit, off)) = plans[s].get(k + 1) {
                 let subject = format!("$SYS.REQ.SERVER.{}.CONNZ", servers[s].0);
                 raw.publish(
                     &subject,
                     &format!("_FLOOR.{s}-{}", k + 1),
-                    &connz_req(page, *off),
+                    &connz_req(*limit, *off),
                     accept,
                 )?;
                 requests += 1;
@@ -664,6 +685,7 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
         "floor",
         "floor-gzip",
         "floor-snappy",
+        "floor-overlap16",
         "paged1024",
         "report",
         "curl+jq",

@@ -284,6 +284,21 @@ pub struct Statsz {
     /// Open client connections.
     #[serde(default)]
     pub connections: u64,
+    /// Route connections, by peer server name (a silent peer is still listed while its
+    /// route is up, e.g. when it is frozen).
+    #[serde(default)]
+    pub routes: Option<Vec<Peer>>,
+    /// Gateway connections, by remote cluster name.
+    #[serde(default)]
+    pub gateways: Option<Vec<Peer>>,
+}
+
+/// A route or gateway peer in STATSZ.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Peer {
+    /// The peer server's name (routes) or the remote cluster's name (gateways).
+    #[serde(default)]
+    pub name: String,
 }
 
 /// The `data` of a `$SYS.REQ.USER.INFO` reply.
