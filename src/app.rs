@@ -114,13 +114,18 @@ impl Session {
     /// connection, so it cannot protect them (fail closed). `None` when kicking may go ahead.
     pub fn kick_refusal(&self) -> Option<String> {
         if let Some(e) = &self.identity_error {
-            return Some(format!("{e}: connwatch cannot protect system-account connections, so it kicks nothing"));
+            return Some(format!(
+                "{e}: connwatch cannot protect system-account connections, so it kicks nothing"
+            ));
         }
         if self.system_account.is_none() {
             return Some("the system account is unknown: connwatch kicks nothing".into());
         }
         if self.own().is_none() {
-            return Some("connwatch's own connection is unknown (no server INFO): connwatch kicks nothing".into());
+            return Some(
+                "connwatch's own connection is unknown (no server INFO): connwatch kicks nothing"
+                    .into(),
+            );
         }
         None
     }

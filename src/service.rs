@@ -28,13 +28,13 @@ use crate::advisory::publisher::Publisher;
 use crate::advisory::{self, Completeness};
 use crate::api;
 use crate::app::{open_session, AppError, Session};
-use crate::metrics;
 use crate::census::{self, Census};
 use crate::config::Config;
 use crate::config::ConfigErrors;
 use crate::kick::executor::Outcome;
 use crate::kick::{self, KickInputs};
 use crate::lifecycle::State as FindingState;
+use crate::metrics;
 use crate::metrics::{Health, Metrics};
 use crate::report::SweepSummary;
 use crate::rules::diagnosis::churn;
@@ -111,7 +111,9 @@ pub async fn run(
     let listener = match config.metrics.listen.as_str() {
         "" => None,
         listen => {
-            let addr = listen.parse().map_err(|e| startup_error("metrics.listen", listen, e))?;
+            let addr = listen
+                .parse()
+                .map_err(|e| startup_error("metrics.listen", listen, e))?;
             Some(
                 metrics::bind(addr)
                     .await
@@ -134,14 +136,15 @@ pub async fn run(
     let helpers = CancellationToken::new();
     let mut tasks = Vec::new();
     if config.service.enabled {
-        let endpoints = api::start(&client, &config.service).await.map_err(|e| {
-            AppError::Startup {
-                setting: "service.enabled",
-                value: format!("true, service.prefix = {:?}", config.service.prefix),
-                what: "the NATS micro service endpoints",
-                source: e,
-            }
-        })?;
+        let endpoints =
+            api::start(&client, &config.service)
+                .await
+                .map_err(|e| AppError::Startup {
+                    setting: "service.enabled",
+                    value: format!("true, service.prefix = {:?}", config.service.prefix),
+                    what: "the NATS micro service endpoints",
+                    source: e,
+                })?;
         let (l, stop) = (latest.clone(), helpers.clone());
         let timeout = config.sweep.timeout;
         tasks.push(tokio::spawn(async move {

@@ -297,3 +297,37 @@ async fn advisories_queued_while_disconnected_arrive_after_reconnect() {
         "delivered out of order or lost"
     );
 }
+
+/// A `metrics.listen` address already in use stops `connwatch run` at start with exit 6 and a
+/// message naming the setting, instead of running on without metrics and health.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metrics_port_in_use_stops_run_at_start_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(ClusterSpec::new(dir.path().join("cluster")).servers(1)).unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap();
+    let path = write_config(
+        dir.path(),
+        &format!(
+            "{}[sweep]\ninterval = \"500ms\"\n[metrics]\nlisten = \"{listen}\"\n",
+            cluster.connwatch_toml()
+        ),
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        run_connwatch(
+            ["--config", path.to_str().unwrap(), "run"],
+            Duration::from_secs(30),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        !out.timed_out,
+        "still running without its metrics: {}",
+        out.stderr
+    );
+    assert_eq!(out.code, Some(6), "{}", out.stderr);
+    assert!(out.stderr.contains("`metrics.listen`"), "{}", out.stderr);
+    assert!(out.stderr.contains(&listen.to_string()), "{}", out.stderr);
+    drop(taken);
+}
