@@ -679,6 +679,13 @@ async fn sigterm_during_kicks_loses_no_audit_and_no_kick_memory() {
         missing.len()
     );
     assert!(many.alive() < 400, "nothing kicked on n2");
+    // The finding the lifecycle marked notified in that round was announced too.
+    assert!(
+        seen.of("excessive_user_connections")
+            .iter()
+            .any(|b| b["user"] == "leaky" && b["state"] == "firing"),
+        "the round's firing advisory was lost: {log}"
+    );
     // The kick memory was saved: one client (leaky, same name and IP) with every kick counted.
     let saved: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
     let clients = saved["kicked"]["clients"].as_object().unwrap();
