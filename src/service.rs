@@ -8,13 +8,14 @@
 //! 1. [`Service::gather`] (the sweep, the limit and churn lookups, the identity retry) only
 //!    reads: it may be cancelled anywhere, nothing is decided or changed yet.
 //! 2. [`Service::act`] takes the decisions (lifecycle, kicks) and does their bookkeeping; it is
-//!    never cancelled. Its only waits are the kick requests, each bounded by `kick.timeout`
-//!    (at most `kick.max_per_sweep` of them); every event and every kick outcome is enqueued
-//!    and the state saved before shutdown proceeds.
+//!    never cancelled. Its only waits are the kick requests, each within `kick.timeout`; once
+//!    shutdown is requested no new batch of kicks starts, so shutdown waits for at most one
+//!    batch per server ([`send_kicks`]). Every event, and every kick sent with its outcome, is
+//!    enqueued and remembered, and the state saved, before shutdown proceeds.
 //!
 //! On shutdown the queued advisories are then flushed, the state saved and the client drained.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +33,7 @@ use crate::census::{self, Census};
 use crate::config::Config;
 use crate::config::ConfigErrors;
 use crate::kick::executor::Outcome;
-use crate::kick::{self, KickInputs};
+use crate::kick::{self, KickInputs, KickPlan};
 use crate::lifecycle::State as FindingState;
 use crate::metrics;
 use crate::metrics::{Health, Metrics};
@@ -95,6 +96,8 @@ struct Service {
     last_sweep: Option<DateTime<Utc>>,
     /// When the last sweep started, and its summary (`None`: it failed).
     last_started: Option<(Instant, Option<SweepSummary>)>,
+    /// Shutdown: no new kicks are started once it is cancelled.
+    stop: CancellationToken,
 }
 
 /// Runs until `shutdown` is cancelled; reloads on `reload` requests.
@@ -181,6 +184,7 @@ pub async fn run(
         limits: Limits::default(),
         last_sweep: None,
         last_started: None,
+        stop: shutdown.clone(),
     };
     let mut ticker = svc.ticker();
     let (mut reloads, loader) = match reload {
@@ -262,6 +266,44 @@ pub async fn run(
         let _ = t.await;
     }
     Ok(())
+}
+
+/// Kicks sent to one server per call of the executor: after shutdown, at most one such batch
+/// per server is still waited for.
+const KICK_BATCH: usize = 4;
+
+/// Sends the planned kicks, each server's in batches of [`KICK_BATCH`] and the servers in
+/// parallel; once `stop` is cancelled no new batch starts. The outcome of every kick sent, in
+/// the order of `plans`; `None` for a kick not sent. After `stop`, the wait is bounded by one
+/// batch per server (each kick within `timeout`).
+async fn send_kicks(
+    system: &crate::nats::System,
+    plans: &[KickPlan],
+    timeout: Duration,
+    stop: &CancellationToken,
+) -> Vec<Option<Outcome>> {
+    let mut by_server: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, p) in plans.iter().enumerate() {
+        by_server.entry(p.server_id.as_str()).or_default().push(i);
+    }
+    let per_server = futures::future::join_all(by_server.into_values().map(|idx| async move {
+        let mut out = Vec::new();
+        for batch in idx.chunks(KICK_BATCH) {
+            if stop.is_cancelled() {
+                break;
+            }
+            let batch_plans: Vec<KickPlan> = batch.iter().map(|&i| plans[i].clone()).collect();
+            let outcomes = kick::executor::kick_all(system, &batch_plans, timeout).await;
+            out.extend(batch.iter().copied().zip(outcomes));
+        }
+        out
+    }))
+    .await;
+    let mut outcomes = vec![None; plans.len()];
+    for (i, o) in per_server.into_iter().flatten() {
+        outcomes[i] = Some(o);
+    }
+    outcomes
 }
 
 /// A start-up failure of `setting` (with its value).
@@ -416,7 +458,8 @@ impl Service {
     /// metrics; returns the sweep's summary. Not cancel-safe by design, so it is never
     /// cancelled: every event the lifecycle produces is enqueued, and every kick sent has its
     /// audit advisory enqueued and its memory recorded, before the state is saved. Its only
-    /// waits are the kicks (each within `kick.timeout`).
+    /// waits are the kicks (each within `kick.timeout`; after shutdown, at most one batch per
+    /// server).
     async fn act(&mut self, g: Gathered) -> SweepSummary {
         let Gathered {
             snap,
@@ -547,17 +590,27 @@ impl Service {
         if plans.is_empty() {
             return;
         }
-        let outcomes = if cfg.dry_run {
-            vec![None; plans.len()]
+        // Dry run: every plan, with no outcome. Live: every kick sent, with its outcome.
+        let audits: Vec<(&KickPlan, Option<Outcome>)> = if cfg.dry_run {
+            plans.iter().map(|p| (p, None)).collect()
         } else {
-            kick::executor::kick_all(&self.session.system, &plans, cfg.timeout)
-                .await
-                .into_iter()
-                .map(Some)
+            let outcomes = send_kicks(&self.session.system, &plans, cfg.timeout, &self.stop).await;
+            let unsent = outcomes.iter().filter(|o| o.is_none()).count();
+            if unsent > 0 {
+                warn!(
+                    not_sent = unsent,
+                    "shutdown: planned kicks not sent (nothing to audit)"
+                );
+            }
+            plans
+                .iter()
+                .zip(outcomes)
+                .filter_map(|(p, o)| Some((p, Some(o?))))
                 .collect()
         };
         let mut sent = Vec::new();
-        for (plan, outcome) in plans.iter().zip(&outcomes) {
+        for (plan, outcome) in &audits {
+            let (plan, outcome) = (*plan, outcome.as_ref());
             let (result, error) = match outcome {
                 None => ("would_kick", None),
                 Some(o @ Outcome::Failed(e)) => (o.result(), Some(e.as_str())),
@@ -568,7 +621,7 @@ impl Service {
                 Some(Outcome::Failed(_)) => "failed",
                 Some(_) => "sent",
             });
-            if matches!(outcome, Some(Outcome::Kicked)) {
+            if outcome == Some(&Outcome::Kicked) {
                 sent.push(plan.clone());
             }
             info!(server = %plan.server, cid = plan.cid, account = %plan.account, user = %plan.user, result, "kick");

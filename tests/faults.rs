@@ -561,7 +561,8 @@ async fn the_whole_cluster_down_then_back() {
 
 /// SIGTERM while kicks are in flight (one server frozen, so its kicks wait for `kick.timeout`):
 /// the round finishes its bookkeeping before shutdown. Every connection the servers closed as
-/// "Kicked" has its `connection_kicked` advisory, and the state file remembers the kicks.
+/// "Kicked" has its `connection_kicked` advisory, the state file remembers the kicks, and after
+/// SIGTERM no new batch of kicks is sent (the frozen server got one batch of 4, not all 10).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_kicks_loses_no_audit_and_no_kick_memory() {
     use futures::StreamExt;
@@ -569,13 +570,13 @@ async fn sigterm_during_kicks_loses_no_audit_and_no_kick_memory() {
     let mut cluster = start_cluster(dir.path());
     // n3 (frozen later) holds a few leaked connections, n2 many (paged 20 at a time, which
     // leaves time to freeze n3 after its one-page answer and before the kicks).
-    let opened = std::time::Instant::now();
-    let few = load::open(LoadSpec::new(cluster.client_url(2), pw("leaky"), 3).name("leaky"))
+    let few = load::open(LoadSpec::new(cluster.client_url(2), pw("leaky"), 10).name("leaky"))
         .await
         .unwrap();
     let many = load::open(LoadSpec::new(cluster.client_url(1), pw("leaky"), 400).name("leaky"))
         .await
         .unwrap();
+    let opened = std::time::Instant::now();
     let frozen_id = cluster.monitor_get(2, "/varz").unwrap()["server_id"]
         .as_str()
         .unwrap()
@@ -679,6 +680,14 @@ async fn sigterm_during_kicks_loses_no_audit_and_no_kick_memory() {
         missing.len()
     );
     assert!(many.alive() < 400, "nothing kicked on n2");
+    let on_frozen = closed_as_kicked(&cluster)
+        .iter()
+        .filter(|(id, _)| *id == frozen_id)
+        .count();
+    assert!(
+        (1..=4).contains(&on_frozen),
+        "{on_frozen} of n3's 10 kicked: kicks went on after SIGTERM"
+    );
     // The finding the lifecycle marked notified in that round was announced too.
     assert!(
         seen.of("excessive_user_connections")
