@@ -154,7 +154,10 @@ pub fn held_keys(
 ) -> HashSet<String> {
     let mut held = HashSet::new();
     for account in unknown_accounts {
-        held.insert(key_of(Kind::AccountConnectionPressure, &[account.clone()]));
+        held.insert(key_of(
+            Kind::AccountConnectionPressure,
+            std::slice::from_ref(account),
+        ));
     }
     for u in census
         .users
@@ -167,7 +170,10 @@ pub fn held_keys(
         ));
     }
     for server in unknown_servers {
-        held.insert(key_of(Kind::ServerConnectionPressure, &[server.clone()]));
+        held.insert(key_of(
+            Kind::ServerConnectionPressure,
+            std::slice::from_ref(server),
+        ));
     }
     held
 }
