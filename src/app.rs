@@ -148,16 +148,27 @@ impl Session {
 }
 
 /// The user connwatch is (from USER.INFO, empty when unknown) and the system account: from
-/// `$SYS.REQ.USER.INFO`, else from VARZ's `system_account` (asked at the same time).
+/// `$SYS.REQ.USER.INFO`, else from VARZ's `system_account`. VARZ is asked at the same time, so
+/// a denied USER.INFO costs one timeout, and dropped as soon as USER.INFO answers.
 async fn identity(system: &System, timeout: Duration) -> (String, Result<String, IdentityUnknown>) {
-    let (me, varz) = tokio::join!(
-        system.user_info(timeout),
-        sweep::varz_system_account(system, timeout)
-    );
+    let me = system.user_info(timeout);
+    let varz = sweep::varz_system_account(system, timeout);
+    tokio::pin!(me, varz);
+    let mut varz_done = None;
+    let me = loop {
+        tokio::select! {
+            m = &mut me => break m,
+            v = &mut varz, if varz_done.is_none() => varz_done = Some(v),
+        }
+    };
     let (user, user_info) = match me {
         Ok(m) if !m.account.is_empty() => return (m.user, Ok(m.account)),
         Ok(m) => (m.user, "no account in the reply".to_string()),
         Err(e) => (String::new(), e.to_string()),
+    };
+    let varz = match varz_done {
+        Some(v) => v,
+        None => varz.await,
     };
     let varz = match varz {
         Ok(Some(account)) => return (user, Ok(account)),
