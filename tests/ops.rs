@@ -48,12 +48,22 @@ fn metric(text: &str, prefix: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn service_metrics_health_reload_and_shutdown() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start(
-        ClusterSpec::new(dir.path().join("cluster"))
-            .account(AccountSpec::new("APP").user("leaky", "pw")),
+/// A cluster with `APP/leaky` holding 150 connections and `connwatch run` sweeping it every
+/// 500 ms with metrics on, threshold 200 (nothing fires), ready.
+struct Ops {
+    cluster: Cluster,
+    _leak: Load,
+    listen: SocketAddr,
+    base: String,
+    path: std::path::PathBuf,
+    seen: Seen,
+    client: async_nats::Client,
+    running: Running,
+}
+
+async fn start_ops(dir: &std::path::Path) -> Ops {
+    let cluster = Cluster::start(
+        ClusterSpec::new(dir.join("cluster")).account(AccountSpec::new("APP").user("leaky", "pw")),
     )
     .unwrap();
     let leak = load::open(
@@ -71,22 +81,50 @@ async fn service_metrics_health_reload_and_shutdown() {
         "{}[sweep]\ninterval = \"500ms\"\ntimeout = \"1s\"\n[metrics]\nlisten = \"{listen}\"\nuser_floor = 1\n",
         cluster.connwatch_toml()
     );
-    let with_threshold = |n: u64| format!("{base}[detect]\nmax_connections_per_user = {n}\n");
-    let path = write_config(dir.path(), &with_threshold(200));
+    let path = write_config(dir, &with_threshold(&base, 200));
     let (seen, client) = Seen::subscribe(&cluster.client_url(1)).await;
-    let running = Running::start(&path, dir.path().join("run.log"));
-    let ready = || {
-        http_get(listen, "/readyz")
-            .map(|(code, _)| code)
-            .unwrap_or(0)
-    };
+    let running = Running::start(&path, dir.join("run.log"));
     assert!(
-        wait_until_async(WAIT, || ready() == 200).await,
+        wait_until_async(WAIT, || ready(listen) == 200).await,
         "never ready: {}",
         running.log()
     );
     assert_eq!(http_get(listen, "/healthz").unwrap().0, 200);
+    Ops {
+        cluster,
+        _leak: leak,
+        listen,
+        base,
+        path,
+        seen,
+        client,
+        running,
+    }
+}
 
+fn with_threshold(base: &str, n: u64) -> String {
+    format!("{base}[detect]\nmax_connections_per_user = {n}\n")
+}
+
+fn ready(listen: SocketAddr) -> u16 {
+    http_get(listen, "/readyz")
+        .map(|(code, _)| code)
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_micro_service_answers_its_endpoints_and_counts_bad_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let Ops {
+        cluster: _cluster,
+        _leak,
+        listen: _listen,
+        base: _base,
+        path: _path,
+        seen: _seen,
+        client,
+        running,
+    } = start_ops(dir.path()).await;
     // Discoverable as a NATS micro service, with its endpoints.
     let ping = call(&client, "$SRV.PING.connwatch", "").await.unwrap();
     assert_eq!(ping["name"], "connwatch");
@@ -140,6 +178,23 @@ async fn service_metrics_health_reload_and_shutdown() {
         .sum();
     assert_eq!(errors, 2, "{stats:#}");
 
+    assert_eq!(running.terminate(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_agrees_with_the_report_and_reload_applies_or_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let Ops {
+        cluster: _cluster,
+        _leak,
+        listen,
+        base,
+        path,
+        seen,
+        client,
+        running,
+    } = start_ops(dir.path()).await;
+    let with_threshold = |n: u64| with_threshold(&base, n);
     // Prometheus: the per-user gauge and the sweep figures agree with the report.
     let (code, text) = http_get(listen, "/metrics").unwrap();
     assert_eq!(code, 200);
@@ -180,6 +235,14 @@ async fn service_metrics_health_reload_and_shutdown() {
         .await
     );
     assert!(metric_now(listen, "connwatch_sweeps_total").unwrap() >= 2.0);
+    // A healthy cluster answers every limit lookup and names connwatch's identity.
+    let (_, text) = http_get(listen, "/metrics").unwrap();
+    assert_eq!(
+        metric(&text, "connwatch_limit_lookups_failed_total{"),
+        None,
+        "{text}"
+    );
+    assert_eq!(metric(&text, "connwatch_identity_known "), Some(1.0));
 
     // SIGHUP with a broken config is refused; the old one keeps running.
     std::fs::write(
@@ -226,9 +289,23 @@ async fn service_metrics_health_reload_and_shutdown() {
         Some(1.0)
     );
     assert!(metric(&text, "connwatch_advisories_published_total").unwrap() >= 1.0);
-    drop(client);
-    leak.close().await;
+    assert_eq!(running.terminate(), Some(0));
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_cluster_down_and_back_and_sigterm_stops_the_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let Ops {
+        mut cluster,
+        _leak,
+        listen,
+        base: _base,
+        path: _path,
+        seen: _seen,
+        client: _client,
+        running,
+    } = start_ops(dir.path()).await;
+    let ready = || ready(listen);
     // The whole cluster unreachable: not ready; back: ready again.
     for i in 0..3 {
         cluster.kill(i).unwrap();
