@@ -116,11 +116,11 @@ pub async fn run(
         listen => {
             let addr = listen
                 .parse()
-                .map_err(|e| startup_error("metrics.listen", listen, e))?;
+                .map_err(|e| metrics_startup_error("metrics.listen", listen, e))?;
             Some(
                 metrics::bind(addr)
                     .await
-                    .map_err(|e| startup_error("metrics.listen", listen, e))?,
+                    .map_err(|e| metrics_startup_error("metrics.listen", listen, e))?,
             )
         }
     };
@@ -306,8 +306,8 @@ async fn send_kicks(
     outcomes
 }
 
-/// A start-up failure of `setting` (with its value).
-fn startup_error(
+/// A start-up failure of the metrics listener (`setting` with its value).
+fn metrics_startup_error(
     setting: &'static str,
     value: &str,
     e: impl std::error::Error + Send + Sync + 'static,
