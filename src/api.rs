@@ -166,50 +166,29 @@ impl Endpoints {
             mut findings,
             mut sweep,
         } = self;
-        serve_loop(
-            &mut census,
-            &mut findings,
-            &mut sweep,
-            latest,
-            commands,
-            sweep_timeout,
-            shutdown,
-        )
-        .await;
-        service.stop().await?;
-        Ok(())
-    }
-}
-
-async fn serve_loop(
-    census: &mut Endpoint,
-    findings: &mut Endpoint,
-    sweep: &mut Endpoint,
-    latest: Shared,
-    commands: mpsc::Sender<Command>,
-    sweep_timeout: Duration,
-    shutdown: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            Some(req) = census.next() => {
-                let reply = census_reply(&latest.read().expect("latest lock"), &req.message.payload);
-                respond(&req, reply).await;
-            }
-            Some(req) = findings.next() => {
-                let reply = findings_reply(&latest.read().expect("latest lock"), &req.message.payload);
-                respond(&req, reply).await;
-            }
-            Some(req) = sweep.next() => {
-                // A sweep takes a while: answer from a task, so the other endpoints stay responsive.
-                let commands = commands.clone();
-                tokio::spawn(async move {
-                    let reply = sweep_now(&commands, sweep_timeout).await;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(req) = census.next() => {
+                    let reply = census_reply(&latest.read().expect("latest lock"), &req.message.payload);
                     respond(&req, reply).await;
-                });
+                }
+                Some(req) = findings.next() => {
+                    let reply = findings_reply(&latest.read().expect("latest lock"), &req.message.payload);
+                    respond(&req, reply).await;
+                }
+                Some(req) = sweep.next() => {
+                    // A sweep takes a while: answer from a task, so the other endpoints stay responsive.
+                    let commands = commands.clone();
+                    tokio::spawn(async move {
+                        let reply = sweep_now(&commands, sweep_timeout).await;
+                        respond(&req, reply).await;
+                    });
+                }
             }
         }
+        service.stop().await?;
+        Ok(())
     }
 }
 
