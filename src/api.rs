@@ -4,14 +4,17 @@
 //! - `<prefix>.census`: the latest census, like `report --format json`; body optional:
 //!   `{"account": "...", "user": "...", "top": N}` (`top` 0 or absent: all);
 //! - `<prefix>.findings`: the findings firing; body optional: `{"type": "<name>"}`;
-//! - `<prefix>.sweep`: sweep now; replies with the sweep's summary and the findings firing.
+//! - `<prefix>.sweep`: sweep now; replies with the sweep's summary. Requests that arrive during
+//!   a sweep share it, and within `service.sweep_min_interval` of the last sweep's start the
+//!   reply is the last sweep's summary (or a 503 naming when the next sweep is allowed, when
+//!   the last sweep failed): the endpoint cannot make connwatch hammer the servers.
 //!
 //! A body that is not such JSON gets a service error (code 400), never a crash.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use async_nats::service::{error::Error as ServiceError, Request, ServiceExt};
+use async_nats::service::{endpoint::Endpoint, error::Error as ServiceError, Request, ServiceExt};
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::Deserialize;
@@ -38,11 +41,24 @@ pub struct Latest {
 /// Shared between the run loop (writer) and the endpoints (readers).
 pub type Shared = Arc<RwLock<Latest>>;
 
+/// Why a `sweep` request got no summary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SweepRefused {
+    /// The sweep failed (500).
+    Failed(String),
+    /// The last sweep failed and the next is not allowed yet (503).
+    TooSoon {
+        /// When the next sweep is allowed.
+        retry_in: Duration,
+    },
+}
+
 /// A request from the endpoints to the run loop.
 #[derive(Debug)]
 pub enum Command {
-    /// Sweep now; the reply is the sweep's summary, or why it failed.
-    SweepNow(oneshot::Sender<Result<SweepSummary, String>>),
+    /// Sweep now (or share the sweep in flight, or answer with the last one when it is too
+    /// recent); the reply is a sweep's summary, or why there is none.
+    SweepNow(oneshot::Sender<Result<SweepSummary, SweepRefused>>),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -102,48 +118,78 @@ pub fn findings_reply(latest: &Latest, body: &[u8]) -> Result<Bytes, ServiceErro
     ))
 }
 
-/// Serves the endpoints on `client` until `shutdown`.
-pub async fn serve(
-    client: async_nats::Client,
-    cfg: ServiceConfig,
-    latest: Shared,
-    commands: mpsc::Sender<Command>,
-    sweep_timeout: Duration,
-    shutdown: CancellationToken,
-) -> Result<(), async_nats::Error> {
+/// The service, registered with its endpoints and ready to [`Endpoints::serve`].
+pub struct Endpoints {
+    service: async_nats::service::Service,
+    census: Endpoint,
+    findings: Endpoint,
+    sweep: Endpoint,
+}
+
+/// Registers the service and its endpoints on `client`: a failure here is a start-up failure.
+pub async fn start(
+    client: &async_nats::Client,
+    cfg: &ServiceConfig,
+) -> Result<Endpoints, async_nats::Error> {
     let service = client
         .service_builder()
         .description("Finds leaked and excessive NATS connections per user across a cluster")
         .start("connwatch", env!("CARGO_PKG_VERSION"))
         .await?;
     let group = service.group(&cfg.prefix);
-    let mut census = group.endpoint("census").await?;
-    let mut findings = group.endpoint("findings").await?;
-    let mut sweep = group.endpoint("sweep").await?;
+    let census = group.endpoint("census").await?;
+    let findings = group.endpoint("findings").await?;
+    let sweep = group.endpoint("sweep").await?;
+    // The endpoints subscribe asynchronously: confirm the server has them before "ready".
+    client.flush().await?;
     info!(prefix = %cfg.prefix, "service endpoints ready");
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            Some(req) = census.next() => {
-                let reply = census_reply(&latest.read().expect("latest lock"), &req.message.payload);
-                respond(&req, reply).await;
-            }
-            Some(req) = findings.next() => {
-                let reply = findings_reply(&latest.read().expect("latest lock"), &req.message.payload);
-                respond(&req, reply).await;
-            }
-            Some(req) = sweep.next() => {
-                // A sweep takes a while: answer from a task, so the other endpoints stay responsive.
-                let commands = commands.clone();
-                tokio::spawn(async move {
-                    let reply = sweep_now(&commands, sweep_timeout).await;
+    Ok(Endpoints {
+        service,
+        census,
+        findings,
+        sweep,
+    })
+}
+
+impl Endpoints {
+    /// Answers requests until `shutdown`.
+    pub async fn serve(
+        self,
+        latest: Shared,
+        commands: mpsc::Sender<Command>,
+        sweep_timeout: Duration,
+        shutdown: CancellationToken,
+    ) -> Result<(), async_nats::Error> {
+        let Endpoints {
+            service,
+            mut census,
+            mut findings,
+            mut sweep,
+        } = self;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(req) = census.next() => {
+                    let reply = census_reply(&latest.read().expect("latest lock"), &req.message.payload);
                     respond(&req, reply).await;
-                });
+                }
+                Some(req) = findings.next() => {
+                    let reply = findings_reply(&latest.read().expect("latest lock"), &req.message.payload);
+                    respond(&req, reply).await;
+                }
+                Some(req) = sweep.next() => {
+                    // A sweep takes a while: answer from a task, so the other endpoints stay responsive.
+                    let commands = commands.clone();
+                    tokio::spawn(async move {
+                        let reply = sweep_now(&commands, sweep_timeout).await;
+                        respond(&req, reply).await;
+                    });
+                }
             }
         }
+        service.stop().await?;
+        Ok(())
     }
-    service.stop().await?;
-    Ok(())
 }
 
 async fn sweep_now(
@@ -164,9 +210,15 @@ async fn sweep_now(
         .await
         .map_err(|_| unavailable("sweep did not finish in time"))?
         .map_err(|_| unavailable("shutting down"))?
-        .map_err(|e| ServiceError {
-            code: 500,
-            status: e,
+        .map_err(|e| match e {
+            SweepRefused::Failed(why) => ServiceError {
+                code: 500,
+                status: why,
+            },
+            SweepRefused::TooSoon { retry_in } => unavailable(&format!(
+                "the last sweep failed; the next is allowed in {} ms (service.sweep_min_interval)",
+                retry_in.as_millis()
+            )),
         })?;
     Ok(Bytes::from(
         serde_json::to_vec(&summary).expect("serializes"),

@@ -381,6 +381,10 @@ pub struct ServiceConfig {
     pub enabled: bool,
     /// Endpoint subjects are `<prefix>.census`, `<prefix>.findings` and `<prefix>.sweep`.
     pub prefix: String,
+    /// `<prefix>.sweep` starts a new sweep only when the last one started at least this long
+    /// ago; sooner, it answers with the last sweep. Requests during a sweep share it.
+    #[serde(with = "humantime_serde")]
+    pub sweep_min_interval: Duration,
 }
 
 impl Default for ServiceConfig {
@@ -388,6 +392,7 @@ impl Default for ServiceConfig {
         Self {
             enabled: true,
             prefix: "connwatch".into(),
+            sweep_min_interval: Duration::from_secs(10),
         }
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! The active findings are kept in the state file, so a restart does not fire them all again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -64,6 +64,20 @@ impl Lifecycle {
         now: DateTime<Utc>,
         renotify: Duration,
     ) -> Vec<Event> {
+        self.step_holding(findings, complete, now, renotify, &HashSet::new())
+    }
+
+    /// Like [`Lifecycle::step`], but the findings keyed in `held` are not resolved even by a
+    /// complete sweep: what they depend on is unknown this round (a failed limit lookup), so
+    /// their absence proves nothing. They stay firing as they are.
+    pub fn step_holding(
+        &mut self,
+        findings: &[Finding],
+        complete: bool,
+        now: DateTime<Utc>,
+        renotify: Duration,
+        held: &HashSet<String>,
+    ) -> Vec<Event> {
         let renotify = chrono::Duration::from_std(renotify).unwrap_or(chrono::Duration::MAX / 2);
         let mut events = Vec::new();
         let mut seen = std::collections::HashSet::new();
@@ -104,7 +118,7 @@ impl Lifecycle {
             let gone: Vec<String> = self
                 .active
                 .keys()
-                .filter(|k| !seen.contains(*k))
+                .filter(|k| !seen.contains(*k) && !held.contains(*k))
                 .cloned()
                 .collect();
             for key in gone {
@@ -185,6 +199,21 @@ mod tests {
         assert_eq!(l.active.len(), 1);
         assert_eq!(
             states(&l.step(&[], true, t(60), HOUR)),
+            vec![(State::Resolved, false, "n1".into())]
+        );
+    }
+
+    #[test]
+    fn a_held_finding_is_not_resolved_by_a_complete_sweep() {
+        let mut l = Lifecycle::default();
+        l.step(&[finding("n1", 85)], true, t(0), HOUR);
+        let held = HashSet::from([finding("n1", 0).key()]);
+        // n1's limit is unknown: its finding is missing from the sweep, yet stays firing.
+        assert!(l.step_holding(&[], true, t(30), HOUR, &held).is_empty());
+        assert_eq!(l.active.len(), 1);
+        // Known again and below: resolved once.
+        assert_eq!(
+            states(&l.step_holding(&[], true, t(60), HOUR, &HashSet::new())),
             vec![(State::Resolved, false, "n1".into())]
         );
     }

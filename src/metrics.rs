@@ -47,6 +47,13 @@ pub struct TypeLabel {
     pub r#type: String,
 }
 
+/// A label naming a limit lookup.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LookupLabel {
+    /// `varz` (a server's `max_connections`) or `accountz` (an account's connection limit).
+    pub lookup: String,
+}
+
 /// A label naming a kick result.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
@@ -91,6 +98,12 @@ pub struct Metrics {
     pub bad_replies: Counter,
     /// Unix time of the last complete sweep.
     pub last_complete_sweep: Gauge<f64, AtomicU64>,
+    /// 1 when connwatch knows the system account and its own connection, else 0 (no kicks).
+    pub identity_known: Gauge,
+    /// Limit lookups that failed (the limit is unknown, not "none"), by lookup.
+    pub limit_lookups_failed: Family<LookupLabel, Counter>,
+    /// `connwatch.sweep` requests answered with the latest sweep instead of a new one.
+    pub sweep_requests_shared: Counter,
 }
 
 impl Default for Metrics {
@@ -121,6 +134,9 @@ impl Metrics {
             reconnects: Counter::default(),
             bad_replies: Counter::default(),
             last_complete_sweep: Gauge::default(),
+            identity_known: Gauge::default(),
+            limit_lookups_failed: Family::default(),
+            sweep_requests_shared: Counter::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -215,6 +231,21 @@ impl Metrics {
             "Unix time of the last complete sweep",
             m.last_complete_sweep.clone(),
         );
+        r.register(
+            "identity_known",
+            "1 when the system account and connwatch's own connection are known; 0 means no kicks",
+            m.identity_known.clone(),
+        );
+        r.register(
+            "limit_lookups_failed",
+            "Limit lookups (varz, accountz) that failed: the limit is unknown and retried next round",
+            m.limit_lookups_failed.clone(),
+        );
+        r.register(
+            "sweep_requests_shared",
+            "connwatch.sweep requests answered with the latest sweep (service.sweep_min_interval)",
+            m.sweep_requests_shared.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -266,6 +297,15 @@ impl Metrics {
         }
     }
 
+    /// Counts a failed limit lookup (`varz` or `accountz`).
+    pub fn lookup_failed(&self, lookup: &str) {
+        self.limit_lookups_failed
+            .get_or_create(&LookupLabel {
+                lookup: lookup.into(),
+            })
+            .inc();
+    }
+
     /// Counts a kick by result (`sent`, `dry_run`, `failed`).
     pub fn kick(&self, result: &str) {
         self.kicks
@@ -297,17 +337,34 @@ pub fn user_series<'a>(census: &'a Census, cfg: &MetricsConfig) -> Vec<&'a UserC
 pub struct Health {
     client: async_nats::Client,
     interval: Mutex<Duration>,
-    last_complete: Mutex<Option<Instant>>,
+    /// When the last complete sweep finished, and the reconnect count when it started.
+    last_complete: Mutex<Option<(Instant, u64)>>,
+    reconnects: Counter,
+    not_ready: Mutex<Option<String>>,
 }
 
 impl Health {
-    /// Health of the service using `client`, sweeping every `interval`.
-    pub fn new(client: async_nats::Client, interval: Duration) -> Self {
+    /// Health of the service using `client`, sweeping every `interval`; `reconnects` is the
+    /// counter the client's reconnects increment.
+    pub fn new(client: async_nats::Client, interval: Duration, reconnects: Counter) -> Self {
         Self {
             client,
             interval: Mutex::new(interval),
             last_complete: Mutex::new(None),
+            reconnects,
+            not_ready: Mutex::new(None),
         }
+    }
+
+    /// The reconnect count now: pass it to [`Health::complete_sweep`] for a sweep started now.
+    pub fn generation(&self) -> u64 {
+        self.reconnects.get()
+    }
+
+    /// Sets (or clears, with `None`) a reason to be unready besides the sweeps, e.g. an unknown
+    /// identity while kicks are on.
+    pub fn set_not_ready(&self, why: Option<String>) {
+        *self.not_ready.lock().expect("health lock") = why;
     }
 
     /// Takes a new sweep interval (a reload).
@@ -315,19 +372,26 @@ impl Health {
         *self.interval.lock().expect("health lock") = interval;
     }
 
-    /// Notes a complete sweep.
-    pub fn complete_sweep(&self) {
-        *self.last_complete.lock().expect("health lock") = Some(Instant::now());
+    /// Notes a complete sweep that started at reconnect count `generation`.
+    pub fn complete_sweep(&self, generation: u64) {
+        *self.last_complete.lock().expect("health lock") = Some((Instant::now(), generation));
     }
 
-    /// Ready: connected, and a complete sweep within 3 intervals.
+    /// Ready: connected, no other reason set, and a complete sweep within 3 intervals that
+    /// started after the last reconnect (data from before an outage is not current).
     pub fn ready(&self) -> Result<(), String> {
         if self.client.connection_state() != ConnectionState::Connected {
             return Err("not connected to NATS".into());
         }
+        if let Some(why) = self.not_ready.lock().expect("health lock").clone() {
+            return Err(why);
+        }
         match *self.last_complete.lock().expect("health lock") {
             None => Err("no complete sweep yet".into()),
-            Some(t) if t.elapsed() > *self.interval.lock().expect("health lock") * 3 => {
+            Some((_, g)) if g != self.reconnects.get() => {
+                Err("no complete sweep since reconnecting to NATS".into())
+            }
+            Some((t, _)) if t.elapsed() > *self.interval.lock().expect("health lock") * 3 => {
                 Err(format!(
                     "no complete sweep for {}s (3 intervals)",
                     t.elapsed().as_secs()
@@ -344,9 +408,16 @@ struct Http {
     health: Arc<Health>,
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on `listen` until `shutdown`.
+/// Binds the metrics listener: done at start, so a port in use stops connwatch at once.
+pub async fn bind(listen: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    info!(listen = %listener.local_addr()?, "metrics listening");
+    Ok(listener)
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `shutdown`.
 pub async fn serve(
-    listen: std::net::SocketAddr,
+    listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     shutdown: CancellationToken,
@@ -356,8 +427,6 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready_handler))
         .with_state(Http { metrics, health });
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    info!(listen = %listener.local_addr()?, "metrics listening");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await

@@ -2,10 +2,20 @@
 //!
 //! One loop, one sweep at a time: a sweep still running when the next is due delays it (the
 //! missed ticks are skipped and counted), never doubles it. A failed sweep is logged and
-//! counted; NATS reconnects on its own. On shutdown the in-flight sweep is cancelled, queued
-//! advisories are flushed and the client drained.
+//! counted; NATS reconnects on its own.
+//!
+//! A round has two phases, and shutdown treats them differently:
+//! 1. [`Service::gather`] (the sweep, the limit and churn lookups, the identity retry) only
+//!    reads: it may be cancelled anywhere, nothing is decided or changed yet.
+//! 2. [`Service::act`] takes the decisions (lifecycle, kicks) and does their bookkeeping; it is
+//!    never cancelled. Its only waits are the kick requests, each within `kick.timeout`; once
+//!    shutdown is requested no new kick starts, so shutdown waits for at most
+//!    `kick.concurrency` kicks per server ([`kick::executor::kick_until`]). Every event, and every kick sent with its outcome, is
+//!    enqueued and remembered, and the state saved, before shutdown proceeds.
+//!
+//! On shutdown the queued advisories are then flushed, the state saved and the client drained.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,8 +33,9 @@ use crate::census::{self, Census};
 use crate::config::Config;
 use crate::config::ConfigErrors;
 use crate::kick::executor::Outcome;
-use crate::kick::{self, KickInputs, Own};
+use crate::kick::{self, KickInputs, KickPlan};
 use crate::lifecycle::State as FindingState;
+use crate::metrics;
 use crate::metrics::{Health, Metrics};
 use crate::report::SweepSummary;
 use crate::rules::diagnosis::churn;
@@ -50,12 +61,25 @@ pub struct Reload {
     pub load: Box<dyn Fn() -> Result<Config, ConfigErrors> + Send>,
 }
 
-/// Limits read from the cluster, refreshed now and then.
+/// Limits read from the cluster, refreshed now and then. Only answers are kept: a failed
+/// lookup is unknown (never "no limit") and is asked again next round.
 #[derive(Default)]
 struct Limits {
     accounts: HashMap<String, Option<u64>>,
     servers: HashMap<String, u64>,
     read_at: Option<Instant>,
+}
+
+/// What a round gathered, before anything is decided.
+struct Gathered {
+    snap: Snapshot,
+    census: Census,
+    churn: HashMap<(String, String), rules::diagnosis::Churn>,
+    /// Accounts and servers whose limit lookup failed this round.
+    unknown_accounts: HashSet<String>,
+    unknown_servers: HashSet<String>,
+    /// The reconnect count when the sweep started (see [`Health::complete_sweep`]).
+    generation: u64,
 }
 
 /// The service's state between sweeps.
@@ -70,7 +94,10 @@ struct Service {
     latest: api::Shared,
     limits: Limits,
     last_sweep: Option<DateTime<Utc>>,
-    connects: Arc<std::sync::atomic::AtomicU64>,
+    /// When the last sweep started, and its summary (`None`: it failed).
+    last_started: Option<(Instant, Option<SweepSummary>)>,
+    /// Shutdown: no new kicks are started once it is cancelled.
+    stop: CancellationToken,
 }
 
 /// Runs until `shutdown` is cancelled; reloads on `reload` requests.
@@ -83,39 +110,61 @@ pub async fn run(
     if config.state.file.is_none() {
         warn!("state.file is not set: firing findings are announced again after a restart");
     }
-    let connects = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let session = open_session(&config, Some(connects.clone())).await?;
+    // Bound before connecting: a port in use is a start-up failure, not a silent gap.
+    let listener = match config.metrics.listen.as_str() {
+        "" => None,
+        listen => {
+            let addr = listen
+                .parse()
+                .map_err(|e| metrics_startup_error("metrics.listen", listen, e))?;
+            Some(
+                metrics::bind(addr)
+                    .await
+                    .map_err(|e| metrics_startup_error("metrics.listen", listen, e))?,
+            )
+        }
+    };
+    let session = open_session(&config, Some(metrics.reconnects.clone())).await?;
     let client = session.system.client().clone();
     let state = State::load_or_default(config.state.file.as_deref());
     let sweeper = Sweeper::new(session.system.clone(), &config.sweep, state.servers.clone());
     let publisher = Publisher::spawn(client.clone(), &config.advisory, metrics.advisories.clone());
-    let health = Arc::new(Health::new(client.clone(), config.sweep.interval));
+    let health = Arc::new(Health::new(
+        client.clone(),
+        config.sweep.interval,
+        metrics.reconnects.clone(),
+    ));
     let latest = api::Shared::default();
-    let (commands_tx, mut commands) = mpsc::channel(8);
+    let (commands_tx, mut commands) = mpsc::channel(64);
     let helpers = CancellationToken::new();
     let mut tasks = Vec::new();
-    if let Ok(listen) = config.metrics.listen.parse() {
-        let (m, h, stop) = (metrics.clone(), health.clone(), helpers.clone());
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = crate::metrics::serve(listen, m, h, stop).await {
-                error!(listen = %listen, error = %e, "metrics listener failed");
-            }
-        }));
-    }
     if config.service.enabled {
-        let (c, cfg, l, stop) = (
-            client.clone(),
-            config.service.clone(),
-            latest.clone(),
-            helpers.clone(),
-        );
+        let endpoints =
+            api::start(&client, &config.service)
+                .await
+                .map_err(|e| AppError::Startup {
+                    setting: "service.enabled",
+                    value: format!("true, service.prefix = {:?}", config.service.prefix),
+                    what: "the NATS micro service endpoints",
+                    source: e,
+                })?;
+        let (l, stop) = (latest.clone(), helpers.clone());
         let timeout = config.sweep.timeout;
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = api::serve(c, cfg, l, commands_tx, timeout, stop).await {
+            if let Err(e) = endpoints.serve(l, commands_tx, timeout, stop).await {
                 error!(error = %e, "service endpoints failed");
             }
         }));
     }
+    if let Some(listener) = listener {
+        let (m, h, stop) = (metrics.clone(), health.clone(), helpers.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = metrics::serve(listener, m, h, stop).await {
+                error!(error = %e, "metrics listener failed");
+            }
+        }));
+    }
+    note_identity(&session, &config, &metrics, &health);
     info!(
         interval = %humantime::format_duration(config.sweep.interval),
         firing = state.findings.active.len(),
@@ -134,19 +183,29 @@ pub async fn run(
         latest,
         limits: Limits::default(),
         last_sweep: None,
-        connects,
+        last_started: None,
+        stop: shutdown.clone(),
     };
     let mut ticker = svc.ticker();
     let (mut reloads, loader) = match reload {
         Some(r) => (Some(r.requests), Some(r.load)),
         None => (None, None),
     };
+    let shared = svc.metrics.sweep_requests_shared.clone();
     loop {
-        let mut reply = None;
+        // Requests to the `sweep` endpoint waiting for this round's sweep.
+        let mut waiting = Vec::new();
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = ticker.tick() => {}
-            Some(api::Command::SweepNow(tx)) = commands.recv() => reply = Some(tx),
+            Some(api::Command::SweepNow(tx)) = commands.recv() => {
+                if let Some(last) = svc.too_recent() {
+                    shared.inc();
+                    let _ = tx.send(last);
+                    continue;
+                }
+                waiting.push(tx);
+            }
             Some(()) = async { reloads.as_mut()?.recv().await } => {
                 if let Some(load) = &loader {
                     info!("reloading the configuration");
@@ -158,15 +217,37 @@ pub async fn run(
             }
         }
         let started = Instant::now();
-        let summary = tokio::select! {
-            s = svc.round() => s,
-            _ = shutdown.cancelled() => {
-                info!("shutdown: in-flight sweep cancelled");
-                break;
+        let gathered = {
+            let gather = svc.gather();
+            tokio::pin!(gather);
+            loop {
+                tokio::select! {
+                    g = &mut gather => break Some(g),
+                    _ = shutdown.cancelled() => break None,
+                    // Requests during the sweep share it.
+                    Some(api::Command::SweepNow(tx)) = commands.recv() => {
+                        shared.inc();
+                        waiting.push(tx);
+                    }
+                }
             }
         };
-        if let Some(tx) = reply {
-            let _ = tx.send(summary.ok_or_else(|| "sweep failed".to_string()));
+        let Some(gathered) = gathered else {
+            info!("shutdown: in-flight sweep cancelled");
+            break;
+        };
+        // Decisions from here on: not cancelled, so every kick sent and every event is recorded.
+        let summary = match gathered {
+            Some(g) => Some(svc.act(g).await),
+            None => None,
+        };
+        svc.last_started = Some((started, summary.clone()));
+        for tx in waiting {
+            let _ = tx.send(
+                summary
+                    .clone()
+                    .ok_or_else(|| api::SweepRefused::Failed("sweep failed".into())),
+            );
         }
         let interval = svc.config.sweep.interval;
         let overran = (started.elapsed().as_nanos() / interval.as_nanos().max(1)) as u64;
@@ -187,7 +268,45 @@ pub async fn run(
     Ok(())
 }
 
+/// A start-up failure of the metrics listener (`setting` with its value).
+fn metrics_startup_error(
+    setting: &'static str,
+    value: &str,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> AppError {
+    AppError::Startup {
+        setting,
+        value: format!("{value:?}"),
+        what: "the metrics listener",
+        source: Box::new(e),
+    }
+}
+
+/// Publishes what connwatch knows of its identity: the metric, the log, and readiness (unready
+/// while kicks are on and it cannot tell which connections it must never kick).
+fn note_identity(session: &Session, config: &Config, metrics: &Metrics, health: &Health) {
+    let refusal = session.kick_refusal();
+    metrics.identity_known.set(i64::from(refusal.is_none()));
+    health.set_not_ready(match &refusal {
+        Some(why) if config.kick.enabled => Some(format!("kicks are on, but {why}")),
+        _ => None,
+    });
+}
+
 impl Service {
+    /// The answer to a `sweep` request when the last sweep started less than
+    /// `service.sweep_min_interval` ago: its summary, or when the next sweep is allowed.
+    fn too_recent(&self) -> Option<Result<SweepSummary, api::SweepRefused>> {
+        let (started, summary) = self.last_started.as_ref()?;
+        let gap = self.config.service.sweep_min_interval;
+        let since = started.elapsed();
+        (since < gap).then(|| {
+            summary.clone().ok_or(api::SweepRefused::TooSoon {
+                retry_in: gap - since,
+            })
+        })
+    }
+
     /// A ticker for `sweep.interval` whose missed ticks are skipped, not bunched.
     fn ticker(&self) -> tokio::time::Interval {
         let mut t = tokio::time::interval(self.config.sweep.interval);
@@ -261,13 +380,17 @@ impl Service {
         interval_changed
     }
 
-    /// One sweep and everything that follows from it; the sweep's summary, unless it failed.
-    async fn round(&mut self) -> Option<SweepSummary> {
+    /// The first phase of a round: the identity retry, the sweep, the census, the limit and
+    /// churn lookups; `None` when the sweep failed. Cancel-safe: it only reads and caches
+    /// lookups, so cancelling it anywhere (shutdown) loses nothing but the round.
+    async fn gather(&mut self) -> Option<Gathered> {
         self.metrics.sweeps.inc();
-        let result = self.sweeper.sweep().await;
-        // After the sweep: a reconnect it waited on has been counted by then.
-        self.count_reconnects();
-        let snap = match result {
+        let generation = self.health.generation();
+        self.session
+            .refresh_identity(self.config.sweep.timeout.min(Duration::from_secs(5)))
+            .await;
+        note_identity(&self.session, &self.config, &self.metrics, &self.health);
+        let snap = match self.sweeper.sweep().await {
             Ok(s) => s,
             Err(e) => {
                 self.metrics.sweeps_failed.inc();
@@ -275,24 +398,48 @@ impl Service {
                 return None;
             }
         };
-        let now = snap.started.unwrap_or_else(Utc::now);
-        let complete = !snap.partial();
-        if complete {
-            self.health.complete_sweep();
-        }
         let census = census::build(
             &snap.connections,
             self.session.system_account.as_deref(),
             &self.config.detect,
         );
+        let (unknown_accounts, unknown_servers) = self.refresh_limits(&snap, &census).await;
+        let now = snap.started.unwrap_or_else(Utc::now);
+        let churn = self.churn(&snap, &census, now).await;
+        Some(Gathered {
+            snap,
+            census,
+            churn,
+            unknown_accounts,
+            unknown_servers,
+            generation,
+        })
+    }
+
+    /// The second phase: the rules, the lifecycle, the kicks, the advisories, the state, the
+    /// metrics; returns the sweep's summary. Not cancel-safe by design, so it is never
+    /// cancelled: every event the lifecycle produces is enqueued, and every kick sent has its
+    /// audit advisory enqueued and its memory recorded, before the state is saved. Its only
+    /// waits are the kicks (each within `kick.timeout`; after shutdown, at most `kick.concurrency`
+    /// per server).
+    async fn act(&mut self, g: Gathered) -> SweepSummary {
+        let Gathered {
+            snap,
+            census,
+            churn,
+            unknown_accounts,
+            unknown_servers,
+            generation,
+        } = g;
+        let now = snap.started.unwrap_or_else(Utc::now);
+        let complete = !snap.partial();
         if complete {
+            self.health.complete_sweep(generation);
             // Partial sweeps undercount: only complete ones make the trend.
             self.state
                 .history
                 .record(&census, now, self.config.detect.growth_window);
         }
-        self.refresh_limits(&snap, &census).await;
-        let churn = self.churn(&snap, &census, now).await;
         let ctx = Context {
             history: Some(&self.state.history),
             churn,
@@ -314,14 +461,16 @@ impl Service {
                 .collect(),
         };
         let findings = rules::evaluate(&census, &self.config.detect, &ctx);
-        let events =
-            self.state
-                .findings
-                .step(&findings, complete, now, self.config.advisory.renotify);
+        let held = rules::held_keys(&census, &unknown_accounts, &unknown_servers);
+        let events = self.state.findings.step_holding(
+            &findings,
+            complete,
+            now,
+            self.config.advisory.renotify,
+            &held,
+        );
         let sweep = Completeness::of(&snap);
-        if self.config.kick.enabled {
-            self.kicks(&snap, &census, complete, now, &sweep).await;
-        }
+        // The lifecycle has marked these notified: enqueue them before anything else can wait.
         for e in &events {
             let a =
                 advisory::from_event(&self.config.advisory.subject_prefix, e, &sweep, Utc::now());
@@ -332,6 +481,9 @@ impl Service {
             };
             info!(kind = e.finding.kind.name(), subject = %a.subject, id = %a.id, "finding {verb}");
             self.publisher.enqueue(a);
+        }
+        if self.config.kick.enabled {
+            self.kicks(&snap, &census, complete, now, &sweep).await;
         }
         self.state.servers = self.sweeper.known().clone();
         self.state.save_to(self.config.state.file.as_deref());
@@ -357,21 +509,13 @@ impl Service {
             partial = !complete,
             "round done"
         );
-        Some(summary)
-    }
-
-    /// Brings the reconnect counter up to the client's own count of connects.
-    fn count_reconnects(&self) {
-        let connects = self.connects.load(std::sync::atomic::Ordering::Relaxed);
-        let reconnects = connects.saturating_sub(1);
-        let counted = self.metrics.reconnects.get();
-        if reconnects > counted {
-            self.metrics.reconnects.inc_by(reconnects - counted);
-        }
+        summary
     }
 
     /// Reports kicked clients that came back, then kicks (or, in dry run, announces) the
-    /// connections the policy allows.
+    /// connections the policy allows: nothing at all while connwatch does not know the system
+    /// account or its own connection (it could not protect them). Every kick sent is audited
+    /// and remembered; the caller never cancels this.
     async fn kicks(
         &mut self,
         snap: &Snapshot,
@@ -388,11 +532,12 @@ impl Service {
             self.publisher
                 .enqueue(advisory::kick_ineffective(prefix, &r, sweep, Utc::now()));
         }
-        let client = self.session.system.client();
-        let info = client.server_info();
-        let own = Own {
-            server_id: info.server_id.clone(),
-            cid: info.client_id,
+        if let Some(why) = self.session.kick_refusal() {
+            warn!(reason = %why, "no kicks this round");
+            return;
+        }
+        let Some(own) = self.session.own() else {
+            return;
         };
         let plans = kick::plan(&KickInputs {
             connections: &snap.connections,
@@ -407,17 +552,34 @@ impl Service {
         if plans.is_empty() {
             return;
         }
-        let outcomes = if cfg.dry_run {
-            vec![None; plans.len()]
+        // Dry run: every plan, with no outcome. Live: every kick sent, with its outcome.
+        let audits: Vec<(&KickPlan, Option<Outcome>)> = if cfg.dry_run {
+            plans.iter().map(|p| (p, None)).collect()
         } else {
-            kick::executor::kick_all(&self.session.system, &plans, cfg.timeout, cfg.concurrency)
-                .await
-                .into_iter()
-                .map(Some)
+            let outcomes = kick::executor::kick_until(
+                &self.session.system,
+                &plans,
+                cfg.timeout,
+                cfg.concurrency,
+                &self.stop,
+            )
+            .await;
+            let unsent = outcomes.iter().filter(|o| o.is_none()).count();
+            if unsent > 0 {
+                warn!(
+                    not_sent = unsent,
+                    "shutdown: planned kicks not sent (nothing to audit)"
+                );
+            }
+            plans
+                .iter()
+                .zip(outcomes)
+                .filter_map(|(p, o)| Some((p, Some(o?))))
                 .collect()
         };
         let mut sent = Vec::new();
-        for (plan, outcome) in plans.iter().zip(&outcomes) {
+        for (plan, outcome) in &audits {
+            let (plan, outcome) = (*plan, outcome.as_ref());
             let (result, error) = match outcome {
                 None => ("would_kick", None),
                 Some(o @ Outcome::Failed(e)) => (o.result(), Some(e.as_str())),
@@ -428,7 +590,7 @@ impl Service {
                 Some(Outcome::Failed(_)) => "failed",
                 Some(_) => "sent",
             });
-            if matches!(outcome, Some(Outcome::Kicked)) {
+            if outcome == Some(&Outcome::Kicked) {
                 sent.push(plan.clone());
             }
             info!(server = %plan.server, cid = plan.cid, account = %plan.account, user = %plan.user, result, "kick");
@@ -479,32 +641,68 @@ impl Service {
         out
     }
 
-    /// Reads account limits (operator mode JWTs) and servers' `max_connections` when stale.
-    async fn refresh_limits(&mut self, snap: &Snapshot, census: &Census) {
-        let stale = self
-            .limits
-            .read_at
-            .is_none_or(|t| t.elapsed() >= LIMITS_REFRESH);
+    /// Reads account limits (operator mode JWTs) and servers' `max_connections` when stale or
+    /// not yet known. Returns the accounts and servers whose limit is unknown this round (the
+    /// lookup failed or the server did not answer): they are counted, not cached, and asked
+    /// again next round.
+    async fn refresh_limits(
+        &mut self,
+        snap: &Snapshot,
+        census: &Census,
+    ) -> (HashSet<String>, HashSet<String>) {
+        let (mut unknown_accounts, mut unknown_servers) = (HashSet::new(), HashSet::new());
         let Some(server) = snap.servers.first() else {
-            return;
+            return (unknown_accounts, unknown_servers);
         };
         let timeout = self.config.sweep.timeout;
-        if stale {
-            self.limits.servers =
-                sweep::server_limits(&self.session.system, snap.servers.len(), timeout).await;
+        if self
+            .limits
+            .read_at
+            .is_none_or(|t| t.elapsed() >= LIMITS_REFRESH)
+        {
+            self.limits.servers.clear();
             self.limits.accounts.clear();
             self.limits.read_at = Some(Instant::now());
+        }
+        if snap
+            .servers
+            .iter()
+            .any(|s| !self.limits.servers.contains_key(&s.name))
+        {
+            match sweep::server_limits(&self.session.system, snap.servers.len(), timeout).await {
+                Ok(m) => self.limits.servers.extend(m),
+                Err(e) => warn!(error = %e, "server limits lookup failed"),
+            }
+            unknown_servers = snap
+                .servers
+                .iter()
+                .filter(|s| !self.limits.servers.contains_key(&s.name))
+                .map(|s| s.name.clone())
+                .collect();
+            if !unknown_servers.is_empty() {
+                self.metrics.lookup_failed("varz");
+                warn!(servers = ?unknown_servers, "max_connections unknown: their pressure findings are held");
+            }
         }
         let mut accounts: Vec<&str> = census.users.iter().map(|u| u.account.as_str()).collect();
         accounts.sort_unstable();
         accounts.dedup();
         for account in accounts {
-            if !self.limits.accounts.contains_key(account) {
-                let limit =
-                    sweep::account_limit(&self.session.system, &server.id, account, timeout).await;
-                self.limits.accounts.insert(account.to_string(), limit);
+            if self.limits.accounts.contains_key(account) {
+                continue;
+            }
+            match sweep::account_limit(&self.session.system, &server.id, account, timeout).await {
+                Ok(limit) => {
+                    self.limits.accounts.insert(account.to_string(), limit);
+                }
+                Err(e) => {
+                    self.metrics.lookup_failed("accountz");
+                    warn!(account, error = %e, "account limit lookup failed: its findings are held");
+                    unknown_accounts.insert(account.to_string());
+                }
             }
         }
+        (unknown_accounts, unknown_servers)
     }
 
     /// Flushes advisories, saves state and drains the client.

@@ -1170,47 +1170,75 @@ pub async fn connection(
     Ok(conns.into_iter().find(|c| c.cid == cid))
 }
 
-/// An account's connection limit from its JWT, asked of one server; `None` when unlimited or
-/// not known to the server (config mode).
+/// An account's connection limit from its JWT, asked of one server: `Ok(None)` when
+/// unlimited or not known to the server (config mode); an error when the lookup failed (no
+/// answer, an error reply, or an unparseable one), which means unknown, not unlimited.
 pub async fn account_limit(
     system: &System,
     server_id: &str,
     account: &str,
     timeout: Duration,
-) -> Option<u64> {
+) -> Result<Option<u64>, RequestError> {
     let body = Bytes::from(serde_json::json!({ "account": account }).to_string());
     let msg = system
         .request(server_subject(server_id, "ACCOUNTZ"), body, timeout)
-        .await
-        .ok()?;
-    parse::<Reply<Accountz>>(&msg.payload)
-        .ok()?
-        .data?
-        .account_detail?
-        .connection_limit()
+        .await?;
+    let reply = parse::<Reply<Accountz>>(&msg.payload).map_err(|e| RequestError::Nats(e.into()))?;
+    if let Some(e) = reply.error {
+        return Err(RequestError::Nats(e.description.into()));
+    }
+    Ok(reply
+        .data
+        .and_then(|d| d.account_detail)
+        .and_then(|d| d.connection_limit()))
 }
 
-/// Every server's `max_connections`, by server name.
+/// Every server's `max_connections`, by server name: only servers that answered are in the
+/// map (a server missing from it has an unknown limit); an error when the request failed.
 pub async fn server_limits(
     system: &System,
     expected: usize,
     timeout: Duration,
-) -> HashMap<String, u64> {
+) -> Result<HashMap<String, u64>, RequestError> {
     let mut n = 0;
     let replies = system
         .scatter(PING_VARZ, Bytes::new(), timeout, |_| {
             n += 1;
             n >= expected
         })
-        .await
-        .unwrap_or_default();
-    replies
+        .await?;
+    Ok(replies
         .iter()
         .filter_map(|m| {
             let r = parse::<Reply<Varz>>(&m.payload).ok()?;
             Some((r.server.name, r.data?.max_connections))
         })
-        .collect()
+        .collect())
+}
+
+/// The system account as the servers name it (VARZ `system_account`): the first server that
+/// names one; `Ok(None)` when none did in time.
+pub async fn varz_system_account(
+    system: &System,
+    timeout: Duration,
+) -> Result<Option<String>, RequestError> {
+    #[derive(serde::Deserialize)]
+    struct VarzSystem {
+        #[serde(default)]
+        system_account: String,
+    }
+    let mut found = None;
+    system
+        .scatter(PING_VARZ, Bytes::new(), timeout, |m| {
+            found = parse::<Reply<VarzSystem>>(&m.payload)
+                .ok()
+                .and_then(|r| r.data)
+                .map(|d| d.system_account)
+                .filter(|a| !a.is_empty());
+            found.is_some()
+        })
+        .await?;
+    Ok(found)
 }
 
 /// What a CONNZ reply said besides its connections (which went to the snapshot already).

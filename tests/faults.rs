@@ -600,3 +600,157 @@ async fn a_sweep_no_server_answers_fails_and_resolves_nothing() {
     assert_eq!(held.alive(), 110);
     assert_eq!(running.terminate(), Some(0));
 }
+
+/// SIGTERM while kicks are in flight (one server frozen, so its kicks wait for `kick.timeout`):
+/// the round finishes its bookkeeping before shutdown. Every connection the servers closed as
+/// "Kicked" has its `connection_kicked` advisory, the state file remembers the kicks, and after
+/// SIGTERM no new kick starts (the frozen server got at most `kick.concurrency` = 4, not all 10).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_kicks_loses_no_audit_and_no_kick_memory() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = start_cluster(dir.path());
+    // n3 (frozen later) holds a few leaked connections, n2 many (paged 20 at a time, which
+    // leaves time to freeze n3 after its one-page answer and before the kicks).
+    let few = load::open(LoadSpec::new(cluster.client_url(2), pw("leaky"), 10).name("leaky"))
+        .await
+        .unwrap();
+    let many = load::open(LoadSpec::new(cluster.client_url(1), pw("leaky"), 400).name("leaky"))
+        .await
+        .unwrap();
+    let opened = std::time::Instant::now();
+    let frozen_id = cluster.monitor_get(2, "/varz").unwrap()["server_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let frozen_name = cluster.server_name(2).to_string();
+    let (seen, client) = Seen::subscribe(&cluster.client_url(0)).await;
+    let mut replies = client.subscribe("_INBOX.>").await.unwrap();
+    let mut kicks = client
+        .subscribe(format!("$SYS.REQ.SERVER.{frozen_id}.KICK"))
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let state = dir.path().join("state.json");
+    let path = write_config(
+        dir.path(),
+        &format!(
+            "[nats]\nservers = [{:?}]\nuser = \"sys\"\npassword = \"sys-dev-password\"\n\
+             [sweep]\ninterval = \"1h\"\ntimeout = \"1s\"\npage_size = 20\n\
+             [detect]\nidle_threshold = \"1s\"\n\
+             [kick]\nenabled = true\ndry_run = false\nmin_idle = \"1s\"\nmin_age = \"1s\"\n\
+             max_per_sweep = 1000\nmax_per_user = 1000\ntimeout = \"2s\"\nconcurrency = 4\n\
+             [state]\nfile = {state:?}\n",
+            cluster.client_url(0)
+        ),
+    );
+    // Old and idle enough to be kicked by the first sweep.
+    assert!(wait_until_async(WAIT, || opened.elapsed() > Duration::from_millis(1500)).await);
+    let running = Running::start(&path, dir.path().join("run.log"));
+    // n3's CONNZ answer went by: freeze it, so its kicks hang.
+    let answered = tokio::time::timeout(WAIT, async {
+        while let Some(m) = replies.next().await {
+            let Ok(v) = serde_json::from_slice::<Value>(&m.payload) else {
+                continue;
+            };
+            if v["server"]["name"] == frozen_name.as_str() && v["data"]["num_connections"].is_u64()
+            {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(
+        answered,
+        Ok(true),
+        "no CONNZ answer from n3: {}",
+        running.log()
+    );
+    cluster.pause(2).unwrap();
+    let kick = tokio::time::timeout(WAIT, kicks.next()).await;
+    assert!(
+        matches!(kick, Ok(Some(_))),
+        "no kick sent to n3: {}",
+        running.log()
+    );
+    // Kicks are in flight (n3's wait for kick.timeout): shut down now.
+    let log = running.log();
+    assert_eq!(running.terminate(), Some(0), "{log}");
+    cluster.resume(2).unwrap();
+
+    let audited = || -> std::collections::HashSet<(String, u64)> {
+        seen.of("connection_kicked")
+            .iter()
+            .map(|b| {
+                (
+                    b["server_id"].as_str().unwrap().to_string(),
+                    b["cid"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let closed_as_kicked = |cluster: &Cluster| -> std::collections::HashSet<(String, u64)> {
+        (0..3)
+            .flat_map(|i| {
+                let connz = cluster
+                    .monitor_get(i, "/connz?state=closed&limit=10000")
+                    .unwrap();
+                let id = connz["server_id"].as_str().unwrap().to_string();
+                connz["connections"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|c| c["reason"] == "Kicked")
+                    .map(move |c| (id.clone(), c["cid"].as_u64().unwrap()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let mut missing = Vec::new();
+    let all_audited = wait_until_async(WAIT, || {
+        let kicked = closed_as_kicked(&cluster);
+        let audited = audited();
+        missing = kicked.difference(&audited).cloned().collect();
+        !kicked.is_empty() && missing.is_empty()
+    })
+    .await;
+    assert!(
+        all_audited,
+        "{} kicked connections without a connection_kicked advisory: {missing:?}\n{log}",
+        missing.len()
+    );
+    assert!(many.alive() < 400, "nothing kicked on n2");
+    let on_frozen = closed_as_kicked(&cluster)
+        .iter()
+        .filter(|(id, _)| *id == frozen_id)
+        .count();
+    assert!(
+        (1..=4).contains(&on_frozen),
+        "{on_frozen} of n3's 10 kicked: kicks went on after SIGTERM"
+    );
+    // The finding the lifecycle marked notified in that round was announced too.
+    assert!(
+        seen.of("excessive_user_connections")
+            .iter()
+            .any(|b| b["user"] == "leaky" && b["state"] == "firing"),
+        "the round's firing advisory was lost: {log}"
+    );
+    // The kick memory was saved: one client (leaky, same name and IP) with every kick counted.
+    let saved: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    let clients = saved["kicked"]["clients"].as_object().unwrap();
+    let sent = seen
+        .of("connection_kicked")
+        .iter()
+        .filter(|b| b["result"] == "kicked")
+        .count() as u64;
+    let remembered: u64 = clients
+        .values()
+        .filter(|c| c["user"] == "leaky")
+        .map(|c| c["kicks"].as_u64().unwrap())
+        .sum();
+    assert!(sent > 0);
+    assert_eq!(remembered, sent, "kick memory: {clients:#?}");
+    drop(few);
+}

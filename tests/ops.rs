@@ -48,12 +48,22 @@ fn metric(text: &str, prefix: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn service_metrics_health_reload_and_shutdown() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start(
-        ClusterSpec::new(dir.path().join("cluster"))
-            .account(AccountSpec::new("APP").user("leaky", "pw")),
+/// A cluster with `APP/leaky` holding 150 connections and `connwatch run` sweeping it every
+/// 500 ms with metrics on, threshold 200 (nothing fires), ready.
+struct Ops {
+    cluster: Cluster,
+    _leak: Load,
+    listen: SocketAddr,
+    base: String,
+    path: std::path::PathBuf,
+    seen: Seen,
+    client: async_nats::Client,
+    running: Running,
+}
+
+async fn start_ops(dir: &std::path::Path) -> Ops {
+    let cluster = Cluster::start(
+        ClusterSpec::new(dir.join("cluster")).account(AccountSpec::new("APP").user("leaky", "pw")),
     )
     .unwrap();
     let leak = load::open(
@@ -71,22 +81,50 @@ async fn service_metrics_health_reload_and_shutdown() {
         "{}[sweep]\ninterval = \"500ms\"\ntimeout = \"1s\"\n[metrics]\nlisten = \"{listen}\"\nuser_floor = 1\n",
         cluster.connwatch_toml()
     );
-    let with_threshold = |n: u64| format!("{base}[detect]\nmax_connections_per_user = {n}\n");
-    let path = write_config(dir.path(), &with_threshold(200));
+    let path = write_config(dir, &with_threshold(&base, 200));
     let (seen, client) = Seen::subscribe(&cluster.client_url(1)).await;
-    let running = Running::start(&path, dir.path().join("run.log"));
-    let ready = || {
-        http_get(listen, "/readyz")
-            .map(|(code, _)| code)
-            .unwrap_or(0)
-    };
+    let running = Running::start(&path, dir.join("run.log"));
     assert!(
-        wait_until_async(WAIT, || ready() == 200).await,
+        wait_until_async(WAIT, || ready(listen) == 200).await,
         "never ready: {}",
         running.log()
     );
     assert_eq!(http_get(listen, "/healthz").unwrap().0, 200);
+    Ops {
+        cluster,
+        _leak: leak,
+        listen,
+        base,
+        path,
+        seen,
+        client,
+        running,
+    }
+}
 
+fn with_threshold(base: &str, n: u64) -> String {
+    format!("{base}[detect]\nmax_connections_per_user = {n}\n")
+}
+
+fn ready(listen: SocketAddr) -> u16 {
+    http_get(listen, "/readyz")
+        .map(|(code, _)| code)
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_micro_service_answers_its_endpoints_and_counts_bad_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let Ops {
+        cluster: _cluster,
+        _leak,
+        listen: _listen,
+        base: _base,
+        path: _path,
+        seen: _seen,
+        client,
+        running,
+    } = start_ops(dir.path()).await;
     // Discoverable as a NATS micro service, with its endpoints.
     let ping = call(&client, "$SRV.PING.connwatch", "").await.unwrap();
     assert_eq!(ping["name"], "connwatch");
@@ -140,6 +178,23 @@ async fn service_metrics_health_reload_and_shutdown() {
         .sum();
     assert_eq!(errors, 2, "{stats:#}");
 
+    assert_eq!(running.terminate(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_agrees_with_the_report_and_reload_applies_or_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let Ops {
+        cluster: _cluster,
+        _leak,
+        listen,
+        base,
+        path,
+        seen,
+        client,
+        running,
+    } = start_ops(dir.path()).await;
+    let with_threshold = |n: u64| with_threshold(&base, n);
     // Prometheus: the per-user gauge and the sweep figures agree with the report.
     let (code, text) = http_get(listen, "/metrics").unwrap();
     assert_eq!(code, 200);
@@ -171,8 +226,23 @@ async fn service_metrics_health_reload_and_shutdown() {
             "{series}"
         );
     }
-    assert!(metric(&text, "connwatch_sweep_duration_seconds_count").unwrap() >= 2.0);
-    assert!(metric(&text, "connwatch_sweeps_total").unwrap() >= 2.0);
+    // `connwatch.sweep` answered with the latest sweep (service.sweep_min_interval): wait for
+    // the scheduled second one.
+    assert!(
+        wait_until_async(WAIT, || {
+            metric_now(listen, "connwatch_sweep_duration_seconds_count").unwrap_or(0.0) >= 2.0
+        })
+        .await
+    );
+    assert!(metric_now(listen, "connwatch_sweeps_total").unwrap() >= 2.0);
+    // A healthy cluster answers every limit lookup and names connwatch's identity.
+    let (_, text) = http_get(listen, "/metrics").unwrap();
+    assert_eq!(
+        metric(&text, "connwatch_limit_lookups_failed_total{"),
+        None,
+        "{text}"
+    );
+    assert_eq!(metric(&text, "connwatch_identity_known "), Some(1.0));
 
     // SIGHUP with a broken config is refused; the old one keeps running.
     std::fs::write(
@@ -219,9 +289,23 @@ async fn service_metrics_health_reload_and_shutdown() {
         Some(1.0)
     );
     assert!(metric(&text, "connwatch_advisories_published_total").unwrap() >= 1.0);
-    drop(client);
-    leak.close().await;
+    assert_eq!(running.terminate(), Some(0));
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_cluster_down_and_back_and_sigterm_stops_the_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let Ops {
+        mut cluster,
+        _leak,
+        listen,
+        base: _base,
+        path: _path,
+        seen: _seen,
+        client: _client,
+        running,
+    } = start_ops(dir.path()).await;
+    let ready = || ready(listen);
     // The whole cluster unreachable: not ready; back: ready again.
     for i in 0..3 {
         cluster.kill(i).unwrap();
@@ -251,11 +335,16 @@ async fn service_metrics_health_reload_and_shutdown() {
         "not ready again: {}",
         running.log()
     );
-    let (_, text) = http_get(listen, "/metrics").unwrap();
+    // Ready again needs a complete sweep after the reconnect; the counter moved before that.
     assert!(
-        metric(&text, "connwatch_nats_reconnects_total").unwrap() >= 1.0,
-        "{text}"
+        wait_until_async(WAIT, || {
+            metric_now(listen, "connwatch_nats_reconnects_total").unwrap_or(0.0) >= 1.0
+        })
+        .await,
+        "reconnect not counted: {}",
+        running.log()
     );
+    let (_, text) = http_get(listen, "/metrics").unwrap();
     assert!(
         metric(&text, "connwatch_sweeps_failed_total").unwrap()
             + metric(&text, "connwatch_sweeps_partial_total").unwrap()
@@ -267,4 +356,132 @@ async fn service_metrics_health_reload_and_shutdown() {
         http_get(listen, "/healthz").is_err(),
         "listener still up after exit"
     );
+}
+
+fn metric_now(listen: SocketAddr, prefix: &str) -> Option<f64> {
+    let (_, text) = http_get(listen, "/metrics").ok()?;
+    metric(&text, prefix)
+}
+
+/// A cluster with one leaky user and connwatch running on it with metrics at `listen`; the
+/// scheduled sweeps an hour apart, so only the first sweep and the `sweep` endpoint sweep.
+async fn hourly(
+    dir: &std::path::Path,
+    extra: &str,
+) -> (Cluster, Running, SocketAddr, async_nats::Client) {
+    let cluster = Cluster::start(
+        ClusterSpec::new(dir.join("cluster")).account(AccountSpec::new("APP").user("leaky", "pw")),
+    )
+    .unwrap();
+    let listen = free_addr();
+    let path = write_config(
+        dir,
+        &format!(
+            "{}[sweep]\ninterval = \"1h\"\ntimeout = \"1s\"\n[metrics]\nlisten = \"{listen}\"\n{extra}",
+            cluster.connwatch_toml()
+        ),
+    );
+    let running = Running::start(&path, dir.join("run.log"));
+    assert!(
+        wait_until_async(WAIT, || running.rounds().0 >= 1).await,
+        "no first round: {}",
+        running.log()
+    );
+    let (_, client) = Seen::subscribe(&cluster.client_url(0)).await;
+    (cluster, running, listen, client)
+}
+
+/// The reconnect counter moves when the reconnect happens, not at the next round, and
+/// `/readyz` stays unready until a complete sweep after the reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_are_counted_when_they_happen_and_readiness_waits_for_a_fresh_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cluster, running, listen, client) =
+        hourly(dir.path(), "[service]\nsweep_min_interval = \"0s\"\n").await;
+    drop(client);
+    let ready = || http_get(listen, "/readyz").map(|r| r.0).unwrap_or(0);
+    assert!(
+        wait_until_async(WAIT, || ready() == 200).await,
+        "never ready"
+    );
+    assert_eq!(
+        metric_now(listen, "connwatch_nats_reconnects_total"),
+        Some(0.0)
+    );
+    for i in 0..3 {
+        cluster.kill(i).unwrap();
+    }
+    for i in 0..3 {
+        cluster.restart(i).unwrap();
+    }
+    // No round runs for an hour: only the event itself can move the counter.
+    assert!(
+        wait_until_async(WAIT, || {
+            metric_now(listen, "connwatch_nats_reconnects_total").unwrap_or(0.0) >= 1.0
+        })
+        .await,
+        "reconnect not counted: {}",
+        running.log()
+    );
+    let (code, body) = http_get(listen, "/readyz").unwrap();
+    assert_eq!(code, 503, "ready on data from before the outage: {body}");
+    assert!(body.contains("since reconnecting"), "{body}");
+    // A sweep after the reconnect makes it ready again.
+    let (_, client) = Seen::subscribe(&cluster.client_url(1)).await;
+    let swept = call(&client, "connwatch.sweep", "").await.unwrap();
+    assert_eq!(swept["partial"], false, "{swept}");
+    assert!(
+        wait_until_async(WAIT, || ready() == 200).await,
+        "not ready after a fresh sweep"
+    );
+    assert_eq!(running.terminate(), Some(0));
+}
+
+/// Concurrent `connwatch.sweep` requests share one sweep, and requests within
+/// `service.sweep_min_interval` of it get that sweep rather than a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sweep_requests_share_one_sweep_and_respect_the_minimum_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_cluster, running, listen, client) =
+        hourly(dir.path(), "[service]\nsweep_min_interval = \"3s\"\n").await;
+    // Past the minimum gap after the first sweep (its start is the last complete timestamp).
+    let first = metric_now(listen, "connwatch_last_complete_sweep_timestamp_seconds").unwrap();
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    assert!(
+        wait_until_async(WAIT, || now() > first + 3.5).await,
+        "clock"
+    );
+    let sweeps = || metric_now(listen, "connwatch_sweeps_total").unwrap();
+    let before = sweeps();
+    let burst = || futures::future::join_all((0..8).map(|_| call(&client, "connwatch.sweep", "")));
+    let replies = burst().await;
+    for r in &replies {
+        let r = r.as_ref().expect("every request answered");
+        assert_eq!(r["servers_responded"], 3, "{r}");
+    }
+    assert_eq!(
+        sweeps() - before,
+        1.0,
+        "8 concurrent requests made the servers sweep more than once"
+    );
+    let started: Vec<&Value> = replies
+        .iter()
+        .map(|r| &r.as_ref().unwrap()["started"])
+        .collect();
+    assert!(started.windows(2).all(|w| w[0] == w[1]), "{started:?}");
+    // Right after it: the same sweep again, no new one.
+    let again = burst().await;
+    assert_eq!(sweeps() - before, 1.0, "a sweep within the minimum gap");
+    assert_eq!(&again[0].as_ref().unwrap()["started"], started[0]);
+    let (_, text) = http_get(listen, "/metrics").unwrap();
+    assert!(
+        metric(&text, "connwatch_sweep_requests_shared_total").unwrap() >= 15.0,
+        "{text}"
+    );
+    assert_eq!(running.terminate(), Some(0));
 }

@@ -297,3 +297,123 @@ async fn advisories_queued_while_disconnected_arrive_after_reconnect() {
         "delivered out of order or lost"
     );
 }
+
+/// A `metrics.listen` address already in use stops `connwatch run` at start with exit 6 and a
+/// message naming the setting, instead of running on without metrics and health.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metrics_port_in_use_stops_run_at_start_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(ClusterSpec::new(dir.path().join("cluster")).servers(1)).unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap();
+    let path = write_config(
+        dir.path(),
+        &format!(
+            "{}[sweep]\ninterval = \"500ms\"\n[metrics]\nlisten = \"{listen}\"\n",
+            cluster.connwatch_toml()
+        ),
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        run_connwatch(
+            ["--config", path.to_str().unwrap(), "run"],
+            Duration::from_secs(30),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        !out.timed_out,
+        "still running without its metrics: {}",
+        out.stderr
+    );
+    assert_eq!(out.code, Some(6), "{}", out.stderr);
+    assert!(out.stderr.contains("`metrics.listen`"), "{}", out.stderr);
+    assert!(out.stderr.contains(&listen.to_string()), "{}", out.stderr);
+    drop(taken);
+}
+
+/// A server's `max_connections` that cannot be looked up (VARZ denied) is unknown, not "no
+/// limit": its firing pressure finding is held, not resolved, and the failed lookups counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_server_limit_holds_its_pressure_finding() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = |cluster: &Cluster| {
+        format!(
+            "{}[sweep]\ninterval = \"300ms\"\ntimeout = \"1s\"\n[metrics]\nlisten = \"{listen}\"\n\
+             [state]\nfile = {state:?}\n",
+            cluster.connwatch_toml()
+        )
+    };
+    let is_pressure = |state: &'static str| {
+        move |b: &Value| {
+            b["type"] == "io.connwatch.advisory.v1.server_connection_pressure"
+                && b["state"] == state
+        }
+    };
+    let spec = |name: &str| {
+        let mut spec = ClusterSpec::new(dir.path().join(name))
+            .account(AccountSpec::new("APP").user("app", "pw"));
+        spec.max_connections = Some(100);
+        spec
+    };
+
+    // First run: VARZ answers, n1 at 90 of 100 connections fires.
+    let cluster = Cluster::start(spec("a")).unwrap();
+    let app = LoadAuth::user_password("app", "pw");
+    let load = load::open(LoadSpec::new(cluster.client_url(0), app.clone(), 90))
+        .await
+        .unwrap();
+    let (seen, _sub) = Seen::subscribe(&cluster.client_url(1)).await;
+    let path = write_config(dir.path(), &config(&cluster));
+    let running = Running::start(&path, dir.path().join("first.log"));
+    seen.wait_for(0, "pressure firing", is_pressure("firing"))
+        .await;
+    assert_eq!(running.terminate(), Some(0));
+    load.close().await;
+    drop(cluster);
+
+    // Second run, same servers' names and load, but connwatch may not ask VARZ.
+    let cluster = Cluster::start(
+        spec("b").system_permissions("{publish: {deny: [\"$SYS.REQ.SERVER.PING.VARZ\"]}}"),
+    )
+    .unwrap();
+    let _load = load::open(LoadSpec::new(cluster.client_url(0), app, 90))
+        .await
+        .unwrap();
+    let (seen, _sub) = Seen::subscribe(&cluster.client_url(1)).await;
+    let path = write_config(dir.path(), &config(&cluster));
+    let running = Running::start(&path, dir.path().join("second.log"));
+    let complete = || {
+        let (rounds, partial) = running.rounds();
+        rounds - partial
+    };
+    assert!(
+        wait_until_async(WAIT, || complete() >= 5).await,
+        "{}",
+        running.log()
+    );
+    assert!(
+        seen.all().iter().all(|(_, b)| !is_pressure("resolved")(b)),
+        "resolved on an unknown limit: {:#?}",
+        seen.all()
+    );
+    let (_, text) = connwatch::dev::cluster::http_get(listen, "/metrics").unwrap();
+    let metric = |prefix: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{prefix} missing:\n{text}"))
+    };
+    assert_eq!(
+        metric("connwatch_findings_firing{type=\"server_connection_pressure\"}"),
+        1.0
+    );
+    // Asked again every round, not cached.
+    assert!(metric("connwatch_limit_lookups_failed_total{lookup=\"varz\"}") >= 5.0);
+    assert_eq!(running.terminate(), Some(0));
+}

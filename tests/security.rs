@@ -478,3 +478,148 @@ async fn kicks_happen_only_when_enabled_and_only_inside_the_policy() {
     }
     leak.close().await;
 }
+
+fn kicked_in(seen: &Seen, account: &str) -> usize {
+    seen.of("connection_kicked")
+        .iter()
+        .filter(|b| b["account"] == account)
+        .count()
+}
+
+/// A cluster whose system user `sys` may not publish to `deny`, with 150 idle connections of
+/// `sys` itself and 150 of `APP/leaky`, and connwatch's configuration with kicks on.
+async fn denied(dir: &Path, deny: &[&str]) -> (Cluster, Load, Load, PathBuf, std::net::SocketAddr) {
+    let subjects: Vec<String> = deny.iter().map(|s| format!("{s:?}")).collect();
+    let cluster = Cluster::start(
+        ClusterSpec::new(dir.join("cluster"))
+            .account(AccountSpec::new("APP").user("leaky", "pw"))
+            .system_permissions(format!("{{publish: {{deny: [{}]}}}}", subjects.join(", "))),
+    )
+    .unwrap();
+    let open = |user: &str, password: &str| {
+        load::open(
+            LoadSpec::new(
+                cluster.client_url(0),
+                LoadAuth::user_password(user, password),
+                150,
+            )
+            .name("idle"),
+        )
+    };
+    let sys = open("sys", "sys-dev-password").await.unwrap();
+    let leaky = open("leaky", "pw").await.unwrap();
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let path = write_config(
+        dir,
+        &format!(
+            "{}[sweep]\ninterval = \"300ms\"\ntimeout = \"1s\"\n[detect]\nidle_threshold = \"1s\"\n\
+             [metrics]\nlisten = \"{listen}\"\n\
+             [kick]\nenabled = true\ndry_run = false\nmin_idle = \"1s\"\nmin_age = \"1s\"\n\
+             max_per_sweep = 100\nmax_per_user = 20\n",
+            cluster.connwatch_toml()
+        ),
+    );
+    (cluster, sys, leaky, path, listen)
+}
+
+fn metric(listen: std::net::SocketAddr, prefix: &str) -> Option<f64> {
+    let (_, text) = connwatch::dev::cluster::http_get(listen, "/metrics").ok()?;
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// connwatch's user may not ask `$SYS.REQ.USER.INFO`: it learns the system account from VARZ
+/// and never kicks the system user's idle connections, while it kicks the leaked ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_user_info_the_system_account_comes_from_varz_and_is_spared() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, sys, leaky, path, listen) = denied(dir.path(), &["$SYS.REQ.USER.INFO"]).await;
+    let (seen, _sub) = Seen::subscribe(&cluster.client_url(1)).await;
+    let running = Running::start(&path, dir.path().join("run.log"));
+    seen.wait_for(0, "APP kick", |b| {
+        b["type"] == "io.connwatch.advisory.v1.connection_kicked" && b["account"] == "APP"
+    })
+    .await;
+    let rounds = running.rounds().0;
+    assert!(
+        wait_until_async(WAIT, || running.rounds().0 >= rounds + 3).await,
+        "{}",
+        running.log()
+    );
+    assert_eq!(metric(listen, "connwatch_identity_known "), Some(1.0));
+    assert_eq!(
+        kicked_in(&seen, "SYS"),
+        0,
+        "system-account connections kicked: {:#?}",
+        seen.of("connection_kicked")
+    );
+    assert_eq!(sys.alive(), 150, "system user's connections closed");
+    assert!(leaky.alive() < 150, "the leak was not kicked");
+    assert_eq!(running.terminate(), Some(0));
+}
+
+/// Neither USER.INFO nor VARZ: connwatch does not know the system account, so it kicks nothing
+/// (automatic or manual) and says why in its metric and `/readyz`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_system_account_unknown_nothing_is_kicked_and_it_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, sys, leaky, path, listen) = denied(
+        dir.path(),
+        &["$SYS.REQ.USER.INFO", "$SYS.REQ.SERVER.PING.VARZ"],
+    )
+    .await;
+    let (seen, _sub) = Seen::subscribe(&cluster.client_url(1)).await;
+    let running = Running::start(&path, dir.path().join("run.log"));
+    seen.wait_for(0, "firing", is_firing).await;
+    // Past min_idle and min_age (1 s) for several complete sweeps.
+    let rounds = running.rounds().0;
+    assert!(
+        wait_until_async(WAIT, || running.rounds().0 >= rounds + 4).await,
+        "{}",
+        running.log()
+    );
+    assert!(
+        seen.of("connection_kicked").is_empty(),
+        "kicked with the system account unknown: {:#?}",
+        seen.of("connection_kicked")
+    );
+    assert_eq!((sys.alive(), leaky.alive()), (150, 150));
+    assert_eq!(metric(listen, "connwatch_identity_known "), Some(0.0));
+    let (code, body) = connwatch::dev::cluster::http_get(listen, "/readyz").unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("system account is unknown"), "{body}");
+    // The failed VARZ lookups are counted as unknown limits, not taken as "no limit".
+    assert!(
+        metric(
+            listen,
+            "connwatch_limit_lookups_failed_total{lookup=\"varz\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    );
+    let out = tokio::task::spawn_blocking({
+        let path = path.clone();
+        move || {
+            cli(
+                &path,
+                &["kick", "--account", "APP", "--user", "leaky", "--yes"],
+                &[],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.code, Some(1), "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("refusing to kick"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("system account is unknown"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(leaky.alive(), 150);
+    assert_eq!(running.terminate(), Some(0));
+}

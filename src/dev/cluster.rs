@@ -125,6 +125,9 @@ pub struct ClusterSpec {
     pub start_timeout: Duration,
     /// TLS on the client port; `None` for plain `nats://`.
     pub tls: Option<TlsSpec>,
+    /// A `permissions` block for the system user in config mode (e.g.
+    /// `{publish: {deny: ["$SYS.REQ.USER.INFO"]}}`); `None` for none.
+    pub system_permissions: Option<String>,
 }
 
 impl ClusterSpec {
@@ -143,6 +146,7 @@ impl ClusterSpec {
             max_connections: None,
             start_timeout: Duration::from_secs(20),
             tls: None,
+            system_permissions: None,
         }
     }
 
@@ -161,6 +165,12 @@ impl ClusterSpec {
     /// Sets the number of servers.
     pub fn servers(mut self, servers: usize) -> Self {
         self.servers = servers;
+        self
+    }
+
+    /// Gives the system user (config mode) a NATS `permissions` block.
+    pub fn system_permissions(mut self, permissions: impl Into<String>) -> Self {
+        self.system_permissions = Some(permissions.into());
         self
     }
 
@@ -424,8 +434,12 @@ impl Cluster {
                         .users
                         .iter()
                         .map(|u| {
+                            let permissions = match &self.spec.system_permissions {
+                                Some(p) if account.name == "SYS" => format!(", permissions: {p}"),
+                                _ => String::new(),
+                            };
                             format!(
-                                "{{user: {}, password: {}}}",
+                                "{{user: {}, password: {}{permissions}}}",
                                 quote(&u.name),
                                 quote(&u.password)
                             )

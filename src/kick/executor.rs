@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::join_all;
 use futures::{stream, StreamExt};
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::KickPlan;
@@ -44,20 +45,46 @@ pub async fn kick_all(
     timeout: Duration,
     concurrency: usize,
 ) -> Vec<Outcome> {
+    kick_until(
+        system,
+        plans,
+        timeout,
+        concurrency,
+        &CancellationToken::new(),
+    )
+    .await
+    .into_iter()
+    .map(|o| o.expect("never stopped: every kick is sent"))
+    .collect()
+}
+
+/// [`kick_all`], except that once `stop` is cancelled no further kick is started: the ones in
+/// flight (at most `concurrency` per server) finish within `timeout`. `None` marks a kick that
+/// was never sent. Cancel-safe for the caller's bookkeeping: every KICK that went out has its
+/// outcome in the result.
+pub async fn kick_until(
+    system: &System,
+    plans: &[KickPlan],
+    timeout: Duration,
+    concurrency: usize,
+    stop: &CancellationToken,
+) -> Vec<Option<Outcome>> {
     let mut by_server: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, p) in plans.iter().enumerate() {
         by_server.entry(p.server_id.as_str()).or_default().push(i);
     }
     let per_server = join_all(by_server.into_iter().map(|(server_id, idx)| {
         stream::iter(idx)
+            // Checked as each kick is about to start, not when the stream is built.
+            .take_while(move |_| std::future::ready(!stop.is_cancelled()))
             .map(move |i| async move { (i, kick(system, server_id, plans[i].cid, timeout).await) })
             .buffer_unordered(concurrency.max(1))
             .collect::<Vec<_>>()
     }))
     .await;
-    let mut outcomes = vec![Outcome::Failed("not sent".into()); plans.len()];
+    let mut outcomes = vec![None; plans.len()];
     for (i, o) in per_server.into_iter().flatten() {
-        outcomes[i] = o;
+        outcomes[i] = Some(o);
     }
     outcomes
 }

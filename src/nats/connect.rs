@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_nats::{Client, ConnectErrorKind, ConnectOptions, Event};
+use prometheus_client::metrics::counter::Counter;
 use tracing::{debug, info, warn};
 
 use crate::config::NatsConfig;
@@ -101,22 +102,27 @@ fn is_tls_failure(err: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// Connects to the cluster. Reconnects are automatic and unlimited after the first connection;
-/// `connects`, when given, counts every connection made (the first and each reconnect).
+/// `reconnects`, when given, is incremented by every reconnect (not the first connection) the
+/// moment the client reports it, so the metric never waits for the next sweep.
 pub async fn connect(
     cfg: &NatsConfig,
-    connects: Option<Arc<AtomicU64>>,
+    reconnects: Option<Counter>,
 ) -> Result<Client, ConnectError> {
+    let connects = Arc::new(AtomicU64::new(0));
     let mut opts = ConnectOptions::new()
         .name(&cfg.name)
         .connection_timeout(cfg.connect_timeout)
         .max_reconnects(None)
         .event_callback(move |event| {
-            let connects = connects.clone();
+            let (connects, reconnects) = (connects.clone(), reconnects.clone());
             async move {
                 match event {
                     Event::Connected => {
-                        if let Some(c) = &connects {
-                            c.fetch_add(1, Ordering::Relaxed);
+                        // The first `Connected` is the initial connection, every later one a reconnect.
+                        if connects.fetch_add(1, Ordering::Relaxed) > 0 {
+                            if let Some(r) = &reconnects {
+                                r.inc();
+                            }
                         }
                         info!("nats connected")
                     }

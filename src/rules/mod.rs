@@ -10,7 +10,7 @@
 pub mod diagnosis;
 pub mod growth;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -131,10 +131,51 @@ impl Finding {
 
     /// A key that stays the same while the finding lasts.
     pub fn key(&self) -> String {
-        let mut parts = vec![self.kind.name().to_string()];
-        parts.extend(self.tokens());
-        serde_json::to_string(&parts).expect("strings serialize")
+        key_of(self.kind, &self.tokens())
     }
+}
+
+/// The key of a finding of `kind` about `tokens` (see [`Finding::key`]).
+pub fn key_of(kind: Kind, tokens: &[String]) -> String {
+    let mut parts = vec![kind.name().to_string()];
+    parts.extend(tokens.iter().cloned());
+    serde_json::to_string(&parts).expect("strings serialize")
+}
+
+/// The keys of the findings whose limit is unknown this round (its lookup failed): they may
+/// be neither found nor ruled out, so the lifecycle must hold them as they are. An account
+/// with an unknown limit holds its pressure finding and its users' growth findings (growth
+/// may project onto the account's limit); a server with an unknown `max_connections` holds its
+/// pressure finding.
+pub fn held_keys(
+    census: &Census,
+    unknown_accounts: &HashSet<String>,
+    unknown_servers: &HashSet<String>,
+) -> HashSet<String> {
+    let mut held = HashSet::new();
+    for account in unknown_accounts {
+        held.insert(key_of(
+            Kind::AccountConnectionPressure,
+            std::slice::from_ref(account),
+        ));
+    }
+    for u in census
+        .users
+        .iter()
+        .filter(|u| unknown_accounts.contains(&u.account))
+    {
+        held.insert(key_of(
+            Kind::UserConnectionGrowth,
+            &[u.account.clone(), u.user.clone()],
+        ));
+    }
+    for server in unknown_servers {
+        held.insert(key_of(
+            Kind::ServerConnectionPressure,
+            std::slice::from_ref(server),
+        ));
+    }
+    held
 }
 
 /// A server's connections and limit.
@@ -480,5 +521,33 @@ mod tests {
         );
         let f = evaluate(&census, &DetectConfig::default(), &Context::default());
         assert_eq!(f[0].key(), r#"["excessive_user_connections","A.B","u*"]"#);
+    }
+
+    #[test]
+    fn unknown_limits_hold_the_findings_that_depend_on_them() {
+        let census = build(&conns("APP", "u", 5, "n1"), None, &DetectConfig::default());
+        let held = held_keys(
+            &census,
+            &HashSet::from(["APP".to_string()]),
+            &HashSet::from(["n2".to_string()]),
+        );
+        assert_eq!(
+            held,
+            HashSet::from([
+                key_of(Kind::AccountConnectionPressure, &["APP".into()]),
+                key_of(Kind::UserConnectionGrowth, &["APP".into(), "u".into()]),
+                key_of(Kind::ServerConnectionPressure, &["n2".into()]),
+            ])
+        );
+        // The key a finding would have: a held key matches the firing finding it protects.
+        let ctx = Context {
+            account_limits: HashMap::from([("APP".into(), 5)]),
+            ..Context::default()
+        };
+        let f = evaluate(&census, &DetectConfig::default(), &ctx);
+        assert!(f
+            .iter()
+            .any(|f| f.kind == Kind::AccountConnectionPressure && held.contains(&f.key())));
+        assert!(held_keys(&census, &HashSet::new(), &HashSet::new()).is_empty());
     }
 }
