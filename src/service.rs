@@ -479,7 +479,7 @@ impl Service {
                 (_, true) => "still firing",
                 _ => "firing",
             };
-            info!(kind = e.finding.kind.name(), subject = %a.subject, id = %a.id, "finding {verb}");
+            info!(kind = e.finding.kind().name(), subject = %a.subject, id = %a.id, "finding {verb}");
             self.publisher.enqueue(a);
         }
         if self.config.kick.enabled {

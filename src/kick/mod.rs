@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::census::Census;
@@ -20,7 +21,7 @@ use crate::config::{names_match, KickConfig, UserMatch};
 use crate::snapshot::Connection;
 
 /// A connection chosen for a kick.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct KickPlan {
     /// Server name.
     pub server: String,
@@ -44,9 +45,11 @@ pub struct KickPlan {
     pub ip: String,
     /// How long it has been idle.
     #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "crate::advisory::schema::humantime")]
     pub idle: Duration,
     /// How old it is.
     #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "crate::advisory::schema::humantime")]
     pub age: Duration,
     /// The user's connections in the sweep.
     pub user_connections: u64,
@@ -222,7 +225,7 @@ pub fn plan(inputs: &KickInputs) -> Vec<KickPlan> {
 }
 
 /// The identity of a client across its connections: user, client name and IP.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 pub struct Client {
     /// Account.
     pub account: String,
@@ -285,7 +288,7 @@ impl KickedClient {
 }
 
 /// A kicked client that came back.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Returned {
     /// Who.
     #[serde(flatten)]
