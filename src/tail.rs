@@ -29,6 +29,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::advisory::types::DecodeError;
+use crate::advisory::with_sources;
 use crate::advisory::{Completeness, Envelope, FindingEvent, Message, NAMES, TYPE_PREFIX};
 use crate::cli::{TailArgs, TailFormat};
 use crate::rules::UserFinding;
@@ -128,17 +129,6 @@ fn line_for(subject: &str, payload: &[u8], args: &TailArgs) -> Option<String> {
         TailFormat::Text => render_text(&message),
         TailFormat::Json => body.to_string(),
     })
-}
-
-/// An error and its sources, `a: b: c`, for one log field.
-fn with_sources(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let _ = write!(text, ": {s}");
-        source = s.source();
-    }
-    text
 }
 
 /// Decodes an advisory: its JSON body as received, and its typed form.

@@ -143,6 +143,10 @@ pub fn kicked(
         KickRule::ExcessiveUserConnections
     };
     // The kick outcomes name their results; an unknown one is a failure connwatch cannot name.
+    debug_assert!(
+        KickResult::from_name(result).is_some(),
+        "kick result {result:?}"
+    );
     let result = KickResult::from_name(result).unwrap_or(KickResult::Failed);
     let body = ConnectionKicked {
         rule,
@@ -173,6 +177,17 @@ pub fn kick_ineffective(
         &Message::KickIneffective(Envelope::new(body, sweep, now)),
         &[r.client.account.clone(), r.client.user.clone()],
     )
+}
+
+/// An error and its sources, `a: b: c`, for one log field.
+pub fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let _ = write!(text, ": {s}");
+        source = s.source();
+    }
+    text
 }
 
 /// `<prefix>.<name>.<token>...` with every token escaped.
