@@ -24,9 +24,6 @@ pub use types::{
 /// Prefix of every advisory type.
 pub const TYPE_PREFIX: &str = "io.connwatch.advisory.v1.";
 
-/// Advisory types that are events of their own, not findings (see `rules::Kind` for those).
-pub const EVENT_TYPES: [&str; 2] = ["connection_kicked", "kick_ineffective"];
-
 /// Escaped tokens longer than this are cut and suffixed with a hash of the raw name.
 const MAX_TOKEN: usize = 64;
 
