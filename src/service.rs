@@ -6,12 +6,14 @@
 //!
 //! A round has two phases, and shutdown treats them differently:
 //! 1. [`Service::gather`] (the sweep, the limit and churn lookups, the identity retry) only
-//!    reads: it may be cancelled anywhere, nothing is decided or changed yet.
+//!    reads: it may be cancelled anywhere, nothing is decided yet (a sweep that ends records
+//!    the servers that answered in the state; a cancelled one changes nothing).
 //! 2. [`Service::act`] takes the decisions (lifecycle, kicks) and does their bookkeeping; it is
 //!    never cancelled. Its only waits are the kick requests, each within `kick.timeout`; once
 //!    shutdown is requested no new kick starts, so shutdown waits for at most
-//!    `kick.concurrency` kicks per server ([`kick::executor::kick_until`]). Every event, and every kick sent with its outcome, is
-//!    enqueued and remembered, and the state saved, before shutdown proceeds.
+//!    `kick.concurrency` kicks per server ([`executor::execute`]). Every event, and every kick
+//!    sent with its outcome, is enqueued and remembered, and the state saved, before shutdown
+//!    proceeds.
 //!
 //! On shutdown the queued advisories are then flushed, the state saved and the client drained.
 
@@ -28,21 +30,23 @@ use tracing::{error, info, warn};
 use crate::advisory::publisher::Publisher;
 use crate::advisory::{self, Completeness};
 use crate::api;
-use crate::app::{open_session, AppError, Session};
 use crate::census::{self, Census};
 use crate::config::Config;
 use crate::config::ConfigErrors;
-use crate::kick::executor::Outcome;
-use crate::kick::{self, KickInputs, KickPlan};
+use crate::error::AppError;
+use crate::kick::executor::{self, Batch, Outcome};
+use crate::kick::{self, KickInputs};
 use crate::lifecycle::State as FindingState;
 use crate::metrics;
 use crate::metrics::{Health, Metrics};
+use crate::nats::lookup;
 use crate::report::SweepSummary;
 use crate::rules::diagnosis::churn;
 use crate::rules::{self, Context, ServerLoad};
+use crate::session::{self, Session};
 use crate::snapshot::Snapshot;
 use crate::state::State;
-use crate::sweep::{self, Sweeper};
+use crate::sweep::Sweeper;
 
 /// At most this many excessive users get their closed connections read per sweep.
 const MAX_CHURN_LOOKUPS: usize = 10;
@@ -124,10 +128,10 @@ pub async fn run(
             )
         }
     };
-    let session = open_session(&config, Some(metrics.reconnects.clone())).await?;
+    let session = session::open(&config, Some(metrics.reconnects.clone())).await?;
     let client = session.system.client().clone();
     let state = State::load_or_default(config.state.file.as_deref());
-    let sweeper = Sweeper::new(session.system.clone(), &config.sweep, state.servers.clone());
+    let sweeper = Sweeper::new(session.system.clone(), &config.sweep);
     let publisher = Publisher::spawn(client.clone(), &config.advisory, metrics.advisories.clone());
     let health = Arc::new(Health::new(
         client.clone(),
@@ -390,7 +394,7 @@ impl Service {
             .refresh_identity(self.config.sweep.timeout.min(Duration::from_secs(5)))
             .await;
         note_identity(&self.session, &self.config, &self.metrics, &self.health);
-        let snap = match self.sweeper.sweep().await {
+        let snap = match self.sweeper.sweep(&mut self.state.servers).await {
             Ok(s) => s,
             Err(e) => {
                 self.metrics.sweeps_failed.inc();
@@ -485,7 +489,6 @@ impl Service {
         if self.config.kick.enabled {
             self.kicks(&snap, &census, complete, now, &sweep).await;
         }
-        self.state.servers = self.sweeper.known().clone();
         self.state.save_to(self.config.state.file.as_deref());
         self.last_sweep = Some(now);
         self.metrics
@@ -552,60 +555,27 @@ impl Service {
         if plans.is_empty() {
             return;
         }
-        // Dry run: every plan, with no outcome. Live: every kick sent, with its outcome.
-        let audits: Vec<(&KickPlan, Option<Outcome>)> = if cfg.dry_run {
-            plans.iter().map(|p| (p, None)).collect()
-        } else {
-            let outcomes = kick::executor::kick_until(
-                &self.session.system,
-                &plans,
-                cfg.timeout,
-                cfg.concurrency,
-                &self.stop,
-            )
-            .await;
-            let unsent = outcomes.iter().filter(|o| o.is_none()).count();
-            if unsent > 0 {
-                warn!(
-                    not_sent = unsent,
-                    "shutdown: planned kicks not sent (nothing to audit)"
-                );
-            }
-            plans
-                .iter()
-                .zip(outcomes)
-                .filter_map(|(p, o)| Some((p, Some(o?))))
-                .collect()
+        let batch = Batch {
+            system: &self.session.system,
+            timeout: cfg.timeout,
+            concurrency: cfg.concurrency,
+            dry_run: cfg.dry_run,
+            rule: "excessive_user_connections",
+            prefix,
+            sweep,
+            stop: &self.stop,
         };
-        let mut sent = Vec::new();
-        for (plan, outcome) in &audits {
-            let (plan, outcome) = (*plan, outcome.as_ref());
-            let (result, error) = match outcome {
-                None => ("would_kick", None),
-                Some(o @ Outcome::Failed(e)) => (o.result(), Some(e.as_str())),
-                Some(o) => (o.result(), None),
-            };
+        let executed = executor::execute(&batch, plans, &mut self.state.kicked, Some(now)).await;
+        for (_, outcome) in &executed.done {
             self.metrics.kick(match outcome {
                 None => "dry_run",
                 Some(Outcome::Failed(_)) => "failed",
                 Some(_) => "sent",
             });
-            if outcome == Some(&Outcome::Kicked) {
-                sent.push(plan.clone());
-            }
-            info!(server = %plan.server, cid = plan.cid, account = %plan.account, user = %plan.user, result, "kick");
-            let a = advisory::kicked(
-                prefix,
-                plan,
-                "excessive_user_connections",
-                result,
-                error,
-                sweep,
-                Utc::now(),
-            );
+        }
+        for a in executed.audits {
             self.publisher.enqueue(a);
         }
-        self.state.kicked.record(&sent, now);
     }
 
     /// Closed connections since the last sweep, for the users over their threshold.
@@ -625,7 +595,7 @@ impl Service {
             .filter(|u| u.over_threshold)
             .take(MAX_CHURN_LOOKUPS)
         {
-            let closed = sweep::closed_connections(
+            let closed = lookup::closed_connections(
                 &self.session.system,
                 &u.account,
                 &u.user,
@@ -669,7 +639,7 @@ impl Service {
             .iter()
             .any(|s| !self.limits.servers.contains_key(&s.name))
         {
-            match sweep::server_limits(&self.session.system, snap.servers.len(), timeout).await {
+            match lookup::server_limits(&self.session.system, snap.servers.len(), timeout).await {
                 Ok(m) => self.limits.servers.extend(m),
                 Err(e) => warn!(error = %e, "server limits lookup failed"),
             }
@@ -691,7 +661,7 @@ impl Service {
             if self.limits.accounts.contains_key(account) {
                 continue;
             }
-            match sweep::account_limit(&self.session.system, &server.id, account, timeout).await {
+            match lookup::account_limit(&self.session.system, &server.id, account, timeout).await {
                 Ok(limit) => {
                     self.limits.accounts.insert(account.to_string(), limit);
                 }
