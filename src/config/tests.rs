@@ -77,6 +77,20 @@ fn wrong_type_from_env_names_the_variable() {
 }
 
 #[test]
+fn an_error_inside_a_variables_value_names_that_variable() {
+    let e = env(&[(
+        "CONNWATCH_DETECT__OVERRIDES",
+        r#"[{account = "APP", max_connections = "many"}]"#,
+    )]);
+    let err = load(Some(Path::new("/dev/null")), &e, Flags::default()).unwrap_err();
+    assert_eq!(err.0[0].key, "detect.overrides.0.max_connections");
+    assert_eq!(
+        err.0[0].source,
+        "environment variable CONNWATCH_DETECT__OVERRIDES"
+    );
+}
+
+#[test]
 fn sweep_deadline_defaults_to_four_timeouts_and_is_never_shorter_than_one() {
     assert_eq!(SweepConfig::default().deadline(), Duration::from_secs(20));
     let dir = tempfile::tempdir().unwrap();
