@@ -1,228 +1,37 @@
-//! The commands, wired from configuration to output. Errors carry their exit code.
-
-use std::time::Duration;
-
-use tracing::warn;
-
-use crate::census;
-use tokio_util::sync::CancellationToken;
+//! The commands, wired from configuration to output. Errors carry their exit code
+//! ([`crate::error`]).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
-
-use prometheus_client::metrics::counter::Counter;
+use std::time::Duration;
 
 use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 use crate::advisory::publisher::{Publisher, PublisherStats};
-use crate::advisory::{self, Completeness};
+use crate::advisory::Completeness;
+use crate::census;
 use crate::cli::{Format, KickArgs, ReportArgs, TailArgs};
-use crate::config::{self, Config, ConfigErrors};
+use crate::config::{self, Config};
 use crate::config::{names_match, KickConfig, UserMatch};
-use crate::kick::executor::Outcome;
-use crate::kick::{self, KickInputs, Own};
-use crate::nats::{self, ConnectError, RequestError, System};
+use crate::error::AppError;
+use crate::kick::executor::{self, Batch};
+use crate::kick::{self, KickInputs};
+use crate::nats::{self, lookup};
 use crate::report::{Filter, Report};
+use crate::session;
 use crate::snapshot::Snapshot;
 use crate::state::State;
-use crate::sweep::{self, SweepError, Sweeper};
-
-/// Exit code for configuration errors.
-pub const EXIT_CONFIG: i32 = 2;
-/// Exit code for other runtime failures.
-pub const EXIT_FAILURE: i32 = 1;
-/// Exit code for a part of `connwatch run` that could not start (metrics listener, service).
-pub const EXIT_STARTUP: i32 = 6;
-
-/// A command's failure.
-#[derive(Debug, thiserror::Error)]
-pub enum AppError {
-    /// The configuration is invalid.
-    #[error(transparent)]
-    Config(#[from] ConfigErrors),
-    /// Could not connect, or not as a system user.
-    #[error(transparent)]
-    Connect(#[from] ConnectError),
-    /// The sweep failed as a whole.
-    #[error(transparent)]
-    Sweep(#[from] SweepError),
-    /// Tailing advisories failed.
-    #[error("tail failed")]
-    Tail(#[source] anyhow::Error),
-    /// A kick asked by hand is not allowed, or its target is unknown.
-    #[error("{0}")]
-    Refused(String),
-    /// A part of `connwatch run` could not start; `setting` is the configuration key behind it.
-    #[error("cannot start {what} (`{setting}` = {value})")]
-    Startup {
-        /// The configuration key.
-        setting: &'static str,
-        /// Its value.
-        value: String,
-        /// What could not start.
-        what: &'static str,
-        /// Why.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-}
-
-impl AppError {
-    /// The process exit code (see README).
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            Self::Config(_) => EXIT_CONFIG,
-            Self::Connect(e) => e.exit_code(),
-            Self::Sweep(_) | Self::Tail(_) | Self::Refused(_) => EXIT_FAILURE,
-            Self::Startup { .. } => EXIT_STARTUP,
-        }
-    }
-}
-
-/// Why connwatch does not know the system account: neither source answered with it.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("the system account is unknown (USER.INFO: {user_info}; VARZ: {varz})")]
-pub struct IdentityUnknown {
-    /// What `$SYS.REQ.USER.INFO` gave instead.
-    pub user_info: String,
-    /// What `$SYS.REQ.SERVER.PING.VARZ` gave instead.
-    pub varz: String,
-}
-
-/// A client connected as a system-account user, and what connwatch knows of who it is.
-pub struct Session {
-    /// System requests over the client.
-    pub system: System,
-    /// The system account (name or public key); `None` while unknown, and then nothing is
-    /// kicked (see [`Session::kick_refusal`]).
-    pub system_account: Option<String>,
-    /// Why the system account is unknown, when it is.
-    pub identity_error: Option<IdentityUnknown>,
-}
-
-impl Session {
-    /// connwatch's own connection, from the server's INFO; `None` when the client has none.
-    pub fn own(&self) -> Option<Own> {
-        let info = self.system.client().server_info();
-        (info.client_id != 0 && !info.server_id.is_empty()).then(|| Own {
-            server_id: info.server_id.clone(),
-            cid: info.client_id,
-        })
-    }
-
-    /// Why nothing may be kicked now: connwatch does not know the system account or its own
-    /// connection, so it cannot protect them (fail closed). `None` when kicking may go ahead.
-    pub fn kick_refusal(&self) -> Option<String> {
-        if let Some(e) = &self.identity_error {
-            return Some(format!(
-                "{e}: connwatch cannot protect system-account connections, so it kicks nothing"
-            ));
-        }
-        if self.system_account.is_none() {
-            return Some("the system account is unknown: connwatch kicks nothing".into());
-        }
-        if self.own().is_none() {
-            return Some(
-                "connwatch's own connection is unknown (no server INFO): connwatch kicks nothing"
-                    .into(),
-            );
-        }
-        None
-    }
-
-    /// Asks again for the system account while it is unknown (every round).
-    pub async fn refresh_identity(&mut self, timeout: Duration) {
-        if self.system_account.is_some() {
-            return;
-        }
-        let (_, identity) = identity(&self.system, timeout).await;
-        match identity {
-            Ok(account) => {
-                tracing::info!(system_account = %account, "system account now known");
-                self.system_account = Some(account);
-                self.identity_error = None;
-            }
-            Err(e) => self.identity_error = Some(e),
-        }
-    }
-}
-
-/// The user connwatch is (from USER.INFO, empty when unknown) and the system account: from
-/// `$SYS.REQ.USER.INFO`, else from VARZ's `system_account`. VARZ is asked at the same time, so
-/// a denied USER.INFO costs one timeout, and dropped as soon as USER.INFO answers.
-async fn identity(system: &System, timeout: Duration) -> (String, Result<String, IdentityUnknown>) {
-    let me = system.user_info(timeout);
-    let varz = sweep::varz_system_account(system, timeout);
-    tokio::pin!(me, varz);
-    let mut varz_done = None;
-    let me = loop {
-        tokio::select! {
-            m = &mut me => break m,
-            v = &mut varz, if varz_done.is_none() => varz_done = Some(v),
-        }
-    };
-    let (user, user_info) = match me {
-        Ok(m) if !m.account.is_empty() => return (m.user, Ok(m.account)),
-        Ok(m) => (m.user, "no account in the reply".to_string()),
-        Err(e) => (String::new(), e.to_string()),
-    };
-    let varz = match varz_done {
-        Some(v) => v,
-        None => varz.await,
-    };
-    let varz = match varz {
-        Ok(Some(account)) => return (user, Ok(account)),
-        Ok(None) => "no server named its system_account".to_string(),
-        Err(e) => e.to_string(),
-    };
-    let e = IdentityUnknown { user_info, varz };
-    warn!(error = %e, "identity unknown: no kicks until it is known");
-    (user, Err(e))
-}
-
-/// Connects and checks that the user can send system requests.
-/// `reconnects`, when given, counts the client's reconnects (see [`nats::connect`]).
-pub async fn open_session(
-    config: &Config,
-    reconnects: Option<Counter>,
-) -> Result<Session, ConnectError> {
-    let client = nats::connect(&config.nats, reconnects).await?;
-    let system = System::new(client);
-    let timeout = config.sweep.timeout.min(Duration::from_secs(5));
-    let (user, identity) = identity(&system, timeout).await;
-    let account = identity.as_ref().cloned().unwrap_or_default();
-    // A user outside the system account gets "no responders" here.
-    match system
-        .scatter(nats::PING_STATSZ, Default::default(), timeout, |_| true)
-        .await
-    {
-        Err(RequestError::NoResponders) => {
-            return Err(ConnectError::NotSystemAccount { user, account });
-        }
-        Ok(replies) if replies.is_empty() => {
-            return Err(ConnectError::NotSystemAccount { user, account });
-        }
-        _ => {}
-    }
-    let (system_account, identity_error) = match identity {
-        Ok(a) => (Some(a), None),
-        Err(e) => (None, Some(e)),
-    };
-    Ok(Session {
-        system,
-        system_account,
-        identity_error,
-    })
-}
+use crate::sweep::Sweeper;
 
 /// `connwatch report`: one sweep, printed.
 pub async fn report(config: &Config, args: &ReportArgs) -> Result<String, AppError> {
-    let session = open_session(config, None).await?;
+    let session = session::open(config, None).await?;
     let state_file = config.state.file.as_deref();
     let mut state = State::load_or_default(state_file);
-    let mut sweeper = Sweeper::new(session.system.clone(), &config.sweep, state.servers.clone());
-    let snap: Snapshot = sweeper.sweep().await?;
-    state.servers = sweeper.known().clone();
+    let mut sweeper = Sweeper::new(session.system.clone(), &config.sweep);
+    let snap: Snapshot = sweeper.sweep(&mut state.servers).await?;
     state.save_to(state_file);
     let census = census::build(
         &snap.connections,
@@ -267,7 +76,7 @@ pub async fn kick(config: &Config, args: &KickArgs) -> Result<String, AppError> 
     if args.forget {
         return forget(config, args);
     }
-    let session = open_session(config, None).await?;
+    let session = session::open(config, None).await?;
     // Fail closed: without the system account and its own connection, connwatch cannot tell
     // which connections it must never kick.
     if let Some(why) = session.kick_refusal() {
@@ -277,13 +86,12 @@ pub async fn kick(config: &Config, args: &KickArgs) -> Result<String, AppError> 
     let system_account = session.system_account.as_deref();
     let state_file = config.state.file.as_deref();
     let mut state = State::load_or_default(state_file);
-    let mut sweeper = Sweeper::new(session.system.clone(), &config.sweep, state.servers.clone());
-    let snap = sweeper.sweep().await?;
-    state.servers = sweeper.known().clone();
+    let mut sweeper = Sweeper::new(session.system.clone(), &config.sweep);
+    let snap = sweeper.sweep(&mut state.servers).await?;
     let plans = match (&args.server_id, args.cid, &args.account, &args.user) {
         (Some(server_id), Some(cid), _, _) => {
             let timeout = config.sweep.timeout;
-            let conn = sweep::connection(&session.system, server_id, cid, timeout)
+            let conn = lookup::connection(&session.system, server_id, cid, timeout)
                 .await
                 .map_err(|e| {
                     AppError::Refused(format!(
@@ -379,44 +187,33 @@ pub async fn kick(config: &Config, args: &KickArgs) -> Result<String, AppError> 
         );
         return Ok(out);
     }
-    let outcomes = kick::executor::kick_all(
-        &session.system,
-        &plans,
-        config.kick.timeout,
-        config.kick.concurrency,
-    )
-    .await;
     let stats = Arc::new(PublisherStats::default());
     let publisher = Publisher::spawn(session.system.client().clone(), &config.advisory, stats);
-    let sweep = Completeness::of(&snap);
-    let mut sent = Vec::new();
-    for (p, o) in plans.iter().zip(&outcomes) {
-        let error = match o {
-            Outcome::Failed(e) => Some(e.as_str()),
-            _ => None,
-        };
-        if *o == Outcome::Kicked {
-            sent.push(p.clone());
-        }
+    let batch = Batch {
+        system: &session.system,
+        timeout: config.kick.timeout,
+        concurrency: config.kick.concurrency,
+        dry_run: false,
+        rule: "manual",
+        prefix: &config.advisory.subject_prefix,
+        sweep: &Completeness::of(&snap),
+        stop: &CancellationToken::new(),
+    };
+    let executed = executor::execute(&batch, plans, &mut state.kicked, None).await;
+    for (p, o) in &executed.done {
+        let error = o.as_ref().and_then(|o| o.error()).map(ToString::to_string);
+        let result = o.as_ref().map_or("would_kick", |o| o.result());
         let _ = writeln!(
             out,
-            "{} {} on {}: {}",
-            o.result(),
+            "{result} {} on {}: {}",
             p.cid,
             p.server,
-            error.unwrap_or("")
+            error.unwrap_or_default()
         );
-        publisher.enqueue(advisory::kicked(
-            &config.advisory.subject_prefix,
-            p,
-            "manual",
-            o.result(),
-            error,
-            &sweep,
-            Utc::now(),
-        ));
     }
-    state.kicked.record(&sent, Utc::now());
+    for a in executed.audits {
+        publisher.enqueue(a);
+    }
     state.save_to(state_file);
     let left = publisher.shutdown(config.advisory.publish_timeout).await;
     if left > 0 {

@@ -3,9 +3,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use connwatch::app::{self, AppError};
+use connwatch::app;
 use connwatch::cli::{Cli, Command, LogFormat};
 use connwatch::config::{self, Loaded};
+use connwatch::error::AppError;
 use connwatch::metrics::Metrics;
 use connwatch::service::{self, Reload};
 use tokio::signal::unix::{signal, SignalKind};

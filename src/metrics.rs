@@ -54,6 +54,14 @@ pub struct LookupLabel {
     pub lookup: String,
 }
 
+/// A label naming why a server's connections were not counted
+/// ([`crate::snapshot::ServerFailure::kind`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// The failure's kind, e.g. `timeout`, `deadline`, `error_reply`.
+    pub kind: String,
+}
+
 /// A label naming a kick result.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
@@ -96,6 +104,8 @@ pub struct Metrics {
     pub reconnects: Counter,
     /// Server replies that could not be parsed.
     pub bad_replies: Counter,
+    /// Servers that answered a sweep but whose connections were not counted, by kind.
+    pub server_errors: Family<KindLabel, Counter>,
     /// Unix time of the last complete sweep.
     pub last_complete_sweep: Gauge<f64, AtomicU64>,
     /// 1 when connwatch knows the system account and its own connection, else 0 (no kicks).
@@ -133,6 +143,7 @@ impl Metrics {
             advisories_queued: Gauge::default(),
             reconnects: Counter::default(),
             bad_replies: Counter::default(),
+            server_errors: Family::default(),
             last_complete_sweep: Gauge::default(),
             identity_known: Gauge::default(),
             limit_lookups_failed: Family::default(),
@@ -227,6 +238,11 @@ impl Metrics {
             m.bad_replies.clone(),
         );
         r.register(
+            "server_errors",
+            "Servers that answered a sweep but whose connections were not counted, by kind",
+            m.server_errors.clone(),
+        );
+        r.register(
             "last_complete_sweep_timestamp_seconds",
             "Unix time of the last complete sweep",
             m.last_complete_sweep.clone(),
@@ -270,6 +286,13 @@ impl Metrics {
         self.servers_responded.set(snap.servers.len() as i64);
         self.connections.set(snap.connections.len() as i64);
         self.bad_replies.inc_by(snap.bad_replies as u64);
+        for e in &snap.errors {
+            self.server_errors
+                .get_or_create(&KindLabel {
+                    kind: e.error.kind().into(),
+                })
+                .inc();
+        }
         if snap.partial() {
             self.sweeps_partial.inc();
         } else if let Some(t) = snap.started {
@@ -458,6 +481,7 @@ async fn ready_handler(State(s): State<Http>) -> impl IntoResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::snapshot::{ServerError, ServerFailure};
 
     fn census(counts: &[(&str, u64)]) -> Census {
         Census {
@@ -494,6 +518,10 @@ mod tests {
         let m = Metrics::new();
         let snap = Snapshot {
             servers_expected: 3,
+            errors: vec![ServerError {
+                server: "n3".into(),
+                error: ServerFailure::Deadline { in_flight: true },
+            }],
             ..Snapshot::default()
         };
         let cfg = MetricsConfig {
@@ -518,6 +546,7 @@ mod tests {
             "connwatch_advisories_dropped_total",
             "connwatch_nats_reconnects_total",
             "connwatch_bad_replies_total",
+            "connwatch_server_errors_total{kind=\"deadline\"} 1",
         ] {
             assert!(text.contains(name), "{name} missing:\n{text}");
         }

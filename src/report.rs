@@ -255,6 +255,7 @@ fn human_bytes(n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::snapshot::ServerFailure;
     use std::collections::BTreeMap;
 
     fn user(account: &str, user: &str, n: u64) -> UserCensus {
@@ -352,7 +353,11 @@ mod tests {
             missing: vec!["n3".into()],
             errors: vec![ServerError {
                 server: "n2".into(),
-                error: "boom".into(),
+                error: ServerFailure::ErrorReply {
+                    code: 500,
+                    description: "boom".into(),
+                    directed: false,
+                },
             }],
             bad_replies: 2,
             ..Snapshot::default()

@@ -6,14 +6,18 @@
 //!
 //! A round has two phases, and shutdown treats them differently:
 //! 1. [`Service::gather`] (the sweep, the limit and churn lookups, the identity retry) only
-//!    reads: it may be cancelled anywhere, nothing is decided or changed yet.
+//!    reads: it may be cancelled anywhere, nothing is decided yet (a sweep that ends records
+//!    the servers that answered in the state; a cancelled one changes nothing).
 //! 2. [`Service::act`] takes the decisions (lifecycle, kicks) and does their bookkeeping; it is
 //!    never cancelled. Its only waits are the kick requests, each within `kick.timeout`; once
 //!    shutdown is requested no new kick starts, so shutdown waits for at most
-//!    `kick.concurrency` kicks per server ([`kick::executor::kick_until`]). Every event, and every kick sent with its outcome, is
-//!    enqueued and remembered, and the state saved, before shutdown proceeds.
+//!    `kick.concurrency` kicks per server ([`executor::execute`]). Every event, and every kick
+//!    sent with its outcome, is enqueued and remembered, and the state saved, before shutdown
+//!    proceeds.
 //!
 //! On shutdown the queued advisories are then flushed, the state saved and the client drained.
+
+mod lookups;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -28,26 +32,22 @@ use tracing::{error, info, warn};
 use crate::advisory::publisher::Publisher;
 use crate::advisory::{self, Completeness};
 use crate::api;
-use crate::app::{open_session, AppError, Session};
 use crate::census::{self, Census};
 use crate::config::Config;
 use crate::config::ConfigErrors;
-use crate::kick::executor::Outcome;
-use crate::kick::{self, KickInputs, KickPlan};
+use crate::error::AppError;
+use crate::kick::executor::{self, Batch, Outcome};
+use crate::kick::{self, KickInputs};
 use crate::lifecycle::State as FindingState;
 use crate::metrics;
 use crate::metrics::{Health, Metrics};
 use crate::report::SweepSummary;
-use crate::rules::diagnosis::churn;
 use crate::rules::{self, Context, ServerLoad};
+use crate::session::{self, Session};
 use crate::snapshot::Snapshot;
 use crate::state::State;
-use crate::sweep::{self, Sweeper};
+use crate::sweep::Sweeper;
 
-/// At most this many excessive users get their closed connections read per sweep.
-const MAX_CHURN_LOOKUPS: usize = 10;
-/// Account and server limits are read again after this long.
-const LIMITS_REFRESH: Duration = Duration::from_secs(300);
 /// How long shutdown waits for queued advisories.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(10);
 /// How long shutdown waits for the client to drain.
@@ -59,15 +59,6 @@ pub struct Reload {
     pub requests: mpsc::Receiver<()>,
     /// Loads and validates the configuration as at start (same file, environment, flags).
     pub load: Box<dyn Fn() -> Result<Config, ConfigErrors> + Send>,
-}
-
-/// Limits read from the cluster, refreshed now and then. Only answers are kept: a failed
-/// lookup is unknown (never "no limit") and is asked again next round.
-#[derive(Default)]
-struct Limits {
-    accounts: HashMap<String, Option<u64>>,
-    servers: HashMap<String, u64>,
-    read_at: Option<Instant>,
 }
 
 /// What a round gathered, before anything is decided.
@@ -92,7 +83,7 @@ struct Service {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     latest: api::Shared,
-    limits: Limits,
+    limits: lookups::Limits,
     last_sweep: Option<DateTime<Utc>>,
     /// When the last sweep started, and its summary (`None`: it failed).
     last_started: Option<(Instant, Option<SweepSummary>)>,
@@ -124,10 +115,10 @@ pub async fn run(
             )
         }
     };
-    let session = open_session(&config, Some(metrics.reconnects.clone())).await?;
+    let session = session::open(&config, Some(metrics.reconnects.clone())).await?;
     let client = session.system.client().clone();
     let state = State::load_or_default(config.state.file.as_deref());
-    let sweeper = Sweeper::new(session.system.clone(), &config.sweep, state.servers.clone());
+    let sweeper = Sweeper::new(session.system.clone(), &config.sweep);
     let publisher = Publisher::spawn(client.clone(), &config.advisory, metrics.advisories.clone());
     let health = Arc::new(Health::new(
         client.clone(),
@@ -181,7 +172,7 @@ pub async fn run(
         metrics,
         health,
         latest,
-        limits: Limits::default(),
+        limits: lookups::Limits::default(),
         last_sweep: None,
         last_started: None,
         stop: shutdown.clone(),
@@ -390,7 +381,7 @@ impl Service {
             .refresh_identity(self.config.sweep.timeout.min(Duration::from_secs(5)))
             .await;
         note_identity(&self.session, &self.config, &self.metrics, &self.health);
-        let snap = match self.sweeper.sweep().await {
+        let snap = match self.sweeper.sweep(&mut self.state.servers).await {
             Ok(s) => s,
             Err(e) => {
                 self.metrics.sweeps_failed.inc();
@@ -485,7 +476,6 @@ impl Service {
         if self.config.kick.enabled {
             self.kicks(&snap, &census, complete, now, &sweep).await;
         }
-        self.state.servers = self.sweeper.known().clone();
         self.state.save_to(self.config.state.file.as_deref());
         self.last_sweep = Some(now);
         self.metrics
@@ -552,157 +542,27 @@ impl Service {
         if plans.is_empty() {
             return;
         }
-        // Dry run: every plan, with no outcome. Live: every kick sent, with its outcome.
-        let audits: Vec<(&KickPlan, Option<Outcome>)> = if cfg.dry_run {
-            plans.iter().map(|p| (p, None)).collect()
-        } else {
-            let outcomes = kick::executor::kick_until(
-                &self.session.system,
-                &plans,
-                cfg.timeout,
-                cfg.concurrency,
-                &self.stop,
-            )
-            .await;
-            let unsent = outcomes.iter().filter(|o| o.is_none()).count();
-            if unsent > 0 {
-                warn!(
-                    not_sent = unsent,
-                    "shutdown: planned kicks not sent (nothing to audit)"
-                );
-            }
-            plans
-                .iter()
-                .zip(outcomes)
-                .filter_map(|(p, o)| Some((p, Some(o?))))
-                .collect()
+        let batch = Batch {
+            system: &self.session.system,
+            timeout: cfg.timeout,
+            concurrency: cfg.concurrency,
+            dry_run: cfg.dry_run,
+            rule: "excessive_user_connections",
+            prefix,
+            sweep,
+            stop: &self.stop,
         };
-        let mut sent = Vec::new();
-        for (plan, outcome) in &audits {
-            let (plan, outcome) = (*plan, outcome.as_ref());
-            let (result, error) = match outcome {
-                None => ("would_kick", None),
-                Some(o @ Outcome::Failed(e)) => (o.result(), Some(e.as_str())),
-                Some(o) => (o.result(), None),
-            };
+        let executed = executor::execute(&batch, plans, &mut self.state.kicked, Some(now)).await;
+        for (_, outcome) in &executed.done {
             self.metrics.kick(match outcome {
                 None => "dry_run",
                 Some(Outcome::Failed(_)) => "failed",
                 Some(_) => "sent",
             });
-            if outcome == Some(&Outcome::Kicked) {
-                sent.push(plan.clone());
-            }
-            info!(server = %plan.server, cid = plan.cid, account = %plan.account, user = %plan.user, result, "kick");
-            let a = advisory::kicked(
-                prefix,
-                plan,
-                "excessive_user_connections",
-                result,
-                error,
-                sweep,
-                Utc::now(),
-            );
+        }
+        for a in executed.audits {
             self.publisher.enqueue(a);
         }
-        self.state.kicked.record(&sent, now);
-    }
-
-    /// Closed connections since the last sweep, for the users over their threshold.
-    async fn churn(
-        &self,
-        snap: &Snapshot,
-        census: &Census,
-        now: DateTime<Utc>,
-    ) -> HashMap<(String, String), rules::diagnosis::Churn> {
-        let Some(since) = self.last_sweep else {
-            return HashMap::new();
-        };
-        let mut out = HashMap::new();
-        for u in census
-            .users
-            .iter()
-            .filter(|u| u.over_threshold)
-            .take(MAX_CHURN_LOOKUPS)
-        {
-            let closed = sweep::closed_connections(
-                &self.session.system,
-                &u.account,
-                &u.user,
-                snap.servers.len().max(1),
-                self.config.sweep.timeout,
-            )
-            .await;
-            out.insert(
-                (u.account.clone(), u.user.clone()),
-                churn(&closed, since, now),
-            );
-        }
-        out
-    }
-
-    /// Reads account limits (operator mode JWTs) and servers' `max_connections` when stale or
-    /// not yet known. Returns the accounts and servers whose limit is unknown this round (the
-    /// lookup failed or the server did not answer): they are counted, not cached, and asked
-    /// again next round.
-    async fn refresh_limits(
-        &mut self,
-        snap: &Snapshot,
-        census: &Census,
-    ) -> (HashSet<String>, HashSet<String>) {
-        let (mut unknown_accounts, mut unknown_servers) = (HashSet::new(), HashSet::new());
-        let Some(server) = snap.servers.first() else {
-            return (unknown_accounts, unknown_servers);
-        };
-        let timeout = self.config.sweep.timeout;
-        if self
-            .limits
-            .read_at
-            .is_none_or(|t| t.elapsed() >= LIMITS_REFRESH)
-        {
-            self.limits.servers.clear();
-            self.limits.accounts.clear();
-            self.limits.read_at = Some(Instant::now());
-        }
-        if snap
-            .servers
-            .iter()
-            .any(|s| !self.limits.servers.contains_key(&s.name))
-        {
-            match sweep::server_limits(&self.session.system, snap.servers.len(), timeout).await {
-                Ok(m) => self.limits.servers.extend(m),
-                Err(e) => warn!(error = %e, "server limits lookup failed"),
-            }
-            unknown_servers = snap
-                .servers
-                .iter()
-                .filter(|s| !self.limits.servers.contains_key(&s.name))
-                .map(|s| s.name.clone())
-                .collect();
-            if !unknown_servers.is_empty() {
-                self.metrics.lookup_failed("varz");
-                warn!(servers = ?unknown_servers, "max_connections unknown: their pressure findings are held");
-            }
-        }
-        let mut accounts: Vec<&str> = census.users.iter().map(|u| u.account.as_str()).collect();
-        accounts.sort_unstable();
-        accounts.dedup();
-        for account in accounts {
-            if self.limits.accounts.contains_key(account) {
-                continue;
-            }
-            match sweep::account_limit(&self.session.system, &server.id, account, timeout).await {
-                Ok(limit) => {
-                    self.limits.accounts.insert(account.to_string(), limit);
-                }
-                Err(e) => {
-                    self.metrics.lookup_failed("accountz");
-                    warn!(account, error = %e, "account limit lookup failed: its findings are held");
-                    unknown_accounts.insert(account.to_string());
-                }
-            }
-        }
-        (unknown_accounts, unknown_servers)
     }
 
     /// Flushes advisories, saves state and drains the client.

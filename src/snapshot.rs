@@ -56,13 +56,160 @@ pub struct ServerSeen {
 
 /// A server that answered but whose connections are not in the census: none of them (a
 /// server's connections are counted whole or not at all).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+///
+/// Serialized as `{"server", "error", "kind"}`: `error` is the text for a person, `kind` the
+/// [`ServerFailure::kind`] for a program.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerError {
     /// Server name, or id when the name is unknown.
     pub server: String,
     /// What went wrong.
-    pub error: String,
+    pub error: ServerFailure,
 }
+
+impl Serialize for ServerError {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("ServerError", 3)?;
+        st.serialize_field("server", &self.server)?;
+        st.serialize_field("error", &self.error.to_string())?;
+        st.serialize_field("kind", self.error.kind())?;
+        st.end()
+    }
+}
+
+/// Why a server's connections are not counted. Display is the text reports show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerFailure {
+    /// The server answered with an error envelope: to the PING (or the account STATZ of a
+    /// hot-account sweep), or to a directed request (`directed`).
+    ErrorReply {
+        /// The envelope's code.
+        code: i64,
+        /// The envelope's description.
+        description: String,
+        /// Whether it answered a directed request.
+        directed: bool,
+    },
+    /// Several different replies claim its server id: something else in the system account
+    /// answers as this server, so none is believed.
+    Impostors {
+        /// How many replies.
+        replies: usize,
+        /// The id they claim.
+        id: String,
+    },
+    /// A hot-account sweep got no CONNZ reply from it for one account.
+    NoAccountReply {
+        /// The account.
+        account: String,
+    },
+    /// It reports more connections than `sweep.max_connections_per_server`: not read.
+    TooLarge {
+        /// Connections it reports.
+        total: u64,
+        /// `sweep.max_connections_per_server`.
+        max: u64,
+    },
+    /// Its connections grew past the headroom of every directed request: no whole list.
+    KeptGrowing {
+        /// Directed requests made.
+        requests: u32,
+        /// The last `total` it reported.
+        total: u64,
+    },
+    /// `sweep.deadline` passed before its list was asked for, or while it was read
+    /// (`in_flight`).
+    Deadline {
+        /// Whether a directed request was under way.
+        in_flight: bool,
+    },
+    /// A directed request got no answer in time.
+    TimedOut(Duration),
+    /// A directed request found nobody to answer it.
+    NoResponders,
+    /// A directed request failed otherwise (the text is the client's).
+    RequestFailed(String),
+    /// A directed reply could not be read, or failed the checks (the text says which).
+    BadReply(String),
+    /// A directed reply came from another server id.
+    WrongServer(String),
+    /// A directed reply had no data.
+    NoData,
+}
+
+impl ServerFailure {
+    /// A stable name for programs, metrics and logs: `error_reply`, `impostors`,
+    /// `no_account_reply`, `too_large`, `kept_growing`, `deadline`, `timeout`,
+    /// `no_responders`, `request_failed`, `bad_reply`, `wrong_server`, `no_data`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::ErrorReply { .. } => "error_reply",
+            Self::Impostors { .. } => "impostors",
+            Self::NoAccountReply { .. } => "no_account_reply",
+            Self::TooLarge { .. } => "too_large",
+            Self::KeptGrowing { .. } => "kept_growing",
+            Self::Deadline { .. } => "deadline",
+            Self::TimedOut(_) => "timeout",
+            Self::NoResponders => "no_responders",
+            Self::RequestFailed(_) => "request_failed",
+            Self::BadReply(_) => "bad_reply",
+            Self::WrongServer(_) => "wrong_server",
+            Self::NoData => "no_data",
+        }
+    }
+}
+
+impl std::fmt::Display for ServerFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const NONE: &str = "none of its connections counted";
+        match self {
+            Self::ErrorReply {
+                description,
+                directed: false,
+                ..
+            } => f.write_str(description),
+            Self::ErrorReply {
+                description,
+                directed: true,
+                ..
+            } => write!(f, "directed connz request: {description}"),
+            Self::Impostors { replies, id } => write!(
+                f,
+                "{replies} different replies claim its server id {id}: something else in the system account answers as this server, so none is believed"
+            ),
+            Self::NoAccountReply { account } => write!(f, "no connz reply for account {account}"),
+            Self::TooLarge { total, max } => write!(
+                f,
+                "it reports {total} connections, more than sweep.max_connections_per_server ({max}): not read"
+            ),
+            Self::KeptGrowing { requests, total } => write!(
+                f,
+                "its connections grew past the headroom of {requests} directed requests (last total {total}): no whole list could be read, none counted"
+            ),
+            Self::Deadline { in_flight: false } => f.write_str(
+                "sweep.deadline passed before its connections were read: none counted",
+            ),
+            Self::Deadline { in_flight: true } => {
+                f.write_str("sweep.deadline passed while its connections were read: none counted")
+            }
+            Self::TimedOut(d) => {
+                write!(f, "directed connz request failed: timed out after {d:?}: {NONE}")
+            }
+            Self::NoResponders => {
+                write!(f, "directed connz request failed: no responders: {NONE}")
+            }
+            Self::RequestFailed(e) => write!(f, "directed connz request failed: {e}: {NONE}"),
+            Self::BadReply(e) => write!(f, "bad directed connz reply: {e}: none counted"),
+            Self::WrongServer(id) => {
+                write!(f, "directed connz reply came from server id {id:?}: none counted")
+            }
+            Self::NoData => f.write_str("directed connz reply without data: none counted"),
+        }
+    }
+}
+
+impl std::error::Error for ServerFailure {}
 
 /// Everything one sweep learned.
 #[derive(Debug, Clone, Default)]

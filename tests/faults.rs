@@ -647,14 +647,20 @@ async fn sigterm_during_kicks_loses_no_audit_and_no_kick_memory() {
     // Old and idle enough to be kicked by the first sweep.
     assert!(wait_until_async(WAIT, || opened.elapsed() > Duration::from_millis(1500)).await);
     let running = Running::start(&path, dir.path().join("run.log"));
-    // n3's CONNZ answer went by: freeze it, so its kicks hang.
+    // n3's CONNZ and STATSZ answers went by (STATSZ vouches for its CONNZ reply): freeze it,
+    // so its kicks hang.
     let answered = tokio::time::timeout(WAIT, async {
+        let (mut connz, mut statsz) = (false, false);
         while let Some(m) = replies.next().await {
             let Ok(v) = serde_json::from_slice::<Value>(&m.payload) else {
                 continue;
             };
-            if v["server"]["name"] == frozen_name.as_str() && v["data"]["num_connections"].is_u64()
-            {
+            if v["server"]["name"] != frozen_name.as_str() {
+                continue;
+            }
+            connz |= v["data"]["num_connections"].is_u64();
+            statsz |= v["statsz"].is_object();
+            if connz && statsz {
                 return true;
             }
         }

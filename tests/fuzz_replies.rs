@@ -9,12 +9,13 @@ use connwatch::advisory::{self, escape_token, Completeness};
 use connwatch::census;
 use connwatch::config::DetectConfig;
 use connwatch::lifecycle::Lifecycle;
+use connwatch::nats::page::parse_reply;
 use connwatch::nats::parse;
 use connwatch::nats::wire::{jwt_name, Accountz, Connz, Reply, StatszReply, UserInfo, Varz};
 use connwatch::report::{Filter, Report};
 use connwatch::rules::{self, Context};
 use connwatch::snapshot::{Connection, ServerSeen, Snapshot};
-use connwatch::sweep::{headroom, next_fetch, parse_reply, NextFetch, MAX_DIRECTED};
+use connwatch::sweep::{headroom, next_fetch, NextFetch, MAX_DIRECTED};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 

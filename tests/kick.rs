@@ -579,7 +579,12 @@ async fn a_frozen_server_times_out_only_its_own_kicks() {
     for (p, o) in plans.iter().zip(&outcomes) {
         if p.server == frozen {
             assert!(
-                matches!(o, connwatch::kick::executor::Outcome::Failed(e) if e.contains("timed out")),
+                matches!(
+                    o,
+                    connwatch::kick::executor::Outcome::Failed(
+                        connwatch::kick::executor::KickError::TimedOut(_)
+                    )
+                ),
                 "{} cid {}: {o:?}",
                 p.server,
                 p.cid

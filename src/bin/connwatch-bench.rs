@@ -257,8 +257,9 @@ fn sweeper_method(a: &MethodArgs) -> anyhow::Result<Measured> {
         } else {
             SweepMode::Full
         };
-        let mut sweeper = Sweeper::new(system, &cfg, KnownServers::default()).with_mode(mode);
-        let _warm = sweeper.sweep().await?;
+        let mut sweeper = Sweeper::new(system, &cfg).with_mode(mode);
+        let mut known = KnownServers::default();
+        let _warm = sweeper.sweep(&mut known).await?;
         drop(_warm);
         let mut m = Measured {
             kind: a.kind.clone(),
@@ -268,7 +269,7 @@ fn sweeper_method(a: &MethodArgs) -> anyhow::Result<Measured> {
         let mut census_ms = Vec::new();
         for i in 0..a.runs {
             let t = Instant::now();
-            let snap = sweeper.sweep().await?;
+            let snap = sweeper.sweep(&mut known).await?;
             m.wall_ms.push(t.elapsed().as_secs_f64() * 1000.0);
             if snap.partial() {
                 bail!("partial sweep: {:?} {:?}", snap.missing, snap.errors);

@@ -84,8 +84,10 @@ fn credential_kind(cfg: &NatsConfig) -> &'static str {
     }
 }
 
-/// Whether an error (or one of its sources) is a TLS handshake or certificate failure:
-/// async-nats reports rustls errors as IO errors.
+/// Whether an error (or one of its sources) is a TLS handshake or certificate failure.
+/// Matching the text is the only way: async-nats reports rustls failures during the handshake
+/// as plain IO errors (not `ConnectErrorKind::Tls`), and connwatch does not depend on rustls to
+/// downcast its error type.
 fn is_tls_failure(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(err);
     while let Some(e) = next {

@@ -1,8 +1,11 @@
-//! The edge to NATS: connecting as a system-account user and the system requests connwatch sends.
+//! The edge to NATS: connecting as a system-account user, the system requests connwatch sends,
+//! the replies' wire types and the streaming CONNZ page parser.
 //!
 //! Nothing here knows about users, thresholds or findings: it speaks the wire.
 
 mod connect;
+pub mod lookup;
+pub mod page;
 mod system;
 pub mod wire;
 

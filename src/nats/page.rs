@@ -1,0 +1,570 @@
+//! The streaming CONNZ page parser: a reply goes straight into a list of connections, checked as
+//! it is read (size, count, cid order, offset, one server id), so nothing is held twice and a
+//! bad reply leaves the list as it was.
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+
+use super::wire::{jwt_name, ApiError, ConnzRequest, Rfc3339, ServerInfo, SweepConn};
+use crate::snapshot::Connection;
+
+/// Bytes a reply may hold per connection asked for (plus [`REPLY_SLACK`]): a real connection
+/// with a JWT and tags takes a few KiB; a bigger reply is refused unparsed.
+const MAX_BYTES_PER_CONNECTION: usize = 16 * 1024;
+/// Room in a reply for its envelope.
+const REPLY_SLACK: usize = 64 * 1024;
+/// The body of a CONNZ request from `offset` for up to `limit` connections, sorted by cid, with
+/// their users (`auth`), filtered by account when `acc` is given.
+pub fn connz_body(limit: usize, offset: usize, acc: Option<&str>) -> Bytes {
+    let req = ConnzRequest {
+        auth: true,
+        limit,
+        offset,
+        sort: "cid",
+        acc: acc.map(str::to_string),
+        ..ConnzRequest::default()
+    };
+    Bytes::from(serde_json::to_vec(&req).expect("connz request serializes"))
+}
+/// What a CONNZ reply said besides its connections (which went to the snapshot already).
+#[derive(Debug, Default)]
+pub(crate) struct PageHead {
+    /// Who answered.
+    pub server: ServerInfo,
+    /// The error envelope, if any.
+    pub error: Option<ApiError>,
+    /// `data.total`; `None` when the reply has no `data`.
+    pub total: Option<u64>,
+    /// Connections in the reply.
+    pub count: usize,
+}
+
+/// What the parser learns while it reads, for the checks a reply must pass.
+#[derive(Debug, Default)]
+struct PageStats {
+    /// Connections read.
+    count: usize,
+    /// The highest cid read: cids must rise strictly (`sort: cid`), so none is counted twice.
+    last_cid: Option<u64>,
+    /// Most connections the reply may hold: the `limit` asked for.
+    limit: usize,
+    /// Reserve room for the reply's connections before the first one.
+    reserve: bool,
+    /// `data` came before `server` (nats-server writes `server` first).
+    server_late: bool,
+    /// `data.server_id`, when given.
+    data_server_id: Option<String>,
+}
+
+fn invalid(msg: impl std::fmt::Display) -> serde_json::Error {
+    <serde_json::Error as serde::de::Error>::custom(msg)
+}
+
+/// Parses one CONNZ reply straight into `out`: each connection is converted from the reply's
+/// borrowed strings as it is read, so neither the page's connections nor their strings are
+/// ever held twice. `limit` is what was asked for: a reply is refused (an error, `out` left as
+/// it was) when it is bigger than that many connections can be, holds more connections than
+/// that or than its own `total`, lists cids out of order or twice, says an offset other than
+/// 0, or names two different server ids.
+pub(crate) fn parse_page(
+    payload: &[u8],
+    out: &mut Vec<Connection>,
+    limit: usize,
+    reserve: bool,
+) -> Result<PageHead, serde_json::Error> {
+    use serde::de::DeserializeSeed;
+    let max_bytes = limit
+        .saturating_mul(MAX_BYTES_PER_CONNECTION)
+        .saturating_add(REPLY_SLACK);
+    if payload.len() > max_bytes {
+        return Err(invalid(format!(
+            "reply of {} bytes is too big for {limit} connections",
+            payload.len()
+        )));
+    }
+    let start = out.len();
+    let mut stats = PageStats {
+        limit,
+        reserve,
+        ..PageStats::default()
+    };
+    let mut de = serde_json::Deserializer::from_slice(payload);
+    let parsed = EnvelopeSeed {
+        out: &mut *out,
+        stats: &mut stats,
+    }
+    .deserialize(&mut de)
+    .and_then(|head| de.end().map(|()| head))
+    .and_then(|mut head| {
+        head.count = stats.count;
+        check_page(&head, &stats).map(|()| head)
+    });
+    let head = match parsed {
+        Ok(head) => head,
+        Err(e) => {
+            out.truncate(start);
+            return Err(e);
+        }
+    };
+    if stats.server_late {
+        for c in &mut out[start..] {
+            c.server.clone_from(&head.server.name);
+            c.server_id.clone_from(&head.server.id);
+        }
+    }
+    Ok(head)
+}
+
+/// One CONNZ reply as a sweep reads it ([`parse_reply`]).
+#[derive(Debug)]
+pub struct ParsedReply {
+    /// Who answered.
+    pub server: ServerInfo,
+    /// The error envelope, if any.
+    pub error: Option<ApiError>,
+    /// `data.total`; `None` when the reply has no `data`.
+    pub total: Option<u64>,
+    /// The connections, in the order (rising cid) of the reply.
+    pub connections: Vec<Connection>,
+}
+
+/// Parses a CONNZ reply to a request for at most `limit` connections with the sweep's own
+/// streaming parser and checks (for tests and fuzzing; the sweep parses into its list).
+pub fn parse_reply(payload: &[u8], limit: usize) -> Result<ParsedReply, serde_json::Error> {
+    let mut connections = Vec::new();
+    let head = parse_page(payload, &mut connections, limit, true)?;
+    Ok(ParsedReply {
+        server: head.server,
+        error: head.error,
+        total: head.total,
+        connections,
+    })
+}
+
+/// The checks a parsed reply must pass beyond its shape.
+fn check_page(head: &PageHead, stats: &PageStats) -> Result<(), serde_json::Error> {
+    let Some(total) = head.total else {
+        return Ok(());
+    };
+    if head.server.id.is_empty() {
+        return Err(invalid("connz data without a server id"));
+    }
+    if stats
+        .data_server_id
+        .as_deref()
+        .is_some_and(|id| !id.is_empty() && id != head.server.id)
+    {
+        return Err(invalid("connz reply names two server ids"));
+    }
+    if stats.count as u64 > total {
+        return Err(invalid(format!(
+            "{} connections but a total of {total}",
+            stats.count
+        )));
+    }
+    Ok(())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum EnvelopeKey {
+    Server,
+    Data,
+    Error,
+    #[serde(other)]
+    Other,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum ConnzKey {
+    Now,
+    Total,
+    Offset,
+    ServerId,
+    Connections,
+    #[serde(other)]
+    Other,
+}
+
+struct EnvelopeSeed<'s> {
+    out: &'s mut Vec<Connection>,
+    stats: &'s mut PageStats,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for EnvelopeSeed<'_> {
+    type Value = PageHead;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<PageHead, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for EnvelopeSeed<'_> {
+    type Value = PageHead;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a CONNZ reply")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<PageHead, A::Error> {
+        use serde::de::Error;
+        let EnvelopeSeed { out, stats } = self;
+        let mut head = PageHead::default();
+        let (mut server_seen, mut data_seen, mut error_seen) = (false, false, false);
+        while let Some(key) = map.next_key::<EnvelopeKey>()? {
+            match key {
+                EnvelopeKey::Server if !server_seen => {
+                    head.server = map.next_value()?;
+                    server_seen = true;
+                }
+                EnvelopeKey::Error if !error_seen => {
+                    head.error = map.next_value()?;
+                    error_seen = true;
+                }
+                EnvelopeKey::Data if !data_seen => {
+                    head.total = map.next_value_seed(ConnzSeed {
+                        out: &mut *out,
+                        stats: &mut *stats,
+                        server: server_seen.then_some(&head.server),
+                    })?;
+                    stats.server_late |= !server_seen;
+                    data_seen = true;
+                }
+                // A key given twice would let one reply speak for two.
+                EnvelopeKey::Server | EnvelopeKey::Error | EnvelopeKey::Data => {
+                    return Err(A::Error::custom("duplicate key in connz reply"));
+                }
+                EnvelopeKey::Other => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(head)
+    }
+}
+
+/// `data` of a CONNZ reply (or `null`): returns its `total`.
+struct ConnzSeed<'s> {
+    out: &'s mut Vec<Connection>,
+    stats: &'s mut PageStats,
+    server: Option<&'s ServerInfo>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for ConnzSeed<'_> {
+    type Value = Option<u64>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Option<u64>, D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ConnzSeed<'_> {
+    type Value = Option<u64>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("CONNZ data")
+    }
+    fn visit_none<E>(self) -> Result<Option<u64>, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Option<u64>, E> {
+        Ok(None)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Option<u64>, D::Error> {
+        d.deserialize_map(self)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Option<u64>, A::Error> {
+        use serde::de::Error;
+        let mut now = None;
+        let mut total: u64 = 0;
+        let mut connections_seen = false;
+        while let Some(key) = map.next_key::<ConnzKey>()? {
+            match key {
+                ConnzKey::Now => now = map.next_value::<Option<Rfc3339>>()?,
+                ConnzKey::Total => total = map.next_value()?,
+                ConnzKey::Offset => {
+                    // Every request of a sweep asks from offset 0.
+                    let offset: i64 = map.next_value()?;
+                    if offset != 0 {
+                        return Err(A::Error::custom(format!(
+                            "connz reply at offset {offset}, asked 0"
+                        )));
+                    }
+                }
+                ConnzKey::ServerId => {
+                    let id: Option<std::borrow::Cow<'de, str>> = map.next_value()?;
+                    self.stats.data_server_id = id.map(|s| s.into_owned());
+                }
+                ConnzKey::Connections if !connections_seen => {
+                    connections_seen = true;
+                    if self.stats.reserve {
+                        // Never more than was asked for, whatever `total` claims.
+                        let want = (total.min(self.stats.limit as u64)) as usize;
+                        let spare = self.out.capacity() - self.out.len();
+                        self.out.reserve_exact(want.saturating_sub(spare));
+                    }
+                    map.next_value_seed(ConnsSeed {
+                        out: &mut *self.out,
+                        stats: &mut *self.stats,
+                        server: self.server,
+                        // nats-server writes `now` before the connections.
+                        now: now.map_or_else(Utc::now, |t| t.0.with_timezone(&Utc)),
+                    })?;
+                }
+                ConnzKey::Connections => {
+                    return Err(A::Error::custom("duplicate connections in connz reply"));
+                }
+                ConnzKey::Other => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Some(total))
+    }
+}
+
+/// The `connections` array (or `null`), each one converted as it is read.
+struct ConnsSeed<'s> {
+    out: &'s mut Vec<Connection>,
+    stats: &'s mut PageStats,
+    server: Option<&'s ServerInfo>,
+    now: DateTime<Utc>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for ConnsSeed<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ConnsSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a list of connections")
+    }
+    fn visit_none<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        use serde::de::Error;
+        let unknown = ServerInfo::default();
+        let server = self.server.unwrap_or(&unknown);
+        while let Some(c) = seq.next_element::<SweepConn<'de>>()? {
+            let stats = &mut *self.stats;
+            stats.count += 1;
+            if stats.count > stats.limit {
+                return Err(A::Error::custom(format!(
+                    "more connections than the {} asked for",
+                    stats.limit
+                )));
+            }
+            if stats.last_cid.is_some_and(|last| c.cid <= last) {
+                return Err(A::Error::custom(format!(
+                    "cid {} out of order or repeated",
+                    c.cid
+                )));
+            }
+            stats.last_cid = Some(c.cid);
+            self.out.push(to_connection_borrowed(server, self.now, c));
+        }
+        Ok(())
+    }
+}
+
+fn to_connection_borrowed(server: &ServerInfo, now: DateTime<Utc>, c: SweepConn) -> Connection {
+    let last = c.last_activity.map(|t| t.0.with_timezone(&Utc));
+    let idle = last
+        .and_then(|l| now.signed_duration_since(l).to_std().ok())
+        .unwrap_or_default();
+    let user_name = c.jwt.as_deref().and_then(jwt_name);
+    Connection {
+        server: server.name.clone(),
+        server_id: server.id.clone(),
+        cid: c.cid,
+        kind: c.kind.map_or_else(|| "Client".into(), String::from),
+        ip: c.ip.into_owned(),
+        start: c.start.map(|t| t.0.with_timezone(&Utc)),
+        idle,
+        in_msgs: c.in_msgs,
+        out_msgs: c.out_msgs,
+        name: c.name.map(String::from).unwrap_or_default(),
+        account: c.account.map_or_else(|| "$G".into(), String::from),
+        account_name: c.name_tag.filter(|n| !n.is_empty()).map(String::from),
+        user: c.authorized_user.map(String::from).unwrap_or_default(),
+        user_name,
+        tags: c
+            .tags
+            .map(|t| t.into_iter().map(String::from).collect())
+            .unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn pages_parse_straight_into_connections_whatever_the_key_order() {
+        let page = br#"{"data":{"now":"2026-01-02T03:04:10Z","total":3,"connections":[
+            {"cid":1,"ip":"10.0.0.1","account":"APP","authorized_user":"u","name":"w",
+             "last_activity":"2026-01-02T03:04:05Z","start":"2026-01-02T03:00:00Z"},
+            {"cid":2,"ip":"10.0.0.2","authorized_user":"v","tags":["t"]}]},
+            "server":{"name":"n1","id":"NID"}}"#;
+        let mut out = Vec::new();
+        let head = parse_page(page, &mut out, 100, true).unwrap();
+        assert_eq!((head.total, head.count), (Some(3), 2));
+        assert_eq!(
+            (out[0].server.as_str(), out[0].server_id.as_str()),
+            ("n1", "NID")
+        );
+        assert_eq!(out[0].idle, Duration::from_secs(5));
+        assert_eq!(
+            (out[0].account.as_str(), out[1].account.as_str()),
+            ("APP", "$G")
+        );
+        assert_eq!(out[1].kind, "Client");
+        assert_eq!(out[1].tags, vec!["t"]);
+
+        let err = parse_page(
+            br#"{"server":{"name":"n2"},"error":{"code":500,"description":"boom"}}"#,
+            &mut out,
+            5,
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            (err.total, err.error.unwrap().description.as_str()),
+            (None, "boom")
+        );
+        let empty = parse_page(
+            br#"{"server":{"name":"n2","id":"N2"},"data":{"total":0,"connections":null}}"#,
+            &mut out,
+            5,
+            false,
+        )
+        .unwrap();
+        assert_eq!(empty.total, Some(0));
+        assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn broken_or_hostile_replies_are_refused_and_leave_the_list_as_it_was() {
+        let conns = |cids: &[u64]| {
+            cids.iter()
+                .map(|c| format!(r#"{{"cid":{c}}}"#))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let reply = |data: &str| format!(r#"{{"server":{{"name":"n1","id":"N1"}},"data":{data}}}"#);
+        let mut deep = "[".repeat(10_000);
+        deep.push_str(&"]".repeat(10_000));
+        let cases: Vec<(&str, String)> = vec![
+            (
+                "truncated",
+                r#"{"server":{},"data":{"connections":[{"cid":9},"#.into(),
+            ),
+            ("not json", "\u{1f}\u{8b}garbage".into()),
+            (
+                "deep nesting",
+                reply(&format!(r#"{{"total":1,"connections":{deep}}}"#)),
+            ),
+            (
+                "repeated cid",
+                reply(&format!(
+                    r#"{{"total":3,"connections":[{}]}}"#,
+                    conns(&[1, 2, 2])
+                )),
+            ),
+            (
+                "unsorted",
+                reply(&format!(
+                    r#"{{"total":3,"connections":[{}]}}"#,
+                    conns(&[3, 1])
+                )),
+            ),
+            (
+                "more than asked",
+                reply(&format!(
+                    r#"{{"total":9,"connections":[{}]}}"#,
+                    conns(&[1, 2, 3, 4, 5, 6])
+                )),
+            ),
+            (
+                "more than its total",
+                reply(&format!(
+                    r#"{{"total":1,"connections":[{}]}}"#,
+                    conns(&[1, 2])
+                )),
+            ),
+            ("negative total", reply(r#"{"total":-1,"connections":[]}"#)),
+            (
+                "negative offset",
+                reply(r#"{"total":1,"offset":-5,"connections":[]}"#),
+            ),
+            (
+                "absurd offset",
+                reply(r#"{"total":1,"offset":18446744073709551615,"connections":[]}"#),
+            ),
+            (
+                "another offset",
+                reply(r#"{"total":1,"offset":7,"connections":[]}"#),
+            ),
+            (
+                "two server ids",
+                reply(r#"{"server_id":"N2","total":0,"connections":[]}"#),
+            ),
+            (
+                "no server id",
+                r#"{"server":{"name":"n1"},"data":{"total":0}}"#.into(),
+            ),
+            (
+                "duplicate data",
+                format!(
+                    r#"{{"server":{{"name":"n1","id":"N1"}},"data":{{"total":1,"connections":[{}]}},"data":{{"total":0}}}}"#,
+                    conns(&[1])
+                ),
+            ),
+            (
+                "too big",
+                reply(&format!(
+                    r#"{{"total":1,"pad":"{}","connections":[]}}"#,
+                    "x".repeat(200_000)
+                )),
+            ),
+        ];
+        let mut out = vec![];
+        parse_page(
+            reply(&format!(
+                r#"{{"total":2,"connections":[{}]}}"#,
+                conns(&[1, 2])
+            ))
+            .as_bytes(),
+            &mut out,
+            5,
+            false,
+        )
+        .unwrap();
+        for (what, payload) in cases {
+            assert!(
+                parse_page(payload.as_bytes(), &mut out, 5, true).is_err(),
+                "{what} accepted"
+            );
+            assert_eq!(out.len(), 2, "{what} left connections behind");
+        }
+        // A total near u64::MAX parses (it is a number) but reserves no more than was asked.
+        let mut fresh = Vec::new();
+        let head = parse_page(
+            reply(r#"{"total":18446744073709551615,"connections":[{"cid":1}]}"#).as_bytes(),
+            &mut fresh,
+            5,
+            true,
+        )
+        .unwrap();
+        assert_eq!(head.total, Some(u64::MAX));
+        assert!(fresh.capacity() <= 5, "reserved {}", fresh.capacity());
+    }
+}

@@ -1,0 +1,245 @@
+//! The per-server reader: a server whose PING reply did not hold all its connections is read
+//! again with directed requests, each for its whole list, until one reply holds it all.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::time::Instant;
+use tracing::warn;
+
+use super::replies::error_reply;
+use super::{bounded_unordered, Sweeper};
+use crate::nats::page::{connz_body, parse_page, PageHead};
+use crate::nats::wire::ServerInfo;
+use crate::nats::{server_subject, RequestError, System};
+use crate::snapshot::{Connection, ServerFailure};
+
+/// Servers read at the same time: each directed reply is held in memory while it is parsed and
+/// costs its server a sort of all its connections, so a super-cluster is read a few at a time.
+const FETCH_CONCURRENCY: usize = 8;
+/// Directed requests one server may take after its PING reply: one sized from its `total`, and
+/// one more if its connections grew past the headroom in between.
+pub const MAX_DIRECTED: u32 = 2;
+
+/// What a sweep does next with one server, from its last reply: `total` connections, of which
+/// the reply held `returned`, after `directed` directed requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NextFetch {
+    /// The last reply held every connection: it is the server's list, one snapshot.
+    Done,
+    /// Ask the server once more, from offset 0, for up to `limit` connections.
+    Fetch {
+        /// The `limit` of the request.
+        limit: u64,
+    },
+    /// The server's list cannot be read whole: it is an error and the sweep partial.
+    GiveUp(ServerFailure),
+}
+
+/// Room a directed request leaves over the `total` a server reported: 12.5%, at least 256, so
+/// connections opened in between still fit in the one reply.
+pub fn headroom(total: u64) -> u64 {
+    (total / 8).max(256)
+}
+
+/// Decides what to do with one server after a reply (pure): done when the reply held its whole
+/// list; else one directed request for `total` plus [`headroom`], at most [`MAX_DIRECTED`]
+/// of them; never one for more than `max_per_server` connections.
+pub fn next_fetch(total: u64, returned: u64, directed: u32, max_per_server: u64) -> NextFetch {
+    if returned >= total {
+        return NextFetch::Done;
+    }
+    if total > max_per_server {
+        return NextFetch::GiveUp(ServerFailure::TooLarge {
+            total,
+            max: max_per_server,
+        });
+    }
+    if directed >= MAX_DIRECTED {
+        return NextFetch::GiveUp(ServerFailure::KeptGrowing {
+            requests: directed,
+            total,
+        });
+    }
+    NextFetch::Fetch {
+        limit: total.saturating_add(headroom(total)).min(max_per_server),
+    }
+}
+
+/// A server whose PING reply did not hold all its connections.
+pub(super) struct Fetch {
+    pub(super) server: ServerInfo,
+    /// The account filter (hot-account sweeps).
+    pub(super) acc: Option<String>,
+    pub(super) total: u64,
+    pub(super) returned: u64,
+}
+
+/// One server's connections, read whole or not at all.
+pub(super) struct Fetched {
+    pub(super) server: ServerInfo,
+    pub(super) total: u64,
+    pub(super) pages: usize,
+    pub(super) requests: usize,
+    pub(super) bytes: usize,
+    pub(super) bad_replies: usize,
+    pub(super) error: Option<ServerFailure>,
+}
+
+impl Fetched {
+    pub(super) fn new(server: ServerInfo) -> Self {
+        Self {
+            server,
+            total: 0,
+            pages: 0,
+            requests: 0,
+            bytes: 0,
+            bad_replies: 0,
+            error: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct FetchLimits {
+    timeout: Duration,
+    deadline: Instant,
+    max_per_server: u64,
+}
+
+/// Reads one server's whole list with directed requests ([`next_fetch`]); its connections go to
+/// `sink` only when one reply held them all.
+async fn fetch_server(
+    system: &System,
+    f: Fetch,
+    limits: FetchLimits,
+    sink: &Mutex<Vec<Connection>>,
+) -> Fetched {
+    let subject = server_subject(&f.server.id, "CONNZ");
+    let mut out = Fetched::new(f.server);
+    let (mut total, mut returned, mut directed) = (f.total, f.returned, 0);
+    // The PING reply was a page too.
+    out.pages = 1;
+    loop {
+        let limit = match next_fetch(total, returned, directed, limits.max_per_server) {
+            NextFetch::Done => {
+                out.total = total;
+                break;
+            }
+            NextFetch::GiveUp(why) => {
+                warn!(server = %out.server.name, total, kind = why.kind(), "connz: {why}");
+                out.error = Some(why);
+                break;
+            }
+            NextFetch::Fetch { limit } => limit as usize,
+        };
+        let now = Instant::now();
+        if now >= limits.deadline {
+            out.error = Some(ServerFailure::Deadline { in_flight: false });
+            break;
+        }
+        directed += 1;
+        out.requests += 1;
+        let wait = limits.timeout.min(limits.deadline - now);
+        let reply = match system
+            .request(
+                subject.clone(),
+                connz_body(limit, 0, f.acc.as_deref()),
+                wait,
+            )
+            .await
+        {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(server = %out.server.name, error = %e, "connz page failed");
+                out.error = Some(if Instant::now() >= limits.deadline {
+                    ServerFailure::Deadline { in_flight: true }
+                } else {
+                    request_failure(e)
+                });
+                break;
+            }
+        };
+        out.bytes += reply.payload.len();
+        let parsed = {
+            let mut conns = sink.lock().unwrap_or_else(|e| e.into_inner());
+            let start = conns.len();
+            let parsed = parse_page(&reply.payload, &mut conns, limit, true);
+            let whole = parsed.as_ref().is_ok_and(|h| {
+                h.server.id == out.server.id
+                    && h.error.is_none()
+                    && h.total.is_some_and(|t| h.count as u64 >= t)
+            });
+            if !whole {
+                conns.truncate(start);
+            }
+            parsed
+        };
+        match parsed {
+            Err(e) => {
+                out.bad_replies += 1;
+                out.error = Some(ServerFailure::BadReply(e.to_string()));
+                break;
+            }
+            Ok(h) if h.server.id != out.server.id => {
+                out.bad_replies += 1;
+                out.error = Some(ServerFailure::WrongServer(h.server.id));
+                break;
+            }
+            Ok(PageHead {
+                error: Some(err), ..
+            }) => {
+                out.error = Some(error_reply(err, true));
+                break;
+            }
+            Ok(PageHead { total: None, .. }) => {
+                out.bad_replies += 1;
+                out.error = Some(ServerFailure::NoData);
+                break;
+            }
+            Ok(h) => {
+                out.pages += 1;
+                total = h.total.unwrap_or_default();
+                returned = h.count as u64;
+            }
+        }
+    }
+    out
+}
+
+impl Sweeper {
+    /// Reads every server that did not fit its first reply, a few at a time and each on its
+    /// own (a slow server holds up only itself), until `deadline`.
+    pub(super) async fn fetch_all(
+        &self,
+        fetches: Vec<Fetch>,
+        deadline: Instant,
+        conns: &mut Vec<Connection>,
+    ) -> Vec<Fetched> {
+        // The replies of several servers are parsed in turn by this one task; the lock is never
+        // held across an await.
+        let sink = Mutex::new(std::mem::take(conns));
+        let limits = FetchLimits {
+            timeout: self.cfg.timeout,
+            deadline,
+            max_per_server: self.cfg.max_connections_per_server,
+        };
+        let fetched = bounded_unordered(fetches, FETCH_CONCURRENCY, |f| {
+            fetch_server(&self.system, f, limits, &sink)
+        })
+        .collect()
+        .await;
+        *conns = sink.into_inner().unwrap_or_else(|e| e.into_inner());
+        fetched
+    }
+}
+
+/// A failed directed request as the server's failure.
+fn request_failure(e: RequestError) -> ServerFailure {
+    match e {
+        RequestError::TimedOut(d) => ServerFailure::TimedOut(d),
+        RequestError::NoResponders => ServerFailure::NoResponders,
+        e => ServerFailure::RequestFailed(e.to_string()),
+    }
+}

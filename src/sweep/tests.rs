@@ -1,0 +1,226 @@
+//! The sweep's pure parts: discovery, the PING replies, the per-server reader's decisions.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::StreamExt;
+
+use super::discovery::Discovery;
+use super::replies::FirstReplies;
+use super::*;
+use crate::snapshot::ServerFailure;
+
+#[test]
+fn configured_count_wins() {
+    assert_eq!(expected_count(3, Some(5), 7), Some(3));
+    assert_eq!(expected_count(0, Some(2), 3), Some(3));
+    assert_eq!(expected_count(0, None, 0), None);
+}
+
+fn statsz(name: &str, id: &str, active: usize) -> Vec<u8> {
+    statsz_with(name, id, active, &[])
+}
+
+fn statsz_with(name: &str, id: &str, active: usize, routes: &[&str]) -> Vec<u8> {
+    let routes: Vec<_> = routes
+        .iter()
+        .map(|r| serde_json::json!({"rid": 1, "name": r}))
+        .collect();
+    serde_json::to_vec(&serde_json::json!({
+        "server": {"name": name, "id": id, "cluster": "c1"},
+        "statsz": {"active_servers": active, "routes": routes}
+    }))
+    .unwrap()
+}
+
+#[test]
+fn a_restarted_server_is_not_counted_twice() {
+    let mut known = KnownServers::default();
+    known.saw(Utc::now(), [("n1", "A"), ("n2", "B"), ("n3", "OLD")]);
+    let mut d = Discovery::new(&known, Utc::now());
+    // The survivors still count n3's old id beside its new one.
+    d.add(&statsz("n1", "A", 4));
+    d.add(&statsz("n2", "B", 4));
+    assert!(!d.settled(0));
+    d.add(&statsz("n3", "NEW", 3));
+    assert!(d.settled(0));
+    assert_eq!(d.count(), Some(3));
+}
+
+#[test]
+fn an_unknown_extra_server_is_still_expected() {
+    let known = KnownServers::default();
+    let mut d = Discovery::new(&known, Utc::now());
+    d.add(&statsz("n1", "A", 3));
+    d.add(&statsz("n2", "B", 3));
+    // The same server twice is one reply.
+    d.add(&statsz("n2", "B", 3));
+    assert_eq!(d.count(), Some(3));
+    assert!(!d.settled(0));
+}
+
+#[test]
+fn missing_names_known_servers_then_peers_then_placeholders() {
+    let known = ["n1", "n2", "n3"];
+    assert_eq!(
+        missing_servers(3, &["n1", "n2"], known.into_iter(), &[]),
+        vec!["n3"]
+    );
+    assert_eq!(
+        missing_servers(3, &["n1"], ["n1"].into_iter(), &[]),
+        vec![UNKNOWN_SERVER, UNKNOWN_SERVER]
+    );
+    assert!(missing_servers(2, &["n1", "n2"], known[..2].iter().copied(), &[]).is_empty());
+    // No state: the live servers' route peers name the silent one.
+    assert_eq!(
+        missing_servers(3, &["n1", "n2"], std::iter::empty(), &["n3".into()]),
+        vec!["n3"]
+    );
+    // A silent gateway cluster names the cluster; the rest stay unknown.
+    assert_eq!(
+        missing_servers(
+            4,
+            &["n1", "n2"],
+            std::iter::empty(),
+            &["<unknown> (cluster east)".into()]
+        ),
+        vec!["<unknown> (cluster east)", UNKNOWN_SERVER]
+    );
+}
+
+#[test]
+fn route_peers_that_did_not_answer_are_named() {
+    let known = KnownServers::default();
+    let mut d = Discovery::new(&known, Utc::now());
+    d.add(&statsz_with("n1", "A", 3, &["n2", "n3", "n3"]));
+    d.add(&statsz_with("n2", "B", 3, &["n1", "n3"]));
+    assert_eq!(d.peers(&["n1", "n2"]), vec!["n3"]);
+}
+
+#[test]
+fn one_reply_is_one_servers_whole_list_or_nothing() {
+    assert_eq!(next_fetch(10, 10, 0, 1_000_000), NextFetch::Done);
+    assert_eq!(next_fetch(0, 0, 0, 1_000_000), NextFetch::Done);
+    assert_eq!(
+        next_fetch(20_000, 10_000, 0, 1_000_000),
+        NextFetch::Fetch { limit: 22_500 }
+    );
+    assert_eq!(
+        next_fetch(100, 50, 1, 1_000_000),
+        NextFetch::Fetch { limit: 356 }
+    );
+    assert!(matches!(
+        next_fetch(100, 50, MAX_DIRECTED, 1_000_000),
+        NextFetch::GiveUp(_)
+    ));
+    // A huge (or hostile) total is never asked for, let alone allocated.
+    for total in [1_000_001, u64::MAX] {
+        let NextFetch::GiveUp(why) = next_fetch(total, 0, 0, 1_000_000) else {
+            panic!("{total} fetched");
+        };
+        assert!(
+            matches!(why, ServerFailure::TooLarge { max: 1_000_000, .. }),
+            "{why:?}"
+        );
+        assert!(
+            why.to_string().contains("sweep.max_connections_per_server"),
+            "{why}"
+        );
+    }
+    // Near the ceiling the headroom is cut, never the ceiling passed.
+    assert_eq!(
+        next_fetch(999_990, 0, 0, 1_000_000),
+        NextFetch::Fetch { limit: 1_000_000 }
+    );
+}
+
+fn connz(name: &str, id: &str, total: u64, cids: &[u64]) -> Vec<u8> {
+    let conns: Vec<_> = cids.iter().map(|c| serde_json::json!({"cid": c})).collect();
+    serde_json::to_vec(&serde_json::json!({
+        "server": {"name": name, "id": id},
+        "data": {"server_id": id, "total": total, "offset": 0, "connections": conns}
+    }))
+    .unwrap()
+}
+
+#[test]
+fn only_vouched_distinct_servers_count_and_impostors_never_replace_them() {
+    let known = KnownServers::default();
+    let mut d = Discovery::new(&known, Utc::now());
+    let mut firsts = FirstReplies::new(100, None);
+    let mut bad = 0;
+    // Garbage and impostors arrive first.
+    firsts.add(b"{not json", &mut bad);
+    firsts.add(&connz("fake", "NFAKE", 1, &[1]), &mut bad);
+    firsts.add(&connz("evil", "N1", 1, &[7]), &mut bad);
+    firsts.add(&connz("n2", "N2", 1, &[9]), &mut bad);
+    firsts.add(&connz("n2", "N2", 1, &[3]), &mut bad);
+    assert_eq!(bad, 1);
+    d.add(&statsz("n1", "N1", 3));
+    d.add(&statsz("n2", "N2", 3));
+    d.add(&statsz("n3", "N3", 3));
+    // Nothing vouched but n2's id so far (twice: still one server).
+    assert_eq!(firsts.answered(&d), 1);
+    firsts.add(&connz("n1", "N1", 2, &[1, 2]), &mut bad);
+    firsts.add(&connz("n3", "N3", 3, &[1]), &mut bad);
+    assert_eq!(firsts.answered(&d), 3);
+
+    let mut snap = Snapshot {
+        bad_replies: bad,
+        ..Snapshot::default()
+    };
+    let (done, fetches) = firsts.resolve(&d, &mut snap);
+    // "fake" (unknown id) and "evil" (n1's id under another name) are bad; n2 answered
+    // twice with different lists: an error, counted nowhere.
+    assert_eq!(snap.bad_replies, 1 + 2 + 1);
+    assert_eq!(
+        done.iter()
+            .map(|f| f.server.name.as_str())
+            .collect::<Vec<_>>(),
+        vec!["n1"]
+    );
+    assert_eq!(
+        snap.connections.iter().map(|c| c.cid).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert_eq!(fetches.len(), 1, "n3 is read again in one request");
+    assert_eq!((fetches[0].total, fetches[0].returned), (3, 1));
+    assert_eq!(snap.errors.len(), 1);
+    assert_eq!(snap.errors[0].server, "n2");
+    assert_eq!(
+        snap.errors[0].error,
+        ServerFailure::Impostors {
+            replies: 2,
+            id: "N2".into()
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_slow_item_holds_up_only_itself() {
+    let (release, slow) = tokio::sync::oneshot::channel::<()>();
+    let mut slow = Some(slow);
+    let items: Vec<usize> = (0..10).collect();
+    let results = bounded_unordered(items, 3, |i| {
+        let wait = if i == 0 { slow.take() } else { None };
+        async move {
+            if let Some(w) = wait {
+                let _ = w.await;
+            }
+            i
+        }
+    });
+    futures::pin_mut!(results);
+    // Every other item finishes while the first is still waiting.
+    let mut first_nine = Vec::new();
+    for _ in 0..9 {
+        let next = tokio::time::timeout(Duration::from_secs(10), results.next())
+            .await
+            .expect("a slow item held up the others");
+        first_nine.push(next.unwrap());
+    }
+    first_nine.sort();
+    assert_eq!(first_nine, (1..10).collect::<Vec<_>>());
+    release.send(()).unwrap();
+    assert_eq!(results.next().await, Some(0));
+}
