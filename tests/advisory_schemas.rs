@@ -704,11 +704,27 @@ fn kick_advisories() -> Vec<Advisory> {
         .find(|c| c.user_name.is_some())
         .expect("alice has connections");
     let mut out = Vec::new();
+    use advisory::{KickResult, KickRule};
     for (c, rule, result, error) in [
-        (&conns[0], "excessive_user_connections", "would_kick", None),
-        (alice, "excessive_user_connections", "kicked", None),
-        (&conns[1], "manual", "already_gone", None),
-        (&conns[2], "manual", "failed", Some("timed out after 5s")),
+        (
+            &conns[0],
+            KickRule::ExcessiveUserConnections,
+            KickResult::WouldKick,
+            None,
+        ),
+        (
+            alice,
+            KickRule::ExcessiveUserConnections,
+            KickResult::Kicked,
+            None,
+        ),
+        (&conns[1], KickRule::Manual, KickResult::AlreadyGone, None),
+        (
+            &conns[2],
+            KickRule::Manual,
+            KickResult::Failed,
+            Some("timed out after 5s"),
+        ),
     ] {
         let plan = connwatch::kick::KickPlan::of(c, t(0), 150, 100);
         out.push(advisory::kicked(

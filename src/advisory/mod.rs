@@ -122,29 +122,17 @@ fn finding_event<F>(
     Envelope::new(body, sweep, now)
 }
 
-/// `connection_kicked`: the audit record of one kick, or of a would-be kick in dry run.
-/// `rule` is `excessive_user_connections` or `manual`; `result` is `would_kick` (dry run),
-/// `kicked`, `already_gone` or `failed`.
+/// `connection_kicked`: the audit record of one kick, or of a would-be kick in dry run;
+/// `error` says why a `failed` kick failed.
 pub fn kicked(
     prefix: &str,
     plan: &KickPlan,
-    rule: &str,
-    result: &str,
+    rule: KickRule,
+    result: KickResult,
     error: Option<&str>,
     sweep: &Completeness,
     now: DateTime<Utc>,
 ) -> Advisory {
-    let rule = if rule == "manual" {
-        KickRule::Manual
-    } else {
-        KickRule::ExcessiveUserConnections
-    };
-    // The kick outcomes name their results; an unknown one is a failure connwatch cannot name.
-    debug_assert!(
-        KickResult::from_name(result).is_some(),
-        "kick result {result:?}"
-    );
-    let result = KickResult::from_name(result).unwrap_or(KickResult::Failed);
     let body = ConnectionKicked {
         rule,
         dry_run: result == KickResult::WouldKick,

@@ -88,9 +88,20 @@ pub enum KickResult {
 }
 
 impl KickResult {
-    /// The result named `name` (`kicked`, `already_gone`, ...), as the kick outcomes name it.
-    pub fn from_name(name: &str) -> Option<Self> {
-        serde_json::from_value(Value::String(name.into())).ok()
+    /// Its name in the advisory: `would_kick`, `kicked`, `already_gone` or `failed`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::WouldKick => "would_kick",
+            Self::Kicked => "kicked",
+            Self::AlreadyGone => "already_gone",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for KickResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
