@@ -23,6 +23,16 @@ pub enum State {
     Resolved,
 }
 
+impl State {
+    /// `firing` or `resolved`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Firing => "firing",
+            Self::Resolved => "resolved",
+        }
+    }
+}
+
 /// A finding that is firing.
 ///
 /// Kept in the state file as `kind`, `tokens`, `since`, `last_notified` and `body`: the shape

@@ -226,7 +226,7 @@ pub fn matches(message: &Message, args: &TailArgs) -> bool {
 struct Parts<'a> {
     timestamp: DateTime<Utc>,
     /// `firing` / `resolved`, or a kick's result.
-    state: Option<String>,
+    state: Option<&'static str>,
     resolved: bool,
     renotify: bool,
     since: Option<DateTime<Utc>>,
@@ -236,7 +236,7 @@ struct Parts<'a> {
 }
 
 impl<'a> Parts<'a> {
-    fn envelope<B>(e: &'a Envelope<B>, state: Option<String>, numbers: String) -> Self {
+    fn envelope<B>(e: &'a Envelope<B>, state: Option<&'static str>, numbers: String) -> Self {
         Self {
             timestamp: e.timestamp,
             state,
@@ -250,9 +250,7 @@ impl<'a> Parts<'a> {
     }
 
     fn finding<F>(e: &'a Envelope<FindingEvent<F>>, numbers: String) -> Self {
-        let state = serde_json::to_value(e.body.state)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string));
+        let state = Some(e.body.state.name());
         Self {
             resolved: e.body.state == crate::lifecycle::State::Resolved,
             renotify: e.body.renotify,
@@ -276,10 +274,7 @@ impl<'a> Parts<'a> {
                 Self::finding(e, ratio(s.connections, s.max_connections, s.ratio))
             }
             Message::ConnectionKicked(e) => {
-                let result = serde_json::to_value(e.body.result)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string));
-                Self::envelope(e, result, String::new())
+                Self::envelope(e, Some(e.body.result.name()), String::new())
             }
             Message::KickIneffective(e) => Self {
                 summary: Some(&e.body.returned.message),
@@ -311,7 +306,7 @@ pub fn render_text(message: &Message) -> String {
     let mut line = format!(
         "{} {} {}",
         millis(p.timestamp),
-        p.state.as_deref().map_or("-".into(), str::to_uppercase),
+        p.state.map_or("-".into(), str::to_uppercase),
         message.name(),
     );
     if let Some(who) = Who::of(message).label() {
