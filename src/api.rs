@@ -111,7 +111,7 @@ pub fn findings_reply(latest: &Latest, body: &[u8]) -> Result<Bytes, ServiceErro
     let findings: Vec<&Active> = latest
         .findings
         .iter()
-        .filter(|a| q.r#type.as_deref().is_none_or(|t| t == a.kind.name()))
+        .filter(|a| q.r#type.as_deref().is_none_or(|t| t == a.kind().name()))
         .collect();
     Ok(Bytes::from(
         serde_json::to_vec(&serde_json::json!({ "findings": findings })).expect("serializes"),

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::advisory::publisher::{Publisher, PublisherStats};
-use crate::advisory::Completeness;
+use crate::advisory::{Completeness, KickResult, KickRule};
 use crate::census;
 use crate::cli::{Format, KickArgs, ReportArgs, TailArgs};
 use crate::config::{self, Config};
@@ -194,7 +194,7 @@ pub async fn kick(config: &Config, args: &KickArgs) -> Result<String, AppError> 
         timeout: config.kick.timeout,
         concurrency: config.kick.concurrency,
         dry_run: false,
-        rule: "manual",
+        rule: KickRule::Manual,
         prefix: &config.advisory.subject_prefix,
         sweep: &Completeness::of(&snap),
         stop: &CancellationToken::new(),
@@ -202,7 +202,7 @@ pub async fn kick(config: &Config, args: &KickArgs) -> Result<String, AppError> 
     let executed = executor::execute(&batch, plans, &mut state.kicked, None).await;
     for (p, o) in &executed.done {
         let error = o.as_ref().and_then(|o| o.error()).map(ToString::to_string);
-        let result = o.as_ref().map_or("would_kick", |o| o.result());
+        let result = o.as_ref().map_or(KickResult::WouldKick, |o| o.result());
         let _ = writeln!(
             out,
             "{result} {} on {}: {}",

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{names_match, DetectConfig};
 use crate::snapshot::Connection;
@@ -21,7 +22,7 @@ pub struct Census {
 }
 
 /// One user's connections across the cluster.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct UserCensus {
     /// Account (name, or public key in operator mode).
     pub account: String,
@@ -33,8 +34,9 @@ pub struct UserCensus {
     /// The user's human name (JWT `name`), when known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_name: Option<String>,
-    /// Tags of the user.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    /// Tags of the user; absent when it has none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(min = 1))]
     pub tags: Vec<String>,
     /// Whether this user belongs to the system account.
     pub system: bool,
@@ -64,7 +66,7 @@ pub struct UserCensus {
 
 /// How a user's connections spread over processes, for the diagnosis.
 /// A process is approximated by remote IP and client name.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Spread {
     /// Distinct (IP, client name) pairs.
     pub processes: u64,
@@ -81,7 +83,7 @@ pub struct Spread {
 }
 
 /// Connections from one (IP, client name) pair.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ProcessCount {
     /// Remote IP.
     pub ip: String,
@@ -91,8 +93,8 @@ pub struct ProcessCount {
     pub connections: u64,
 }
 
-/// A connection that looks leaked.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A connection that looks leaked: idle at least `detect.idle_threshold` with no message in or out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Suspect {
     /// Server name.
     pub server: String,
@@ -108,6 +110,7 @@ pub struct Suspect {
     pub start: Option<DateTime<Utc>>,
     /// How long it has been idle.
     #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "crate::advisory::schema::humantime")]
     pub idle: Duration,
 }
 

@@ -8,12 +8,13 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::rules::{Finding, Kind};
 
-/// `firing` or `resolved`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// `firing` while the finding holds, `resolved` once a complete sweep no longer finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     /// The finding holds.
@@ -22,19 +23,38 @@ pub enum State {
     Resolved,
 }
 
+impl State {
+    /// `firing` or `resolved`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Firing => "firing",
+            Self::Resolved => "resolved",
+        }
+    }
+}
+
 /// A finding that is firing.
+///
+/// Kept in the state file as `kind`, `tokens`, `since`, `last_notified` and `body`: the shape
+/// earlier versions wrote, so their state files still load.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Active {
-    /// Which rule.
-    pub kind: Kind,
+    /// The finding as last seen (`kind` and `body`).
+    #[serde(flatten)]
+    pub finding: Finding,
     /// Account and user, account, or server.
     pub tokens: Vec<String>,
     /// When it first fired.
     pub since: DateTime<Utc>,
     /// When it was last announced.
     pub last_notified: DateTime<Utc>,
-    /// The finding as last seen.
-    pub body: serde_json::Value,
+}
+
+impl Active {
+    /// Which rule.
+    pub fn kind(&self) -> Kind {
+        self.finding.kind()
+    }
 }
 
 /// Something to announce.
@@ -83,16 +103,14 @@ impl Lifecycle {
         let mut seen = std::collections::HashSet::new();
         for f in findings {
             let key = f.key();
-            let body = serde_json::to_value(&f.body).expect("findings serialize");
             seen.insert(key.clone());
             match self.active.get_mut(&key) {
                 None => {
                     let a = Active {
-                        kind: f.kind,
+                        finding: f.clone(),
                         tokens: f.tokens(),
                         since: now,
                         last_notified: now,
-                        body,
                     };
                     events.push(Event {
                         state: State::Firing,
@@ -102,7 +120,7 @@ impl Lifecycle {
                     self.active.insert(key, a);
                 }
                 Some(a) => {
-                    a.body = body;
+                    a.finding = f.clone();
                     if now - a.last_notified >= renotify {
                         a.last_notified = now;
                         events.push(Event {
@@ -138,7 +156,7 @@ impl Lifecycle {
     pub fn firing_by_kind(&self) -> BTreeMap<Kind, usize> {
         let mut m = BTreeMap::new();
         for a in self.active.values() {
-            *m.entry(a.kind).or_default() += 1;
+            *m.entry(a.kind()).or_default() += 1;
         }
         m
     }
@@ -147,23 +165,20 @@ impl Lifecycle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::{Body, ServerFinding};
+    use crate::rules::ServerFinding;
 
     fn t(secs: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_700_000_000 + secs, 0).unwrap()
     }
 
     fn finding(server: &str, connections: u64) -> Finding {
-        Finding {
-            kind: Kind::ServerConnectionPressure,
-            body: Body::Server(ServerFinding {
-                server: server.into(),
-                server_id: "ID".into(),
-                connections,
-                max_connections: 100,
-                ratio: connections as f64 / 100.0,
-            }),
-        }
+        Finding::ServerConnectionPressure(ServerFinding {
+            server: server.into(),
+            server_id: "ID".into(),
+            connections,
+            max_connections: 100,
+            ratio: connections as f64 / 100.0,
+        })
     }
 
     fn states(e: &[Event]) -> Vec<(State, bool, String)> {
@@ -184,7 +199,7 @@ mod tests {
         assert!(l.step(&[finding("n1", 86)], true, t(60), HOUR).is_empty());
         let e = l.step(&[finding("n1", 87)], true, t(3600), HOUR);
         assert_eq!(states(&e), vec![(State::Firing, true, "n1".into())]);
-        assert_eq!(e[0].finding.body["connections"], 87);
+        assert_eq!(e[0].finding.finding, finding("n1", 87));
         assert_eq!(e[0].finding.since, t(0));
         let e = l.step(&[], true, t(3660), HOUR);
         assert_eq!(states(&e), vec![(State::Resolved, false, "n1".into())]);

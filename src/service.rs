@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::advisory::publisher::Publisher;
-use crate::advisory::{self, Completeness};
+use crate::advisory::{self, Completeness, KickRule};
 use crate::api;
 use crate::census::{self, Census};
 use crate::config::Config;
@@ -470,7 +470,7 @@ impl Service {
                 (_, true) => "still firing",
                 _ => "firing",
             };
-            info!(kind = e.finding.kind.name(), subject = %a.subject, id = %a.id, "finding {verb}");
+            info!(kind = e.finding.kind().name(), subject = %a.subject, id = %a.id, "finding {verb}");
             self.publisher.enqueue(a);
         }
         if self.config.kick.enabled {
@@ -547,7 +547,7 @@ impl Service {
             timeout: cfg.timeout,
             concurrency: cfg.concurrency,
             dry_run: cfg.dry_run,
-            rule: "excessive_user_connections",
+            rule: KickRule::ExcessiveUserConnections,
             prefix,
             sweep,
             stop: &self.stop,

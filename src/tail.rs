@@ -14,20 +14,25 @@
 //! 2026-11-25T22:31:09.123Z RESOLVED excessive_user_connections OPS (AOPSOPSO…)/alice (UALICEAL…) last seen 120 conns (threshold 100) n2:60 n3:60, firing since 2026-11-25T20:31:09.123Z
 //! ```
 //!
-//! A message that is not an advisory (not JSON, or no `io.connwatch.advisory.v1.*` type) is
-//! logged as a warning and skipped.
+//! Messages are decoded with the advisory types ([`Message`]). One that is not an advisory of
+//! this version (not JSON, another publisher's type, a type or shape this version does not
+//! know) is logged as a warning and skipped. `--format json` prints the body as received, so
+//! fields a newer connwatch added are kept.
 
 use std::fmt::Write as _;
 use std::io::{ErrorKind, Write};
 
 use anyhow::{bail, Context as _};
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::advisory::TYPE_PREFIX;
+use crate::advisory::types::DecodeError;
+use crate::advisory::with_sources;
+use crate::advisory::{Completeness, Envelope, FindingEvent, Message, NAMES, TYPE_PREFIX};
 use crate::cli::{TailArgs, TailFormat};
-use crate::rules::Kind;
+use crate::rules::UserFinding;
 
 /// Prints the advisories published under `prefix` to `out` until `shutdown` is cancelled.
 ///
@@ -72,8 +77,7 @@ async fn follow(
     mut out: impl Write,
 ) -> anyhow::Result<()> {
     for t in &args.types {
-        let name = t.strip_prefix(TYPE_PREFIX).unwrap_or(t);
-        if !Kind::ALL.iter().any(|k| k.name() == name) {
+        if !NAMES.contains(&type_name(t)) {
             tracing::warn!(
                 advisory_type = %t,
                 "--type names no advisory type this version publishes"
@@ -106,62 +110,178 @@ async fn follow(
 /// The line to print for one message: `None` when it is no advisory (logged as a warning) or
 /// does not pass the filters.
 fn line_for(subject: &str, payload: &[u8], args: &TailArgs) -> Option<String> {
-    let body = match parse(payload) {
-        Ok(body) => body,
+    let (body, message) = match decode(payload) {
+        Ok(decoded) => decoded,
         Err(why) => {
             tracing::warn!(
                 subject,
                 bytes = payload.len(),
-                %why,
+                why = %with_sources(&why),
                 "skipping a message that is not an advisory"
             );
             return None;
         }
     };
-    if !matches(&body, args) {
+    if !matches(&message, args) {
         return None;
     }
     Some(match args.format {
-        TailFormat::Text => render_text(&body),
+        TailFormat::Text => render_text(&message),
         TailFormat::Json => body.to_string(),
     })
 }
 
-/// Parses an advisory: a JSON object whose `type` starts with `io.connwatch.advisory.v1.`.
-pub fn parse(payload: &[u8]) -> Result<Value, String> {
-    let body: Value = serde_json::from_slice(payload).map_err(|e| format!("not JSON: {e}"))?;
-    match body.get("type").and_then(Value::as_str) {
-        Some(t) if t.starts_with(TYPE_PREFIX) => Ok(body),
-        Some(t) => Err(format!("type {t:?} is not a connwatch advisory type")),
-        None if body.is_object() => Err("no \"type\" string".into()),
-        None => Err("not a JSON object".into()),
-    }
+/// Decodes an advisory: its JSON body as received, and its typed form.
+pub fn decode(payload: &[u8]) -> Result<(Value, Message), DecodeError> {
+    let body: Value = serde_json::from_slice(payload).map_err(DecodeError::NotJson)?;
+    let message = Message::decode(body.clone())?;
+    Ok((body, message))
 }
 
-/// The advisory name (`excessive_user_connections`): the `type` without its prefix.
-fn name(body: &Value) -> &str {
-    let t = str_field(body, "type").unwrap_or("-");
+/// A `--type` value without the `io.connwatch.advisory.v1.` prefix.
+fn type_name(t: &str) -> &str {
     t.strip_prefix(TYPE_PREFIX).unwrap_or(t)
+}
+
+/// Who an advisory is about: account and user (key and human name), or a server.
+#[derive(Default)]
+struct Who<'a> {
+    account: Option<(&'a str, Option<&'a str>)>,
+    user: Option<(&'a str, Option<&'a str>)>,
+    server: Option<&'a str>,
+}
+
+impl<'a> Who<'a> {
+    fn user(u: &'a UserFinding) -> Self {
+        let c = &u.census;
+        Self {
+            account: Some((&c.account, c.account_name.as_deref())),
+            user: Some((&c.user, c.user_name.as_deref())),
+            server: None,
+        }
+    }
+
+    fn of(message: &'a Message) -> Self {
+        match message {
+            Message::ExcessiveUserConnections(e) | Message::UserConnectionGrowth(e) => {
+                Self::user(&e.body.finding)
+            }
+            Message::AccountConnectionPressure(e) => {
+                let a = &e.body.finding;
+                Self {
+                    account: Some((&a.account, a.account_name.as_deref())),
+                    ..Self::default()
+                }
+            }
+            Message::ServerConnectionPressure(e) => Self {
+                server: Some(&e.body.finding.server),
+                ..Self::default()
+            },
+            Message::ConnectionKicked(e) => {
+                let p = &e.body.plan;
+                Self {
+                    account: Some((&p.account, p.account_name.as_deref())),
+                    user: Some((&p.user, p.user_name.as_deref())),
+                    server: Some(&p.server),
+                }
+            }
+            Message::KickIneffective(e) => {
+                let c = &e.body.returned.client;
+                Self {
+                    account: Some((&c.account, None)),
+                    user: Some((&c.user, None)),
+                    server: None,
+                }
+            }
+        }
+    }
+
+    /// `account/user`, `account` or `server`, with human names.
+    fn label(&self) -> Option<String> {
+        match (self.account.map(label), self.user.map(label)) {
+            (Some(a), Some(u)) => Some(format!("{a}/{u}")),
+            (None, Some(u)) => Some(u),
+            (Some(a), None) => Some(a),
+            (None, None) => self.server.map(str::to_string),
+        }
+    }
 }
 
 /// Whether an advisory passes the `tail` filters: `--type` (any of them) equals its name, with
 /// or without the `io.connwatch.advisory.v1.` prefix; `--account` equals its `account` or
 /// `account_name`; `--user` equals its `user` or `user_name`. An advisory without the field
 /// (a server advisory has no account) does not pass a filter on it.
-pub fn matches(body: &Value, args: &TailArgs) -> bool {
-    let name = name(body);
-    let type_ok = args.types.is_empty()
-        || args
-            .types
-            .iter()
-            .any(|t| t.strip_prefix(TYPE_PREFIX).unwrap_or(t) == name);
-    let named = |want: &Option<String>, key: &str, human: &str| {
+pub fn matches(message: &Message, args: &TailArgs) -> bool {
+    let type_ok =
+        args.types.is_empty() || args.types.iter().any(|t| type_name(t) == message.name());
+    let who = Who::of(message);
+    let named = |want: &Option<String>, have: Option<(&str, Option<&str>)>| {
         want.as_deref()
-            .is_none_or(|w| str_field(body, key) == Some(w) || str_field(body, human) == Some(w))
+            .is_none_or(|w| have.is_some_and(|(key, human)| key == w || human == Some(w)))
     };
-    type_ok
-        && named(&args.account, "account", "account_name")
-        && named(&args.user, "user", "user_name")
+    type_ok && named(&args.account, who.account) && named(&args.user, who.user)
+}
+
+/// What a line shows of an advisory, whatever its type.
+struct Parts<'a> {
+    timestamp: DateTime<Utc>,
+    /// `firing` / `resolved`, or a kick's result.
+    state: Option<&'static str>,
+    resolved: bool,
+    renotify: bool,
+    since: Option<DateTime<Utc>>,
+    numbers: String,
+    summary: Option<&'a str>,
+    sweep: &'a Completeness,
+}
+
+impl<'a> Parts<'a> {
+    fn envelope<B>(e: &'a Envelope<B>, state: Option<&'static str>, numbers: String) -> Self {
+        Self {
+            timestamp: e.timestamp,
+            state,
+            resolved: false,
+            renotify: false,
+            since: None,
+            numbers,
+            summary: None,
+            sweep: &e.sweep,
+        }
+    }
+
+    fn finding<F>(e: &'a Envelope<FindingEvent<F>>, numbers: String) -> Self {
+        let state = Some(e.body.state.name());
+        Self {
+            resolved: e.body.state == crate::lifecycle::State::Resolved,
+            renotify: e.body.renotify,
+            since: Some(e.body.since),
+            ..Self::envelope(e, state, numbers)
+        }
+    }
+
+    fn of(message: &'a Message) -> Self {
+        match message {
+            Message::ExcessiveUserConnections(e) | Message::UserConnectionGrowth(e) => Self {
+                summary: Some(&e.body.finding.diagnosis.summary),
+                ..Self::finding(e, user_numbers(&e.body.finding))
+            },
+            Message::AccountConnectionPressure(e) => {
+                let a = &e.body.finding;
+                Self::finding(e, ratio(a.connections, a.limit, a.ratio))
+            }
+            Message::ServerConnectionPressure(e) => {
+                let s = &e.body.finding;
+                Self::finding(e, ratio(s.connections, s.max_connections, s.ratio))
+            }
+            Message::ConnectionKicked(e) => {
+                Self::envelope(e, Some(e.body.result.name()), String::new())
+            }
+            Message::KickIneffective(e) => Self {
+                summary: Some(&e.body.returned.message),
+                ..Self::envelope(e, None, String::new())
+            },
+        }
+    }
 }
 
 /// One readable line for an advisory:
@@ -178,75 +298,59 @@ pub fn matches(body: &Value, args: &TailArgs) -> bool {
 /// - a resolved advisory carries the numbers last seen while firing: they show as
 ///   `last seen <numbers>, firing since <since>`, without the diagnosis.
 ///
-/// Other advisory types render from the fields they share with these: `result` stands in
-/// for a missing `state`, `message` for a missing diagnosis. Missing fields are left out (or
-/// shown as `-`); this never fails. Control characters in names are escaped, so every
-/// advisory stays on one line.
-pub fn render_text(body: &Value) -> String {
-    let resolved = str_field(body, "state") == Some("resolved");
+/// A kick shows its result in place of the state (`WOULD_KICK`, `KICKED`, ...); a kicked
+/// client that came back shows its message in place of a diagnosis. Control characters in
+/// names are escaped, so every advisory stays on one line.
+pub fn render_text(message: &Message) -> String {
+    let p = Parts::of(message);
     let mut line = format!(
         "{} {} {}",
-        str_field(body, "timestamp").unwrap_or("-"),
-        str_field(body, "state")
-            .or_else(|| str_field(body, "result"))
-            .map_or("-".into(), str::to_uppercase),
-        name(body),
+        millis(p.timestamp),
+        p.state.map_or("-".into(), str::to_uppercase),
+        message.name(),
     );
-    if let Some(who) = who(body) {
+    if let Some(who) = Who::of(message).label() {
         let _ = write!(line, " {who}");
     }
-    let numbers = numbers(body);
-    let since = str_field(body, "since").unwrap_or("-");
-    if resolved {
-        if !numbers.is_empty() {
-            let _ = write!(line, " last seen {numbers},");
+    let since = p.since.map_or("-".into(), millis);
+    if p.resolved {
+        if !p.numbers.is_empty() {
+            let _ = write!(line, " last seen {},", p.numbers);
         }
         let _ = write!(line, " firing since {since}");
-    } else if !numbers.is_empty() {
-        let _ = write!(line, " {numbers}");
+    } else if !p.numbers.is_empty() {
+        let _ = write!(line, " {}", p.numbers);
     }
-    if body["renotify"] == true {
+    if p.renotify {
         let _ = write!(line, " [renotify, firing since {since}]");
     }
-    if body["sweep"]["partial"] == true {
-        let missing: Vec<&str> = body["sweep"]["missing"]
-            .as_array()
-            .map(|m| m.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
-        if missing.is_empty() {
+    if p.sweep.partial {
+        if p.sweep.missing.is_empty() {
             line.push_str(" [partial sweep]");
         } else {
-            let _ = write!(line, " [partial sweep: missing {}]", missing.join(", "));
+            let _ = write!(
+                line,
+                " [partial sweep: missing {}]",
+                p.sweep.missing.join(", ")
+            );
         }
     }
-    let summary = body["diagnosis"]["summary"]
-        .as_str()
-        .or_else(|| str_field(body, "message"));
-    if let Some(summary) = summary.filter(|_| !resolved) {
+    if let Some(summary) = p.summary.filter(|_| !p.resolved) {
         let _ = write!(line, " — {summary}");
     }
     escape_controls(&line)
 }
 
-/// `account/user`, `account` or `server`, with human names.
-fn who(body: &Value) -> Option<String> {
-    let account = label(body, "account", "account_name");
-    let user = label(body, "user", "user_name");
-    match (account, user) {
-        (Some(a), Some(u)) => Some(format!("{a}/{u}")),
-        (None, Some(u)) => Some(u),
-        (Some(a), None) => Some(a),
-        (None, None) => str_field(body, "server").map(str::to_string),
-    }
+fn millis(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// `name (KEY…)` when the human name differs from the key, else the key.
-fn label(body: &Value, key: &str, human: &str) -> Option<String> {
-    let k = str_field(body, key)?;
-    Some(match str_field(body, human) {
-        Some(n) if n != k => format!("{n} ({})", short_key(k)),
-        _ => k.to_string(),
-    })
+fn label((key, human): (&str, Option<&str>)) -> String {
+    match human {
+        Some(n) if n != key => format!("{n} ({})", short_key(key)),
+        _ => key.to_string(),
+    }
 }
 
 /// Shortens a public nkey (56 characters) for display; other strings stay whole.
@@ -258,50 +362,29 @@ fn short_key(key: &str) -> String {
     }
 }
 
-/// The counts that make the finding, by its shape.
-fn numbers(body: &Value) -> String {
-    let mut out = String::new();
-    let connections = body["connections"].as_u64();
-    let limit = body["limit"]
-        .as_u64()
-        .or_else(|| body["max_connections"].as_u64());
-    if let (Some(n), Some(limit)) = (connections, limit) {
-        let _ = write!(out, "{n}/{limit} conns");
-        if let Some(r) = body["ratio"].as_f64() {
-            let _ = write!(out, " ({:.1}%)", r * 100.0);
-        }
-        return out;
+/// `200/220 conns (90.9%)`.
+fn ratio(connections: u64, limit: u64, ratio: f64) -> String {
+    format!("{connections}/{limit} conns ({:.1}%)", ratio * 100.0)
+}
+
+/// `2500 conns (threshold 100) n1:2500 n2:3 +60/h, over threshold in 51m`.
+fn user_numbers(u: &UserFinding) -> String {
+    let c = &u.census;
+    let mut out = format!("{} conns (threshold {})", c.connections, c.threshold);
+    for (server, n) in &c.by_server {
+        let _ = write!(out, " {server}:{n}");
     }
-    if let Some(n) = connections {
-        let _ = write!(out, "{n} conns");
-        if let Some(t) = body["threshold"].as_u64() {
-            let _ = write!(out, " (threshold {t})");
-        }
-    }
-    if let Some(by_server) = body["by_server"].as_object() {
-        for (server, n) in by_server {
-            let _ = write!(out, " {server}:{}", n.as_u64().unwrap_or(0));
-        }
-    }
-    if let Some(g) = body["growth"].as_object() {
-        let mut parts = Vec::new();
-        if let Some(rate) = g.get("per_hour").and_then(Value::as_f64) {
-            parts.push(format!("{rate:+}/h"));
-        }
-        if let Some(secs) = g.get("threshold_in_secs").and_then(Value::as_u64) {
+    if let Some(g) = &u.growth {
+        let mut parts = vec![format!("{:+}/h", g.per_hour)];
+        if let Some(secs) = g.threshold_in_secs {
             parts.push(format!("over threshold in {}", eta(secs)));
         }
-        if let (Some(limit), Some(secs)) = (
-            g.get("account_limit").and_then(Value::as_u64),
-            g.get("account_limit_in_secs").and_then(Value::as_u64),
-        ) {
+        if let (Some(limit), Some(secs)) = (g.account_limit, g.account_limit_in_secs) {
             parts.push(format!("account limit {limit} in {}", eta(secs)));
         }
-        if !parts.is_empty() {
-            let _ = write!(out, " {}", parts.join(", "));
-        }
+        let _ = write!(out, " {}", parts.join(", "));
     }
-    out.trim_start().to_string()
+    out
 }
 
 /// A duration in its two largest units: `45s`, `51m`, `3h 20m`, `2d 4h`.
@@ -315,10 +398,6 @@ fn eta(secs: u64) -> String {
         (d, 0, _) => format!("{d}d"),
         (d, h, _) => format!("{d}d {h}h"),
     }
-}
-
-fn str_field<'a>(body: &'a Value, key: &str) -> Option<&'a str> {
-    body.get(key).and_then(Value::as_str)
 }
 
 /// Escapes control characters (newlines, terminal escapes) that names might carry.
@@ -356,6 +435,15 @@ mod tests {
                "partial": partial, "missing": missing})
     }
 
+    /// Decodes a test body.
+    fn msg(body: &Value) -> Message {
+        Message::decode(body.clone()).unwrap_or_else(|e| panic!("{e}: {e:?}"))
+    }
+
+    fn render(body: &Value) -> String {
+        render_text(&msg(body))
+    }
+
     fn excessive() -> Value {
         json!({
             "type": "io.connwatch.advisory.v1.excessive_user_connections",
@@ -371,6 +459,14 @@ mod tests {
             "threshold": 100,
             "over_threshold": true,
             "by_server": {"n1": 2400, "n2": 100},
+            "by_name": {"": 2500},
+            "by_ip": {"10.0.0.1": 2500},
+            "idle_zero_msgs": 2500,
+            "oldest_start": null,
+            "newest_start": null,
+            "suspects": [],
+            "spread": {"processes": 1, "top_process": null, "ips": 1, "max_per_ip": 2500,
+                       "median_per_ip": 2500, "unnamed": 2500},
             "diagnosis": {"summary": "2500 of 2500 connections come from one process", "causes": []},
             "sweep": sweep(false, &[]),
         })
@@ -385,7 +481,7 @@ mod tests {
     #[test]
     fn renders_an_excessive_user() {
         assert_eq!(
-            render_text(&excessive()),
+            render(&excessive()),
             "2026-11-25T20:31:09.123Z FIRING excessive_user_connections APP/leaky 2500 conns \
              (threshold 100) n1:2400 n2:100 — 2500 of 2500 connections come from one process"
         );
@@ -398,7 +494,7 @@ mod tests {
         b["account_name"] = json!("OPS");
         b["user"] = json!(key('U'));
         b["user_name"] = json!("alice");
-        let line = render_text(&b);
+        let line = render(&b);
         assert!(
             line.contains(
                 " excessive_user_connections OPS (ABCDEFGH…)/alice (UBCDEFGH…) 2500 conns"
@@ -407,7 +503,7 @@ mod tests {
         );
         // The same name as the key shows once.
         b["user_name"] = b["user"].clone();
-        assert!(render_text(&b).contains(&format!("/{} 2500", key('U'))));
+        assert!(render(&b).contains(&format!("/{} 2500", key('U'))));
     }
 
     #[test]
@@ -416,7 +512,7 @@ mod tests {
         b["renotify"] = json!(true);
         b["since"] = json!("2026-11-25T19:00:00.000Z");
         b["sweep"] = sweep(true, &["n3", "n4"]);
-        let line = render_text(&b);
+        let line = render(&b);
         assert!(
             line.contains(
                 "n2:100 [renotify, firing since 2026-11-25T19:00:00.000Z] \
@@ -425,7 +521,7 @@ mod tests {
             "{line}"
         );
         b["sweep"] = sweep(true, &[]);
-        assert!(render_text(&b).contains("] [partial sweep] — "));
+        assert!(render(&b).contains("] [partial sweep] — "));
     }
 
     #[test]
@@ -437,41 +533,43 @@ mod tests {
         b["growth"] = json!({"per_hour": 60.0, "samples": 5, "window_secs": 2400,
             "threshold_in_secs": 3060, "account_limit": 220, "account_limit_in_secs": 12_000});
         assert!(
-            render_text(&b).contains(
+            render(&b).contains(
                 "user_connection_growth APP/leaky 50 conns (threshold 100) n1:50 +60/h, \
                  over threshold in 51m, account limit 220 in 3h 20m — "
             ),
             "{}",
-            render_text(&b)
+            render(&b)
         );
         b["growth"]["threshold_in_secs"] = Value::Null;
         b["growth"]["account_limit_in_secs"] = Value::Null;
         b["growth"]["per_hour"] = json!(-2.5);
-        assert!(render_text(&b).contains(" n1:50 -2.5/h — "));
+        assert!(render(&b).contains(" n1:50 -2.5/h — "));
     }
 
     #[test]
     fn renders_account_and_server_pressure() {
         let account = json!({
             "type": "io.connwatch.advisory.v1.account_connection_pressure",
+            "id": "ABCDEFGHIJKLMNOPQRSTUV",
             "timestamp": "2026-11-25T20:31:09.123Z", "state": "firing", "renotify": false,
             "since": "2026-11-25T20:31:09.123Z",
             "account": key('A'), "account_name": "OPS", "connections": 200, "limit": 220,
             "ratio": 0.909, "sweep": sweep(false, &[]),
         });
         assert_eq!(
-            render_text(&account),
+            render(&account),
             "2026-11-25T20:31:09.123Z FIRING account_connection_pressure OPS (ABCDEFGH…) 200/220 conns (90.9%)"
         );
         let server = json!({
             "type": "io.connwatch.advisory.v1.server_connection_pressure",
+            "id": "ABCDEFGHIJKLMNOPQRSTUV",
             "timestamp": "2026-11-25T20:31:09.123Z", "state": "resolved", "renotify": false,
             "since": "2026-11-25T18:00:00.000Z",
             "server": "n1", "server_id": key('N'), "connections": 170, "max_connections": 200,
             "ratio": 0.85, "sweep": sweep(false, &[]),
         });
         assert_eq!(
-            render_text(&server),
+            render(&server),
             "2026-11-25T20:31:09.123Z RESOLVED server_connection_pressure n1 last seen 170/200 conns (85.0%), \
              firing since 2026-11-25T18:00:00.000Z"
         );
@@ -482,7 +580,7 @@ mod tests {
         let mut b = excessive();
         b["state"] = json!("resolved");
         assert_eq!(
-            render_text(&b),
+            render(&b),
             "2026-11-25T20:31:09.123Z RESOLVED excessive_user_connections APP/leaky last seen 2500 conns \
              (threshold 100) n1:2400 n2:100, firing since 2026-11-25T20:31:09.123Z"
         );
@@ -493,7 +591,7 @@ mod tests {
         let mut b = excessive();
         b["user"] = json!("evil\nFIRING fake\u{1b}[31m");
         b["diagnosis"]["summary"] = json!("a\r\nb");
-        let line = render_text(&b);
+        let line = render(&b);
         assert!(!line.chars().any(char::is_control), "{line:?}");
         assert!(
             line.contains(r"APP/evil\nFIRING fake\u{1b}[31m 2500"),
@@ -503,26 +601,42 @@ mod tests {
     }
 
     #[test]
-    fn unknown_shapes_render_what_they_have() {
-        let b = json!({"type": "io.connwatch.advisory.v1.connection_kicked", "account": "APP",
-                       "user": "leaky", "server": "n1"});
-        assert_eq!(render_text(&b), "- - connection_kicked APP/leaky");
-        assert_eq!(render_text(&json!({})), "- - -");
-        let b = json!({"type": "io.connwatch.advisory.v1.some_event", "timestamp": "T",
-                       "result": "would_kick", "server": "n1", "message": "why"});
-        assert_eq!(render_text(&b), "T WOULD_KICK some_event n1 — why");
+    fn kicks_render_their_result_and_who() {
+        let kicked = json!({
+            "type": "io.connwatch.advisory.v1.connection_kicked",
+            "id": "ABCDEFGHIJKLMNOPQRSTUV", "timestamp": "2026-11-25T20:31:09.123Z",
+            "rule": "excessive_user_connections", "dry_run": true, "result": "would_kick",
+            "server": "n1", "server_id": key('N'), "cid": 7, "account": "APP", "user": "leaky",
+            "name": "w", "ip": "10.0.0.1", "idle": "2h", "age": "3h", "user_connections": 150,
+            "threshold": 100, "sweep": sweep(false, &[]),
+        });
+        assert_eq!(
+            render(&kicked),
+            "2026-11-25T20:31:09.123Z WOULD_KICK connection_kicked APP/leaky"
+        );
+        let back = json!({
+            "type": "io.connwatch.advisory.v1.kick_ineffective",
+            "id": "ABCDEFGHIJKLMNOPQRSTUV", "timestamp": "2026-11-25T20:31:09.123Z",
+            "account": "APP", "user": "leaky", "name": "w", "ip": "10.0.0.1", "kicks": 3,
+            "returns": 1, "new_connections": 2, "given_up": false, "message": "it came back",
+            "sweep": sweep(true, &["n3"]),
+        });
+        assert_eq!(
+            render(&back),
+            "2026-11-25T20:31:09.123Z - kick_ineffective APP/leaky [partial sweep: missing n3] — it came back"
+        );
     }
 
     #[test]
     fn filters_by_type_with_or_without_prefix() {
         let b = excessive();
-        assert!(matches(&b, &args(&[], None, None)));
+        assert!(matches(&msg(&b), &args(&[], None, None)));
         assert!(matches(
-            &b,
+            &msg(&b),
             &args(&["excessive_user_connections"], None, None)
         ));
         assert!(matches(
-            &b,
+            &msg(&b),
             &args(
                 &["io.connwatch.advisory.v1.excessive_user_connections"],
                 None,
@@ -530,7 +644,7 @@ mod tests {
             )
         ));
         assert!(matches(
-            &b,
+            &msg(&b),
             &args(
                 &["server_connection_pressure", "excessive_user_connections"],
                 None,
@@ -538,12 +652,12 @@ mod tests {
             )
         ));
         assert!(!matches(
-            &b,
+            &msg(&b),
             &args(&["server_connection_pressure"], None, None)
         ));
-        assert!(!matches(&b, &args(&["excessive"], None, None)));
+        assert!(!matches(&msg(&b), &args(&["excessive"], None, None)));
         assert!(!matches(
-            &b,
+            &msg(&b),
             &args(&["io.connwatch.advisory.v1."], None, None)
         ));
     }
@@ -567,22 +681,25 @@ mod tests {
             (Some("APP"), Some("alice"), false),
         ] {
             assert_eq!(
-                matches(&b, &args(&[], account, user)),
+                matches(&msg(&b), &args(&[], account, user)),
                 want,
                 "{account:?} {user:?}"
             );
         }
         // A server advisory has no account or user.
         let server = json!({"type": "io.connwatch.advisory.v1.server_connection_pressure",
-                            "server": "n1"});
-        assert!(matches(&server, &args(&[], None, None)));
-        assert!(!matches(&server, &args(&[], Some("n1"), None)));
-        assert!(!matches(&server, &args(&[], None, Some("n1"))));
+            "id": "ABCDEFGHIJKLMNOPQRSTUV", "timestamp": "2026-11-25T20:31:09.123Z",
+            "state": "firing", "renotify": false, "since": "2026-11-25T20:31:09.123Z",
+            "server": "n1", "server_id": "N", "connections": 170, "max_connections": 200,
+            "ratio": 0.85, "sweep": sweep(false, &[])});
+        assert!(matches(&msg(&server), &args(&[], None, None)));
+        assert!(!matches(&msg(&server), &args(&[], Some("n1"), None)));
+        assert!(!matches(&msg(&server), &args(&[], None, Some("n1"))));
     }
 
     #[test]
     fn only_advisories_parse() {
-        assert!(parse(excessive().to_string().as_bytes()).is_ok());
+        assert!(decode(excessive().to_string().as_bytes()).is_ok());
         for bad in [
             &b"garbage"[..],
             b"",
@@ -591,9 +708,12 @@ mod tests {
             b"{\"type\": \"io.nats.server.advisory.v1.client_connect\"}",
             b"{\"state\": \"firing\"}",
             b"\xff\xfe",
+            // A type this version does not know, and a known type without its fields.
+            b"{\"type\": \"io.connwatch.advisory.v1.some_event\"}",
+            b"{\"type\": \"io.connwatch.advisory.v1.excessive_user_connections\"}",
         ] {
             assert!(
-                parse(bad).is_err(),
+                decode(bad).is_err(),
                 "{:?} parsed",
                 String::from_utf8_lossy(bad)
             );

@@ -1,5 +1,8 @@
 //! The advisory JSON Schemas in `schemas/` against advisories built by the real code path:
 //! synthetic connections → census → rules → lifecycle → `advisory::from_event`.
+//!
+//! `schemas/` is generated from the advisory types: after changing a type, rewrite it with
+//! `CONNWATCH_BLESS=1 cargo test --test advisory_schemas` and review the diff.
 
 mod support;
 
@@ -34,17 +37,17 @@ fn load_schema(name: &str) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
 }
 
-/// The validators of every kind, by advisory name, with `format` (date-time) checked.
+/// The validators of every advisory type, by name, with `format` (date-time) checked.
 fn validators() -> BTreeMap<&'static str, jsonschema::Validator> {
-    Kind::ALL
+    advisory::NAMES
         .iter()
-        .map(|k| {
-            let schema = load_schema(k.name());
+        .map(|&name| {
+            let schema = load_schema(name);
             let v = jsonschema::draft202012::options()
                 .should_validate_formats(true)
                 .build(&schema)
-                .unwrap_or_else(|e| panic!("schema {} does not compile: {e}", k.name()));
-            (k.name(), v)
+                .unwrap_or_else(|e| panic!("schema {name} does not compile: {e}"));
+            (name, v)
         })
         .collect()
 }
@@ -303,12 +306,10 @@ fn occurrences(advisories: &[Advisory]) -> BTreeSet<(String, String, bool, bool)
 
 #[test]
 fn every_kind_has_a_schema_and_every_schema_is_a_kind() {
-    let kinds: BTreeSet<String> = Kind::ALL
-        .iter()
-        .map(|k| k.name())
-        .chain(connwatch::advisory::EVENT_TYPES)
-        .map(String::from)
-        .collect();
+    let kinds: BTreeSet<String> = advisory::NAMES.iter().map(|n| n.to_string()).collect();
+    for kind in Kind::ALL {
+        assert!(kinds.contains(kind.name()), "{kind:?} is no advisory type");
+    }
     let files: BTreeSet<String> = std::fs::read_dir(schema_dir())
         .expect("schemas/ exists")
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -321,10 +322,7 @@ fn every_kind_has_a_schema_and_every_schema_is_a_kind() {
                 .to_string()
         })
         .collect();
-    assert_eq!(
-        names, kinds,
-        "schemas/ and rules::Kind::ALL + advisory::EVENT_TYPES disagree"
-    );
+    assert_eq!(names, kinds, "schemas/ and advisory::NAMES disagree");
 }
 
 #[test]
@@ -667,7 +665,7 @@ fn hostile_names_give_valid_subjects_and_stay_raw_in_the_body() {
         }
         assert!(subjects.insert(a.subject.clone()), "{} twice", a.subject);
         // The raw names, unescaped and whole, in the body.
-        match e.finding.kind {
+        match e.finding.kind() {
             Kind::ExcessiveUserConnections => {
                 assert_eq!(a.body["account"], e.finding.tokens[0].as_str());
                 assert_eq!(a.body["user"], e.finding.tokens[1].as_str());
@@ -695,4 +693,198 @@ fn hostile_names_give_valid_subjects_and_stay_raw_in_the_body() {
     let a = advisory::from_event(PREFIX, long_user, &complete(), t(0));
     assert_eq!(a.body["user"].as_str().unwrap().len(), 10 * 1024);
     assert!(a.subject.len() < 200, "{}", a.subject);
+}
+
+/// A `connection_kicked` of each result and a `kick_ineffective`, as the kick code builds them.
+fn kick_advisories() -> Vec<Advisory> {
+    let world = World::new();
+    let conns = world.connections();
+    let alice = conns
+        .iter()
+        .find(|c| c.user_name.is_some())
+        .expect("alice has connections");
+    let mut out = Vec::new();
+    use advisory::{KickResult, KickRule};
+    for (c, rule, result, error) in [
+        (
+            &conns[0],
+            KickRule::ExcessiveUserConnections,
+            KickResult::WouldKick,
+            None,
+        ),
+        (
+            alice,
+            KickRule::ExcessiveUserConnections,
+            KickResult::Kicked,
+            None,
+        ),
+        (&conns[1], KickRule::Manual, KickResult::AlreadyGone, None),
+        (
+            &conns[2],
+            KickRule::Manual,
+            KickResult::Failed,
+            Some("timed out after 5s"),
+        ),
+    ] {
+        let plan = connwatch::kick::KickPlan::of(c, t(0), 150, 100);
+        out.push(advisory::kicked(
+            PREFIX,
+            &plan,
+            rule,
+            result,
+            error,
+            &complete(),
+            t(0),
+        ));
+    }
+    let returned = connwatch::kick::Returned {
+        client: connwatch::kick::Client {
+            account: "APP".into(),
+            user: "leaky".into(),
+            name: "leaky-worker".into(),
+            ip: "10.0.0.1".into(),
+        },
+        kicks: 20,
+        returns: 3,
+        new_connections: 18,
+        given_up: true,
+        message: "came back".into(),
+    };
+    out.push(advisory::kick_ineffective(
+        PREFIX,
+        &returned,
+        &partial(),
+        t(1),
+    ));
+    out
+}
+
+#[test]
+fn committed_schemas_are_the_generated_ones() {
+    let bless = std::env::var_os("CONNWATCH_BLESS").is_some_and(|v| v == "1");
+    let mut stale = Vec::new();
+    for (name, schema) in advisory::types::schemas() {
+        let path = schema_dir().join(format!("{name}.json"));
+        let text = serde_json::to_string_pretty(&schema).unwrap() + "\n";
+        if bless {
+            // Whole files only: the other tests of this run read them.
+            let tmp = path.with_extension("json.tmp");
+            std::fs::write(&tmp, &text).unwrap();
+            std::fs::rename(&tmp, &path).unwrap();
+        } else if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+            stale.push(path.display().to_string());
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "these schemas differ from the advisory types: {stale:?}\n\
+         regenerate them with `CONNWATCH_BLESS=1 cargo test --test advisory_schemas` and review the diff"
+    );
+}
+
+#[test]
+fn kick_advisories_match_their_schemas_and_decode() {
+    let validators = validators();
+    let advisories = kick_advisories();
+    let mut results = BTreeSet::new();
+    for a in &advisories {
+        assert_valid(&validators, &a.body);
+        let message = advisory::Message::decode(a.body.clone()).expect("decodes");
+        assert_eq!(message.to_value(), a.body, "decoding keeps every field");
+        if let Some(r) = a.body.get("result") {
+            results.insert(r.as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(results.len(), 4, "{results:?}");
+    // A failure carries its error; the others have none.
+    for a in advisories.iter().filter(|a| a.body.get("result").is_some()) {
+        assert_eq!(a.body["result"] == "failed", a.body.get("error").is_some());
+        assert_eq!(a.body["result"] == "would_kick", a.body["dry_run"] == true);
+    }
+}
+
+#[test]
+fn every_finding_advisory_decodes_to_what_was_sent() {
+    for a in lifecycle_advisories() {
+        let message = advisory::Message::decode(a.body.clone()).expect("decodes");
+        assert_eq!(message.to_value(), a.body);
+        assert_eq!(message.name(), name_of(&a.body));
+    }
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// Every field of `old` is in `new` with the same value (`id` aside: it is unique); `new` may
+/// have more.
+fn has_every_field_of(new: &Value, old: &Value, at: &str, missing: &mut Vec<String>) {
+    match (old, new) {
+        (Value::Object(o), Value::Object(n)) => {
+            for (k, v) in o {
+                let here = format!("{at}.{k}");
+                match n.get(k) {
+                    None => missing.push(format!("{here} is gone")),
+                    Some(_) if k == "id" && at.is_empty() => {}
+                    Some(nv) => has_every_field_of(nv, v, &here, missing),
+                }
+            }
+        }
+        (Value::Array(o), Value::Array(n)) if o.len() == n.len() => {
+            for (i, (ov, nv)) in o.iter().zip(n).enumerate() {
+                has_every_field_of(nv, ov, &format!("{at}[{i}]"), missing);
+            }
+        }
+        _ if old == new => {}
+        _ => missing.push(format!("{at} was {old}, is {new}")),
+    }
+}
+
+/// Subscribers see what they saw before the advisories were typed: the same inputs give the
+/// same subjects and every field with its value.
+#[test]
+fn advisories_keep_every_field_of_the_previous_version() {
+    let text = std::fs::read_to_string(fixture("advisories-before-typed-advisories.json")).unwrap();
+    let old: Vec<Value> = serde_json::from_str(&text).unwrap();
+    let mut new = lifecycle_advisories();
+    new.extend(kick_advisories());
+    assert_eq!(old.len(), new.len());
+    let mut missing = Vec::new();
+    for (o, n) in old.iter().zip(&new) {
+        assert_eq!(o["subject"], n.subject.as_str());
+        has_every_field_of(&n.body, &o["body"], "", &mut missing);
+    }
+    assert!(missing.is_empty(), "{missing:#?}");
+}
+
+/// A state file written before the advisories were typed loads, and its firing findings stay
+/// firing without being announced again.
+#[test]
+fn a_state_file_of_the_previous_version_loads() {
+    let state = connwatch::state::State::load(&fixture("state-before-typed-advisories.json"))
+        .expect("the old state file loads");
+    let kinds: BTreeSet<Kind> = state.findings.active.values().map(|a| a.kind()).collect();
+    assert_eq!(kinds.len(), Kind::ALL.len(), "{kinds:?}");
+    assert_eq!(state.servers.servers.len(), 3);
+    assert_eq!(state.kicked.clients.len(), 1);
+    assert!(!state.history.users.is_empty());
+    // Saved again, it reads back the same, in the shape it was read from.
+    let saved = serde_json::to_value(&state).unwrap();
+    let text = std::fs::read_to_string(fixture("state-before-typed-advisories.json")).unwrap();
+    let old: Value = serde_json::from_str(&text).unwrap();
+    let mut missing = Vec::new();
+    has_every_field_of(&saved, &old, "", &mut missing);
+    assert!(missing.is_empty(), "{missing:#?}");
+    let mut findings = state.findings.clone();
+    let again: Vec<_> = findings
+        .active
+        .values()
+        .map(|a| a.finding.clone())
+        .collect();
+    assert!(
+        findings.step(&again, true, t(1), HOUR).is_empty(),
+        "a restart announced its firing findings again"
+    );
 }

@@ -14,7 +14,7 @@ use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use connwatch::advisory::{self, Advisory, Completeness};
+use connwatch::advisory::{self, Advisory, Completeness, Message};
 use connwatch::census;
 use connwatch::cli::{TailArgs, TailFormat};
 use connwatch::config::DetectConfig;
@@ -252,7 +252,7 @@ fn expected(bodies: &[Value], keep: impl Fn(&Value) -> bool, format: TailFormat)
         .iter()
         .filter(|b| keep(b))
         .map(|b| match format {
-            TailFormat::Text => tail::render_text(b),
+            TailFormat::Text => tail::render_text(&Message::decode(b.clone()).expect("decodes")),
             TailFormat::Json => b.to_string(),
         })
         .collect()

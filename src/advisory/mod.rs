@@ -1,39 +1,44 @@
-//! Advisories: findings as JSON events shaped like NATS's own (`type`, `id`, `timestamp`),
-//! published on subjects built from escaped names.
+//! Advisories: findings and kicks as JSON events shaped like NATS's own (`type`, `id`,
+//! `timestamp`), typed ([`types`]), with generated schemas ([`schema`]), published on subjects
+//! built from escaped names.
 
 pub mod publisher;
+pub mod schema;
+pub mod types;
 
 use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::kick::{KickPlan, Returned};
 use crate::lifecycle::Event;
+use crate::rules::Finding;
 use crate::snapshot::Snapshot;
+pub use types::{
+    ConnectionKicked, Envelope, FindingEvent, KickIneffective, KickResult, KickRule, Message, NAMES,
+};
 
 /// Prefix of every advisory type.
 pub const TYPE_PREFIX: &str = "io.connwatch.advisory.v1.";
-
-/// Advisory types that are events of their own, not findings (see `rules::Kind` for those).
-pub const EVENT_TYPES: [&str; 2] = ["connection_kicked", "kick_ineffective"];
 
 /// Escaped tokens longer than this are cut and suffixed with a hash of the raw name.
 const MAX_TOKEN: usize = 64;
 
 /// How complete the sweep behind an advisory was.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Completeness {
-    /// When the sweep started.
+    /// When the sweep started; null when unknown.
     pub started: Option<DateTime<Utc>>,
     /// Servers expected to answer.
     pub servers_expected: usize,
     /// Servers whose connections are all counted.
     pub servers_responded: usize,
-    /// Whether some connections may be missing.
+    /// True when some connections may be missing: counts may be too low.
     pub partial: bool,
-    /// Servers that did not answer.
+    /// Expected servers that did not answer, by name where known (else `<unknown>`).
     pub missing: Vec<String>,
 }
 
@@ -57,45 +62,24 @@ pub struct Advisory {
     pub subject: String,
     /// Its unique id (also the JetStream `Nats-Msg-Id`).
     pub id: String,
-    /// The JSON body.
+    /// The JSON body ([`Message::to_value`] of a typed advisory).
     pub body: serde_json::Value,
 }
 
-/// Builds an advisory: the NATS event head (`type`, `id`, `timestamp`), then `head`'s fields,
-/// the object `fields`, and `sweep`.
-pub fn build(
-    prefix: &str,
-    name: &str,
-    tokens: &[String],
-    head: serde_json::Value,
-    fields: &serde_json::Value,
-    sweep: &Completeness,
-    now: DateTime<Utc>,
-) -> Advisory {
-    let id = nuid::next().to_string();
-    let mut body = serde_json::Map::new();
-    body.insert("type".into(), format!("{TYPE_PREFIX}{name}").into());
-    body.insert("id".into(), id.clone().into());
-    body.insert("timestamp".into(), timestamp(now).into());
-    for part in [&head, fields] {
-        for (k, v) in part.as_object().into_iter().flatten() {
-            // The envelope and earlier parts win: a field can never replace `type` or `id`.
-            body.entry(k.clone()).or_insert_with(|| v.clone());
+impl Advisory {
+    /// A typed advisory about `tokens` (account and user, account, or server), on
+    /// `<prefix>.<name>.<tokens>`.
+    pub fn new(prefix: &str, message: &Message, tokens: &[String]) -> Self {
+        let body = message.to_value();
+        Self {
+            subject: subject(prefix, message.name(), tokens),
+            id: body["id"]
+                .as_str()
+                .expect("advisories have an id")
+                .to_string(),
+            body,
         }
     }
-    body.insert(
-        "sweep".into(),
-        serde_json::to_value(sweep).expect("serializes"),
-    );
-    Advisory {
-        subject: subject(prefix, name, tokens),
-        id,
-        body: body.into(),
-    }
-}
-
-fn timestamp(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// Builds the advisory for a lifecycle event.
@@ -105,43 +89,61 @@ pub fn from_event(
     sweep: &Completeness,
     now: DateTime<Utc>,
 ) -> Advisory {
-    let f = &event.finding;
-    let head = serde_json::json!({
-        "state": event.state,
-        "renotify": event.renotify,
-        "since": timestamp(f.since),
-    });
-    build(prefix, f.kind.name(), &f.tokens, head, &f.body, sweep, now)
+    let a = &event.finding;
+    let message = match &a.finding {
+        Finding::ExcessiveUserConnections(u) => {
+            Message::ExcessiveUserConnections(finding_event(event, (**u).clone(), sweep, now))
+        }
+        Finding::UserConnectionGrowth(u) => {
+            Message::UserConnectionGrowth(finding_event(event, (**u).clone(), sweep, now))
+        }
+        Finding::AccountConnectionPressure(f) => {
+            Message::AccountConnectionPressure(finding_event(event, f.clone(), sweep, now))
+        }
+        Finding::ServerConnectionPressure(f) => {
+            Message::ServerConnectionPressure(finding_event(event, f.clone(), sweep, now))
+        }
+    };
+    Advisory::new(prefix, &message, &a.tokens)
 }
 
-/// `connection_kicked`: the audit record of one kick, or of a would-be kick in dry run.
-/// `result` is `would_kick` (dry run), `kicked`, `already_gone` or `failed`.
+fn finding_event<F>(
+    event: &Event,
+    finding: F,
+    sweep: &Completeness,
+    now: DateTime<Utc>,
+) -> Envelope<FindingEvent<F>> {
+    let body = FindingEvent {
+        state: event.state,
+        renotify: event.renotify,
+        since: event.finding.since,
+        finding,
+    };
+    Envelope::new(body, sweep, now)
+}
+
+/// `connection_kicked`: the audit record of one kick, or of a would-be kick in dry run;
+/// `error` says why a `failed` kick failed.
 pub fn kicked(
     prefix: &str,
     plan: &KickPlan,
-    rule: &str,
-    result: &str,
+    rule: KickRule,
+    result: KickResult,
     error: Option<&str>,
     sweep: &Completeness,
     now: DateTime<Utc>,
 ) -> Advisory {
-    let mut head = serde_json::json!({
-        "rule": rule,
-        "dry_run": result == "would_kick",
-        "result": result,
-    });
-    if let Some(e) = error {
-        head["error"] = e.into();
-    }
-    let fields = serde_json::to_value(plan).expect("serializes");
-    build(
+    let body = ConnectionKicked {
+        rule,
+        dry_run: result == KickResult::WouldKick,
+        result,
+        error: error.map(str::to_string),
+        plan: plan.clone(),
+    };
+    Advisory::new(
         prefix,
-        EVENT_TYPES[0],
+        &Message::ConnectionKicked(Envelope::new(body, sweep, now)),
         &[plan.account.clone(), plan.user.clone()],
-        head,
-        &fields,
-        sweep,
-        now,
     )
 }
 
@@ -152,16 +154,25 @@ pub fn kick_ineffective(
     sweep: &Completeness,
     now: DateTime<Utc>,
 ) -> Advisory {
-    let fields = serde_json::to_value(r).expect("serializes");
-    build(
+    let body = KickIneffective {
+        returned: r.clone(),
+    };
+    Advisory::new(
         prefix,
-        EVENT_TYPES[1],
+        &Message::KickIneffective(Envelope::new(body, sweep, now)),
         &[r.client.account.clone(), r.client.user.clone()],
-        serde_json::json!({}),
-        &fields,
-        sweep,
-        now,
     )
+}
+
+/// An error and its sources, `a: b: c`, for one log field.
+pub fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let _ = write!(text, ": {s}");
+        source = s.source();
+    }
+    text
 }
 
 /// `<prefix>.<name>.<token>...` with every token escaped.

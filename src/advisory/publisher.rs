@@ -1,25 +1,30 @@
 //! Publishing advisories: a bounded queue that survives disconnects.
 //!
-//! Advisories wait in the queue until the client is connected and the server has confirmed them
-//! (a flush round trip, or the JetStream ack). Only then do they leave the queue, so nothing is
-//! lost over a disconnect; a retry may deliver one twice (the `id`, and JetStream's
-//! `Nats-Msg-Id`, tell duplicates apart). A full queue drops its oldest advisory and counts it.
+//! Advisories wait in the queue until the client is connected and has sent them (a client flush,
+//! which writes them to the connection but is no round trip; or the JetStream ack, which is the
+//! server's confirmation). Only then do they leave the queue, so nothing is lost while
+//! disconnected; a retry may deliver one twice (the `id`, and JetStream's `Nats-Msg-Id`, tell
+//! duplicates apart). A full queue drops its oldest advisory and counts it.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_nats::client::{FlushError, PublishErrorKind};
 use async_nats::connection::State as ConnectionState;
+use async_nats::jetstream::context::{PublishError as JsPublishError, PublishErrorKind as JsKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::Client;
 use bytes::Bytes;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::Advisory;
+use super::{with_sources, Advisory};
 use crate::config::AdvisoryConfig;
 
 /// Advisories sent in one confirmed batch.
@@ -27,15 +32,104 @@ const BATCH: usize = 256;
 /// Wait before retrying after a failed batch, or while disconnected.
 const RETRY: Duration = Duration::from_millis(250);
 
+/// Why a batch of advisories was not confirmed. The batch stays queued and is retried.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// Not sent or confirmed within `advisory.publish_timeout` (the client flush, or the
+    /// JetStream acks).
+    #[error("not confirmed within {0:?}")]
+    Timeout(Duration),
+    /// The connection went away while the batch was sent or confirmed.
+    #[error("disconnected")]
+    Disconnected(#[source] async_nats::Error),
+    /// JetStream did not acknowledge: no stream stores the advisory subjects, or its ack never
+    /// came.
+    #[error("no JetStream acknowledgement")]
+    NoAck(#[source] JsPublishError),
+    /// An advisory is larger than the server's `max_payload`.
+    #[error("advisory larger than the server's max_payload")]
+    TooLarge(#[source] async_nats::Error),
+    /// The client or JetStream refused it for another reason.
+    #[error("publish refused")]
+    Refused(#[source] async_nats::Error),
+}
+
+impl PublishError {
+    /// Every kind, as [`PublishError::kind`] names it.
+    pub const KINDS: [&'static str; 5] =
+        ["timeout", "disconnected", "no_ack", "too_large", "refused"];
+
+    /// The kind, for the `kind` label of `connwatch_advisories_publish_failures_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Timeout(_) => "timeout",
+            Self::Disconnected(_) => "disconnected",
+            Self::NoAck(_) => "no_ack",
+            Self::TooLarge(_) => "too_large",
+            Self::Refused(_) => "refused",
+        }
+    }
+
+    fn publish(e: async_nats::PublishError) -> Self {
+        match e.kind() {
+            PublishErrorKind::Send => Self::Disconnected(e.into()),
+            PublishErrorKind::MaxPayloadExceeded => Self::TooLarge(e.into()),
+            _ => Self::Refused(e.into()),
+        }
+    }
+
+    fn flush(e: FlushError) -> Self {
+        Self::Disconnected(e.into())
+    }
+
+    fn jetstream(e: JsPublishError) -> Self {
+        match e.kind() {
+            JsKind::StreamNotFound | JsKind::TimedOut => Self::NoAck(e),
+            JsKind::BrokenPipe => Self::Disconnected(e.into()),
+            JsKind::MaxPayloadExceeded => Self::TooLarge(e.into()),
+            _ => Self::Refused(e.into()),
+        }
+    }
+}
+
+/// The `kind` label of a publish failure.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabel {
+    /// [`PublishError::kind`].
+    pub kind: &'static str,
+}
+
 /// What the publisher has done, for logs and metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PublisherStats {
     /// Advisories confirmed by the server.
     pub published: Counter,
     /// Advisories dropped because the queue was full.
     pub dropped: Counter,
-    /// Batches that failed and were retried.
-    pub failures: Counter,
+    /// Batches that failed and were retried, by [`PublishError::kind`].
+    pub failures: Family<FailureLabel, Counter>,
+}
+
+impl Default for PublisherStats {
+    /// Every failure kind starts at zero, so each series exists before its first failure.
+    fn default() -> Self {
+        let failures = Family::default();
+        for kind in PublishError::KINDS {
+            let _ = failures.get_or_create(&FailureLabel { kind });
+        }
+        Self {
+            published: Counter::default(),
+            dropped: Counter::default(),
+            failures,
+        }
+    }
+}
+
+impl PublisherStats {
+    /// Batches that failed with `kind`.
+    pub fn failed(&self, kind: &'static str) -> u64 {
+        self.failures.get_or_create(&FailureLabel { kind }).get()
+    }
 }
 
 struct Shared {
@@ -165,8 +259,12 @@ async fn publish_loop(
                 shared.stats.published.inc_by(batch.len() as u64);
             }
             Err(e) => {
-                shared.stats.failures.inc();
-                warn!(error = %e, queued = batch.len(), "publishing advisories failed; will retry");
+                shared
+                    .stats
+                    .failures
+                    .get_or_create(&FailureLabel { kind: e.kind() })
+                    .inc();
+                warn!(kind = e.kind(), error = %with_sources(&e), queued = batch.len(), "publishing advisories failed; will retry");
                 tokio::select! {
                     _ = tokio::time::sleep(RETRY) => {}
                     _ = stop.cancelled() => return,
@@ -182,7 +280,7 @@ async fn send(
     js: Option<&async_nats::jetstream::Context>,
     batch: &[(u64, Advisory)],
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), PublishError> {
     let payload =
         |a: &Advisory| Bytes::from(serde_json::to_vec(&a.body).expect("advisory serializes"));
     match js {
@@ -191,12 +289,12 @@ async fn send(
                 client
                     .publish(a.subject.clone(), payload(a))
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(PublishError::publish)?;
             }
             tokio::time::timeout(timeout, client.flush())
                 .await
-                .map_err(|_| format!("flush not confirmed within {timeout:?}"))?
-                .map_err(|e| e.to_string())
+                .map_err(|_| PublishError::Timeout(timeout))?
+                .map_err(PublishError::flush)
         }
         Some(js) => {
             let mut acks = Vec::with_capacity(batch.len());
@@ -207,14 +305,14 @@ async fn send(
                 acks.push(
                     js.send_publish(a.subject.clone(), msg)
                         .await
-                        .map_err(|e| e.to_string())?,
+                        .map_err(PublishError::jetstream)?,
                 );
             }
             for ack in acks {
                 tokio::time::timeout(timeout, ack)
                     .await
-                    .map_err(|_| format!("JetStream ack not received within {timeout:?}"))?
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|_| PublishError::Timeout(timeout))?
+                    .map_err(PublishError::jetstream)?;
             }
             Ok(())
         }

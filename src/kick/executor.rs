@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{KickPlan, Kicked};
-use crate::advisory::{self, Advisory, Completeness};
+use crate::advisory::{self, Advisory, Completeness, KickResult, KickRule};
 use crate::nats::wire::Reply;
 use crate::nats::{parse, server_subject, RequestError, System};
 
@@ -30,12 +30,12 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// The `result` field of the audit advisory.
-    pub fn result(&self) -> &'static str {
+    /// The `result` of the audit advisory.
+    pub fn result(&self) -> KickResult {
         match self {
-            Self::Kicked => "kicked",
-            Self::Gone => "already_gone",
-            Self::Failed(_) => "failed",
+            Self::Kicked => KickResult::Kicked,
+            Self::Gone => KickResult::AlreadyGone,
+            Self::Failed(_) => KickResult::Failed,
         }
     }
 
@@ -114,7 +114,7 @@ pub struct Batch<'a> {
     /// Decide and audit, but send nothing.
     pub dry_run: bool,
     /// The audit's `rule`: the rule behind the kicks, or `manual`.
-    pub rule: &'a str,
+    pub rule: KickRule,
     /// `advisory.subject_prefix`.
     pub prefix: &'a str,
     /// The sweep the kicks were planned on.
@@ -169,9 +169,11 @@ pub async fn execute(
             out.not_sent += 1;
             continue;
         };
-        let result = outcome.as_ref().map_or("would_kick", Outcome::result);
+        let result = outcome
+            .as_ref()
+            .map_or(KickResult::WouldKick, Outcome::result);
         let error = outcome.as_ref().and_then(Outcome::error);
-        info!(server = %plan.server, cid = plan.cid, account = %plan.account, user = %plan.user, result, error_kind = error.map(KickError::kind), "kick");
+        info!(server = %plan.server, cid = plan.cid, account = %plan.account, user = %plan.user, %result, error_kind = error.map(KickError::kind), "kick");
         let error = error.map(ToString::to_string);
         out.audits.push(advisory::kicked(
             batch.prefix,

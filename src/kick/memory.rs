@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::KickPlan;
@@ -11,7 +12,7 @@ use crate::config::{names_match, KickConfig};
 use crate::snapshot::Connection;
 
 /// The identity of a client across its connections: user, client name and IP.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 pub struct Client {
     /// Account.
     pub account: String,
@@ -74,7 +75,7 @@ impl KickedClient {
 }
 
 /// A kicked client that came back.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Returned {
     /// Who.
     #[serde(flatten)]

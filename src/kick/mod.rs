@@ -17,7 +17,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use crate::census::Census;
 use crate::config::{KickConfig, UserMatch};
@@ -27,7 +28,7 @@ use memory::client_key;
 pub use memory::{Client, Kicked, KickedClient, Returned};
 
 /// A connection chosen for a kick.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct KickPlan {
     /// Server name.
     pub server: String,
@@ -51,9 +52,11 @@ pub struct KickPlan {
     pub ip: String,
     /// How long it has been idle.
     #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "crate::advisory::schema::humantime")]
     pub idle: Duration,
     /// How old it is.
     #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "crate::advisory::schema::humantime")]
     pub age: Duration,
     /// The user's connections in the sweep.
     pub user_connections: u64,

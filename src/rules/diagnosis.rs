@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use crate::census::UserCensus;
 
@@ -42,22 +43,39 @@ pub fn churn(
     }
 }
 
+/// The patterns a diagnosis recognises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CauseKind {
+    /// One process (IP + client name) holds most of the connections.
+    OneProcessLeak,
+    /// Many IPs with one or two connections each: one credential shared by replicas.
+    SharedCredential,
+    /// A few connections from each of several processes.
+    SeveralPerProcess,
+    /// Many connections closed since the previous sweep.
+    ReconnectLoop,
+    /// Most connections have no client name.
+    UnnamedConnections,
+}
+
 /// A likely cause, with the numbers behind it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Cause {
-    /// `one_process_leak`, `shared_credential`, `several_per_process`, `reconnect_loop` or
-    /// `unnamed_connections`.
-    pub cause: &'static str,
+    /// Which pattern.
+    pub cause: CauseKind,
     /// What it means and what to do, in words.
+    #[schemars(length(min = 1))]
     pub message: String,
 }
 
-/// The diagnosis of an excessive user.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+/// Why the user holds so many connections, in words with the numbers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Diagnosis {
-    /// The causes, most telling first, joined in one paragraph.
+    /// The causes, most telling first, in one paragraph.
+    #[schemars(length(min = 1))]
     pub summary: String,
-    /// Each cause on its own.
+    /// Each likely cause on its own; empty when no pattern fits.
     pub causes: Vec<Cause>,
 }
 
@@ -92,7 +110,7 @@ pub fn diagnose(u: &UserCensus, churn: Option<&Churn>) -> Diagnosis {
             format!("client name \"{}\"", top.name)
         };
         causes.push(Cause {
-            cause: "one_process_leak",
+            cause: CauseKind::OneProcessLeak,
             message: format!(
                 "{} of {} connections come from one process ({name} at {}): a leak inside one process, which opens connections and never closes them; create one connection at startup and reuse it",
                 top.connections, u.connections, top.ip
@@ -101,7 +119,7 @@ pub fn diagnose(u: &UserCensus, churn: Option<&Churn>) -> Diagnosis {
     }
     if s.ips >= SHARED_MIN_IPS && s.max_per_ip <= SHARED_MAX_PER_IP {
         causes.push(Cause {
-            cause: "shared_credential",
+            cause: CauseKind::SharedCredential,
             message: format!(
                 "{} connections from {} distinct IPs, at most {} each: one credential shared by many replicas; issue per-instance credentials so each replica is its own user",
                 u.connections, s.ips, s.max_per_ip
@@ -110,7 +128,7 @@ pub fn diagnose(u: &UserCensus, churn: Option<&Churn>) -> Diagnosis {
     }
     if s.ips >= 2 && (SEVERAL_MIN..=SEVERAL_MAX).contains(&s.median_per_ip) {
         causes.push(Cause {
-            cause: "several_per_process",
+            cause: CauseKind::SeveralPerProcess,
             message: format!(
                 "{} IPs hold a median of {} connections each: several connections per process across replicas; one connection per process is enough, NATS multiplexes everything over it",
                 s.ips, s.median_per_ip
@@ -126,7 +144,7 @@ pub fn diagnose(u: &UserCensus, churn: Option<&Churn>) -> Diagnosis {
             .map(|(r, k)| format!(", most often \"{r}\" ({k})"))
             .unwrap_or_default();
         causes.push(Cause {
-            cause: "reconnect_loop",
+            cause: CauseKind::ReconnectLoop,
             message: format!(
                 "{} connections of this user closed in the last {}s{reason} while {} are open: a reconnect loop that opens a new connection before the old one is gone; use the client library's own reconnect instead of connecting again",
                 c.closed, c.window_secs, u.connections
@@ -135,7 +153,7 @@ pub fn diagnose(u: &UserCensus, churn: Option<&Churn>) -> Diagnosis {
     }
     if s.unnamed as f64 > UNNAMED_SHARE * n as f64 {
         causes.push(Cause {
-            cause: "unnamed_connections",
+            cause: CauseKind::UnnamedConnections,
             message: format!(
                 "{} of {} connections have no client name: give every connection a descriptive name (e.g. nats.Name(\"order-service\")) so they can be told apart",
                 s.unnamed, u.connections
@@ -170,7 +188,7 @@ mod tests {
         }
     }
 
-    fn causes(d: &Diagnosis) -> Vec<&str> {
+    fn causes(d: &Diagnosis) -> Vec<CauseKind> {
         d.causes.iter().map(|c| c.cause).collect()
     }
 
@@ -193,7 +211,10 @@ mod tests {
             },
         );
         let d = diagnose(&u, None);
-        assert_eq!(causes(&d), vec!["one_process_leak", "several_per_process"]);
+        assert_eq!(
+            causes(&d),
+            vec![CauseKind::OneProcessLeak, CauseKind::SeveralPerProcess]
+        );
         assert!(d.summary.contains("480 of 500"), "{}", d.summary);
         assert!(d.summary.contains("10.0.0.7"));
         assert!(d.summary.contains("invoice-worker"));
@@ -212,7 +233,10 @@ mod tests {
                 unnamed: 0,
             },
         );
-        assert_eq!(causes(&diagnose(&u, None)), vec!["shared_credential"]);
+        assert_eq!(
+            causes(&diagnose(&u, None)),
+            vec![CauseKind::SharedCredential]
+        );
     }
 
     #[test]
@@ -228,7 +252,10 @@ mod tests {
                 unnamed: 0,
             },
         );
-        assert_eq!(causes(&diagnose(&u, None)), vec!["several_per_process"]);
+        assert_eq!(
+            causes(&diagnose(&u, None)),
+            vec![CauseKind::SeveralPerProcess]
+        );
     }
 
     #[test]
@@ -249,7 +276,7 @@ mod tests {
             top_reason: Some(("Stale Connection".into(), 38)),
         };
         let d = diagnose(&u, Some(&churn));
-        assert!(causes(&d).contains(&"reconnect_loop"));
+        assert!(causes(&d).contains(&CauseKind::ReconnectLoop));
         assert!(
             d.summary
                 .contains("40 connections of this user closed in the last 30s"),
@@ -258,7 +285,7 @@ mod tests {
         );
         assert!(d.summary.contains("Stale Connection"));
         let calm = Churn { closed: 5, ..churn };
-        assert!(!causes(&diagnose(&u, Some(&calm))).contains(&"reconnect_loop"));
+        assert!(!causes(&diagnose(&u, Some(&calm))).contains(&CauseKind::ReconnectLoop));
     }
 
     #[test]
@@ -290,7 +317,7 @@ mod tests {
                 ..Spread::default()
             },
         );
-        assert!(causes(&diagnose(&u, None)).contains(&"unnamed_connections"));
+        assert!(causes(&diagnose(&u, None)).contains(&CauseKind::UnnamedConnections));
     }
 
     #[test]

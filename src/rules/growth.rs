@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::census::Census;
@@ -61,12 +62,13 @@ impl History {
     }
 }
 
-/// A user's trend.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// The user's trend over recent complete sweeps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Growth {
     /// Connections gained per hour (least-squares slope; negative when shrinking).
     pub per_hour: f64,
-    /// Samples the slope rests on.
+    /// Sweeps the slope rests on.
+    #[schemars(range(min = 3))]
     pub samples: usize,
     /// Seconds the samples span.
     pub window_secs: u64,

@@ -12,6 +12,7 @@ pub mod growth;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::census::{Census, UserCensus};
@@ -54,7 +55,8 @@ impl Kind {
 }
 
 /// A finding about a user: its census, why, and where it is heading.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = bounded_maps)]
 pub struct UserFinding {
     /// The user's connections: counts by server, name and IP, and the leak suspects
     /// (the connections an operator would kick).
@@ -63,75 +65,88 @@ pub struct UserFinding {
     /// Why, in words with the numbers.
     pub diagnosis: Diagnosis,
     /// The trend, when there are enough sweeps to tell.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub growth: Option<Growth>,
 }
 
 /// A finding about an account.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AccountFinding {
-    /// Account (name or public key).
+    /// Account (name, or public key in operator mode).
     pub account: String,
-    /// The account's human name, when known.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The account's human name; present only when the server gives one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account_name: Option<String>,
     /// Open connections of the account, cluster-wide.
     pub connections: u64,
-    /// Its connection limit.
+    /// The account's connection limit (account JWT, else `detect.account_limits`).
+    #[schemars(range(min = 1))]
     pub limit: u64,
-    /// `connections / limit`.
+    /// `connections / limit`, rounded to 3 decimals.
+    #[schemars(range(min = 0))]
     pub ratio: f64,
 }
 
 /// A finding about a server.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ServerFinding {
     /// Server name.
     pub server: String,
     /// Server id.
     pub server_id: String,
-    /// Its open connections.
+    /// Open connections of the server.
     pub connections: u64,
-    /// Its `max_connections`.
+    /// The server's `max_connections`.
+    #[schemars(range(min = 1))]
     pub max_connections: u64,
-    /// `connections / max_connections`.
+    /// `connections / max_connections`, rounded to 3 decimals.
+    #[schemars(range(min = 0))]
     pub ratio: f64,
 }
 
-/// What a finding is about.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(untagged)]
-pub enum Body {
-    /// A user.
-    User(Box<UserFinding>),
-    /// An account.
-    Account(AccountFinding),
-    /// A server.
-    Server(ServerFinding),
-}
-
-/// One finding of one sweep.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Finding {
-    /// Which rule found it.
-    pub kind: Kind,
-    /// What it is about.
-    pub body: Body,
+/// One finding of one sweep: which rule found it, and what about.
+///
+/// Serialized as `{"kind": ..., "body": ...}`, the shape the state file has always kept.
+/// A new rule is a new variant here and in [`Kind`], and one line in the advisory list
+/// (`advisory::types`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "body", rename_all = "snake_case")]
+pub enum Finding {
+    /// A user above its threshold.
+    ExcessiveUserConnections(Box<UserFinding>),
+    /// A user growing toward its threshold or its account's limit.
+    UserConnectionGrowth(Box<UserFinding>),
+    /// An account near its connection limit.
+    AccountConnectionPressure(AccountFinding),
+    /// A server near its `max_connections`.
+    ServerConnectionPressure(ServerFinding),
 }
 
 impl Finding {
+    /// Which rule found it.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Self::ExcessiveUserConnections(_) => Kind::ExcessiveUserConnections,
+            Self::UserConnectionGrowth(_) => Kind::UserConnectionGrowth,
+            Self::AccountConnectionPressure(_) => Kind::AccountConnectionPressure,
+            Self::ServerConnectionPressure(_) => Kind::ServerConnectionPressure,
+        }
+    }
+
     /// The names that identify it: account and user, account, or server.
     pub fn tokens(&self) -> Vec<String> {
-        match &self.body {
-            Body::User(u) => vec![u.census.account.clone(), u.census.user.clone()],
-            Body::Account(a) => vec![a.account.clone()],
-            Body::Server(s) => vec![s.server.clone()],
+        match self {
+            Self::ExcessiveUserConnections(u) | Self::UserConnectionGrowth(u) => {
+                vec![u.census.account.clone(), u.census.user.clone()]
+            }
+            Self::AccountConnectionPressure(a) => vec![a.account.clone()],
+            Self::ServerConnectionPressure(s) => vec![s.server.clone()],
         }
     }
 
     /// A key that stays the same while the finding lasts.
     pub fn key(&self) -> String {
-        key_of(self.kind, &self.tokens())
+        key_of(self.kind(), &self.tokens())
     }
 }
 
@@ -256,21 +271,19 @@ pub fn evaluate(census: &Census, detect: &DetectConfig, ctx: &Context) -> Vec<Fi
                     .flatten()
                     .any(|s| *s <= horizon)
         });
-        let kind = if u.over_threshold {
-            Kind::ExcessiveUserConnections
-        } else if growing {
-            Kind::UserConnectionGrowth
-        } else {
+        if !u.over_threshold && !growing {
             continue;
-        };
+        }
         let churn = ctx.churn.get(&(u.account.clone(), u.user.clone()));
-        findings.push(Finding {
-            kind,
-            body: Body::User(Box::new(UserFinding {
-                census: bounded(u),
-                diagnosis: diagnose(u, churn),
-                growth: trend,
-            })),
+        let finding = Box::new(UserFinding {
+            census: bounded(u),
+            diagnosis: diagnose(u, churn),
+            growth: trend,
+        });
+        findings.push(if u.over_threshold {
+            Finding::ExcessiveUserConnections(finding)
+        } else {
+            Finding::UserConnectionGrowth(finding)
         });
     }
     for (account, (connections, name)) in per_account {
@@ -279,16 +292,13 @@ pub fn evaluate(census: &Census, detect: &DetectConfig, ctx: &Context) -> Vec<Fi
         };
         let ratio = connections as f64 / limit as f64;
         if ratio >= detect.account_pressure {
-            findings.push(Finding {
-                kind: Kind::AccountConnectionPressure,
-                body: Body::Account(AccountFinding {
-                    account: account.to_string(),
-                    account_name: name.clone(),
-                    connections,
-                    limit,
-                    ratio: round3(ratio),
-                }),
-            });
+            findings.push(Finding::AccountConnectionPressure(AccountFinding {
+                account: account.to_string(),
+                account_name: name.clone(),
+                connections,
+                limit,
+                ratio: round3(ratio),
+            }));
         }
     }
     for s in &ctx.servers {
@@ -297,16 +307,13 @@ pub fn evaluate(census: &Census, detect: &DetectConfig, ctx: &Context) -> Vec<Fi
         };
         let ratio = s.connections as f64 / max as f64;
         if ratio >= detect.server_pressure {
-            findings.push(Finding {
-                kind: Kind::ServerConnectionPressure,
-                body: Body::Server(ServerFinding {
-                    server: s.name.clone(),
-                    server_id: s.id.clone(),
-                    connections: s.connections,
-                    max_connections: max,
-                    ratio: round3(ratio),
-                }),
-            });
+            findings.push(Finding::ServerConnectionPressure(ServerFinding {
+                server: s.name.clone(),
+                server_id: s.id.clone(),
+                connections: s.connections,
+                max_connections: max,
+                ratio: round3(ratio),
+            }));
         }
     }
     findings
@@ -330,6 +337,29 @@ fn bounded(u: &UserCensus) -> UserCensus {
         by_name: top(&u.by_name),
         by_ip: top(&u.by_ip),
         ..u.clone()
+    }
+}
+
+/// The schema of a [`UserFinding`] says how far `by_name` and `by_ip` are bounded.
+fn bounded_maps(schema: &mut schemars::Schema) {
+    for map in ["by_name", "by_ip"] {
+        if let Some(p) = schema
+            .get_mut("properties")
+            .and_then(|p| p.get_mut(map))
+            .and_then(|p| p.as_object_mut())
+        {
+            p.insert("maxProperties".into(), MAX_MAP_ENTRIES.into());
+            p.insert(
+                "description".into(),
+                format!(
+                    "{} An advisory lists the {MAX_MAP_ENTRIES} largest entries; `spread` has the totals.",
+                    p.get("description")
+                        .and_then(|d| d.as_str())
+                        .unwrap_or_default()
+                )
+                .into(),
+            );
+        }
     }
 }
 
@@ -368,7 +398,14 @@ mod tests {
     }
 
     fn kinds(f: &[Finding]) -> Vec<(Kind, Vec<String>)> {
-        f.iter().map(|f| (f.kind, f.tokens())).collect()
+        f.iter().map(|f| (f.kind(), f.tokens())).collect()
+    }
+
+    fn user(f: &Finding) -> &UserFinding {
+        match f {
+            Finding::ExcessiveUserConnections(u) | Finding::UserConnectionGrowth(u) => u,
+            other => panic!("not a user finding: {other:?}"),
+        }
     }
 
     #[test]
@@ -384,10 +421,13 @@ mod tests {
                 vec!["APP".into(), "leaky".into()]
             )]
         );
-        let Body::User(u) = &f[0].body else { panic!() };
+        let u = user(&f[0]);
         assert_eq!(u.census.connections, 150);
         assert_eq!(u.census.suspects.len(), 20);
-        assert_eq!(u.diagnosis.causes[0].cause, "one_process_leak");
+        assert_eq!(
+            u.diagnosis.causes[0].cause,
+            diagnosis::CauseKind::OneProcessLeak
+        );
     }
 
     #[test]
@@ -403,7 +443,7 @@ mod tests {
         }
         let census = build(&c, None, &DetectConfig::default());
         let f = evaluate(&census, &DetectConfig::default(), &Context::default());
-        let Body::User(u) = &f[0].body else { panic!() };
+        let u = user(&f[0]);
         assert_eq!(u.census.by_ip.len(), MAX_MAP_ENTRIES);
         assert_eq!(u.census.by_ip["10.0.0.7"], 2, "the largest entry is kept");
         assert_eq!(u.census.spread.ips, 200, "the total stays known");
@@ -496,7 +536,7 @@ mod tests {
                 vec!["APP".into(), "slow".into()]
             )]
         );
-        let Body::User(u) = &f[0].body else { panic!() };
+        let u = user(&f[0]);
         let g = u.growth.as_ref().unwrap();
         assert!((g.per_hour - 60.0).abs() < 0.01, "{g:?}");
         // 51 more at 60/h: 51 minutes.
@@ -547,7 +587,7 @@ mod tests {
         let f = evaluate(&census, &DetectConfig::default(), &ctx);
         assert!(f
             .iter()
-            .any(|f| f.kind == Kind::AccountConnectionPressure && held.contains(&f.key())));
+            .any(|f| f.kind() == Kind::AccountConnectionPressure && held.contains(&f.key())));
         assert!(held_keys(&census, &HashSet::new(), &HashSet::new()).is_empty());
     }
 }

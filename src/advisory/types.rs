@@ -1,0 +1,244 @@
+//! The advisory types: what subscribers receive, as Rust types that connwatch builds, `tail`
+//! decodes and `schemas/` is generated from.
+//!
+//! Every advisory is an [`Envelope`] (`type`, `id`, `timestamp`, like NATS's own events) around
+//! its body, with the completeness of the sweep behind it. A new advisory type is its body
+//! type plus one line in [`advisory_types!`]'s list at the end of this file.
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::schema::{self, millis};
+use super::{Completeness, TYPE_PREFIX};
+use crate::kick::{KickPlan, Returned};
+use crate::lifecycle::State;
+use crate::rules::{AccountFinding, ServerFinding, UserFinding};
+
+/// One advisory of body `B`. Its `type` is written by [`Message`], which knows the type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Envelope<B> {
+    /// Unique id of this advisory (a NUID); also the JetStream `Nats-Msg-Id`.
+    #[schemars(schema_with = "schema::nuid")]
+    pub id: String,
+    /// When the advisory was made (UTC, milliseconds).
+    #[serde(with = "millis")]
+    #[schemars(schema_with = "schema::instant_millis")]
+    pub timestamp: DateTime<Utc>,
+    /// What it says.
+    #[serde(flatten)]
+    pub body: B,
+    /// How complete the sweep behind this advisory was.
+    pub sweep: Completeness,
+}
+
+impl<B> Envelope<B> {
+    /// A new advisory with a fresh id, made at `now`.
+    pub fn new(body: B, sweep: &Completeness, now: DateTime<Utc>) -> Self {
+        Self {
+            id: nuid::next().to_string(),
+            timestamp: now,
+            body,
+            sweep: sweep.clone(),
+        }
+    }
+}
+
+/// A finding advisory: where it is in its lifecycle, then the finding as last seen (a resolved
+/// advisory carries the numbers last seen while firing).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct FindingEvent<F> {
+    /// `firing` while the finding holds, `resolved` once a complete sweep no longer finds it.
+    pub state: State,
+    /// True when a firing finding is announced again (every `advisory.renotify`); always
+    /// false when resolved.
+    pub renotify: bool,
+    /// When the finding first fired (UTC, milliseconds).
+    #[serde(with = "millis")]
+    #[schemars(schema_with = "schema::instant_millis")]
+    pub since: DateTime<Utc>,
+    /// The finding.
+    #[serde(flatten)]
+    pub finding: F,
+}
+
+/// Why a connection was kicked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KickRule {
+    /// The kick policy, after a sweep found the user excessive.
+    ExcessiveUserConnections,
+    /// `connwatch kick`, by hand.
+    Manual,
+}
+
+/// What came of a kick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KickResult {
+    /// Dry run: nothing was sent.
+    WouldKick,
+    /// The server closed the connection.
+    Kicked,
+    /// The server no longer had the connection.
+    AlreadyGone,
+    /// The KICK failed or was not confirmed (`error` says why).
+    Failed,
+}
+
+impl KickResult {
+    /// Its name in the advisory: `would_kick`, `kicked`, `already_gone` or `failed`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::WouldKick => "would_kick",
+            Self::Kicked => "kicked",
+            Self::AlreadyGone => "already_gone",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for KickResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `connection_kicked`: the audit record of one kick, or of a would-be kick in dry run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ConnectionKicked {
+    /// Why: the policy after a sweep, or `connwatch kick` by hand.
+    pub rule: KickRule,
+    /// True when nothing was sent (`kick.dry_run`).
+    pub dry_run: bool,
+    /// `would_kick` in dry run; `already_gone` when the server no longer had the connection.
+    pub result: KickResult,
+    /// What the server or the request said, when `result` is `failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The connection.
+    #[serde(flatten)]
+    pub plan: KickPlan,
+}
+
+/// `kick_ineffective`: a kicked client came back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct KickIneffective {
+    /// The client and what connwatch does about it.
+    #[serde(flatten)]
+    pub returned: Returned,
+}
+
+/// Why a message is not an advisory this version can read.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// Not JSON at all.
+    #[error("not JSON")]
+    NotJson(#[source] serde_json::Error),
+    /// JSON, but without a `type` string.
+    #[error("no \"type\" string")]
+    NoType,
+    /// Another publisher's event.
+    #[error("type {0:?} is not a connwatch advisory type")]
+    Foreign(String),
+    /// A connwatch advisory type this version does not know (a newer connwatch).
+    #[error("unknown advisory type {0:?}")]
+    Unknown(String),
+    /// A known type whose fields do not fit.
+    #[error("not a valid {name} advisory")]
+    Invalid {
+        /// The advisory type.
+        name: &'static str,
+        /// What did not fit.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Builds [`Message`] (one variant per advisory type, holding its [`Envelope`]), [`NAMES`] and
+/// [`schemas`] from one list of `Variant(Body) = "name": "description";`.
+macro_rules! advisory_types {
+    ($($variant:ident($body:ty) = $name:literal: $description:literal;)*) => {
+        /// Any advisory, typed.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum Message {
+            $(
+                #[doc = concat!("`", $name, "`")]
+                $variant(Envelope<$body>),
+            )*
+        }
+
+        /// The names of every advisory type (`io.connwatch.advisory.v1.<name>`).
+        pub const NAMES: &[&str] = &[$($name),*];
+
+        impl Message {
+            /// Its name, the `type` without `io.connwatch.advisory.v1.`.
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $(Self::$variant(_) => $name,)*
+                }
+            }
+
+            /// The advisory in a JSON value, by its `type`.
+            pub fn decode(value: Value) -> Result<Self, DecodeError> {
+                let name = match value.get("type").and_then(Value::as_str) {
+                    None => return Err(DecodeError::NoType),
+                    Some(t) => match t.strip_prefix(TYPE_PREFIX) {
+                        Some(name) => name.to_string(),
+                        None => return Err(DecodeError::Foreign(t.to_string())),
+                    },
+                };
+                match name.as_str() {
+                    $($name => serde_json::from_value(value)
+                        .map(Self::$variant)
+                        .map_err(|source| DecodeError::Invalid { name: $name, source }),)*
+                    _ => Err(DecodeError::Unknown(name)),
+                }
+            }
+
+            /// Its JSON body: `type` first, then the envelope and the body's fields.
+            pub fn to_value(&self) -> Value {
+                match self {
+                    $(Self::$variant(e) => typed($name, e),)*
+                }
+            }
+        }
+
+        /// The schema document of every advisory type, by name.
+        pub fn schemas() -> Vec<(&'static str, Value)> {
+            vec![$(($name, schema::document::<Envelope<$body>>($name, $description)),)*]
+        }
+    };
+}
+
+/// `{"type": ..., <envelope>}`.
+fn typed<B: Serialize>(name: &str, envelope: &Envelope<B>) -> Value {
+    #[derive(Serialize)]
+    struct Typed<'a, B> {
+        #[serde(rename = "type")]
+        type_name: String,
+        #[serde(flatten)]
+        envelope: &'a Envelope<B>,
+    }
+    serde_json::to_value(Typed {
+        type_name: format!("{TYPE_PREFIX}{name}"),
+        envelope,
+    })
+    .expect("advisories serialize")
+}
+
+advisory_types! {
+    ExcessiveUserConnections(FindingEvent<UserFinding>) = "excessive_user_connections":
+        "A user holds more connections, cluster-wide, than its threshold. Carries the user's census (counts by server, client name and IP), its leak suspects, a diagnosis and, with enough history, its growth. Published on `<prefix>.excessive_user_connections.<account>.<user>` (escaped tokens). A resolved advisory carries the numbers last seen while firing.";
+    UserConnectionGrowth(FindingEvent<UserFinding>) = "user_connection_growth":
+        "A user below its threshold whose connections grow fast enough (`detect.growth_min_per_hour`) to cross its threshold, or exhaust its account's limit, within `detect.growth_horizon`. Published on `<prefix>.user_connection_growth.<account>.<user>` (escaped tokens). A resolved advisory carries the numbers last seen while firing.";
+    AccountConnectionPressure(FindingEvent<AccountFinding>) = "account_connection_pressure":
+        "An account holds at least `detect.account_pressure` of its connection limit, cluster-wide. Published on `<prefix>.account_connection_pressure.<account>` (escaped token). A resolved advisory carries the numbers last seen while firing.";
+    ServerConnectionPressure(FindingEvent<ServerFinding>) = "server_connection_pressure":
+        "A server holds at least `detect.server_pressure` of its `max_connections`. Published on `<prefix>.server_connection_pressure.<server>` (escaped token). A resolved advisory carries the numbers last seen while firing.";
+    ConnectionKicked(ConnectionKicked) = "connection_kicked":
+        "The audit record of one kick (`$SYS.REQ.SERVER.<id>.KICK`), or of a would-be kick in dry run. Published on `<prefix>.connection_kicked.<account>.<user>` (escaped tokens).";
+    KickIneffective(KickIneffective) = "kick_ineffective":
+        "A client (user, client name, IP) that connwatch kicked connected again within `kick.return_window`: kicking treats the symptom; fix the code or revoke the credential. After `kick.max_attempts` returns connwatch leaves it alone (`given_up`). Published on `<prefix>.kick_ineffective.<account>.<user>` (escaped tokens).";
+}
