@@ -6,7 +6,6 @@ pub mod app;
 pub mod census;
 pub mod cli;
 pub mod config;
-pub mod dev;
 pub mod error;
 pub mod kick;
 pub mod lifecycle;
