@@ -7,6 +7,7 @@ pub mod census;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod human;
 pub mod kick;
 pub mod lifecycle;
 pub mod metrics;
