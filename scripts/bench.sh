@@ -17,7 +17,7 @@ fi
 # Each server holds up to ~15k client sockets at 45k connections; load processes up to ~7.5k.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-cargo build --release --bin connwatch --bin connwatch-bench
+cargo build --release --locked -p connwatch -p testkit --bin connwatch --bin connwatch-bench
 
 echo "## machine"
 echo "- nproc: $(nproc); $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"

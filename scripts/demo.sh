@@ -7,7 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install-nats-server.sh
-cargo build --quiet --locked --bins
+echo "== building connwatch and the demo tools (connwatch-dev, from testkit/);" \
+    "the first build takes a few minutes"
+cargo build --locked -p connwatch -p testkit --bin connwatch --bin connwatch-dev
 BIN=target/debug
 DIR=.dev/demo
 rm -rf "$DIR"

@@ -9,8 +9,8 @@
 #
 # Exit 0 when RSS and fd count are flat (and sweep time, with --check-sweep-time) and connwatch
 # exited 0 on SIGTERM; 1 when something grew; 2 on a usage or setup error.
-# Binaries: $CONNWATCH_BIN and $CONNWATCH_DEV_BIN, else target/debug/{connwatch,connwatch-dev}
-# (built with cargo when missing). Everything listens on 127.0.0.1 only.
+# Binaries: $CONNWATCH_BIN and $CONNWATCH_DEV_BIN (from testkit/), else target/debug/{connwatch,
+# connwatch-dev}, built with cargo when missing. Everything listens on 127.0.0.1 only.
 set -euo pipefail
 
 duration=600
@@ -22,7 +22,7 @@ fd_slack=16      # ... and the fd count by this many descriptors
 time_bound=1.0   # ... and the sweep time by this share (only with --check-sweep-time)
 check_time=0
 
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --duration) duration="$2"; shift 2 ;;
@@ -47,7 +47,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cw="${CONNWATCH_BIN:-$root/target/debug/connwatch}"
 dev="${CONNWATCH_DEV_BIN:-$root/target/debug/connwatch-dev}"
 if [[ ! -x "$cw" || ! -x "$dev" ]]; then
-    (cd "$root" && cargo build --quiet --bins)
+    (cd "$root" && cargo build --quiet -p connwatch -p testkit --bin connwatch --bin connwatch-dev)
 fi
 command -v nats-server >/dev/null || [[ -n "${NATS_SERVER_BIN:-}" ]] || {
     echo "soak: nats-server not found: run scripts/install-nats-server.sh" >&2; exit 2; }

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs connwatch's whole test suite: formatting, lints, unit tests and the integration tests,
-# which start real 3-node nats-server clusters on loopback ports.
+# which start real 3-node nats-server clusters on loopback ports, for the service and testkit/.
+# Arguments go to cargo test (e.g. `scripts/test.sh --test kick`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install-nats-server.sh
 cargo fmt --all --check
-cargo clippy --locked --all-targets -- -D warnings
-cargo test --locked "$@"
+cargo clippy --locked --workspace --all-targets -- -D warnings
+cargo test --locked --workspace "$@"

@@ -375,7 +375,7 @@ fn user_numbers(u: &UserFinding) -> String {
         let _ = write!(out, " {server}:{n}");
     }
     if let Some(g) = &u.growth {
-        let mut parts = vec![format!("{:+}/h", g.per_hour)];
+        let mut parts = vec![format!("{}/h", crate::human::signed_rate(g.per_hour))];
         if let Some(secs) = g.threshold_in_secs {
             parts.push(format!("over threshold in {}", eta(secs)));
         }

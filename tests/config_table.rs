@@ -382,7 +382,7 @@ fn rejected_credentials_exit_4_and_non_system_users_exit_5() {
     )
     .unwrap();
     // Credentials of another operator: well-formed, unknown to the server.
-    let foreign = connwatch::dev::jwt::OperatorSetup::generate("elsewhere", &["sys"], &[])
+    let foreign = testkit::jwt::OperatorSetup::generate("elsewhere", &["sys"], &[])
         .unwrap()
         .user("SYS", "sys")
         .unwrap()

@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use connwatch::dev::cluster::http_get;
 use serde_json::Value;
 use support::*;
+use testkit::cluster::http_get;
 
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -402,7 +402,7 @@ async fn an_unknown_server_limit_holds_its_pressure_finding() {
         "resolved on an unknown limit: {:#?}",
         seen.all()
     );
-    let (_, text) = connwatch::dev::cluster::http_get(listen, "/metrics").unwrap();
+    let (_, text) = testkit::cluster::http_get(listen, "/metrics").unwrap();
     let metric = |prefix: &str| -> f64 {
         text.lines()
             .find(|l| l.starts_with(prefix))

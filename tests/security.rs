@@ -8,8 +8,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use connwatch::dev::jwt::OperatorSetup;
 use support::*;
+use testkit::jwt::OperatorSetup;
 
 const WAIT: Duration = Duration::from_secs(40);
 
@@ -526,7 +526,7 @@ async fn denied(dir: &Path, deny: &[&str]) -> (Cluster, Load, Load, PathBuf, std
 }
 
 fn metric(listen: std::net::SocketAddr, prefix: &str) -> Option<f64> {
-    let (_, text) = connwatch::dev::cluster::http_get(listen, "/metrics").ok()?;
+    let (_, text) = testkit::cluster::http_get(listen, "/metrics").ok()?;
     text.lines()
         .find(|l| l.starts_with(prefix))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
@@ -589,7 +589,7 @@ async fn with_the_system_account_unknown_nothing_is_kicked_and_it_says_why() {
     );
     assert_eq!((sys.alive(), leaky.alive()), (150, 150));
     assert_eq!(metric(listen, "connwatch_identity_known "), Some(0.0));
-    let (code, body) = connwatch::dev::cluster::http_get(listen, "/readyz").unwrap();
+    let (code, body) = testkit::cluster::http_get(listen, "/readyz").unwrap();
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("system account is unknown"), "{body}");
     // The failed VARZ lookups are counted as unknown limits, not taken as "no limit".

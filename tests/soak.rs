@@ -28,7 +28,10 @@ fn a_short_soak_stays_flat() {
         .arg("--out")
         .arg(&csv)
         .env("CONNWATCH_BIN", env!("CARGO_BIN_EXE_connwatch"))
-        .env("CONNWATCH_DEV_BIN", env!("CARGO_BIN_EXE_connwatch-dev"))
+        .env(
+            "CONNWATCH_DEV_BIN",
+            testkit::tool_bin("connwatch-dev").unwrap(),
+        )
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub use connwatch::dev::cluster::{AccountSpec, AuthMode, Cluster, ClusterSpec, TlsSpec};
-pub use connwatch::dev::jwt::{AccountTemplate, OperatorSetup};
-pub use connwatch::dev::load::{self, Load, LoadAuth, LoadSpec};
+pub use testkit::cluster::{AccountSpec, AuthMode, Cluster, ClusterSpec, TlsSpec};
+pub use testkit::jwt::{AccountTemplate, OperatorSetup};
+pub use testkit::load::{self, Load, LoadAuth, LoadSpec};
+pub use testkit::{wait_until, wait_until_async};
 
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -93,34 +94,6 @@ where
         timed_out,
         stdout: stdout.join().expect("stdout reader"),
         stderr: stderr.join().expect("stderr reader"),
-    }
-}
-
-/// Polls `condition` every 50 ms until it holds (true) or `timeout` passes (false).
-pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if condition() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(POLL_INTERVAL);
-    }
-}
-
-/// Like [`wait_until`], without blocking the tokio runtime between polls.
-pub async fn wait_until_async(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if condition() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(POLL_INTERVAL).await;
     }
 }
 

@@ -1,15 +1,15 @@
 //! Proves the development harness (cluster, load generator, minted credentials) against real
 //! nats-server processes, so tests built on it can trust what it reports.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use futures::StreamExt;
-use support::*;
+use testkit::cluster::{AccountSpec, AuthMode, Cluster, ClusterSpec};
+use testkit::load::{self, LoadAuth, LoadSpec};
+use testkit::wait_until_async;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -64,7 +64,7 @@ async fn config_mode_connz_counts_match_opened_load() {
     assert_eq!(connz["connections"][0]["name"], "harness");
     assert_eq!(connz["connections"][0]["lang"], "connwatch-load");
     assert!(
-        support::wait_until_async(WAIT, || {
+        wait_until_async(WAIT, || {
             let connz = cluster.monitor_get(2, "/connz?limit=1").unwrap();
             connz["connections"][0]["in_msgs"].as_u64() >= Some(2)
         })
@@ -103,7 +103,7 @@ async fn config_mode_connz_counts_match_opened_load() {
 
     // Stopping a server drops its clients; the raw load does not reconnect.
     cluster.terminate(2).unwrap();
-    assert!(support::wait_until_async(WAIT, || l3.alive() == 0).await);
+    assert!(wait_until_async(WAIT, || l3.alive() == 0).await);
     assert_eq!(l1.alive(), 20);
     cluster.restart(2).unwrap();
     assert_eq!(cluster.connz_counts(2).unwrap(), BTreeMap::new());
@@ -118,7 +118,7 @@ async fn config_mode_connz_counts_match_opened_load() {
     // Closing load is seen by the server.
     l1.close().await;
     assert!(
-        support::wait_until_async(WAIT, || cluster.connz_counts(0).unwrap().is_empty()).await,
+        wait_until_async(WAIT, || cluster.connz_counts(0).unwrap().is_empty()).await,
         "closed load connections leave connz"
     );
     assert_eq!(
@@ -126,7 +126,7 @@ async fn config_mode_connz_counts_match_opened_load() {
         counts(&[("APP", "app", 20)])
     );
     drop(l2);
-    assert!(support::wait_until_async(WAIT, || cluster.connz_counts(1).unwrap().is_empty()).await);
+    assert!(wait_until_async(WAIT, || cluster.connz_counts(1).unwrap().is_empty()).await);
 
     let toml = cluster.connwatch_toml();
     assert!(toml.contains("user = \"sys\""), "{toml}");
@@ -231,7 +231,7 @@ async fn load_holds_thousands_of_connections() {
         counts(&[("APP", "app", COUNT as u64)])
     );
     load.close().await;
-    assert!(support::wait_until_async(WAIT, || cluster.connz_counts(0).unwrap().is_empty()).await);
+    assert!(wait_until_async(WAIT, || cluster.connz_counts(0).unwrap().is_empty()).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -267,7 +267,7 @@ async fn pause_resume_and_kill_control_the_server_processes() {
         "killed and reaped"
     );
     assert!(cluster.connz_counts(1).is_err());
-    assert!(support::wait_until_async(WAIT, || load.alive() == 0).await);
+    assert!(wait_until_async(WAIT, || load.alive() == 0).await);
     cluster.restart(1).unwrap();
     assert!(cluster.connz_counts(1).unwrap().is_empty());
 }

@@ -15,13 +15,13 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Parser, Subcommand};
 use connwatch::config::{DetectConfig, NatsConfig, Secret, SweepConfig};
-use connwatch::dev::cluster::{AccountSpec, Cluster, ClusterSpec};
-use connwatch::dev::load::{self, LoadAuth, LoadSpec};
 use connwatch::state::KnownServers;
 use connwatch::sweep::{SweepMode, Sweeper};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use testkit::cluster::{AccountSpec, Cluster, ClusterSpec};
+use testkit::load::{self, LoadAuth, LoadSpec};
 
 /// Password of every load user (development only).
 const LOAD_PASSWORD: &str = "bench-pw";

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{ArgGroup, Parser, Subcommand, ValueEnum};
-use connwatch::dev::cluster::{AccountSpec, AuthMode, Cluster, ClusterSpec};
-use connwatch::dev::jwt::{AccountTemplate, OperatorSetup};
-use connwatch::dev::load::{self, LoadAuth, LoadSpec};
+use testkit::cluster::{AccountSpec, AuthMode, Cluster, ClusterSpec};
+use testkit::jwt::{AccountTemplate, OperatorSetup};
+use testkit::load::{self, LoadAuth, LoadSpec};
 
 /// Development tools for connwatch: development credentials, a local nats-server cluster and
 /// connection load. Never for production use.
@@ -104,7 +104,7 @@ server reachable by anyone else.
 
 Regenerate (new keys every time; the old files stop working) with:
 
-    cargo run --bin connwatch-dev -- creds --out creds
+    cargo run -p testkit --bin connwatch-dev -- creds --out creds
 ";
 
 #[tokio::main]
