@@ -840,6 +840,14 @@ impl Cluster {
             .ok_or_else(|| anyhow!("{} is not running", server.name))?;
         signal(pid, "STOP")?;
         server.paused = true;
+        // kill(1) returns once the signal is sent; wait until the kernel shows it stopped.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !process_stopped(pid) {
+            if Instant::now() >= deadline {
+                bail!("{} did not stop after SIGSTOP", server.name);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
         Ok(())
     }
 
@@ -1119,6 +1127,18 @@ fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
         .iter()
         .map(|l| Ok(l.local_addr()?.port()))
         .collect()
+}
+
+/// Whether process `pid` is stopped by a signal (state `T` in `/proc/<pid>/stat`).
+fn process_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // The state follows the command name, which is in parentheses and may hold spaces.
+            let rest = &s[s.rfind(')')? + 1..];
+            rest.split_whitespace().next().map(|st| st == "T")
+        })
+        .unwrap_or(false)
 }
 
 fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
