@@ -10,6 +10,7 @@ pub mod error;
 pub mod human;
 pub mod kick;
 pub mod lifecycle;
+pub mod live;
 pub mod metrics;
 pub mod nats;
 pub mod report;

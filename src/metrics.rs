@@ -114,6 +114,21 @@ pub struct Metrics {
     pub limit_lookups_failed: Family<LookupLabel, Counter>,
     /// `connwatch.sweep` requests answered with the latest sweep instead of a new one.
     pub sweep_requests_shared: Counter,
+    /// Messages connwatch's client dropped because a subscription could not keep up.
+    pub slow_consumers: Counter,
+    /// Connect and disconnect events applied to the live census.
+    pub live_events: Counter,
+    /// Gaps in the live census (events may have been lost), by reason.
+    pub live_gaps: Family<ReasonLabel, Counter>,
+    /// 1 while the live census is complete (reconciled by a complete sweep since the last gap).
+    pub live_complete: Gauge,
+}
+
+/// A label naming why the live census has a gap.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// `reconnect`, `slow_consumer`, `server_silent`, `server_new`.
+    pub reason: String,
 }
 
 impl Default for Metrics {
@@ -148,6 +163,10 @@ impl Metrics {
             identity_known: Gauge::default(),
             limit_lookups_failed: Family::default(),
             sweep_requests_shared: Counter::default(),
+            slow_consumers: Counter::default(),
+            live_events: Counter::default(),
+            live_gaps: Family::default(),
+            live_complete: Gauge::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -262,6 +281,26 @@ impl Metrics {
             "connwatch.sweep requests answered with the latest sweep (service.sweep_min_interval)",
             m.sweep_requests_shared.clone(),
         );
+        r.register(
+            "nats_slow_consumers",
+            "Messages connwatch's NATS client dropped because a subscription could not keep up",
+            m.slow_consumers.clone(),
+        );
+        r.register(
+            "live_events",
+            "Connect and disconnect events applied to the live census",
+            m.live_events.clone(),
+        );
+        r.register(
+            "live_gaps",
+            "Gaps in the live census (events may have been lost; a sweep follows), by reason",
+            m.live_gaps.clone(),
+        );
+        r.register(
+            "live_complete",
+            "1 while the live census is complete: reconciled by a complete sweep since the last gap",
+            m.live_complete.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -273,18 +312,11 @@ impl Metrics {
         out
     }
 
-    /// Takes in one sweep and its outcome.
-    pub fn observe(
-        &self,
-        snap: &Snapshot,
-        census: &Census,
-        findings: &Lifecycle,
-        cfg: &MetricsConfig,
-    ) {
+    /// Takes in one sweep: its duration, completeness and errors.
+    pub fn observe_sweep(&self, snap: &Snapshot) {
         self.sweep_duration.observe(snap.duration.as_secs_f64());
         self.servers_expected.set(snap.servers_expected as i64);
         self.servers_responded.set(snap.servers.len() as i64);
-        self.connections.set(snap.connections.len() as i64);
         self.bad_replies.inc_by(snap.bad_replies as u64);
         for e in &snap.errors {
             self.server_errors
@@ -299,6 +331,17 @@ impl Metrics {
             self.last_complete_sweep
                 .set(t.timestamp_millis() as f64 / 1000.0);
         }
+    }
+
+    /// Takes in one round's view (a sweep's, or the live census's) and the findings after it.
+    pub fn observe(
+        &self,
+        snap: &Snapshot,
+        census: &Census,
+        findings: &Lifecycle,
+        cfg: &MetricsConfig,
+    ) {
+        self.connections.set(snap.connections.len() as i64);
         self.user_connections.clear();
         for u in user_series(census, cfg) {
             let labels = UserLabels {
@@ -325,6 +368,15 @@ impl Metrics {
         self.limit_lookups_failed
             .get_or_create(&LookupLabel {
                 lookup: lookup.into(),
+            })
+            .inc();
+    }
+
+    /// Counts a gap in the live census by reason.
+    pub fn live_gap(&self, reason: &str) {
+        self.live_gaps
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
             })
             .inc();
     }
@@ -528,6 +580,8 @@ mod tests {
             user_floor: 1,
             ..MetricsConfig::default()
         };
+        m.observe_sweep(&snap);
+        m.live_gap("reconnect");
         m.observe(
             &snap,
             &census(&[("leaky", 150)]),
@@ -547,6 +601,10 @@ mod tests {
             "connwatch_nats_reconnects_total",
             "connwatch_bad_replies_total",
             "connwatch_server_errors_total{kind=\"deadline\"} 1",
+            "connwatch_live_gaps_total{reason=\"reconnect\"} 1",
+            "connwatch_live_complete",
+            "connwatch_live_events_total",
+            "connwatch_nats_slow_consumers_total",
         ] {
             assert!(text.contains(name), "{name} missing:\n{text}");
         }

@@ -42,6 +42,10 @@ pub struct SweepSummary {
     /// Replies ignored: unparseable, inconsistent, or not from a server the cluster knows by
     /// that id and name.
     pub bad_replies: usize,
+    /// `connwatch run` with the live census: why the live view is not complete (events may
+    /// have been lost since the last complete sweep); absent when it is, and for a sweep.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live_gap: Option<String>,
 }
 
 impl SweepSummary {
@@ -61,6 +65,7 @@ impl SweepSummary {
             pages: s.pages,
             bytes: s.bytes,
             bad_replies: s.bad_replies,
+            live_gap: s.gap.clone(),
         }
     }
 }

@@ -17,6 +17,7 @@
 //!
 //! On shutdown the queued advisories are then flushed, the state saved and the client drained.
 
+mod live;
 mod lookups;
 
 use std::collections::{HashMap, HashSet};
@@ -71,6 +72,8 @@ struct Gathered {
     unknown_servers: HashSet<String>,
     /// The reconnect count when the sweep started (see [`Health::complete_sweep`]).
     generation: u64,
+    /// Whether a sweep ran (else a live round: the live census alone).
+    swept: bool,
 }
 
 /// The service's state between sweeps.
@@ -89,6 +92,22 @@ struct Service {
     last_started: Option<(Instant, Option<SweepSummary>)>,
     /// Shutdown: no new kicks are started once it is cancelled.
     stop: CancellationToken,
+    /// The live census, with `live.enabled`.
+    live: Option<crate::live::Live>,
+    /// What the last sweep said about the servers (its connections are in the live view).
+    last_sweep_meta: Snapshot,
+    /// What the last sweep's lookups found, reused by live rounds.
+    last_lookups: LookupResults,
+    /// When the growth history last took a sample.
+    last_history: Option<DateTime<Utc>>,
+}
+
+/// The churn and unknown limits a sweep round looked up, kept for the live rounds after it.
+#[derive(Default, Clone)]
+struct LookupResults {
+    churn: HashMap<(String, String), rules::diagnosis::Churn>,
+    unknown_accounts: HashSet<String>,
+    unknown_servers: HashSet<String>,
 }
 
 /// Runs until `shutdown` is cancelled; reloads on `reload` requests.
@@ -115,7 +134,11 @@ pub async fn run(
             )
         }
     };
-    let session = session::open(&config, Some(metrics.reconnects.clone())).await?;
+    let counters = crate::nats::ClientCounters {
+        reconnects: metrics.reconnects.clone(),
+        slow_consumers: metrics.slow_consumers.clone(),
+    };
+    let session = session::open(&config, Some(counters)).await?;
     let client = session.system.client().clone();
     let state = State::load_or_default(config.state.file.as_deref());
     let sweeper = Sweeper::new(session.system.clone(), &config.sweep);
@@ -156,6 +179,26 @@ pub async fn run(
         }));
     }
     note_identity(&session, &config, &metrics, &health);
+    let live = if config.live.enabled {
+        let (live, task) = crate::live::start(
+            session.system.clone(),
+            config.live.clone(),
+            config.sweep.timeout.min(config.live.probe_interval),
+            metrics.clone(),
+            helpers.clone(),
+        )
+        .await
+        .map_err(|e| AppError::Startup {
+            setting: "live.enabled",
+            value: "true".into(),
+            what: "the subscription to connect and disconnect events",
+            source: e,
+        })?;
+        tasks.push(task);
+        Some(live)
+    } else {
+        None
+    };
     info!(
         interval = %humantime::format_duration(config.sweep.interval),
         firing = state.findings.active.len(),
@@ -176,7 +219,16 @@ pub async fn run(
         last_sweep: None,
         last_started: None,
         stop: shutdown.clone(),
+        live,
+        last_sweep_meta: Snapshot::default(),
+        last_lookups: LookupResults::default(),
+        last_history: None,
     };
+    let (changed, resync) = match &svc.live {
+        Some(l) => (l.changed.clone(), l.resync.clone()),
+        None => Default::default(),
+    };
+    let mut last_live = Instant::now();
     let mut ticker = svc.ticker();
     let (mut reloads, loader) = match reload {
         Some(r) => (Some(r.requests), Some(r.load)),
@@ -188,7 +240,23 @@ pub async fn run(
         let mut waiting = Vec::new();
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = ticker.tick() => {}
+            _ = ticker.tick() => {
+                if svc.reconcile_not_due() {
+                    continue;
+                }
+            }
+            _ = resync.notified(), if svc.live.is_some() => {
+                info!("live census gap: sweeping now");
+            }
+            _ = changed.notified(), if svc.live.is_some() => {
+                // Rounds from the events, at most every `live.evaluate_every`.
+                tokio::time::sleep_until(last_live + svc.config.live.evaluate_every).await;
+                last_live = Instant::now();
+                if let Some(g) = svc.gather_live().await {
+                    svc.act(g).await;
+                }
+                continue;
+            }
             Some(api::Command::SweepNow(tx)) = commands.recv() => {
                 if let Some(last) = svc.too_recent() {
                     shared.inc();
@@ -381,13 +449,22 @@ impl Service {
             .refresh_identity(self.config.sweep.timeout.min(Duration::from_secs(5)))
             .await;
         note_identity(&self.session, &self.config, &self.metrics, &self.health);
+        let sync = self.live.as_ref().map(|l| l.view.lock().expect("live view lock").begin_sync());
         let snap = match self.sweeper.sweep(&mut self.state.servers).await {
             Ok(s) => s,
             Err(e) => {
+                if let (Some(l), Some(sync)) = (&self.live, sync) {
+                    l.view.lock().expect("live view lock").abandon(sync);
+                }
                 self.metrics.sweeps_failed.inc();
                 warn!(error = %e, "sweep failed");
                 return None;
             }
+        };
+        self.metrics.observe_sweep(&snap);
+        let snap = match (&self.live, sync) {
+            (Some(l), Some(sync)) => self.reconcile(l.clone(), sync, snap),
+            _ => snap,
         };
         let census = census::build(
             &snap.connections,
@@ -397,6 +474,11 @@ impl Service {
         let (unknown_accounts, unknown_servers) = self.refresh_limits(&snap, &census).await;
         let now = snap.started.unwrap_or_else(Utc::now);
         let churn = self.churn(&snap, &census, now).await;
+        self.last_lookups = LookupResults {
+            churn: churn.clone(),
+            unknown_accounts: unknown_accounts.clone(),
+            unknown_servers: unknown_servers.clone(),
+        };
         Some(Gathered {
             snap,
             census,
@@ -404,6 +486,7 @@ impl Service {
             unknown_accounts,
             unknown_servers,
             generation,
+            swept: true,
         })
     }
 
@@ -421,12 +504,20 @@ impl Service {
             unknown_accounts,
             unknown_servers,
             generation,
+            swept,
         } = g;
         let now = snap.started.unwrap_or_else(Utc::now);
         let complete = !snap.partial();
-        if complete {
+        if complete && swept {
             self.health.complete_sweep(generation);
-            // Partial sweeps undercount: only complete ones make the trend.
+        }
+        // Partial views undercount: only complete ones make the trend, one sample per
+        // `sweep.interval` at most (live rounds come far more often).
+        let sample_due = self.last_history.is_none_or(|t| {
+            (now - t).to_std().unwrap_or_default() >= self.config.sweep.interval
+        });
+        if complete && (swept || sample_due) {
+            self.last_history = Some(now);
             self.state
                 .history
                 .record(&census, now, self.config.detect.growth_window);
@@ -473,13 +564,21 @@ impl Service {
             info!(kind = e.finding.kind().name(), subject = %a.subject, id = %a.id, "finding {verb}");
             self.publisher.enqueue(a);
         }
-        if self.config.kick.enabled {
+        // Kicks only after a sweep: their idle times and message counts come from it.
+        if self.config.kick.enabled && swept {
             self.kicks(&snap, &census, complete, now, &sweep).await;
         }
-        self.state.save_to(self.config.state.file.as_deref());
-        self.last_sweep = Some(now);
+        if swept || !events.is_empty() {
+            self.state.save_to(self.config.state.file.as_deref());
+        }
+        if swept {
+            self.last_sweep = Some(now);
+        }
         self.metrics
             .observe(&snap, &census, &self.state.findings, &self.config.metrics);
+        self.metrics
+            .live_complete
+            .set(i64::from(self.live.is_some() && snap.gap.is_none()));
         self.metrics
             .advisories_queued
             .set(self.publisher.queued() as i64);
@@ -489,16 +588,26 @@ impl Service {
             census,
             findings: self.state.findings.active.values().cloned().collect(),
         };
-        info!(
-            findings = findings.len(),
-            firing = self.state.findings.active.len(),
-            events = events.len(),
-            queued = self.publisher.queued(),
-            published = self.metrics.advisories.published.get(),
-            dropped = self.metrics.advisories.dropped.get(),
-            partial = !complete,
-            "round done"
-        );
+        if swept {
+            info!(
+                findings = findings.len(),
+                firing = self.state.findings.active.len(),
+                events = events.len(),
+                queued = self.publisher.queued(),
+                published = self.metrics.advisories.published.get(),
+                dropped = self.metrics.advisories.dropped.get(),
+                partial = !complete,
+                "round done"
+            );
+        } else if !events.is_empty() {
+            info!(
+                events = events.len(),
+                firing = self.state.findings.active.len(),
+                connections = snap.connections.len(),
+                partial = !complete,
+                "live census: findings changed"
+            );
+        }
         summary
     }
 

@@ -240,6 +240,9 @@ pub struct Snapshot {
     /// The connections of the servers in `servers`, each exactly once: every server's from one
     /// reply (one snapshot of it).
     pub connections: Vec<Connection>,
+    /// For a view of the live census: why it is not complete (a gap since the last complete
+    /// sweep: events may have been lost); `None` for a sweep, or a complete live view.
+    pub gap: Option<String>,
 }
 
 impl Snapshot {
@@ -248,5 +251,6 @@ impl Snapshot {
         self.servers.len() < self.servers_expected
             || !self.missing.is_empty()
             || !self.errors.is_empty()
+            || self.gap.is_some()
     }
 }

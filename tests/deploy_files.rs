@@ -179,6 +179,7 @@ fn alert_rules_and_dashboard_use_only_metrics_connwatch_exports() {
         }],
     };
     let snap = connwatch::snapshot::Snapshot::default();
+    metrics.observe_sweep(&snap);
     metrics.observe(&snap, &census, &Default::default(), &Default::default());
     metrics.kick("sent");
     let exported = metrics.render();

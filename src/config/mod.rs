@@ -49,6 +49,8 @@ pub struct Config {
     pub log: LogConfig,
     /// What connwatch remembers between runs.
     pub state: StateConfig,
+    /// The live census: connect and disconnect events between sweeps.
+    pub live: LiveConfig,
 }
 
 /// `[nats]`: the connection to the cluster.
@@ -403,6 +405,40 @@ impl Default for ServiceConfig {
             enabled: true,
             prefix: "connwatch".into(),
             sweep_min_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[live]`: the live census, kept current from the servers' connect and disconnect events;
+/// full sweeps only reconcile it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LiveConfig {
+    /// Follow `$SYS.ACCOUNT.*.CONNECT` / `DISCONNECT` and keep the census current between
+    /// sweeps; `false`: sweeps alone, every `sweep.interval`.
+    pub enabled: bool,
+    /// Time between two reconciling full sweeps while the live view is complete. While it is
+    /// not (a gap: a server silent, restarted or new, connwatch's own reconnect, a slow
+    /// consumer), a sweep starts at once and then every `sweep.interval` until one completes.
+    #[serde(with = "humantime_serde")]
+    pub reconcile_interval: Duration,
+    /// Least time between two evaluations of the live census (rules, lifecycle, metrics,
+    /// the `census` endpoint): under churn the census is rebuilt at most this often.
+    #[serde(with = "humantime_serde")]
+    pub evaluate_every: Duration,
+    /// How often every server is asked for STATSZ, to notice a server that went silent,
+    /// restarted (new id) or appeared: each is a gap in the live view.
+    #[serde(with = "humantime_serde")]
+    pub probe_interval: Duration,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            reconcile_interval: Duration::from_secs(300),
+            evaluate_every: Duration::from_millis(200),
+            probe_interval: Duration::from_secs(1),
         }
     }
 }

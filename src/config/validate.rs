@@ -92,6 +92,9 @@ pub(super) fn validate(c: &Config, figment: &Figment) -> Result<(), ConfigErrors
         ("sweep.interval", c.sweep.interval),
         ("sweep.timeout", c.sweep.timeout),
         ("detect.idle_threshold", c.detect.idle_threshold),
+        ("live.reconcile_interval", c.live.reconcile_interval),
+        ("live.evaluate_every", c.live.evaluate_every),
+        ("live.probe_interval", c.live.probe_interval),
     ] {
         if d.is_zero() {
             bad(key, "must be longer than zero".into());

@@ -103,12 +103,21 @@ fn is_tls_failure(err: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// Counters the client's own events increment the moment they happen.
+#[derive(Clone, Debug, Default)]
+pub struct ClientCounters {
+    /// Every reconnect (not the first connection).
+    pub reconnects: Counter,
+    /// Every message the client dropped because a subscription's channel was full.
+    pub slow_consumers: Counter,
+}
+
 /// Connects to the cluster. Reconnects are automatic and unlimited after the first connection;
-/// `reconnects`, when given, is incremented by every reconnect (not the first connection) the
-/// moment the client reports it, so the metric never waits for the next sweep.
+/// `counters`, when given, count reconnects and slow-consumer drops the moment the client
+/// reports them, so neither waits for the next sweep.
 pub async fn connect(
     cfg: &NatsConfig,
-    reconnects: Option<Counter>,
+    counters: Option<ClientCounters>,
 ) -> Result<Client, ConnectError> {
     let connects = Arc::new(AtomicU64::new(0));
     let mut opts = ConnectOptions::new()
@@ -116,14 +125,14 @@ pub async fn connect(
         .connection_timeout(cfg.connect_timeout)
         .max_reconnects(None)
         .event_callback(move |event| {
-            let (connects, reconnects) = (connects.clone(), reconnects.clone());
+            let (connects, counters) = (connects.clone(), counters.clone());
             async move {
                 match event {
                     Event::Connected => {
                         // The first `Connected` is the initial connection, every later one a reconnect.
                         if connects.fetch_add(1, Ordering::Relaxed) > 0 {
-                            if let Some(r) = &reconnects {
-                                r.inc();
+                            if let Some(c) = &counters {
+                                c.reconnects.inc();
                             }
                         }
                         info!("nats connected")
@@ -131,6 +140,12 @@ pub async fn connect(
                     Event::Disconnected => warn!("nats disconnected"),
                     Event::ClientError(e) => warn!(error = %e, "nats client error"),
                     Event::ServerError(e) => warn!(error = %e, "nats server error"),
+                    Event::SlowConsumer(sid) => {
+                        if let Some(c) = &counters {
+                            c.slow_consumers.inc();
+                        }
+                        warn!(sid, "nats slow consumer: messages dropped")
+                    }
                     other => debug!(event = %other, "nats event"),
                 }
             }

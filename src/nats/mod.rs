@@ -4,12 +4,13 @@
 //! Nothing here knows about users, thresholds or findings: it speaks the wire.
 
 mod connect;
+pub mod events;
 pub mod lookup;
 pub mod page;
 mod system;
 pub mod wire;
 
-pub use connect::{connect, ConnectError};
+pub use connect::{connect, ClientCounters, ConnectError};
 pub use system::{
     parse, server_subject, RequestError, System, PING_ACCOUNT_STATZ, PING_CONNZ, PING_STATSZ,
     PING_VARZ,

@@ -13,6 +13,20 @@ use crate::snapshot::Connection;
 const MAX_BYTES_PER_CONNECTION: usize = 16 * 1024;
 /// Room in a reply for its envelope.
 const REPLY_SLACK: usize = 64 * 1024;
+/// The body of a CONNZ request for one user's connections (up to `limit`), filtered by the
+/// server with `acc` and `user`: a reply of a few connections instead of the server's list.
+pub fn connz_user_body(limit: usize, acc: &str, user: &str) -> Bytes {
+    let req = ConnzRequest {
+        auth: true,
+        limit,
+        sort: "cid",
+        acc: Some(acc.to_string()),
+        user: Some(user.to_string()),
+        ..ConnzRequest::default()
+    };
+    Bytes::from(serde_json::to_vec(&req).expect("connz request serializes"))
+}
+
 /// The body of a CONNZ request from `offset` for up to `limit` connections, sorted by cid, with
 /// their users (`auth`), filtered by account when `acc` is given.
 pub fn connz_body(limit: usize, offset: usize, acc: Option<&str>) -> Bytes {

@@ -1,0 +1,133 @@
+//! The servers' connect and disconnect events (`$SYS.ACCOUNT.<acc>.CONNECT` / `.DISCONNECT`),
+//! as they come over the wire, and the one conversion to a census connection.
+//!
+//! Every field is optional or defaulted: an event of another server version must not stop the
+//! live census. An event without a server id or a cid cannot be keyed and is refused.
+
+use chrono::{DateTime, FixedOffset, Utc};
+use serde::Deserialize;
+
+use super::wire::{jwt_name, ServerInfo};
+use crate::snapshot::Connection;
+
+/// Every account's connect events.
+pub const CONNECT_EVENTS: &str = "$SYS.ACCOUNT.*.CONNECT";
+/// Every account's disconnect events.
+pub const DISCONNECT_EVENTS: &str = "$SYS.ACCOUNT.*.DISCONNECT";
+
+/// A `client_connect` or `client_disconnect` event.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ClientEvent {
+    /// `io.nats.server.advisory.v1.client_connect` or `..._disconnect`.
+    #[serde(default)]
+    pub r#type: String,
+    /// The server holding the connection.
+    #[serde(default)]
+    pub server: ServerInfo,
+    /// The connection.
+    #[serde(default)]
+    pub client: EventClient,
+    /// Why it closed (disconnect events): `Client Closed`, `Kicked`, ...
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// The `client` of an event.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct EventClient {
+    /// When it connected.
+    #[serde(default)]
+    pub start: Option<DateTime<FixedOffset>>,
+    /// Remote IP.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// The cid on its server.
+    #[serde(default)]
+    pub id: u64,
+    /// Account (name, or public key in operator mode).
+    #[serde(default)]
+    pub acc: Option<String>,
+    /// The authenticated user (name, nkey, or the user JWT's public key).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Client name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The account's name tag (operator mode).
+    #[serde(default)]
+    pub name_tag: Option<String>,
+    /// The user's tags.
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
+    /// The user JWT (its `name` claim is the user's human name).
+    #[serde(default)]
+    pub jwt: Option<String>,
+    /// `Client` or `Leafnode`.
+    #[serde(default)]
+    pub kind: Option<String>,
+}
+
+impl ClientEvent {
+    /// Whether this is a disconnect event.
+    pub fn is_disconnect(&self) -> bool {
+        self.r#type.ends_with("client_disconnect")
+    }
+
+    /// The connection the event is about, as a sweep would list it fresh: no idle time and no
+    /// messages yet (sweeps bring those). `None` when it cannot be keyed.
+    pub fn connection(&self) -> Option<Connection> {
+        if self.server.id.is_empty() || self.client.id == 0 {
+            return None;
+        }
+        let c = &self.client;
+        Some(Connection {
+            server: self.server.name.clone(),
+            server_id: self.server.id.clone(),
+            cid: c.id,
+            kind: c.kind.clone().unwrap_or_else(|| "Client".into()),
+            ip: c.host.clone().unwrap_or_default(),
+            start: c.start.map(|t| t.with_timezone(&Utc)),
+            idle: std::time::Duration::ZERO,
+            in_msgs: 0,
+            out_msgs: 0,
+            name: c.name.clone().unwrap_or_default(),
+            account: c.acc.clone().filter(|a| !a.is_empty()).unwrap_or_else(|| "$G".into()),
+            account_name: c.name_tag.clone().filter(|n| !n.is_empty()),
+            user: c.user.clone().unwrap_or_default(),
+            user_name: c.jwt.as_deref().and_then(jwt_name),
+            tags: c.tags.clone().unwrap_or_default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connect_event_is_a_connection_keyed_by_server_id_and_cid() {
+        let e: ClientEvent = serde_json::from_str(
+            r#"{"type":"io.nats.server.advisory.v1.client_connect","id":"x",
+            "server":{"name":"n1","id":"NID","cluster":"c","ver":"2.15.1","seq":3},
+            "client":{"start":"2026-01-02T03:04:05.123Z","host":"10.0.0.1","id":42,"acc":"APP",
+            "user":"leaky","name":"w","lang":"go","kind":"Client","client_type":"nats"}}"#,
+        )
+        .unwrap();
+        assert!(!e.is_disconnect());
+        let c = e.connection().unwrap();
+        assert_eq!((c.server.as_str(), c.server_id.as_str(), c.cid), ("n1", "NID", 42));
+        assert_eq!((c.account.as_str(), c.user.as_str(), c.name.as_str()), ("APP", "leaky", "w"));
+        assert_eq!(c.ip, "10.0.0.1");
+        assert!(c.start.is_some());
+    }
+
+    #[test]
+    fn events_without_a_key_are_refused() {
+        let e: ClientEvent = serde_json::from_str(
+            r#"{"type":"io.nats.server.advisory.v1.client_disconnect","client":{"id":1},"reason":"Client Closed"}"#,
+        )
+        .unwrap();
+        assert!(e.is_disconnect());
+        assert!(e.connection().is_none());
+    }
+}
