@@ -1,0 +1,382 @@
+//! The live census on a real 3-node cluster: findings from connect and disconnect events alone,
+//! gaps (a silent server, connwatch's own reconnect, a restarted server) that hold resolves and
+//! resync with a sweep, and counts that stay exact under churn with sweeps in between.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::Value;
+use support::*;
+use testkit::cluster::http_get;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+fn metric(listen: SocketAddr, prefix: &str) -> Option<f64> {
+    let (_, text) = http_get(listen, "/metrics").ok()?;
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+async fn call(client: &async_nats::Client, subject: &str, body: &str) -> Value {
+    let msg = client
+        .request(subject.to_string(), Bytes::from(body.to_string()))
+        .await
+        .unwrap();
+    serde_json::from_slice(&msg.payload).unwrap_or_else(|_| {
+        serde_json::json!({ "error": format!("{:?}", msg.headers) })
+    })
+}
+
+fn is(kind: &str, state: &str) -> impl Fn(&Value) -> bool {
+    let (kind, state) = (
+        format!("io.connwatch.advisory.v1.{kind}"),
+        state.to_string(),
+    );
+    move |b: &Value| b["type"] == kind.as_str() && b["state"] == state.as_str()
+}
+
+/// A cluster with `APP/leaky` and `APP/app`, connwatch running with sweeps an hour apart (only
+/// the first one, and those a gap starts, run), metrics on; ready after its first round.
+struct Live {
+    cluster: Cluster,
+    running: Running,
+    listen: SocketAddr,
+    seen: Seen,
+    client: async_nats::Client,
+}
+
+async fn start(dir: &std::path::Path, extra: &str) -> Live {
+    let cluster = Cluster::start(
+        ClusterSpec::new(dir.join("cluster")).account(
+            AccountSpec::new("APP")
+                .user("leaky", "pw")
+                .user("app", "pw"),
+        ),
+    )
+    .unwrap();
+    let listen = free_addr();
+    let path = write_config(
+        dir,
+        &format!(
+            "{}[sweep]\ninterval = \"1h\"\ntimeout = \"1s\"\n[live]\nreconcile_interval = \"1h\"\n\
+             [detect]\nidle_threshold = \"10ms\"\n[metrics]\nlisten = \"{listen}\"\nuser_floor = 1\n\
+             [service]\nsweep_min_interval = \"0s\"\n{extra}",
+            cluster.connwatch_toml()
+        ),
+    );
+    let running = Running::start(&path, dir.join("run.log"));
+    assert!(
+        wait_until_async(WAIT, || metric(listen, "connwatch_live_complete") == Some(1.0)).await,
+        "the live census never became complete: {}",
+        running.log()
+    );
+    let (seen, client) = Seen::subscribe(&cluster.client_url(1)).await;
+    Live {
+        cluster,
+        running,
+        listen,
+        seen,
+        client,
+    }
+}
+
+/// Waits until an async condition holds, polling; false when `timeout` passed first.
+async fn eventually<F, Fut>(timeout: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn auth(user: &str) -> LoadAuth {
+    LoadAuth::user_password(user, "pw")
+}
+
+/// The live census's per-server counts of one user (`connwatch.census`).
+async fn live_by_server(client: &async_nats::Client, user: &str) -> BTreeMap<String, u64> {
+    let census = call(
+        client,
+        "connwatch.census",
+        &format!(r#"{{"account":"APP","user":"{user}"}}"#),
+    )
+    .await;
+    census["users"]
+        .get(0)
+        .and_then(|u| serde_json::from_value(u["by_server"].clone()).ok())
+        .unwrap_or_default()
+}
+
+/// Each server's own `/connz` counts of one user, by server name.
+fn connz_by_server(cluster: &Cluster, user: &str) -> BTreeMap<String, u64> {
+    (0..cluster.len())
+        .filter_map(|i| {
+            let n = *cluster
+                .connz_counts(i)
+                .ok()?
+                .get(&("APP".to_string(), user.to_string()))?;
+            Some((cluster.server_name(i).to_string(), n))
+        })
+        .collect()
+}
+
+/// A leak crossing its threshold fires from the events, with no sweep in between, and still
+/// carries its suspects and diagnosis (from the user's own CONNZ read); closing it resolves
+/// from the events too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leak_fires_and_resolves_from_events_alone_with_its_details() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = start(dir.path(), "").await;
+    let sweeps = metric(live.listen, "connwatch_sweeps_total").unwrap();
+    let leak = load::open(
+        LoadSpec::new(live.cluster.client_url(2), auth("leaky"), 120).name("leaky-worker"),
+    )
+    .await
+    .unwrap();
+    let (i, _, fired) = live
+        .seen
+        .wait_for(0, "excessive", is("excessive_user_connections", "firing"))
+        .await;
+    assert_valid(&fired);
+    assert_eq!(fired["user"], "leaky");
+    assert!(fired["connections"].as_u64().unwrap() > 100, "{fired:#}");
+    assert_eq!(fired["sweep"]["partial"], false);
+    assert!(
+        !fired["suspects"].as_array().unwrap().is_empty(),
+        "no suspects: the user's connections were not read in detail: {fired:#}"
+    );
+    assert!(
+        fired["diagnosis"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("come from one process"),
+        "{fired:#}"
+    );
+    assert_eq!(
+        metric(live.listen, "connwatch_sweeps_total"),
+        Some(sweeps),
+        "a sweep ran: the finding did not come from the events"
+    );
+    // The census endpoint serves the live view: all 120, on n3.
+    assert!(
+        eventually(WAIT, || async {
+            live_by_server(&live.client, "leaky").await == BTreeMap::from([("n3".into(), 120)])
+        })
+        .await
+    );
+    assert_eq!(metric(live.listen, "connwatch_user_connections{account=\"APP\",user=\"leaky\"}"), Some(120.0));
+    leak.close().await;
+    live.seen
+        .wait_for(i + 1, "resolved", is("excessive_user_connections", "resolved"))
+        .await;
+    assert_eq!(metric(live.listen, "connwatch_sweeps_total"), Some(sweeps));
+    assert_eq!(live.running.terminate(), Some(0));
+}
+
+/// A server that stops answering is a gap: the live view is not complete, so a user that drops
+/// back under its threshold is NOT resolved, until the server answers again and a complete
+/// sweep reconciles the view.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_server_holds_resolves_until_a_complete_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut live = start(dir.path(), "").await;
+    let leak = load::open(LoadSpec::new(live.cluster.client_url(0), auth("leaky"), 150).name("w"))
+        .await
+        .unwrap();
+    let (i, _, _) = live
+        .seen
+        .wait_for(0, "excessive", is("excessive_user_connections", "firing"))
+        .await;
+    let gaps = || metric(live.listen, "connwatch_live_gaps_total{reason=\"server_silent\"}");
+    live.cluster.pause(2).unwrap();
+    assert!(
+        wait_until_async(WAIT, || metric(live.listen, "connwatch_live_complete") == Some(0.0)).await,
+        "a silent server did not make the view incomplete: {}",
+        live.running.log()
+    );
+    assert!(gaps().unwrap_or(0.0) >= 1.0);
+    // The leak closes: the live census sees it go, but must not resolve.
+    leak.close().await;
+    assert!(
+        eventually(WAIT, || async {
+            live_by_server(&live.client, "leaky").await.is_empty()
+        })
+        .await
+    );
+    let census = call(&live.client, "connwatch.census", "").await;
+    assert_eq!(census["sweep"]["partial"], true, "{census:#}");
+    let findings = call(&live.client, "connwatch.findings", "").await;
+    assert_eq!(findings["findings"].as_array().unwrap().len(), 1, "{findings:#}");
+    assert!(
+        !live
+            .seen
+            .all()
+            .iter()
+            .any(|(_, b)| is("excessive_user_connections", "resolved")(b)),
+        "resolved while the view was incomplete"
+    );
+    // The server answers again: a sweep, complete, and then the resolve.
+    live.cluster.resume(2).unwrap();
+    live.seen
+        .wait_for(i + 1, "resolved", is("excessive_user_connections", "resolved"))
+        .await;
+    assert_eq!(metric(live.listen, "connwatch_live_complete"), Some(1.0));
+}
+
+/// connwatch's own connection is closed (kicked by the server): a `reconnect` gap, a sweep after
+/// the reconnect, and the view complete again with what changed while it was away. Then a
+/// server restarts (new id): a gap, a sweep, and its old connections are gone from the view.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_reconnect_and_a_restarted_server_resync_the_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut live = start(dir.path(), "").await;
+    let sweeps = metric(live.listen, "connwatch_sweeps_total").unwrap();
+    // Find connwatch's connection by its client name on each server and kick it.
+    let mut kicked = false;
+    for i in 0..live.cluster.len() {
+        let connz = live.cluster.monitor_get(i, "/connz?limit=10000").unwrap();
+        let id = live.cluster.monitor_get(i, "/varz").unwrap()["server_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        for c in connz["connections"].as_array().unwrap() {
+            if c["name"] == "connwatch" {
+                let body = format!(r#"{{"cid":{}}}"#, c["cid"]);
+                live.client
+                    .request(format!("$SYS.REQ.SERVER.{id}.KICK"), Bytes::from(body))
+                    .await
+                    .unwrap();
+                kicked = true;
+            }
+        }
+    }
+    assert!(kicked, "connwatch's connection not found");
+    assert!(
+        wait_until_async(WAIT, || {
+            metric(live.listen, "connwatch_live_gaps_total{reason=\"reconnect\"}").unwrap_or(0.0) >= 1.0
+                && metric(live.listen, "connwatch_sweeps_total").unwrap_or(0.0) > sweeps
+                && metric(live.listen, "connwatch_live_complete") == Some(1.0)
+        })
+        .await,
+        "no resync after the reconnect: {}",
+        live.running.log()
+    );
+    // Connections on n2, then n2 restarts: they are gone (no disconnect events from a killed
+    // server), and the view must drop them.
+    let on_n2 = load::open(LoadSpec::new(live.cluster.client_url(1), auth("app"), 40).name("a"))
+        .await
+        .unwrap();
+    assert!(
+        eventually(WAIT, || async {
+            live_by_server(&live.client, "app").await == BTreeMap::from([("n2".into(), 40)])
+        })
+        .await
+    );
+    let sweeps = metric(live.listen, "connwatch_sweeps_total").unwrap();
+    live.cluster.restart(1).unwrap();
+    assert!(
+        eventually(WAIT, || async {
+            metric(live.listen, "connwatch_sweeps_total").unwrap_or(0.0) > sweeps
+                && metric(live.listen, "connwatch_live_complete") == Some(1.0)
+                && live_by_server(&live.client, "app").await == connz_by_server(&live.cluster, "app")
+        })
+        .await,
+        "the view kept a restarted server's connections: {:?} vs {:?}\n{}",
+        live_by_server(&live.client, "app").await,
+        connz_by_server(&live.cluster, "app"),
+        live.running.log()
+    );
+    assert!(
+        metric(live.listen, "connwatch_live_gaps_total{reason=\"server_new\"}").unwrap_or(0.0)
+            >= 1.0
+    );
+    drop(on_n2);
+}
+
+/// Connections opened and closed on all three servers while sweeps run (requested through the
+/// `sweep` endpoint during the churn): afterwards the live census equals every server's own
+/// `/connz`, user by user and server by server, within a second of the churn stopping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_stay_exact_under_churn_with_sweeps_in_between() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = start(dir.path(), "").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut churners = Vec::new();
+    for (i, user) in [(0, "leaky"), (1, "app"), (2, "leaky"), (2, "app")] {
+        let (url, stop) = (live.cluster.client_url(i), stop.clone());
+        churners.push(tokio::spawn(async move {
+            let mut held = Vec::new();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(c) =
+                    async_nats::ConnectOptions::with_user_and_password(user.into(), "pw".into())
+                        .connect(&url)
+                        .await
+                else {
+                    continue;
+                };
+                held.push(c);
+                n += 1;
+                // Keep some, close others: a third of the opens stay.
+                if n % 3 != 0 {
+                    let c = held.swap_remove((n as usize * 7) % held.len());
+                    drop(c);
+                }
+            }
+            held
+        }));
+    }
+    for _ in 0..3 {
+        // Each sweep with events arriving before, during and after it.
+        let events = metric(live.listen, "connwatch_live_events_total").unwrap_or(0.0);
+        assert!(
+            wait_until_async(WAIT, || {
+                metric(live.listen, "connwatch_live_events_total").unwrap_or(0.0) >= events + 100.0
+            })
+            .await
+        );
+        let summary = call(&live.client, "connwatch.sweep", "").await;
+        assert!(summary["servers_expected"].as_u64().is_some(), "{summary:#}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut held = Vec::new();
+    for c in churners {
+        held.extend(c.await.unwrap());
+    }
+    assert!(held.len() > 10, "too little churn");
+    for user in ["leaky", "app"] {
+        assert!(
+            eventually(WAIT, || async {
+                let oracle = connz_by_server(&live.cluster, user);
+                !oracle.is_empty() && live_by_server(&live.client, user).await == oracle
+            })
+            .await,
+            "{user}: live {:?} vs connz {:?}",
+            live_by_server(&live.client, user).await,
+            connz_by_server(&live.cluster, user)
+        );
+    }
+    assert_eq!(metric(live.listen, "connwatch_live_complete"), Some(1.0));
+    drop(held);
+}
