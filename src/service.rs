@@ -449,7 +449,10 @@ impl Service {
             .refresh_identity(self.config.sweep.timeout.min(Duration::from_secs(5)))
             .await;
         note_identity(&self.session, &self.config, &self.metrics, &self.health);
-        let sync = self.live.as_ref().map(|l| l.view.lock().expect("live view lock").begin_sync());
+        let sync = self
+            .live
+            .as_ref()
+            .map(|l| l.view.lock().expect("live view lock").begin_sync());
         let snap = match self.sweeper.sweep(&mut self.state.servers).await {
             Ok(s) => s,
             Err(e) => {
@@ -513,9 +516,9 @@ impl Service {
         }
         // Partial views undercount: only complete ones make the trend, one sample per
         // `sweep.interval` at most (live rounds come far more often).
-        let sample_due = self.last_history.is_none_or(|t| {
-            (now - t).to_std().unwrap_or_default() >= self.config.sweep.interval
-        });
+        let sample_due = self
+            .last_history
+            .is_none_or(|t| (now - t).to_std().unwrap_or_default() >= self.config.sweep.interval);
         if complete && (swept || sample_due) {
             self.last_history = Some(now);
             self.state

@@ -34,9 +34,8 @@ async fn call(client: &async_nats::Client, subject: &str, body: &str) -> Value {
         .request(subject.to_string(), Bytes::from(body.to_string()))
         .await
         .unwrap();
-    serde_json::from_slice(&msg.payload).unwrap_or_else(|_| {
-        serde_json::json!({ "error": format!("{:?}", msg.headers) })
-    })
+    serde_json::from_slice(&msg.payload)
+        .unwrap_or_else(|_| serde_json::json!({ "error": format!("{:?}", msg.headers) }))
 }
 
 fn is(kind: &str, state: &str) -> impl Fn(&Value) -> bool {
@@ -67,18 +66,34 @@ async fn start(dir: &std::path::Path, extra: &str) -> Live {
     )
     .unwrap();
     let listen = free_addr();
+    // Attached to n1 only: the faults below freeze and restart the other servers.
+    let toml: String = cluster
+        .connwatch_toml()
+        .lines()
+        .map(|l| {
+            if l.starts_with("servers") {
+                format!("servers = [{:?}]", cluster.client_url(0))
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n";
     let path = write_config(
         dir,
         &format!(
             "{}[sweep]\ninterval = \"1h\"\ntimeout = \"1s\"\n[live]\nreconcile_interval = \"1h\"\n\
              [detect]\nidle_threshold = \"10ms\"\n[metrics]\nlisten = \"{listen}\"\nuser_floor = 1\n\
              [service]\nsweep_min_interval = \"0s\"\n{extra}",
-            cluster.connwatch_toml()
+            toml
         ),
     );
     let running = Running::start(&path, dir.join("run.log"));
     assert!(
-        wait_until_async(WAIT, || metric(listen, "connwatch_live_complete") == Some(1.0)).await,
+        wait_until_async(WAIT, || metric(listen, "connwatch_live_complete")
+            == Some(1.0))
+        .await,
         "the live census never became complete: {}",
         running.log()
     );
@@ -185,10 +200,20 @@ async fn a_leak_fires_and_resolves_from_events_alone_with_its_details() {
         })
         .await
     );
-    assert_eq!(metric(live.listen, "connwatch_user_connections{account=\"APP\",user=\"leaky\"}"), Some(120.0));
+    assert_eq!(
+        metric(
+            live.listen,
+            "connwatch_user_connections{account=\"APP\",user=\"leaky\"}"
+        ),
+        Some(120.0)
+    );
     leak.close().await;
     live.seen
-        .wait_for(i + 1, "resolved", is("excessive_user_connections", "resolved"))
+        .wait_for(
+            i + 1,
+            "resolved",
+            is("excessive_user_connections", "resolved"),
+        )
         .await;
     assert_eq!(metric(live.listen, "connwatch_sweeps_total"), Some(sweeps));
     assert_eq!(live.running.terminate(), Some(0));
@@ -208,10 +233,17 @@ async fn a_silent_server_holds_resolves_until_a_complete_sweep() {
         .seen
         .wait_for(0, "excessive", is("excessive_user_connections", "firing"))
         .await;
-    let gaps = || metric(live.listen, "connwatch_live_gaps_total{reason=\"server_silent\"}");
+    let gaps = || {
+        metric(
+            live.listen,
+            "connwatch_live_gaps_total{reason=\"server_silent\"}",
+        )
+    };
     live.cluster.pause(2).unwrap();
     assert!(
-        wait_until_async(WAIT, || metric(live.listen, "connwatch_live_complete") == Some(0.0)).await,
+        wait_until_async(WAIT, || metric(live.listen, "connwatch_live_complete")
+            == Some(0.0))
+        .await,
         "a silent server did not make the view incomplete: {}",
         live.running.log()
     );
@@ -227,7 +259,11 @@ async fn a_silent_server_holds_resolves_until_a_complete_sweep() {
     let census = call(&live.client, "connwatch.census", "").await;
     assert_eq!(census["sweep"]["partial"], true, "{census:#}");
     let findings = call(&live.client, "connwatch.findings", "").await;
-    assert_eq!(findings["findings"].as_array().unwrap().len(), 1, "{findings:#}");
+    assert_eq!(
+        findings["findings"].as_array().unwrap().len(),
+        1,
+        "{findings:#}"
+    );
     assert!(
         !live
             .seen
@@ -239,7 +275,11 @@ async fn a_silent_server_holds_resolves_until_a_complete_sweep() {
     // The server answers again: a sweep, complete, and then the resolve.
     live.cluster.resume(2).unwrap();
     live.seen
-        .wait_for(i + 1, "resolved", is("excessive_user_connections", "resolved"))
+        .wait_for(
+            i + 1,
+            "resolved",
+            is("excessive_user_connections", "resolved"),
+        )
         .await;
     assert_eq!(metric(live.listen, "connwatch_live_complete"), Some(1.0));
 }
@@ -274,7 +314,12 @@ async fn own_reconnect_and_a_restarted_server_resync_the_view() {
     assert!(kicked, "connwatch's connection not found");
     assert!(
         wait_until_async(WAIT, || {
-            metric(live.listen, "connwatch_live_gaps_total{reason=\"reconnect\"}").unwrap_or(0.0) >= 1.0
+            metric(
+                live.listen,
+                "connwatch_live_gaps_total{reason=\"reconnect\"}",
+            )
+            .unwrap_or(0.0)
+                >= 1.0
                 && metric(live.listen, "connwatch_sweeps_total").unwrap_or(0.0) > sweeps
                 && metric(live.listen, "connwatch_live_complete") == Some(1.0)
         })
@@ -299,7 +344,8 @@ async fn own_reconnect_and_a_restarted_server_resync_the_view() {
         eventually(WAIT, || async {
             metric(live.listen, "connwatch_sweeps_total").unwrap_or(0.0) > sweeps
                 && metric(live.listen, "connwatch_live_complete") == Some(1.0)
-                && live_by_server(&live.client, "app").await == connz_by_server(&live.cluster, "app")
+                && live_by_server(&live.client, "app").await
+                    == connz_by_server(&live.cluster, "app")
         })
         .await,
         "the view kept a restarted server's connections: {:?} vs {:?}\n{}",
@@ -307,10 +353,14 @@ async fn own_reconnect_and_a_restarted_server_resync_the_view() {
         connz_by_server(&live.cluster, "app"),
         live.running.log()
     );
-    assert!(
-        metric(live.listen, "connwatch_live_gaps_total{reason=\"server_new\"}").unwrap_or(0.0)
-            >= 1.0
-    );
+    // The old id goes silent and/or the new one appears first: either is a gap.
+    let gaps = |r: &str| {
+        metric(
+            live.listen,
+            &format!("connwatch_live_gaps_total{{reason=\"{r}\"}}"),
+        )
+    };
+    assert!(gaps("server_new").unwrap_or(0.0) + gaps("server_silent").unwrap_or(0.0) >= 1.0);
     drop(on_n2);
 }
 
@@ -357,7 +407,10 @@ async fn counts_stay_exact_under_churn_with_sweeps_in_between() {
             .await
         );
         let summary = call(&live.client, "connwatch.sweep", "").await;
-        assert!(summary["servers_expected"].as_u64().is_some(), "{summary:#}");
+        assert!(
+            summary["servers_expected"].as_u64().is_some(),
+            "{summary:#}"
+        );
     }
     stop.store(true, Ordering::Relaxed);
     let mut held = Vec::new();

@@ -119,7 +119,8 @@ impl TlsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SweepConfig {
-    /// Time between the starts of two sweeps (`connwatch run`).
+    /// Time between the starts of two sweeps (`connwatch run`); with the live census on, only
+    /// while its view is incomplete (else `live.reconcile_interval`).
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
     /// How long to wait for the servers' replies to one request.

@@ -50,9 +50,63 @@ pub struct Live {
     pub changed: Arc<Notify>,
     /// Woken on a gap: a sweep should start at once.
     pub resync: Arc<Notify>,
+    /// Servers of the view that did not answer the last probe.
+    silent: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Live {
+    /// Asks every server for STATSZ now and notes the gaps it shows (a server silent, new or
+    /// restarted, or answering again). Returns whether every server of the view answered.
+    pub async fn confirm_servers(
+        &self,
+        system: &System,
+        metrics: &Metrics,
+        timeout: Duration,
+    ) -> bool {
+        let known = self.view.lock().expect("live view lock").servers().len();
+        let answered = probe_servers(system, known, timeout).await;
+        self.note_probe(metrics, &answered)
+    }
+
+    /// Compares a probe's answers with the view's servers; gaps for every difference that is
+    /// new. Returns whether every server of the view answered and none is new.
+    fn note_probe(&self, metrics: &Metrics, answered: &[(String, String)]) -> bool {
+        let known = self.view.lock().expect("live view lock").servers().clone();
+        let mut whole = true;
+        for (id, name) in answered {
+            if !known.contains_key(id) {
+                whole = false;
+                self.gap(
+                    metrics,
+                    "server_new",
+                    format!("server {name} ({id}) is new or restarted"),
+                );
+            }
+        }
+        let heard: HashSet<&str> = answered.iter().map(|(id, _)| id.as_str()).collect();
+        let mut silent = self.silent.lock().expect("silent lock");
+        for (id, name) in &known {
+            if !heard.contains(id.as_str()) {
+                whole = false;
+                if silent.insert(id.clone()) {
+                    self.gap(
+                        metrics,
+                        "server_silent",
+                        format!("server {name} did not answer"),
+                    );
+                }
+            } else if silent.remove(id) {
+                self.gap(
+                    metrics,
+                    "server_silent",
+                    format!("server {name} answers again"),
+                );
+            }
+        }
+        silent.retain(|id| known.contains_key(id));
+        whole
+    }
+
     /// Notes a gap: the view is not complete, a sweep is wanted now.
     fn gap(&self, metrics: &Metrics, reason: &str, detail: String) {
         warn!(reason, detail = %detail, "live census gap: a sweep follows");
@@ -78,8 +132,12 @@ pub async fn start(
         view: Arc::new(Mutex::new(LiveView::new())),
         changed: Arc::new(Notify::new()),
         resync: Arc::new(Notify::new()),
+        silent: Arc::default(),
     };
-    info!(subject = EVENTS, "live census following connect and disconnect events");
+    info!(
+        subject = EVENTS,
+        "live census following connect and disconnect events"
+    );
     let l = live.clone();
     let task = tokio::spawn(async move {
         let mut check = tokio::time::interval(CLIENT_CHECK);
@@ -88,7 +146,6 @@ pub async fn start(
         let mut reconnects = metrics.reconnects.get();
         let mut slow = metrics.slow_consumers.get();
         let mut connected = true;
-        let mut silent: HashSet<String> = HashSet::new();
         let mut probing = None::<JoinHandle<Vec<(String, String)>>>;
         loop {
             tokio::select! {
@@ -123,23 +180,7 @@ pub async fn start(
                 done = async { probing.as_mut().expect("guarded").await }, if probing.is_some() => {
                     probing = None;
                     let Ok(answered) = done else { continue };
-                    let known = l.view.lock().expect("live view lock").servers().clone();
-                    for (id, name) in &answered {
-                        if !known.contains_key(id) {
-                            l.gap(&metrics, "server_new", format!("server {name} ({id}) is new or restarted"));
-                        }
-                    }
-                    let heard: HashSet<&str> = answered.iter().map(|(id, _)| id.as_str()).collect();
-                    for (id, name) in &known {
-                        if !heard.contains(id.as_str()) {
-                            if silent.insert(id.clone()) {
-                                l.gap(&metrics, "server_silent", format!("server {name} did not answer"));
-                            }
-                        } else if silent.remove(id) {
-                            l.gap(&metrics, "server_silent", format!("server {name} answers again"));
-                        }
-                    }
-                    silent.retain(|id| known.contains_key(id));
+                    l.note_probe(&metrics, &answered);
                 }
             }
         }

@@ -22,6 +22,7 @@ use crate::snapshot::{Connection, ServerSeen, Snapshot};
 
 /// A change to the live view.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)] // one delta at a time; boxing would only add an allocation
 pub enum Delta {
     /// A connection opened.
     Open(Connection),
@@ -427,7 +428,11 @@ mod tests {
         assert_eq!(cids, vec![3, 4]);
         assert_eq!(v.count("APP", "u"), 2);
         assert!(v.incomplete().is_none());
-        assert_eq!(v.journalled(), 0, "the journal is dropped once no sync is open");
+        assert_eq!(
+            v.journalled(),
+            0,
+            "the journal is dropped once no sync is open"
+        );
     }
 
     #[test]
@@ -520,7 +525,10 @@ mod tests {
         let live = v.snapshot(&sweep, now);
         assert_eq!(live.connections.len(), 2);
         assert_eq!(
-            live.servers.iter().map(|s| s.connections).collect::<Vec<_>>(),
+            live.servers
+                .iter()
+                .map(|s| s.connections)
+                .collect::<Vec<_>>(),
             vec![1, 1]
         );
         assert!(!live.partial());

@@ -91,7 +91,11 @@ impl ClientEvent {
             in_msgs: 0,
             out_msgs: 0,
             name: c.name.clone().unwrap_or_default(),
-            account: c.acc.clone().filter(|a| !a.is_empty()).unwrap_or_else(|| "$G".into()),
+            account: c
+                .acc
+                .clone()
+                .filter(|a| !a.is_empty())
+                .unwrap_or_else(|| "$G".into()),
             account_name: c.name_tag.clone().filter(|n| !n.is_empty()),
             user: c.user.clone().unwrap_or_default(),
             user_name: c.jwt.as_deref().and_then(jwt_name),
@@ -115,8 +119,14 @@ mod tests {
         .unwrap();
         assert!(!e.is_disconnect());
         let c = e.connection().unwrap();
-        assert_eq!((c.server.as_str(), c.server_id.as_str(), c.cid), ("n1", "NID", 42));
-        assert_eq!((c.account.as_str(), c.user.as_str(), c.name.as_str()), ("APP", "leaky", "w"));
+        assert_eq!(
+            (c.server.as_str(), c.server_id.as_str(), c.cid),
+            ("n1", "NID", 42)
+        );
+        assert_eq!(
+            (c.account.as_str(), c.user.as_str(), c.name.as_str()),
+            ("APP", "leaky", "w")
+        );
         assert_eq!(c.ip, "10.0.0.1");
         assert!(c.start.is_some());
     }

@@ -20,7 +20,13 @@ impl Service {
         let Some(live) = &self.live else {
             return false;
         };
-        if live.view.lock().expect("live view lock").incomplete().is_some() {
+        if live
+            .view
+            .lock()
+            .expect("live view lock")
+            .incomplete()
+            .is_some()
+        {
             return false;
         }
         self.last_started
@@ -58,7 +64,11 @@ impl Service {
                 .lock()
                 .expect("live view lock")
                 .snapshot(meta, Utc::now());
-            let census = census::build(&snap.connections, system_account.as_deref(), &self.config.detect);
+            let census = census::build(
+                &snap.connections,
+                system_account.as_deref(),
+                &self.config.detect,
+            );
             (snap, census)
         };
         let (mut snap, mut census) = build(&live, &self.last_sweep_meta);
@@ -77,13 +87,32 @@ impl Service {
             .map(|u| (u.account.clone(), u.user.clone(), u.connections))
             .collect();
         if !crossing.is_empty() {
-            let timeout = self.config.sweep.timeout.min(std::time::Duration::from_secs(1));
+            let timeout = self
+                .config
+                .sweep
+                .timeout
+                .min(std::time::Duration::from_secs(1));
             let reads = crossing.iter().map(|(account, user, n)| {
                 read::read_user(&self.session.system, &live.view, account, user, *n, timeout)
             });
             let answered = futures::future::join_all(reads).await;
             info!(users = crossing.len(), servers = ?answered, "live census: users over their threshold read in detail");
             (snap, census) = build(&live, &self.last_sweep_meta);
+        }
+        // Before anything may resolve from the events, every server must still answer: a server
+        // frozen since the last probe could hold connections the events do not show.
+        if !self.state.findings.active.is_empty() && snap.gap.is_none() {
+            let timeout = self
+                .config
+                .sweep
+                .timeout
+                .min(self.config.live.probe_interval);
+            if !live
+                .confirm_servers(&self.session.system, &self.metrics, timeout)
+                .await
+            {
+                (snap, census) = build(&live, &self.last_sweep_meta);
+            }
         }
         let l = &self.last_lookups;
         Some(Gathered {
