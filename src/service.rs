@@ -239,6 +239,8 @@ pub async fn run(
         // Requests to the `sweep` endpoint waiting for this round's sweep.
         let mut waiting = Vec::new();
         tokio::select! {
+            // In this order: under churn the live rounds (last) must never starve a sweep.
+            biased;
             _ = shutdown.cancelled() => break,
             _ = ticker.tick() => {
                 if svc.reconcile_not_due() {
@@ -247,15 +249,6 @@ pub async fn run(
             }
             _ = resync.notified(), if svc.live.is_some() => {
                 info!("live census gap: sweeping now");
-            }
-            _ = changed.notified(), if svc.live.is_some() => {
-                // Rounds from the events, at most every `live.evaluate_every`.
-                tokio::time::sleep_until(last_live + svc.config.live.evaluate_every).await;
-                last_live = Instant::now();
-                if let Some(g) = svc.gather_live().await {
-                    svc.act(g).await;
-                }
-                continue;
             }
             Some(api::Command::SweepNow(tx)) = commands.recv() => {
                 if let Some(last) = svc.too_recent() {
@@ -271,6 +264,15 @@ pub async fn run(
                     if svc.reload(load()) {
                         ticker = svc.ticker();
                     }
+                }
+                continue;
+            }
+            _ = changed.notified(), if svc.live.is_some() => {
+                // Rounds from the events, at most every `live.evaluate_every`.
+                tokio::time::sleep_until(last_live + svc.config.live.evaluate_every).await;
+                last_live = Instant::now();
+                if let Some(g) = svc.gather_live().await {
+                    svc.act(g).await;
                 }
                 continue;
             }

@@ -10,6 +10,12 @@
 //! (server id, cid) is never reused, so applying an event twice changes nothing: an event the
 //! reply already reflects is a no-op, one after the reply is kept.
 //!
+//! A server may send a connection's event a moment before or after its list shows it (its
+//! connect event before the connection is listed, its disconnect before it is unlisted), so a
+//! sync replays not only the events since it began but the last [`RECENT`] before too: any
+//! suffix of a server's events can be applied again safely (a connection's disconnect always
+//! follows its connect in the suffix).
+//!
 //! **Completeness.** The view is complete only when a complete sweep that started after the
 //! last gap ([`LiveView::gap`]: connwatch's reconnect, a slow consumer, a server silent,
 //! restarted or new) has reconciled it. While it is not, nothing resolves and nothing is kicked.
@@ -19,6 +25,10 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Utc};
 
 use crate::snapshot::{Connection, ServerSeen, Snapshot};
+
+/// Deltas before a sync's start that it replays too (see the module docs): at 2,000 events a
+/// second, the last 5 seconds; a few MiB at most.
+pub const RECENT: u64 = 10_000;
 
 /// A change to the live view.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,8 +80,10 @@ impl Scope {
 /// A sync under way (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SyncId {
-    /// The journal position when it began.
+    /// The first journal position it replays.
     start: u64,
+    /// The journal position when it began.
+    begun: u64,
 }
 
 /// A user's key: (account, user).
@@ -85,7 +97,8 @@ pub struct LiveView {
     users: HashMap<UserKey, u64>,
     /// Server id → name, of the servers reconciled by a sweep or heard from.
     servers: BTreeMap<String, String>,
-    /// Deltas since the oldest sync under way began, with their position.
+    /// The last [`RECENT`] deltas, and all since the oldest sync under way began, with their
+    /// position.
     journal: Vec<(u64, Delta)>,
     /// Position of the next delta.
     next: u64,
@@ -111,10 +124,11 @@ impl LiveView {
     /// Applies one event; returns the user it changed, if it changed anything.
     pub fn apply(&mut self, d: Delta) -> Option<UserKey> {
         self.applied += 1;
-        if !self.open_syncs.is_empty() {
-            self.journal.push((self.next, d.clone()));
-        }
+        self.journal.push((self.next, d.clone()));
         self.next += 1;
+        if self.open_syncs.is_empty() && self.journal.len() as u64 > 2 * RECENT {
+            self.trim();
+        }
         self.apply_only(d)
     }
 
@@ -151,8 +165,29 @@ impl LiveView {
 
     /// Starts a sync: events from now on are journalled until it finishes.
     pub fn begin_sync(&mut self) -> SyncId {
-        self.open_syncs.push(self.next);
-        SyncId { start: self.next }
+        // Never from before the last gap: events around it may be missing, so what came
+        // before it is no suffix of a server's events.
+        let start = self
+            .next
+            .saturating_sub(RECENT)
+            .max(self.last_gap.map_or(0, |g| g + 1));
+        self.open_syncs.push(start);
+        SyncId {
+            start,
+            begun: self.next,
+        }
+    }
+
+    /// Keeps the last [`RECENT`] deltas and those the syncs under way need.
+    fn trim(&mut self) {
+        let keep_from = self
+            .open_syncs
+            .iter()
+            .copied()
+            .min()
+            .unwrap_or(u64::MAX)
+            .min(self.next.saturating_sub(RECENT));
+        self.journal.retain(|(pos, _)| *pos >= keep_from);
     }
 
     /// Finishes a sync: for each server in `servers` (id, name), its connections in `scope`
@@ -207,10 +242,7 @@ impl LiveView {
         if let Some(i) = self.open_syncs.iter().position(|s| *s == id.start) {
             self.open_syncs.remove(i);
         }
-        match self.open_syncs.iter().min() {
-            None => self.journal.clear(),
-            Some(oldest) => self.journal.retain(|(pos, _)| pos >= oldest),
-        }
+        self.trim();
     }
 
     /// Ends a sync that read nothing (its sweep failed): only its journal is let go.
@@ -243,7 +275,7 @@ impl LiveView {
         for sid in gone {
             self.forget_server(&sid);
         }
-        if self.last_gap.is_none_or(|g| g < id.start) {
+        if self.last_gap.is_none_or(|g| g < id.begun) {
             self.incomplete = None;
         }
     }
@@ -268,6 +300,7 @@ impl LiveView {
     pub fn gap(&mut self, why: impl Into<String>) {
         self.last_gap = Some(self.next);
         self.next += 1;
+        self.journal.clear();
         self.incomplete = Some(why.into());
     }
 
@@ -430,15 +463,42 @@ mod tests {
         assert!(v.incomplete().is_none());
         assert_eq!(
             v.journalled(),
-            0,
-            "the journal is dropped once no sync is open"
+            6,
+            "the recent deltas are kept for the next sync"
         );
+    }
+
+    #[test]
+    fn an_event_sent_just_before_its_server_lists_the_connection_is_not_lost() {
+        let mut v = LiveView::new();
+        // The connect event arrives and is applied before the sweep begins, but the server's
+        // list, taken a moment later, does not show the connection yet.
+        v.apply(Delta::Open(conn("n1", 1, "u")));
+        let s = v.begin_sync();
+        v.reconcile(s, &snap(&["n1"], vec![]));
+        assert_eq!(v.count("APP", "u"), 1);
+        // Likewise a disconnect sent before the list stops showing the connection.
+        v.apply(close("n1", 1));
+        let s = v.begin_sync();
+        v.reconcile(s, &snap(&["n1"], vec![conn("n1", 1, "u")]));
+        assert_eq!(v.count("APP", "u"), 0);
+    }
+
+    #[test]
+    fn the_journal_is_bounded_without_syncs() {
+        let mut v = LiveView::new();
+        for cid in 1..=(3 * RECENT) {
+            v.apply(Delta::Open(conn("n1", cid, "u")));
+        }
+        assert!(v.journalled() as u64 <= 2 * RECENT);
     }
 
     #[test]
     fn a_reply_replaces_what_events_got_wrong() {
         let mut v = LiveView::new();
+        // A connection whose disconnect event was lost (a gap follows the loss).
         v.apply(Delta::Open(conn("n1", 9, "ghost")));
+        v.gap("slow consumer");
         let s = v.begin_sync();
         v.reconcile(s, &snap(&["n1"], vec![conn("n1", 1, "u")]));
         assert_eq!(v.count("APP", "ghost"), 0);
