@@ -80,6 +80,9 @@ cat "$dir/cluster/connwatch.toml" - >"$config" <<EOF
 interval = "1s"
 timeout = "2s"
 page_size = 200
+[live]
+# The live census runs too; full sweeps (and so kicks) still every second.
+reconcile_interval = "1s"
 [detect]
 idle_threshold = "2s"
 max_connections_per_user = 100
