@@ -154,16 +154,8 @@ async fn the_micro_service_answers_its_endpoints_and_counts_bad_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_agrees_with_the_report() {
     let dir = tempfile::tempdir().unwrap();
-    let Ops {
-        cluster: _cluster,
-        _leak,
-        listen,
-        base: _base,
-        path,
-        seen: _seen,
-        client: _client,
-        running,
-    } = start_ops(dir.path()).await;
+    let ops = start_ops(dir.path()).await;
+    let (listen, path) = (ops.listen, &ops.path);
     // Prometheus: the per-user gauge and the sweep figures agree with the report.
     let (code, text) = http_get(listen, "/metrics").unwrap();
     assert_eq!(code, 200);
@@ -177,7 +169,7 @@ async fn prometheus_agrees_with_the_report() {
     );
     assert_eq!(metric(&text, "connwatch_servers_expected"), Some(3.0));
     assert_eq!(metric(&text, "connwatch_servers_responded"), Some(3.0));
-    let report = report_json_async(&path).await;
+    let report = report_json_async(path).await;
     let (_, text) = http_get(listen, "/metrics").unwrap();
     for u in report["users"]
         .as_array()
@@ -212,7 +204,7 @@ async fn prometheus_agrees_with_the_report() {
         "{text}"
     );
     assert_eq!(metric(&text, "connwatch_identity_known"), Some(1.0));
-    assert_eq!(running.terminate(), Some(0));
+    assert_eq!(ops.running.terminate(), Some(0));
 }
 
 /// SIGHUP: a broken configuration is refused (and counted) while the old one keeps sweeping; a
@@ -220,17 +212,10 @@ async fn prometheus_agrees_with_the_report() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_refuses_a_broken_config_and_applies_a_valid_one() {
     let dir = tempfile::tempdir().unwrap();
-    let Ops {
-        cluster: _cluster,
-        _leak,
-        listen,
-        base,
-        path,
-        seen,
-        client,
-        running,
-    } = start_ops(dir.path()).await;
-    let with_threshold = |n: u64| with_threshold(&base, n);
+    let ops = start_ops(dir.path()).await;
+    let (listen, base, path, seen, running) =
+        (ops.listen, &ops.base, &ops.path, &ops.seen, &ops.running);
+    let with_threshold = |n: u64| with_threshold(base, n);
     let reloads = |result: &str| {
         metric_now(
             listen,
@@ -241,7 +226,7 @@ async fn reload_refuses_a_broken_config_and_applies_a_valid_one() {
 
     // SIGHUP with a broken config is refused; the old one keeps running.
     std::fs::write(
-        &path,
+        path,
         format!("{base}[detect]\nmax_connections_per_user = \"lots\"\n"),
     )
     .unwrap();
@@ -260,7 +245,7 @@ async fn reload_refuses_a_broken_config_and_applies_a_valid_one() {
     assert!(seen.of("excessive_user_connections").is_empty());
 
     // SIGHUP with a lower threshold: the next sweep fires on it.
-    std::fs::write(&path, with_threshold(100)).unwrap();
+    std::fs::write(path, with_threshold(100)).unwrap();
     sighup(running.pid());
     let (_, _, fired) = seen
         .wait_for(0, "excessive", |b| {
@@ -270,7 +255,7 @@ async fn reload_refuses_a_broken_config_and_applies_a_valid_one() {
     assert_eq!(fired["threshold"], 100);
     assert_eq!((reloads("applied"), reloads("refused")), (1.0, 1.0));
     let findings = call(
-        &client,
+        &ops.client,
         "connwatch.findings",
         r#"{"type": "excessive_user_connections"}"#,
     )
@@ -286,7 +271,7 @@ async fn reload_refuses_a_broken_config_and_applies_a_valid_one() {
         Some(1.0)
     );
     assert!(metric(&text, "connwatch_advisories_published_total").unwrap() >= 1.0);
-    assert_eq!(running.terminate(), Some(0));
+    assert_eq!(ops.running.terminate(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
