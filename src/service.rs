@@ -115,7 +115,7 @@ pub async fn run(
             )
         }
     };
-    let session = session::open(&config, Some(metrics.reconnects.clone())).await?;
+    let session = session::open(&config, Some(metrics.connection_events())).await?;
     let client = session.system.client().clone();
     let state = State::load_or_default(config.state.file.as_deref());
     let sweeper = Sweeper::new(session.system.clone(), &config.sweep);
@@ -312,6 +312,7 @@ impl Service {
         let new = match new {
             Ok(c) => c,
             Err(e) => {
+                self.metrics.reload("refused");
                 error!(error = %e, "reload refused: the new configuration is invalid; the old one keeps running");
                 return false;
             }
@@ -357,6 +358,7 @@ impl Service {
         self.sweeper.set_config(&applied.sweep);
         self.health.set_interval(applied.sweep.interval);
         self.config = applied;
+        self.metrics.reload("applied");
         info!(
             threshold = self.config.detect.max_connections_per_user,
             kick = if !self.config.kick.enabled {

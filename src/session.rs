@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use prometheus_client::metrics::counter::Counter;
 use tracing::warn;
 
 use crate::config::Config;
@@ -113,9 +112,12 @@ async fn identity(system: &System, timeout: Duration) -> (String, Result<String,
 }
 
 /// Connects and checks that the user can send system requests.
-/// `reconnects`, when given, counts the client's reconnects (see [`nats::connect`]).
-pub async fn open(config: &Config, reconnects: Option<Counter>) -> Result<Session, ConnectError> {
-    let client = nats::connect(&config.nats, reconnects).await?;
+/// `events`, when given, counts the client's reconnects and disconnects (see [`nats::connect`]).
+pub async fn open(
+    config: &Config,
+    events: Option<nats::ConnectionEvents>,
+) -> Result<Session, ConnectError> {
+    let client = nats::connect(&config.nats, events).await?;
     let system = System::new(client);
     let timeout = config.sweep.timeout.min(Duration::from_secs(5));
     let (user, identity) = identity(&system, timeout).await;

@@ -103,12 +103,21 @@ fn is_tls_failure(err: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// Counters the client's connection events increment the moment the client reports them, so
+/// the metrics never wait for the next sweep.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionEvents {
+    /// Every reconnect (not the first connection).
+    pub reconnects: Counter,
+    /// Every loss of the connection.
+    pub disconnects: Counter,
+}
+
 /// Connects to the cluster. Reconnects are automatic and unlimited after the first connection;
-/// `reconnects`, when given, is incremented by every reconnect (not the first connection) the
-/// moment the client reports it, so the metric never waits for the next sweep.
+/// `events`, when given, counts the reconnects and disconnects (see [`ConnectionEvents`]).
 pub async fn connect(
     cfg: &NatsConfig,
-    reconnects: Option<Counter>,
+    events: Option<ConnectionEvents>,
 ) -> Result<Client, ConnectError> {
     let connects = Arc::new(AtomicU64::new(0));
     let mut opts = ConnectOptions::new()
@@ -116,19 +125,24 @@ pub async fn connect(
         .connection_timeout(cfg.connect_timeout)
         .max_reconnects(None)
         .event_callback(move |event| {
-            let (connects, reconnects) = (connects.clone(), reconnects.clone());
+            let (connects, events) = (connects.clone(), events.clone());
             async move {
                 match event {
                     Event::Connected => {
                         // The first `Connected` is the initial connection, every later one a reconnect.
                         if connects.fetch_add(1, Ordering::Relaxed) > 0 {
-                            if let Some(r) = &reconnects {
-                                r.inc();
+                            if let Some(e) = &events {
+                                e.reconnects.inc();
                             }
                         }
                         info!("nats connected")
                     }
-                    Event::Disconnected => warn!("nats disconnected"),
+                    Event::Disconnected => {
+                        if let Some(e) = &events {
+                            e.disconnects.inc();
+                        }
+                        warn!("nats disconnected")
+                    }
                     Event::ClientError(e) => warn!(error = %e, "nats client error"),
                     Event::ServerError(e) => warn!(error = %e, "nats server error"),
                     other => debug!(event = %other, "nats event"),
