@@ -77,9 +77,7 @@ fn renders_human_names_beside_keys() {
     b["user_name"] = json!("alice");
     let line = render(&b);
     assert!(
-        line.contains(
-            " excessive_user_connections OPS (ABCDEFGH…)/alice (UBCDEFGH…) 2500 conns"
-        ),
+        line.contains(" excessive_user_connections OPS (ABCDEFGH…)/alice (UBCDEFGH…) 2500 conns"),
         "{line}"
     );
     // The same name as the key shows once.
