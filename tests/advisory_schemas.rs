@@ -926,13 +926,11 @@ fn used_once_leaks_are_advised_and_kicked_with_their_pattern() {
     assert!(suspects
         .iter()
         .any(|s| s["pattern"] == "used_once" && s["in_msgs"] == 1 && s["subscriptions"] == 1));
-    let causes: Vec<&str> = body["diagnosis"]["causes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["cause"].as_str().unwrap())
-        .collect();
-    assert!(causes.contains(&"connection_per_request"), "{causes:?}");
+    let causes = support::causes(body);
+    assert!(
+        causes.contains(&"connection_per_request".into()),
+        "{causes:?}"
+    );
     let message = advisory::Message::decode(body.clone()).expect("decodes");
     assert_eq!(&message.to_value(), body);
 

@@ -207,13 +207,10 @@ async fn nats_py_leaks_are_told_from_quiet_live_clients_and_only_they_are_kicked
         })
         .await;
     assert_valid(&fired);
-    let causes: Vec<&str> = fired["diagnosis"]["causes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["cause"].as_str().unwrap())
-        .collect();
-    assert!(causes.contains(&"connection_per_request"), "{fired:#}");
+    assert!(
+        causes(&fired).contains(&"connection_per_request".into()),
+        "{fired:#}"
+    );
     assert!(
         fired["diagnosis"]["summary"]
             .as_str()

@@ -108,13 +108,8 @@ async fn a_leak_fires_renotifies_survives_a_partial_sweep_and_resolves() {
     assert_eq!(fired["by_name"], serde_json::json!({"invoice-worker": 130}));
     assert_eq!(fired["by_ip"], serde_json::json!({"127.0.0.1": 130}));
     assert_eq!(fired["sweep"]["partial"], false);
-    let causes: Vec<&str> = fired["diagnosis"]["causes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["cause"].as_str().unwrap())
-        .collect();
-    assert!(causes.contains(&"one_process_leak"), "{causes:?}");
+    let causes = causes(&fired);
+    assert!(causes.contains(&"one_process_leak".into()), "{causes:?}");
     assert!(fired["diagnosis"]["summary"]
         .as_str()
         .unwrap()
