@@ -135,6 +135,7 @@ pub async fn kick(config: &Config, args: &KickArgs) -> Result<String, AppError> 
                 own: Some(&own),
                 kicked: &state.kicked,
                 now: snap.started.unwrap_or_else(Utc::now),
+                used_once_within: config.detect.used_once_within,
             });
             plans.retain(|p| named.matches(&p.account, &p.account_name, &p.user, &p.user_name));
             if plans.is_empty() {
@@ -162,7 +163,7 @@ pub async fn kick(config: &Config, args: &KickArgs) -> Result<String, AppError> 
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<10} {:>8}  {:<24} {:<16} {:>10} {:>10}",
+        "{:<10} {:>8}  {:<24} {:<16} {:>10} {:>10}  PATTERN",
         "SERVER", "CID", "NAME", "IP", "IDLE", "AGE"
     );
     for p in &plans {
@@ -170,13 +171,14 @@ pub async fn kick(config: &Config, args: &KickArgs) -> Result<String, AppError> 
             |d: Duration| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string();
         let _ = writeln!(
             out,
-            "{:<10} {:>8}  {:<24} {:<16} {:>10} {:>10}",
+            "{:<10} {:>8}  {:<24} {:<16} {:>10} {:>10}  {}",
             p.server,
             p.cid,
             p.name,
             p.ip,
             secs(p.idle),
-            secs(p.age)
+            secs(p.age),
+            p.pattern.map_or("by cid", |p| p.name())
         );
     }
     if !args.yes {
@@ -256,7 +258,7 @@ fn why_nothing(
         );
     }
     format!(
-        "none of its connections is idle ≥ {} with no messages and older than {}",
+        "none of its connections is a leak suspect (no messages ever, or used once right after connecting) idle ≥ {} and older than {}",
         humantime::format_duration(cfg.min_idle),
         humantime::format_duration(cfg.min_age)
     )

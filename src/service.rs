@@ -540,6 +540,7 @@ impl Service {
             own: Some(&own),
             kicked: &self.state.kicked,
             now,
+            used_once_within: self.config.detect.used_once_within,
         });
         if plans.is_empty() {
             return;

@@ -446,6 +446,7 @@ fn plan(server: &str, server_id: &str, cid: u64, user: &str) -> connwatch::kick:
         age: Duration::ZERO,
         user_connections: 0,
         threshold: 0,
+        pattern: None,
     }
 }
 

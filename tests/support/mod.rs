@@ -438,3 +438,15 @@ pub fn key(prefix: char, seed: &str) -> String {
     );
     k
 }
+
+/// The `diagnosis.causes[].cause` names of a user finding advisory.
+pub fn causes(body: &serde_json::Value) -> Vec<String> {
+    body["diagnosis"]["causes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| c["cause"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
