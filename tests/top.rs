@@ -399,26 +399,71 @@ fn colours_only_when_asked() {
 
 // --- end to end, under tmux ----------------------------------------------------------------
 
-/// A tmux server of its own (its own socket), killed on drop.
+/// A tmux server of its own (its own socket; panes stay after their command exits, so its
+/// exit status and the terminal it left can be read), killed on drop.
 struct Tmux {
     socket: String,
+    conf: std::path::PathBuf,
 }
 
 impl Tmux {
+    fn new(dir: &std::path::Path) -> Self {
+        let conf = dir.join("tmux.conf");
+        std::fs::write(&conf, "set -g remain-on-exit on\n").unwrap();
+        Self {
+            socket: format!("connwatch-top-{}", std::process::id()),
+            conf,
+        }
+    }
+
     fn cmd(&self, args: &[&str]) -> std::process::Output {
         Command::new("tmux")
-            .args(["-L", &self.socket, "-f", "/dev/null"])
+            .args(["-L", &self.socket, "-f", self.conf.to_str().unwrap()])
             .args(args)
             .output()
             .expect("tmux runs")
     }
 
-    fn screen(&self) -> String {
-        String::from_utf8_lossy(&self.cmd(&["capture-pane", "-p", "-t", "top"]).stdout).into_owned()
+    /// Starts `command` in a detached session `name` of `w`×`h`.
+    fn start(&self, name: &str, w: u16, h: u16, command: &str) {
+        let (w, h) = (w.to_string(), h.to_string());
+        let out = self.cmd(&["new-session", "-d", "-s", name, "-x", &w, "-y", &h, command]);
+        assert!(
+            out.status.success(),
+            "tmux: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
-    fn alive(&self) -> bool {
-        self.cmd(&["has-session", "-t", "top"]).status.success()
+    fn screen(&self, name: &str) -> String {
+        String::from_utf8_lossy(&self.cmd(&["capture-pane", "-p", "-t", name]).stdout).into_owned()
+    }
+
+    /// A pane variable (`pane_dead`, `alternate_on`, `pane_pid`, ...).
+    fn var(&self, name: &str, var: &str) -> String {
+        let f = format!("#{{{var}}}");
+        let out = self.cmd(&["display-message", "-p", "-t", name, &f]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Waits for the pane's command to exit; then asserts it exited 0 and left the alternate
+    /// screen (a dead pane's cursor flag says nothing, so the cursor is not checked).
+    async fn assert_exits_restored(&self, name: &str, why: &str) {
+        let dead = wait_until_async(Duration::from_secs(10), || {
+            self.var(name, "pane_dead") == "1"
+        })
+        .await;
+        assert!(dead, "top did not exit on {why}:\n{}", self.screen(name));
+        assert_eq!(
+            self.var(name, "pane_dead_status"),
+            "0",
+            "exit status after {why}"
+        );
+        assert_eq!(
+            self.var(name, "alternate_on"),
+            "0",
+            "alternate screen left after {why}"
+        );
     }
 }
 
@@ -478,34 +523,18 @@ async fn under_tmux_a_growing_leak_rises_to_the_top_within_2s_of_the_census() {
     .await
     .unwrap()];
     let running = Running::start(&path, dir.path().join("connwatch.log"));
-    let tmux = Tmux {
-        socket: format!("connwatch-top-{}", std::process::id()),
-    };
+    let tmux = Tmux::new(dir.path());
+    // `exec`: the pane's process is top itself, for the SIGTERM below.
     let top = format!(
-        "{} --config {} top",
+        "exec {} --config {} top",
         connwatch_bin().display(),
         path.display()
     );
-    let out = tmux.cmd(&[
-        "new-session",
-        "-d",
-        "-s",
-        "top",
-        "-x",
-        "100",
-        "-y",
-        "30",
-        &top,
-    ]);
-    assert!(
-        out.status.success(),
-        "tmux: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    tmux.start("top", 100, 30, &top);
     // Before the leak grows: the steady user on top, not over.
     let mut screen = String::new();
     let before = wait_until_async(Duration::from_secs(30), || {
-        screen = tmux.screen();
+        screen = tmux.screen("top");
         first_row(&screen) == Some(("steady".into(), false))
     })
     .await;
@@ -548,7 +577,7 @@ async fn under_tmux_a_growing_leak_rises_to_the_top_within_2s_of_the_census() {
         }
     };
     let on_top = wait_until_async(Duration::from_secs(10), || {
-        screen = tmux.screen();
+        screen = tmux.screen("top");
         first_row(&screen) == Some(("leaky".into(), true))
     })
     .await;
@@ -565,10 +594,33 @@ async fn under_tmux_a_growing_leak_rises_to_the_top_within_2s_of_the_census() {
         "{screen}"
     );
 
-    // q quits: the session ends with top.
+    // q quits, restoring the terminal.
+    assert_eq!(
+        tmux.var("top", "alternate_on"),
+        "1",
+        "top runs on the alternate screen"
+    );
     tmux.cmd(&["send-keys", "-t", "top", "q"]);
-    let quit = wait_until_async(Duration::from_secs(10), || !tmux.alive()).await;
-    assert!(quit, "top did not quit on q:\n{}", tmux.screen());
+    tmux.assert_exits_restored("top", "q").await;
+
+    // So does SIGTERM.
+    tmux.start("term", 80, 24, &top);
+    let up = wait_until_async(Duration::from_secs(30), || {
+        first_row(&tmux.screen("term")).is_some() && tmux.var("term", "alternate_on") == "1"
+    })
+    .await;
+    assert!(
+        up,
+        "second top did not show the table:\n{}",
+        tmux.screen("term")
+    );
+    let pid = tmux.var("term", "pane_pid");
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    tmux.assert_exits_restored("term", "SIGTERM").await;
     drop(steady);
     drop(leak);
 }
