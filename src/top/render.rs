@@ -363,13 +363,8 @@ fn detail(frame: &mut Frame, area: Rect, s: &Screen, data: &Data, u: &UserCensus
         s.bold(),
     ));
     for x in u.suspects.iter().take(5) {
-        lines.push(Line::raw(format!(
-            "  {} cid {} {} {} idle {}",
-            x.server,
-            x.cid,
-            unnamed(&x.name),
-            x.ip,
-            ago(x.idle.as_secs())
+        lines.push(Line::raw(connection(
+            &x.server, x.cid, &x.name, &x.ip, x.idle,
         )));
     }
     lines.push(Line::styled("diagnosis:", s.bold()));
@@ -395,6 +390,15 @@ fn detail(frame: &mut Frame, area: Rect, s: &Screen, data: &Data, u: &UserCensus
             .block(Block::default().borders(Borders::TOP)),
         area,
     );
+}
+
+/// One connection on a line: where, which, whose, how long idle.
+fn connection(server: &str, cid: u64, name: &str, ip: &str, idle: Duration) -> String {
+    format!(
+        "  {server} cid {cid} {} {ip} idle {}",
+        unnamed(name),
+        ago(idle.as_secs())
+    )
 }
 
 fn popup(frame: &mut Frame, area: Rect, title: &str, lines: Vec<Line>) {
@@ -433,12 +437,8 @@ fn kick_popup(frame: &mut Frame, area: Rect, view: &KickView) {
             let room = area.height.saturating_sub(6) as usize;
             for p in plans.iter().take(room) {
                 l.push(Line::raw(format!(
-                    "  {} cid {} {} {} idle {} age {}",
-                    p.server,
-                    p.cid,
-                    unnamed(&p.name),
-                    p.ip,
-                    ago(p.idle.as_secs()),
+                    "{} age {}",
+                    connection(&p.server, p.cid, &p.name, &p.ip, p.idle),
                     ago(p.age.as_secs())
                 )));
             }

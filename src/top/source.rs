@@ -32,12 +32,10 @@ pub async fn poll_service(
     tx: mpsc::Sender<Update>,
     stop: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut tick = ticker(every);
     loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
+        if !next(&mut tick, &stop).await {
+            return;
         }
         let census = request(&client, format!("{prefix}.census"), timeout);
         let findings = request(&client, format!("{prefix}.findings"), timeout);
@@ -56,6 +54,21 @@ pub async fn poll_service(
         if tx.send(update).await.is_err() {
             return;
         }
+    }
+}
+
+/// A ticker whose late ticks are delayed, not bunched.
+fn ticker(every: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    tick
+}
+
+/// Waits for the next tick; false once `stop` is cancelled.
+async fn next(tick: &mut tokio::time::Interval, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        _ = tick.tick() => true,
     }
 }
 
@@ -101,12 +114,10 @@ pub async fn sweep_standalone(
     let mut known = KnownServers::default();
     let mut history = History::default();
     let mut lifecycle = Lifecycle::default();
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut tick = ticker(every);
     loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
+        if !next(&mut tick, &stop).await {
+            return;
         }
         let snap = tokio::select! {
             _ = stop.cancelled() => return,
