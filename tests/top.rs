@@ -446,18 +446,40 @@ impl Tmux {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
-    /// Waits for the pane's command to exit; then asserts it exited 0 and left the alternate
-    /// screen (a dead pane's cursor flag says nothing, so the cursor is not checked).
-    async fn assert_exits_restored(&self, name: &str, why: &str) {
-        let dead = wait_until_async(Duration::from_secs(10), || {
-            self.var(name, "pane_dead") == "1"
+    /// Starts top in session `name`, from a shell that writes top's exit status to a file
+    /// (tmux does not always record a dead pane's status).
+    fn start_top(
+        &self,
+        name: &str,
+        w: u16,
+        h: u16,
+        config: &std::path::Path,
+    ) -> std::path::PathBuf {
+        let status = self.conf.with_file_name(format!("exit-{name}"));
+        let command = format!(
+            "{} --config {} top; echo $? > {}",
+            connwatch_bin().display(),
+            config.display(),
+            status.display()
+        );
+        self.start(name, w, h, &command);
+        status
+    }
+
+    /// Waits for top to exit; then asserts it exited 0 and left the alternate screen.
+    async fn assert_exits_restored(&self, name: &str, status: &std::path::Path, why: &str) {
+        let mut code = String::new();
+        let done = wait_until_async(Duration::from_secs(10), || {
+            code = std::fs::read_to_string(status).unwrap_or_default();
+            code.ends_with('\n') && self.var(name, "pane_dead") == "1"
         })
         .await;
-        assert!(dead, "top did not exit on {why}:\n{}", self.screen(name));
+        assert!(done, "top did not exit on {why}:\n{}", self.screen(name));
         assert_eq!(
-            self.var(name, "pane_dead_status"),
+            code.trim(),
             "0",
-            "exit status after {why}"
+            "exit status after {why}:\n{}",
+            self.screen(name)
         );
         assert_eq!(
             self.var(name, "alternate_on"),
@@ -524,13 +546,7 @@ async fn under_tmux_a_growing_leak_rises_to_the_top_within_2s_of_the_census() {
     .unwrap()];
     let running = Running::start(&path, dir.path().join("connwatch.log"));
     let tmux = Tmux::new(dir.path());
-    // `exec`: the pane's process is top itself, for the SIGTERM below.
-    let top = format!(
-        "exec {} --config {} top",
-        connwatch_bin().display(),
-        path.display()
-    );
-    tmux.start("top", 100, 30, &top);
+    let top_status = tmux.start_top("top", 100, 30, &path);
     // Before the leak grows: the steady user on top, not over.
     let mut screen = String::new();
     let before = wait_until_async(Duration::from_secs(30), || {
@@ -601,10 +617,10 @@ async fn under_tmux_a_growing_leak_rises_to_the_top_within_2s_of_the_census() {
         "top runs on the alternate screen"
     );
     tmux.cmd(&["send-keys", "-t", "top", "q"]);
-    tmux.assert_exits_restored("top", "q").await;
+    tmux.assert_exits_restored("top", &top_status, "q").await;
 
     // So does SIGTERM.
-    tmux.start("term", 80, 24, &top);
+    let term_status = tmux.start_top("term", 80, 24, &path);
     let up = wait_until_async(Duration::from_secs(30), || {
         first_row(&tmux.screen("term")).is_some() && tmux.var("term", "alternate_on") == "1"
     })
@@ -614,13 +630,21 @@ async fn under_tmux_a_growing_leak_rises_to_the_top_within_2s_of_the_census() {
         "second top did not show the table:\n{}",
         tmux.screen("term")
     );
-    let pid = tmux.var("term", "pane_pid");
+    // top is the child of the pane's shell.
+    let shell = tmux.var("term", "pane_pid");
+    let out = Command::new("pgrep").args(["-P", &shell]).output().unwrap();
+    let pid = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        !pid.is_empty() && !pid.contains('\n'),
+        "top's pid under {shell}: {pid:?}"
+    );
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .unwrap()
         .success());
-    tmux.assert_exits_restored("term", "SIGTERM").await;
+    tmux.assert_exits_restored("term", &term_status, "SIGTERM")
+        .await;
     drop(steady);
     drop(leak);
 }
