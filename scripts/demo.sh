@@ -52,13 +52,16 @@ load() {
     wait_for "$out" 30 "connections open"
 }
 
-# Demo timings: sweep every second, idle after 2s, announce again after 20s.
+# Demo timings: sweep every second, idle after 2s, growth on 4s of evidence (minutes by
+# default), announce again after 20s.
 cat >>"$DIR/connwatch.toml" <<TOML
 [sweep]
 interval = "1s"
 [detect]
 idle_threshold = "2s"
 growth_min_per_hour = 1.0
+growth_min_span = "4s"
+growth_min_increase = 10
 [advisory]
 renotify = "20s"
 [state]
@@ -77,13 +80,15 @@ pids+=($!)
 pids+=($!)
 wait_for "$DIR/run.log" 30 "round done"
 
-echo "== a leak grows in one process: 40, then 80, then 160 idle connections"
+echo "== a leak grows in one process: 10 more idle connections every second, to 160"
 leak_pids=()
-for n in 40 40 80; do
-    load "leak$n-${#leak_pids[@]}" --server "${URLS[0]}" --user leaky --password leaky-dev-password --count "$n" --name invoice-worker
+for i in $(seq 1 16); do
+    load "leak-$i" --server "${URLS[0]}" --user leaky --password leaky-dev-password --count 10 --name invoice-worker
     leak_pids+=("$LOAD_PID")
-    sleep 4
+    sleep 1
 done
+# Growth is reported only below the threshold: before the leak hurts.
+wait_for "$DIR/run.log" 30 "finding firing kind=\"user_connection_growth\""
 wait_for "$DIR/run.log" 30 "finding firing kind=\"excessive_user_connections\""
 sleep 2
 

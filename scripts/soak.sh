@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Soak test: runs `connwatch run` (kicks on, for real) against a local 3-node cluster with
 # connections churning (open/close loops) and a leak that is kicked and comes back, and samples
-# connwatch's RSS, open file descriptors and sweep times into a CSV. At the end it compares the
-# last quarter of the samples with the first and says whether each is flat.
+# connwatch's RSS and open file descriptors (from /proc) and its sweeps, sweep times, partial rounds
+# and kicks (from its own /metrics) into a CSV. At the end it compares the last quarter of the
+# samples with the first and says whether each is flat.
 #
 #   scripts/soak.sh [--duration 10m|600] [--every 5] [--out soak.csv] [--dir DIR]
 #                   [--rss-bound 0.25] [--fd-slack 16] [--check-sweep-time]
@@ -99,8 +100,28 @@ file = "$dir/state.json"
 EOF
 
 log="$dir/connwatch.log"
-"$cw" --config "$config" run 2>"$log" &
+listen="127.0.0.1:$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+CONNWATCH_METRICS__LISTEN="$listen" "$cw" --config "$config" run 2>"$log" &
 cw_pid=$!
+
+# One sample of connwatch's metrics: sweeps done, their summed duration (s), partial rounds,
+# kicks sent (0s while the listener is not up yet).
+metrics() {
+    python3 - "$listen" <<'PY'
+import sys, urllib.request
+want = {"connwatch_sweep_duration_seconds_count": 0.0, "connwatch_sweep_duration_seconds_sum": 0.0,
+        "connwatch_sweeps_partial_total": 0.0, 'connwatch_kicks_total{result="sent"}': 0.0}
+try:
+    text = urllib.request.urlopen(f"http://{sys.argv[1]}/metrics", timeout=5).read().decode()
+except OSError:
+    text = ""
+for line in text.splitlines():
+    name, _, value = line.rpartition(" ")
+    if name in want:
+        want[name] = float(value)
+print(" ".join(str(v) for v in want.values()))
+PY
+}
 
 # A leak (150 idle connections that reconnect after a kick) and two churn loops.
 "$dev" load --server "${urls[0]}" --user leaky --password leaky-dev-password --count 150 \
@@ -118,7 +139,9 @@ pids+=("$!")
 churn "${urls[2]}" churn-b &
 pids+=("$!")
 
-echo "t_s,rss_kb,fds,sweeps,sweep_ms,partial_rounds" >"$out"
+echo "t_s,rss_kb,fds,sweeps,sweep_ms,partial_rounds,kicks" >"$out"
+prev_count=0
+prev_sum=0
 start=$(date +%s)
 echo "soak: ${duration}s, sampling every ${every}s into $out (work dir $dir)"
 while :; do
@@ -130,10 +153,13 @@ while :; do
     fi
     rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$cw_pid/status" 2>/dev/null || echo 0)
     fds=$(ls "/proc/$cw_pid/fd" 2>/dev/null | wc -l)
-    sweeps=$(grep -c "sweep done" "$log" || true)
-    sweep_ms=$(grep "sweep done" "$log" | tail -1 | sed -n 's/.*duration_ms=\([0-9]*\).*/\1/p' || true)
-    partial=$(grep "round done" "$log" | grep -c "partial=true" || true)
-    echo "$t,${rss:-0},$fds,$sweeps,${sweep_ms:-0},$partial" >>"$out"
+    read -r count sum partial kicks < <(metrics)
+    # The mean duration of the sweeps since the last sample.
+    sweep_ms=$(python3 -c 'import sys; c, s, pc, ps = map(float, sys.argv[1:]); print(round((s - ps) / (c - pc) * 1000) if c > pc else 0)' \
+        "$count" "$sum" "$prev_count" "$prev_sum")
+    prev_count=$count
+    prev_sum=$sum
+    echo "$t,${rss:-0},$fds,${count%.*},$sweep_ms,${partial%.*},${kicks%.*}" >>"$out"
     sleep "$every"
 done
 
@@ -169,7 +195,8 @@ t_flat = verdict("sweep_ms", mean("sweep_ms", first), mean("sweep_ms", last),
 if check_time == "1":
     ok &= t_flat
 sweeps = int(rows[-1]["sweeps"])
-print(f"soak: {sweeps} sweeps, {rows[-1]['partial_rounds']} partial rounds, {len(rows)} samples")
+print(f"soak: {sweeps} sweeps, {rows[-1]['partial_rounds']} partial rounds, "
+      f"{rows[-1]['kicks']} kicks, {len(rows)} samples")
 if sweeps == 0:
     ok = False
 if cw_code != "0":

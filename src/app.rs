@@ -20,7 +20,7 @@ use crate::kick::executor::{self, Batch};
 use crate::kick::{self, KickInputs};
 use crate::nats::{self, lookup};
 use crate::report::{Filter, Report};
-use crate::session;
+use crate::session::{self, Session};
 use crate::snapshot::Snapshot;
 use crate::state::State;
 use crate::sweep::Sweeper;
@@ -77,19 +77,15 @@ pub async fn kick(config: &Config, args: &KickArgs) -> Result<String, AppError> 
         return forget(config, args);
     }
     let session = session::open(config, None).await?;
-    // Fail closed: without the system account and its own connection, connwatch cannot tell
-    // which connections it must never kick.
-    if let Some(why) = session.kick_refusal() {
-        return Err(AppError::Refused(format!("refusing to kick: {why}")));
-    }
-    let own = session.own().expect("checked by kick_refusal");
-    let system_account = session.system_account.as_deref();
     let state_file = config.state.file.as_deref();
     let mut state = State::load_or_default(state_file);
-    let mut sweeper = Sweeper::new(session.system.clone(), &config.sweep);
-    let snap = sweeper.sweep(&mut state.servers).await?;
-    let plans = match (&args.server_id, args.cid, &args.account, &args.user) {
+    let (plans, snap) = match (&args.server_id, args.cid, &args.account, &args.user) {
         (Some(server_id), Some(cid), _, _) => {
+            // Fail closed: without the system account and its own connection, connwatch
+            // cannot tell which connections it must never kick.
+            let own = own_identity(&session)?;
+            let mut sweeper = Sweeper::new(session.system.clone(), &config.sweep);
+            let snap = sweeper.sweep(&mut state.servers).await?;
             let timeout = config.sweep.timeout;
             let conn = lookup::connection(&session.system, server_id, cid, timeout)
                 .await
@@ -101,68 +97,28 @@ pub async fn kick(config: &Config, args: &KickArgs) -> Result<String, AppError> 
                 .ok_or_else(|| {
                     AppError::Refused(format!("server {server_id} has no open connection {cid}"))
                 })?;
+            let system_account = session.system_account.as_deref();
             if let Some(why) = kick::refusal(&conn, &config.kick, system_account, Some(&own)) {
                 return Err(AppError::Refused(format!(
                     "refusing to kick connection {cid}: {why}"
                 )));
             }
-            vec![kick::KickPlan::of(&conn, Utc::now(), 0, 0)]
+            (vec![kick::KickPlan::of(&conn, Utc::now(), 0, 0)], snap)
         }
         (_, _, Some(account), Some(user)) => {
-            if snap.partial() {
-                return Err(AppError::Refused(format!(
-                    "the sweep is partial (missing: {}): connwatch never kicks on partial data",
-                    snap.missing.join(", ")
-                )));
+            match plan_user_kick(&session, config, &mut state, account, user).await? {
+                UserKick::Eligible { plans, snap } => (plans, snap),
+                UserKick::Nothing(why) => {
+                    return Ok(format!("nothing to kick for {account}/{user}: {why}\n"));
+                }
             }
-            let census = census::build(&snap.connections, system_account, &config.detect);
-            let named = UserMatch {
-                account: account.clone(),
-                user: Some(user.clone()),
-            };
-            // The whole policy, `protect` and `only` included, without the caps.
-            let cfg = KickConfig {
-                max_per_sweep: usize::MAX,
-                max_per_user: usize::MAX,
-                ..config.kick.clone()
-            };
-            let mut plans = kick::plan(&KickInputs {
-                connections: &snap.connections,
-                census: &census,
-                complete: true,
-                cfg: &cfg,
-                system_account,
-                own: Some(&own),
-                kicked: &state.kicked,
-                now: snap.started.unwrap_or_else(Utc::now),
-            });
-            plans.retain(|p| named.matches(&p.account, &p.account_name, &p.user, &p.user_name));
-            if plans.is_empty() {
-                let u = census.users.iter().find(|u| {
-                    names_match(account, &u.account, &u.account_name)
-                        && names_match(user, &u.user, &u.user_name)
-                });
-                let given_up = state
-                    .kicked
-                    .clients
-                    .values()
-                    .filter(|r| {
-                        r.given_up(cfg.max_attempts)
-                            && names_match(account, &r.client.account, &r.account_name)
-                            && names_match(user, &r.client.user, &r.user_name)
-                    })
-                    .count();
-                let why = why_nothing(u, &cfg, given_up, account, user);
-                return Ok(format!("nothing to kick for {account}/{user}: {why}\n"));
-            }
-            plans
         }
         _ => unreachable!("clap requires --server-id with --cid, or --account with --user"),
     };
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<10} {:>8}  {:<24} {:<16} {:>10} {:>10}",
+        "{:<10} {:>8}  {:<24} {:<16} {:>10} {:>10}  PATTERN",
         "SERVER", "CID", "NAME", "IP", "IDLE", "AGE"
     );
     for p in &plans {
@@ -170,13 +126,14 @@ pub async fn kick(config: &Config, args: &KickArgs) -> Result<String, AppError> 
             |d: Duration| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string();
         let _ = writeln!(
             out,
-            "{:<10} {:>8}  {:<24} {:<16} {:>10} {:>10}",
+            "{:<10} {:>8}  {:<24} {:<16} {:>10} {:>10}  {}",
             p.server,
             p.cid,
             p.name,
             p.ip,
             secs(p.idle),
-            secs(p.age)
+            secs(p.age),
+            p.pattern.map_or("by cid", |p| p.name())
         );
     }
     if !args.yes {
@@ -187,6 +144,129 @@ pub async fn kick(config: &Config, args: &KickArgs) -> Result<String, AppError> 
         );
         return Ok(out);
     }
+    for done in send_kicks(&session, config, &mut state, &snap, plans).await {
+        let _ = writeln!(
+            out,
+            "{} {} on {}: {}",
+            done.result,
+            done.plan.cid,
+            done.plan.server,
+            done.error.unwrap_or_default()
+        );
+    }
+    let _ = session.system.client().drain().await;
+    Ok(out)
+}
+
+/// connwatch's own connection, or why it may not kick at all: without the system account and
+/// its own connection it cannot tell which connections it must never kick (fail closed).
+fn own_identity(session: &Session) -> Result<kick::Own, AppError> {
+    if let Some(why) = session.kick_refusal() {
+        return Err(AppError::Refused(format!("refusing to kick: {why}")));
+    }
+    Ok(session.own().expect("checked by kick_refusal"))
+}
+
+/// What a by-hand kick of one user would do.
+#[derive(Debug)]
+pub enum UserKick {
+    /// The user's eligible connections, longest idle first, and the sweep they come from.
+    Eligible {
+        /// One plan per connection.
+        plans: Vec<kick::KickPlan>,
+        /// The complete sweep that found them.
+        snap: Snapshot,
+    },
+    /// Nothing is eligible, and why, in words.
+    Nothing(String),
+}
+
+/// The eligible connections of `account`/`user` for a by-hand kick (`connwatch kick --account
+/// --user`, and `connwatch top`'s `k`): one complete sweep, then the whole `[kick]` policy
+/// (`protect` and `only` included) without its caps. Refuses while connwatch does not know
+/// its identity, and on a partial sweep (fail closed). Sends nothing.
+pub async fn plan_user_kick(
+    session: &Session,
+    config: &Config,
+    state: &mut State,
+    account: &str,
+    user: &str,
+) -> Result<UserKick, AppError> {
+    let own = own_identity(session)?;
+    let system_account = session.system_account.as_deref();
+    let mut sweeper = Sweeper::new(session.system.clone(), &config.sweep);
+    let snap = sweeper.sweep(&mut state.servers).await?;
+    if snap.partial() {
+        return Err(AppError::Refused(format!(
+            "the sweep is partial (missing: {}): connwatch never kicks on partial data",
+            snap.missing.join(", ")
+        )));
+    }
+    let census = census::build(&snap.connections, system_account, &config.detect);
+    let named = UserMatch {
+        account: account.to_string(),
+        user: Some(user.to_string()),
+    };
+    // The whole policy, `protect` and `only` included, without the caps.
+    let cfg = KickConfig {
+        max_per_sweep: usize::MAX,
+        max_per_user: usize::MAX,
+        ..config.kick.clone()
+    };
+    let mut plans = kick::plan(&KickInputs {
+        connections: &snap.connections,
+        census: &census,
+        complete: true,
+        cfg: &cfg,
+        system_account,
+        own: Some(&own),
+        kicked: &state.kicked,
+        now: snap.started.unwrap_or_else(Utc::now),
+        used_once_within: config.detect.used_once_within,
+    });
+    plans.retain(|p| named.matches(&p.account, &p.account_name, &p.user, &p.user_name));
+    if !plans.is_empty() {
+        return Ok(UserKick::Eligible { plans, snap });
+    }
+    let u = census.users.iter().find(|u| {
+        names_match(account, &u.account, &u.account_name)
+            && names_match(user, &u.user, &u.user_name)
+    });
+    let given_up = state
+        .kicked
+        .clients
+        .values()
+        .filter(|r| {
+            r.given_up(cfg.max_attempts)
+                && names_match(account, &r.client.account, &r.account_name)
+                && names_match(user, &r.client.user, &r.user_name)
+        })
+        .count();
+    Ok(UserKick::Nothing(why_nothing(
+        u, &cfg, given_up, account, user,
+    )))
+}
+
+/// One kick sent by hand, and what became of it.
+#[derive(Debug, Clone)]
+pub struct KickDone {
+    /// The connection.
+    pub plan: kick::KickPlan,
+    /// `kicked`, `already_gone` or `failed`.
+    pub result: KickResult,
+    /// Why it failed, when it did.
+    pub error: Option<String>,
+}
+
+/// Kicks `plans` by hand (`rule: manual`): each is audited with `connection_kicked`,
+/// remembered in the kick memory, and the state saved.
+pub async fn send_kicks(
+    session: &Session,
+    config: &Config,
+    state: &mut State,
+    snap: &Snapshot,
+    plans: Vec<kick::KickPlan>,
+) -> Vec<KickDone> {
     let stats = Arc::new(PublisherStats::default());
     let publisher = Publisher::spawn(session.system.client().clone(), &config.advisory, stats);
     let batch = Batch {
@@ -196,25 +276,23 @@ pub async fn kick(config: &Config, args: &KickArgs) -> Result<String, AppError> 
         dry_run: false,
         rule: KickRule::Manual,
         prefix: &config.advisory.subject_prefix,
-        sweep: &Completeness::of(&snap),
+        sweep: &Completeness::of(snap),
         stop: &CancellationToken::new(),
     };
     let executed = executor::execute(&batch, plans, &mut state.kicked, None).await;
-    for (p, o) in &executed.done {
-        let error = o.as_ref().and_then(|o| o.error()).map(ToString::to_string);
-        let result = o.as_ref().map_or(KickResult::WouldKick, |o| o.result());
-        let _ = writeln!(
-            out,
-            "{result} {} on {}: {}",
-            p.cid,
-            p.server,
-            error.unwrap_or_default()
-        );
-    }
+    let done = executed
+        .done
+        .into_iter()
+        .map(|(plan, o)| KickDone {
+            plan,
+            result: o.as_ref().map_or(KickResult::WouldKick, |o| o.result()),
+            error: o.as_ref().and_then(|o| o.error()).map(ToString::to_string),
+        })
+        .collect();
     for a in executed.audits {
         publisher.enqueue(a);
     }
-    state.save_to(state_file);
+    state.save_to(config.state.file.as_deref());
     let left = publisher.shutdown(config.advisory.publish_timeout).await;
     if left > 0 {
         warn!(
@@ -222,8 +300,7 @@ pub async fn kick(config: &Config, args: &KickArgs) -> Result<String, AppError> 
             "audit advisories could not be published"
         );
     }
-    let _ = session.system.client().drain().await;
-    Ok(out)
+    done
 }
 
 /// Why the by-hand kick of `account`/`user` found nothing to kick, in words.
@@ -256,7 +333,7 @@ fn why_nothing(
         );
     }
     format!(
-        "none of its connections is idle ≥ {} with no messages and older than {}",
+        "none of its connections is a leak suspect (no messages ever, or used once right after connecting) idle ≥ {} and older than {}",
         humantime::format_duration(cfg.min_idle),
         humantime::format_duration(cfg.min_age)
     )

@@ -52,13 +52,23 @@ pub struct UserCensus {
     pub by_name: BTreeMap<String, u64>,
     /// Remote IP → connections.
     pub by_ip: BTreeMap<String, u64>,
-    /// Connections idle at least `detect.idle_threshold` with no message in or out.
+    /// Leak suspects of the `zero_msgs` pattern: idle at least `detect.idle_threshold` with no
+    /// message in or out ever.
     pub idle_zero_msgs: u64,
+    /// Leak suspects of the `used_once` pattern: idle at least `detect.idle_threshold`, every
+    /// message within `detect.used_once_within` of connecting, from a process holding at least
+    /// three such connections of this user.
+    #[serde(default)]
+    pub idle_used_once: u64,
+    /// Leak suspects of every pattern (`idle_zero_msgs` + `idle_used_once`).
+    #[serde(default)]
+    pub leak_suspects: u64,
     /// Start of the oldest connection.
     pub oldest_start: Option<DateTime<Utc>>,
     /// Start of the newest connection.
     pub newest_start: Option<DateTime<Utc>>,
-    /// The idle, message-less connections, longest idle first, at most `detect.max_suspects_per_user`.
+    /// The leak suspects (every pattern), longest idle first, at most
+    /// `detect.max_suspects_per_user`.
     pub suspects: Vec<Suspect>,
     /// How the connections spread over client processes (IP + client name).
     pub spread: Spread,
@@ -91,9 +101,12 @@ pub struct ProcessCount {
     pub name: String,
     /// Connections.
     pub connections: u64,
+    /// Of them, leak suspects of the `used_once` pattern.
+    #[serde(default)]
+    pub used_once: u64,
 }
 
-/// A connection that looks leaked: idle at least `detect.idle_threshold` with no message in or out.
+/// A connection that looks leaked (see [`classify`]), and which pattern it matched.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Suspect {
     /// Server name.
@@ -112,6 +125,109 @@ pub struct Suspect {
     #[serde(with = "humantime_serde")]
     #[schemars(schema_with = "crate::advisory::schema::humantime")]
     pub idle: Duration,
+    /// The pattern it matched; absent in advisories from before patterns (all `zero_msgs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<LeakPattern>,
+    /// Messages from the client.
+    #[serde(default)]
+    pub in_msgs: u64,
+    /// Messages to the client.
+    #[serde(default)]
+    pub out_msgs: u64,
+    /// Subscriptions it holds (a connection per subscribe keeps them).
+    #[serde(default)]
+    pub subscriptions: u32,
+}
+
+/// How a leak suspect looks abandoned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LeakPattern {
+    /// Idle, and never carried a message in or out: connected and forgotten.
+    ZeroMsgs,
+    /// Idle, every message within `detect.used_once_within` of connecting, and its process
+    /// (IP + client name) holds at least three such connections of the user: a connection
+    /// made for one publish, request or subscription, then left open.
+    UsedOnce,
+}
+
+impl LeakPattern {
+    /// The name in JSON, reports and advisories.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ZeroMsgs => "zero_msgs",
+            Self::UsedOnce => "used_once",
+        }
+    }
+}
+
+/// A process (IP + client name) must hold at least this many used-once connections of a user
+/// before they are suspects: one connection that did its start-up work (a config request, a
+/// watcher's initial values) and went quiet is a live client; several from one process are
+/// the connection-per-request pattern.
+pub const USED_ONCE_MIN_PER_PROCESS: usize = 3;
+
+/// What makes a connection a leak suspect: how long idle, and how soon after connecting all
+/// its messages must have happened for `used_once`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Signature {
+    /// Idle at least this long (`detect.idle_threshold`, or `kick.min_idle` for kicks).
+    pub min_idle: Duration,
+    /// Every message within this of connecting (`detect.used_once_within`).
+    pub used_once_within: Duration,
+}
+
+impl Signature {
+    /// The census's signature: `detect.idle_threshold` and `detect.used_once_within`.
+    pub fn of(detect: &DetectConfig) -> Self {
+        Self {
+            min_idle: detect.idle_threshold,
+            used_once_within: detect.used_once_within,
+        }
+    }
+}
+
+/// The pattern one connection matches by itself; `used_once` still needs its process's
+/// siblings ([`classify`]).
+fn pattern_alone(c: &Connection, sig: &Signature) -> Option<LeakPattern> {
+    if c.idle < sig.min_idle {
+        return None;
+    }
+    if c.in_msgs == 0 && c.out_msgs == 0 {
+        return Some(LeakPattern::ZeroMsgs);
+    }
+    let active_for = c.start.zip(c.last_activity).map(|(s, l)| l - s)?;
+    let within = chrono::Duration::from_std(sig.used_once_within).ok()?;
+    (active_for <= within).then_some(LeakPattern::UsedOnce)
+}
+
+/// The leak suspects among `connections` (any users), each with its pattern, in input order:
+/// - `zero_msgs`: idle at least `min_idle` and no message in or out, ever;
+/// - `used_once`: idle at least `min_idle`, its last message within `used_once_within` of its
+///   start, and at least [`USED_ONCE_MIN_PER_PROCESS`] such connections of the same user from
+///   the same process (IP + client name).
+///
+/// A connection with traffic after its first moments (a subscriber that received messages for
+/// days, a publisher every few minutes) is never a suspect, however long it is quiet now.
+pub fn classify<'a>(
+    connections: impl IntoIterator<Item = &'a Connection>,
+    sig: &Signature,
+) -> Vec<(&'a Connection, LeakPattern)> {
+    let alone: Vec<(&Connection, LeakPattern)> = connections
+        .into_iter()
+        .filter_map(|c| pattern_alone(c, sig).map(|p| (c, p)))
+        .collect();
+    let process = |c: &'a Connection| (&c.account, &c.user, &c.ip, &c.name);
+    let mut used_once: HashMap<_, usize> = HashMap::new();
+    for (c, _) in alone.iter().filter(|(_, p)| *p == LeakPattern::UsedOnce) {
+        *used_once.entry(process(c)).or_default() += 1;
+    }
+    alone
+        .into_iter()
+        .filter(|(c, p)| {
+            *p == LeakPattern::ZeroMsgs || used_once[&process(c)] >= USED_ONCE_MIN_PER_PROCESS
+        })
+        .collect()
 }
 
 impl UserCensus {
@@ -184,11 +300,6 @@ pub fn account_floor(detect: &DetectConfig, account: &str, account_name: Option<
         .fold(others, u64::min)
 }
 
-/// Whether a connection looks leaked: idle long enough and never carried a message.
-pub fn is_suspect(c: &Connection, idle_threshold: Duration) -> bool {
-    c.idle >= idle_threshold && c.in_msgs == 0 && c.out_msgs == 0
-}
-
 /// Builds the census from a sweep's connections.
 pub fn build(
     connections: &[Connection],
@@ -196,7 +307,7 @@ pub fn build(
     detect: &DetectConfig,
 ) -> Census {
     let mut users: HashMap<(&str, &str), UserCensus> = HashMap::new();
-    let mut suspects: HashMap<(&str, &str), Vec<&Connection>> = HashMap::new();
+    let mut suspects: HashMap<(&str, &str), Vec<(&Connection, LeakPattern)>> = HashMap::new();
     let mut processes: HashMap<(&str, &str), ProcessCounts> = HashMap::new();
     for c in connections {
         let key = (c.account.as_str(), c.user.as_str());
@@ -210,11 +321,12 @@ pub fn build(
             ..UserCensus::default()
         });
         u.connections += 1;
-        *processes
+        processes
             .entry(key)
             .or_default()
             .entry((c.ip.as_str(), c.name.as_str()))
-            .or_default() += 1;
+            .or_default()
+            .0 += 1;
         *u.by_server.entry(c.server.clone()).or_default() += 1;
         *u.by_name.entry(c.name.clone()).or_default() += 1;
         *u.by_ip.entry(c.ip.clone()).or_default() += 1;
@@ -225,10 +337,24 @@ pub fn build(
             u.oldest_start = Some(u.oldest_start.map_or(start, |o| o.min(start)));
             u.newest_start = Some(u.newest_start.map_or(start, |n| n.max(start)));
         }
-        if is_suspect(c, detect.idle_threshold) {
-            u.idle_zero_msgs += 1;
-            suspects.entry(key).or_default().push(c);
+    }
+    for (c, pattern) in classify(connections, &Signature::of(detect)) {
+        let key = (c.account.as_str(), c.user.as_str());
+        let u = users.get_mut(&key).expect("every connection has its user");
+        u.leak_suspects += 1;
+        match pattern {
+            LeakPattern::ZeroMsgs => u.idle_zero_msgs += 1,
+            LeakPattern::UsedOnce => {
+                u.idle_used_once += 1;
+                if let Some(p) = processes
+                    .get_mut(&key)
+                    .and_then(|p| p.get_mut(&(c.ip.as_str(), c.name.as_str())))
+                {
+                    p.1 += 1;
+                }
+            }
         }
+        suspects.entry(key).or_default().push((c, pattern));
     }
     let mut out: Vec<UserCensus> = users
         .into_iter()
@@ -237,11 +363,11 @@ pub fn build(
             u.over_threshold = u.connections > u.threshold;
             u.spread = spread(&u, processes.remove(&key).unwrap_or_default());
             if let Some(mut list) = suspects.remove(&key) {
-                list.sort_by(|a, b| b.idle.cmp(&a.idle).then(a.cid.cmp(&b.cid)));
+                list.sort_by(|(a, _), (b, _)| b.idle.cmp(&a.idle).then(a.cid.cmp(&b.cid)));
                 u.suspects = list
                     .into_iter()
                     .take(detect.max_suspects_per_user)
-                    .map(|c| Suspect {
+                    .map(|(c, pattern)| Suspect {
                         server: c.server.clone(),
                         server_id: c.server_id.clone(),
                         cid: c.cid,
@@ -249,6 +375,10 @@ pub fn build(
                         ip: c.ip.clone(),
                         start: c.start,
                         idle: c.idle,
+                        pattern: Some(pattern),
+                        in_msgs: c.in_msgs,
+                        out_msgs: c.out_msgs,
+                        subscriptions: c.subscriptions,
                     })
                     .collect();
             }
@@ -267,18 +397,19 @@ pub fn build(
     }
 }
 
-/// Connections per (IP, client name) of one user.
-type ProcessCounts<'a> = HashMap<(&'a str, &'a str), u64>;
+/// Connections, and `used_once` suspects among them, per (IP, client name) of one user.
+type ProcessCounts<'a> = HashMap<(&'a str, &'a str), (u64, u64)>;
 
 /// Summarises how a user's connections spread over processes and IPs.
 fn spread(u: &UserCensus, processes: ProcessCounts) -> Spread {
     let top_process = processes
         .iter()
-        .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
-        .map(|((ip, name), n)| ProcessCount {
+        .max_by(|a, b| a.1 .0.cmp(&b.1 .0).then(b.0.cmp(a.0)))
+        .map(|((ip, name), (n, used_once))| ProcessCount {
             ip: ip.to_string(),
             name: name.to_string(),
             connections: *n,
+            used_once: *used_once,
         });
     let mut per_ip: Vec<u64> = u.by_ip.values().copied().collect();
     per_ip.sort_unstable();
@@ -314,6 +445,7 @@ mod tests {
             user: user.into(),
             user_name: None,
             tags: vec![],
+            ..Connection::default()
         }
     }
 
@@ -397,6 +529,102 @@ mod tests {
             vec![3, 4]
         );
         assert_eq!(u.suspects[0].server_id, "ID-n2");
+    }
+
+    /// A connection of `user` from process `name` at 10.0.0.1, started at t=0 (1.7e9 s),
+    /// whose last message came `active` seconds after its start, idle `idle_secs`, with
+    /// `msgs` messages in.
+    fn used(cid: u64, name: &str, active: i64, idle_secs: u64, msgs: u64) -> Connection {
+        let start = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        Connection {
+            start: Some(start),
+            last_activity: Some(start + chrono::Duration::seconds(active)),
+            idle: Duration::from_secs(idle_secs),
+            in_msgs: msgs,
+            ..conn("n1", cid, "A", "u", name, "10.0.0.1")
+        }
+    }
+
+    fn patterns(conns: &[Connection], sig: &Signature) -> Vec<(u64, LeakPattern)> {
+        classify(conns, sig)
+            .into_iter()
+            .map(|(c, p)| (c.cid, p))
+            .collect()
+    }
+
+    #[test]
+    fn used_once_and_zero_are_suspects_quiet_live_clients_are_not() {
+        let sig = Signature {
+            min_idle: Duration::from_secs(300),
+            used_once_within: Duration::from_secs(30),
+        };
+        let mut conns = vec![
+            // Connection per request: one publish right after connecting, three of them.
+            used(1, "leaky", 0, 3600, 1),
+            used(2, "leaky", 1, 3600, 1),
+            used(3, "leaky", 2, 3600, 1),
+            // Never a message: zero_msgs, whatever its process.
+            used(4, "quiet", 0, 3600, 0),
+            // A subscriber that received messages for days, quiet for an hour: live.
+            used(5, "subscriber", 3 * 86_400, 3600, 0),
+            // A publisher every few minutes: never idle long enough.
+            used(6, "ticker", 86_400, 120, 500),
+            // Used once, but only one (or two) such connections in its process: a client that
+            // did its start-up work (a config request, a watcher's initial values) and went quiet.
+            used(7, "config-watcher", 1, 3600, 3),
+            used(8, "two", 1, 3600, 1),
+            used(9, "two", 1, 3600, 1),
+            // Used once but not idle long enough yet.
+            used(10, "fresh", 0, 60, 1),
+            used(11, "fresh", 0, 60, 1),
+            used(12, "fresh", 0, 60, 1),
+        ];
+        conns[4].out_msgs = 10_000;
+        assert_eq!(
+            patterns(&conns, &sig),
+            vec![
+                (1, LeakPattern::UsedOnce),
+                (2, LeakPattern::UsedOnce),
+                (3, LeakPattern::UsedOnce),
+                (4, LeakPattern::ZeroMsgs),
+            ]
+        );
+        // Activity later than `used_once_within` after connecting is use, not a single use.
+        conns[2].last_activity = conns[2].start.map(|s| s + chrono::Duration::seconds(31));
+        assert_eq!(
+            patterns(&conns, &sig),
+            vec![(4, LeakPattern::ZeroMsgs)],
+            "two used-once connections left in the process are not enough"
+        );
+        // Without last_activity connwatch cannot tell: not a suspect.
+        let mut unknown: Vec<_> = (1..=3).map(|i| used(i, "x", 0, 3600, 1)).collect();
+        for c in &mut unknown {
+            c.last_activity = None;
+        }
+        assert!(patterns(&unknown, &sig).is_empty());
+    }
+
+    #[test]
+    fn the_census_counts_suspects_by_pattern_and_per_process() {
+        let detect = DetectConfig {
+            idle_threshold: Duration::from_secs(300),
+            ..DetectConfig::default()
+        };
+        let mut conns: Vec<_> = (0..12).map(|i| used(i, "leaky", 0, 3600 + i, 1)).collect();
+        conns.push(used(100, "leaky", 0, 7200, 0));
+        conns.push(used(101, "leaky", 86_400, 10, 9));
+        let c = build(&conns, None, &detect);
+        let u = &c.users[0];
+        assert_eq!(
+            (u.idle_zero_msgs, u.idle_used_once, u.leak_suspects),
+            (1, 12, 13)
+        );
+        assert_eq!(u.suspects[0].cid, 100, "the longest idle first");
+        assert_eq!(u.suspects[0].pattern, Some(LeakPattern::ZeroMsgs));
+        assert_eq!(u.suspects[1].pattern, Some(LeakPattern::UsedOnce));
+        assert_eq!(u.suspects[1].in_msgs, 1);
+        let top = u.spread.top_process.as_ref().unwrap();
+        assert_eq!((top.connections, top.used_once), (14, 12));
     }
 
     #[test]

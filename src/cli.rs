@@ -74,6 +74,8 @@ pub enum Command {
     Tail(TailArgs),
     /// Kick leaked connections by hand: a preview unless --yes
     Kick(KickArgs),
+    /// A live full-screen view of who holds the cluster's connections (keys: ? in the view)
+    Top(TopArgs),
     /// Validate the configuration and print it, secrets redacted
     CheckConfig,
 }
@@ -107,6 +109,23 @@ pub struct KickArgs {
     /// With --forget: forget every kicked client
     #[arg(long, requires = "forget", conflicts_with_all = ["account", "user"])]
     pub all: bool,
+}
+
+/// `connwatch top` options. It reads the census of a running `connwatch run` through its
+/// service endpoints (`<service.prefix>.census` and `.findings`); with `--standalone` it runs
+/// its own sweeps instead (a stop-gap until the service's census is live).
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// How often to ask the service for its census, e.g. 1s
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub refresh: Duration,
+    /// Sweep the cluster itself instead of reading a running `connwatch run` (one full sweep
+    /// every --sweep-interval: mind the servers' load on a large cluster)
+    #[arg(long)]
+    pub standalone: bool,
+    /// With --standalone: time between the starts of two sweeps
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, requires = "standalone")]
+    pub sweep_interval: Duration,
 }
 
 /// `connwatch tail` options.

@@ -27,6 +27,9 @@ pub enum AppError {
     /// Tailing advisories failed.
     #[error("tail failed")]
     Tail(#[source] anyhow::Error),
+    /// `connwatch top` could not use the terminal.
+    #[error("the terminal failed")]
+    Terminal(#[source] std::io::Error),
     /// A kick asked by hand is not allowed, or its target is unknown.
     #[error("{0}")]
     Refused(String),
@@ -51,7 +54,7 @@ impl AppError {
         match self {
             Self::Config(_) => EXIT_CONFIG,
             Self::Connect(e) => e.exit_code(),
-            Self::Sweep(_) | Self::Tail(_) | Self::Refused(_) => EXIT_FAILURE,
+            Self::Sweep(_) | Self::Tail(_) | Self::Terminal(_) | Self::Refused(_) => EXIT_FAILURE,
             Self::Startup { .. } => EXIT_STARTUP,
         }
     }

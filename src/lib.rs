@@ -21,3 +21,4 @@ pub mod snapshot;
 pub mod state;
 pub mod sweep;
 pub mod tail;
+pub mod top;

@@ -15,8 +15,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
-/// Logs to stderr: `RUST_LOG` when set, else `log.level`; colour only on a terminal.
-fn init_tracing(format: LogFormat, level: &str) {
+/// Logs to stderr: `RUST_LOG` when set, else `log.level`; colour only on a terminal. With
+/// `screen` (a full-screen command) nothing is logged while stderr is that terminal: log lines
+/// would tear the view; redirect stderr (`2>top.log`) to keep them.
+fn init_tracing(format: LogFormat, level: &str, screen: bool) {
+    if screen && std::io::stderr().is_terminal() {
+        return;
+    }
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("{level},async_nats=off")));
     let builder = tracing_subscriber::fmt()
@@ -99,7 +104,8 @@ async fn main() -> ExitCode {
         Ok(l) => l,
         Err(e) => return fail(&AppError::Config(e)),
     };
-    init_tracing(cli.log_format, &loaded.config.log.level);
+    let screen = matches!(cli.command, Command::Top(_));
+    init_tracing(cli.log_format, &loaded.config.log.level, screen);
     warn_about(&loaded, &env);
     let result = match &cli.command {
         Command::CheckConfig => Ok(app::check_config(&loaded)),
@@ -112,6 +118,9 @@ async fn main() -> ExitCode {
                 .map(|()| String::new())
         }
         Command::Kick(args) => app::kick(&loaded.config, args).await,
+        Command::Top(args) => connwatch::top::run(&loaded.config, args, shutdown_on_signal())
+            .await
+            .map(|()| String::new()),
         Command::Tail(args) => app::tail(&loaded.config, args, shutdown_on_signal())
             .await
             .map(|()| String::new()),

@@ -62,10 +62,10 @@ pub struct KindLabel {
     pub kind: String,
 }
 
-/// A label naming a kick result.
+/// A label naming a result: of a kick, or of a configuration reload.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
-    /// `sent`, `dry_run` or `failed`.
+    /// Kicks: `sent`, `dry_run` or `failed`; reloads: `applied` or `refused`.
     pub result: String,
 }
 
@@ -102,6 +102,10 @@ pub struct Metrics {
     pub advisories_queued: Gauge,
     /// Reconnects of connwatch's NATS connection.
     pub reconnects: Counter,
+    /// Losses of connwatch's NATS connection.
+    pub disconnects: Counter,
+    /// Configuration reloads (SIGHUP) by result.
+    pub config_reloads: Family<ResultLabel, Counter>,
     /// Server replies that could not be parsed.
     pub bad_replies: Counter,
     /// Servers that answered a sweep but whose connections were not counted, by kind.
@@ -157,6 +161,8 @@ impl Metrics {
             advisories: Arc::new(PublisherStats::default()),
             advisories_queued: Gauge::default(),
             reconnects: Counter::default(),
+            disconnects: Counter::default(),
+            config_reloads: Family::default(),
             bad_replies: Counter::default(),
             server_errors: Family::default(),
             last_complete_sweep: Gauge::default(),
@@ -250,6 +256,16 @@ impl Metrics {
             "nats_reconnects",
             "Reconnects of connwatch's NATS connection",
             m.reconnects.clone(),
+        );
+        r.register(
+            "nats_disconnects",
+            "Losses of connwatch's NATS connection",
+            m.disconnects.clone(),
+        );
+        r.register(
+            "config_reloads",
+            "Configuration reloads (SIGHUP) by result (applied, refused)",
+            m.config_reloads.clone(),
         );
         r.register(
             "bad_replies",
@@ -388,6 +404,24 @@ impl Metrics {
                 result: result.into(),
             })
             .inc();
+    }
+
+    /// Counts a configuration reload by result (`applied`, `refused`).
+    pub fn reload(&self, result: &str) {
+        self.config_reloads
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// The counters the NATS client's connection events increment.
+    pub fn connection_events(&self) -> crate::nats::ConnectionEvents {
+        crate::nats::ConnectionEvents {
+            reconnects: self.reconnects.clone(),
+            disconnects: self.disconnects.clone(),
+            slow_consumers: self.slow_consumers.clone(),
+        }
     }
 }
 
@@ -589,6 +623,8 @@ mod tests {
             &cfg,
         );
         m.kick("dry_run");
+        m.reload("refused");
+        m.connection_events().disconnects.inc();
         let text = m.render();
         for name in [
             "connwatch_sweeps_total",
@@ -599,6 +635,8 @@ mod tests {
             "connwatch_kicks_total{result=\"dry_run\"} 1",
             "connwatch_advisories_dropped_total",
             "connwatch_nats_reconnects_total",
+            "connwatch_nats_disconnects_total 1",
+            "connwatch_config_reloads_total{result=\"refused\"} 1",
             "connwatch_bad_replies_total",
             "connwatch_server_errors_total{kind=\"deadline\"} 1",
             "connwatch_live_gaps_total{reason=\"reconnect\"} 1",

@@ -175,11 +175,12 @@ impl<'a> Report<'a> {
             "CONNS",
             "LIMIT",
             "IDLE0",
+            "ONCE",
             "SERVERS",
             "TOP CLIENT NAME",
             "TOP IP",
         ];
-        let rows: Vec<[String; 8]> = self
+        let rows: Vec<[String; 9]> = self
             .users
             .iter()
             .map(|u| {
@@ -193,6 +194,7 @@ impl<'a> Report<'a> {
                         if u.over_threshold { " OVER" } else { "" }
                     ),
                     u.idle_zero_msgs.to_string(),
+                    u.idle_used_once.to_string(),
                     u.by_server
                         .iter()
                         .map(|(k, v)| format!("{k}:{v}"))
@@ -344,6 +346,8 @@ mod tests {
             "by_name",
             "by_ip",
             "idle_zero_msgs",
+            "idle_used_once",
+            "leak_suspects",
             "over_threshold",
         ] {
             assert!(v["users"][0].get(key).is_some(), "users[].{key}");

@@ -134,11 +134,7 @@ pub async fn run(
             )
         }
     };
-    let counters = crate::nats::ClientCounters {
-        reconnects: metrics.reconnects.clone(),
-        slow_consumers: metrics.slow_consumers.clone(),
-    };
-    let session = session::open(&config, Some(counters)).await?;
+    let session = session::open(&config, Some(metrics.connection_events())).await?;
     let client = session.system.client().clone();
     let state = State::load_or_default(config.state.file.as_deref());
     let sweeper = Sweeper::new(session.system.clone(), &config.sweep);
@@ -382,6 +378,7 @@ impl Service {
         let new = match new {
             Ok(c) => c,
             Err(e) => {
+                self.metrics.reload("refused");
                 error!(error = %e, "reload refused: the new configuration is invalid; the old one keeps running");
                 return false;
             }
@@ -427,6 +424,7 @@ impl Service {
         self.sweeper.set_config(&applied.sweep);
         self.health.set_interval(applied.sweep.interval);
         self.config = applied;
+        self.metrics.reload("applied");
         info!(
             threshold = self.config.detect.max_connections_per_user,
             kick = if !self.config.kick.enabled {
@@ -652,6 +650,7 @@ impl Service {
             own: Some(&own),
             kicked: &self.state.kicked,
             now,
+            used_once_within: self.config.detect.used_once_within,
         });
         if plans.is_empty() {
             return;

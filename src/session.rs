@@ -112,13 +112,12 @@ async fn identity(system: &System, timeout: Duration) -> (String, Result<String,
 }
 
 /// Connects and checks that the user can send system requests.
-/// `counters`, when given, count the client's reconnects and slow-consumer drops (see
-/// [`nats::connect`]).
+/// `events`, when given, counts the client's reconnects, disconnects and slow-consumer drops (see [`nats::connect`]).
 pub async fn open(
     config: &Config,
-    counters: Option<nats::ClientCounters>,
+    events: Option<nats::ConnectionEvents>,
 ) -> Result<Session, ConnectError> {
-    let client = nats::connect(&config.nats, counters).await?;
+    let client = nats::connect(&config.nats, events).await?;
     let system = System::new(client);
     let timeout = config.sweep.timeout.min(Duration::from_secs(5));
     let (user, identity) = identity(&system, timeout).await;

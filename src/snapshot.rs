@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 /// One open connection, as a server reported it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Connection {
     /// Name of the server holding it.
     pub server: String,
@@ -22,6 +22,11 @@ pub struct Connection {
     pub start: Option<DateTime<Utc>>,
     /// Time since the server last saw traffic on it, by the server's own clock.
     pub idle: Duration,
+    /// When the server last saw a message on it, in (published) or out (delivered to it);
+    /// PINGs and PONGs do not count. Equal to `start` until its first message.
+    pub last_activity: Option<DateTime<Utc>>,
+    /// Subscriptions it holds.
+    pub subscriptions: u32,
     /// Messages from the client.
     pub in_msgs: u64,
     /// Messages to the client.

@@ -94,6 +94,9 @@ struct Conns {
     idle: Duration,
     msgs: u64,
     with_start: bool,
+    /// Two of every three connections made one publish a second after connecting and left
+    /// (`used_once`); the others carry `msgs`.
+    used_once: bool,
 }
 
 impl Conns {
@@ -110,6 +113,7 @@ impl Conns {
             idle: Duration::from_secs(600),
             msgs: 0,
             with_start: true,
+            used_once: false,
         }
     }
 
@@ -117,17 +121,23 @@ impl Conns {
         (0..n)
             .map(|i| {
                 let server = self.servers[i as usize % self.servers.len()];
+                let start = self.with_start.then(|| {
+                    DateTime::from_timestamp(1_799_990_000 + i as i64, 5_000_000).unwrap()
+                });
+                let once = self.used_once && i % 3 != 0;
                 Connection {
                     server: server.into(),
                     server_id: key('N', server),
                     cid: first_cid + i,
                     kind: "Client".into(),
                     ip: format!("10.0.0.{}", i as usize % self.ips + 1),
-                    start: self.with_start.then(|| {
-                        DateTime::from_timestamp(1_799_990_000 + i as i64, 5_000_000).unwrap()
-                    }),
+                    start,
                     idle: self.idle + Duration::from_millis(i * 1_001),
-                    in_msgs: self.msgs,
+                    last_activity: start
+                        .filter(|_| once)
+                        .map(|s| s + chrono::Duration::seconds(1)),
+                    subscriptions: once as u32,
+                    in_msgs: if once { 1 } else { self.msgs },
                     out_msgs: 0,
                     name: self.name.clone(),
                     account: self.account.clone(),
@@ -887,4 +897,71 @@ fn a_state_file_of_the_previous_version_loads() {
         findings.step(&again, true, t(1), HOUR).is_empty(),
         "a restart announced its firing findings again"
     );
+}
+
+/// A user whose connections were used once (connection per request), its finding and the
+/// kick of one of them carry the leak pattern, the new counts and the new cause, valid against
+/// the schemas and decoded by `tail` as sent.
+#[test]
+fn used_once_leaks_are_advised_and_kicked_with_their_pattern() {
+    let validators = validators();
+    let mut once = Conns::new("APP", "per-request");
+    once.name = "api".into();
+    once.used_once = true;
+    let conns = once.make(150, 40_000);
+    let detect = DetectConfig::default();
+    let census = census::build(&conns, Some("SYS"), &detect);
+    let u = &census.users[0];
+    assert_eq!(
+        (u.idle_used_once, u.idle_zero_msgs, u.leak_suspects),
+        (100, 50, 150)
+    );
+    let findings = rules::evaluate(&census, &detect, &Context::default());
+    let events = Lifecycle::default().step(&findings, true, t(0), HOUR);
+    let body = &advisories(&events, &complete(), t(0))[0].body;
+    assert_valid(&validators, body);
+    assert_eq!(body["idle_used_once"], 100);
+    let suspects = body["suspects"].as_array().unwrap();
+    assert!(suspects.iter().any(|s| s["pattern"] == "zero_msgs"));
+    assert!(suspects
+        .iter()
+        .any(|s| s["pattern"] == "used_once" && s["in_msgs"] == 1 && s["subscriptions"] == 1));
+    let causes = support::causes(body);
+    assert!(
+        causes.contains(&"connection_per_request".into()),
+        "{causes:?}"
+    );
+    let message = advisory::Message::decode(body.clone()).expect("decodes");
+    assert_eq!(&message.to_value(), body);
+
+    let plans = connwatch::kick::plan(&connwatch::kick::KickInputs {
+        connections: &conns,
+        census: &census,
+        complete: true,
+        cfg: &connwatch::config::KickConfig {
+            min_idle: Duration::from_secs(60),
+            min_age: Duration::ZERO,
+            ..Default::default()
+        },
+        system_account: Some("SYS"),
+        own: None,
+        kicked: &Default::default(),
+        now: t(0),
+        used_once_within: detect.used_once_within,
+    });
+    let plan = plans
+        .iter()
+        .find(|p| p.pattern.is_some_and(|p| p.name() == "used_once"))
+        .expect("a used-once connection is kicked");
+    let kicked = advisory::kicked(
+        PREFIX,
+        plan,
+        advisory::KickRule::ExcessiveUserConnections,
+        advisory::KickResult::WouldKick,
+        None,
+        &complete(),
+        t(0),
+    );
+    assert_valid(&validators, &kicked.body);
+    assert_eq!(kicked.body["pattern"], "used_once");
 }

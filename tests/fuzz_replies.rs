@@ -386,6 +386,7 @@ fn conn(server: usize, cid: u64, account: &str, user: &str, name: &str) -> Conne
         user: user.into(),
         user_name: Some(user.into()),
         tags: vec![name.into()],
+        ..Connection::default()
     }
 }
 

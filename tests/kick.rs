@@ -446,6 +446,7 @@ fn plan(server: &str, server_id: &str, cid: u64, user: &str) -> connwatch::kick:
         age: Duration::ZERO,
         user_connections: 0,
         threshold: 0,
+        pattern: None,
     }
 }
 
@@ -528,9 +529,7 @@ async fn kicks_to_one_server_go_concurrently_but_never_more_than_kick_concurrenc
     let plans: Vec<_> = (0..KICKS)
         .map(|cid| plan("standin", "NSTANDIN", cid, "leaky"))
         .collect();
-    let outcomes =
-        connwatch::kick::executor::kick_all(&kicker, &plans, Duration::from_secs(10), CONCURRENCY)
-            .await;
+    let outcomes = send_all(&kicker, &plans, Duration::from_secs(10), CONCURRENCY).await;
     assert_eq!(outcomes.len(), plans.len());
     for (p, o) in plans.iter().zip(&outcomes) {
         let want = if p.cid % 2 == 1 {
@@ -573,8 +572,7 @@ async fn a_frozen_server_times_out_only_its_own_kicks() {
     }
     let kicker = system(&cluster, 0).await;
     cluster.pause(2).unwrap();
-    let outcomes =
-        connwatch::kick::executor::kick_all(&kicker, &plans, Duration::from_secs(2), 8).await;
+    let outcomes = send_all(&kicker, &plans, Duration::from_secs(2), 8).await;
     let frozen = cluster.server_name(2).to_string();
     for (p, o) in plans.iter().zip(&outcomes) {
         if p.server == frozen {
@@ -725,4 +723,19 @@ async fn a_client_given_up_on_stays_so_across_restarts_until_forgotten() {
     let saved: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
     assert_eq!(saved["kicked"]["clients"], serde_json::json!({}));
     drop(comeback);
+}
+
+/// Every plan's outcome, never stopped: each kick must have been sent.
+async fn send_all(
+    system: &connwatch::nats::System,
+    plans: &[connwatch::kick::KickPlan],
+    timeout: Duration,
+    concurrency: usize,
+) -> Vec<connwatch::kick::executor::Outcome> {
+    let never = tokio_util::sync::CancellationToken::new();
+    connwatch::kick::executor::kick_until(system, plans, timeout, concurrency, &never)
+        .await
+        .into_iter()
+        .map(|o| o.expect("not stopped: every kick is sent"))
+        .collect()
 }

@@ -5,47 +5,17 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
 use serde_json::Value;
 use support::*;
 use testkit::cluster::http_get;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// A request to a service endpoint: the JSON reply, or the service error code.
-async fn call(client: &async_nats::Client, subject: &str, body: &str) -> Result<Value, String> {
-    let msg = client
-        .request(subject.to_string(), Bytes::from(body.to_string()))
-        .await
-        .unwrap();
-    if let Some(code) = msg
-        .headers
-        .as_ref()
-        .and_then(|h| h.get("Nats-Service-Error-Code"))
-    {
-        return Err(code.to_string());
-    }
-    Ok(serde_json::from_slice(&msg.payload).unwrap())
-}
-
 fn sighup(pid: u32) {
     std::process::Command::new("kill")
         .args(["-HUP", &pid.to_string()])
         .status()
         .unwrap();
-}
-
-fn metric(text: &str, prefix: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 /// A cluster with `APP/leaky` holding 150 connections and `connwatch run` sweeping it every
@@ -182,19 +152,10 @@ async fn the_micro_service_answers_its_endpoints_and_counts_bad_requests() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prometheus_agrees_with_the_report_and_reload_applies_or_refuses() {
+async fn prometheus_agrees_with_the_report() {
     let dir = tempfile::tempdir().unwrap();
-    let Ops {
-        cluster: _cluster,
-        _leak,
-        listen,
-        base,
-        path,
-        seen,
-        client,
-        running,
-    } = start_ops(dir.path()).await;
-    let with_threshold = |n: u64| with_threshold(&base, n);
+    let ops = start_ops(dir.path()).await;
+    let (listen, path) = (ops.listen, &ops.path);
     // Prometheus: the per-user gauge and the sweep figures agree with the report.
     let (code, text) = http_get(listen, "/metrics").unwrap();
     assert_eq!(code, 200);
@@ -206,9 +167,9 @@ async fn prometheus_agrees_with_the_report_and_reload_applies_or_refuses() {
         Some(150.0),
         "{text}"
     );
-    assert_eq!(metric(&text, "connwatch_servers_expected "), Some(3.0));
-    assert_eq!(metric(&text, "connwatch_servers_responded "), Some(3.0));
-    let report = report_json_async(&path).await;
+    assert_eq!(metric(&text, "connwatch_servers_expected"), Some(3.0));
+    assert_eq!(metric(&text, "connwatch_servers_responded"), Some(3.0));
+    let report = report_json_async(path).await;
     let (_, text) = http_get(listen, "/metrics").unwrap();
     for u in report["users"]
         .as_array()
@@ -238,24 +199,44 @@ async fn prometheus_agrees_with_the_report_and_reload_applies_or_refuses() {
     // A healthy cluster answers every limit lookup and names connwatch's identity.
     let (_, text) = http_get(listen, "/metrics").unwrap();
     assert_eq!(
-        metric(&text, "connwatch_limit_lookups_failed_total{"),
+        metric_sum(&text, "connwatch_limit_lookups_failed_total"),
         None,
         "{text}"
     );
-    assert_eq!(metric(&text, "connwatch_identity_known "), Some(1.0));
+    assert_eq!(metric(&text, "connwatch_identity_known"), Some(1.0));
+    assert_eq!(ops.running.terminate(), Some(0));
+}
+
+/// SIGHUP: a broken configuration is refused (and counted) while the old one keeps sweeping; a
+/// valid one is applied (and counted) at the next sweep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_refuses_a_broken_config_and_applies_a_valid_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let ops = start_ops(dir.path()).await;
+    let (listen, base, path, seen, running) =
+        (ops.listen, &ops.base, &ops.path, &ops.seen, &ops.running);
+    let with_threshold = |n: u64| with_threshold(base, n);
+    let reloads = |result: &str| {
+        metric_now(
+            listen,
+            &format!("connwatch_config_reloads_total{{result=\"{result}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
 
     // SIGHUP with a broken config is refused; the old one keeps running.
     std::fs::write(
-        &path,
+        path,
         format!("{base}[detect]\nmax_connections_per_user = \"lots\"\n"),
     )
     .unwrap();
     sighup(running.pid());
     assert!(
-        wait_until_async(WAIT, || running.log().contains("reload refused")).await,
-        "{}",
-        running.log()
+        wait_until_async(WAIT, || reloads("refused") == 1.0).await,
+        "reload not refused: {}",
+        running.metrics()
     );
+    assert_eq!(reloads("applied"), 0.0);
     let rounds = running.rounds().0;
     assert!(
         wait_until_async(WAIT, || running.rounds().0 >= rounds + 2).await,
@@ -264,7 +245,7 @@ async fn prometheus_agrees_with_the_report_and_reload_applies_or_refuses() {
     assert!(seen.of("excessive_user_connections").is_empty());
 
     // SIGHUP with a lower threshold: the next sweep fires on it.
-    std::fs::write(&path, with_threshold(100)).unwrap();
+    std::fs::write(path, with_threshold(100)).unwrap();
     sighup(running.pid());
     let (_, _, fired) = seen
         .wait_for(0, "excessive", |b| {
@@ -272,8 +253,9 @@ async fn prometheus_agrees_with_the_report_and_reload_applies_or_refuses() {
         })
         .await;
     assert_eq!(fired["threshold"], 100);
+    assert_eq!((reloads("applied"), reloads("refused")), (1.0, 1.0));
     let findings = call(
-        &client,
+        &ops.client,
         "connwatch.findings",
         r#"{"type": "excessive_user_connections"}"#,
     )
@@ -289,7 +271,7 @@ async fn prometheus_agrees_with_the_report_and_reload_applies_or_refuses() {
         Some(1.0)
     );
     assert!(metric(&text, "connwatch_advisories_published_total").unwrap() >= 1.0);
-    assert_eq!(running.terminate(), Some(0));
+    assert_eq!(ops.running.terminate(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,7 +292,7 @@ async fn readiness_follows_the_cluster_down_and_back_and_sigterm_stops_the_liste
     for i in 0..3 {
         cluster.kill(i).unwrap();
     }
-    let partial = running.rounds().1;
+    let (partial, failed) = (running.rounds().1, running.failed());
     assert!(
         wait_until_async(WAIT, || ready() == 503).await,
         "still ready with the cluster down"
@@ -320,8 +302,7 @@ async fn readiness_follows_the_cluster_down_and_back_and_sigterm_stops_the_liste
         200,
         "alive while the cluster is down"
     );
-    let failed_or_partial =
-        || running.log().contains("sweep failed") || running.rounds().1 > partial;
+    let failed_or_partial = || running.failed() > failed || running.rounds().1 > partial;
     assert!(
         wait_until_async(WAIT, failed_or_partial).await,
         "no sweep during the outage: {}",

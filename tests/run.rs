@@ -32,6 +32,7 @@ async fn a_leak_fires_renotifies_survives_a_partial_sweep_and_resolves() {
         "[nats]\nservers = [{:?}]\nuser = \"sys\"\npassword = \"sys-dev-password\"\n\
          [live]\nreconcile_interval = \"1ms\"\n[sweep]\ninterval = \"500ms\"\ntimeout = \"2s\"\n\
          [detect]\nidle_threshold = \"1s\"\ngrowth_min_per_hour = 1.0\n\
+         growth_min_span = \"2s\"\ngrowth_min_increase = 5\n\
          [advisory]\nrenotify = \"4s\"\n[state]\nfile = {:?}\n",
         cluster.client_url(0),
         dir.path().join("state.json")
@@ -54,11 +55,22 @@ async fn a_leak_fires_renotifies_survives_a_partial_sweep_and_resolves() {
         "{}",
         running.log()
     );
-    loads.push(
-        load::open(LoadSpec::new(cluster.client_url(0), auth.clone(), 30).name("invoice-worker"))
+    // A leak: 5 more connections every other sweep (one step would not be growth).
+    for _ in 0..6 {
+        loads.push(
+            load::open(
+                LoadSpec::new(cluster.client_url(0), auth.clone(), 5).name("invoice-worker"),
+            )
             .await
             .unwrap(),
-    );
+        );
+        let now = grow(&running);
+        assert!(
+            wait_until_async(WAIT, || grow(&running) >= now + 2).await,
+            "{}",
+            running.log()
+        );
+    }
     let (_, _, growth) = seen
         .wait_for(0, "growth", is("user_connection_growth", "firing"))
         .await;
@@ -96,13 +108,8 @@ async fn a_leak_fires_renotifies_survives_a_partial_sweep_and_resolves() {
     assert_eq!(fired["by_name"], serde_json::json!({"invoice-worker": 130}));
     assert_eq!(fired["by_ip"], serde_json::json!({"127.0.0.1": 130}));
     assert_eq!(fired["sweep"]["partial"], false);
-    let causes: Vec<&str> = fired["diagnosis"]["causes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["cause"].as_str().unwrap())
-        .collect();
-    assert!(causes.contains(&"one_process_leak"), "{causes:?}");
+    let causes = causes(&fired);
+    assert!(causes.contains(&"one_process_leak".into()), "{causes:?}");
     assert!(fired["diagnosis"]["summary"]
         .as_str()
         .unwrap()
@@ -414,6 +421,15 @@ async fn an_unknown_server_limit_holds_its_pressure_finding() {
         1.0
     );
     // Asked again every round, not cached.
-    assert!(metric("connwatch_limit_lookups_failed_total{lookup=\"varz\"}") >= 5.0);
+    let failed = || {
+        running
+            .metric("connwatch_limit_lookups_failed_total{lookup=\"varz\"}")
+            .unwrap_or(0.0)
+    };
+    assert!(
+        wait_until_async(WAIT, || failed() >= 5.0).await,
+        "{}",
+        running.log()
+    );
     assert_eq!(running.terminate(), Some(0));
 }

@@ -86,6 +86,7 @@ fn conns(account: &str, user: &str, n: u64, servers: &[&str], name: &str) -> Vec
                 user: user.into(),
                 user_name: alice.then(|| "alice".to_string()),
                 tags: vec![],
+                ..Connection::default()
             }
         })
         .collect()

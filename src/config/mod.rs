@@ -171,9 +171,15 @@ impl Default for SweepConfig {
 pub struct DetectConfig {
     /// A user holding more connections than this, cluster-wide, is excessive.
     pub max_connections_per_user: u64,
-    /// A connection with no activity for this long and no messages in or out looks leaked.
+    /// A leak suspect is idle at least this long, and either never carried a message
+    /// (`zero_msgs`) or did all its traffic right after connecting (`used_once`).
     #[serde(with = "humantime_serde")]
     pub idle_threshold: Duration,
+    /// A connection idle at least `idle_threshold` whose messages all came within this of its
+    /// start was used once and left (`used_once`), when its process holds three or more such
+    /// connections of its user.
+    #[serde(with = "humantime_serde")]
+    pub used_once_within: Duration,
     /// How many leak suspects to list per user (the oldest idle first).
     pub max_suspects_per_user: usize,
     /// Thresholds for particular accounts or users; the most specific one wins.
@@ -195,6 +201,12 @@ pub struct DetectConfig {
     pub growth_horizon: Duration,
     /// Slower growth than this many connections per hour is not reported.
     pub growth_min_per_hour: f64,
+    /// Growth is reported only from complete sweeps spanning at least this long.
+    #[serde(with = "humantime_serde")]
+    pub growth_min_span: Duration,
+    /// Growth is reported only when the user gained at least this many connections over the
+    /// sweeps it rests on.
+    pub growth_min_increase: u64,
 }
 
 impl Default for DetectConfig {
@@ -202,6 +214,7 @@ impl Default for DetectConfig {
         Self {
             max_connections_per_user: 100,
             idle_threshold: Duration::from_secs(300),
+            used_once_within: Duration::from_secs(30),
             max_suspects_per_user: 20,
             overrides: Vec::new(),
             ignore: Vec::new(),
@@ -211,6 +224,8 @@ impl Default for DetectConfig {
             growth_window: Duration::from_secs(3600),
             growth_horizon: Duration::from_secs(24 * 3600),
             growth_min_per_hour: 10.0,
+            growth_min_span: Duration::from_secs(600),
+            growth_min_increase: 10,
         }
     }
 }
@@ -296,7 +311,8 @@ pub struct ThresholdOverride {
 /// `[kick]`: closing leaked connections (`$SYS.REQ.SERVER.<id>.KICK`), under a strict policy.
 ///
 /// A connection is kicked only when its user is over its threshold in a complete sweep, it is
-/// idle at least `min_idle` with no message in or out, older than `min_age`, its user is not in
+/// a leak suspect (`zero_msgs` or `used_once`, see `census::classify`) idle at least
+/// `min_idle`, older than `min_age`, its user is not in
 /// `protect` (and is in `only` when that is set), and it is neither the system account's,
 /// connwatch's own, nor a leafnode (unless `leafnodes`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -306,7 +322,7 @@ pub struct KickConfig {
     pub enabled: bool,
     /// Decide and announce every kick, but never send one. On by default: set it to false to act.
     pub dry_run: bool,
-    /// A connection must have been idle this long, with no message ever, to be kicked.
+    /// A connection must be a leak suspect idle this long to be kicked.
     #[serde(with = "humantime_serde")]
     pub min_idle: Duration,
     /// A connection must be at least this old to be kicked.

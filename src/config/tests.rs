@@ -112,6 +112,34 @@ fn sweep_deadline_defaults_to_four_timeouts_and_is_never_shorter_than_one() {
 }
 
 #[test]
+fn growth_min_span_longer_than_the_window_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        dir.path(),
+        "c.toml",
+        "[detect]\ngrowth_window = \"5m\"\ngrowth_min_span = \"10m\"\nused_once_within = \"0s\"\n",
+    );
+    let err = load(Some(&f), &[], Flags::default()).unwrap_err();
+    let keys: Vec<&str> = err.0.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        vec!["detect.growth_min_span", "detect.used_once_within"],
+        "{err}"
+    );
+    assert!(
+        err.0[0].message.contains("`detect.growth_window` (5m)"),
+        "{err}"
+    );
+    let ok = write(
+        dir.path(),
+        "d.toml",
+        "[detect]\ngrowth_window = \"30s\"\ngrowth_min_span = \"5s\"\n",
+    );
+    let l = load(Some(&ok), &[], Flags::default()).unwrap();
+    assert_eq!(l.config.detect.growth_min_span, Duration::from_secs(5));
+}
+
+#[test]
 fn unknown_key_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let f = write(dir.path(), "c.toml", "[detect]\nmax_conns = 5\n");

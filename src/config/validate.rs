@@ -133,7 +133,18 @@ pub(super) fn validate(c: &Config, figment: &Figment) -> Result<(), ConfigErrors
     if c.detect.growth_min_per_hour < 0.0 {
         bad("detect.growth_min_per_hour", "must not be negative".into());
     }
+    if c.detect.growth_min_span > c.detect.growth_window {
+        bad(
+            "detect.growth_min_span",
+            format!(
+                "must not be longer than `detect.growth_window` ({}), or growth is never reported; got {}",
+                humantime::format_duration(c.detect.growth_window),
+                humantime::format_duration(c.detect.growth_min_span)
+            ),
+        );
+    }
     for (key, d) in [
+        ("detect.used_once_within", c.detect.used_once_within),
         ("detect.growth_window", c.detect.growth_window),
         ("detect.growth_horizon", c.detect.growth_horizon),
         ("advisory.renotify", c.advisory.renotify),

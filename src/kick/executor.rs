@@ -201,27 +201,8 @@ pub async fn execute(
 
 /// Sends every kick: servers in parallel, at most `concurrency` KICK requests in flight to one
 /// server (so a slow server delays only its own kicks, and by `timeout` per `concurrency`
-/// kicks, not per kick). The outcomes are in the order of `plans`, one for each.
-pub async fn kick_all(
-    system: &System,
-    plans: &[KickPlan],
-    timeout: Duration,
-    concurrency: usize,
-) -> Vec<Outcome> {
-    kick_until(
-        system,
-        plans,
-        timeout,
-        concurrency,
-        &CancellationToken::new(),
-    )
-    .await
-    .into_iter()
-    .map(|o| o.expect("never stopped: every kick is sent"))
-    .collect()
-}
-
-/// [`kick_all`], except that once `stop` is cancelled no further kick is started: the ones in
+/// kicks, not per kick). The outcomes are in the order of `plans`, one for each. Once `stop` is
+/// cancelled no further kick is started: the ones in
 /// flight (at most `concurrency` per server) finish within `timeout`. `None` marks a kick that
 /// was never sent. Cancel-safe for the caller's bookkeeping: every KICK that went out has its
 /// outcome in the result.

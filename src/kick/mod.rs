@@ -20,7 +20,7 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::census::Census;
+use crate::census::{classify, Census, LeakPattern, Signature};
 use crate::config::{KickConfig, UserMatch};
 use crate::snapshot::Connection;
 
@@ -62,6 +62,9 @@ pub struct KickPlan {
     pub user_connections: u64,
     /// The user's threshold.
     pub threshold: u64,
+    /// The leak pattern it matched; absent for a kick by connection id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<LeakPattern>,
 }
 
 impl KickPlan {
@@ -89,6 +92,7 @@ impl KickPlan {
                 .unwrap_or_default(),
             user_connections,
             threshold,
+            pattern: None,
         }
     }
 }
@@ -168,11 +172,13 @@ pub struct KickInputs<'a> {
     pub kicked: &'a Kicked,
     /// The sweep's time.
     pub now: DateTime<Utc>,
+    /// `detect.used_once_within`: the census's leak signature, applied with `kick.min_idle`.
+    pub used_once_within: Duration,
 }
 
-/// The connections to kick after a sweep: none unless the sweep is complete; else the idle,
-/// message-less, old-enough connections of users over their threshold, longest idle first,
-/// within the caps.
+/// The connections to kick after a sweep: none unless the sweep is complete; else the leak
+/// suspects ([`classify`]: `zero_msgs` or `used_once`) idle at least `kick.min_idle` and older
+/// than `kick.min_age`, of users over their threshold, longest idle first, within the caps.
 pub fn plan(inputs: &KickInputs) -> Vec<KickPlan> {
     let KickInputs {
         connections,
@@ -183,7 +189,12 @@ pub fn plan(inputs: &KickInputs) -> Vec<KickPlan> {
         own,
         kicked,
         now,
+        used_once_within,
     } = *inputs;
+    let sig = Signature {
+        min_idle: cfg.min_idle,
+        used_once_within,
+    };
     if !complete {
         return Vec::new();
     }
@@ -205,27 +216,33 @@ pub fn plan(inputs: &KickInputs) -> Vec<KickPlan> {
         {
             continue;
         }
-        let mut candidates: Vec<(&Connection, Duration)> = by_user
+        let mine = by_user
             .get(&(u.account.as_str(), u.user.as_str()))
             .into_iter()
             .flatten()
-            .filter(|c| refusal(c, cfg, system_account, own).is_none())
-            .filter(|c| c.in_msgs == 0 && c.out_msgs == 0 && c.idle >= cfg.min_idle)
-            .filter(|c| {
+            .copied();
+        let mut candidates: Vec<(&Connection, LeakPattern)> = classify(mine, &sig)
+            .into_iter()
+            .filter(|(c, _)| refusal(c, cfg, system_account, own).is_none())
+            .filter(|(c, _)| {
                 !kicked.given_up(
                     &client_key(&c.account, &c.user, &c.name, &c.ip),
                     cfg.max_attempts,
                 )
             })
-            .filter_map(|c| {
-                let age = (now - c.start?).to_std().ok()?;
-                (age >= cfg.min_age).then_some((*c, age))
+            .filter(|(c, _)| {
+                c.start
+                    .and_then(|s| (now - s).to_std().ok())
+                    .is_some_and(|age| age >= cfg.min_age)
             })
             .collect();
         candidates.sort_by(|a, b| b.0.idle.cmp(&a.0.idle).then(a.0.cid.cmp(&b.0.cid)));
         let room = cfg.max_per_sweep - out.len();
-        for (c, _) in candidates.into_iter().take(cfg.max_per_user.min(room)) {
-            out.push(KickPlan::of(c, now, u.connections, u.threshold));
+        for (c, pattern) in candidates.into_iter().take(cfg.max_per_user.min(room)) {
+            out.push(KickPlan {
+                pattern: Some(pattern),
+                ..KickPlan::of(c, now, u.connections, u.threshold)
+            });
         }
     }
     out

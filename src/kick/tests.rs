@@ -25,6 +25,7 @@ fn conn(cid: u64, user: &str, idle_secs: u64, msgs: u64) -> Connection {
         user: user.into(),
         user_name: None,
         tags: vec![],
+        ..Connection::default()
     }
 }
 
@@ -64,6 +65,7 @@ fn inputs<'a>(
         own,
         kicked,
         now,
+        used_once_within: Duration::from_secs(30),
     }
 }
 
@@ -78,6 +80,7 @@ fn plan_for(conns: &[Connection], cfg: &KickConfig, complete: bool) -> Vec<KickP
         own: None,
         kicked: &Kicked::default(),
         now: t(3600),
+        used_once_within: Duration::from_secs(30),
     })
 }
 
@@ -100,6 +103,43 @@ fn only_idle_message_less_connections_go_longest_idle_first_within_caps() {
         true,
     );
     assert_eq!(p.len(), 70);
+}
+
+#[test]
+fn used_once_connections_are_kicked_quiet_live_ones_are_not() {
+    // 110 connections of one process, each used for one publish right after connecting and
+    // idle since; a live subscriber whose last delivery came a day after it connected; a
+    // connection that publishes every minute.
+    let once = |i: u64| Connection {
+        last_activity: Some(t(1)),
+        in_msgs: 1,
+        ..conn(i, "leaky", 2000 - i, 0)
+    };
+    let mut conns: Vec<_> = (0..110).map(once).collect();
+    conns.push(Connection {
+        last_activity: Some(t(86_400)),
+        out_msgs: 5000,
+        name: "subscriber".into(),
+        ..conn(500, "leaky", 5000, 0)
+    });
+    conns.push(Connection {
+        last_activity: Some(t(3590)),
+        name: "ticker".into(),
+        ..conn(501, "leaky", 10, 60)
+    });
+    let p = plan_for(&conns, &cfg(), true);
+    assert_eq!(p.len(), 50);
+    assert!(
+        p.iter().all(|k| k.cid < 110),
+        "a live connection was chosen"
+    );
+    assert!(p.iter().all(|k| k.pattern == Some(LeakPattern::UsedOnce)));
+    // kick.min_idle still applies: none is idle a day.
+    let day = KickConfig {
+        min_idle: Duration::from_secs(86_400),
+        ..cfg()
+    };
+    assert!(plan_for(&conns, &day, true).is_empty());
 }
 
 #[test]

@@ -394,6 +394,8 @@ mod tests {
             idle: std::time::Duration::ZERO,
             in_msgs: 0,
             out_msgs: 0,
+            last_activity: None,
+            subscriptions: 0,
             name: "w".into(),
             account: "APP".into(),
             account_name: None,

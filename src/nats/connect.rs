@@ -103,21 +103,23 @@ fn is_tls_failure(err: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// Counters the client's own events increment the moment they happen.
+/// Counters the client's connection events increment the moment the client reports them, so
+/// the metrics never wait for the next sweep.
 #[derive(Clone, Debug, Default)]
-pub struct ClientCounters {
+pub struct ConnectionEvents {
     /// Every reconnect (not the first connection).
     pub reconnects: Counter,
+    /// Every loss of the connection.
+    pub disconnects: Counter,
     /// Every message the client dropped because a subscription's channel was full.
     pub slow_consumers: Counter,
 }
 
 /// Connects to the cluster. Reconnects are automatic and unlimited after the first connection;
-/// `counters`, when given, count reconnects and slow-consumer drops the moment the client
-/// reports them, so neither waits for the next sweep.
+/// `events`, when given, counts the reconnects, disconnects and slow-consumer drops (see [`ConnectionEvents`]).
 pub async fn connect(
     cfg: &NatsConfig,
-    counters: Option<ClientCounters>,
+    events: Option<ConnectionEvents>,
 ) -> Result<Client, ConnectError> {
     let connects = Arc::new(AtomicU64::new(0));
     let mut opts = ConnectOptions::new()
@@ -125,24 +127,29 @@ pub async fn connect(
         .connection_timeout(cfg.connect_timeout)
         .max_reconnects(None)
         .event_callback(move |event| {
-            let (connects, counters) = (connects.clone(), counters.clone());
+            let (connects, events) = (connects.clone(), events.clone());
             async move {
                 match event {
                     Event::Connected => {
                         // The first `Connected` is the initial connection, every later one a reconnect.
                         if connects.fetch_add(1, Ordering::Relaxed) > 0 {
-                            if let Some(c) = &counters {
-                                c.reconnects.inc();
+                            if let Some(e) = &events {
+                                e.reconnects.inc();
                             }
                         }
                         info!("nats connected")
                     }
-                    Event::Disconnected => warn!("nats disconnected"),
+                    Event::Disconnected => {
+                        if let Some(e) = &events {
+                            e.disconnects.inc();
+                        }
+                        warn!("nats disconnected")
+                    }
                     Event::ClientError(e) => warn!(error = %e, "nats client error"),
                     Event::ServerError(e) => warn!(error = %e, "nats server error"),
                     Event::SlowConsumer(sid) => {
-                        if let Some(c) = &counters {
-                            c.slow_consumers.inc();
+                        if let Some(e) = &events {
+                            e.slow_consumers.inc();
                         }
                         warn!(sid, "nats slow consumer: messages dropped")
                     }

@@ -90,6 +90,8 @@ impl ClientEvent {
             idle: std::time::Duration::ZERO,
             in_msgs: 0,
             out_msgs: 0,
+            last_activity: None,
+            subscriptions: 0,
             name: c.name.clone().unwrap_or_default(),
             account: c
                 .acc

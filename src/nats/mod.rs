@@ -10,7 +10,7 @@ pub mod page;
 mod system;
 pub mod wire;
 
-pub use connect::{connect, ClientCounters, ConnectError};
+pub use connect::{connect, ConnectError, ConnectionEvents};
 pub use system::{
     parse, server_subject, RequestError, System, PING_ACCOUNT_STATZ, PING_CONNZ, PING_STATSZ,
     PING_VARZ,

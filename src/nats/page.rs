@@ -402,6 +402,8 @@ fn to_connection_borrowed(server: &ServerInfo, now: DateTime<Utc>, c: SweepConn)
         ip: c.ip.into_owned(),
         start: c.start.map(|t| t.0.with_timezone(&Utc)),
         idle,
+        last_activity: last,
+        subscriptions: c.subscriptions,
         in_msgs: c.in_msgs,
         out_msgs: c.out_msgs,
         name: c.name.map(String::from).unwrap_or_default(),
@@ -425,7 +427,7 @@ mod tests {
     fn pages_parse_straight_into_connections_whatever_the_key_order() {
         let page = br#"{"data":{"now":"2026-01-02T03:04:10Z","total":3,"connections":[
             {"cid":1,"ip":"10.0.0.1","account":"APP","authorized_user":"u","name":"w",
-             "last_activity":"2026-01-02T03:04:05Z","start":"2026-01-02T03:00:00Z"},
+             "last_activity":"2026-01-02T03:04:05Z","start":"2026-01-02T03:00:00Z","subscriptions":2},
             {"cid":2,"ip":"10.0.0.2","authorized_user":"v","tags":["t"]}]},
             "server":{"name":"n1","id":"NID"}}"#;
         let mut out = Vec::new();
@@ -436,6 +438,10 @@ mod tests {
             ("n1", "NID")
         );
         assert_eq!(out[0].idle, Duration::from_secs(5));
+        assert_eq!(
+            (out[0].last_activity, out[0].subscriptions),
+            (DateTime::from_timestamp(1_767_323_045, 0), 2)
+        );
         assert_eq!(
             (out[0].account.as_str(), out[1].account.as_str()),
             ("APP", "$G")

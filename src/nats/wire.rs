@@ -157,6 +157,8 @@ pub struct SweepConn<'a> {
     pub in_msgs: u64,
     #[serde(default)]
     pub out_msgs: u64,
+    #[serde(default)]
+    pub subscriptions: u32,
     #[serde(borrow, default)]
     pub name: Option<Cow<'a, str>>,
     #[serde(borrow, default)]

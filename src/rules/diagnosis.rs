@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::census::UserCensus;
+use crate::census::{ProcessCount, UserCensus};
 
 /// Closed connections of a user between two sweeps (CONNZ `state: 1`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -49,6 +49,9 @@ pub fn churn(
 pub enum CauseKind {
     /// One process (IP + client name) holds most of the connections.
     OneProcessLeak,
+    /// Most of one process's connections were used once right after connecting and then
+    /// left open: a new connection per request (or publish, or subscription).
+    ConnectionPerRequest,
     /// Many IPs with one or two connections each: one credential shared by replicas.
     SharedCredential,
     /// A few connections from each of several processes.
@@ -96,6 +99,19 @@ const MIN_CHURN: u64 = 10;
 /// Unnamed connections above this share are worth naming.
 const UNNAMED_SHARE: f64 = 0.5;
 
+/// More than this share of the top process's connections used once and left means a
+/// connection per request (and at least [`MIN_LEAK`] of them).
+const PER_REQUEST_SHARE: f64 = 0.5;
+
+/// `client name "x" at 10.0.0.7`, or `no client name at 10.0.0.7`.
+fn process_label(p: &ProcessCount) -> String {
+    if p.name.is_empty() {
+        format!("no client name at {}", p.ip)
+    } else {
+        format!("client name \"{}\" at {}", p.name, p.ip)
+    }
+}
+
 /// Diagnoses a user from its census and its churn.
 pub fn diagnose(u: &UserCensus, churn: Option<&Churn>) -> Diagnosis {
     let n = u.connections.max(1);
@@ -104,16 +120,26 @@ pub fn diagnose(u: &UserCensus, churn: Option<&Churn>) -> Diagnosis {
     if let Some(top) = s.top_process.as_ref().filter(|t| {
         t.connections >= MIN_LEAK && t.connections as f64 >= ONE_PROCESS_SHARE * n as f64
     }) {
-        let name = if top.name.is_empty() {
-            "no client name".to_string()
-        } else {
-            format!("client name \"{}\"", top.name)
-        };
         causes.push(Cause {
             cause: CauseKind::OneProcessLeak,
             message: format!(
-                "{} of {} connections come from one process ({name} at {}): a leak inside one process, which opens connections and never closes them; create one connection at startup and reuse it",
-                top.connections, u.connections, top.ip
+                "{} of {} connections come from one process ({}): a leak inside one process, which opens connections and never closes them; create one connection at startup and reuse it",
+                top.connections,
+                u.connections,
+                process_label(top)
+            ),
+        });
+    }
+    if let Some(top) = s.top_process.as_ref().filter(|t| {
+        t.used_once >= MIN_LEAK && t.used_once as f64 > PER_REQUEST_SHARE * t.connections as f64
+    }) {
+        causes.push(Cause {
+            cause: CauseKind::ConnectionPerRequest,
+            message: format!(
+                "{} of the {} connections from {} were used once right after connecting and then left open (pattern used_once): a new connection for each request, publish or subscription that is never closed; create one connection when the process starts and reuse it everywhere (a singleton), or close each connection when its work is done",
+                top.used_once,
+                top.connections,
+                process_label(top)
             ),
         });
     }
@@ -198,6 +224,7 @@ mod tests {
             ip: "10.0.0.7".into(),
             name: "invoice-worker".into(),
             connections: 480,
+            used_once: 0,
         };
         let u = user(
             500,
@@ -218,6 +245,43 @@ mod tests {
         assert!(d.summary.contains("480 of 500"), "{}", d.summary);
         assert!(d.summary.contains("10.0.0.7"));
         assert!(d.summary.contains("invoice-worker"));
+    }
+
+    #[test]
+    fn a_process_whose_connections_were_used_once_is_a_connection_per_request() {
+        let top = |used_once| ProcessCount {
+            ip: "10.0.0.7".into(),
+            name: "api".into(),
+            connections: 150,
+            used_once,
+        };
+        let u = |used_once| {
+            user(
+                150,
+                Spread {
+                    processes: 1,
+                    top_process: Some(top(used_once)),
+                    ips: 1,
+                    max_per_ip: 150,
+                    median_per_ip: 150,
+                    unnamed: 0,
+                },
+            )
+        };
+        let d = diagnose(&u(140), None);
+        assert_eq!(
+            causes(&d),
+            vec![CauseKind::OneProcessLeak, CauseKind::ConnectionPerRequest]
+        );
+        let msg = &d.causes[1].message;
+        assert!(msg.contains("140 of the 150 connections"), "{msg}");
+        assert!(msg.contains("client name \"api\" at 10.0.0.7"), "{msg}");
+        assert!(msg.contains("create one connection when the process starts and reuse it"));
+        // Half or fewer used once: the process leaks, but not one connection per request.
+        assert_eq!(
+            causes(&diagnose(&u(75), None)),
+            vec![CauseKind::OneProcessLeak]
+        );
     }
 
     #[test]

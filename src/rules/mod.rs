@@ -3,7 +3,8 @@
 //! - `excessive_user_connections`: a user above its threshold, with its leak suspects, a
 //!   diagnosis and its growth;
 //! - `user_connection_growth`: a user below its threshold that will cross it, or exhaust its
-//!   account's limit, within `detect.growth_horizon`;
+//!   account's limit, within `detect.growth_horizon`, on evidence ([`growth::sustained`]): a
+//!   minimum span and increase, and a rise that holds over the whole window;
 //! - `account_connection_pressure`: an account at `detect.account_pressure` of its limit;
 //! - `server_connection_pressure`: a server at `detect.server_pressure` of `max_connections`.
 
@@ -18,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::census::{Census, UserCensus};
 use crate::config::{DetectConfig, UserMatch};
 use diagnosis::{diagnose, Churn, Diagnosis};
-use growth::{growth, Growth, History};
+use growth::{growth, sustained, Evidence, Growth, History};
 
 /// The kinds of finding; each is an advisory type `io.connwatch.advisory.v1.<name>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -250,22 +251,29 @@ pub fn evaluate(census: &Census, detect: &DetectConfig, ctx: &Context) -> Vec<Fi
             .or_insert((0, &u.account_name));
         e.0 += u.connections;
     }
+    let evidence = Evidence {
+        min_span: detect.growth_min_span,
+        min_increase: detect.growth_min_increase,
+        min_per_hour: detect.growth_min_per_hour,
+    };
     let mut findings = Vec::new();
     for u in census.users.iter().filter(|u| !ignored(&detect.ignore, u)) {
         let (account_connections, _) = per_account[u.account.as_str()];
         let limit = account_limit(detect, ctx, &u.account, &u.account_name);
-        let trend = ctx.history.and_then(|h| {
-            growth(
-                &h.samples(&u.account, &u.user),
-                u.connections,
-                u.threshold,
-                account_connections,
-                limit,
-            )
-        });
+        let samples = ctx
+            .history
+            .map(|h| h.samples(&u.account, &u.user))
+            .unwrap_or_default();
+        let trend = growth(
+            &samples,
+            u.connections,
+            u.threshold,
+            account_connections,
+            limit,
+        );
         let horizon = detect.growth_horizon.as_secs();
         let growing = trend.as_ref().is_some_and(|g| {
-            g.per_hour >= detect.growth_min_per_hour
+            sustained(&samples, &evidence)
                 && [g.threshold_in_secs, g.account_limit_in_secs]
                     .iter()
                     .flatten()
@@ -393,6 +401,7 @@ mod tests {
                 user: user.into(),
                 user_name: None,
                 tags: vec![],
+                ..Connection::default()
             })
             .collect()
     }

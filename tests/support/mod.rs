@@ -3,6 +3,7 @@
 
 use std::ffi::OsStr;
 use std::io::Read;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -97,10 +98,60 @@ where
     }
 }
 
-/// A `connwatch run` child process logging to a file; killed on drop.
+/// A free loopback address (bound, then released for the caller to bind).
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// The value of one series (`name` or `name{labels}`, exactly) in an OpenMetrics text.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter_map(|l| l.rsplit_once(' '))
+        .find(|(s, _)| *s == series)
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+/// The sum of a family's series (`name{...}` for any labels); `None` when it has none.
+pub fn metric_sum(text: &str, name: &str) -> Option<f64> {
+    let values: Vec<f64> = text
+        .lines()
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(s, _)| *s == name || s.strip_prefix(name).is_some_and(|r| r.starts_with('{')))
+        .filter_map(|(_, v)| v.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// A request to a service endpoint: the JSON reply, or the service error code.
+pub async fn call(
+    client: &async_nats::Client,
+    subject: &str,
+    body: &str,
+) -> Result<serde_json::Value, String> {
+    let msg = client
+        .request(subject.to_string(), body.to_string().into())
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(code) = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Nats-Service-Error-Code"))
+    {
+        return Err(code.to_string());
+    }
+    Ok(serde_json::from_slice(&msg.payload).unwrap())
+}
+
+/// A `connwatch run` child process logging to a file, with its metrics listener (the one its
+/// configuration sets, else a free port given through `CONNWATCH_METRICS__LISTEN`), so tests
+/// watch what it did through the metrics an operator sees; killed on drop.
 pub struct Running {
     child: std::process::Child,
     log: PathBuf,
+    metrics: SocketAddr,
 }
 
 impl Running {
@@ -109,19 +160,49 @@ impl Running {
         Self::start_with(&["--config", config.to_str().unwrap(), "run"], &[], log)
     }
 
-    /// Everything it logged so far.
+    /// Everything it logged so far (for failure messages: tests assert on what users see).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Rounds finished so far, and how many of them were partial.
+    /// The metrics listener's address.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics
+    }
+
+    /// The `/metrics` text now; empty while the listener does not answer (not started yet).
+    pub fn metrics(&self) -> String {
+        match testkit::cluster::http_get(self.metrics, "/metrics") {
+            Ok((200, text)) => text,
+            _ => String::new(),
+        }
+    }
+
+    /// One series now (see [`metric`]); `None` while the listener does not answer.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        metric(&self.metrics(), series)
+    }
+
+    /// A counter now, 0 while the listener does not answer.
+    fn count(&self, series: &str) -> usize {
+        self.metric(series).unwrap_or(0.0) as usize
+    }
+
+    /// Rounds finished so far (`connwatch_sweep_duration_seconds_count`: a round's sweep is
+    /// observed when the round is done), and how many of them were partial
+    /// (`connwatch_sweeps_partial_total`).
     pub fn rounds(&self) -> (usize, usize) {
-        let log = self.log();
-        let rounds: Vec<&str> = log.lines().filter(|l| l.contains("round done")).collect();
+        let text = self.metrics();
+        let n = |s: &str| metric(&text, s).unwrap_or(0.0) as usize;
         (
-            rounds.len(),
-            rounds.iter().filter(|l| l.contains("partial=true")).count(),
+            n("connwatch_sweep_duration_seconds_count"),
+            n("connwatch_sweeps_partial_total"),
         )
+    }
+
+    /// Sweeps that failed as a whole so far (`connwatch_sweeps_failed_total`).
+    pub fn failed(&self) -> usize {
+        self.count("connwatch_sweeps_failed_total")
     }
 
     /// Sends SIGTERM and returns the exit code; panics if it does not exit within 30 s.
@@ -262,17 +343,42 @@ pub fn assert_valid(body: &serde_json::Value) {
 }
 
 impl Running {
-    /// Starts `connwatch <args...>` with extra environment variables, logging to `log`.
+    /// Starts `connwatch <args...>` with extra environment variables, logging to `log`. Its
+    /// metrics listen where `env` or the `--config` file says, else on a free port.
     pub fn start_with(args: &[&str], env: &[(&str, &str)], log: PathBuf) -> Self {
+        let mut env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let configured = env
+            .iter()
+            .find(|(k, _)| k == LISTEN_ENV)
+            .map(|(_, v)| v.clone())
+            .or_else(|| {
+                let config = args.iter().position(|a| *a == "--config")?;
+                configured_listen(Path::new(args.get(config + 1)?))
+            });
+        let metrics = match configured {
+            Some(listen) => listen.parse().expect("metrics.listen is an address"),
+            None => {
+                let addr = free_addr();
+                env.push((LISTEN_ENV.into(), addr.to_string()));
+                addr
+            }
+        };
         let child = Command::new(connwatch_bin())
             .args(args)
-            .envs(env.iter().copied())
+            .envs(env)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("create log"))
             .spawn()
             .expect("spawn connwatch");
-        Self { child, log }
+        Self {
+            child,
+            log,
+            metrics,
+        }
     }
 
     /// The process id.
@@ -284,6 +390,16 @@ impl Running {
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+}
+
+const LISTEN_ENV: &str = "CONNWATCH_METRICS__LISTEN";
+
+/// `metrics.listen` as a configuration file sets it (`None` when it does not, or sets it empty).
+fn configured_listen(config: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(config).ok()?;
+    let table: toml::Table = text.parse().ok()?;
+    let listen = table.get("metrics")?.get("listen")?.as_str()?;
+    (!listen.is_empty()).then(|| listen.to_string())
 }
 
 /// Runs `connwatch --config <config> report --format json --top 0` off the async runtime,
@@ -321,4 +437,16 @@ pub fn key(prefix: char, seed: &str) -> String {
             .map(|c| c.to_ascii_uppercase()),
     );
     k
+}
+
+/// The `diagnosis.causes[].cause` names of a user finding advisory.
+pub fn causes(body: &serde_json::Value) -> Vec<String> {
+    body["diagnosis"]["causes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| c["cause"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
 }
