@@ -143,6 +143,38 @@ async fn live_by_server(client: &async_nats::Client, user: &str) -> BTreeMap<Str
         .unwrap_or_default()
 }
 
+type ByUser = BTreeMap<(String, String), BTreeMap<String, u64>>;
+
+/// The live census's per-server counts of every user (`connwatch.census`).
+async fn all_live_by_server(client: &async_nats::Client) -> ByUser {
+    let census = call(client, "connwatch.census", r#"{"top":0}"#).await;
+    let mut out = ByUser::new();
+    for u in census["users"].as_array().into_iter().flatten() {
+        let key = (
+            u["account"].as_str().unwrap_or_default().to_string(),
+            u["user"].as_str().unwrap_or_default().to_string(),
+        );
+        out.insert(
+            key,
+            serde_json::from_value(u["by_server"].clone()).unwrap_or_default(),
+        );
+    }
+    out
+}
+
+/// Each server's own `/connz` counts of every user, by server name.
+fn all_connz_by_server(cluster: &Cluster) -> ByUser {
+    let mut out = ByUser::new();
+    for i in 0..cluster.len() {
+        for (key, n) in cluster.connz_counts(i).unwrap_or_default() {
+            out.entry(key)
+                .or_default()
+                .insert(cluster.server_name(i).to_string(), n);
+        }
+    }
+    out
+}
+
 /// Each server's own `/connz` counts of one user, by server name.
 fn connz_by_server(cluster: &Cluster, user: &str) -> BTreeMap<String, u64> {
     (0..cluster.len())
@@ -366,9 +398,8 @@ async fn own_reconnect_and_a_restarted_server_resync_the_view() {
 
 /// Connections opened and closed on all three servers while sweeps run (requested through the
 /// `sweep` endpoint during the churn): afterwards the live census equals every server's own
-/// `/connz`, user by user and server by server, within a second of the churn stopping.
+/// `/connz`, user by user and server by server (the one-second figure is measured by the bench, not here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open bug: about one run in two, one server's count stays one connection short of its /connz after the churn (not yet diagnosed; see the i13 report)"]
 async fn counts_stay_exact_under_churn_with_sweeps_in_between() {
     let dir = tempfile::tempdir().unwrap();
     let live = start(dir.path(), "").await;
@@ -419,24 +450,25 @@ async fn counts_stay_exact_under_churn_with_sweeps_in_between() {
         held.extend(c.await.unwrap());
     }
     assert!(held.len() > 10, "too little churn");
-    for user in ["leaky", "app"] {
-        assert!(
-            eventually(WAIT, || async {
-                let oracle = connz_by_server(&live.cluster, user);
-                !oracle.is_empty() && live_by_server(&live.client, user).await == oracle
-            })
-            .await,
-            "{user}: live {:?} vs connz {:?}\n{}",
-            live_by_server(&live.client, user).await,
-            connz_by_server(&live.cluster, user),
-            live.running
-                .log()
-                .lines()
-                .filter(|l| !l.contains("DEBUG"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
-    }
+    // Every user, not only the churning ones: a connection counted under the wrong user (or a
+    // phantom one) shows here.
+    assert!(
+        eventually(WAIT, || async {
+            let oracle = all_connz_by_server(&live.cluster);
+            oracle.contains_key(&("APP".into(), "leaky".into()))
+                && all_live_by_server(&live.client).await == oracle
+        })
+        .await,
+        "live {:#?}\nvs connz {:#?}\n{}",
+        all_live_by_server(&live.client).await,
+        all_connz_by_server(&live.cluster),
+        live.running
+            .log()
+            .lines()
+            .filter(|l| !l.contains("DEBUG"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     assert_eq!(metric(live.listen, "connwatch_live_complete"), Some(1.0));
     drop(held);
 }

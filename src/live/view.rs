@@ -112,6 +112,21 @@ pub struct LiveView {
     applied: u64,
 }
 
+/// `held` (listed by a server before it authenticated) with the identity of `event` (its
+/// connect event, sent once authorized); the counters stay those of the listing.
+fn adopt_identity(held: Connection, event: Connection) -> Connection {
+    Connection {
+        account: event.account,
+        account_name: event.account_name.or(held.account_name),
+        user: event.user,
+        user_name: event.user_name.or(held.user_name),
+        name: event.name,
+        tags: event.tags,
+        kind: event.kind,
+        ..held
+    }
+}
+
 impl LiveView {
     /// An empty view, not complete until a complete sweep reconciles it.
     pub fn new() -> Self {
@@ -136,9 +151,23 @@ impl LiveView {
         match d {
             Delta::Open(c) => {
                 let key = (c.server_id.clone(), c.cid);
-                if self.conns.contains_key(&key) {
-                    // Known already (from a reply): its details are the better ones.
-                    return None;
+                if let Some(held) = self.conns.get_mut(&key) {
+                    // Known already (from a reply): its counters and idle time are the better
+                    // ones. But a server lists a connection from the moment it is accepted,
+                    // before its CONNECT authenticates it (in `$G`, no user, no name), while its
+                    // connect event is sent once it is authorized: the event's identity wins.
+                    if held.account == c.account && held.user == c.user {
+                        if held.name.is_empty() {
+                            held.name = c.name;
+                        }
+                        return None;
+                    }
+                    let held = held.clone();
+                    self.uncount(&held);
+                    let user = (c.account.clone(), c.user.clone());
+                    *self.users.entry(user.clone()).or_default() += 1;
+                    self.conns.insert(key, adopt_identity(held, c));
+                    return Some(user);
                 }
                 let user = (c.account.clone(), c.user.clone());
                 *self.users.entry(user.clone()).or_default() += 1;
@@ -484,6 +513,41 @@ mod tests {
         let s = v.begin_sync();
         v.reconcile(s, &snap(&["n1"], vec![conn("n1", 1, "u")]));
         assert_eq!(v.count("APP", "u"), 0);
+    }
+
+    /// The open bug of the churn test: a server lists a connection the moment it accepts it,
+    /// before its CONNECT is processed (in `$G`, no user, no name); the connect event, sent
+    /// once it is authorized, must move it to its user, whether it arrives during the sweep
+    /// (journalled and replayed) or after it.
+    #[test]
+    fn a_connection_listed_before_it_authenticated_takes_its_connect_events_identity() {
+        let unauthenticated = |cid| Connection {
+            account: "$G".into(),
+            user: String::new(),
+            name: String::new(),
+            idle: std::time::Duration::from_secs(3),
+            ..conn("n1", cid, "")
+        };
+        for event_during_the_sweep in [true, false] {
+            let mut v = LiveView::new();
+            let s = v.begin_sync();
+            if event_during_the_sweep {
+                v.apply(Delta::Open(conn("n1", 5, "app")));
+            }
+            v.reconcile(s, &snap(&["n1"], vec![unauthenticated(5)]));
+            if !event_during_the_sweep {
+                assert_eq!(v.count("$G", ""), 1);
+                assert_eq!(
+                    v.apply(Delta::Open(conn("n1", 5, "app"))),
+                    Some(("APP".into(), "app".into()))
+                );
+            }
+            assert_eq!(v.count("APP", "app"), 1, "during: {event_during_the_sweep}");
+            assert_eq!(v.count("$G", ""), 0, "during: {event_during_the_sweep}");
+            let held = &v.conns[&("ID-n1".into(), 5)];
+            assert_eq!((held.name.as_str(), held.idle.as_secs()), ("w", 3));
+            assert_eq!(v.users.len(), 1);
+        }
     }
 
     #[test]
