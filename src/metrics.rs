@@ -4,6 +4,7 @@
 //! at most `metrics.max_users` of them (the largest); the set is rebuilt after every sweep, so a
 //! user that drops out loses its series.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -126,12 +127,25 @@ pub struct Metrics {
     pub live_gaps: Family<ReasonLabel, Counter>,
     /// 1 while the live census is complete (reconciled by a complete sweep since the last gap).
     pub live_complete: Gauge,
+    /// Servers' announced account counts that disagreed with the live census (each a gap).
+    pub live_mismatches: Counter,
+    /// Client connections each server announced last, summed over its accounts, by server.
+    pub live_announced: Family<ServerLabel, Gauge>,
+    /// The servers with a `live_announced` series.
+    live_announced_servers: Mutex<BTreeSet<String>>,
+}
+
+/// A label naming a server.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerLabel {
+    /// Server name.
+    pub server: String,
 }
 
 /// A label naming why the live census has a gap.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
-    /// `reconnect`, `slow_consumer`, `server_silent`, `server_new`.
+    /// `reconnect`, `slow_consumer`, `server_silent`, `server_new`, `count_mismatch`.
     pub reason: String,
 }
 
@@ -173,6 +187,9 @@ impl Metrics {
             live_events: Counter::default(),
             live_gaps: Family::default(),
             live_complete: Gauge::default(),
+            live_mismatches: Counter::default(),
+            live_announced: Family::default(),
+            live_announced_servers: Mutex::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -317,6 +334,16 @@ impl Metrics {
             "1 while the live census is complete: reconciled by a complete sweep since the last gap",
             m.live_complete.clone(),
         );
+        r.register(
+            "live_mismatches",
+            "Servers' announced account connection counts that disagreed with the live census for 3 s (each a gap)",
+            m.live_mismatches.clone(),
+        );
+        r.register(
+            "live_announced_connections",
+            "Client connections each server announced last ($SYS.ACCOUNT.*.SERVER.CONNS), summed over its accounts",
+            m.live_announced.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -386,6 +413,31 @@ impl Metrics {
                 lookup: lookup.into(),
             })
             .inc();
+    }
+
+    /// Sets the servers' announced connections (server name → count); servers not listed lose
+    /// their series.
+    pub fn live_announced(&self, by_server: BTreeMap<String, u64>) {
+        let stale: Vec<ServerLabel> = self
+            .live_announced_servers
+            .lock()
+            .expect("announced lock")
+            .iter()
+            .filter(|s| !by_server.contains_key(*s))
+            .map(|s| ServerLabel { server: s.clone() })
+            .collect();
+        for label in stale {
+            self.live_announced.remove(&label);
+        }
+        for (server, n) in &by_server {
+            self.live_announced
+                .get_or_create(&ServerLabel {
+                    server: server.clone(),
+                })
+                .set(*n as i64);
+        }
+        *self.live_announced_servers.lock().expect("announced lock") =
+            by_server.into_keys().collect();
     }
 
     /// Counts a gap in the live census by reason.
@@ -616,6 +668,12 @@ mod tests {
         };
         m.observe_sweep(&snap);
         m.live_gap("reconnect");
+        m.live_announced(BTreeMap::from([("gone".into(), 1)]));
+        m.live_announced(BTreeMap::from([("n1".into(), 7)]));
+        assert!(
+            !m.render().contains("gone"),
+            "a forgotten server's series kept"
+        );
         m.observe(
             &snap,
             &census(&[("leaky", 150)]),
@@ -643,6 +701,8 @@ mod tests {
             "connwatch_live_complete",
             "connwatch_live_events_total",
             "connwatch_nats_slow_consumers_total",
+            "connwatch_live_mismatches_total 0",
+            "connwatch_live_announced_connections{server=\"n1\"} 7",
         ] {
             assert!(text.contains(name), "{name} missing:\n{text}");
         }

@@ -403,6 +403,20 @@ async fn own_reconnect_and_a_restarted_server_resync_the_view() {
 async fn counts_stay_exact_under_churn_with_sweeps_in_between() {
     let dir = tempfile::tempdir().unwrap();
     let live = start(dir.path(), "").await;
+    // A system-account connection to every server, so each announces its system account too
+    // (servers announce an account's count on a change, else every 30 s).
+    let mut sys = Vec::new();
+    for i in 0..live.cluster.len() {
+        sys.push(
+            async_nats::ConnectOptions::with_user_and_password(
+                "sys".into(),
+                "sys-dev-password".into(),
+            )
+            .connect(live.cluster.client_url(i))
+            .await
+            .unwrap(),
+        );
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let mut churners = Vec::new();
     for (i, user) in [(0, "leaky"), (1, "app"), (2, "leaky"), (2, "app")] {
@@ -470,5 +484,42 @@ async fn counts_stay_exact_under_churn_with_sweeps_in_between() {
             .join("\n")
     );
     assert_eq!(metric(live.listen, "connwatch_live_complete"), Some(1.0));
+    // The servers' own counts (`$SYS.ACCOUNT.*.SERVER.CONNS`) are taken in: what each server
+    // announced last, over its accounts, is its `/connz` outside `$G` (which is never
+    // announced); and they never disagreed with the view for long.
+    assert!(
+        eventually(WAIT, || async {
+            (0..live.cluster.len()).all(|i| {
+                let name = live.cluster.server_name(i);
+                let oracle: u64 = live
+                    .cluster
+                    .connz_counts(i)
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|((acc, _), _)| acc != "$G")
+                    .map(|(_, n)| n)
+                    .sum();
+                metric(
+                    live.listen,
+                    &format!("connwatch_live_announced_connections{{server=\"{name}\"}}"),
+                ) == Some(oracle as f64)
+            })
+        })
+        .await,
+        "announced counts never matched /connz:\n{}",
+        http_get(live.listen, "/metrics").unwrap().1
+    );
+    assert_eq!(
+        metric(live.listen, "connwatch_live_mismatches_total"),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(
+            live.listen,
+            "connwatch_live_gaps_total{reason=\"count_mismatch\"}"
+        ),
+        None
+    );
     drop(held);
+    drop(sys);
 }

@@ -95,6 +95,9 @@ pub struct LiveView {
     conns: HashMap<(String, u64), Connection>,
     /// Open connections per user.
     users: HashMap<UserKey, u64>,
+    /// Open client connections (not leafnodes) per (server id, account): what each server
+    /// announces (see [`super::crosscheck`]).
+    clients: HashMap<(String, String), u64>,
     /// Server id → name, of the servers reconciled by a sweep or heard from.
     servers: BTreeMap<String, String>,
     /// The last [`RECENT`] deltas, and all since the oldest sync under way began, with their
@@ -164,13 +167,12 @@ impl LiveView {
                     }
                     let held = held.clone();
                     self.uncount(&held);
-                    let user = (c.account.clone(), c.user.clone());
-                    *self.users.entry(user.clone()).or_default() += 1;
-                    self.conns.insert(key, adopt_identity(held, c));
+                    let c = adopt_identity(held, c);
+                    let user = self.count_in(&c);
+                    self.conns.insert(key, c);
                     return Some(user);
                 }
-                let user = (c.account.clone(), c.user.clone());
-                *self.users.entry(user.clone()).or_default() += 1;
+                let user = self.count_in(&c);
                 self.conns.insert(key, c);
                 Some(user)
             }
@@ -181,7 +183,28 @@ impl LiveView {
         }
     }
 
+    fn count_in(&mut self, c: &Connection) -> UserKey {
+        if c.kind == "Client" {
+            *self
+                .clients
+                .entry((c.server_id.clone(), c.account.clone()))
+                .or_default() += 1;
+        }
+        let user = (c.account.clone(), c.user.clone());
+        *self.users.entry(user.clone()).or_default() += 1;
+        user
+    }
+
     fn uncount(&mut self, c: &Connection) -> UserKey {
+        if c.kind == "Client" {
+            let key = (c.server_id.clone(), c.account.clone());
+            if let Some(n) = self.clients.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    self.clients.remove(&key);
+                }
+            }
+        }
         let user = (c.account.clone(), c.user.clone());
         if let Some(n) = self.users.get_mut(&user) {
             *n -= 1;
@@ -351,6 +374,14 @@ impl LiveView {
             .unwrap_or(0)
     }
 
+    /// A server's open client connections (not leafnodes) in an account.
+    pub fn clients_of(&self, server_id: &str, account: &str) -> u64 {
+        self.clients
+            .get(&(server_id.to_string(), account.to_string()))
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Open connections in all.
     pub fn len(&self) -> usize {
         self.conns.len()
@@ -467,10 +498,18 @@ mod tests {
         );
         assert_eq!(v.apply(Delta::Open(conn("n1", 1, "u"))), None);
         v.apply(Delta::Open(conn("n2", 1, "u")));
-        assert_eq!(v.count("APP", "u"), 2);
+        let mut leaf = conn("n2", 2, "u");
+        leaf.kind = "Leafnode".into();
+        v.apply(Delta::Open(leaf));
+        assert_eq!(v.count("APP", "u"), 3);
+        // Per server and account, client connections only (what servers announce).
+        assert_eq!(v.clients_of("ID-n2", "APP"), 1);
+        v.apply(close("n2", 2));
         v.apply(close("n1", 1));
         assert_eq!(v.apply(close("n1", 1)), None);
         assert_eq!(v.count("APP", "u"), 1);
+        assert_eq!(v.clients_of("ID-n1", "APP"), 0);
+        assert_eq!(v.clients_of("ID-n2", "APP"), 1);
     }
 
     #[test]
@@ -547,6 +586,8 @@ mod tests {
             let held = &v.conns[&("ID-n1".into(), 5)];
             assert_eq!((held.name.as_str(), held.idle.as_secs()), ("w", 3));
             assert_eq!(v.users.len(), 1);
+            assert_eq!(v.clients_of("ID-n1", "APP"), 1);
+            assert_eq!(v.clients_of("ID-n1", "$G"), 0);
         }
     }
 

@@ -106,6 +106,21 @@ impl ClientEvent {
     }
 }
 
+/// An `account_connections` announcement (`$SYS.ACCOUNT.<acc>.SERVER.CONNS`): one server's
+/// connections in one account, sent on every change and every 30 s while not zero.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AccountConns {
+    /// The announcing server.
+    #[serde(default)]
+    pub server: ServerInfo,
+    /// The account (name, or public key in operator mode).
+    #[serde(default)]
+    pub acc: String,
+    /// Its client connections on that server (leafnodes apart).
+    #[serde(default)]
+    pub conns: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,6 +146,23 @@ mod tests {
         );
         assert_eq!(c.ip, "10.0.0.1");
         assert!(c.start.is_some());
+    }
+
+    #[test]
+    fn an_account_connections_announcement_reads_its_server_account_and_count() {
+        // As nats-server 2.15.1 sends it (trimmed).
+        let a: AccountConns = serde_json::from_str(
+            r#"{"type":"io.nats.server.advisory.v1.account_connections","id":"x",
+            "timestamp":"2026-11-26T03:20:00Z","server":{"name":"n1","id":"NID","ver":"2.15.1"},
+            "acc":"APP","name":"APP","conns":2,"leafnodes":1,"total_conns":3,
+            "num_subscriptions":4,"sent":{"msgs":0,"bytes":0},"received":{"msgs":0,"bytes":0},
+            "slow_consumers":0}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (a.server.id.as_str(), a.acc.as_str(), a.conns),
+            ("NID", "APP", 2)
+        );
     }
 
     #[test]
