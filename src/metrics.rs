@@ -538,7 +538,8 @@ impl Health {
         *self.last_complete.lock().expect("health lock") = Some((Instant::now(), generation));
     }
 
-    /// Ready: connected, no other reason set, and a complete sweep within 3 intervals that
+    /// Ready: connected, no other reason set, and a complete sweep within 3 sweep intervals
+    /// ([`crate::config::Config::sweep_cadence`]) that
     /// started after the last reconnect (data from before an outage is not current).
     pub fn ready(&self) -> Result<(), String> {
         if self.client.connection_state() != ConnectionState::Connected {
