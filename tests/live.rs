@@ -57,6 +57,11 @@ struct Live {
 }
 
 async fn start(dir: &std::path::Path, extra: &str) -> Live {
+    start_reconciling(dir, "1h", extra).await
+}
+
+/// [`start`] with full sweeps every `reconcile` while the view is complete.
+async fn start_reconciling(dir: &std::path::Path, reconcile: &str, extra: &str) -> Live {
     let cluster = Cluster::start(
         ClusterSpec::new(dir.join("cluster")).account(
             AccountSpec::new("APP")
@@ -83,7 +88,7 @@ async fn start(dir: &std::path::Path, extra: &str) -> Live {
     let path = write_config(
         dir,
         &format!(
-            "{}[sweep]\ninterval = \"1h\"\ntimeout = \"1s\"\n[live]\nreconcile_interval = \"1h\"\n\
+            "{}[sweep]\ninterval = \"1h\"\ntimeout = \"1s\"\n[live]\nreconcile_interval = \"{reconcile}\"\n\
              [detect]\nidle_threshold = \"10ms\"\n[metrics]\nlisten = \"{listen}\"\nuser_floor = 1\n\
              [service]\nsweep_min_interval = \"0s\"\n{extra}",
             toml
@@ -249,6 +254,28 @@ async fn a_leak_fires_and_resolves_from_events_alone_with_its_details() {
         .await;
     assert_eq!(metric(live.listen, "connwatch_sweeps_total"), Some(sweeps));
     assert_eq!(live.running.terminate(), Some(0));
+}
+
+/// With the view complete, full sweeps run every `live.reconcile_interval`, whatever
+/// `sweep.interval` is (here an hour), and the view stays complete through them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_complete_view_is_reconciled_every_reconcile_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = start_reconciling(dir.path(), "300ms", "").await;
+    let sweeps = metric(live.listen, "connwatch_sweeps_total").unwrap();
+    assert!(
+        wait_until_async(WAIT, || metric(live.listen, "connwatch_sweeps_total")
+            .unwrap_or(0.0)
+            >= sweeps + 3.0)
+        .await,
+        "no reconciling sweeps every live.reconcile_interval: {}",
+        live.running.log()
+    );
+    assert_eq!(metric(live.listen, "connwatch_live_complete"), Some(1.0));
+    assert_eq!(
+        metric(live.listen, "connwatch_sweeps_partial_total"),
+        Some(0.0)
+    );
 }
 
 /// A server that stops answering is a gap: the live view is not complete, so a user that drops
@@ -522,4 +549,71 @@ async fn counts_stay_exact_under_churn_with_sweeps_in_between() {
     );
     drop(held);
     drop(sys);
+}
+
+/// An event flood: ~4,200 connections opened and closed as fast as the load generator can, on
+/// all three servers at once (about 8,400 connect and disconnect events, plus the servers'
+/// account counts). connwatch keeps up: no slow consumer (the subscription's buffer holds
+/// 65,536 messages; the event task parses each event once), no gap, and afterwards the census
+/// equals every server's own `/connz`, every user server by server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_flood_is_followed_without_a_slow_consumer_and_counts_stay_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = start(dir.path(), "").await;
+    let events = metric(live.listen, "connwatch_live_events_total").unwrap_or(0.0);
+    let t0 = std::time::Instant::now();
+    let mut floods = Vec::new();
+    for i in 0..live.cluster.len() {
+        let url = live.cluster.client_url(i);
+        floods.push(tokio::spawn(async move {
+            for _ in 0..2 {
+                let load = load::open(LoadSpec::new(url.clone(), auth("app"), 700).name("flood"))
+                    .await
+                    .unwrap();
+                load.close().await;
+            }
+        }));
+    }
+    for f in floods {
+        f.await.unwrap();
+    }
+    let churn = t0.elapsed();
+    assert!(
+        wait_until_async(WAIT, || metric(live.listen, "connwatch_live_events_total")
+            .unwrap_or(0.0)
+            >= events + 2.0 * 4200.0)
+        .await,
+        "not every event arrived: {:?} of {}",
+        metric(live.listen, "connwatch_live_events_total"),
+        events + 8400.0
+    );
+    eprintln!(
+        "flood: 4,200 connects and 4,200 disconnects in {churn:?} ({:.0} events/s)",
+        8400.0 / churn.as_secs_f64()
+    );
+    assert!(
+        eventually(WAIT, || async {
+            all_live_by_server(&live.client).await == all_connz_by_server(&live.cluster)
+        })
+        .await,
+        "live {:#?}\nvs connz {:#?}",
+        all_live_by_server(&live.client).await,
+        all_connz_by_server(&live.cluster)
+    );
+    assert_eq!(
+        metric(live.listen, "connwatch_nats_slow_consumers_total"),
+        Some(0.0),
+        "connwatch became a slow consumer"
+    );
+    for reason in ["slow_consumer", "count_mismatch", "reconnect"] {
+        assert_eq!(
+            metric(
+                live.listen,
+                &format!("connwatch_live_gaps_total{{reason=\"{reason}\"}}")
+            ),
+            None,
+            "a {reason} gap during the flood"
+        );
+    }
+    assert_eq!(metric(live.listen, "connwatch_live_complete"), Some(1.0));
 }

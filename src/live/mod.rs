@@ -31,7 +31,7 @@ use tracing::{info, warn};
 
 use crate::config::LiveConfig;
 use crate::metrics::Metrics;
-use crate::nats::events::{AccountConns, ClientEvent};
+use crate::nats::events::{AccountConns, ClientEvent, EventKey};
 use crate::nats::wire::StatszReply;
 use crate::nats::{parse, System, PING_STATSZ};
 use crosscheck::CrossCheck;
@@ -257,22 +257,19 @@ pub fn delta_of(subject: &str, payload: &[u8]) -> Option<Delta> {
     if (last != "CONNECT" && last != "DISCONNECT") || subject.split('.').count() != 4 {
         return None;
     }
-    let e: ClientEvent = match parse(payload) {
-        Ok(e) => e,
-        Err(err) => {
-            warn!(subject, error = %err, "unreadable connection event ignored");
-            return None;
-        }
+    let unreadable = |err: serde_json::Error| {
+        warn!(subject, error = %err, "unreadable connection event ignored");
     };
-    let c = e.connection()?;
-    Some(if last == "DISCONNECT" {
-        Delta::Close {
-            server_id: c.server_id,
-            cid: c.cid,
-        }
-    } else {
-        Delta::Open(c)
-    })
+    // Parsed once, straight into what the view keeps: a disconnect needs only its key.
+    if last == "DISCONNECT" {
+        let (server_id, cid) = serde_json::from_slice::<EventKey>(payload)
+            .map_err(unreadable)
+            .ok()?
+            .key()?;
+        return Some(Delta::Close { server_id, cid });
+    }
+    let e: ClientEvent = parse(payload).map_err(unreadable).ok()?;
+    Some(Delta::Open(e.into_connection()?))
 }
 
 /// Asks every server for STATSZ; returns (id, name) of those that answered within `timeout`

@@ -21,6 +21,7 @@
 //! restarted or new) has reconciled it. While it is not, nothing resolves and nothing is kicked.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
@@ -45,11 +46,28 @@ pub enum Delta {
     },
 }
 
-impl Delta {
+/// A delta as the view keeps it: an opened connection is allocated once and shared by the
+/// map and the journal (no copy per event).
+#[derive(Debug, Clone)]
+enum Change {
+    Open(Arc<Connection>),
+    Close { server_id: String, cid: u64 },
+}
+
+impl From<Delta> for Change {
+    fn from(d: Delta) -> Self {
+        match d {
+            Delta::Open(c) => Change::Open(Arc::new(c)),
+            Delta::Close { server_id, cid } => Change::Close { server_id, cid },
+        }
+    }
+}
+
+impl Change {
     fn server_id(&self) -> &str {
         match self {
-            Delta::Open(c) => &c.server_id,
-            Delta::Close { server_id, .. } => server_id,
+            Change::Open(c) => &c.server_id,
+            Change::Close { server_id, .. } => server_id,
         }
     }
 }
@@ -92,7 +110,7 @@ pub type UserKey = (String, String);
 /// The live view (see the module docs).
 #[derive(Debug, Default)]
 pub struct LiveView {
-    conns: HashMap<(String, u64), Connection>,
+    conns: HashMap<(String, u64), Arc<Connection>>,
     /// Open connections per user.
     users: HashMap<UserKey, u64>,
     /// Open client connections (not leafnodes) per (server id, account): what each server
@@ -102,7 +120,7 @@ pub struct LiveView {
     servers: BTreeMap<String, String>,
     /// The last [`RECENT`] deltas, and all since the oldest sync under way began, with their
     /// position.
-    journal: Vec<(u64, Delta)>,
+    journal: Vec<(u64, Change)>,
     /// Position of the next delta.
     next: u64,
     /// Syncs under way (their start positions).
@@ -142,17 +160,18 @@ impl LiveView {
     /// Applies one event; returns the user it changed, if it changed anything.
     pub fn apply(&mut self, d: Delta) -> Option<UserKey> {
         self.applied += 1;
-        self.journal.push((self.next, d.clone()));
+        let change = Change::from(d);
+        self.journal.push((self.next, change.clone()));
         self.next += 1;
         if self.open_syncs.is_empty() && self.journal.len() as u64 > 2 * RECENT {
             self.trim();
         }
-        self.apply_only(d)
+        self.apply_only(change)
     }
 
-    fn apply_only(&mut self, d: Delta) -> Option<UserKey> {
+    fn apply_only(&mut self, d: Change) -> Option<UserKey> {
         match d {
-            Delta::Open(c) => {
+            Change::Open(c) => {
                 let key = (c.server_id.clone(), c.cid);
                 if let Some(held) = self.conns.get_mut(&key) {
                     // Known already (from a reply): its counters and idle time are the better
@@ -160,23 +179,23 @@ impl LiveView {
                     // before its CONNECT authenticates it (in `$G`, no user, no name), while its
                     // connect event is sent once it is authorized: the event's identity wins.
                     if held.account == c.account && held.user == c.user {
-                        if held.name.is_empty() {
-                            held.name = c.name;
+                        if held.name.is_empty() && !c.name.is_empty() {
+                            Arc::make_mut(held).name = c.name.clone();
                         }
                         return None;
                     }
-                    let held = held.clone();
+                    let held = Connection::clone(held);
                     self.uncount(&held);
-                    let c = adopt_identity(held, c);
+                    let c = adopt_identity(held, Connection::clone(&c));
                     let user = self.count_in(&c);
-                    self.conns.insert(key, c);
+                    self.conns.insert(key, Arc::new(c));
                     return Some(user);
                 }
                 let user = self.count_in(&c);
                 self.conns.insert(key, c);
                 Some(user)
             }
-            Delta::Close { server_id, cid } => {
+            Change::Close { server_id, cid } => {
                 let c = self.conns.remove(&(server_id, cid))?;
                 Some(self.uncount(&c))
             }
@@ -268,19 +287,19 @@ impl LiveView {
         }
         for c in replies {
             if answered.contains(c.server_id.as_str()) && scope.holds(&c) {
-                self.apply_only(Delta::Open(c));
+                self.apply_only(Change::Open(Arc::new(c)));
             }
         }
-        let replay: Vec<Delta> = self
+        let replay: Vec<Change> = self
             .journal
             .iter()
             .filter(|(pos, d)| {
                 *pos >= id.start
                     && answered.contains(d.server_id())
                     && match d {
-                        Delta::Open(c) => scope.holds(c),
+                        Change::Open(c) => scope.holds(c),
                         // A close is applied whatever its user: it only removes that key.
-                        Delta::Close { .. } => true,
+                        Change::Close { .. } => true,
                     }
             })
             .map(|(_, d)| d.clone())
@@ -433,7 +452,7 @@ impl LiveView {
             requests: 0,
             pages: 0,
             bytes: 0,
-            connections: self.conns.values().cloned().collect(),
+            connections: self.conns.values().map(|c| Connection::clone(c)).collect(),
             gap: self.incomplete.clone(),
         }
     }
