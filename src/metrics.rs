@@ -4,7 +4,6 @@
 //! at most `metrics.max_users` of them (the largest); the set is rebuilt after every sweep, so a
 //! user that drops out loses its series.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -131,8 +130,6 @@ pub struct Metrics {
     pub live_mismatches: Counter,
     /// Client connections each server announced last, summed over its accounts, by server.
     pub live_announced: Family<ServerLabel, Gauge>,
-    /// The servers with a `live_announced` series.
-    live_announced_servers: Mutex<BTreeSet<String>>,
 }
 
 /// A label naming a server.
@@ -189,7 +186,6 @@ impl Metrics {
             live_complete: Gauge::default(),
             live_mismatches: Counter::default(),
             live_announced: Family::default(),
-            live_announced_servers: Mutex::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -413,31 +409,6 @@ impl Metrics {
                 lookup: lookup.into(),
             })
             .inc();
-    }
-
-    /// Sets the servers' announced connections (server name → count); servers not listed lose
-    /// their series.
-    pub fn live_announced(&self, by_server: BTreeMap<String, u64>) {
-        let stale: Vec<ServerLabel> = self
-            .live_announced_servers
-            .lock()
-            .expect("announced lock")
-            .iter()
-            .filter(|s| !by_server.contains_key(*s))
-            .map(|s| ServerLabel { server: s.clone() })
-            .collect();
-        for label in stale {
-            self.live_announced.remove(&label);
-        }
-        for (server, n) in &by_server {
-            self.live_announced
-                .get_or_create(&ServerLabel {
-                    server: server.clone(),
-                })
-                .set(*n as i64);
-        }
-        *self.live_announced_servers.lock().expect("announced lock") =
-            by_server.into_keys().collect();
     }
 
     /// Counts a gap in the live census by reason.
@@ -669,12 +640,11 @@ mod tests {
         };
         m.observe_sweep(&snap);
         m.live_gap("reconnect");
-        m.live_announced(BTreeMap::from([("gone".into(), 1)]));
-        m.live_announced(BTreeMap::from([("n1".into(), 7)]));
-        assert!(
-            !m.render().contains("gone"),
-            "a forgotten server's series kept"
-        );
+        m.live_announced
+            .get_or_create(&ServerLabel {
+                server: "n1".into(),
+            })
+            .set(7);
         m.observe(
             &snap,
             &census(&[("leaky", 150)]),

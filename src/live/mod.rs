@@ -18,7 +18,7 @@ pub mod crosscheck;
 pub mod read;
 pub mod view;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::LiveConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ServerLabel};
 use crate::nats::events::{AccountConns, ClientEvent, EventKey};
 use crate::nats::wire::StatszReply;
 use crate::nats::{parse, System, PING_STATSZ};
@@ -115,8 +115,9 @@ impl Live {
     }
 
     /// Compares the servers' announced counts with the view (see [`crosscheck`]): a lasting
-    /// disagreement is a `count_mismatch` gap. Publishes the announced counts per server.
-    fn cross_check(&self, metrics: &Metrics, cross: &mut CrossCheck) {
+    /// disagreement is a `count_mismatch` gap. Publishes the announced counts per server
+    /// (`shown`: the servers with a series, whose series go with them).
+    fn cross_check(&self, metrics: &Metrics, cross: &mut CrossCheck, shown: &mut BTreeSet<String>) {
         let (mismatches, names) = {
             let view = self.view.lock().expect("live view lock");
             let servers = view.servers();
@@ -129,12 +130,22 @@ impl Live {
             );
             (m, servers.clone())
         };
-        let announced = cross
+        let announced: BTreeMap<String, u64> = cross
             .announced_by_server()
             .into_iter()
             .filter_map(|(id, n)| Some((names.get(&id)?.clone(), n)))
             .collect();
-        metrics.live_announced(announced);
+        shown.retain(|server| {
+            announced.contains_key(server)
+                || !metrics.live_announced.remove(&ServerLabel {
+                    server: server.clone(),
+                })
+        });
+        for (server, n) in announced {
+            let label = ServerLabel { server };
+            metrics.live_announced.get_or_create(&label).set(n as i64);
+            shown.insert(label.server);
+        }
         if let Some(first) = mismatches.first() {
             for _ in &mismatches {
                 metrics.live_mismatches.inc();
@@ -196,6 +207,7 @@ pub async fn start(
         let mut connected = true;
         let mut probing = None::<JoinHandle<Vec<(String, String)>>>;
         let mut cross = CrossCheck::default();
+        let mut shown = BTreeSet::new();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -213,7 +225,7 @@ pub async fn start(
                     }
                 }
                 _ = check.tick() => {
-                    l.cross_check(&metrics, &mut cross);
+                    l.cross_check(&metrics, &mut cross, &mut shown);
                     let now_connected = client.connection_state() == async_nats::connection::State::Connected;
                     let r = metrics.reconnects.get();
                     if r != reconnects || (connected && !now_connected) {
