@@ -126,6 +126,8 @@ pub struct Metrics {
     pub live_gaps: Family<ReasonLabel, Counter>,
     /// 1 while the live census is complete (reconciled by a complete sweep since the last gap).
     pub live_complete: Gauge,
+    /// Connections refused (account or server limit, failed authentication), by reason.
+    pub connections_refused: Family<ReasonLabel, Counter>,
 }
 
 /// A label naming why the live census has a gap.
@@ -172,6 +174,7 @@ impl Metrics {
             slow_consumers: Counter::default(),
             live_events: Counter::default(),
             live_gaps: Family::default(),
+            connections_refused: Family::default(),
             live_complete: Gauge::default(),
             registry: Registry::default(),
         };
@@ -317,6 +320,11 @@ impl Metrics {
             "1 while the live census is complete: reconciled by a complete sweep since the last gap",
             m.live_complete.clone(),
         );
+        r.register(
+            "connections_refused",
+            "Connections refused, from the servers' events, by reason (account_limit, server_limit, auth)",
+            m.connections_refused.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -391,6 +399,15 @@ impl Metrics {
     /// Counts a gap in the live census by reason.
     pub fn live_gap(&self, reason: &str) {
         self.live_gaps
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// Counts a refused connection by reason (`account_limit`, `server_limit`, `auth`).
+    pub fn refused(&self, reason: &str) {
+        self.connections_refused
             .get_or_create(&ReasonLabel {
                 reason: reason.into(),
             })

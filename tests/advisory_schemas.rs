@@ -238,8 +238,41 @@ impl World {
             ],
             ..Context::default()
         };
-        rules::evaluate(&census, &self.detect, &ctx)
+        let mut findings = rules::evaluate(&census, &self.detect, &ctx);
+        findings.extend(refused_findings());
+        findings
     }
+}
+
+/// `connections_refused` of both scopes, as the live census's refusals make them: an account
+/// over its limit, and authentication failures no account was known for.
+fn refused_findings() -> Vec<rules::Finding> {
+    use connwatch::rules::refused::{Refusal, Refusals, RefusedReason, AUTH_FLOOD_MIN};
+    let mut r = Refusals::new(Duration::from_secs(60));
+    let refusal = |reason, account: Option<&str>, user: &str, i: u64| Refusal {
+        reason,
+        account: account.map(str::to_string),
+        account_name: account.map(|_| "APP".to_string()),
+        server: "n1".into(),
+        user: user.into(),
+        ip: format!("10.0.0.{i}"),
+        at: t(0),
+    };
+    for i in 0..3 {
+        r.record(&refusal(
+            RefusedReason::AccountLimit,
+            Some(&key('A', "app")),
+            "leaky",
+            i,
+        ));
+    }
+    for i in 0..AUTH_FLOOD_MIN {
+        r.record(&refusal(RefusedReason::Auth, None, "", i));
+    }
+    r.findings(t(0))
+        .into_iter()
+        .map(rules::Finding::ConnectionsRefused)
+        .collect()
 }
 
 /// The completeness of a sweep, as `Completeness::of` computes it from a snapshot.
@@ -694,6 +727,7 @@ fn hostile_names_give_valid_subjects_and_stay_raw_in_the_body() {
                 assert!(a.body["by_server"].is_null());
             }
             Kind::UserConnectionGrowth => panic!("no growth without history"),
+            Kind::ConnectionsRefused => panic!("no refusals from a census"),
         }
     }
     let long_user = events
@@ -858,7 +892,11 @@ fn has_every_field_of(new: &Value, old: &Value, at: &str, missing: &mut Vec<Stri
 fn advisories_keep_every_field_of_the_previous_version() {
     let text = std::fs::read_to_string(fixture("advisories-before-typed-advisories.json")).unwrap();
     let old: Vec<Value> = serde_json::from_str(&text).unwrap();
-    let mut new = lifecycle_advisories();
+    // The types added since are left out.
+    let mut new: Vec<Advisory> = lifecycle_advisories()
+        .into_iter()
+        .filter(|a| name_of(&a.body) != "connections_refused")
+        .collect();
     new.extend(kick_advisories());
     assert_eq!(old.len(), new.len());
     let mut missing = Vec::new();
@@ -876,7 +914,8 @@ fn a_state_file_of_the_previous_version_loads() {
     let state = connwatch::state::State::load(&fixture("state-before-typed-advisories.json"))
         .expect("the old state file loads");
     let kinds: BTreeSet<Kind> = state.findings.active.values().map(|a| a.kind()).collect();
-    assert_eq!(kinds.len(), Kind::ALL.len(), "{kinds:?}");
+    // Every kind of that version: all but connections_refused.
+    assert_eq!(kinds.len(), Kind::ALL.len() - 1, "{kinds:?}");
     assert_eq!(state.servers.servers.len(), 3);
     assert_eq!(state.kicked.clients.len(), 1);
     assert!(!state.history.users.is_empty());

@@ -13,6 +13,7 @@
 //! - `server_new`: a server id the view does not hold answered (a new server, or a restart).
 
 pub mod read;
+pub mod refused;
 pub mod view;
 
 use std::collections::HashSet;
@@ -31,6 +32,7 @@ use crate::metrics::Metrics;
 use crate::nats::events::ClientEvent;
 use crate::nats::wire::StatszReply;
 use crate::nats::{parse, System, PING_STATSZ};
+use crate::rules::refused::Refusals;
 pub use view::{Delta, LiveView, Scope, SyncId, UserKey};
 
 /// Both event subjects in ONE subscription (`$SYS.ACCOUNT.<acc>.CONNECT|DISCONNECT`), so a
@@ -52,6 +54,8 @@ pub struct Live {
     pub resync: Arc<Notify>,
     /// Servers of the view that did not answer the last probe.
     silent: Arc<Mutex<HashSet<String>>>,
+    /// Refused connections in the last `live.refused_window` ([`refused`]).
+    pub refused: Arc<Mutex<Refusals>>,
 }
 
 impl Live {
@@ -127,12 +131,14 @@ pub async fn start(
 ) -> Result<(Live, JoinHandle<()>), async_nats::Error> {
     let client = system.client().clone();
     let mut events = client.subscribe(EVENTS).await?;
+    let mut auth_errors = client.subscribe(refused::AUTH_ERRORS).await?;
     client.flush().await?;
     let live = Live {
         view: Arc::new(Mutex::new(LiveView::new())),
         changed: Arc::new(Notify::new()),
         resync: Arc::new(Notify::new()),
         silent: Arc::default(),
+        refused: Arc::new(Mutex::new(Refusals::new(cfg.refused_window))),
     };
     info!(
         subject = EVENTS,
@@ -151,13 +157,23 @@ pub async fn start(
             tokio::select! {
                 _ = stop.cancelled() => break,
                 Some(msg) = events.next() => {
-                    let Some(delta) = delta_of(&msg.subject, &msg.payload) else { continue };
+                    let Some((event, delta)) = delta_of(&msg.subject, &msg.payload) else { continue };
+                    let now = chrono::Utc::now();
+                    if let Some(r) = refused::refusal_of(&event, false, now) {
+                        l.refused(&metrics, &r);
+                    }
                     metrics.live_events.inc();
                     if l.view.lock().expect("live view lock").apply(delta).is_some() {
                         l.changed.notify_one();
                     }
                 }
+                Some(msg) = auth_errors.next() => {
+                    if let Some(r) = parse(&msg.payload).ok().and_then(|e| refused::refusal_of(&e, true, chrono::Utc::now())) {
+                        l.refused(&metrics, &r);
+                    }
+                }
                 _ = check.tick() => {
+                    l.expire_refusals();
                     let now_connected = client.connection_state() == async_nats::connection::State::Connected;
                     let r = metrics.reconnects.get();
                     if r != reconnects || (connected && !now_connected) {
@@ -185,12 +201,13 @@ pub async fn start(
             }
         }
         let _ = events.unsubscribe().await;
+        let _ = auth_errors.unsubscribe().await;
     });
     Ok((live, task))
 }
 
-/// The delta an event message makes; `None` for other subjects and unreadable events.
-pub fn delta_of(subject: &str, payload: &[u8]) -> Option<Delta> {
+/// An event message and the delta it makes; `None` for other subjects and unreadable events.
+pub fn delta_of(subject: &str, payload: &[u8]) -> Option<(ClientEvent, Delta)> {
     let last = subject.rsplit('.').next()?;
     if last != "CONNECT" && last != "DISCONNECT" {
         return None;
@@ -203,14 +220,15 @@ pub fn delta_of(subject: &str, payload: &[u8]) -> Option<Delta> {
         }
     };
     let c = e.connection()?;
-    Some(if last == "DISCONNECT" {
+    let delta = if last == "DISCONNECT" {
         Delta::Close {
             server_id: c.server_id,
             cid: c.cid,
         }
     } else {
         Delta::Open(c)
-    })
+    };
+    Some((e, delta))
 }
 
 /// Asks every server for STATSZ; returns (id, name) of those that answered within `timeout`

@@ -7,7 +7,7 @@ use tracing::info;
 use super::{Gathered, Service};
 use crate::census;
 use crate::live::{read, Live, SyncId};
-use crate::rules::{key_of, Kind};
+use crate::rules::{key_of, Finding, Kind};
 use crate::snapshot::Snapshot;
 
 /// Users read in detail (CONNZ by `acc` and `user`) in one live round, at most.
@@ -124,5 +124,18 @@ impl Service {
             generation: self.health.generation(),
             swept: false,
         })
+    }
+
+    /// The `connections_refused` findings of the live census's last window (none without it).
+    pub(super) fn refused_findings(&self) -> Vec<Finding> {
+        let Some(live) = &self.live else {
+            return Vec::new();
+        };
+        let refused = live.refused.lock().expect("refusals lock");
+        refused
+            .findings(Utc::now())
+            .into_iter()
+            .map(Finding::ConnectionsRefused)
+            .collect()
     }
 }

@@ -1,0 +1,253 @@
+//! What the live census reads from the servers' events besides the counts, on a real 3-node
+//! cluster with real clients (async-nats): refused connections (`connections_refused`), churn
+//! per user (the `reconnect_loop` diagnosis), and reads that are live (the `census` endpoint,
+//! the per-user metrics) with no sweep in between.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::Value;
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// connwatch running against `cluster` (attached to n1) with sweeps an hour apart, so what
+/// it reports after its first round comes from the events; ready once the live census is
+/// complete. `extra` is appended to the configuration, in `[live]`.
+async fn run(cluster: &Cluster, dir: &std::path::Path, extra: &str) -> Running {
+    let listen = free_addr();
+    let path = write_config(
+        dir,
+        &format!(
+            "{}[sweep]\ninterval = \"1h\"\ntimeout = \"1s\"\n[metrics]\nlisten = \"{listen}\"\n\
+             user_floor = 1\n[live]\nreconcile_interval = \"1h\"\n{extra}",
+            cluster.connwatch_toml()
+        ),
+    );
+    let running = Running::start(&path, dir.join("run.log"));
+    assert!(
+        wait_until_async(WAIT, || running.metric("connwatch_live_complete")
+            == Some(1.0))
+        .await,
+        "the live census never became complete: {}",
+        running.log()
+    );
+    running
+}
+
+fn firing(kind: &str) -> impl Fn(&Value) -> bool {
+    is(kind, "firing")
+}
+
+fn is(kind: &str, state: &str) -> impl Fn(&Value) -> bool {
+    let (kind, state) = (
+        format!("io.connwatch.advisory.v1.{kind}"),
+        state.to_string(),
+    );
+    move |b: &Value| b["type"] == kind.as_str() && b["state"] == state.as_str()
+}
+
+async fn connect(url: &str, user: &str, password: &str) -> Result<async_nats::Client, String> {
+    async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
+        .name("refused-test")
+        .connect(url)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// An account at its connection limit refuses the clients past it, and a wrong password is
+/// refused too: `connections_refused` fires per account (with the count, the user and the IP)
+/// and per server (authentication failures with no account known), then resolves once a
+/// whole `live.refused_window` passes without a refusal. On the wire (nats-server 2.15.1): a
+/// client over the account's limit gets a DISCONNECT with `Maximum Account Connections
+/// Exceeded` and no CONNECT before it; a failed authentication an AUTH.ERR event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_connections_fire_per_account_and_server_then_resolve() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(
+        ClusterSpec::new(dir.path().join("cluster")).account(
+            AccountSpec::new("APP")
+                .user("leaky", "pw")
+                .user("app", "pw")
+                .max_connections(5),
+        ),
+    )
+    .unwrap();
+    let running = run(&cluster, dir.path(), "refused_window = \"3s\"\n").await;
+    let (seen, sys) = Seen::subscribe(&cluster.client_url(1)).await;
+    // What the servers send about APP's clients, to check the facts the code relies on.
+    let mut events = sys.subscribe("$SYS.ACCOUNT.APP.*").await.unwrap();
+    sys.flush().await.unwrap();
+    let url = cluster.client_url(0);
+    let mut open = Vec::new();
+    let mut refused = 0;
+    for _ in 0..8 {
+        match connect(&url, "leaky", "pw").await {
+            Ok(c) => open.push(c),
+            Err(_) => refused += 1,
+        }
+    }
+    assert_eq!(
+        (open.len(), refused),
+        (5, 3),
+        "the account limit of 5 holds"
+    );
+    let mut bad = 0;
+    for _ in 0..12 {
+        if connect(&cluster.client_url(1), "mallory", "wrong")
+            .await
+            .is_err()
+        {
+            bad += 1;
+        }
+    }
+    assert_eq!(bad, 12);
+
+    // Fired with the first refusals (the rounds run as they come): the numbers so far.
+    let (_, subject, account) = seen
+        .wait_for(0, "connections_refused (account)", |b| {
+            firing("connections_refused")(b) && b["scope"] == "account"
+        })
+        .await;
+    assert_valid(&account);
+    assert_eq!(subject, "connwatch.advisory.connections_refused.APP");
+    assert_eq!(account["name"], "APP");
+    assert!(
+        (1..=3).contains(&account["refused"].as_u64().unwrap()),
+        "{account:#}"
+    );
+    assert!(account["by_reason"]["account_limit"].as_u64().unwrap() >= 1);
+    assert!(account["users"]["leaky"].as_u64().unwrap() >= 1);
+    assert!(account["ips"]["127.0.0.1"].as_u64().unwrap() >= 1);
+    assert_eq!(account["window_secs"], 3);
+    let (_, subject, server) = seen
+        .wait_for(0, "connections_refused (server)", |b| {
+            firing("connections_refused")(b) && b["scope"] == "server"
+        })
+        .await;
+    assert_valid(&server);
+    assert_eq!(subject, "connwatch.advisory.connections_refused.n2");
+    assert!(
+        server["by_reason"]["auth"].as_u64().unwrap() >= 10,
+        "a flood: {server:#}"
+    );
+    assert!(server["users"]["mallory"].as_u64().unwrap() >= 10);
+    for (reason, n) in [("account_limit", 3.0), ("auth", 12.0)] {
+        let series = format!("connwatch_connections_refused_total{{reason=\"{reason}\"}}");
+        assert!(
+            wait_until_async(WAIT, || running.metric(&series) == Some(n)).await,
+            "{series}: {}",
+            running.metrics()
+        );
+    }
+
+    // The refused clients' events: a DISCONNECT each with the limit's reason, no CONNECT.
+    let mut connects = 0;
+    let mut limit_disconnects = 0;
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), events.next()).await {
+        let e: Value = serde_json::from_slice(&m.payload).unwrap();
+        if m.subject.ends_with(".CONNECT") && e["client"]["user"] == "leaky" {
+            connects += 1;
+        }
+        if e["reason"] == "Maximum Account Connections Exceeded" {
+            limit_disconnects += 1;
+        }
+    }
+    assert_eq!((connects, limit_disconnects), (5, 3));
+
+    // No refusal for a whole window: both resolve, with every refusal of the episode.
+    let mut totals = Vec::new();
+    for scope in ["account", "server"] {
+        let (_, _, resolved) = seen
+            .wait_for(0, "connections_refused resolved", |b| {
+                is("connections_refused", "resolved")(b) && b["scope"] == scope
+            })
+            .await;
+        assert_valid(&resolved);
+        let at =
+            |f: &str| chrono::DateTime::parse_from_rfc3339(resolved[f].as_str().unwrap()).unwrap();
+        assert!(
+            at("timestamp") - at("last") >= chrono::Duration::seconds(3),
+            "resolved before a quiet window: {resolved:#}"
+        );
+        totals.push((
+            resolved["users"].clone(),
+            resolved["ips"]["127.0.0.1"].clone(),
+        ));
+    }
+    assert_eq!(
+        totals,
+        vec![
+            (serde_json::json!({"leaky": 3}), serde_json::json!(3)),
+            (serde_json::json!({"mallory": 12}), serde_json::json!(12)),
+        ]
+    );
+    drop(open);
+}
+
+/// `run`'s reads are live: N connections opened for a user show in the `census` endpoint and
+/// the per-user metric right away, with no sweep after the first (sweeps an hour apart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_census_endpoint_and_metrics_are_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(
+        ClusterSpec::new(dir.path().join("cluster"))
+            .account(AccountSpec::new("APP").user("app", "pw")),
+    )
+    .unwrap();
+    let running = run(&cluster, dir.path(), "").await;
+    let (_, sys) = Seen::subscribe(&cluster.client_url(0)).await;
+    let census = |sys: async_nats::Client| async move {
+        let msg = sys
+            .request(
+                "connwatch.census",
+                Bytes::from_static(br#"{"account":"APP","user":"app"}"#),
+            )
+            .await
+            .unwrap();
+        let v: Value = serde_json::from_slice(&msg.payload).unwrap();
+        v["users"][0]["connections"].as_u64().unwrap_or(0)
+    };
+    let mut clients = Vec::new();
+    for n in [7usize, 3] {
+        for i in 0..n {
+            clients.push(
+                connect(&cluster.client_url(i % 3), "app", "pw")
+                    .await
+                    .unwrap(),
+            );
+        }
+        let want = clients.len() as u64;
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                census(sys.clone()).await == want
+            })
+            .await,
+            "census shows {}, not {want}",
+            census(sys.clone()).await
+        );
+        assert!(
+            wait_until_async(Duration::from_secs(5), || running
+                .metric("connwatch_user_connections{account=\"APP\",user=\"app\"}")
+                == Some(want as f64))
+            .await,
+            "{}",
+            running.metrics()
+        );
+    }
+    clients.truncate(4);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            census(sys.clone()).await == 4
+        })
+        .await
+    );
+    assert_eq!(
+        running.metric("connwatch_sweeps_total"),
+        Some(1.0),
+        "a sweep ran: the counts did not come from the events"
+    );
+}
