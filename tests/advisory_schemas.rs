@@ -219,8 +219,21 @@ impl World {
 
     fn findings(&self) -> Vec<rules::Finding> {
         let census = census::build(&self.connections(), Some("SYS"), &self.detect);
+        // Churn as the live census counts it, too little for a reconnect loop: the diagnosis
+        // carries it, its causes stay those of before.
+        let churn = rules::diagnosis::Churn {
+            closed: 3,
+            window_secs: 60,
+            top_reason: Some(rules::diagnosis::TopReason {
+                reason: "Client Closed".into(),
+                count: 3,
+            }),
+            connects: Some(5),
+            short_lived: Some(2),
+        };
         let ctx = Context {
             history: Some(&self.history),
+            churn: HashMap::from([(("APP".to_string(), "leaky".to_string()), churn)]),
             account_limits: HashMap::from([(self.ops_key.clone(), 125)]),
             servers: vec![
                 ServerLoad {
@@ -236,7 +249,6 @@ impl World {
                     max_connections: Some(200),
                 },
             ],
-            ..Context::default()
         };
         let mut findings = rules::evaluate(&census, &self.detect, &ctx);
         findings.extend(refused_findings());
@@ -458,6 +470,10 @@ fn real_advisories_of_every_kind_and_state_match_their_schemas() {
     let bodies: Vec<&Value> = advisories.iter().map(|a| &a.body).collect();
     let any = |f: &dyn Fn(&Value) -> bool| bodies.iter().any(|b| f(b));
     assert!(any(&|b| b["user_name"] == "alice" && b["tags"].is_array()));
+    assert!(any(&|b| b["diagnosis"]["churn"]["short_lived"] == 2));
+    assert!(any(
+        &|b| b.get("diagnosis").is_some() && b["diagnosis"].get("churn").is_none()
+    ));
     assert!(any(
         &|b| b.get("user").is_some() && b.get("user_name").is_none()
     ));

@@ -14,6 +14,11 @@ use support::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// A 3-node cluster with one application account.
+fn cluster(dir: &std::path::Path, account: AccountSpec) -> Cluster {
+    Cluster::start(ClusterSpec::new(dir.join("cluster")).account(account)).unwrap()
+}
+
 /// connwatch running against `cluster` (attached to n1) with sweeps an hour apart, so what
 /// it reports after its first round comes from the events; ready once the live census is
 /// complete. `extra` is appended to the configuration, in `[live]`.
@@ -67,15 +72,13 @@ async fn connect(url: &str, user: &str, password: &str) -> Result<async_nats::Cl
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_connections_fire_per_account_and_server_then_resolve() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = Cluster::start(
-        ClusterSpec::new(dir.path().join("cluster")).account(
-            AccountSpec::new("APP")
-                .user("leaky", "pw")
-                .user("app", "pw")
-                .max_connections(5),
-        ),
-    )
-    .unwrap();
+    let cluster = cluster(
+        dir.path(),
+        AccountSpec::new("APP")
+            .user("leaky", "pw")
+            .user("app", "pw")
+            .max_connections(5),
+    );
     let running = run(&cluster, dir.path(), "refused_window = \"3s\"\n").await;
     let (seen, sys) = Seen::subscribe(&cluster.client_url(1)).await;
     // What the servers send about APP's clients, to check the facts the code relies on.
@@ -188,16 +191,76 @@ async fn refused_connections_fire_per_account_and_server_then_resolve() {
     drop(open);
 }
 
+/// A client that reconnects in a loop (connect, close, connect ... with one user) while the
+/// user holds more connections than its threshold is diagnosed `reconnect_loop` by a live
+/// `run`: from the connect and disconnect events, with the churn in the advisory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_loop_is_diagnosed_from_the_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), AccountSpec::new("APP").user("loopy", "pw"));
+    let running = run(
+        &cluster,
+        dir.path(),
+        "[detect]\nmax_connections_per_user = 5\n",
+    )
+    .await;
+    let (seen, _sys) = Seen::subscribe(&cluster.client_url(1)).await;
+    // The leftovers of the loop: connections it opened and never closed.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(
+            connect(&cluster.client_url(2), "loopy", "pw")
+                .await
+                .unwrap(),
+        );
+    }
+    // The loop: connect, a request's worth of work, close, again.
+    for i in 0..30 {
+        let c = connect(&cluster.client_url(i % 3), "loopy", "pw")
+            .await
+            .unwrap();
+        c.publish("work", Bytes::from_static(b"x")).await.unwrap();
+        c.flush().await.unwrap();
+        drop(c);
+        if i == 20 {
+            // Two more left behind: over the threshold of 5.
+            for _ in 0..2 {
+                held.push(
+                    connect(&cluster.client_url(0), "loopy", "pw")
+                        .await
+                        .unwrap(),
+                );
+            }
+        }
+    }
+    let (_, _, fired) = seen
+        .wait_for(0, "excessive with reconnect_loop", |b| {
+            firing("excessive_user_connections")(b)
+                && causes(b).contains(&"reconnect_loop".to_string())
+        })
+        .await;
+    assert_valid(&fired);
+    assert_eq!(fired["user"], "loopy");
+    let churn = &fired["diagnosis"]["churn"];
+    assert!(churn["connects"].as_u64().unwrap() >= 30, "{fired:#}");
+    assert!(churn["closed"].as_u64().unwrap() >= 10, "{fired:#}");
+    assert!(churn["short_lived"].as_u64().unwrap() >= 10, "{fired:#}");
+    let summary = fired["diagnosis"]["summary"].as_str().unwrap();
+    assert!(summary.contains("reconnect loop"), "{summary}");
+    assert_eq!(
+        running.metric("connwatch_sweeps_total"),
+        Some(1.0),
+        "a sweep ran: the diagnosis did not come from the events"
+    );
+    drop(held);
+}
+
 /// `run`'s reads are live: N connections opened for a user show in the `census` endpoint and
 /// the per-user metric right away, with no sweep after the first (sweeps an hour apart).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_census_endpoint_and_metrics_are_live() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = Cluster::start(
-        ClusterSpec::new(dir.path().join("cluster"))
-            .account(AccountSpec::new("APP").user("app", "pw")),
-    )
-    .unwrap();
+    let cluster = cluster(dir.path(), AccountSpec::new("APP").user("app", "pw"));
     let running = run(&cluster, dir.path(), "").await;
     let (_, sys) = Seen::subscribe(&cluster.client_url(0)).await;
     let census = |sys: async_nats::Client| async move {

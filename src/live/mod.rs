@@ -12,6 +12,7 @@
 //! - `server_silent`: a server the view holds stopped answering the STATSZ probe;
 //! - `server_new`: a server id the view does not hold answered (a new server, or a restart).
 
+pub mod churn;
 pub mod read;
 pub mod refused;
 pub mod view;
@@ -33,6 +34,7 @@ use crate::nats::events::ClientEvent;
 use crate::nats::wire::StatszReply;
 use crate::nats::{parse, System, PING_STATSZ};
 use crate::rules::refused::Refusals;
+use churn::ChurnTracker;
 pub use view::{Delta, LiveView, Scope, SyncId, UserKey};
 
 /// Both event subjects in ONE subscription (`$SYS.ACCOUNT.<acc>.CONNECT|DISCONNECT`), so a
@@ -56,6 +58,8 @@ pub struct Live {
     silent: Arc<Mutex<HashSet<String>>>,
     /// Refused connections in the last `live.refused_window` ([`refused`]).
     pub refused: Arc<Mutex<Refusals>>,
+    /// Connects and disconnects per user in the last minute ([`churn`]).
+    pub churn: Arc<Mutex<ChurnTracker>>,
 }
 
 impl Live {
@@ -139,6 +143,7 @@ pub async fn start(
         resync: Arc::new(Notify::new()),
         silent: Arc::default(),
         refused: Arc::new(Mutex::new(Refusals::new(cfg.refused_window))),
+        churn: Arc::default(),
     };
     info!(
         subject = EVENTS,
@@ -159,6 +164,7 @@ pub async fn start(
                 Some(msg) = events.next() => {
                     let Some((event, delta)) = delta_of(&msg.subject, &msg.payload) else { continue };
                     let now = chrono::Utc::now();
+                    l.churned(&event, &delta, now);
                     if let Some(r) = refused::refusal_of(&event, false, now) {
                         l.refused(&metrics, &r);
                     }

@@ -38,6 +38,9 @@ pub struct EventClient {
     /// When it connected.
     #[serde(default)]
     pub start: Option<DateTime<FixedOffset>>,
+    /// When it closed (disconnect events).
+    #[serde(default)]
+    pub stop: Option<DateTime<FixedOffset>>,
     /// Remote IP.
     #[serde(default)]
     pub host: Option<String>,
@@ -73,6 +76,24 @@ impl ClientEvent {
         self.r#type.ends_with("client_disconnect")
     }
 
+    /// The user the event is about, keyed as the census keys users: (account, or `$G` when
+    /// none is given; user).
+    pub fn user_key(&self) -> (String, String) {
+        (
+            self.client
+                .acc
+                .clone()
+                .filter(|a| !a.is_empty())
+                .unwrap_or_else(|| "$G".into()),
+            self.client.user.clone().unwrap_or_default(),
+        )
+    }
+
+    /// How long the connection lived (disconnect events with both times).
+    pub fn lived(&self) -> Option<std::time::Duration> {
+        (self.client.stop? - self.client.start?).to_std().ok()
+    }
+
     /// The connection the event is about, as a sweep would list it fresh: no idle time and no
     /// messages yet (sweeps bring those). `None` when it cannot be keyed.
     pub fn connection(&self) -> Option<Connection> {
@@ -80,6 +101,7 @@ impl ClientEvent {
             return None;
         }
         let c = &self.client;
+        let (account, user) = self.user_key();
         Some(Connection {
             server: self.server.name.clone(),
             server_id: self.server.id.clone(),
@@ -93,13 +115,9 @@ impl ClientEvent {
             last_activity: None,
             subscriptions: 0,
             name: c.name.clone().unwrap_or_default(),
-            account: c
-                .acc
-                .clone()
-                .filter(|a| !a.is_empty())
-                .unwrap_or_else(|| "$G".into()),
+            account,
             account_name: c.name_tag.clone().filter(|n| !n.is_empty()),
-            user: c.user.clone().unwrap_or_default(),
+            user,
             user_name: c.jwt.as_deref().and_then(jwt_name),
             tags: c.tags.clone().unwrap_or_default(),
         })

@@ -1,12 +1,15 @@
 //! The service's side of the live census: sweeps reconcile it, and live rounds evaluate it
 //! between sweeps (the events alone), reading a user's details before its finding fires.
 
+use std::collections::HashMap;
+
 use chrono::Utc;
 use tracing::info;
 
 use super::{Gathered, Service};
 use crate::census;
 use crate::live::{read, Live, SyncId};
+use crate::rules::diagnosis::Churn;
 use crate::rules::{key_of, Finding, Kind};
 use crate::snapshot::Snapshot;
 
@@ -118,7 +121,7 @@ impl Service {
         Some(Gathered {
             snap,
             census,
-            churn: l.churn.clone(),
+            churn: self.live_churn().unwrap_or_default(),
             unknown_accounts: l.unknown_accounts.clone(),
             unknown_servers: l.unknown_servers.clone(),
             generation: self.health.generation(),
@@ -137,5 +140,13 @@ impl Service {
             .into_iter()
             .map(Finding::ConnectionsRefused)
             .collect()
+    }
+
+    /// Every user's churn of the last minute from the live census's events; `None` without
+    /// the live census (then closed connections are read after each sweep).
+    pub(super) fn live_churn(&self) -> Option<HashMap<(String, String), Churn>> {
+        let live = self.live.as_ref()?;
+        let churn = live.churn.lock().expect("churn lock");
+        Some(churn.all(Utc::now()))
     }
 }

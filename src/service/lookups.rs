@@ -33,13 +33,18 @@ pub(super) struct Limits {
 }
 
 impl Service {
-    /// Closed connections since the last sweep, for the users over their threshold.
+    /// Each user's churn: from the live census's events when it runs; else the closed
+    /// connections since the last sweep of the users over their threshold (read from every
+    /// server, CONNZ `state: 1`).
     pub(super) async fn churn(
         &self,
         snap: &Snapshot,
         census: &Census,
         now: DateTime<Utc>,
     ) -> HashMap<(String, String), rules::diagnosis::Churn> {
+        if let Some(live) = self.live_churn() {
+            return live;
+        }
         let Some(since) = self.last_sweep else {
             return HashMap::new();
         };
