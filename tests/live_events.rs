@@ -255,13 +255,89 @@ async fn a_reconnect_loop_is_diagnosed_from_the_events() {
     drop(held);
 }
 
-/// `run`'s reads are live: N connections opened for a user show in the `census` endpoint and
-/// the per-user metric right away, with no sweep after the first (sweeps an hour apart).
+/// `connwatch tail` in the background: its stdout lines, as they come.
+struct Tail {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Tail {
+    /// Starts `connwatch --config <config> tail`; returns once it is subscribed.
+    async fn start(config: &std::path::Path, log: std::path::PathBuf) -> Tail {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(connwatch_bin())
+            .args(["--config", config.to_str().unwrap(), "tail"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (out, sink) = (child.stdout.take().unwrap(), lines.clone());
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let subscribed = || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("waiting for advisories")
+        };
+        assert!(
+            wait_until_async(WAIT, subscribed).await,
+            "tail did not start"
+        );
+        Tail { child, lines }
+    }
+
+    /// The first line containing `what`, waiting for it.
+    async fn wait_for(&self, what: &str) -> String {
+        let mut found = None;
+        let ok = wait_until_async(WAIT, || {
+            found = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(what))
+                .cloned();
+            found.is_some()
+        })
+        .await;
+        assert!(
+            ok,
+            "tail printed no {what:?}: {:?}",
+            self.lines.lock().unwrap()
+        );
+        found.unwrap()
+    }
+}
+
+impl Drop for Tail {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `run`'s reads are live: N connections opened for a user show in the `census` endpoint, the
+/// per-user metric and (over the threshold of 8) `connwatch tail`, with no sweep after the
+/// first (sweeps and `live.reconcile_interval` an hour apart).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_census_endpoint_and_metrics_are_live() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster(dir.path(), AccountSpec::new("APP").user("app", "pw"));
-    let running = run(&cluster, dir.path(), "").await;
+    let running = run(
+        &cluster,
+        dir.path(),
+        "[detect]\nmax_connections_per_user = 8\nidle_threshold = \"10ms\"\n",
+    )
+    .await;
+    let tail = Tail::start(
+        &dir.path().join("connwatch.toml"),
+        dir.path().join("tail.log"),
+    )
+    .await;
     let (_, sys) = Seen::subscribe(&cluster.client_url(0)).await;
     let census = |sys: async_nats::Client| async move {
         let msg = sys
@@ -301,6 +377,17 @@ async fn the_census_endpoint_and_metrics_are_live() {
             running.metrics()
         );
     }
+    // Over the threshold: the finding fired from the events, with the live count.
+    let fired = tail
+        .wait_for("FIRING excessive_user_connections APP/app ")
+        .await;
+    let n: u64 = fired
+        .split("APP/app ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {fired:?}"));
+    assert!((9..=10).contains(&n), "{fired}");
     clients.truncate(4);
     assert!(
         eventually(Duration::from_secs(5), || async {
@@ -308,6 +395,8 @@ async fn the_census_endpoint_and_metrics_are_live() {
         })
         .await
     );
+    tail.wait_for("RESOLVED excessive_user_connections APP/app ")
+        .await;
     assert_eq!(
         running.metric("connwatch_sweeps_total"),
         Some(1.0),
