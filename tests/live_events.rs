@@ -191,6 +191,64 @@ async fn refused_connections_fire_per_account_and_server_then_resolve() {
     drop(open);
 }
 
+/// A server at its `max_connections` refuses new clients: on nats-server 2.15.1 each is a
+/// DISCONNECT in the global account (`$SYS.ACCOUNT.$G.DISCONNECT`, no user yet, reason
+/// `Maximum Connections Exceeded`), so `connections_refused` fires for that server, with the
+/// IP, and resolves after a quiet window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_at_max_connections_fires_connections_refused_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = ClusterSpec::new(dir.path().join("cluster"))
+        .account(AccountSpec::new("APP").user("app", "pw"));
+    spec.max_connections = Some(6);
+    let cluster = Cluster::start(spec).unwrap();
+    let running = run(&cluster, dir.path(), "refused_window = \"3s\"\n").await;
+    let (seen, _sys) = Seen::subscribe(&cluster.client_url(0)).await;
+    let held = cluster.monitor_get(2, "/varz").unwrap()["connections"]
+        .as_u64()
+        .unwrap() as usize;
+    let url = cluster.client_url(2);
+    let (mut open, mut refused) = (Vec::new(), 0);
+    for _ in 0..(6 - held + 2) {
+        match connect(&url, "app", "pw").await {
+            Ok(c) => open.push(c),
+            Err(_) => refused += 1,
+        }
+    }
+    assert_eq!(refused, 2, "n3 holds {held} and accepts 6");
+    let (_, subject, fired) = seen
+        .wait_for(0, "connections_refused (n3)", firing("connections_refused"))
+        .await;
+    assert_valid(&fired);
+    assert_eq!(subject, "connwatch.advisory.connections_refused.n3");
+    assert_eq!(
+        (&fired["scope"], &fired["name"]),
+        (&"server".into(), &"n3".into())
+    );
+    assert!(
+        fired["by_reason"]["server_limit"].as_u64().unwrap() >= 1,
+        "{fired:#}"
+    );
+    let (_, _, resolved) = seen
+        .wait_for(
+            0,
+            "connections_refused resolved",
+            is("connections_refused", "resolved"),
+        )
+        .await;
+    assert_eq!(
+        resolved["by_reason"],
+        serde_json::json!({"server_limit": 2})
+    );
+    assert_eq!(resolved["ips"], serde_json::json!({"127.0.0.1": 2}));
+    assert_eq!(resolved["servers"], serde_json::json!({"n3": 2}));
+    assert_eq!(
+        running.metric("connwatch_connections_refused_total{reason=\"server_limit\"}"),
+        Some(2.0)
+    );
+    drop(open);
+}
+
 /// A client that reconnects in a loop (connect, close, connect ... with one user) while the
 /// user holds more connections than its threshold is diagnosed `reconnect_loop` by a live
 /// `run`: from the connect and disconnect events, with the churn in the advisory.

@@ -1,15 +1,15 @@
 //! Refused connections from the servers' events (the window logic is plain data in
 //! [`crate::rules::refused`]).
 //!
-//! What nats-server 2.15.1 sends (server/client.go, events.go; `tests/live_events.rs` shows the
-//! account limit and the authentication failures on a real cluster):
+//! What nats-server 2.15.1 sends (server/client.go, events.go; `tests/live_events.rs` shows each on a
+//! real cluster):
 //! - over an account's limit, the client is registered with the account and then closed:
 //!   `$SYS.ACCOUNT.<acc>.DISCONNECT` with reason `Maximum Account Connections Exceeded`, and
 //!   no CONNECT event before it. A server that learns the account is over its limit
 //!   cluster-wide closes its newest local clients with the same reason (those had a CONNECT).
-//! - over a server's `max_connections`, a new client is closed before it belongs to any
-//!   account: no event at all. Only clients closed when a reload lowers `max_connections` get a
-//!   DISCONNECT with `Maximum Connections Exceeded`; those are counted per server.
+//! - over a server's `max_connections`, a new client is closed at once, still in the global
+//!   account: `$SYS.ACCOUNT.$G.DISCONNECT` with reason `Maximum Connections Exceeded`, no user,
+//!   no CONNECT before it (seen on 2.15.1). Counted per server.
 //! - a failed authentication: `$SYS.SERVER.<id>.CLIENT.AUTH.ERR`, a `client_disconnect` whose
 //!   `client.acc` is `$G` (the client was not authenticated yet; seen on 2.15.1) or `N/A`,
 //!   and `reason` such as `Authentication Failure` or `Authentication Timeout`: counted per
