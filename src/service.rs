@@ -102,9 +102,10 @@ struct Service {
     last_history: Option<DateTime<Utc>>,
 }
 
-/// The unknown limits a sweep round looked up, kept for the live rounds after it.
+/// The churn and unknown limits a sweep round looked up, kept for the live rounds after it.
 #[derive(Default, Clone)]
 struct LookupResults {
+    churn: HashMap<(String, String), rules::diagnosis::Churn>,
     unknown_accounts: HashSet<String>,
     unknown_servers: HashSet<String>,
 }
@@ -477,6 +478,7 @@ impl Service {
         let now = snap.started.unwrap_or_else(Utc::now);
         let churn = self.churn(&snap, &census, now).await;
         self.last_lookups = LookupResults {
+            churn: churn.clone(),
             unknown_accounts: unknown_accounts.clone(),
             unknown_servers: unknown_servers.clone(),
         };

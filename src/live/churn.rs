@@ -26,6 +26,17 @@ const MAX_REASONS: usize = 4;
 
 const BUCKET_SECS: i64 = WINDOW.as_secs() as i64 / BUCKETS;
 
+/// Whether the events of `account` reach the live census: its name must be one subject token
+/// (`$SYS.ACCOUNT.<account>.CONNECT` is matched by `$SYS.ACCOUNT.*.*`). An account named
+/// `team.a` (allowed in config mode) has events connwatch does not receive: its churn is read
+/// from the servers' closed connections instead.
+pub fn followed(account: &str) -> bool {
+    !account.is_empty()
+        && !account
+            .bytes()
+            .any(|b| b == b'.' || b == b'*' || b == b'>' || b.is_ascii_whitespace())
+}
+
 /// (account, user), as the census keys users.
 pub type UserKey = (String, String);
 
@@ -235,6 +246,15 @@ mod tests {
         // Unknown lifetimes are not short-lived.
         c.disconnect(u("a"), t(200), None, "Client Closed");
         assert_eq!(c.all(t(200))[&u("a")].short_lived, Some(0));
+    }
+
+    #[test]
+    fn only_single_token_accounts_are_followed() {
+        assert!(followed("APP"));
+        assert!(followed("ACWXYZ"));
+        assert!(!followed("team.a b"));
+        assert!(!followed("a b"));
+        assert!(!followed(""));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use tracing::info;
 
 use super::{Gathered, Service};
 use crate::census;
-use crate::live::{read, Live, SyncId};
+use crate::live::{churn, read, Live, SyncId};
 use crate::rules::diagnosis::Churn;
 use crate::rules::{key_of, Finding, Kind};
 use crate::snapshot::Snapshot;
@@ -121,12 +121,26 @@ impl Service {
         Some(Gathered {
             snap,
             census,
-            churn: self.live_churn().unwrap_or_default(),
+            churn: self.merged_churn(),
             unknown_accounts: l.unknown_accounts.clone(),
             unknown_servers: l.unknown_servers.clone(),
             generation: self.health.generation(),
             swept: false,
         })
+    }
+
+    /// The churn for a live round: the events' of the last minute, and for the accounts whose
+    /// events are not followed ([`churn::followed`]) what the last sweep read.
+    fn merged_churn(&self) -> HashMap<(String, String), Churn> {
+        let mut out: HashMap<(String, String), Churn> = self
+            .last_lookups
+            .churn
+            .iter()
+            .filter(|((account, _), _)| !churn::followed(account))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        out.extend(self.live_churn().unwrap_or_default());
+        out
     }
 
     /// The `connections_refused` findings of the live census's last window (none without it).
