@@ -130,6 +130,8 @@ pub struct Metrics {
     pub live_mismatches: Counter,
     /// Client connections each server announced last, summed over its accounts, by server.
     pub live_announced: Family<ServerLabel, Gauge>,
+    /// Connections refused (account or server limit, failed authentication), by reason.
+    pub connections_refused: Family<ReasonLabel, Counter>,
 }
 
 /// A label naming a server.
@@ -183,6 +185,7 @@ impl Metrics {
             slow_consumers: Counter::default(),
             live_events: Counter::default(),
             live_gaps: Family::default(),
+            connections_refused: Family::default(),
             live_complete: Gauge::default(),
             live_mismatches: Counter::default(),
             live_announced: Family::default(),
@@ -340,6 +343,11 @@ impl Metrics {
             "Client connections each server announced last ($SYS.ACCOUNT.*.SERVER.CONNS), summed over its accounts",
             m.live_announced.clone(),
         );
+        r.register(
+            "connections_refused",
+            "Connections refused, from the servers' events, by reason (account_limit, server_limit, auth)",
+            m.connections_refused.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -414,6 +422,15 @@ impl Metrics {
     /// Counts a gap in the live census by reason.
     pub fn live_gap(&self, reason: &str) {
         self.live_gaps
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// Counts a refused connection by reason (`account_limit`, `server_limit`, `auth`).
+    pub fn refused(&self, reason: &str) {
+        self.connections_refused
             .get_or_create(&ReasonLabel {
                 reason: reason.into(),
             })

@@ -51,6 +51,7 @@ fn data(partial: bool) -> Data {
         diagnosis: Diagnosis {
             summary: "250 of 250 connections come from one process".into(),
             causes: vec![],
+            churn: None,
         },
         growth: None,
     }));

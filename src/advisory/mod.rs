@@ -103,6 +103,9 @@ pub fn from_event(
         Finding::ServerConnectionPressure(f) => {
             Message::ServerConnectionPressure(finding_event(event, f.clone(), sweep, now))
         }
+        Finding::ConnectionsRefused(f) => {
+            Message::ConnectionsRefused(finding_event(event, f.clone(), sweep, now))
+        }
     };
     Advisory::new(prefix, &message, &a.tokens)
 }

@@ -449,6 +449,11 @@ pub struct LiveConfig {
     /// restarted (new id) or appeared: each is a gap in the live view.
     #[serde(with = "humantime_serde")]
     pub probe_interval: Duration,
+    /// `connections_refused`: refusals are counted over this window; the finding fires with
+    /// the first (or the tenth authentication failure in one window), and resolves once a
+    /// whole window passed without one.
+    #[serde(with = "humantime_serde")]
+    pub refused_window: Duration,
 }
 
 impl Default for LiveConfig {
@@ -458,6 +463,7 @@ impl Default for LiveConfig {
             reconcile_interval: Duration::from_secs(300),
             evaluate_every: Duration::from_millis(200),
             probe_interval: Duration::from_secs(1),
+            refused_window: Duration::from_secs(60),
         }
     }
 }

@@ -95,6 +95,7 @@ pub(super) fn validate(c: &Config, figment: &Figment) -> Result<(), ConfigErrors
         ("live.reconcile_interval", c.live.reconcile_interval),
         ("live.evaluate_every", c.live.evaluate_every),
         ("live.probe_interval", c.live.probe_interval),
+        ("live.refused_window", c.live.refused_window),
     ] {
         if d.is_zero() {
             bad(key, "must be longer than zero".into());

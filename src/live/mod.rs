@@ -14,8 +14,10 @@
 //! - `count_mismatch`: a server's announced count of an account's connections disagreed with
 //!   the view for [`crosscheck::HOLD`] (also counted in `connwatch_live_mismatches_total`).
 
+pub mod churn;
 pub mod crosscheck;
 pub mod read;
+pub mod refused;
 pub mod view;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -31,9 +33,11 @@ use tracing::{info, warn};
 
 use crate::config::LiveConfig;
 use crate::metrics::{Metrics, ServerLabel};
-use crate::nats::events::{AccountConns, ClientEvent, EventKey};
+use crate::nats::events::{AccountConns, ClientEvent};
 use crate::nats::wire::StatszReply;
 use crate::nats::{parse, System, PING_STATSZ};
+use crate::rules::refused::Refusals;
+use churn::ChurnTracker;
 use crosscheck::CrossCheck;
 pub use view::{Delta, LiveView, Scope, SyncId, UserKey};
 
@@ -59,6 +63,10 @@ pub struct Live {
     pub resync: Arc<Notify>,
     /// Servers of the view that did not answer the last probe.
     silent: Arc<Mutex<HashSet<String>>>,
+    /// Refused connections in the last `live.refused_window` ([`refused`]).
+    pub refused: Arc<Mutex<Refusals>>,
+    /// Connects and disconnects per user in the last minute ([`churn`]).
+    pub churn: Arc<Mutex<ChurnTracker>>,
 }
 
 impl Live {
@@ -186,12 +194,15 @@ pub async fn start(
 ) -> Result<(Live, JoinHandle<()>), async_nats::Error> {
     let client = system.client().clone();
     let mut events = client.subscribe(EVENTS).await?;
+    let mut auth_errors = client.subscribe(refused::AUTH_ERRORS).await?;
     client.flush().await?;
     let live = Live {
         view: Arc::new(Mutex::new(LiveView::new())),
         changed: Arc::new(Notify::new()),
         resync: Arc::new(Notify::new()),
         silent: Arc::default(),
+        refused: Arc::new(Mutex::new(Refusals::new(cfg.refused_window))),
+        churn: Arc::default(),
     };
     info!(
         subject = EVENTS,
@@ -218,14 +229,26 @@ pub async fn start(
                         }
                         continue;
                     }
-                    let Some(delta) = delta_of(&msg.subject, &msg.payload) else { continue };
+                    let Some((event, closed)) = event_of(&msg.subject, &msg.payload) else { continue };
+                    let now = chrono::Utc::now();
+                    l.churned(&event, closed, now);
+                    if let Some(r) = refused::refusal_of(&event, false, now) {
+                        l.refused(&metrics, &r);
+                    }
+                    let Some(delta) = delta(event, closed) else { continue };
                     metrics.live_events.inc();
                     if l.view.lock().expect("live view lock").apply(delta).is_some() {
                         l.changed.notify_one();
                     }
                 }
+                Some(msg) = auth_errors.next() => {
+                    if let Some(r) = parse(&msg.payload).ok().and_then(|e| refused::refusal_of(&e, true, chrono::Utc::now())) {
+                        l.refused(&metrics, &r);
+                    }
+                }
                 _ = check.tick() => {
                     l.cross_check(&metrics, &mut cross, &mut shown);
+                    l.expire_refusals();
                     let now_connected = client.connection_state() == async_nats::connection::State::Connected;
                     let r = metrics.reconnects.get();
                     if r != reconnects || (connected && !now_connected) {
@@ -253,6 +276,7 @@ pub async fn start(
             }
         }
         let _ = events.unsubscribe().await;
+        let _ = auth_errors.unsubscribe().await;
     });
     Ok((live, task))
 }
@@ -262,8 +286,9 @@ fn is_account_conns(subject: &str) -> bool {
     subject.ends_with(".SERVER.CONNS") && subject.split('.').count() == 5
 }
 
-/// The delta an event message makes; `None` for other subjects and unreadable events.
-pub fn delta_of(subject: &str, payload: &[u8]) -> Option<Delta> {
+/// A connect or disconnect event message, parsed once, and whether it is a disconnect;
+/// `None` for other subjects and unreadable events.
+pub fn event_of(subject: &str, payload: &[u8]) -> Option<(ClientEvent, bool)> {
     // `$SYS.ACCOUNT.<acc>.CONNECT`: four tokens (`<acc>.LEAFNODE.CONNECT` is another event).
     let last = subject.rsplit('.').next()?;
     if (last != "CONNECT" && last != "DISCONNECT") || subject.split('.').count() != 4 {
@@ -272,16 +297,23 @@ pub fn delta_of(subject: &str, payload: &[u8]) -> Option<Delta> {
     let unreadable = |err: serde_json::Error| {
         warn!(subject, error = %err, "unreadable connection event ignored");
     };
-    // Parsed once, straight into what the view keeps: a disconnect needs only its key.
-    if last == "DISCONNECT" {
-        let (server_id, cid) = serde_json::from_slice::<EventKey>(payload)
-            .map_err(unreadable)
-            .ok()?
-            .key()?;
-        return Some(Delta::Close { server_id, cid });
-    }
     let e: ClientEvent = parse(payload).map_err(unreadable).ok()?;
-    Some(Delta::Open(e.into_connection()?))
+    Some((e, last == "DISCONNECT"))
+}
+
+/// The delta an event makes on the view: a disconnect closes its (server id, cid), a connect
+/// opens its connection (its strings moved, not copied). `None` when it cannot be keyed.
+pub fn delta(e: ClientEvent, closed: bool) -> Option<Delta> {
+    if !closed {
+        return Some(Delta::Open(e.into_connection()?));
+    }
+    if e.server.id.is_empty() || e.client.id == 0 {
+        return None;
+    }
+    Some(Delta::Close {
+        server_id: e.server.id,
+        cid: e.client.id,
+    })
 }
 
 /// Asks every server for STATSZ; returns (id, name) of those that answered within `timeout`
@@ -317,16 +349,20 @@ mod tests {
         assert!(!is_account_conns("$SYS.SERVER.ACCOUNT.APP.CONNS"));
         let event =
             br#"{"server":{"id":"S","name":"n1"},"client":{"id":3,"acc":"APP","user":"u"}}"#;
+        let delta_of = |subject: &str| {
+            let (e, closed) = event_of(subject, event)?;
+            delta(e, closed)
+        };
         assert!(matches!(
-            delta_of("$SYS.ACCOUNT.APP.CONNECT", event),
+            delta_of("$SYS.ACCOUNT.APP.CONNECT"),
             Some(Delta::Open(_))
         ));
         assert!(matches!(
-            delta_of("$SYS.ACCOUNT.APP.DISCONNECT", event),
+            delta_of("$SYS.ACCOUNT.APP.DISCONNECT"),
             Some(Delta::Close { cid: 3, .. })
         ));
         // Another event that ends the same way, under the one subscription.
-        assert_eq!(delta_of("$SYS.ACCOUNT.APP.LEAFNODE.CONNECT", event), None);
-        assert_eq!(delta_of("$SYS.ACCOUNT.APP.SERVER.CONNS", event), None);
+        assert_eq!(delta_of("$SYS.ACCOUNT.APP.LEAFNODE.CONNECT"), None);
+        assert_eq!(delta_of("$SYS.ACCOUNT.APP.SERVER.CONNS"), None);
     }
 }

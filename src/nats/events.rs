@@ -38,6 +38,9 @@ pub struct EventClient {
     /// When it connected.
     #[serde(default)]
     pub start: Option<DateTime<FixedOffset>>,
+    /// When it closed (disconnect events).
+    #[serde(default)]
+    pub stop: Option<DateTime<FixedOffset>>,
     /// Remote IP.
     #[serde(default)]
     pub host: Option<String>,
@@ -73,6 +76,24 @@ impl ClientEvent {
         self.r#type.ends_with("client_disconnect")
     }
 
+    /// The user the event is about, keyed as the census keys users: (account, or `$G` when
+    /// none is given; user).
+    pub fn user_key(&self) -> (String, String) {
+        (
+            self.client
+                .acc
+                .clone()
+                .filter(|a| !a.is_empty())
+                .unwrap_or_else(|| "$G".into()),
+            self.client.user.clone().unwrap_or_default(),
+        )
+    }
+
+    /// How long the connection lived (disconnect events with both times).
+    pub fn lived(&self) -> Option<std::time::Duration> {
+        (self.client.stop? - self.client.start?).to_std().ok()
+    }
+
     /// The connection the event is about, as a sweep would list it fresh: no idle time and no
     /// messages yet (sweeps bring those). `None` when it cannot be keyed. Its strings are
     /// moved, not copied: one allocation per field, made by the parse.
@@ -80,6 +101,7 @@ impl ClientEvent {
         if self.server.id.is_empty() || self.client.id == 0 {
             return None;
         }
+        let (account, user) = self.user_key();
         let c = self.client;
         Some(Connection {
             server: self.server.name,
@@ -94,50 +116,12 @@ impl ClientEvent {
             last_activity: None,
             subscriptions: 0,
             name: c.name.unwrap_or_default(),
-            account: c
-                .acc
-                .filter(|a| !a.is_empty())
-                .unwrap_or_else(|| "$G".into()),
+            account,
             account_name: c.name_tag.filter(|n| !n.is_empty()),
-            user: c.user.unwrap_or_default(),
+            user,
             user_name: c.jwt.as_deref().and_then(jwt_name),
             tags: c.tags.unwrap_or_default(),
         })
-    }
-}
-
-/// What a disconnect event needs to be applied: its key, (server id, cid), read without
-/// copying anything else out of the event.
-#[derive(Debug, Deserialize)]
-pub struct EventKey<'a> {
-    /// The server holding the connection.
-    #[serde(borrow)]
-    pub server: KeyServer<'a>,
-    /// The connection.
-    pub client: KeyClient,
-}
-
-/// The server part of an [`EventKey`].
-#[derive(Debug, Deserialize)]
-pub struct KeyServer<'a> {
-    /// Server id (borrowed from the payload unless it holds escapes).
-    #[serde(borrow, default)]
-    pub id: std::borrow::Cow<'a, str>,
-}
-
-/// The client part of an [`EventKey`].
-#[derive(Debug, Deserialize)]
-pub struct KeyClient {
-    /// The cid on its server.
-    #[serde(default)]
-    pub id: u64,
-}
-
-impl EventKey<'_> {
-    /// The (server id, cid) key; `None` when it cannot be keyed.
-    pub fn key(&self) -> Option<(String, u64)> {
-        (!self.server.id.is_empty() && self.client.id != 0)
-            .then(|| (self.server.id.to_string(), self.client.id))
     }
 }
 
@@ -207,11 +191,7 @@ mod tests {
         )
         .unwrap();
         assert!(e.is_disconnect());
+        assert!(crate::live::delta(e.clone(), true).is_none());
         assert!(e.into_connection().is_none());
-        let k: EventKey = serde_json::from_str(
-            r#"{"type":"io.nats.server.advisory.v1.client_disconnect","server":{"id":"S","name":"n"},"client":{"id":1}}"#,
-        )
-        .unwrap();
-        assert_eq!(k.key(), Some(("S".into(), 1)));
     }
 }

@@ -8,15 +8,33 @@ use serde::{Deserialize, Serialize};
 
 use crate::census::{ProcessCount, UserCensus};
 
-/// Closed connections of a user between two sweeps (CONNZ `state: 1`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+/// A user's churn: its connections closed (and, from the live census's events, opened) in a
+/// recent window.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Churn {
-    /// Connections of the user closed since the previous sweep.
+    /// Connections of the user closed in the window.
     pub closed: u64,
-    /// Seconds between the two sweeps.
+    /// The window in seconds: the last minute with the live census, else the time since the
+    /// previous sweep (closed connections read from the servers, CONNZ `state: 1`).
     pub window_secs: u64,
-    /// The most common close reason and how many closed with it.
-    pub top_reason: Option<(String, u64)>,
+    /// The most common close reason in the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_reason: Option<TopReason>,
+    /// Connections of the user opened in the window (live census only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connects: Option<u64>,
+    /// Of those closed, how many lived less than 5 seconds (live census only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub short_lived: Option<u64>,
+}
+
+/// A close reason and how many closed with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TopReason {
+    /// The reason, as the server gives it (`Client Closed`, `Stale Connection`, ...).
+    pub reason: String,
+    /// How many closed with it.
+    pub count: u64,
 }
 
 /// The churn of a user from its closed connections (stop time, reason): those closed after
@@ -35,11 +53,16 @@ pub fn churn(
     let top_reason = reasons
         .into_iter()
         .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0)))
-        .map(|(r, k)| (r.to_string(), k));
+        .map(|(r, k)| TopReason {
+            reason: r.to_string(),
+            count: k,
+        });
     Churn {
         closed: n,
         window_secs: (now - since).num_seconds().max(0) as u64,
         top_reason,
+        connects: None,
+        short_lived: None,
     }
 }
 
@@ -56,7 +79,8 @@ pub enum CauseKind {
     SharedCredential,
     /// A few connections from each of several processes.
     SeveralPerProcess,
-    /// Many connections closed since the previous sweep.
+    /// Many connections closed in the churn window (the last minute with the live census,
+    /// else since the previous sweep).
     ReconnectLoop,
     /// Most connections have no client name.
     UnnamedConnections,
@@ -80,6 +104,10 @@ pub struct Diagnosis {
     pub summary: String,
     /// Each likely cause on its own; empty when no pattern fits.
     pub causes: Vec<Cause>,
+    /// The user's churn, when known: with the live census, from the connect and disconnect
+    /// events of the last minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub churn: Option<Churn>,
 }
 
 /// A process (IP + client name) holding this share of the connections, and at least
@@ -92,7 +120,7 @@ const SHARED_MIN_IPS: u64 = 10;
 /// Several IPs each holding between these many connections means several per process.
 const SEVERAL_MIN: u64 = 3;
 const SEVERAL_MAX: u64 = 20;
-/// Closed connections between sweeps above this share of the open ones (and at least
+/// Closed connections in the churn window above this share of the open ones (and at least
 /// [`MIN_CHURN`]) means a reconnect loop.
 const CHURN_SHARE: f64 = 0.1;
 const MIN_CHURN: u64 = 10;
@@ -167,12 +195,18 @@ pub fn diagnose(u: &UserCensus, churn: Option<&Churn>) -> Diagnosis {
         let reason = c
             .top_reason
             .as_ref()
-            .map(|(r, k)| format!(", most often \"{r}\" ({k})"))
+            .map(|r| format!(", most often \"{}\" ({})", r.reason, r.count))
             .unwrap_or_default();
+        let live = match (c.connects, c.short_lived) {
+            (Some(opened), Some(short)) => {
+                format!(" ({short} of them lived less than 5s; {opened} opened)")
+            }
+            _ => String::new(),
+        };
         causes.push(Cause {
             cause: CauseKind::ReconnectLoop,
             message: format!(
-                "{} connections of this user closed in the last {}s{reason} while {} are open: a reconnect loop that opens a new connection before the old one is gone; use the client library's own reconnect instead of connecting again",
+                "{} connections of this user closed in the last {}s{live}{reason} while {} are open: a reconnect loop that opens a new connection before the old one is gone; use the client library's own reconnect instead of connecting again",
                 c.closed, c.window_secs, u.connections
             ),
         });
@@ -198,7 +232,11 @@ pub fn diagnose(u: &UserCensus, churn: Option<&Churn>) -> Diagnosis {
             .collect::<Vec<_>>()
             .join(". ")
     };
-    Diagnosis { summary, causes }
+    Diagnosis {
+        summary,
+        causes,
+        churn: churn.cloned(),
+    }
 }
 
 #[cfg(test)]
@@ -337,7 +375,12 @@ mod tests {
         let churn = Churn {
             closed: 40,
             window_secs: 30,
-            top_reason: Some(("Stale Connection".into(), 38)),
+            top_reason: Some(TopReason {
+                reason: "Stale Connection".into(),
+                count: 38,
+            }),
+            connects: None,
+            short_lived: None,
         };
         let d = diagnose(&u, Some(&churn));
         assert!(causes(&d).contains(&CauseKind::ReconnectLoop));
@@ -353,6 +396,41 @@ mod tests {
     }
 
     #[test]
+    fn live_churn_says_how_many_were_short_lived_and_is_kept_in_the_diagnosis() {
+        let u = user(
+            12,
+            Spread {
+                processes: 1,
+                ips: 1,
+                max_per_ip: 12,
+                median_per_ip: 12,
+                ..Spread::default()
+            },
+        );
+        let churn = Churn {
+            closed: 30,
+            window_secs: 60,
+            top_reason: Some(TopReason {
+                reason: "Client Closed".into(),
+                count: 30,
+            }),
+            connects: Some(36),
+            short_lived: Some(29),
+        };
+        let d = diagnose(&u, Some(&churn));
+        assert!(causes(&d).contains(&CauseKind::ReconnectLoop));
+        assert!(
+            d.summary.contains(
+                "30 connections of this user closed in the last 60s (29 of them lived less than 5s; 36 opened)"
+            ),
+            "{}",
+            d.summary
+        );
+        assert_eq!(d.churn, Some(churn));
+        assert_eq!(diagnose(&u, None).churn, None);
+    }
+
+    #[test]
     fn churn_counts_what_closed_since_the_last_sweep() {
         let t = |s: i64| DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap();
         let closed = vec![
@@ -365,7 +443,13 @@ mod tests {
         let c = churn(&closed, t(10), t(40));
         assert_eq!(c.closed, 4);
         assert_eq!(c.window_secs, 30);
-        assert_eq!(c.top_reason, Some(("Stale Connection".into(), 3)));
+        assert_eq!(
+            c.top_reason,
+            Some(TopReason {
+                reason: "Stale Connection".into(),
+                count: 3
+            })
+        );
     }
 
     #[test]

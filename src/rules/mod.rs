@@ -6,10 +6,13 @@
 //!   account's limit, within `detect.growth_horizon`, on evidence ([`growth::sustained`]): a
 //!   minimum span and increase, and a rise that holds over the whole window;
 //! - `account_connection_pressure`: an account at `detect.account_pressure` of its limit;
-//! - `server_connection_pressure`: a server at `detect.server_pressure` of `max_connections`.
+//! - `server_connection_pressure`: a server at `detect.server_pressure` of `max_connections`;
+//! - `connections_refused`: connections an account or a server refused ([`refused`], from the
+//!   live census's events).
 
 pub mod diagnosis;
 pub mod growth;
+pub mod refused;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -20,6 +23,7 @@ use crate::census::{Census, UserCensus};
 use crate::config::{DetectConfig, UserMatch};
 use diagnosis::{diagnose, Churn, Diagnosis};
 use growth::{growth, sustained, Evidence, Growth, History};
+pub use refused::RefusedFinding;
 
 /// The kinds of finding; each is an advisory type `io.connwatch.advisory.v1.<name>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -33,6 +37,8 @@ pub enum Kind {
     AccountConnectionPressure,
     /// A server near its `max_connections`.
     ServerConnectionPressure,
+    /// Connections refused by an account's or a server's limit, or failing to authenticate.
+    ConnectionsRefused,
 }
 
 impl Kind {
@@ -43,15 +49,17 @@ impl Kind {
             Self::UserConnectionGrowth => "user_connection_growth",
             Self::AccountConnectionPressure => "account_connection_pressure",
             Self::ServerConnectionPressure => "server_connection_pressure",
+            Self::ConnectionsRefused => "connections_refused",
         }
     }
 
     /// Every kind, for schemas and documentation.
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 5] = [
         Self::ExcessiveUserConnections,
         Self::UserConnectionGrowth,
         Self::AccountConnectionPressure,
         Self::ServerConnectionPressure,
+        Self::ConnectionsRefused,
     ];
 }
 
@@ -121,6 +129,8 @@ pub enum Finding {
     AccountConnectionPressure(AccountFinding),
     /// A server near its `max_connections`.
     ServerConnectionPressure(ServerFinding),
+    /// Connections refused by an account or a server.
+    ConnectionsRefused(RefusedFinding),
 }
 
 impl Finding {
@@ -131,6 +141,7 @@ impl Finding {
             Self::UserConnectionGrowth(_) => Kind::UserConnectionGrowth,
             Self::AccountConnectionPressure(_) => Kind::AccountConnectionPressure,
             Self::ServerConnectionPressure(_) => Kind::ServerConnectionPressure,
+            Self::ConnectionsRefused(_) => Kind::ConnectionsRefused,
         }
     }
 
@@ -142,6 +153,7 @@ impl Finding {
             }
             Self::AccountConnectionPressure(a) => vec![a.account.clone()],
             Self::ServerConnectionPressure(s) => vec![s.server.clone()],
+            Self::ConnectionsRefused(r) => vec![r.name.clone()],
         }
     }
 

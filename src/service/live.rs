@@ -1,6 +1,7 @@
 //! The service's side of the live census: sweeps reconcile it, and live rounds evaluate it
 //! between sweeps (the events alone), reading a user's details before its finding fires.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -9,8 +10,9 @@ use tracing::info;
 
 use super::{Gathered, Service};
 use crate::census;
-use crate::live::{read, Live, SyncId};
-use crate::rules::{key_of, Kind};
+use crate::live::{churn, read, Live, SyncId};
+use crate::rules::diagnosis::Churn;
+use crate::rules::{key_of, Finding, Kind};
 use crate::snapshot::Snapshot;
 
 /// Users read in detail (CONNZ by `acc` and `user`) in one live round, at most.
@@ -127,12 +129,47 @@ impl Service {
         Some(Gathered {
             snap,
             census,
-            churn: l.churn.clone(),
+            churn: self.merged_churn(),
             unknown_accounts: l.unknown_accounts.clone(),
             unknown_servers: l.unknown_servers.clone(),
             generation: self.health.generation(),
             swept: false,
         })
+    }
+
+    /// The churn for a live round: the events' of the last minute, and for the accounts whose
+    /// events are not followed ([`churn::followed`]) what the last sweep read.
+    fn merged_churn(&self) -> HashMap<(String, String), Churn> {
+        let mut out: HashMap<(String, String), Churn> = self
+            .last_lookups
+            .churn
+            .iter()
+            .filter(|((account, _), _)| !churn::followed(account))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        out.extend(self.live_churn().unwrap_or_default());
+        out
+    }
+
+    /// The `connections_refused` findings of the live census's last window (none without it).
+    pub(super) fn refused_findings(&self) -> Vec<Finding> {
+        let Some(live) = &self.live else {
+            return Vec::new();
+        };
+        let refused = live.refused.lock().expect("refusals lock");
+        refused
+            .findings(Utc::now())
+            .into_iter()
+            .map(Finding::ConnectionsRefused)
+            .collect()
+    }
+
+    /// Every user's churn of the last minute from the live census's events; `None` without
+    /// the live census (then closed connections are read after each sweep).
+    pub(super) fn live_churn(&self) -> Option<HashMap<(String, String), Churn>> {
+        let live = self.live.as_ref()?;
+        let churn = live.churn.lock().expect("churn lock");
+        Some(churn.all(Utc::now()))
     }
 }
 

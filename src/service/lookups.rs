@@ -10,9 +10,10 @@ use tracing::warn;
 
 use super::Service;
 use crate::census::Census;
+use crate::live::churn;
 use crate::nats::lookup;
 use crate::rules;
-use crate::rules::diagnosis::churn;
+use crate::rules::diagnosis::churn as closed_churn;
 use crate::snapshot::Snapshot;
 
 /// At most this many excessive users get their closed connections read per sweep.
@@ -33,21 +34,25 @@ pub(super) struct Limits {
 }
 
 impl Service {
-    /// Closed connections since the last sweep, for the users over their threshold.
+    /// Each user's churn: from the live census's events when it runs; else (and for the
+    /// accounts whose events it cannot follow, [`churn::followed`]) the closed connections
+    /// since the last sweep of the users over their threshold (read from every server, CONNZ
+    /// `state: 1`).
     pub(super) async fn churn(
         &self,
         snap: &Snapshot,
         census: &Census,
         now: DateTime<Utc>,
     ) -> HashMap<(String, String), rules::diagnosis::Churn> {
+        let live = self.live.is_some();
+        let mut out = self.live_churn().unwrap_or_default();
         let Some(since) = self.last_sweep else {
-            return HashMap::new();
+            return out;
         };
-        let mut out = HashMap::new();
         for u in census
             .users
             .iter()
-            .filter(|u| u.over_threshold)
+            .filter(|u| u.over_threshold && !(live && churn::followed(&u.account)))
             .take(MAX_CHURN_LOOKUPS)
         {
             let closed = lookup::closed_connections(
@@ -60,7 +65,7 @@ impl Service {
             .await;
             out.insert(
                 (u.account.clone(), u.user.clone()),
-                churn(&closed, since, now),
+                closed_churn(&closed, since, now),
             );
         }
         out

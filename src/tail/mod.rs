@@ -32,7 +32,8 @@ use crate::advisory::types::DecodeError;
 use crate::advisory::with_sources;
 use crate::advisory::{Completeness, Envelope, FindingEvent, Message, NAMES, TYPE_PREFIX};
 use crate::cli::{TailArgs, TailFormat};
-use crate::rules::UserFinding;
+use crate::rules::refused::RefusedScope;
+use crate::rules::{RefusedFinding, UserFinding};
 
 /// Prints the advisories published under `prefix` to `out` until `shutdown` is cancelled.
 ///
@@ -177,6 +178,19 @@ impl<'a> Who<'a> {
                 server: Some(&e.body.finding.server),
                 ..Self::default()
             },
+            Message::ConnectionsRefused(e) => {
+                let r = &e.body.finding;
+                match r.scope {
+                    RefusedScope::Account => Self {
+                        account: Some((&r.name, r.account_name.as_deref())),
+                        ..Self::default()
+                    },
+                    RefusedScope::Server => Self {
+                        server: Some(&r.name),
+                        ..Self::default()
+                    },
+                }
+            }
             Message::ConnectionKicked(e) => {
                 let p = &e.body.plan;
                 Self {
@@ -273,6 +287,7 @@ impl<'a> Parts<'a> {
                 let s = &e.body.finding;
                 Self::finding(e, ratio(s.connections, s.max_connections, s.ratio))
             }
+            Message::ConnectionsRefused(e) => Self::finding(e, refused_numbers(&e.body.finding)),
             Message::ConnectionKicked(e) => {
                 Self::envelope(e, Some(e.body.result.name()), String::new())
             }
@@ -292,7 +307,8 @@ impl<'a> Parts<'a> {
 ///   as `alice (UABCDEFG…)`;
 /// - numbers: users `2500 conns (threshold 100) n1:2500 n2:3`, then the growth when known
 ///   (`+60/h, over threshold in 51m, account limit 220 in 20m`); accounts
-///   `200/220 conns (90.9%)`; servers `170/200 conns (85.0%)`;
+///   `200/220 conns (90.9%)`; servers `170/200 conns (85.0%)`; refused connections
+///   `12 refused in 60s (account_limit 12) users a:10 b:2 ips 10.0.0.7:12`;
 /// - markers: `[renotify, firing since <since>]` on a renotification,
 ///   `[partial sweep: missing n3]` when the sweep was partial (counts may be too low);
 /// - a resolved advisory carries the numbers last seen while firing: they show as
@@ -339,6 +355,33 @@ pub fn render_text(message: &Message) -> String {
         let _ = write!(line, " — {summary}");
     }
     escape_controls(&line)
+}
+
+/// `12 refused in 60s (account_limit 12) users a:10 b:2 ips 10.0.0.7:12` (the largest five
+/// users and IPs).
+fn refused_numbers(r: &RefusedFinding) -> String {
+    let top = |m: &std::collections::BTreeMap<String, u64>| {
+        let mut v: Vec<(&String, &u64)> = m.iter().collect();
+        v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        v.iter()
+            .take(5)
+            .map(|(k, n)| format!("{}:{n}", if k.is_empty() { "-" } else { k }))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let reasons = r
+        .by_reason
+        .iter()
+        .map(|(k, n)| format!("{} {n}", k.name()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "{} refused in {}s ({reasons}) users {} ips {}",
+        r.refused,
+        r.window_secs,
+        top(&r.users),
+        top(&r.ips)
+    )
 }
 
 fn millis(t: DateTime<Utc>) -> String {

@@ -321,3 +321,30 @@ fn etas_use_two_units() {
     assert_eq!(eta(86_400 * 2 + 3600 * 4 + 59), "2d 4h");
     assert_eq!(eta(86_400), "1d");
 }
+
+#[test]
+fn renders_refused_connections_per_account_and_server() {
+    let account = json!({
+        "type": "io.connwatch.advisory.v1.connections_refused",
+        "id": "ABCDEFGHIJKLMNOPQRSTUV",
+        "timestamp": "2026-11-25T20:31:09.123Z", "state": "firing", "renotify": false,
+        "since": "2026-11-25T20:31:09.123Z",
+        "scope": "account", "name": "APP", "refused": 12, "window_secs": 60,
+        "by_reason": {"account_limit": 12}, "users": {"a": 10, "b": 2}, "users_more": 0,
+        "ips": {"10.0.0.7": 12}, "ips_more": 0, "servers": {"n1": 12},
+        "first": "2026-11-25T20:31:08Z", "last": "2026-11-25T20:31:09Z",
+        "sweep": sweep(false, &[]),
+    });
+    assert_eq!(
+        render(&account),
+        "2026-11-25T20:31:09.123Z FIRING connections_refused APP 12 refused in 60s (account_limit 12) \
+         users a:10 b:2 ips 10.0.0.7:12"
+    );
+    assert!(matches(&msg(&account), &args(&[], Some("APP"), None)));
+    let mut server = account.clone();
+    server["scope"] = json!("server");
+    server["name"] = json!("n2");
+    server["by_reason"] = json!({"auth": 12});
+    assert!(render(&server).contains("connections_refused n2 12 refused in 60s (auth 12)"));
+    assert!(!matches(&msg(&server), &args(&[], Some("APP"), None)));
+}

@@ -167,6 +167,7 @@ fn firing_text(firing: &BTreeMap<&'static str, usize>) -> String {
                 "user_connection_growth" => "growth",
                 "account_connection_pressure" => "account pressure",
                 "server_connection_pressure" => "server pressure",
+                "connections_refused" => "refused",
                 other => other,
             };
             format!("{short} {n}")

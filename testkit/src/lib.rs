@@ -4,7 +4,7 @@
 //! - [`jwt`]: mints operator-mode credentials (operator, accounts, users, `.creds` files).
 //! - [`cluster`]: starts a real local nats-server cluster on loopback.
 //! - [`load`]: opens thousands of cheap raw-protocol client connections.
-//! - [`wait_until`], [`wait_until_async`]: poll a condition with a deadline instead of sleeping.
+//! - [`wait_until`], [`wait_until_async`], [`eventually`]: poll a condition with a deadline instead of sleeping.
 //! - [`tool_bin`]: builds and finds the `connwatch-dev` / `connwatch-bench` binaries for tests of
 //!   other packages.
 //!
@@ -16,4 +16,4 @@ pub mod jwt;
 pub mod load;
 mod tools;
 
-pub use tools::{tool_bin, wait_until, wait_until_async};
+pub use tools::{eventually, tool_bin, wait_until, wait_until_async};

@@ -37,6 +37,24 @@ pub async fn wait_until_async(timeout: Duration, mut condition: impl FnMut() -> 
     }
 }
 
+/// Like [`wait_until_async`], for a condition that awaits (a request, say).
+pub async fn eventually<F, Fut>(timeout: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
 /// Builds the testkit binary `name` (e.g. `connwatch-dev`) with cargo and returns its path.
 ///
 /// Tests of another package cannot use `CARGO_BIN_EXE_<name>` for it; building here (a no-op

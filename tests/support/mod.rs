@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 pub use testkit::cluster::{AccountSpec, AuthMode, Cluster, ClusterSpec, TlsSpec};
 pub use testkit::jwt::{AccountTemplate, OperatorSetup};
 pub use testkit::load::{self, Load, LoadAuth, LoadSpec};
-pub use testkit::{wait_until, wait_until_async};
+pub use testkit::{eventually, wait_until, wait_until_async};
 
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
