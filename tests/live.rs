@@ -182,6 +182,12 @@ fn connz_by_server(cluster: &Cluster, user: &str) -> BTreeMap<String, u64> {
 async fn a_leak_fires_and_resolves_from_events_alone_with_its_details() {
     let dir = tempfile::tempdir().unwrap();
     let live = start(dir.path(), "").await;
+    // Another user of the same account on the same server: a user's CONNZ read must not take
+    // the account's count on a server (CONNZ's `total` when filtered by user) for the user's.
+    let _neighbour =
+        load::open(LoadSpec::new(live.cluster.client_url(2), auth("app"), 20).name("app"))
+            .await
+            .unwrap();
     let sweeps = metric(live.listen, "connwatch_sweeps_total").unwrap();
     let leak = load::open(
         LoadSpec::new(live.cluster.client_url(2), auth("leaky"), 120).name("leaky-worker"),

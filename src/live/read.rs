@@ -39,7 +39,9 @@ pub async fn read_user(
                 Ok(r)
                     if r.error.is_none()
                         && known.get(&r.server.id) == Some(&r.server.name)
-                        && r.total.is_some_and(|t| t as usize <= r.connections.len())
+                        // Filtered by user, CONNZ's `total` is the account's count on that
+                        // server, not the user's: a reply is whole when it was not cut at `limit`.
+                        && r.connections.len() < limit
                         && !servers.iter().any(|(id, _)| id == &r.server.id) =>
                 {
                     servers.push((r.server.id.clone(), r.server.name.clone()));
