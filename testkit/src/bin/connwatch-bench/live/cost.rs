@@ -8,15 +8,23 @@ pub struct CostArgs {
     /// Connections held (spread like `run`'s load: 50 accounts × 10 users, 10% hot).
     #[arg(long, default_value_t = 45_000)]
     size: usize,
-    /// Churn rates: connects (and as many disconnects) a second.
-    #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
+    /// Churn rates: connects (and as many disconnects) a second; 0 is no churn.
+    #[arg(long, value_delimiter = ',', default_value = "0,1,10,100")]
     rates: Vec<f64>,
-    /// Measuring window of the no-connwatch and live phases.
-    #[arg(long, default_value = "45s")]
+    /// Measuring window of the no-connwatch and live phases (each repeated `--repeats` times,
+    /// interleaved, so a drift of the machine's load hits both alike).
+    #[arg(long, default_value = "20s")]
     window: humantime::Duration,
-    /// `sweep.interval` of the sweeps phase (its window is two whole intervals).
-    #[arg(long, default_value = "30s")]
+    /// Interleaved no-connwatch / live windows per rate.
+    #[arg(long, default_value_t = 2)]
+    repeats: usize,
+    /// `sweep.interval` of the sweeps phase (its window is two whole intervals); the cost of
+    /// one sweep does not depend on it.
+    #[arg(long, default_value = "15s")]
     sweep_interval: humantime::Duration,
+    /// The sweep interval the live census is compared with: sweeps an hour = 1h / this.
+    #[arg(long, default_value = "30s")]
+    compare_interval: humantime::Duration,
     /// `live.reconcile_interval` of the live phase (its sweeps are charged per hour from the
     /// sweeps phase's measured cost per sweep).
     #[arg(long, default_value = "5m")]
@@ -71,6 +79,13 @@ struct Churn {
 
 impl Churn {
     async fn start(cluster: &Cluster, rate: f64) -> anyhow::Result<Churn> {
+        let stop = Arc::new(AtomicBool::new(false));
+        if rate <= 0.0 {
+            return Ok(Churn {
+                stop,
+                task: tokio::spawn(async { 0 }),
+            });
+        }
         let urls = cluster.client_urls();
         let pool: Arc<Mutex<VecDeque<load::Load>>> = Arc::default();
         let size = ((rate * 2.0) as usize).max(12);
@@ -83,7 +98,6 @@ impl Churn {
             let l = load::open(spec).await?;
             pool.lock().expect("pool").push_back(l);
         }
-        let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
@@ -145,23 +159,28 @@ pub fn cost(args: CostArgs) -> anyhow::Result<()> {
             eprintln!("churn {rate}/s");
             let churn = Churn::start(&cluster, rate).await?;
             tokio::time::sleep(Duration::from_secs(2)).await;
-            // No connwatch.
-            let a = counters(&cluster, &pids);
-            tokio::time::sleep(window).await;
-            let none = rates(a, counters(&cluster, &pids));
-            // Live census, between reconciling sweeps.
-            let cw = Connwatch::start(&cluster, &dir, &format!("cost-live-{rate}"), &live_cfg)?;
-            cw.wait_complete().await?;
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            let (e0, s0) = (cw.metric("connwatch_live_events_total").unwrap_or(0.0), cw.sweeps());
-            let a = counters(&cluster, &pids);
-            tokio::time::sleep(window).await;
-            let live = rates(a, counters(&cluster, &pids));
-            let events = cw.metric("connwatch_live_events_total").unwrap_or(0.0) - e0;
-            let live_sweeps = cw.sweeps() - s0;
-            let live_slow = cw.metric_sum("connwatch_nats_slow_consumers_total");
-            let live_rss = cw.memory_kb().0;
-            cw.stop();
+            let (mut none, mut live) = (measure::Rates::default(), measure::Rates::default());
+            let (mut events, mut live_sweeps, mut live_slow, mut live_rss) = (0.0, 0.0, 0.0, 0);
+            for r in 0..args.repeats.max(1) {
+                // No connwatch.
+                let a = counters(&cluster, &pids);
+                tokio::time::sleep(window).await;
+                none = none.merge(rates(a, counters(&cluster, &pids)));
+                // Live census, between reconciling sweeps (its first sweep is not measured).
+                let tag = format!("cost-live-{rate}-{r}");
+                let cw = Connwatch::start(&cluster, &dir, &tag, &live_cfg)?;
+                cw.wait_complete().await?;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let (e0, s0) = (cw.metric("connwatch_live_events_total").unwrap_or(0.0), cw.sweeps());
+                let a = counters(&cluster, &pids);
+                tokio::time::sleep(window).await;
+                live = live.merge(rates(a, counters(&cluster, &pids)));
+                events += cw.metric("connwatch_live_events_total").unwrap_or(0.0) - e0;
+                live_sweeps += cw.sweeps() - s0;
+                live_slow += cw.metric_sum("connwatch_nats_slow_consumers_total");
+                live_rss = live_rss.max(cw.memory_kb().0);
+                cw.stop();
+            }
             // Sweeps alone: a window of exactly two sweeps (from one sweep's end to the end of
             // the second after it).
             let cw = Connwatch::start(&cluster, &dir, &format!("cost-sweeps-{rate}"), &sweep_cfg)?;
@@ -184,6 +203,7 @@ pub fn cost(args: CostArgs) -> anyhow::Result<()> {
                 live_sweeps,
                 events,
                 reconciles_per_hour: 3600.0 / args.reconcile_interval.as_secs_f64(),
+                sweeps_per_hour: 3600.0 / args.compare_interval.as_secs_f64(),
             };
             eprintln!(
                 "  {done} churn ticks; live: {events} events, {live_sweeps} sweeps in the window, slow consumers {live_slow}; peak RSS live {live_rss} KiB, sweeps {sweep_rss} KiB"
@@ -196,7 +216,8 @@ pub fn cost(args: CostArgs) -> anyhow::Result<()> {
         write_json(
             &args.out,
             &json!({"size": args.size, "window": args.window.to_string(),
-                "sweep_interval": args.sweep_interval.to_string(),
+                "sweep_interval": args.sweep_interval.to_string(), "repeats": args.repeats,
+                "compare_interval": args.compare_interval.to_string(),
                 "reconcile_interval": args.reconcile_interval.to_string(),
                 "points": points, "summary": summary, "loadavg_end": loadavg()}),
         )?;

@@ -120,6 +120,23 @@ pub struct Rates {
     pub in_bytes_per_s: f64,
 }
 
+impl Rates {
+    /// The rates over this window and `other` together (weighted by their lengths).
+    pub fn merge(self, other: Rates) -> Rates {
+        let s = self.seconds + other.seconds;
+        if s <= 0.0 {
+            return self;
+        }
+        let w = |a: f64, b: f64| (a * self.seconds + b * other.seconds) / s;
+        Rates {
+            seconds: s,
+            cpu_ms_per_s: w(self.cpu_ms_per_s, other.cpu_ms_per_s),
+            out_bytes_per_s: w(self.out_bytes_per_s, other.out_bytes_per_s),
+            in_bytes_per_s: w(self.in_bytes_per_s, other.in_bytes_per_s),
+        }
+    }
+}
+
 /// One churn rate's three phases.
 #[derive(Debug, Clone, Serialize)]
 pub struct CostPoint {
@@ -139,6 +156,8 @@ pub struct CostPoint {
     pub events: f64,
     /// Reconciling sweeps an hour with the live census.
     pub reconciles_per_hour: f64,
+    /// Sweeps an hour of the sweep-only configuration compared with (120: every 30 s).
+    pub sweeps_per_hour: f64,
 }
 
 /// What one point costs per hour, added over no connwatch.
@@ -172,12 +191,12 @@ impl CostPoint {
             rate: self.rate,
             live_events_cpu_s,
             live_cpu_s: live_events_cpu_s + self.reconciles_per_hour * per_sweep_cpu_ms / 1000.0,
-            sweeps_cpu_s: (self.sweeps.cpu_ms_per_s - self.none.cpu_ms_per_s) * 3.6,
+            sweeps_cpu_s: self.sweeps_per_hour * per_sweep_cpu_ms / 1000.0,
             per_sweep_cpu_ms,
             live_out_mb: ((self.live.out_bytes_per_s - self.none.out_bytes_per_s) * 3600.0
                 + self.reconciles_per_hour * per_sweep_bytes)
                 / 1e6,
-            sweeps_out_mb: (self.sweeps.out_bytes_per_s - self.none.out_bytes_per_s) * 3600.0 / 1e6,
+            sweeps_out_mb: self.sweeps_per_hour * per_sweep_bytes / 1e6,
         }
     }
 }
@@ -224,7 +243,8 @@ pub fn cost_table(size: usize, points: &[CostPoint], s: &CostSummary) -> String 
         out,
         "\n### Added server cost at {size} connections (per hour)\n"
     );
-    let _ = writeln!(out, "| churn (connects+disconnects/s) | servers' CPU, no connwatch (ms/s) | live: events + probes (CPU s/h) | live + reconciles (CPU s/h) | sweeps every interval (CPU s/h) | one sweep (CPU ms) | sweeps ÷ live | live out bytes (MB/h) | sweeps out bytes (MB/h) | events in the live window | sweeps in it |");
+    let per_hour = points.first().map(|p| p.sweeps_per_hour).unwrap_or(0.0);
+    let _ = writeln!(out, "| churn (connects+disconnects/s) | servers' CPU, no connwatch (ms/s) | live: events + probes (CPU s/h) | live + reconciles (CPU s/h) | sweeps, {per_hour:.0}/h (CPU s/h) | one sweep (CPU ms) | sweeps ÷ live | live out bytes (MB/h) | sweeps out bytes (MB/h) | events in the live windows | sweeps in them |");
     let _ = writeln!(
         out,
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
@@ -305,6 +325,27 @@ mod tests {
     }
 
     #[test]
+    fn merged_rates_weigh_by_window_length() {
+        let a = Rates {
+            seconds: 10.0,
+            cpu_ms_per_s: 10.0,
+            out_bytes_per_s: 100.0,
+            in_bytes_per_s: 0.0,
+        };
+        let b = Rates {
+            seconds: 30.0,
+            cpu_ms_per_s: 30.0,
+            out_bytes_per_s: 0.0,
+            in_bytes_per_s: 4.0,
+        };
+        let m = Rates::default().merge(a).merge(b);
+        assert_eq!(m.seconds, 40.0);
+        assert_eq!(m.cpu_ms_per_s, 25.0);
+        assert_eq!(m.out_bytes_per_s, 25.0);
+        assert_eq!(m.in_bytes_per_s, 3.0);
+    }
+
+    #[test]
     fn percentiles_are_nearest_rank() {
         let v: Vec<f64> = (1..=100).map(f64::from).collect();
         assert_eq!(percentile(&v, 0.5), 50.0);
@@ -349,6 +390,7 @@ mod tests {
             live_sweeps: 0.0,
             events: 1200.0,
             reconciles_per_hour: 12.0,
+            sweeps_per_hour: 120.0,
         };
         let h = p.per_hour();
         assert!((h.per_sweep_cpu_ms - 600.0).abs() < 1e-9);
