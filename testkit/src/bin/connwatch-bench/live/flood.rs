@@ -104,6 +104,7 @@ fn flood_state(cw: &Connwatch) -> Value {
     json!({
         "slow_consumers": cw.metric_sum("connwatch_nats_slow_consumers_total"),
         "gaps": cw.metric_sum("connwatch_live_gaps_total"),
+        "gaps_by_reason": measure::series(&cw.metrics(), "connwatch_live_gaps_total"),
         "events": cw.metric("connwatch_live_events_total").unwrap_or(0.0),
         "sweeps": cw.sweeps(),
         "complete": cw.metric("connwatch_live_complete").unwrap_or(0.0),
@@ -114,7 +115,7 @@ fn flood_state(cw: &Connwatch) -> Value {
 
 fn print_flood(rows: &Value) {
     println!("\n### Event flood\n");
-    println!("| phase | connections/s reached | census = /connz after | slow consumers (total) | gaps (total) | events applied (total) | sweeps (total) | connwatch RSS / peak |");
+    println!("| phase | connections/s reached | census = /connz after | slow consumers (total) | gaps (total, by reason) | events applied (total) | sweeps (total) | connwatch RSS / peak |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for r in rows.as_array().into_iter().flatten() {
         let s = &r["state"];
@@ -131,7 +132,7 @@ fn print_flood(rows: &Value) {
                 _ => "NOT within 60 s".into(),
             },
             num(&s["slow_consumers"]),
-            num(&s["gaps"]),
+            format!("{} {}", num(&s["gaps"]), s["gaps_by_reason"]),
             num(&s["events"]),
             num(&s["sweeps"]),
             s["rss_kib"].as_f64().unwrap_or(0.0) / 1024.0,

@@ -27,6 +27,19 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
         .fold(0.0, |a, b| a + b)
 }
 
+/// Every series of one metric name: its labels (`{...}`, or "" without) → value.
+pub fn series(text: &str, name: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            let labels = k.strip_prefix(name)?;
+            (labels.is_empty() || labels.starts_with('{'))
+                .then(|| Some((labels.to_string(), v.parse().ok()?)))?
+        })
+        .collect()
+}
+
 /// Connections per (account, user, server name) in a census (`connwatch.census`) answer.
 pub fn census_by_server(census: &Value) -> BTreeMap<(String, String, String), u64> {
     let mut out = BTreeMap::new();
@@ -309,6 +322,10 @@ mod tests {
         assert_eq!(metric_sum(text, "g"), 3.0);
         assert_eq!(metric_sum(text, "connwatch_sweeps_total"), 3.0);
         assert_eq!(metric_sum(text, "missing").to_string(), "0");
+        let g = series(text, "g");
+        assert_eq!(g.len(), 2);
+        assert_eq!(g["{reason=\"b\"}"], 2.0);
+        assert_eq!(series(text, "connwatch_sweeps_total").len(), 1);
     }
 
     #[test]
