@@ -17,16 +17,8 @@ cd "$(dirname "$0")/.."
 mode="${1:?usage: scripts/bench-live.sh latency|churn|cost|flood|all [args]}"
 shift
 
-scripts/install-nats-server.sh
-# The cost mode holds up to ~15k client sockets per server; load processes up to ~7.5k.
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-
-cargo build --release --locked -p connwatch -p testkit --bin connwatch --bin connwatch-bench
-
-echo "## machine"
-echo "- nproc: $(nproc); $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
-echo "- memory: $(free -g | awk '/Mem:/ {print $2}') GiB; kernel $(uname -r); fd limit $(ulimit -n)"
-echo "- $(nats-server --version); $(rustc --version)"
+# shellcheck source=scripts/bench-prelude.sh
+. scripts/bench-prelude.sh
 case "$mode" in
     all) modes=(latency churn cost flood) ;;
     latency | churn | cost | flood) modes=("$mode") ;;
