@@ -120,7 +120,7 @@ fn print_flood(rows: &Value) {
     for r in rows.as_array().into_iter().flatten() {
         let s = &r["state"];
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {:.1} / {:.1} MiB |",
+            "| {} | {} | {} | {} | {} {} | {} | {} | {:.1} / {:.1} MiB |",
             r["phase"].as_str().unwrap_or(""),
             r["per_second"]
                 .as_f64()
@@ -132,7 +132,8 @@ fn print_flood(rows: &Value) {
                 _ => "NOT within 60 s".into(),
             },
             num(&s["slow_consumers"]),
-            format!("{} {}", num(&s["gaps"]), s["gaps_by_reason"]),
+            num(&s["gaps"]),
+            s["gaps_by_reason"],
             num(&s["events"]),
             num(&s["sweeps"]),
             s["rss_kib"].as_f64().unwrap_or(0.0) / 1024.0,
