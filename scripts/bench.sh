@@ -9,20 +9,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/install-nats-server.sh
 if ! command -v curl >/dev/null || ! command -v jq >/dev/null; then
     apt-get install -y curl jq
 fi
-
-# Each server holds up to ~15k client sockets at 45k connections; load processes up to ~7.5k.
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-
-cargo build --release --locked -p connwatch -p testkit --bin connwatch --bin connwatch-bench
-
-echo "## machine"
-echo "- nproc: $(nproc); $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
-echo "- memory: $(free -g | awk '/Mem:/ {print $2}') GiB; kernel $(uname -r); fd limit $(ulimit -n)"
-echo "- $(nats-server --version); $(rustc --version); $(curl --version | head -1 | cut -d' ' -f1-2); $(jq --version)"
+# shellcheck source=scripts/bench-prelude.sh
+. scripts/bench-prelude.sh
+echo "- $(curl --version | head -1 | cut -d' ' -f1-2); $(jq --version)"
 echo "- load before: $(uptime)"
 target/release/connwatch-bench run "$@"
 echo "- load after: $(uptime)"

@@ -5,6 +5,8 @@
 //! measured process holds the load's sockets), and runs every method as its own child process
 //! so that CPU time and peak RSS are the method's alone. See BENCHMARKS.md and scripts/bench.sh.
 
+mod live;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -39,6 +41,14 @@ struct Cli {
 enum Cmd {
     /// Start a cluster, grow the load through the sizes and measure every method at each.
     Run(RunArgs),
+    /// Live census: detection latency, live against sweeps alone (BENCHMARKS.md).
+    LiveLatency(live::LatencyArgs),
+    /// Live census: time until the census equals every server's /connz after churn.
+    LiveChurn(live::ChurnArgs),
+    /// Live census: servers' CPU and bytes it adds against 30-s sweeps, by churn rate.
+    LiveCost(live::CostArgs),
+    /// Live census: a connect and disconnect flood (slow consumers, memory, exactness).
+    LiveFlood(live::FloodArgs),
     /// (internal) Hold the connections of a plan file until stdin closes.
     #[command(hide = true)]
     LoadWorker {
@@ -152,6 +162,10 @@ struct Measured {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Run(args) => run(args),
+        Cmd::LiveLatency(args) => live::latency(args),
+        Cmd::LiveChurn(args) => live::churn(args),
+        Cmd::LiveCost(args) => live::cost(args),
+        Cmd::LiveFlood(args) => live::flood(args),
         Cmd::LoadWorker { plan } => load_worker(&plan),
         Cmd::Method(args) => {
             let m = match args.kind.as_str() {
@@ -538,27 +552,32 @@ struct PlanEntry {
     user: String,
     name: String,
     count: usize,
+    /// Open at this many connections a second (in tenths of a second) instead of at once.
+    #[serde(default)]
+    rate: Option<f64>,
 }
 
 fn load_worker(plan: &Path) -> anyhow::Result<()> {
     let plan: Vec<PlanEntry> = serde_json::from_slice(&std::fs::read(plan)?)?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
-        let loads: Vec<anyhow::Result<load::Load>> = futures::stream::iter(plan)
-            .map(|e| {
-                load::open(
-                    LoadSpec::new(
-                        e.server,
-                        LoadAuth::user_password(e.user, LOAD_PASSWORD),
-                        e.count,
-                    )
-                    .name(e.name),
-                )
-            })
-            .buffer_unordered(8)
+        // Entries with a rate all open side by side (a flood); the others 8 at a time.
+        let concurrency = if plan.iter().any(|e| e.rate.is_some()) {
+            plan.len().max(1)
+        } else {
+            8
+        };
+        let loads: Vec<anyhow::Result<Vec<load::Load>>> = futures::stream::iter(plan)
+            .map(open_entry)
+            .buffer_unordered(concurrency)
             .collect()
             .await;
-        let loads: Vec<load::Load> = loads.into_iter().collect::<anyhow::Result<_>>()?;
+        let loads: Vec<load::Load> = loads
+            .into_iter()
+            .collect::<anyhow::Result<Vec<_>>>()?
+            .into_iter()
+            .flatten()
+            .collect();
         let n: usize = loads.iter().map(|l| l.len()).sum();
         println!("ready {n}");
         std::io::stdout().flush()?;
@@ -570,6 +589,32 @@ fn load_worker(plan: &Path) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// Opens one plan entry's connections: at once, or in chunks every 100 ms at its rate.
+async fn open_entry(e: PlanEntry) -> anyhow::Result<Vec<load::Load>> {
+    let spec = |count: usize| {
+        LoadSpec::new(
+            e.server.clone(),
+            LoadAuth::user_password(e.user.clone(), LOAD_PASSWORD),
+            count,
+        )
+        .name(e.name.clone())
+    };
+    let Some(rate) = e.rate else {
+        return Ok(vec![load::open(spec(e.count)).await?]);
+    };
+    let chunk = ((rate / 10.0).ceil() as usize).max(1);
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut loads = Vec::new();
+    let mut opened = 0;
+    while opened < e.count {
+        tick.tick().await;
+        let n = chunk.min(e.count - opened);
+        loads.push(load::open(spec(n)).await?);
+        opened += n;
+    }
+    Ok(loads)
 }
 
 /// Connections per (server index, account, user) for `n` connections in all.
@@ -688,42 +733,9 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
         .methods
         .clone()
         .unwrap_or_else(|| all.iter().map(|s| s.to_string()).collect());
-    let dir = std::env::temp_dir().join(format!("connwatch-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-
-    let mut spec = ClusterSpec::new(&dir);
-    spec.start_timeout = Duration::from_secs(60);
-    for a in 0..args.accounts {
-        let mut acc = AccountSpec::new(format!("A{a:02}"));
-        for u in 0..args.users {
-            // User names are unique across accounts in config mode.
-            acc = acc.user(format!("a{a:02}u{u}"), LOAD_PASSWORD);
-        }
-        if a == 0 {
-            acc = acc.user(HOT_USER, LOAD_PASSWORD);
-        }
-        spec = spec.account(acc);
-    }
-    eprintln!("starting a 3-node cluster in {}", dir.display());
-    let cluster = Cluster::start(spec)?;
+    let dir = bench_dir()?;
+    let (cluster, pids) = start_cluster(&dir, args.accounts, args.users, Vec::new())?;
     let n_servers = cluster.len();
-    let pids: Vec<u32> = (0..n_servers)
-        .map(|i| {
-            cluster
-                .pid(i)
-                .ok_or_else(|| anyhow!("server {i} not running"))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    // nats-server on PATH may be a pyenv shim (a shell script that execs the binary): the
-    // child's pid must be the server itself by now.
-    for pid in &pids {
-        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))?;
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))?;
-        eprintln!("server pid {pid}: {} ({})", exe.display(), comm.trim());
-        if comm.trim() != "nats-server" {
-            bail!("pid {pid} is {comm:?}, not nats-server");
-        }
-    }
     let urls = cluster.client_urls();
     let sys = cluster.system_user().clone();
     let config_path = dir.join("connwatch.toml");
@@ -736,70 +748,8 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
 
     for (step, &size) in args.sizes.iter().enumerate() {
         let want = distribution(size, args.accounts, args.users, args.hot_share, n_servers);
-        // One worker process per server per step, holding the new connections.
-        for (s, url) in urls.iter().enumerate() {
-            let plan: Vec<PlanEntry> = want
-                .iter()
-                .filter(|((srv, _, _), _)| *srv == s)
-                .filter_map(|(k, n)| {
-                    let delta = n - have.get(k).copied().unwrap_or(0);
-                    (delta > 0).then(|| PlanEntry {
-                        server: url.clone(),
-                        user: k.2.clone(),
-                        name: format!(
-                            "{}-{}",
-                            k.1,
-                            if k.2 == HOT_USER {
-                                "leaky-worker"
-                            } else {
-                                "svc"
-                            }
-                        ),
-                        count: delta,
-                    })
-                })
-                .collect();
-            if plan.is_empty() {
-                continue;
-            }
-            let plan_path = dir.join(format!("plan-{step}-{s}.json"));
-            std::fs::write(&plan_path, serde_json::to_vec(&plan)?)?;
-            let mut child = Command::new(&exe)
-                .args(["load-worker", "--plan"])
-                .arg(&plan_path)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()?;
-            let stdin = child.stdin.take();
-            let mut out = BufReader::new(child.stdout.take().expect("piped"));
-            let mut worker = Worker { child, stdin };
-            let mut line = String::new();
-            out.read_line(&mut line)?;
-            if !line.starts_with("ready") {
-                let _ = worker.child.kill();
-                bail!("load worker failed: {line:?}");
-            }
-            workers.push(worker);
-        }
+        workers.extend(grow_load(&cluster, &dir, step, &have, &want, size)?);
         have = want;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let total: u64 = (0..n_servers)
-                .map(|i| {
-                    cluster
-                        .monitor_get(i, "/varz")
-                        .map(|v| v["connections"].as_u64().unwrap_or(0))
-                        .unwrap_or(0)
-                })
-                .sum();
-            if total as usize >= size {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("only {total} of {size} connections open");
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
         eprintln!("{size} connections open; measuring");
 
         // The servers' idle CPU rate (PINGs to 45k clients cost something), to subtract.
@@ -929,6 +879,148 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// A fresh scratch directory for one bench run.
+fn bench_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("connwatch-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Starts the bench's 3-node cluster: `accounts` accounts `A00`… of `users` users each (plus the
+/// hot user `A00/leaky`) and any `extra` accounts, every user with [`LOAD_PASSWORD`]. Returns it
+/// with the servers' pids, checked to be nats-server itself (not a shim).
+fn start_cluster(
+    dir: &Path,
+    accounts: usize,
+    users: usize,
+    extra: Vec<AccountSpec>,
+) -> anyhow::Result<(Cluster, Vec<u32>)> {
+    let mut spec = ClusterSpec::new(dir);
+    spec.start_timeout = Duration::from_secs(60);
+    for a in 0..accounts {
+        let mut acc = AccountSpec::new(format!("A{a:02}"));
+        for u in 0..users {
+            // User names are unique across accounts in config mode.
+            acc = acc.user(format!("a{a:02}u{u}"), LOAD_PASSWORD);
+        }
+        if a == 0 {
+            acc = acc.user(HOT_USER, LOAD_PASSWORD);
+        }
+        spec = spec.account(acc);
+    }
+    for acc in extra {
+        spec = spec.account(acc);
+    }
+    eprintln!("starting a 3-node cluster in {}", dir.display());
+    let cluster = Cluster::start(spec)?;
+    let pids: Vec<u32> = (0..cluster.len())
+        .map(|i| {
+            cluster
+                .pid(i)
+                .ok_or_else(|| anyhow!("server {i} not running"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    // nats-server on PATH may be a pyenv shim (a shell script that execs the binary): the
+    // child's pid must be the server itself by now.
+    for pid in &pids {
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))?;
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))?;
+        eprintln!("server pid {pid}: {} ({})", exe.display(), comm.trim());
+        if comm.trim() != "nats-server" {
+            bail!("pid {pid} is {comm:?}, not nats-server");
+        }
+    }
+    Ok((cluster, pids))
+}
+
+/// Grows the load from `have` to `want` connections per (server, account, user): one worker
+/// process per server holding the new ones, then waits until the servers count `size` in all.
+fn grow_load(
+    cluster: &Cluster,
+    dir: &Path,
+    step: usize,
+    have: &BTreeMap<(usize, String, String), usize>,
+    want: &BTreeMap<(usize, String, String), usize>,
+    size: usize,
+) -> anyhow::Result<Vec<Worker>> {
+    let mut workers = Vec::new();
+    for (s, url) in cluster.client_urls().iter().enumerate() {
+        let plan: Vec<PlanEntry> = want
+            .iter()
+            .filter(|((srv, _, _), _)| *srv == s)
+            .filter_map(|(k, n)| {
+                let delta = n - have.get(k).copied().unwrap_or(0);
+                (delta > 0).then(|| PlanEntry {
+                    server: url.clone(),
+                    user: k.2.clone(),
+                    name: format!(
+                        "{}-{}",
+                        k.1,
+                        if k.2 == HOT_USER {
+                            "leaky-worker"
+                        } else {
+                            "svc"
+                        }
+                    ),
+                    count: delta,
+                    rate: None,
+                })
+            })
+            .collect();
+        if plan.is_empty() {
+            continue;
+        }
+        workers.push(spawn_worker(
+            &dir.join(format!("plan-{step}-{s}.json")),
+            &plan,
+        )?);
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let total = total_connections(cluster);
+        if total as usize >= size {
+            return Ok(workers);
+        }
+        if Instant::now() > deadline {
+            bail!("only {total} of {size} connections open");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Client connections the servers hold (VARZ `connections`, summed).
+fn total_connections(cluster: &Cluster) -> u64 {
+    (0..cluster.len())
+        .map(|i| {
+            cluster
+                .monitor_get(i, "/varz")
+                .map(|v| v["connections"].as_u64().unwrap_or(0))
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+/// Starts a load worker process on `plan` (written to `path`) and waits until it holds them.
+fn spawn_worker(path: &Path, plan: &[PlanEntry]) -> anyhow::Result<Worker> {
+    std::fs::write(path, serde_json::to_vec(plan)?)?;
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["load-worker", "--plan"])
+        .arg(path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let stdin = child.stdin.take();
+    let mut out = BufReader::new(child.stdout.take().expect("piped"));
+    let mut worker = Worker { child, stdin };
+    let mut line = String::new();
+    out.read_line(&mut line)?;
+    if !line.starts_with("ready") {
+        let _ = worker.child.kill();
+        bail!("load worker failed: {line:?}");
+    }
+    Ok(worker)
 }
 
 /// An external program run `runs` times (after one warm-up): wall, CPU and peak RSS from wait4,
