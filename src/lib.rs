@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod human;
+pub mod jetstream;
 pub mod kick;
 pub mod lifecycle;
 pub mod live;

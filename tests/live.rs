@@ -107,24 +107,6 @@ async fn start(dir: &std::path::Path, extra: &str) -> Live {
     }
 }
 
-/// Waits until an async condition holds, polling; false when `timeout` passed first.
-async fn eventually<F, Fut>(timeout: Duration, mut condition: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        if condition().await {
-            return true;
-        }
-        if std::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn auth(user: &str) -> LoadAuth {
     LoadAuth::user_password(user, "pw")
 }

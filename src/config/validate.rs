@@ -206,7 +206,8 @@ fn check_connection(
         (n.nkey.is_some(), "nkey"),
     ]
     .into_iter()
-    .filter_map(|(set, k)| set.then(|| key(k)))
+    .filter(|(set, _)| *set)
+    .map(|(_, k)| key(k))
     .collect();
     if kinds.len() > 1 {
         let from: Vec<String> = kinds
