@@ -7,6 +7,7 @@ pub mod census;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod ha;
 pub mod human;
 pub mod jetstream;
 pub mod kick;

@@ -84,6 +84,8 @@ struct Service {
     sweeper: Sweeper,
     state: State,
     publisher: Publisher,
+    /// Whether this replica acts (`[ha]`); always without it.
+    gate: crate::ha::Gate,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     latest: api::Shared,
@@ -139,15 +141,27 @@ pub async fn run(
     let client = session.system.client().clone();
     let state = State::load_or_default(config.state.file.as_deref());
     let sweeper = Sweeper::new(session.system.clone(), &config.sweep);
-    // With `advisory.jetstream`, advisories go through the `[jetstream]` connection.
-    let advisories = crate::jetstream::advisory_client(&config, None).await?;
-    let advisories = advisories.unwrap_or_else(|| client.clone());
-    let publisher = Publisher::spawn(advisories, &config.advisory, metrics.advisories.clone());
     let health = Arc::new(Health::new(
         client.clone(),
         config.sweep.interval,
         metrics.reconnects.clone(),
     ));
+    // With `[ha]`, only the lease holder acts; stopped after the last advisories are flushed.
+    let ha_stop = CancellationToken::new();
+    let (gate, ha_task) =
+        crate::ha::start(&config, metrics.clone(), health.clone(), ha_stop.clone()).await?;
+    if ha_task.is_none() {
+        metrics.leader(true, Utc::now());
+    }
+    // With `advisory.jetstream`, advisories go through the `[jetstream]` connection.
+    let advisories = crate::jetstream::advisory_client(&config, None).await?;
+    let advisories = advisories.unwrap_or_else(|| client.clone());
+    let publisher = Publisher::spawn_gated(
+        advisories,
+        &config.advisory,
+        metrics.advisories.clone(),
+        gate.clone(),
+    );
     let latest = api::Shared::default();
     let (commands_tx, mut commands) = mpsc::channel(64);
     let helpers = CancellationToken::new();
@@ -212,6 +226,7 @@ pub async fn run(
         sweeper,
         state,
         publisher,
+        gate,
         metrics,
         health,
         latest,
@@ -323,7 +338,8 @@ pub async fn run(
     }
     helpers.cancel();
     svc.stop().await;
-    for t in tasks {
+    ha_stop.cancel();
+    for t in tasks.into_iter().chain(ha_task) {
         let _ = t.await;
     }
     Ok(())
@@ -492,7 +508,8 @@ impl Service {
         );
         let sweep = Completeness::of(&snap);
         // The lifecycle has marked these notified: enqueue them before anything else can wait.
-        for e in &events {
+        // A follower (`[ha]`) only keeps its lifecycle warm: the leader announces.
+        for e in events.iter().filter(|_| self.gate.acting()) {
             let a =
                 advisory::from_event(&self.config.advisory.subject_prefix, e, &sweep, Utc::now());
             let verb = match (e.state, e.renotify) {
@@ -504,7 +521,7 @@ impl Service {
             self.publisher.enqueue(a);
         }
         // Kicks only after a sweep: their idle times and message counts come from it.
-        if self.config.kick.enabled && swept {
+        if self.config.kick.enabled && swept && self.gate.acting() {
             self.kicks(&snap, &census, complete, now, &sweep).await;
         }
         if swept || !events.is_empty() {

@@ -1,7 +1,8 @@
 //! `[jetstream]`: the second connection, to an ordinary JetStream-enabled account (JetStream
-//! cannot be enabled in the system account).
+//! cannot be enabled in the system account); `[ha]`: the replicas' leadership over it.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -66,6 +67,31 @@ impl JetStreamConfig {
             tls: self.tls.clone(),
             name: format!("{}-jetstream", nats.name),
             connect_timeout: nats.connect_timeout,
+        }
+    }
+}
+
+/// `[ha]`: several replicas, one acting (publishing advisories, kicking) under a lease in a
+/// JetStream key-value bucket. Needs `[jetstream]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HaConfig {
+    /// Run as one of several replicas: only the holder of the lease acts.
+    pub enabled: bool,
+    /// How long a lease lasts without renewal (whole seconds, at least 2s); the leader renews
+    /// it every third of it and stops acting a fifth of it before it could expire.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// The key-value bucket (in the `[jetstream]` account) holding the lease key `leader`.
+    pub bucket: String,
+}
+
+impl Default for HaConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            lease: Duration::from_secs(10),
+            bucket: "connwatch".into(),
         }
     }
 }

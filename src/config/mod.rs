@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-pub use jetstream::JetStreamConfig;
+pub use jetstream::{HaConfig, JetStreamConfig};
 pub use load::{load, stray_env_vars, ConfigError, ConfigErrors, Flags, Loaded};
 pub use secrets::{check_creds_file, check_seed_file, loose_credential_files, Secret};
 
@@ -56,6 +56,8 @@ pub struct Config {
     /// A second connection, to a JetStream-enabled account; absent: none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jetstream: Option<JetStreamConfig>,
+    /// Several replicas, one acting under a lease (needs `[jetstream]`).
+    pub ha: HaConfig,
 }
 
 /// `[nats]`: the connection to the cluster.

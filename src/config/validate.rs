@@ -31,6 +31,32 @@ pub(super) fn validate(c: &Config, figment: &Figment) -> Result<(), ConfigErrors
                 .into(),
         );
     }
+    if c.ha.enabled && c.jetstream.is_none() {
+        bad(
+            "ha.enabled",
+            "needs a `[jetstream]` section: the lease lives in a key-value bucket of a JetStream-enabled account".into(),
+        );
+    }
+    if c.ha.enabled
+        && (c.ha.lease < std::time::Duration::from_secs(2) || c.ha.lease.subsec_nanos() != 0)
+    {
+        bad(
+            "ha.lease",
+            format!(
+                "must be whole seconds, at least 2s (the key's TTL is in seconds), got {}",
+                humantime::format_duration(c.ha.lease)
+            ),
+        );
+    }
+    if c.ha.enabled && !is_stream_name(&c.ha.bucket) {
+        bad(
+            "ha.bucket",
+            format!(
+                "`{}` is not a bucket name (letters, digits, `-` and `_`)",
+                c.ha.bucket
+            ),
+        );
+    }
     if c.advisory.jetstream && !is_stream_name(&c.advisory.stream) {
         bad(
             "advisory.stream",

@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_nats::jetstream::stream::{Config as StreamConfig, StorageType};
 use async_nats::jetstream::Context;
 use async_nats::Client;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::{Config, JetStreamConfig};
 use crate::error::AppError;
@@ -95,6 +95,32 @@ pub fn stream_config(name: &str, prefix: &str, replicas: usize) -> StreamConfig 
     }
 }
 
+/// Attempts at looking a stream up or creating it at start: replicas starting together race
+/// to create it, and a cluster just started may still elect its JetStream leader.
+const STREAM_ATTEMPTS: u32 = 5;
+
+/// Finds the stream `config.name`, or creates it, retrying (0.5 s, 1 s, 2 s, 4 s apart) while
+/// JetStream does not answer or refuses.
+pub async fn get_or_create_stream(
+    js: &Context,
+    config: StreamConfig,
+) -> Result<async_nats::jetstream::stream::Stream, async_nats::Error> {
+    let mut wait = Duration::from_millis(500);
+    let mut attempt = 1;
+    loop {
+        match js.get_or_create_stream(config.clone()).await {
+            Ok(s) => return Ok(s),
+            Err(e) if attempt < STREAM_ATTEMPTS => {
+                warn!(stream = %config.name, error = %e, attempt, "stream not ready; retrying");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+                attempt += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Finds the advisory stream, or creates it; an existing stream must capture the advisory
 /// subjects.
 pub async fn ensure_stream(
@@ -103,10 +129,9 @@ pub async fn ensure_stream(
     prefix: &str,
     replicas: usize,
 ) -> Result<(), StreamError> {
-    let stream = js
-        .get_or_create_stream(stream_config(name, prefix, replicas))
+    let stream = get_or_create_stream(js, stream_config(name, prefix, replicas))
         .await
-        .map_err(|e| StreamError::Api(e.into()))?;
+        .map_err(StreamError::Api)?;
     let cfg = &stream.cached_info().config;
     let wanted = advisory_subjects(prefix);
     if !cfg.subjects.iter().any(|f| covers(f, &wanted)) {

@@ -1,0 +1,202 @@
+//! `[ha]`: three `connwatch run` replicas on a real 3-node JetStream cluster, one lease in a
+//! key-value bucket. Exactly one replica acts; when it is killed another takes over within
+//! 2 × `ha.lease` and announces nothing again; the leak's end is announced once.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+use testkit::cluster::{http_get, JETSTREAM_PASSWORD, JETSTREAM_USER};
+
+const WAIT: Duration = Duration::from_secs(30);
+const LEASE: Duration = Duration::from_secs(3);
+const STREAM: &str = "CONNWATCH_ADVISORIES";
+
+fn excessive(state: &'static str) -> impl Fn(&Value) -> bool {
+    move |b: &Value| {
+        b["type"] == "io.connwatch.advisory.v1.excessive_user_connections" && b["state"] == state
+    }
+}
+
+/// Every advisory stored in the stream.
+async fn stored(js: &async_nats::jetstream::Context) -> Vec<Value> {
+    let Ok(mut stream) = js.get_stream(STREAM).await else {
+        return Vec::new();
+    };
+    let state = stream.info().await.unwrap().state.clone();
+    let mut out = Vec::new();
+    if state.messages == 0 {
+        return out;
+    }
+    for seq in state.first_sequence..=state.last_sequence {
+        if let Ok(m) = stream.get_raw_message(seq).await {
+            out.push(serde_json::from_slice(&m.payload).unwrap());
+        }
+    }
+    out
+}
+
+/// `connwatch_leader` of each running replica (`None`: not answering yet, or killed).
+fn leaders(replicas: &[Option<Running>]) -> Vec<Option<f64>> {
+    replicas
+        .iter()
+        .map(|r| r.as_ref().and_then(|r| r.metric("connwatch_leader")))
+        .collect()
+}
+
+/// The index of the only replica leading while every other running one follows.
+fn sole_leader(replicas: &[Option<Running>]) -> Option<usize> {
+    let l = leaders(replicas);
+    let running: Vec<(usize, Option<f64>)> = l
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| replicas[*i].is_some())
+        .collect();
+    if running.iter().any(|(_, v)| v.is_none()) {
+        return None;
+    }
+    let leading: Vec<usize> = running
+        .iter()
+        .filter(|(_, v)| *v == Some(1.0))
+        .map(|(i, _)| *i)
+        .collect();
+    (leading.len() == 1).then(|| leading[0])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_acts_another_takes_over_within_two_leases_nothing_announced_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(
+        ClusterSpec::new(dir.path().join("cluster"))
+            .jetstream()
+            .account(AccountSpec::new("APP").user("leaky", "pw")),
+    )
+    .unwrap();
+    let config = format!(
+        "{}[sweep]\ninterval = \"500ms\"\ntimeout = \"1s\"\n[live]\nreconcile_interval = \"1ms\"\n\
+         [detect]\nmax_connections_per_user = 10\n\
+         [advisory]\njetstream = true\n{}\
+         [ha]\nenabled = true\nlease = \"{}s\"\n",
+        cluster.connwatch_toml(),
+        cluster.jetstream_toml(),
+        LEASE.as_secs()
+    );
+    let path = write_config(dir.path(), &config);
+    let reader = async_nats::ConnectOptions::with_user_and_password(
+        JETSTREAM_USER.into(),
+        JETSTREAM_PASSWORD.into(),
+    )
+    .connect(cluster.client_url(1))
+    .await
+    .unwrap();
+    let core = Seen::on(&reader).await;
+    let js = async_nats::jetstream::new(reader.clone());
+    let mut replicas: Vec<Option<Running>> = (0..3)
+        .map(|i| Some(Running::start(&path, dir.path().join(format!("r{i}.log")))))
+        .collect();
+    let logs = |r: &[Option<Running>]| {
+        r.iter()
+            .flatten()
+            .map(Running::log)
+            .collect::<Vec<_>>()
+            .join("\n-----\n")
+    };
+
+    // One leader, two followers; all three ready (followers serve reads), naming their role.
+    assert!(
+        wait_until_async(WAIT, || sole_leader(&replicas).is_some()).await,
+        "no single leader: {:?}\n{}",
+        leaders(&replicas),
+        logs(&replicas)
+    );
+    let leader = sole_leader(&replicas).unwrap();
+    let readyz = |r: &Running| http_get(r.metrics_addr(), "/readyz").unwrap_or((0, String::new()));
+    for (i, r) in replicas.iter().flatten().enumerate() {
+        let want = if i == leader {
+            "ready: leader\n"
+        } else {
+            "ready: follower\n"
+        };
+        assert!(
+            wait_until_async(WAIT, || readyz(r) == (200, want.to_string())).await,
+            "replica {i}: {:?}",
+            readyz(r)
+        );
+    }
+
+    // A leak: exactly one firing, from the leader.
+    let leak = load::open(
+        LoadSpec::new(
+            cluster.client_url(0),
+            LoadAuth::user_password("leaky", "pw"),
+            15,
+        )
+        .name("leaky-worker"),
+    )
+    .await
+    .unwrap();
+    assert!(
+        eventually(WAIT, || async {
+            stored(&js).await.iter().any(excessive("firing"))
+        })
+        .await,
+        "no firing stored: {}",
+        logs(&replicas)
+    );
+
+    // kill -9 the leader: another leads within 2 × lease.
+    let killed = Instant::now();
+    drop(replicas[leader].take());
+    assert!(
+        wait_until_async(2 * LEASE, || sole_leader(&replicas).is_some()).await,
+        "no new leader within 2 × lease: {:?}\n{}",
+        leaders(&replicas),
+        logs(&replicas)
+    );
+    let took = killed.elapsed();
+    let next = sole_leader(&replicas).unwrap();
+    assert_ne!(next, leader);
+    eprintln!("failover: a new leader {took:?} after kill -9 (lease {LEASE:?})");
+    // It runs rounds as leader, and announces nothing again.
+    let new_leader = replicas[next].as_ref().unwrap();
+    let rounds = new_leader.rounds().0;
+    assert!(
+        wait_until_async(WAIT, || new_leader.rounds().0 >= rounds + 4).await,
+        "{}",
+        new_leader.log()
+    );
+
+    // The leak closes: exactly one resolved.
+    leak.close().await;
+    assert!(
+        eventually(WAIT, || async {
+            stored(&js).await.iter().any(excessive("resolved"))
+        })
+        .await,
+        "no resolved stored: {}",
+        logs(&replicas)
+    );
+    let rounds = new_leader.rounds().0;
+    assert!(wait_until_async(WAIT, || new_leader.rounds().0 >= rounds + 4).await);
+    let all = stored(&js).await;
+    let count = |state| all.iter().filter(|b| excessive(state)(b)).count();
+    assert_eq!(count("firing"), 1, "stream: {all:#?}");
+    assert_eq!(count("resolved"), 1, "stream: {all:#?}");
+    // Core subscribers too: nobody announced it twice.
+    assert_eq!(
+        core.all()
+            .iter()
+            .filter(|(_, b)| excessive("firing")(b))
+            .count(),
+        1
+    );
+    assert_eq!(
+        core.all()
+            .iter()
+            .filter(|(_, b)| excessive("resolved")(b))
+            .count(),
+        1
+    );
+}
