@@ -17,6 +17,7 @@
 //!
 //! On shutdown the queued advisories are then flushed, the state saved and the client drained.
 
+mod ha;
 mod live;
 mod lookups;
 mod reload;
@@ -86,6 +87,8 @@ struct Service {
     publisher: Publisher,
     /// Whether this replica acts (`[ha]`); always without it.
     gate: crate::ha::Gate,
+    /// Whether it acted last round (a new leader takes the bucket's state first).
+    led: bool,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     latest: api::Shared,
@@ -226,6 +229,7 @@ pub async fn run(
         sweeper,
         state,
         publisher,
+        led: !gate.replicated(),
         gate,
         metrics,
         health,
@@ -466,6 +470,9 @@ impl Service {
         if complete && swept {
             self.health.complete_sweep(generation);
         }
+        // `[ha]`: a new leader first takes its predecessor's state, or does not act.
+        let acting = self.gate.acting() && (self.led || self.take_over().await);
+        self.led = acting;
         // Partial views undercount: only complete ones make the trend, one sample per
         // `sweep.interval` at most (live rounds come far more often).
         let sample_due = self
@@ -509,7 +516,7 @@ impl Service {
         let sweep = Completeness::of(&snap);
         // The lifecycle has marked these notified: enqueue them before anything else can wait.
         // A follower (`[ha]`) only keeps its lifecycle warm: the leader announces.
-        for e in events.iter().filter(|_| self.gate.acting()) {
+        for e in events.iter().filter(|_| acting) {
             let a =
                 advisory::from_event(&self.config.advisory.subject_prefix, e, &sweep, Utc::now());
             let verb = match (e.state, e.renotify) {
@@ -521,11 +528,14 @@ impl Service {
             self.publisher.enqueue(a);
         }
         // Kicks only after a sweep: their idle times and message counts come from it.
-        if self.config.kick.enabled && swept && self.gate.acting() {
+        if self.config.kick.enabled && swept && acting && self.gate.acting() {
             self.kicks(&snap, &census, complete, now, &sweep).await;
         }
         if swept || !events.is_empty() {
             self.state.save_to(self.config.state.file.as_deref());
+            if acting {
+                self.gate.save_state(&self.state).await;
+            }
         }
         if swept {
             self.last_sweep = Some(now);

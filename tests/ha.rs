@@ -93,9 +93,7 @@ async fn one_replica_acts_another_takes_over_within_two_leases_nothing_announced
     .unwrap();
     let core = Seen::on(&reader).await;
     let js = async_nats::jetstream::new(reader.clone());
-    let mut replicas: Vec<Option<Running>> = (0..3)
-        .map(|i| Some(Running::start(&path, dir.path().join(format!("r{i}.log")))))
-        .collect();
+    let start = |i: usize| Some(Running::start(&path, dir.path().join(format!("r{i}.log"))));
     let logs = |r: &[Option<Running>]| {
         r.iter()
             .flatten()
@@ -103,30 +101,15 @@ async fn one_replica_acts_another_takes_over_within_two_leases_nothing_announced
             .collect::<Vec<_>>()
             .join("\n-----\n")
     };
+    let readyz = |r: &Running| http_get(r.metrics_addr(), "/readyz").unwrap_or((0, String::new()));
 
-    // One leader, two followers; all three ready (followers serve reads), naming their role.
+    // The first replica leads alone and announces the leak once.
+    let mut replicas: Vec<Option<Running>> = vec![start(0)];
     assert!(
-        wait_until_async(WAIT, || sole_leader(&replicas).is_some()).await,
-        "no single leader: {:?}\n{}",
-        leaders(&replicas),
+        wait_until_async(WAIT, || sole_leader(&replicas) == Some(0)).await,
+        "the first replica does not lead: {}",
         logs(&replicas)
     );
-    let leader = sole_leader(&replicas).unwrap();
-    let readyz = |r: &Running| http_get(r.metrics_addr(), "/readyz").unwrap_or((0, String::new()));
-    for (i, r) in replicas.iter().flatten().enumerate() {
-        let want = if i == leader {
-            "ready: leader\n"
-        } else {
-            "ready: follower\n"
-        };
-        assert!(
-            wait_until_async(WAIT, || readyz(r) == (200, want.to_string())).await,
-            "replica {i}: {:?}",
-            readyz(r)
-        );
-    }
-
-    // A leak: exactly one firing, from the leader.
     let leak = load::open(
         LoadSpec::new(
             cluster.client_url(0),
@@ -145,6 +128,30 @@ async fn one_replica_acts_another_takes_over_within_two_leases_nothing_announced
         "no firing stored: {}",
         logs(&replicas)
     );
+    let firing = stored(&js)
+        .await
+        .into_iter()
+        .find(excessive("firing"))
+        .unwrap();
+
+    // Two more replicas join while the leak lasts: they follow (ready, serving reads) and
+    // announce nothing, though their own lifecycles see the finding start now.
+    replicas.push(start(1));
+    replicas.push(start(2));
+    let leader = 0;
+    for (i, r) in replicas.iter().flatten().enumerate() {
+        let want = if i == leader {
+            "ready: leader\n"
+        } else {
+            "ready: follower\n"
+        };
+        assert!(
+            wait_until_async(WAIT, || readyz(r) == (200, want.to_string())).await,
+            "replica {i}: {:?}",
+            readyz(r)
+        );
+    }
+    assert_eq!(sole_leader(&replicas), Some(leader));
 
     // kill -9 the leader: another leads within 2 × lease.
     let killed = Instant::now();
@@ -184,6 +191,10 @@ async fn one_replica_acts_another_takes_over_within_two_leases_nothing_announced
     let count = |state| all.iter().filter(|b| excessive(state)(b)).count();
     assert_eq!(count("firing"), 1, "stream: {all:#?}");
     assert_eq!(count("resolved"), 1, "stream: {all:#?}");
+    // The new leader took the finding from the bucket: the end of the same finding, with the
+    // first leader's `since` (its own lifecycle saw the leak start later).
+    let resolved = all.iter().find(|b| excessive("resolved")(b)).unwrap();
+    assert_eq!(resolved["since"], firing["since"]);
     // Core subscribers too: nobody announced it twice.
     assert_eq!(
         core.all()

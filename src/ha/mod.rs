@@ -10,7 +10,7 @@ pub mod lease;
 use std::sync::{Arc, Mutex};
 
 use async_nats::jetstream::context::PublishErrorKind;
-use async_nats::jetstream::kv::Operation;
+use async_nats::jetstream::kv::{Operation, Store};
 use async_nats::jetstream::stream::{Config as StreamConfig, DiscardPolicy, StorageType};
 use async_nats::jetstream::Context;
 use async_nats::HeaderMap;
@@ -26,6 +26,7 @@ pub use lease::{Lease, Role};
 use crate::config::{Config, HaConfig};
 use crate::error::AppError;
 use crate::metrics::{Health, Metrics};
+use crate::state::State;
 
 /// The lease key in the bucket.
 pub const LEASE_KEY: &str = "leader";
@@ -33,7 +34,7 @@ pub const LEASE_KEY: &str = "leader";
 /// Whether this replica may act, asked by the service loop before each kick batch and by the
 /// publisher before each publish batch. A single instance (no `[ha]`) always acts.
 #[derive(Clone, Default)]
-pub struct Gate(Option<Arc<Mutex<Lease>>>);
+pub struct Gate(Option<(Arc<Mutex<Lease>>, Store)>);
 
 impl Gate {
     /// A single instance: always acting.
@@ -41,19 +42,67 @@ impl Gate {
         Self(None)
     }
 
+    /// Whether this is one of several replicas (`[ha]`).
+    pub fn replicated(&self) -> bool {
+        self.0.is_some()
+    }
+
     /// Whether this replica may act now.
     pub fn acting(&self) -> bool {
         self.0
             .as_ref()
-            .is_none_or(|l| l.lock().expect("lease lock").acting(Instant::now()))
+            .is_none_or(|(l, _)| l.lock().expect("lease lock").acting(Instant::now()))
     }
 
     /// The role now and since when; `None` for a single instance.
     pub fn role(&self) -> Option<(Role, DateTime<Utc>)> {
-        let l = self.0.as_ref()?.lock().expect("lease lock");
+        let l = self.0.as_ref()?.0.lock().expect("lease lock");
         Some((l.role(Instant::now()), l.since()))
     }
+
+    /// The state the last leader saved in the bucket (`None`: none saved yet, or a single
+    /// instance); an error when the bucket cannot be read, so a new leader that cannot learn
+    /// what its predecessor announced and kicked does not act.
+    pub async fn load_state(&self) -> Result<Option<State>, async_nats::Error> {
+        let Some((_, kv)) = &self.0 else {
+            return Ok(None);
+        };
+        match kv.get(STATE_KEY).await? {
+            None => Ok(None),
+            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+        }
+    }
+
+    /// Saves `state` in the bucket while this replica acts; a state too large for one message
+    /// is saved without its growth history. Failures are logged: the next round saves again.
+    pub async fn save_state(&self, state: &State) {
+        let Some((_, kv)) = &self.0 else {
+            return;
+        };
+        if !self.acting() {
+            return;
+        }
+        let mut bytes = serde_json::to_vec(state).expect("state serializes");
+        if bytes.len() > MAX_STATE_BYTES {
+            let mut lean = state.clone();
+            lean.history = Default::default();
+            bytes = serde_json::to_vec(&lean).expect("state serializes");
+            warn!(
+                bytes = bytes.len(),
+                "HA: state too large for the bucket; saved without the growth history"
+            );
+        }
+        if let Err(e) = kv.put(STATE_KEY, bytes.into()).await {
+            warn!(error = %crate::advisory::with_sources(&e), "HA: state not saved in the bucket");
+        }
+    }
 }
+
+/// The key holding the leader's state (firing findings, kick memory, servers, history).
+pub const STATE_KEY: &str = "state";
+/// A state larger than this is saved without its history (a NATS message is at most 1 MiB by
+/// default).
+const MAX_STATE_BYTES: usize = 900 * 1024;
 
 /// Why the lease key could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +165,10 @@ pub async fn start(
             "the bucket exists without per-message TTLs (allow_msg_ttl): delete it, or name another in `ha.bucket`".into(),
         ));
     }
+    let kv = js
+        .get_key_value(&config.ha.bucket)
+        .await
+        .map_err(|e| bucket_error(Box::new(e)))?;
     let lease = Arc::new(Mutex::new(Lease::new(config.ha.lease, Utc::now())));
     let me = format!("{}-{}", hostname(), nuid::next());
     info!(replica = %me, bucket = %config.ha.bucket, lease = %humantime::format_duration(config.ha.lease), "HA: competing for the lease");
@@ -128,7 +181,7 @@ pub async fn start(
         health,
         stop,
     ));
-    Ok((Gate(Some(lease)), Some(task)))
+    Ok((Gate(Some((lease, kv))), Some(task)))
 }
 
 fn hostname() -> String {
@@ -174,7 +227,10 @@ async fn lease_loop(
                 Err(_) => warn!("HA: lease write not confirmed in time"),
             }
         }
-        let role = Gate(Some(lease.clone())).role().expect("a lease");
+        let role = {
+            let l = lease.lock().expect("lease lock");
+            (l.role(Instant::now()), l.since())
+        };
         if last_role != Some(role.0) {
             info!(role = role.0.name(), "HA: role");
             last_role = Some(role.0);
