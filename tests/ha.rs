@@ -211,3 +211,135 @@ async fn one_replica_acts_another_takes_over_within_two_leases_nothing_announced
         1
     );
 }
+
+/// `connwatch_leader` of one replica, sampled; `None` while it does not answer.
+fn gauge(r: &Running) -> Option<f64> {
+    r.metric("connwatch_leader")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_jetstream_stops_acting_before_another_takes_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(
+        ClusterSpec::new(dir.path().join("cluster"))
+            .jetstream()
+            .account(AccountSpec::new("APP").user("leaky", "pw")),
+    )
+    .unwrap();
+    // Replica A reaches JetStream through n3 only (frozen below), replica B through n1.
+    let config = |js_server: usize| {
+        format!(
+            "[nats]\nservers = [{:?}]\nuser = \"sys\"\npassword = \"sys-dev-password\"\n\
+             [sweep]\ninterval = \"500ms\"\ntimeout = \"1s\"\n[live]\nreconcile_interval = \"1ms\"\n\
+             [detect]\nmax_connections_per_user = 10\n\
+             [advisory]\njetstream = true\n{}servers = [{:?}]\n\
+             [ha]\nenabled = true\nlease = \"{}s\"\n",
+            cluster.client_url(0),
+            cluster.jetstream_toml(),
+            cluster.client_url(js_server),
+            LEASE.as_secs()
+        )
+    };
+    let (path_a, path_b) = (dir.path().join("a.toml"), dir.path().join("b.toml"));
+    std::fs::write(&path_a, config(2)).unwrap();
+    std::fs::write(&path_b, config(0)).unwrap();
+    let reader = async_nats::ConnectOptions::with_user_and_password(
+        JETSTREAM_USER.into(),
+        JETSTREAM_PASSWORD.into(),
+    )
+    .connect(cluster.client_url(1))
+    .await
+    .unwrap();
+    let core = Seen::on(&reader).await;
+    let js = async_nats::jetstream::new(reader.clone());
+    let a = Running::start(&path_a, dir.path().join("a.log"));
+    assert!(
+        wait_until_async(WAIT, || gauge(&a) == Some(1.0)).await,
+        "A does not lead: {}",
+        a.log()
+    );
+    let b = Running::start(&path_b, dir.path().join("b.log"));
+    assert!(
+        wait_until_async(WAIT, || http_get(b.metrics_addr(), "/readyz")
+            .is_ok_and(|r| r == (200, "ready: follower\n".to_string())))
+        .await,
+        "B not a ready follower: {}",
+        b.log()
+    );
+    let leak = load::open(
+        LoadSpec::new(
+            cluster.client_url(0),
+            LoadAuth::user_password("leaky", "pw"),
+            15,
+        )
+        .name("leaky-worker"),
+    )
+    .await
+    .unwrap();
+    assert!(
+        eventually(WAIT, || async {
+            stored(&js).await.iter().any(excessive("firing"))
+        })
+        .await,
+        "no firing stored: {}",
+        a.log()
+    );
+
+    // Freeze A's JetStream server: A cannot renew. Sample both gauges until B leads.
+    cluster.pause(2).unwrap();
+    let frozen = Instant::now();
+    let mut samples = Vec::new();
+    let took_over = wait_until_async(WAIT, || {
+        let s = (frozen.elapsed(), gauge(&a), gauge(&b));
+        samples.push(s);
+        s.2 == Some(1.0)
+    })
+    .await;
+    assert!(took_over, "B never led: {}", b.log());
+    let overlap: Vec<_> = samples
+        .iter()
+        .filter(|(_, ga, gb)| *ga == Some(1.0) && *gb == Some(1.0))
+        .collect();
+    assert!(overlap.is_empty(), "both led at once: {overlap:?}");
+    let a_stopped = samples
+        .iter()
+        .find(|(_, ga, _)| *ga == Some(0.0))
+        .map(|s| s.0);
+    let b_led = samples.last().unwrap().0;
+    assert!(
+        a_stopped.is_some_and(|t| t < b_led),
+        "A stopped at {a_stopped:?}, B led at {b_led:?}"
+    );
+    eprintln!("partition: A stopped acting {a_stopped:?} after the freeze, B led {b_led:?} after");
+
+    // A's server comes back: A follows (its revision is gone), B keeps leading.
+    cluster.resume(2).unwrap();
+    let rounds = b.rounds().0;
+    assert!(wait_until_async(WAIT, || b.rounds().0 >= rounds + 4).await);
+    assert_eq!((gauge(&a), gauge(&b)), (Some(0.0), Some(1.0)));
+    leak.close().await;
+    assert!(
+        eventually(WAIT, || async {
+            stored(&js).await.iter().any(excessive("resolved"))
+        })
+        .await,
+        "no resolved stored: {}",
+        b.log()
+    );
+    let rounds = b.rounds().0;
+    assert!(wait_until_async(WAIT, || b.rounds().0 >= rounds + 4).await);
+    let all = stored(&js).await;
+    let count = |state| all.iter().filter(|b| excessive(state)(b)).count();
+    assert_eq!(
+        (count("firing"), count("resolved")),
+        (1, 1),
+        "stream: {all:#?}"
+    );
+    let seen = |state| {
+        core.all()
+            .iter()
+            .filter(|(_, b)| excessive(state)(b))
+            .count()
+    };
+    assert_eq!((seen("firing"), seen("resolved")), (1, 1));
+}

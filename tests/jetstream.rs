@@ -104,6 +104,13 @@ async fn each_advisory_is_stored_once_across_ack_timeouts_retries_and_a_reconnec
     assert!(info.duplicate_window >= Duration::from_secs(120));
     assert_eq!(info.num_replicas, 3);
 
+    // Running: its start-up (the stream, through n3) is over once a round is done.
+    assert!(
+        wait_until_async(WAIT, || running.rounds().0 >= 1).await,
+        "{}",
+        running.log()
+    );
+
     // 1. The server of the [jetstream] connection freezes: the firing advisory is written to
     //    its socket, its ack never comes, it is sent again (and again).
     cluster.pause(2).unwrap();

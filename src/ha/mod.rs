@@ -205,18 +205,30 @@ async fn lease_loop(
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_role = None;
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
+        // The role is noted at every attempt, and the moment the acting deadline passes.
+        let until = lease
+            .lock()
+            .expect("lease lock")
+            .acting_until()
+            .filter(|u| *u > Instant::now());
+        let deadline = async {
+            match until {
+                Some(u) => tokio::time::sleep_until(u).await,
+                None => std::future::pending().await,
+            }
+        };
+        let attempt = tokio::select! {
+            _ = tick.tick() => true,
+            _ = deadline => false,
             _ = stop.cancelled() => break,
-        }
-        let revision = lease.lock().expect("lease lock").revision();
-        let sent = Instant::now();
-        let written = tokio::time::timeout(
-            every,
-            write(&js, &cfg, &subject, revision, Bytes::from(me.clone())),
-        )
-        .await;
-        {
+        };
+        if attempt {
+            let revision = lease.lock().expect("lease lock").revision();
+            let sent = Instant::now();
+            let write = write(&js, &cfg, &subject, revision, Bytes::from(me.clone()));
+            // An attempt outlasting the deadline is abandoned: the role is noted at once.
+            let limit = until.map_or(sent + every, |u| u.min(sent + every));
+            let written = tokio::time::timeout_at(limit, write).await;
             let mut l = lease.lock().expect("lease lock");
             match written {
                 Ok(Ok(rev)) => l.written(rev, sent, Utc::now()),
