@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::*;
-use testkit::cluster::{http_get, JETSTREAM_PASSWORD, JETSTREAM_USER};
+use testkit::cluster::http_get;
 
 const WAIT: Duration = Duration::from_secs(30);
 const LEASE: Duration = Duration::from_secs(3);
@@ -22,20 +22,7 @@ fn excessive(state: &'static str) -> impl Fn(&Value) -> bool {
 
 /// Every advisory stored in the stream.
 async fn stored(js: &async_nats::jetstream::Context) -> Vec<Value> {
-    let Ok(mut stream) = js.get_stream(STREAM).await else {
-        return Vec::new();
-    };
-    let state = stream.info().await.unwrap().state.clone();
-    let mut out = Vec::new();
-    if state.messages == 0 {
-        return out;
-    }
-    for seq in state.first_sequence..=state.last_sequence {
-        if let Ok(m) = stream.get_raw_message(seq).await {
-            out.push(serde_json::from_slice(&m.payload).unwrap());
-        }
-    }
-    out
+    stream_bodies(js, STREAM).await
 }
 
 /// `connwatch_leader` of each running replica (`None`: not answering yet, or killed).
@@ -84,15 +71,7 @@ async fn one_replica_acts_another_takes_over_within_two_leases_nothing_announced
         LEASE.as_secs()
     );
     let path = write_config(dir.path(), &config);
-    let reader = async_nats::ConnectOptions::with_user_and_password(
-        JETSTREAM_USER.into(),
-        JETSTREAM_PASSWORD.into(),
-    )
-    .connect(cluster.client_url(1))
-    .await
-    .unwrap();
-    let core = Seen::on(&reader).await;
-    let js = async_nats::jetstream::new(reader.clone());
+    let (core, js, _reader) = jetstream_reader(&cluster.client_url(1)).await;
     let start = |i: usize| Some(Running::start(&path, dir.path().join(format!("r{i}.log"))));
     let logs = |r: &[Option<Running>]| {
         r.iter()
@@ -243,15 +222,7 @@ async fn a_leader_cut_off_from_jetstream_stops_acting_before_another_takes_over(
     let (path_a, path_b) = (dir.path().join("a.toml"), dir.path().join("b.toml"));
     std::fs::write(&path_a, config(2)).unwrap();
     std::fs::write(&path_b, config(0)).unwrap();
-    let reader = async_nats::ConnectOptions::with_user_and_password(
-        JETSTREAM_USER.into(),
-        JETSTREAM_PASSWORD.into(),
-    )
-    .connect(cluster.client_url(1))
-    .await
-    .unwrap();
-    let core = Seen::on(&reader).await;
-    let js = async_nats::jetstream::new(reader.clone());
+    let (core, js, _reader) = jetstream_reader(&cluster.client_url(1)).await;
     let a = Running::start(&path_a, dir.path().join("a.log"));
     assert!(
         wait_until_async(WAIT, || gauge(&a) == Some(1.0)).await,

@@ -10,30 +10,15 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::*;
-use testkit::cluster::{JETSTREAM_PASSWORD, JETSTREAM_USER};
 
 const WAIT: Duration = Duration::from_secs(30);
 const STREAM: &str = "CONNWATCH_ADVISORIES";
 const TIMEOUTS: &str = "connwatch_advisories_publish_failures_total{kind=\"timeout\"}";
 const PUBLISHED: &str = "connwatch_advisories_published_total";
 
-/// Every message stored in the stream, as JSON bodies, in order.
+/// Every advisory stored in the stream.
 async fn stored(js: &async_nats::jetstream::Context) -> Vec<Value> {
-    let mut stream = js
-        .get_stream(STREAM)
-        .await
-        .expect("the advisory stream exists");
-    let state = stream.info().await.unwrap().state.clone();
-    let mut out = Vec::new();
-    if state.messages == 0 {
-        return out;
-    }
-    for seq in state.first_sequence..=state.last_sequence {
-        if let Ok(m) = stream.get_raw_message(seq).await {
-            out.push(serde_json::from_slice(&m.payload).unwrap());
-        }
-    }
-    out
+    stream_bodies(js, STREAM).await
 }
 
 /// How often each advisory id occurs.
@@ -76,15 +61,7 @@ async fn each_advisory_is_stored_once_across_ack_timeouts_retries_and_a_reconnec
     let path = write_config(dir.path(), &config);
     // A reader in the JetStream account: the stream, and a core subscription that sees every
     // publish, retries included (the stream de-duplicates; core delivery does not).
-    let reader = async_nats::ConnectOptions::with_user_and_password(
-        JETSTREAM_USER.into(),
-        JETSTREAM_PASSWORD.into(),
-    )
-    .connect(cluster.client_url(1))
-    .await
-    .unwrap();
-    let core = Seen::on(&reader).await;
-    let js = async_nats::jetstream::new(reader.clone());
+    let (core, js, _reader) = jetstream_reader(&cluster.client_url(1)).await;
     let running = Running::start(&path, dir.path().join("connwatch.log"));
     assert!(
         eventually(WAIT, || async { js.get_stream(STREAM).await.is_ok() }).await,

@@ -41,6 +41,7 @@ impl Service {
                 old.advisory.stream != new.advisory.stream,
             ),
             ("jetstream", old.jetstream != new.jetstream),
+            ("ha", old.ha != new.ha),
             ("state.file", old.state.file != new.state.file),
             ("log.level", old.log.level != new.log.level),
         ] {
@@ -61,6 +62,7 @@ impl Service {
         applied.advisory.publish_timeout = old.advisory.publish_timeout;
         applied.advisory.stream = old.advisory.stream.clone();
         applied.jetstream = old.jetstream.clone();
+        applied.ha = old.ha.clone();
         applied.state = old.state.clone();
         applied.log = old.log.clone();
         self.sweeper.set_config(&applied.sweep);

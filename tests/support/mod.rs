@@ -468,3 +468,43 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Every message stored in the JetStream stream `stream` (read through `js`), as JSON bodies in
+/// order; empty while the stream does not exist.
+pub async fn stream_bodies(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+) -> Vec<serde_json::Value> {
+    let Ok(mut stream) = js.get_stream(stream).await else {
+        return Vec::new();
+    };
+    let state = stream.info().await.unwrap().state.clone();
+    let mut out = Vec::new();
+    if state.messages == 0 {
+        return out;
+    }
+    for seq in state.first_sequence..=state.last_sequence {
+        if let Ok(m) = stream.get_raw_message(seq).await {
+            out.push(serde_json::from_slice(&m.payload).unwrap());
+        }
+    }
+    out
+}
+
+/// A reader in the JetStream account of a [`ClusterSpec::jetstream`] cluster, at `url`: a core
+/// subscription to every advisory (it sees every publish, retries included), the JetStream
+/// context for the stream, and the client (keep it alive).
+pub async fn jetstream_reader(
+    url: &str,
+) -> (Seen, async_nats::jetstream::Context, async_nats::Client) {
+    use testkit::cluster::{JETSTREAM_PASSWORD, JETSTREAM_USER};
+    let reader = async_nats::ConnectOptions::with_user_and_password(
+        JETSTREAM_USER.into(),
+        JETSTREAM_PASSWORD.into(),
+    )
+    .connect(url)
+    .await
+    .unwrap();
+    let core = Seen::on(&reader).await;
+    (core, async_nats::jetstream::new(reader.clone()), reader)
+}
