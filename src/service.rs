@@ -533,8 +533,8 @@ impl Service {
         }
         if swept || !events.is_empty() {
             self.state.save_to(self.config.state.file.as_deref());
-            if acting {
-                self.gate.save_state(&self.state).await;
+            if acting && !self.gate.save_state(&self.state).await {
+                self.led = false;
             }
         }
         if swept {

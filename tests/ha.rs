@@ -25,6 +25,23 @@ async fn stored(js: &async_nats::jetstream::Context) -> Vec<Value> {
     stream_bodies(js, STREAM).await
 }
 
+/// Waits until an `excessive_user_connections` advisory in `state` is stored; `logs` for the
+/// failure message.
+async fn wait_stored(
+    js: &async_nats::jetstream::Context,
+    state: &'static str,
+    logs: impl Fn() -> String,
+) {
+    assert!(
+        eventually(WAIT, || async {
+            stored(js).await.iter().any(excessive(state))
+        })
+        .await,
+        "no {state} stored: {}",
+        logs()
+    );
+}
+
 /// `connwatch_leader` of each running replica (`None`: not answering yet, or killed).
 fn leaders(replicas: &[Option<Running>]) -> Vec<Option<f64>> {
     replicas
@@ -55,12 +72,7 @@ fn sole_leader(replicas: &[Option<Running>]) -> Option<usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_replica_acts_another_takes_over_within_two_leases_nothing_announced_twice() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = Cluster::start(
-        ClusterSpec::new(dir.path().join("cluster"))
-            .jetstream()
-            .account(AccountSpec::new("APP").user("leaky", "pw")),
-    )
-    .unwrap();
+    let cluster = jetstream_cluster(dir.path());
     let config = format!(
         "{}[sweep]\ninterval = \"500ms\"\ntimeout = \"1s\"\n[live]\nreconcile_interval = \"1ms\"\n\
          [detect]\nmax_connections_per_user = 10\n\
@@ -89,24 +101,8 @@ async fn one_replica_acts_another_takes_over_within_two_leases_nothing_announced
         "the first replica does not lead: {}",
         logs(&replicas)
     );
-    let leak = load::open(
-        LoadSpec::new(
-            cluster.client_url(0),
-            LoadAuth::user_password("leaky", "pw"),
-            15,
-        )
-        .name("leaky-worker"),
-    )
-    .await
-    .unwrap();
-    assert!(
-        eventually(WAIT, || async {
-            stored(&js).await.iter().any(excessive("firing"))
-        })
-        .await,
-        "no firing stored: {}",
-        logs(&replicas)
-    );
+    let leak = leaky_worker(&cluster).await;
+    wait_stored(&js, "firing", || logs(&replicas)).await;
     let firing = stored(&js)
         .await
         .into_iter()
@@ -156,14 +152,7 @@ async fn one_replica_acts_another_takes_over_within_two_leases_nothing_announced
 
     // The leak closes: exactly one resolved.
     leak.close().await;
-    assert!(
-        eventually(WAIT, || async {
-            stored(&js).await.iter().any(excessive("resolved"))
-        })
-        .await,
-        "no resolved stored: {}",
-        logs(&replicas)
-    );
+    wait_stored(&js, "resolved", || logs(&replicas)).await;
     let rounds = new_leader.rounds().0;
     assert!(wait_until_async(WAIT, || new_leader.rounds().0 >= rounds + 4).await);
     let all = stored(&js).await;
@@ -199,12 +188,7 @@ fn gauge(r: &Running) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_cut_off_from_jetstream_stops_acting_before_another_takes_over() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start(
-        ClusterSpec::new(dir.path().join("cluster"))
-            .jetstream()
-            .account(AccountSpec::new("APP").user("leaky", "pw")),
-    )
-    .unwrap();
+    let mut cluster = jetstream_cluster(dir.path());
     // Replica A reaches JetStream through n3 only (frozen below), replica B through n1.
     let config = |js_server: usize| {
         format!(
@@ -237,24 +221,8 @@ async fn a_leader_cut_off_from_jetstream_stops_acting_before_another_takes_over(
         "B not a ready follower: {}",
         b.log()
     );
-    let leak = load::open(
-        LoadSpec::new(
-            cluster.client_url(0),
-            LoadAuth::user_password("leaky", "pw"),
-            15,
-        )
-        .name("leaky-worker"),
-    )
-    .await
-    .unwrap();
-    assert!(
-        eventually(WAIT, || async {
-            stored(&js).await.iter().any(excessive("firing"))
-        })
-        .await,
-        "no firing stored: {}",
-        a.log()
-    );
+    let leak = leaky_worker(&cluster).await;
+    wait_stored(&js, "firing", || a.log()).await;
 
     // Freeze A's JetStream server: A cannot renew. Sample both gauges until B leads.
     cluster.pause(2).unwrap();
@@ -289,14 +257,7 @@ async fn a_leader_cut_off_from_jetstream_stops_acting_before_another_takes_over(
     assert!(wait_until_async(WAIT, || b.rounds().0 >= rounds + 4).await);
     assert_eq!((gauge(&a), gauge(&b)), (Some(0.0), Some(1.0)));
     leak.close().await;
-    assert!(
-        eventually(WAIT, || async {
-            stored(&js).await.iter().any(excessive("resolved"))
-        })
-        .await,
-        "no resolved stored: {}",
-        b.log()
-    );
+    wait_stored(&js, "resolved", || b.log()).await;
     let rounds = b.rounds().0;
     assert!(wait_until_async(WAIT, || b.rounds().0 >= rounds + 4).await);
     let all = stored(&js).await;

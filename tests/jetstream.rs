@@ -41,12 +41,7 @@ fn excessive(state: &str, renotify: bool) -> impl Fn(&Value) -> bool + '_ {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_advisory_is_stored_once_across_ack_timeouts_retries_and_a_reconnect() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start(
-        ClusterSpec::new(dir.path().join("cluster"))
-            .jetstream()
-            .account(AccountSpec::new("APP").user("leaky", "pw")),
-    )
-    .unwrap();
+    let mut cluster = jetstream_cluster(dir.path());
     // System connection on n1; the [jetstream] connection on n3, the server paused and killed.
     let config = format!(
         "[nats]\nservers = [{:?}]\nuser = \"sys\"\npassword = \"sys-dev-password\"\n\
@@ -91,16 +86,7 @@ async fn each_advisory_is_stored_once_across_ack_timeouts_retries_and_a_reconnec
     // 1. The server of the [jetstream] connection freezes: the firing advisory is written to
     //    its socket, its ack never comes, it is sent again (and again).
     cluster.pause(2).unwrap();
-    let leak = load::open(
-        LoadSpec::new(
-            cluster.client_url(0),
-            LoadAuth::user_password("leaky", "pw"),
-            15,
-        )
-        .name("leaky-worker"),
-    )
-    .await
-    .unwrap();
+    let leak = leaky_worker(&cluster).await;
     assert!(
         wait_until_async(WAIT, || running.metric(TIMEOUTS).unwrap_or(0.0) >= 2.0).await,
         "no ack timeouts: {}",

@@ -34,7 +34,14 @@ pub const LEASE_KEY: &str = "leader";
 /// Whether this replica may act, asked by the service loop before each kick batch and by the
 /// publisher before each publish batch. A single instance (no `[ha]`) always acts.
 #[derive(Clone, Default)]
-pub struct Gate(Option<(Arc<Mutex<Lease>>, Store)>);
+pub struct Gate(Option<Arc<Replica>>);
+
+/// One replica's lease, its bucket, and the revision of the state it saved last.
+struct Replica {
+    lease: Arc<Mutex<Lease>>,
+    kv: Store,
+    saved: Mutex<Option<u64>>,
+}
 
 impl Gate {
     /// A single instance: always acting.
@@ -51,37 +58,39 @@ impl Gate {
     pub fn acting(&self) -> bool {
         self.0
             .as_ref()
-            .is_none_or(|(l, _)| l.lock().expect("lease lock").acting(Instant::now()))
+            .is_none_or(|r| r.lease.lock().expect("lease lock").acting(Instant::now()))
     }
 
     /// The role now and since when; `None` for a single instance.
     pub fn role(&self) -> Option<(Role, DateTime<Utc>)> {
-        let l = self.0.as_ref()?.0.lock().expect("lease lock");
+        let l = self.0.as_ref()?.lease.lock().expect("lease lock");
         Some((l.role(Instant::now()), l.since()))
     }
 
     /// The state the last leader saved in the bucket (`None`: none saved yet, or a single
-    /// instance); an error when the bucket cannot be read, so a new leader that cannot learn
-    /// what its predecessor announced and kicked does not act.
+    /// instance); its revision is where this replica's next save must follow. An error when the
+    /// bucket cannot be read, so a new leader that cannot learn what its predecessor announced
+    /// and kicked does not act.
     pub async fn load_state(&self) -> Result<Option<State>, async_nats::Error> {
-        let Some((_, kv)) = &self.0 else {
+        let Some(r) = &self.0 else {
             return Ok(None);
         };
-        match kv.get(STATE_KEY).await? {
-            None => Ok(None),
-            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+        let entry = r.kv.entry(STATE_KEY).await?;
+        *r.saved.lock().expect("saved lock") = Some(entry.as_ref().map_or(0, |e| e.revision));
+        match entry {
+            Some(e) if e.operation == Operation::Put => Ok(Some(serde_json::from_slice(&e.value)?)),
+            _ => Ok(None),
         }
     }
 
-    /// Saves `state` in the bucket while this replica acts; a state too large for one message
-    /// is saved without its growth history. Failures are logged: the next round saves again.
-    pub async fn save_state(&self, state: &State) {
-        let Some((_, kv)) = &self.0 else {
-            return;
+    /// Saves the state of a round this replica acted in, as an update on the revision it loaded
+    /// or saved last: when another replica saved since (it leads now), nothing is written and
+    /// false is returned, so this one loads the bucket's state again before it next acts. A
+    /// state too large for one message is saved without its growth history.
+    pub async fn save_state(&self, state: &State) -> bool {
+        let Some(r) = &self.0 else {
+            return true;
         };
-        if !self.acting() {
-            return;
-        }
         let mut bytes = serde_json::to_vec(state).expect("state serializes");
         if bytes.len() > MAX_STATE_BYTES {
             let mut lean = state.clone();
@@ -92,8 +101,16 @@ impl Gate {
                 "HA: state too large for the bucket; saved without the growth history"
             );
         }
-        if let Err(e) = kv.put(STATE_KEY, bytes.into()).await {
-            warn!(error = %crate::advisory::with_sources(&e), "HA: state not saved in the bucket");
+        let last = r.saved.lock().expect("saved lock").unwrap_or(0);
+        match r.kv.update(STATE_KEY, bytes.into(), last).await {
+            Ok(revision) => {
+                *r.saved.lock().expect("saved lock") = Some(revision);
+                true
+            }
+            Err(e) => {
+                warn!(error = %crate::advisory::with_sources(&e), "HA: state not saved in the bucket; reloading it before acting again");
+                false
+            }
         }
     }
 }
@@ -181,7 +198,12 @@ pub async fn start(
         health,
         stop,
     ));
-    Ok((Gate(Some((lease, kv))), Some(task)))
+    let replica = Replica {
+        lease,
+        kv,
+        saved: Mutex::new(None),
+    };
+    Ok((Gate(Some(Arc::new(replica))), Some(task)))
 }
 
 fn hostname() -> String {

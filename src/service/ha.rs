@@ -8,6 +8,7 @@ use super::Service;
 impl Service {
     /// Takes the firing findings and the kick memory the last leader saved; false (do not act
     /// this round) when the bucket cannot be read. With nothing saved yet, its own are kept.
+    /// Also after a moment without the lease: what it computed meanwhile was not announced.
     pub(super) async fn take_over(&mut self) -> bool {
         match self.gate.load_state().await {
             Ok(Some(saved)) => {

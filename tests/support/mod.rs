@@ -508,3 +508,29 @@ pub async fn jetstream_reader(
     let core = Seen::on(&reader).await;
     (core, async_nats::jetstream::new(reader.clone()), reader)
 }
+
+/// 15 connections of user `leaky` (account `APP`, password `pw`) at the cluster's first server,
+/// client name `leaky-worker`: over a threshold of 10.
+pub async fn leaky_worker(cluster: &Cluster) -> Load {
+    load::open(
+        LoadSpec::new(
+            cluster.client_url(0),
+            LoadAuth::user_password("leaky", "pw"),
+            15,
+        )
+        .name("leaky-worker"),
+    )
+    .await
+    .unwrap()
+}
+
+/// A 3-node cluster with JetStream (its account and user, see [`ClusterSpec::jetstream`]) and
+/// the account `APP` with the user `leaky` (password `pw`), under `dir/cluster`.
+pub fn jetstream_cluster(dir: &Path) -> Cluster {
+    Cluster::start(
+        ClusterSpec::new(dir.join("cluster"))
+            .jetstream()
+            .account(AccountSpec::new("APP").user("leaky", "pw")),
+    )
+    .unwrap()
+}
