@@ -30,11 +30,13 @@ fn by_id(bodies: &[Value]) -> BTreeMap<String, usize> {
     m
 }
 
+/// The leak's finding (user `leaky`: see tests/ha.rs on a census race under load).
 fn excessive(state: &str, renotify: bool) -> impl Fn(&Value) -> bool + '_ {
     move |b: &Value| {
         b["type"] == "io.connwatch.advisory.v1.excessive_user_connections"
             && b["state"] == state
             && b["renotify"] == renotify
+            && b["user"] == "leaky"
     }
 }
 
