@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -146,7 +146,7 @@ pub async fn run(
     let sweeper = Sweeper::new(session.system.clone(), &config.sweep);
     let health = Arc::new(Health::new(
         client.clone(),
-        config.sweep.interval,
+        config.sweep_cadence(),
         metrics.reconnects.clone(),
     ));
     // With `[ha]`, only the lease holder acts; stopped after the last advisories are flushed.
@@ -248,7 +248,7 @@ pub async fn run(
         None => Default::default(),
     };
     let mut last_live = Instant::now();
-    let mut ticker = svc.ticker();
+    let mut due = svc.next_sweep();
     let (mut reloads, loader) = match reload {
         Some(r) => (Some(r.requests), Some(r.load)),
         None => (None, None),
@@ -261,11 +261,7 @@ pub async fn run(
             // In this order: under churn the live rounds (last) must never starve a sweep.
             biased;
             _ = shutdown.cancelled() => break,
-            _ = ticker.tick() => {
-                if svc.reconcile_not_due() {
-                    continue;
-                }
-            }
+            _ = tokio::time::sleep_until(due) => {}
             _ = resync.notified(), if svc.live.is_some() => {
                 info!("live census gap: sweeping now");
             }
@@ -280,9 +276,8 @@ pub async fn run(
             Some(()) = async { reloads.as_mut()?.recv().await } => {
                 if let Some(load) = &loader {
                     info!("reloading the configuration");
-                    if svc.reload(load()) {
-                        ticker = svc.ticker();
-                    }
+                    svc.reload(load());
+                    due = svc.next_sweep();
                 }
                 continue;
             }
@@ -329,7 +324,8 @@ pub async fn run(
                     .ok_or_else(|| api::SweepRefused::Failed("sweep failed".into())),
             );
         }
-        let interval = svc.config.sweep.interval;
+        let interval = svc.sweep_every();
+        due = svc.next_sweep();
         let overran = (started.elapsed().as_nanos() / interval.as_nanos().max(1)) as u64;
         if overran > 0 {
             svc.metrics.sweeps_skipped.inc_by(overran);
@@ -386,13 +382,6 @@ impl Service {
                 retry_in: gap - since,
             })
         })
-    }
-
-    /// A ticker for `sweep.interval` whose missed ticks are skipped, not bunched.
-    fn ticker(&self) -> tokio::time::Interval {
-        let mut t = tokio::time::interval(self.config.sweep.interval);
-        t.set_missed_tick_behavior(MissedTickBehavior::Skip);
-        t
     }
 
     /// The first phase of a round: the identity retry, the sweep, the census, the limit and

@@ -6,16 +6,16 @@ use super::Service;
 use crate::config::{Config, ConfigErrors};
 
 impl Service {
-    /// Applies a reloaded configuration, or refuses it; returns whether the interval changed.
-    /// Findings, history and kick memory are kept; settings that need a new connection or
+    /// Applies a reloaded configuration, or refuses it (the schedule follows the new
+    /// intervals from the last sweep's start). Findings, history and kick memory are kept; settings that need a new connection or
     /// listener are reported and left as they are.
-    pub(super) fn reload(&mut self, new: Result<Config, ConfigErrors>) -> bool {
+    pub(super) fn reload(&mut self, new: Result<Config, ConfigErrors>) {
         let new = match new {
             Ok(c) => c,
             Err(e) => {
                 self.metrics.reload("refused");
                 error!(error = %e, "reload refused: the new configuration is invalid; the old one keeps running");
-                return false;
+                return;
             }
         };
         let old = &self.config;
@@ -52,7 +52,6 @@ impl Service {
         if !restart.is_empty() {
             warn!(keys = ?restart, "reload: these settings need a restart and keep their old values");
         }
-        let interval_changed = old.sweep.interval != new.sweep.interval;
         let mut applied = new;
         applied.nats = old.nats.clone();
         applied.metrics.listen = old.metrics.listen.clone();
@@ -66,7 +65,7 @@ impl Service {
         applied.state = old.state.clone();
         applied.log = old.log.clone();
         self.sweeper.set_config(&applied.sweep);
-        self.health.set_interval(applied.sweep.interval);
+        self.health.set_interval(applied.sweep_cadence());
         self.config = applied;
         self.metrics.reload("applied");
         info!(
@@ -80,6 +79,5 @@ impl Service {
             },
             "configuration reloaded"
         );
-        interval_changed
     }
 }
