@@ -144,7 +144,7 @@ pub async fn kick(config: &Config, args: &KickArgs) -> Result<String, AppError> 
         );
         return Ok(out);
     }
-    for done in send_kicks(&session, config, &mut state, &snap, plans).await {
+    for done in send_kicks(&session, config, &mut state, &snap, plans).await? {
         let _ = writeln!(
             out,
             "{} {} on {}: {}",
@@ -259,16 +259,19 @@ pub struct KickDone {
 }
 
 /// Kicks `plans` by hand (`rule: manual`): each is audited with `connection_kicked`,
-/// remembered in the kick memory, and the state saved.
+/// remembered in the kick memory, and the state saved. With `advisory.jetstream`, nothing is
+/// kicked unless the `[jetstream]` connection and the advisory stream are there for the audits.
 pub async fn send_kicks(
     session: &Session,
     config: &Config,
     state: &mut State,
     snap: &Snapshot,
     plans: Vec<kick::KickPlan>,
-) -> Vec<KickDone> {
+) -> Result<Vec<KickDone>, AppError> {
     let stats = Arc::new(PublisherStats::default());
-    let publisher = Publisher::spawn(session.system.client().clone(), &config.advisory, stats);
+    let audits = crate::jetstream::advisory_client(config, None).await?;
+    let audits = audits.unwrap_or_else(|| session.system.client().clone());
+    let publisher = Publisher::spawn(audits, &config.advisory, stats);
     let batch = Batch {
         system: &session.system,
         timeout: config.kick.timeout,
@@ -300,7 +303,7 @@ pub async fn send_kicks(
             "audit advisories could not be published"
         );
     }
-    done
+    Ok(done)
 }
 
 /// Why the by-hand kick of `account`/`user` found nothing to kick, in words.

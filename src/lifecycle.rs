@@ -48,6 +48,10 @@ pub struct Active {
     pub since: DateTime<Utc>,
     /// When it was last announced.
     pub last_notified: DateTime<Utc>,
+    /// How often it was announced again while firing (part of its advisories' ids); 0 in
+    /// state files written before it was kept.
+    #[serde(default)]
+    pub renotified: u32,
 }
 
 impl Active {
@@ -111,6 +115,7 @@ impl Lifecycle {
                         tokens: f.tokens(),
                         since: now,
                         last_notified: now,
+                        renotified: 0,
                     };
                     events.push(Event {
                         state: State::Firing,
@@ -123,6 +128,7 @@ impl Lifecycle {
                     a.finding = f.clone();
                     if now - a.last_notified >= renotify {
                         a.last_notified = now;
+                        a.renotified += 1;
                         events.push(Event {
                             state: State::Firing,
                             renotify: true,
@@ -201,7 +207,13 @@ mod tests {
         assert_eq!(states(&e), vec![(State::Firing, true, "n1".into())]);
         assert_eq!(e[0].finding.finding, finding("n1", 87));
         assert_eq!(e[0].finding.since, t(0));
-        let e = l.step(&[], true, t(3660), HOUR);
+        assert_eq!(
+            e[0].finding.renotified, 1,
+            "the renotify count is part of the id"
+        );
+        let e = l.step(&[finding("n1", 88)], true, t(7200), HOUR);
+        assert_eq!(e[0].finding.renotified, 2);
+        let e = l.step(&[], true, t(7260), HOUR);
         assert_eq!(states(&e), vec![(State::Resolved, false, "n1".into())]);
         assert!(l.active.is_empty());
     }

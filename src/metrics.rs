@@ -100,6 +100,10 @@ pub struct Metrics {
     pub advisories: Arc<PublisherStats>,
     /// Advisories waiting to be published.
     pub advisories_queued: Gauge,
+    /// 1 while this replica acts (holds the `[ha]` lease, or runs alone), else 0.
+    pub leader: Gauge,
+    /// When `leader` last changed (Unix seconds).
+    pub leader_since: Gauge,
     /// Reconnects of connwatch's NATS connection.
     pub reconnects: Counter,
     /// Losses of connwatch's NATS connection.
@@ -173,6 +177,8 @@ impl Metrics {
             kicks_ineffective: Counter::default(),
             advisories: Arc::new(PublisherStats::default()),
             advisories_queued: Gauge::default(),
+            leader: Gauge::default(),
+            leader_since: Gauge::default(),
             reconnects: Counter::default(),
             disconnects: Counter::default(),
             config_reloads: Family::default(),
@@ -267,6 +273,16 @@ impl Metrics {
             "advisories_queued",
             "Advisories waiting to be published",
             m.advisories_queued.clone(),
+        );
+        r.register(
+            "leader",
+            "1 while this replica acts (holds the HA lease, or runs alone), else 0",
+            m.leader.clone(),
+        );
+        r.register(
+            "leader_since_seconds",
+            "When connwatch_leader last changed (Unix time)",
+            m.leader_since.clone(),
         );
         r.register(
             "nats_reconnects",
@@ -455,6 +471,12 @@ impl Metrics {
             .inc();
     }
 
+    /// Notes whether this replica acts, and since when.
+    pub fn leader(&self, acting: bool, since: chrono::DateTime<chrono::Utc>) {
+        self.leader.set(i64::from(acting));
+        self.leader_since.set(since.timestamp());
+    }
+
     /// The counters the NATS client's connection events increment.
     pub fn connection_events(&self) -> crate::nats::ConnectionEvents {
         crate::nats::ConnectionEvents {
@@ -490,6 +512,7 @@ pub struct Health {
     last_complete: Mutex<Option<(Instant, u64)>>,
     reconnects: Counter,
     not_ready: Mutex<Option<String>>,
+    role: Mutex<Option<&'static str>>,
 }
 
 impl Health {
@@ -502,6 +525,7 @@ impl Health {
             last_complete: Mutex::new(None),
             reconnects,
             not_ready: Mutex::new(None),
+            role: Mutex::new(None),
         }
     }
 
@@ -514,6 +538,16 @@ impl Health {
     /// identity while kicks are on.
     pub fn set_not_ready(&self, why: Option<String>) {
         *self.not_ready.lock().expect("health lock") = why;
+    }
+
+    /// Sets the `[ha]` role (`leader` or `follower`) `/readyz` names; `None` without `[ha]`.
+    pub fn set_role(&self, role: Option<&'static str>) {
+        *self.role.lock().expect("health lock") = role;
+    }
+
+    /// The `[ha]` role, when set.
+    pub fn role(&self) -> Option<&'static str> {
+        *self.role.lock().expect("health lock")
     }
 
     /// Takes a new sweep interval (a reload).
@@ -594,7 +628,11 @@ async fn metrics_handler(State(s): State<Http>) -> impl IntoResponse {
 
 async fn ready_handler(State(s): State<Http>) -> impl IntoResponse {
     match s.health.ready() {
-        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+        // Followers are ready too: they serve reads; the body names the role.
+        Ok(()) => match s.health.role() {
+            Some(role) => (StatusCode::OK, format!("ready: {role}\n")),
+            None => (StatusCode::OK, "ready\n".to_string()),
+        },
         Err(why) => {
             warn!(reason = %why, "not ready");
             (

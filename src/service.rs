@@ -17,8 +17,10 @@
 //!
 //! On shutdown the queued advisories are then flushed, the state saved and the client drained.
 
+mod ha;
 mod live;
 mod lookups;
+mod reload;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -83,6 +85,10 @@ struct Service {
     sweeper: Sweeper,
     state: State,
     publisher: Publisher,
+    /// Whether this replica acts (`[ha]`); always without it.
+    gate: crate::ha::Gate,
+    /// Whether it acted last round (a new leader takes the bucket's state first).
+    led: bool,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     latest: api::Shared,
@@ -138,12 +144,27 @@ pub async fn run(
     let client = session.system.client().clone();
     let state = State::load_or_default(config.state.file.as_deref());
     let sweeper = Sweeper::new(session.system.clone(), &config.sweep);
-    let publisher = Publisher::spawn(client.clone(), &config.advisory, metrics.advisories.clone());
     let health = Arc::new(Health::new(
         client.clone(),
         config.sweep_cadence(),
         metrics.reconnects.clone(),
     ));
+    // With `[ha]`, only the lease holder acts; stopped after the last advisories are flushed.
+    let ha_stop = CancellationToken::new();
+    let (gate, ha_task) =
+        crate::ha::start(&config, metrics.clone(), health.clone(), ha_stop.clone()).await?;
+    if ha_task.is_none() {
+        metrics.leader(true, Utc::now());
+    }
+    // With `advisory.jetstream`, advisories go through the `[jetstream]` connection.
+    let advisories = crate::jetstream::advisory_client(&config, None).await?;
+    let advisories = advisories.unwrap_or_else(|| client.clone());
+    let publisher = Publisher::spawn_gated(
+        advisories,
+        &config.advisory,
+        metrics.advisories.clone(),
+        gate.clone(),
+    );
     let latest = api::Shared::default();
     let (commands_tx, mut commands) = mpsc::channel(64);
     let helpers = CancellationToken::new();
@@ -208,6 +229,8 @@ pub async fn run(
         sweeper,
         state,
         publisher,
+        led: !gate.replicated(),
+        gate,
         metrics,
         health,
         latest,
@@ -315,7 +338,8 @@ pub async fn run(
     }
     helpers.cancel();
     svc.stop().await;
-    for t in tasks {
+    ha_stop.cancel();
+    for t in tasks.into_iter().chain(ha_task) {
         let _ = t.await;
     }
     Ok(())
@@ -358,72 +382,6 @@ impl Service {
                 retry_in: gap - since,
             })
         })
-    }
-
-    /// Applies a reloaded configuration, or refuses it (the schedule follows the new
-    /// intervals from the last sweep's start). Findings, history and kick memory are kept; settings that need a new connection or
-    /// listener are reported and left as they are.
-    fn reload(&mut self, new: Result<Config, ConfigErrors>) {
-        let new = match new {
-            Ok(c) => c,
-            Err(e) => {
-                self.metrics.reload("refused");
-                error!(error = %e, "reload refused: the new configuration is invalid; the old one keeps running");
-                return;
-            }
-        };
-        let old = &self.config;
-        let mut restart = Vec::new();
-        for (key, changed) in [
-            ("nats", old.nats != new.nats),
-            ("metrics.listen", old.metrics.listen != new.metrics.listen),
-            ("service", old.service != new.service),
-            (
-                "advisory.queue_size",
-                old.advisory.queue_size != new.advisory.queue_size,
-            ),
-            (
-                "advisory.jetstream",
-                old.advisory.jetstream != new.advisory.jetstream,
-            ),
-            (
-                "advisory.publish_timeout",
-                old.advisory.publish_timeout != new.advisory.publish_timeout,
-            ),
-            ("state.file", old.state.file != new.state.file),
-            ("log.level", old.log.level != new.log.level),
-        ] {
-            if changed {
-                restart.push(key);
-            }
-        }
-        if !restart.is_empty() {
-            warn!(keys = ?restart, "reload: these settings need a restart and keep their old values");
-        }
-        let mut applied = new;
-        applied.nats = old.nats.clone();
-        applied.metrics.listen = old.metrics.listen.clone();
-        applied.service = old.service.clone();
-        applied.advisory.queue_size = old.advisory.queue_size;
-        applied.advisory.jetstream = old.advisory.jetstream;
-        applied.advisory.publish_timeout = old.advisory.publish_timeout;
-        applied.state = old.state.clone();
-        applied.log = old.log.clone();
-        self.sweeper.set_config(&applied.sweep);
-        self.health.set_interval(applied.sweep_cadence());
-        self.config = applied;
-        self.metrics.reload("applied");
-        info!(
-            threshold = self.config.detect.max_connections_per_user,
-            kick = if !self.config.kick.enabled {
-                "off"
-            } else if self.config.kick.dry_run {
-                "dry run"
-            } else {
-                "on"
-            },
-            "configuration reloaded"
-        );
     }
 
     /// The first phase of a round: the identity retry, the sweep, the census, the limit and
@@ -501,6 +459,9 @@ impl Service {
         if complete && swept {
             self.health.complete_sweep(generation);
         }
+        // `[ha]`: a new leader first takes its predecessor's state, or does not act.
+        let acting = self.gate.acting() && (self.led || self.take_over().await);
+        self.led = acting;
         // Partial views undercount: only complete ones make the trend, one sample per
         // `sweep.interval` at most (live rounds come far more often).
         let sample_due = self
@@ -544,7 +505,8 @@ impl Service {
         );
         let sweep = Completeness::of(&snap);
         // The lifecycle has marked these notified: enqueue them before anything else can wait.
-        for e in &events {
+        // A follower (`[ha]`) only keeps its lifecycle warm: the leader announces.
+        for e in events.iter().filter(|_| acting) {
             let a =
                 advisory::from_event(&self.config.advisory.subject_prefix, e, &sweep, Utc::now());
             let verb = match (e.state, e.renotify) {
@@ -556,11 +518,14 @@ impl Service {
             self.publisher.enqueue(a);
         }
         // Kicks only after a sweep: their idle times and message counts come from it.
-        if self.config.kick.enabled && swept {
+        if self.config.kick.enabled && swept && acting && self.gate.acting() {
             self.kicks(&snap, &census, complete, now, &sweep).await;
         }
         if swept || !events.is_empty() {
             self.state.save_to(self.config.state.file.as_deref());
+            if acting && !self.gate.save_state(&self.state).await {
+                self.led = false;
+            }
         }
         if swept {
             self.last_sweep = Some(now);

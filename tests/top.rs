@@ -77,6 +77,7 @@ fn data(partial: bool) -> Data {
             finding,
             since: t(-60),
             last_notified: t(-60),
+            renotified: 0,
         }],
         received: t(0),
     }

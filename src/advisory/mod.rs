@@ -122,7 +122,31 @@ fn finding_event<F>(
         since: event.finding.since,
         finding,
     };
-    Envelope::new(body, sweep, now)
+    Envelope::with_id(event_id(event), body, sweep, now)
+}
+
+/// The id of a finding advisory: the same for the same (finding, since, state, renotify count),
+/// whoever computes it and however often, so JetStream's `Nats-Msg-Id` de-duplication and
+/// subscribers can drop repeats; different for every other announcement. 22 letters and
+/// digits (the shape of a NUID), from a SHA-256 of those four.
+pub fn event_id(event: &Event) -> String {
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let a = &event.finding;
+    let seed = serde_json::json!([
+        a.finding.key(),
+        a.since.timestamp_millis(),
+        event.state.name(),
+        a.renotified,
+    ]);
+    let hash = Sha256::digest(seed.to_string().as_bytes());
+    // 22 base-62 digits of the first 16 bytes: 128 bits, the leading digit never above 2.
+    let mut n = u128::from_be_bytes(hash[..16].try_into().expect("16 bytes"));
+    let mut id = [b'0'; 22];
+    for c in id.iter_mut().rev() {
+        *c = ALPHABET[(n % 62) as usize];
+        n /= 62;
+    }
+    String::from_utf8(id.to_vec()).expect("ascii")
 }
 
 /// `connection_kicked`: the audit record of one kick, or of a would-be kick in dry run;
@@ -224,6 +248,68 @@ mod tests {
             && t.len() <= MAX_TOKEN
             && t.bytes()
                 .all(|b| b.is_ascii_graphic() && b != b'.' && b != b'*' && b != b'>')
+    }
+
+    fn event(state: crate::lifecycle::State, since: i64, renotified: u32) -> Event {
+        let t = |s| DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap();
+        let finding = finding_on("n1");
+        Event {
+            state,
+            renotify: renotified > 0,
+            finding: crate::lifecycle::Active {
+                tokens: finding.tokens(),
+                finding,
+                since: t(since),
+                last_notified: t(since + 60),
+                renotified,
+            },
+        }
+    }
+
+    #[test]
+    fn finding_ids_are_deterministic_and_distinct_per_announcement() {
+        use crate::lifecycle::State::{Firing, Resolved};
+        let first = event_id(&event(Firing, 0, 0));
+        assert_eq!(first.len(), 22);
+        assert!(first.bytes().all(|b| b.is_ascii_alphanumeric()), "{first}");
+        // The same announcement, computed again (a retry, a restart, another replica).
+        let mut again = event(Firing, 0, 0);
+        again.finding.last_notified = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        assert_eq!(event_id(&again), first);
+        // Every other announcement differs: state, renotify count, since, finding.
+        let mut other_finding = event(Firing, 0, 0);
+        other_finding.finding.finding = finding_on("n2");
+        let ids = [
+            first.clone(),
+            event_id(&event(Resolved, 0, 0)),
+            event_id(&event(Firing, 0, 1)),
+            event_id(&event(Firing, 0, 2)),
+            event_id(&event(Firing, 1, 0)),
+            event_id(&other_finding),
+        ];
+        let distinct: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len(), "{ids:?}");
+        // The advisory carries it in its body and as its Nats-Msg-Id.
+        let sweep = Completeness {
+            started: None,
+            servers_expected: 1,
+            servers_responded: 1,
+            partial: false,
+            missing: vec![],
+        };
+        let a = from_event("p", &event(Firing, 0, 0), &sweep, Utc::now());
+        assert_eq!(a.id, first);
+        assert_eq!(a.body["id"], first.as_str());
+    }
+
+    fn finding_on(server: &str) -> Finding {
+        Finding::ServerConnectionPressure(crate::rules::ServerFinding {
+            server: server.into(),
+            server_id: "ID".into(),
+            connections: 90,
+            max_connections: 100,
+            ratio: 0.9,
+        })
     }
 
     #[test]

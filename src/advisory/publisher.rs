@@ -26,6 +26,7 @@ use tracing::{debug, warn};
 
 use super::{with_sources, Advisory};
 use crate::config::AdvisoryConfig;
+use crate::ha::Gate;
 
 /// Advisories sent in one confirmed batch.
 const BATCH: usize = 256;
@@ -156,6 +157,17 @@ pub struct Publisher {
 impl Publisher {
     /// Starts publishing over `client`.
     pub fn spawn(client: Client, cfg: &AdvisoryConfig, stats: Arc<PublisherStats>) -> Self {
+        Self::spawn_gated(client, cfg, stats, Gate::single())
+    }
+
+    /// Starts publishing over `client`, each batch only while `gate` says this replica acts
+    /// (`[ha]`): otherwise the advisories wait.
+    pub fn spawn_gated(
+        client: Client,
+        cfg: &AdvisoryConfig,
+        stats: Arc<PublisherStats>,
+        gate: Gate,
+    ) -> Self {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 capacity: cfg.queue_size.max(1),
@@ -170,6 +182,7 @@ impl Publisher {
             client,
             cfg.clone(),
             shared.clone(),
+            gate,
             stop.clone(),
         ));
         Self { shared, stop, task }
@@ -221,6 +234,7 @@ async fn publish_loop(
     client: Client,
     cfg: AdvisoryConfig,
     shared: Arc<Shared>,
+    gate: Gate,
     stop: CancellationToken,
 ) {
     let js = cfg
@@ -235,6 +249,14 @@ async fn publish_loop(
             shared.idle.notify_waiters();
             tokio::select! {
                 _ = shared.wake.notified() => continue,
+                _ = stop.cancelled() => return,
+            }
+        }
+        // Fencing: a replica that may no longer hold the lease publishes nothing.
+        if !gate.acting() {
+            debug!(queued = batch.len(), "not the leader: advisories wait");
+            tokio::select! {
+                _ = tokio::time::sleep(RETRY) => continue,
                 _ = stop.cancelled() => return,
             }
         }

@@ -19,7 +19,10 @@ use crate::rules::{AccountFinding, RefusedFinding, ServerFinding, UserFinding};
 /// One advisory of body `B`. Its `type` is written by [`Message`], which knows the type.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Envelope<B> {
-    /// Unique id of this advisory (a NUID); also the JetStream `Nats-Msg-Id`.
+    /// Id of this advisory, 22 letters and digits; also the JetStream `Nats-Msg-Id`. A finding
+    /// advisory's id follows from (finding, `since`, `state`, renotify count), so whoever
+    /// announces it (a retry, a restart, another replica) gives it the same id; a kick's is a
+    /// NUID.
     #[schemars(schema_with = "schema::nuid")]
     pub id: String,
     /// When the advisory was made (UTC, milliseconds).
@@ -36,8 +39,13 @@ pub struct Envelope<B> {
 impl<B> Envelope<B> {
     /// A new advisory with a fresh id, made at `now`.
     pub fn new(body: B, sweep: &Completeness, now: DateTime<Utc>) -> Self {
+        Self::with_id(nuid::next().to_string(), body, sweep, now)
+    }
+
+    /// A new advisory with the id `id`, made at `now`.
+    pub fn with_id(id: String, body: B, sweep: &Completeness, now: DateTime<Utc>) -> Self {
         Self {
-            id: nuid::next().to_string(),
+            id,
             timestamp: now,
             body,
             sweep: sweep.clone(),

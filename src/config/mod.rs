@@ -7,6 +7,7 @@
 //! - [`validate`](mod@validate): the checks beyond types;
 //! - [`secrets`]: the redacted secret type and the credential-file checks.
 
+mod jetstream;
 mod load;
 mod secrets;
 #[cfg(test)]
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+pub use jetstream::{HaConfig, JetStreamConfig};
 pub use load::{load, stray_env_vars, ConfigError, ConfigErrors, Flags, Loaded};
 pub use secrets::{check_creds_file, check_seed_file, loose_credential_files, Secret};
 
@@ -51,6 +53,11 @@ pub struct Config {
     pub state: StateConfig,
     /// The live census: connect and disconnect events between sweeps.
     pub live: LiveConfig,
+    /// A second connection, to a JetStream-enabled account; absent: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jetstream: Option<JetStreamConfig>,
+    /// Several replicas, one acting under a lease (needs `[jetstream]`).
+    pub ha: HaConfig,
 }
 
 /// `[nats]`: the connection to the cluster.
@@ -276,8 +283,12 @@ pub struct AdvisoryConfig {
     pub renotify: Duration,
     /// Advisories waiting for a connection, at most; beyond it the oldest are dropped (counted).
     pub queue_size: usize,
-    /// Publish to JetStream with acknowledgement and `Nats-Msg-Id` (a stream must capture the subjects).
+    /// Publish into the stream `stream` through the `[jetstream]` connection, each advisory
+    /// acknowledged and de-duplicated by `Nats-Msg-Id` (its `id`). Needs `[jetstream]`.
     pub jetstream: bool,
+    /// The stream that stores the advisories (`advisory.jetstream`): created when absent
+    /// (subjects `<subject_prefix>.>`), else checked to capture them.
+    pub stream: String,
     /// How long to wait for a publish to be confirmed (flush or JetStream ack).
     #[serde(with = "humantime_serde")]
     pub publish_timeout: Duration,
@@ -290,6 +301,7 @@ impl Default for AdvisoryConfig {
             renotify: Duration::from_secs(3600),
             queue_size: 10_000,
             jetstream: false,
+            stream: "CONNWATCH_ADVISORIES".into(),
             publish_timeout: Duration::from_secs(5),
         }
     }

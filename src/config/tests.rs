@@ -278,6 +278,15 @@ fn every_key_is_documented() {
         key: Some("x".into()),
     };
     c.state.file = Some("x".into());
+    c.jetstream = Some(JetStreamConfig {
+        creds: c.nats.creds.clone(),
+        user: c.nats.user.clone(),
+        password: c.nats.password.clone(),
+        token: c.nats.token.clone(),
+        nkey: c.nats.nkey.clone(),
+        tls: c.nats.tls.clone(),
+        ..JetStreamConfig::default()
+    });
     c.metrics.listen = "127.0.0.1:9464".into();
     let value = serde_json::to_value(&c).unwrap();
     for (section, keys) in value.as_object().unwrap() {
@@ -302,4 +311,21 @@ fn every_key_is_documented() {
             }
         }
     }
+}
+
+/// The JetStream example in `config/` is a valid configuration with the second connection.
+#[test]
+fn jetstream_example_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/jetstream-example.toml");
+    let loaded = load(Some(&path), &[], Flags::default()).unwrap();
+    let js = loaded
+        .config
+        .jetstream
+        .as_ref()
+        .expect("[jetstream] present");
+    assert!(loaded.config.advisory.jetstream);
+    let conn = js.connection(&loaded.config.nats);
+    assert_eq!(conn.servers, loaded.config.nats.servers);
+    assert_eq!(conn.user.as_deref(), Some("connwatch"));
+    assert_eq!(conn.name, "connwatch-jetstream");
 }

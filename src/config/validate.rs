@@ -4,7 +4,7 @@
 use figment::Figment;
 
 use super::load::{source_of, ConfigError, ConfigErrors};
-use super::{check_creds_file, check_seed_file, Config};
+use super::{check_creds_file, check_seed_file, Config, NatsConfig};
 
 /// Checks `c`, loaded from `figment` (for the source of each key).
 pub(super) fn validate(c: &Config, figment: &Figment) -> Result<(), ConfigErrors> {
@@ -17,72 +17,54 @@ pub(super) fn validate(c: &Config, figment: &Figment) -> Result<(), ConfigErrors
         });
     };
     let n = &c.nats;
-    if n.servers.is_empty() {
-        bad("nats.servers", "no server URL given".into());
-    }
-    for url in &n.servers {
-        if url.contains(char::is_whitespace) {
-            bad("nats.servers", format!("`{url}` is not a server URL"));
+    check_connection("nats", n, figment, &mut bad);
+    if let Some(js) = &c.jetstream {
+        check_connection("jetstream", &js.connection(n), figment, &mut bad);
+        if js.replicas == 0 {
+            bad("jetstream.replicas", "must be at least 1".into());
         }
     }
-    let kinds: Vec<&str> = [
-        (n.creds.is_some(), "nats.creds"),
-        (n.user.is_some() || n.password.is_some(), "nats.user"),
-        (n.token.is_some(), "nats.token"),
-        (n.nkey.is_some(), "nats.nkey"),
-    ]
-    .into_iter()
-    .filter_map(|(set, key)| set.then_some(key))
-    .collect();
-    if kinds.len() > 1 {
-        let from: Vec<String> = kinds
-            .iter()
-            .map(|k| format!("`{k}` from {}", source_of(figment, k)))
-            .collect();
+    if c.advisory.jetstream && c.jetstream.is_none() {
         bad(
-            kinds[1],
+            "advisory.jetstream",
+            "needs a `[jetstream]` section (`jetstream.servers`, `jetstream.user`/`jetstream.password`, `jetstream.creds`, ...): a connection to a JetStream-enabled account, since the system account cannot have streams"
+                .into(),
+        );
+    }
+    if c.ha.enabled && c.jetstream.is_none() {
+        bad(
+            "ha.enabled",
+            "needs a `[jetstream]` section: the lease lives in a key-value bucket of a JetStream-enabled account".into(),
+        );
+    }
+    if c.ha.enabled
+        && (c.ha.lease < std::time::Duration::from_secs(2) || c.ha.lease.subsec_nanos() != 0)
+    {
+        bad(
+            "ha.lease",
             format!(
-                "more than one kind of credentials given ({}); keep exactly one",
-                from.join(", ")
+                "must be whole seconds, at least 2s (the key's TTL is in seconds), got {}",
+                humantime::format_duration(c.ha.lease)
             ),
         );
     }
-    if n.user.is_some() != n.password.is_some() {
-        let key = if n.user.is_some() {
-            "nats.password"
-        } else {
-            "nats.user"
-        };
-        bad(key, "`nats.user` and `nats.password` go together".into());
+    if c.ha.enabled && !is_stream_name(&c.ha.bucket) {
+        bad(
+            "ha.bucket",
+            format!(
+                "`{}` is not a bucket name (letters, digits, `-` and `_`)",
+                c.ha.bucket
+            ),
+        );
     }
-    if let Some(path) = &n.creds {
-        if let Err(m) = check_creds_file(path) {
-            bad("nats.creds", m);
-        }
-    }
-    if let Some(path) = &n.nkey {
-        if let Err(m) = check_seed_file(path) {
-            bad("nats.nkey", m);
-        }
-    }
-    for (key, path) in [
-        ("nats.tls.ca", &n.tls.ca),
-        ("nats.tls.cert", &n.tls.cert),
-        ("nats.tls.key", &n.tls.key),
-    ] {
-        if let Some(p) = path {
-            if let Err(e) = std::fs::File::open(p) {
-                bad(key, format!("cannot read {}: {e}", p.display()));
-            }
-        }
-    }
-    if n.tls.cert.is_some() != n.tls.key.is_some() {
-        let key = if n.tls.cert.is_some() {
-            "nats.tls.key"
-        } else {
-            "nats.tls.cert"
-        };
-        bad(key, "`nats.tls.cert` and `nats.tls.key` go together".into());
+    if c.advisory.jetstream && !is_stream_name(&c.advisory.stream) {
+        bad(
+            "advisory.stream",
+            format!(
+                "`{}` is not a stream name (letters, digits, `-` and `_`)",
+                c.advisory.stream
+            ),
+        );
     }
     if n.name.is_empty() {
         bad("nats.name", "must not be empty".into());
@@ -226,4 +208,92 @@ pub(super) fn validate(c: &Config, figment: &Figment) -> Result<(), ConfigErrors
     } else {
         Err(ConfigErrors(errs))
     }
+}
+
+/// The checks of one connection's settings (`[nats]` or `[jetstream]`), keys under `p`.
+fn check_connection(
+    p: &str,
+    n: &NatsConfig,
+    figment: &Figment,
+    bad: &mut impl FnMut(&str, String),
+) {
+    let key = |k: &str| format!("{p}.{k}");
+    if n.servers.is_empty() {
+        bad(&key("servers"), "no server URL given".into());
+    }
+    for url in &n.servers {
+        if url.contains(char::is_whitespace) {
+            bad(&key("servers"), format!("`{url}` is not a server URL"));
+        }
+    }
+    let kinds: Vec<String> = [
+        (n.creds.is_some(), "creds"),
+        (n.user.is_some() || n.password.is_some(), "user"),
+        (n.token.is_some(), "token"),
+        (n.nkey.is_some(), "nkey"),
+    ]
+    .into_iter()
+    .filter(|(set, _)| *set)
+    .map(|(_, k)| key(k))
+    .collect();
+    if kinds.len() > 1 {
+        let from: Vec<String> = kinds
+            .iter()
+            .map(|k| format!("`{k}` from {}", source_of(figment, k)))
+            .collect();
+        bad(
+            &kinds[1],
+            format!(
+                "more than one kind of credentials given ({}); keep exactly one",
+                from.join(", ")
+            ),
+        );
+    }
+    if n.user.is_some() != n.password.is_some() {
+        let missing = if n.user.is_some() { "password" } else { "user" };
+        bad(
+            &key(missing),
+            format!("`{p}.user` and `{p}.password` go together"),
+        );
+    }
+    if let Some(path) = &n.creds {
+        if let Err(m) = check_creds_file(path) {
+            bad(&key("creds"), m);
+        }
+    }
+    if let Some(path) = &n.nkey {
+        if let Err(m) = check_seed_file(path) {
+            bad(&key("nkey"), m);
+        }
+    }
+    for (k, path) in [
+        ("tls.ca", &n.tls.ca),
+        ("tls.cert", &n.tls.cert),
+        ("tls.key", &n.tls.key),
+    ] {
+        if let Some(path) = path {
+            if let Err(e) = std::fs::File::open(path) {
+                bad(&key(k), format!("cannot read {}: {e}", path.display()));
+            }
+        }
+    }
+    if n.tls.cert.is_some() != n.tls.key.is_some() {
+        let missing = if n.tls.cert.is_some() {
+            "tls.key"
+        } else {
+            "tls.cert"
+        };
+        bad(
+            &key(missing),
+            format!("`{p}.tls.cert` and `{p}.tls.key` go together"),
+        );
+    }
+}
+
+/// A JetStream stream name: letters, digits, `-` and `_`.
+fn is_stream_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }

@@ -254,8 +254,11 @@ async fn kick(
             vec!["none of the previewed connections is still eligible: nothing sent".into()],
         );
     }
-    let mut lines: Vec<String> = app::send_kicks(session, config, &mut state, &snap, send)
-        .await
+    let done = match app::send_kicks(session, config, &mut state, &snap, send).await {
+        Ok(done) => done,
+        Err(e) => return KickView::Done(user, vec![format!("nothing sent: {e}")]),
+    };
+    let mut lines: Vec<String> = done
         .into_iter()
         .map(|d| {
             format!(

@@ -128,7 +128,18 @@ pub struct ClusterSpec {
     /// A `permissions` block for the system user in config mode (e.g.
     /// `{publish: {deny: ["$SYS.REQ.USER.INFO"]}}`); `None` for none.
     pub system_permissions: Option<String>,
+    /// JetStream on every server (a store directory per server under `dir`, small limits)
+    /// and an account [`JETSTREAM_ACCOUNT`] with JetStream enabled and the user
+    /// [`JETSTREAM_USER`] (config mode only).
+    pub jetstream: bool,
 }
+
+/// The JetStream-enabled account of a cluster started with [`ClusterSpec::jetstream`].
+pub const JETSTREAM_ACCOUNT: &str = "JS";
+/// Its user, for connwatch's `[jetstream]` connection and the tests' readers.
+pub const JETSTREAM_USER: &str = "connwatch-js";
+/// That user's password.
+pub const JETSTREAM_PASSWORD: &str = "js-dev-password";
 
 impl ClusterSpec {
     /// Three servers in config mode, system user `sys`, no application accounts, 20 s to start.
@@ -147,7 +158,14 @@ impl ClusterSpec {
             start_timeout: Duration::from_secs(20),
             tls: None,
             system_permissions: None,
+            jetstream: false,
         }
+    }
+
+    /// Turns on JetStream (see [`ClusterSpec::jetstream`](field@ClusterSpec::jetstream)).
+    pub fn jetstream(mut self) -> Self {
+        self.jetstream = true;
+        self
     }
 
     /// Adds an application account.
@@ -274,6 +292,9 @@ impl Cluster {
         if spec.servers == 0 {
             bail!("a cluster needs at least one server");
         }
+        if spec.jetstream && spec.mode == AuthMode::Operator {
+            bail!("JetStream test clusters are config mode only");
+        }
         let binary = find_nats_server()?;
         std::fs::create_dir_all(&spec.dir)
             .with_context(|| format!("failed to create {}", spec.dir.display()))?;
@@ -376,7 +397,8 @@ impl Cluster {
         for i in 0..n {
             self.wait_ready(i, deadline)?;
         }
-        self.wait_converged(0, deadline)
+        self.wait_converged(0, deadline)?;
+        self.wait_jetstream(deadline)
     }
 
     /// The nats-server configuration file for server `i`.
@@ -393,6 +415,14 @@ impl Cluster {
         );
         if let Some(max) = self.spec.max_connections {
             let _ = writeln!(out, "max_connections: {max}");
+        }
+        if self.spec.jetstream {
+            let store = self.spec.dir.join(format!("{}-js", server.name));
+            let _ = writeln!(
+                out,
+                "jetstream {{\n  store_dir: {}\n  max_memory_store: 64MB\n  max_file_store: 256MB\n}}",
+                quote(&store.to_string_lossy())
+            );
         }
         if let Some(tls) = &self.spec.tls {
             let _ = write!(
@@ -429,7 +459,13 @@ impl Cluster {
                     users: vec![self.spec.system_user.clone()],
                     max_connections: None,
                 };
-                for account in std::iter::once(&sys).chain(&self.spec.accounts) {
+                let js = self.spec.jetstream.then(|| {
+                    AccountSpec::new(JETSTREAM_ACCOUNT).user(JETSTREAM_USER, JETSTREAM_PASSWORD)
+                });
+                for account in std::iter::once(&sys)
+                    .chain(&self.spec.accounts)
+                    .chain(js.as_ref())
+                {
                     let users: Vec<String> = account
                         .users
                         .iter()
@@ -453,6 +489,9 @@ impl Cluster {
                     );
                     if let Some(limit) = account.max_connections {
                         let _ = writeln!(out, "    limits {{ max_connections: {limit} }}");
+                    }
+                    if self.spec.jetstream && account.name == JETSTREAM_ACCOUNT {
+                        out.push_str("    jetstream: enabled\n");
                     }
                     out.push_str("  }\n");
                 }
@@ -870,7 +909,45 @@ impl Cluster {
         self.spawn(i)?;
         let deadline = Instant::now() + self.spec.start_timeout;
         self.wait_ready(i, deadline)?;
-        self.wait_converged(i, deadline)
+        self.wait_converged(i, deadline)?;
+        self.wait_jetstream(deadline)
+    }
+
+    /// With JetStream: polls `/jsz` of every running server until each knows the meta leader
+    /// (streams can be created only then).
+    fn wait_jetstream(&self, deadline: Instant) -> anyhow::Result<()> {
+        if !self.spec.jetstream {
+            return Ok(());
+        }
+        for (i, server) in self.servers.iter().enumerate() {
+            if server.child.is_none() || server.paused {
+                continue;
+            }
+            loop {
+                let leader = self
+                    .monitor_get(i, "/jsz")
+                    .ok()
+                    .and_then(|v| v["meta_cluster"]["leader"].as_str().map(str::to_owned));
+                if leader.is_some_and(|l| !l.is_empty()) {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    bail!("JetStream on {} has no meta leader in time", server.name);
+                }
+                std::thread::sleep(POLL_INTERVAL);
+            }
+        }
+        Ok(())
+    }
+
+    /// A `[jetstream]` table for connwatch: the JetStream account's user (see
+    /// [`ClusterSpec::jetstream`](field@ClusterSpec::jetstream)).
+    pub fn jetstream_toml(&self) -> String {
+        format!(
+            "[jetstream]\nuser = {}\npassword = {}\n",
+            toml_string(JETSTREAM_USER),
+            toml_string(JETSTREAM_PASSWORD)
+        )
     }
 
     fn kill_all(&mut self) {

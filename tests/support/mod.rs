@@ -450,3 +450,87 @@ pub fn causes(body: &serde_json::Value) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// Waits until an async condition holds, polling; false when `timeout` passed first.
+pub async fn eventually<F, Fut>(timeout: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every message stored in the JetStream stream `stream` (read through `js`), as JSON bodies in
+/// order; empty while the stream does not exist.
+pub async fn stream_bodies(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+) -> Vec<serde_json::Value> {
+    let Ok(mut stream) = js.get_stream(stream).await else {
+        return Vec::new();
+    };
+    let state = stream.info().await.unwrap().state.clone();
+    let mut out = Vec::new();
+    if state.messages == 0 {
+        return out;
+    }
+    for seq in state.first_sequence..=state.last_sequence {
+        if let Ok(m) = stream.get_raw_message(seq).await {
+            out.push(serde_json::from_slice(&m.payload).unwrap());
+        }
+    }
+    out
+}
+
+/// A reader in the JetStream account of a [`ClusterSpec::jetstream`] cluster, at `url`: a core
+/// subscription to every advisory (it sees every publish, retries included), the JetStream
+/// context for the stream, and the client (keep it alive).
+pub async fn jetstream_reader(
+    url: &str,
+) -> (Seen, async_nats::jetstream::Context, async_nats::Client) {
+    use testkit::cluster::{JETSTREAM_PASSWORD, JETSTREAM_USER};
+    let reader = async_nats::ConnectOptions::with_user_and_password(
+        JETSTREAM_USER.into(),
+        JETSTREAM_PASSWORD.into(),
+    )
+    .connect(url)
+    .await
+    .unwrap();
+    let core = Seen::on(&reader).await;
+    (core, async_nats::jetstream::new(reader.clone()), reader)
+}
+
+/// 15 connections of user `leaky` (account `APP`, password `pw`) at the cluster's first server,
+/// client name `leaky-worker`: over a threshold of 10.
+pub async fn leaky_worker(cluster: &Cluster) -> Load {
+    load::open(
+        LoadSpec::new(
+            cluster.client_url(0),
+            LoadAuth::user_password("leaky", "pw"),
+            15,
+        )
+        .name("leaky-worker"),
+    )
+    .await
+    .unwrap()
+}
+
+/// A 3-node cluster with JetStream (its account and user, see [`ClusterSpec::jetstream`]) and
+/// the account `APP` with the user `leaky` (password `pw`), under `dir/cluster`.
+pub fn jetstream_cluster(dir: &Path) -> Cluster {
+    Cluster::start(
+        ClusterSpec::new(dir.join("cluster"))
+            .jetstream()
+            .account(AccountSpec::new("APP").user("leaky", "pw")),
+    )
+    .unwrap()
+}
