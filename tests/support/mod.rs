@@ -451,24 +451,6 @@ pub fn causes(body: &serde_json::Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Waits until an async condition holds, polling; false when `timeout` passed first.
-pub async fn eventually<F, Fut>(timeout: Duration, mut condition: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        if condition().await {
-            return true;
-        }
-        if std::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Every message stored in the JetStream stream `stream` (read through `js`), as JSON bodies in
 /// order; empty while the stream does not exist.
 pub async fn stream_bodies(
