@@ -7,6 +7,7 @@
 //! - [`validate`](mod@validate): the checks beyond types;
 //! - [`secrets`]: the redacted secret type and the credential-file checks.
 
+mod enforce;
 mod load;
 mod secrets;
 #[cfg(test)]
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+pub use enforce::{CapRule, EnforceConfig};
 pub use load::{load, stray_env_vars, ConfigError, ConfigErrors, Flags, Loaded};
 pub use secrets::{check_creds_file, check_seed_file, loose_credential_files, Secret};
 
@@ -51,6 +53,8 @@ pub struct Config {
     pub state: StateConfig,
     /// The live census: connect and disconnect events between sweeps.
     pub live: LiveConfig,
+    /// Per-user connection caps, enforced from the live census: off unless enabled.
+    pub enforce: EnforceConfig,
 }
 
 /// `[nats]`: the connection to the cluster.
