@@ -126,6 +126,8 @@ pub struct Metrics {
     pub live_gaps: Family<ReasonLabel, Counter>,
     /// 1 while the live census is complete (reconciled by a complete sweep since the last gap).
     pub live_complete: Gauge,
+    /// Per-user connection caps (`[enforce]`).
+    pub caps: crate::enforce::metrics::CapMetrics,
 }
 
 /// A label naming why the live census has a gap.
@@ -173,6 +175,7 @@ impl Metrics {
             live_events: Counter::default(),
             live_gaps: Family::default(),
             live_complete: Gauge::default(),
+            caps: Default::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -317,6 +320,7 @@ impl Metrics {
             "1 while the live census is complete: reconciled by a complete sweep since the last gap",
             m.live_complete.clone(),
         );
+        m.caps.register(r);
         Self { registry, ..m }
     }
 

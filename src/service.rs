@@ -17,6 +17,7 @@
 //!
 //! On shutdown the queued advisories are then flushed, the state saved and the client drained.
 
+mod enforce;
 mod live;
 mod lookups;
 
@@ -100,6 +101,8 @@ struct Service {
     last_lookups: LookupResults,
     /// When the growth history last took a sample.
     last_history: Option<DateTime<Utc>>,
+    /// Per-user caps between rounds.
+    caps: enforce::Caps,
 }
 
 /// The churn and unknown limits a sweep round looked up, kept for the live rounds after it.
@@ -219,6 +222,7 @@ pub async fn run(
         last_sweep_meta: Snapshot::default(),
         last_lookups: LookupResults::default(),
         last_history: None,
+        caps: enforce::Caps::default(),
     };
     let (changed, resync) = match &svc.live {
         Some(l) => (l.changed.clone(), l.resync.clone()),
@@ -263,10 +267,12 @@ pub async fn run(
                 }
                 continue;
             }
+            _ = enforce::wake(svc.caps.next_wake(&svc.config.enforce)) => { svc.enforce_caps().await; continue; }
             _ = changed.notified(), if svc.live.is_some() => {
                 // Rounds from the events, at most every `live.evaluate_every`.
                 tokio::time::sleep_until(last_live + svc.config.live.evaluate_every).await;
                 last_live = Instant::now();
+                svc.enforce_caps().await; // first: the reads below may take a while
                 if let Some(g) = svc.gather_live().await {
                     svc.act(g).await;
                 }
@@ -299,6 +305,7 @@ pub async fn run(
             None => None,
         };
         svc.last_started = Some((started, summary.clone()));
+        svc.enforce_caps().await;
         for tx in waiting {
             let _ = tx.send(
                 summary
@@ -421,6 +428,9 @@ impl Service {
         applied.advisory.publish_timeout = old.advisory.publish_timeout;
         applied.state = old.state.clone();
         applied.log = old.log.clone();
+        if old.enforce != applied.enforce {
+            self.caps.reloaded();
+        }
         self.sweeper.set_config(&applied.sweep);
         self.health.set_interval(applied.sweep.interval);
         self.config = applied;

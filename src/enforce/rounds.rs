@@ -167,9 +167,9 @@ impl Enforcer {
     /// Decides a round's closes over a COMPLETE view, grouped by user ([`super::by_user`]):
     /// for each user over its cap, its connections beyond it not already in flight, within
     /// the rate bound. The caller must not call this on an incomplete view.
-    pub fn decide<'a>(
+    pub fn decide(
         &mut self,
-        users: &HashMap<UserKey, Vec<&'a Connection>>,
+        users: &HashMap<UserKey, Vec<&Connection>>,
         cfg: &EnforceConfig,
         guard: &Guard,
         now: Instant,

@@ -322,6 +322,11 @@ impl LiveView {
             .unwrap_or(0)
     }
 
+    /// Every open connection of the view.
+    pub fn connections(&self) -> impl Iterator<Item = &Connection> {
+        self.conns.values()
+    }
+
     /// Open connections in all.
     pub fn len(&self) -> usize {
         self.conns.len()
