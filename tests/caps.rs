@@ -300,6 +300,26 @@ async fn dry_run_closes_nothing_and_says_what_it_would_close() {
             .metric("connwatch_cap_connections_closed_total{dry_run=\"false\"}"),
         None
     );
+    // `connwatch report` shows the cap beside the threshold.
+    let config = dir.path().join("connwatch.toml");
+    let config = config.to_str().unwrap();
+    let out = run_connwatch(["--config", config, "report", "--format", "json"], WAIT);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let report: Value = serde_json::from_str(&out.stdout).unwrap();
+    let users = report["users"].as_array().unwrap();
+    let leaky = users.iter().find(|u| u["user"] == "leaky").unwrap();
+    assert_eq!(
+        leaky["cap"],
+        serde_json::json!({"max_connections": 50, "source": "user", "mode": "dry_run", "over": true})
+    );
+    let sys = users.iter().find(|u| u["user"] == "sys").unwrap();
+    assert!(
+        sys.get("cap").is_none(),
+        "the system account is never capped: {sys:#}"
+    );
+    let out = run_connwatch(["--config", config, "report"], WAIT);
+    let line = out.stdout.lines().find(|l| l.contains("leaky")).unwrap();
+    assert!(line.contains("50 dry-run OVER"), "{}", out.stdout);
 }
 
 /// Clients of a real client library (async-nats, reconnecting 100 ms after each close) beyond
