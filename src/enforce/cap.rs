@@ -12,6 +12,9 @@ use crate::snapshot::Connection;
 /// A user's key: (account, user).
 pub type UserKey = (String, String);
 
+/// Connections by user, borrowed from a view: (account, user) → its connections.
+pub type Users<'a> = HashMap<(&'a str, &'a str), Vec<&'a Connection>>;
+
 /// Where a user's cap comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -156,15 +159,13 @@ pub fn beyond_cap<'a>(conns: &[&'a Connection], cap: u64, guard: &Guard) -> Verd
 }
 
 /// The connections grouped by user, leafnodes left out (see [`beyond_cap`]).
-pub fn by_user<'a>(
-    conns: impl IntoIterator<Item = &'a Connection>,
-) -> HashMap<UserKey, Vec<&'a Connection>> {
-    let mut out: HashMap<UserKey, Vec<&Connection>> = HashMap::new();
+pub fn by_user<'a>(conns: impl IntoIterator<Item = &'a Connection>) -> Users<'a> {
+    let mut out: Users = HashMap::new();
     for c in conns {
         if c.kind == "Leafnode" {
             continue;
         }
-        out.entry((c.account.clone(), c.user.clone()))
+        out.entry((c.account.as_str(), c.user.as_str()))
             .or_default()
             .push(c);
     }
@@ -292,7 +293,7 @@ mod tests {
             vec![("n1".into(), 2)]
         );
         // by_user leaves leafnodes out too.
-        assert_eq!(by_user(conns.iter())[&("APP".into(), "u".into())].len(), 2);
+        assert_eq!(by_user(conns.iter())[&("APP", "u")].len(), 2);
     }
 
     #[test]

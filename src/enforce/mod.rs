@@ -16,5 +16,5 @@ pub mod cap;
 pub mod metrics;
 pub mod rounds;
 
-pub use cap::{beyond_cap, by_user, cap_for, Cap, CapSource, Guard, UserKey, Verdict};
+pub use cap::{beyond_cap, by_user, cap_for, Cap, CapSource, Guard, UserKey, Users, Verdict};
 pub use rounds::{Close, Decided, Done, Enforcer, Finished};

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
-use super::cap::{beyond_cap, cap_for, Cap, Guard, UserKey, Verdict};
+use super::cap::{beyond_cap, cap_for, Cap, Guard, UserKey, Users, Verdict};
 use crate::config::EnforceConfig;
 use crate::snapshot::Connection;
 
@@ -169,13 +169,17 @@ impl Enforcer {
     /// the rate bound. The caller must not call this on an incomplete view.
     pub fn decide(
         &mut self,
-        users: &HashMap<UserKey, Vec<&Connection>>,
+        users: &Users,
         cfg: &EnforceConfig,
         guard: &Guard,
         now: Instant,
     ) -> Decided {
-        let present: HashSet<(&str, u64)> = users
-            .values()
+        // Closes in flight stay while their connection is listed (dry run: for good; else
+        // for IN_FLIGHT, then they are tried again).
+        let flying: HashSet<&UserKey> = self.in_flight.values().map(|(u, _)| u).collect();
+        let present: HashSet<(&str, u64)> = flying
+            .iter()
+            .filter_map(|u| users.get(&(u.0.as_str(), u.1.as_str())))
             .flatten()
             .map(|c| (c.server_id.as_str(), c.cid))
             .collect();
@@ -184,15 +188,11 @@ impl Enforcer {
                 && (cfg.dry_run || now.saturating_duration_since(*at) < IN_FLIGHT)
         });
         let mut out = Decided::default();
-        let mut keys: Vec<&UserKey> = users.keys().collect();
+        let mut keys: Vec<&(&str, &str)> = users.keys().collect();
         keys.sort();
         for key in keys {
-            let conns: Vec<&Connection> = users[key]
-                .iter()
-                .copied()
-                .filter(|c| !self.in_flight.contains_key(&(c.server_id.clone(), c.cid)))
-                .collect();
-            let Some(first) = conns.first() else { continue };
+            let all = &users[key];
+            let Some(first) = all.first() else { continue };
             let Some(cap) = cap_for(
                 cfg,
                 &first.account,
@@ -202,6 +202,16 @@ impl Enforcer {
             ) else {
                 continue;
             };
+            // Cheap first: closes in flight only lower the count.
+            if all.len() as u64 <= cap.max {
+                continue;
+            }
+            let conns: Vec<&Connection> = all
+                .iter()
+                .copied()
+                .filter(|c| !self.in_flight.contains_key(&(c.server_id.clone(), c.cid)))
+                .collect();
+            let key: UserKey = (key.0.to_string(), key.1.to_string());
             match beyond_cap(&conns, cap.max, guard) {
                 Verdict::Within | Verdict::Exempt(_) => {}
                 Verdict::Held(why) => out.held.push((key.clone(), why)),
@@ -258,11 +268,7 @@ impl Enforcer {
 
     /// The bursts that are over ([`BURST_QUIET`] without a close, or [`BURST_MAX`] long), with
     /// the churn of their users; `users` are the view's connections now ([`super::by_user`]).
-    pub fn finish(
-        &mut self,
-        users: &HashMap<UserKey, Vec<&Connection>>,
-        now: Instant,
-    ) -> Vec<Finished> {
+    pub fn finish(&mut self, users: &Users, now: Instant) -> Vec<Finished> {
         for q in self.closes.values_mut().chain(self.ended.values_mut()) {
             while q
                 .front()
@@ -292,7 +298,7 @@ impl Enforcer {
             ended.push_back(now);
             let bursts_last_minute = ended.len() as u64;
             // Those still in flight (dry run: all of them) count as closed.
-            let after = users.get(&key).map_or(0, |v| {
+            let after = users.get(&(key.0.as_str(), key.1.as_str())).map_or(0, |v| {
                 v.iter()
                     .filter(|c| !self.in_flight.contains_key(&(c.server_id.clone(), c.cid)))
                     .count() as u64
@@ -377,7 +383,7 @@ mod tests {
         }
     }
 
-    fn users(conns: &[Connection]) -> HashMap<UserKey, Vec<&Connection>> {
+    fn users(conns: &[Connection]) -> Users<'_> {
         super::super::cap::by_user(conns.iter())
     }
 

@@ -101,10 +101,11 @@ impl Service {
                             let c = conns[0];
                             cap_for(cfg, &c.account, &c.account_name, &c.user, &c.user_name)
                                 .is_some_and(|cap| {
-                                    matches!(
-                                        beyond_cap(conns, cap.max, &guard),
-                                        Verdict::Close(_) | Verdict::Held(_)
-                                    )
+                                    conns.len() as u64 > cap.max
+                                        && matches!(
+                                            beyond_cap(conns, cap.max, &guard),
+                                            Verdict::Close(_) | Verdict::Held(_)
+                                        )
                                 })
                         })
                         .map(|conns| {
