@@ -37,22 +37,12 @@ async fn start(dir: &std::path::Path, enforce: &str) -> Capped {
     )
     .unwrap();
     let listen = free_addr();
-    let toml: String = cluster
-        .connwatch_toml()
-        .lines()
-        .map(|l| {
-            if l.starts_with("servers") {
-                format!("servers = [{:?}]", cluster.client_url(0))
-            } else {
-                l.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
+    // Attached to n1 only: the gap test freezes n3.
+    let toml = connwatch_toml_on(&cluster, 0);
     let path = write_config(
         dir,
         &format!(
-            "{toml}\n[sweep]\ninterval = \"1s\"\ntimeout = \"1s\"\n[live]\nreconcile_interval = \"1h\"\n\
+            "{toml}[sweep]\ninterval = \"1s\"\ntimeout = \"1s\"\n[live]\nreconcile_interval = \"1h\"\n\
              [metrics]\nlisten = \"{listen}\"\nuser_floor = 1\n\
              [enforce]\nenabled = true\n{enforce}"
         ),
@@ -92,14 +82,8 @@ struct Listed {
 fn connz_of(cluster: &Cluster, servers: &[usize], account: &str, user: &str) -> Vec<Listed> {
     let mut out = Vec::new();
     for &i in servers {
-        let id = cluster.monitor_get(i, "/varz").unwrap()["server_id"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let connz = cluster
-            .monitor_get(i, "/connz?auth=true&limit=100000")
-            .unwrap();
-        for c in connz["connections"].as_array().unwrap() {
+        let (id, connections) = connz_of_server(cluster, i);
+        for c in &connections {
             if c["account"] == account && c["authorized_user"] == user {
                 out.push(Listed {
                     start: parse_time(&c["start"]),

@@ -173,12 +173,13 @@ pub fn by_user<'a>(conns: impl IntoIterator<Item = &'a Connection>) -> Users<'a>
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::{CapRule, UserMatch};
     use chrono::{TimeZone, Utc};
 
-    fn conn(server: &str, cid: u64, start_ms: i64) -> Connection {
+    /// A client connection of `APP/u` on `server`, started `start_ms` after the epoch.
+    pub(crate) fn conn(server: &str, cid: u64, start_ms: i64) -> Connection {
         Connection {
             server: server.into(),
             server_id: format!("ID-{server}"),

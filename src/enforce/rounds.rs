@@ -353,21 +353,8 @@ impl Enforcer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{CapRule, KickConfig};
-    use chrono::TimeZone;
-
-    fn conn(server: &str, cid: u64, start_ms: i64) -> Connection {
-        Connection {
-            server: server.into(),
-            server_id: format!("ID-{server}"),
-            cid,
-            kind: "Client".into(),
-            start: Some(Utc.timestamp_millis_opt(start_ms).unwrap()),
-            account: "APP".into(),
-            user: "u".into(),
-            ..Connection::default()
-        }
-    }
+    use crate::config::CapRule;
+    use crate::enforce::cap::tests::conn;
 
     fn cfg(cap: u64, rate: u32, dry_run: bool) -> EnforceConfig {
         EnforceConfig {
@@ -380,6 +367,15 @@ mod tests {
                 max_connections: cap,
             }],
             ..EnforceConfig::default()
+        }
+    }
+
+    /// A guard with the default kick policy and no system account or own connection.
+    fn guard() -> Guard<'static> {
+        Guard {
+            system_account: None,
+            own: None,
+            kick: Box::leak(Box::default()),
         }
     }
 
@@ -414,12 +410,7 @@ mod tests {
         let t0 = Instant::now();
         let wall = Utc::now();
         let cfg = cfg(2, 100, false);
-        let kick = KickConfig::default();
-        let guard = Guard {
-            system_account: Some("SYS"),
-            own: None,
-            kick: &kick,
-        };
+        let guard = guard();
         let mut e = Enforcer::new();
         let conns: Vec<Connection> = (1..=4).map(|i| conn("n1", i, i as i64)).collect();
         let d = e.decide(&users(&conns), &cfg, &guard, t0);
@@ -454,12 +445,7 @@ mod tests {
     fn dry_run_announces_each_connection_once_and_counts_after_as_if_closed() {
         let t0 = Instant::now();
         let cfg = cfg(2, 100, true);
-        let kick = KickConfig::default();
-        let guard = Guard {
-            system_account: None,
-            own: None,
-            kick: &kick,
-        };
+        let guard = guard();
         let mut e = Enforcer::new();
         let conns: Vec<Connection> = (1..=5).map(|i| conn("n1", i, i as i64)).collect();
         let d = e.decide(&users(&conns), &cfg, &guard, t0);
@@ -480,12 +466,7 @@ mod tests {
     fn the_rate_bound_defers_and_wakes_when_a_token_is_back() {
         let t0 = Instant::now();
         let cfg = cfg(1, 2, false);
-        let kick = KickConfig::default();
-        let guard = Guard {
-            system_account: None,
-            own: None,
-            kick: &kick,
-        };
+        let guard = guard();
         let mut e = Enforcer::new();
         let conns: Vec<Connection> = (1..=6).map(|i| conn("n1", i, i as i64)).collect();
         let d = e.decide(&users(&conns), &cfg, &guard, t0);
@@ -498,12 +479,7 @@ mod tests {
     fn a_failed_close_is_decided_again_and_counted() {
         let t0 = Instant::now();
         let cfg = cfg(1, 100, false);
-        let kick = KickConfig::default();
-        let guard = Guard {
-            system_account: None,
-            own: None,
-            kick: &kick,
-        };
+        let guard = guard();
         let mut e = Enforcer::new();
         let conns: Vec<Connection> = (1..=2).map(|i| conn("n1", i, i as i64)).collect();
         let d = e.decide(&users(&conns), &cfg, &guard, t0);
@@ -519,12 +495,7 @@ mod tests {
     fn a_client_coming_back_after_each_close_is_churn_at_the_cap() {
         let t0 = Instant::now();
         let cfg = cfg(1, 100, false);
-        let kick = KickConfig::default();
-        let guard = Guard {
-            system_account: None,
-            own: None,
-            kick: &kick,
-        };
+        let guard = guard();
         let mut e = Enforcer::new();
         let mut reports = Vec::new();
         // A second connection comes back every 500 ms for 12 s: one burst at most every
