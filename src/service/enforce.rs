@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use chrono::Utc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::Service;
 use crate::advisory::Completeness;
@@ -180,7 +180,7 @@ impl Service {
             self.caps
                 .enforcer
                 .record(decided.closes.into_iter().zip(done).collect(), now, wall);
-            info!(
+            debug!(
                 closes = n,
                 deferred = decided.deferred,
                 dry_run = cfg.dry_run,
