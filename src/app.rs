@@ -43,7 +43,7 @@ pub async fn report(config: &Config, args: &ReportArgs) -> Result<String, AppErr
         user: args.user.clone(),
         top: args.top,
     };
-    let report = Report::new(&snap, &census, &filter);
+    let report = Report::new(&snap, &census, &filter).with_caps(&config.enforce);
     let out = match args.format {
         Format::Json => report.to_json() + "\n",
         Format::Table => report.to_table(),

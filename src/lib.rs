@@ -6,6 +6,7 @@ pub mod app;
 pub mod census;
 pub mod cli;
 pub mod config;
+pub mod enforce;
 pub mod error;
 pub mod ha;
 pub mod human;

@@ -136,6 +136,8 @@ pub struct Metrics {
     pub live_announced: Family<ServerLabel, Gauge>,
     /// Connections refused (account or server limit, failed authentication), by reason.
     pub connections_refused: Family<ReasonLabel, Counter>,
+    /// Per-user connection caps (`[enforce]`).
+    pub caps: crate::enforce::metrics::CapMetrics,
 }
 
 /// A label naming a server.
@@ -195,6 +197,7 @@ impl Metrics {
             live_complete: Gauge::default(),
             live_mismatches: Counter::default(),
             live_announced: Family::default(),
+            caps: Default::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -364,6 +367,7 @@ impl Metrics {
             "Connections refused, from the servers' events, by reason (account_limit, server_limit, auth)",
             m.connections_refused.clone(),
         );
+        m.caps.register(r);
         Self { registry, ..m }
     }
 

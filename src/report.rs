@@ -8,6 +8,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::census::{Census, UserCensus};
+use crate::config::EnforceConfig;
+use crate::enforce::{cap_for, CapSource};
 use crate::snapshot::{ServerError, ServerSeen, Snapshot};
 
 /// How complete a sweep was, and what it cost.
@@ -100,7 +102,60 @@ pub struct Report<'a> {
     /// Users matching the filter, before `--top`.
     pub users_total: usize,
     /// The users shown, most connections first.
-    pub users: Vec<&'a UserCensus>,
+    pub users: Vec<ReportUser<'a>>,
+}
+
+/// A user in the report: its census and, when one applies, its cap.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReportUser<'a> {
+    /// The user's census.
+    #[serde(flatten)]
+    pub census: &'a UserCensus,
+    /// Its cap (`[enforce]`), when one applies; absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cap: Option<UserCap>,
+}
+
+impl std::ops::Deref for ReportUser<'_> {
+    type Target = UserCensus;
+
+    fn deref(&self) -> &UserCensus {
+        self.census
+    }
+}
+
+/// A user's cap as the report shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UserCap {
+    /// The most connections the user may hold, cluster-wide.
+    pub max_connections: u64,
+    /// Where it comes from: `user`, `account` (an `[[enforce.caps]]` entry) or `default`.
+    pub source: CapSource,
+    /// `enforced`, `dry_run` (announced, nothing closed) or `off` (`enforce.enabled` false).
+    pub mode: &'static str,
+    /// Whether the user holds more connections than the cap.
+    pub over: bool,
+}
+
+impl UserCap {
+    /// The cap of `u` under `cfg`; `None` when none applies (or for the system account, never
+    /// capped).
+    pub fn of(u: &UserCensus, cfg: &EnforceConfig) -> Option<Self> {
+        if u.system {
+            return None;
+        }
+        let cap = cap_for(cfg, &u.account, &u.account_name, &u.user, &u.user_name)?;
+        Some(Self {
+            max_connections: cap.max,
+            source: cap.source,
+            mode: match (cfg.enabled, cfg.dry_run) {
+                (false, _) => "off",
+                (true, true) => "dry_run",
+                (true, false) => "enforced",
+            },
+            over: u.connections > cap.max,
+        })
+    }
 }
 
 impl<'a> Report<'a> {
@@ -121,8 +176,20 @@ impl<'a> Report<'a> {
         Self {
             sweep,
             users_total,
-            users: matching.into_iter().take(take).collect(),
+            users: matching
+                .into_iter()
+                .take(take)
+                .map(|census| ReportUser { census, cap: None })
+                .collect(),
         }
+    }
+
+    /// Adds each user's cap, where one applies.
+    pub fn with_caps(mut self, cfg: &EnforceConfig) -> Self {
+        for u in &mut self.users {
+            u.cap = UserCap::of(u.census, cfg);
+        }
+        self
     }
 
     /// The report as pretty JSON.
@@ -174,13 +241,14 @@ impl<'a> Report<'a> {
             "USER",
             "CONNS",
             "LIMIT",
+            "CAP",
             "IDLE0",
             "ONCE",
             "SERVERS",
             "TOP CLIENT NAME",
             "TOP IP",
         ];
-        let rows: Vec<[String; 9]> = self
+        let rows: Vec<[String; 10]> = self
             .users
             .iter()
             .map(|u| {
@@ -193,6 +261,15 @@ impl<'a> Report<'a> {
                         u.threshold,
                         if u.over_threshold { " OVER" } else { "" }
                     ),
+                    u.cap.as_ref().map_or("-".into(), |c| {
+                        let mode = match c.mode {
+                            "enforced" => "",
+                            "dry_run" => " dry-run",
+                            _ => " off",
+                        };
+                        let over = if c.over { " OVER" } else { "" };
+                        format!("{}{mode}{over}", c.max_connections)
+                    }),
                     u.idle_zero_msgs.to_string(),
                     u.idle_used_once.to_string(),
                     u.by_server
@@ -381,5 +458,33 @@ mod tests {
         assert!(t.contains("bad replies ignored: 2"), "{t}");
         assert!(t.contains("100 OVER"), "{t}");
         assert!(t.contains("(unnamed) (250)"), "{t}");
+    }
+
+    #[test]
+    fn caps_show_beside_the_threshold_when_one_applies() {
+        let c = census();
+        let cfg = EnforceConfig {
+            enabled: true,
+            dry_run: false,
+            caps: vec![crate::config::CapRule {
+                account: "APP".into(),
+                user: None,
+                max_connections: 200,
+            }],
+            ..EnforceConfig::default()
+        };
+        let r = Report::new(&Snapshot::default(), &c, &Filter::default()).with_caps(&cfg);
+        let t = r.to_table();
+        assert!(t.contains("LIMIT     CAP"), "{t}");
+        assert!(t.contains("100 OVER  200 OVER"), "{t}");
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(v["users"][0]["cap"]["max_connections"], 200);
+        assert_eq!(v["users"][0]["cap"]["source"], "account");
+        assert_eq!(v["users"][0]["cap"]["mode"], "enforced");
+        assert!(v["users"][2].get("cap").is_none(), "B has no cap: {v:#}");
+        assert!(
+            v["users"][0].get("connections").is_some(),
+            "the census is flattened"
+        );
     }
 }

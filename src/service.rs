@@ -17,6 +17,7 @@
 //!
 //! On shutdown the queued advisories are then flushed, the state saved and the client drained.
 
+mod enforce;
 mod ha;
 mod live;
 mod lookups;
@@ -106,6 +107,8 @@ struct Service {
     last_lookups: LookupResults,
     /// When the growth history last took a sample.
     last_history: Option<DateTime<Utc>>,
+    /// Per-user caps between rounds.
+    caps: enforce::Caps,
 }
 
 /// The churn and unknown limits a sweep round looked up, kept for the live rounds after it.
@@ -242,6 +245,7 @@ pub async fn run(
         last_sweep_meta: Snapshot::default(),
         last_lookups: LookupResults::default(),
         last_history: None,
+        caps: enforce::Caps::default(),
     };
     let (changed, resync) = match &svc.live {
         Some(l) => (l.changed.clone(), l.resync.clone()),
@@ -281,10 +285,12 @@ pub async fn run(
                 }
                 continue;
             }
+            _ = enforce::wake(svc.caps.next_wake(&svc.config.enforce)) => { svc.enforce_caps().await; continue; }
             _ = changed.notified(), if svc.live.is_some() => {
                 // Rounds from the events, at most every `live.evaluate_every`.
                 tokio::time::sleep_until(last_live + svc.config.live.evaluate_every).await;
                 last_live = Instant::now();
+                svc.enforce_caps().await; // first: the reads below may take a while
                 if let Some(g) = svc.gather_live().await {
                     svc.act(g).await;
                 }
@@ -317,6 +323,7 @@ pub async fn run(
             None => None,
         };
         svc.last_started = Some((started, summary.clone()));
+        svc.enforce_caps().await;
         for tx in waiting {
             let _ = tx.send(
                 summary

@@ -408,16 +408,8 @@ async fn protected_users_are_never_kicked_and_only_listed_users_may_be() {
 
 /// The open connections of `user` on server `i`, as kick plans, from the server's own /connz.
 fn plans_on(cluster: &Cluster, i: usize, user: &str) -> Vec<connwatch::kick::KickPlan> {
-    let id = cluster.monitor_get(i, "/varz").unwrap()["server_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let connz = cluster
-        .monitor_get(i, "/connz?auth=true&limit=100000")
-        .unwrap();
-    connz["connections"]
-        .as_array()
-        .unwrap()
+    let (id, connections) = connz_of_server(cluster, i);
+    connections
         .iter()
         .filter(|c| c["authorized_user"] == user)
         .map(|c| {

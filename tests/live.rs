@@ -72,19 +72,7 @@ async fn start_reconciling(dir: &std::path::Path, reconcile: &str, extra: &str) 
     .unwrap();
     let listen = free_addr();
     // Attached to n1 only: the faults below freeze and restart the other servers.
-    let toml: String = cluster
-        .connwatch_toml()
-        .lines()
-        .map(|l| {
-            if l.starts_with("servers") {
-                format!("servers = [{:?}]", cluster.client_url(0))
-            } else {
-                l.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-        + "\n";
+    let toml = connwatch_toml_on(&cluster, 0);
     let path = write_config(
         dir,
         &format!(

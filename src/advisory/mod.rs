@@ -18,7 +18,8 @@ use crate::lifecycle::Event;
 use crate::rules::Finding;
 use crate::snapshot::Snapshot;
 pub use types::{
-    ConnectionKicked, Envelope, FindingEvent, KickIneffective, KickResult, KickRule, Message, NAMES,
+    CapChurn, CappedConnection, ConnectionCapEnforced, ConnectionKicked, Envelope, FindingEvent,
+    KickIneffective, KickResult, KickRule, Message, NAMES,
 };
 
 /// Prefix of every advisory type.

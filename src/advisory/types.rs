@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use super::schema::{self, millis};
 use super::{Completeness, TYPE_PREFIX};
+use crate::enforce::CapSource;
 use crate::kick::{KickPlan, Returned};
 use crate::lifecycle::State;
 use crate::rules::{AccountFinding, RefusedFinding, ServerFinding, UserFinding};
@@ -138,6 +139,75 @@ pub struct KickIneffective {
     pub returned: Returned,
 }
 
+/// `connection_cap_enforced`: a user over its cap had its newest connections closed (or, in
+/// dry run, would have): one advisory per user per burst of closes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ConnectionCapEnforced {
+    /// Account.
+    pub account: String,
+    /// The account's human name, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_name: Option<String>,
+    /// User.
+    pub user: String,
+    /// The user's human name, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_name: Option<String>,
+    /// The cap: the most connections the user may hold, cluster-wide.
+    pub cap: u64,
+    /// Where the cap comes from: an `[[enforce.caps]]` entry for the `user` or the whole
+    /// `account`, or `enforce.max_connections_per_user` (`default`).
+    pub cap_source: CapSource,
+    /// True when nothing was closed (`enforce.dry_run`): `closed` lists what would have been.
+    pub dry_run: bool,
+    /// The user's connections had none been closed: `after` plus the connections closed.
+    pub before: u64,
+    /// The user's connections once the burst was over (in dry run, as if closed).
+    pub after: u64,
+    /// The connections closed, oldest first: the newest beyond the cap, by (start, server id,
+    /// cid).
+    pub closed: Vec<CappedConnection>,
+    /// KICKs that failed in this burst (each tried again while the user stays over its cap).
+    pub failed: u64,
+    /// When the burst began (UTC, milliseconds).
+    #[serde(with = "millis")]
+    #[schemars(schema_with = "schema::instant_millis")]
+    pub since: DateTime<Utc>,
+    /// Churn at the cap: clients that reconnect after each close keep hitting it.
+    pub churn: CapChurn,
+    /// What happened, in words.
+    pub message: String,
+}
+
+/// A connection closed by a cap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CappedConnection {
+    /// Server name.
+    pub server: String,
+    /// Server id.
+    pub server_id: String,
+    /// Connection id on that server.
+    pub cid: u64,
+    /// Client name; empty when the client gave none.
+    pub name: String,
+    /// Remote IP.
+    pub ip: String,
+    /// When it connected (as its server reported, full precision).
+    pub start: DateTime<Utc>,
+}
+
+/// Churn at a user's cap, over the last minute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CapChurn {
+    /// Connections the cap closed for this user within the last minute, this burst included.
+    pub closed_last_minute: u64,
+    /// Bursts of closes for this user within the last minute, this one included.
+    pub bursts_last_minute: u64,
+    /// True when the user hit its cap again within a minute of a previous burst: its clients
+    /// reconnect after each close (fix the client, raise the cap, or revoke the credential).
+    pub reconnecting: bool,
+}
+
 /// Why a message is not an advisory this version can read.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -251,4 +321,6 @@ advisory_types! {
         "The audit record of one kick (`$SYS.REQ.SERVER.<id>.KICK`), or of a would-be kick in dry run. Published on `<prefix>.connection_kicked.<account>.<user>` (escaped tokens).";
     KickIneffective(KickIneffective) = "kick_ineffective":
         "A client (user, client name, IP) that connwatch kicked connected again within `kick.return_window`: kicking treats the symptom; fix the code or revoke the credential. After `kick.max_attempts` returns connwatch leaves it alone (`given_up`). Published on `<prefix>.kick_ineffective.<account>.<user>` (escaped tokens).";
+    ConnectionCapEnforced(ConnectionCapEnforced) = "connection_cap_enforced":
+        "A user over its cap (`[enforce]`) in a complete live view had its newest connections beyond the cap closed (`KICK`), or in dry run would have: one advisory per user per burst, with the cap and its source, the connections before and after, those closed, and the churn at the cap. Published on `<prefix>.connection_cap_enforced.<account>.<user>` (escaped tokens).";
 }

@@ -7,6 +7,7 @@
 //! - [`validate`](mod@validate): the checks beyond types;
 //! - [`secrets`]: the redacted secret type and the credential-file checks.
 
+mod enforce;
 mod jetstream;
 mod load;
 mod secrets;
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+pub use enforce::{CapRule, EnforceConfig};
 pub use jetstream::{HaConfig, JetStreamConfig};
 pub use load::{load, stray_env_vars, ConfigError, ConfigErrors, Flags, Loaded};
 pub use secrets::{check_creds_file, check_seed_file, loose_credential_files, Secret};
@@ -58,6 +60,8 @@ pub struct Config {
     pub jetstream: Option<JetStreamConfig>,
     /// Several replicas, one acting under a lease (needs `[jetstream]`).
     pub ha: HaConfig,
+    /// Per-user connection caps, enforced from the live census: off unless enabled.
+    pub enforce: EnforceConfig,
 }
 
 /// `[nats]`: the connection to the cluster.

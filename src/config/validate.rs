@@ -203,6 +203,9 @@ pub(super) fn validate(c: &Config, figment: &Figment) -> Result<(), ConfigErrors
             );
         }
     }
+    for (key, message) in super::enforce::problems(c) {
+        bad(&key, message);
+    }
     if errs.is_empty() {
         Ok(())
     } else {

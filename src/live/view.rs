@@ -393,6 +393,11 @@ impl LiveView {
             .unwrap_or(0)
     }
 
+    /// Every open connection of the view.
+    pub fn connections(&self) -> impl Iterator<Item = &Connection> {
+        self.conns.values().map(|c| &**c)
+    }
+
     /// A server's open client connections (not leafnodes) in an account.
     pub fn clients_of(&self, server_id: &str, account: &str) -> u64 {
         self.clients

@@ -64,6 +64,9 @@ impl Service {
         applied.ha = old.ha.clone();
         applied.state = old.state.clone();
         applied.log = old.log.clone();
+        if old.enforce != applied.enforce {
+            self.caps.reloaded();
+        }
         self.sweeper.set_config(&applied.sweep);
         self.health.set_interval(applied.sweep_cadence());
         self.config = applied;

@@ -207,6 +207,14 @@ impl<'a> Who<'a> {
                     server: None,
                 }
             }
+            Message::ConnectionCapEnforced(e) => {
+                let b = &e.body;
+                Self {
+                    account: Some((&b.account, b.account_name.as_deref())),
+                    user: Some((&b.user, b.user_name.as_deref())),
+                    server: None,
+                }
+            }
         }
     }
 
@@ -295,6 +303,22 @@ impl<'a> Parts<'a> {
                 summary: Some(&e.body.returned.message),
                 ..Self::envelope(e, None, String::new())
             },
+            Message::ConnectionCapEnforced(e) => {
+                let b = &e.body;
+                let numbers = format!(
+                    "{} -> {} conns (cap {}, {}), {} closed",
+                    b.before,
+                    b.after,
+                    b.cap,
+                    b.cap_source.name(),
+                    b.closed.len()
+                );
+                let state = if b.dry_run { "would_close" } else { "closed" };
+                Self {
+                    summary: Some(&b.message),
+                    ..Self::envelope(e, Some(state), numbers)
+                }
+            }
         }
     }
 }

@@ -207,6 +207,29 @@ fn kicks_render_their_result_and_who() {
 }
 
 #[test]
+fn cap_enforcements_render_before_after_and_the_cap() {
+    let capped = json!({
+        "type": "io.connwatch.advisory.v1.connection_cap_enforced",
+        "id": "ABCDEFGHIJKLMNOPQRSTUV", "timestamp": "2026-11-25T20:31:09.123Z",
+        "account": "APP", "user": "leaky", "cap": 50, "cap_source": "user", "dry_run": false,
+        "before": 80, "after": 50, "failed": 0, "since": "2026-11-25T20:31:08.000Z",
+        "closed": [{"server": "n1", "server_id": key('N'), "cid": 7, "name": "w",
+            "ip": "10.0.0.1", "start": "2026-11-25T20:31:07.123456789Z"}],
+        "churn": {"closed_last_minute": 30, "bursts_last_minute": 1, "reconnecting": false},
+        "message": "closed 30 of 80 connections beyond the cap of 50",
+        "sweep": sweep(false, &[]),
+    });
+    assert_eq!(
+        render(&capped),
+        "2026-11-25T20:31:09.123Z CLOSED connection_cap_enforced APP/leaky 80 -> 50 conns (cap 50, user), 1 closed — closed 30 of 80 connections beyond the cap of 50"
+    );
+    assert!(matches(
+        &msg(&capped),
+        &args(&["connection_cap_enforced"], Some("APP"), Some("leaky"))
+    ));
+}
+
+#[test]
 fn filters_by_type_with_or_without_prefix() {
     let b = excessive();
     assert!(matches(&msg(&b), &args(&[], None, None)));

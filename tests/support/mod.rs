@@ -516,3 +516,36 @@ pub fn jetstream_cluster(dir: &Path) -> Cluster {
     )
     .unwrap()
 }
+
+/// `cluster.connwatch_toml()` with `nats.servers` only server `i`'s URL (tests that freeze or
+/// restart the other servers keep connwatch attached to one that stays).
+pub fn connwatch_toml_on(cluster: &Cluster, i: usize) -> String {
+    cluster
+        .connwatch_toml()
+        .lines()
+        .map(|l| {
+            if l.starts_with("servers") {
+                format!("servers = [{:?}]", cluster.client_url(i))
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+/// Server `i`'s id and its open connections, from its own `/varz` and `/connz` (`auth=true`).
+pub fn connz_of_server(cluster: &Cluster, i: usize) -> (String, Vec<serde_json::Value>) {
+    let id = cluster.monitor_get(i, "/varz").unwrap()["server_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let connz = cluster
+        .monitor_get(i, "/connz?auth=true&limit=100000")
+        .unwrap();
+    (
+        id,
+        connz["connections"].as_array().cloned().unwrap_or_default(),
+    )
+}
