@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub use testkit::cluster::{AccountSpec, AuthMode, Cluster, ClusterSpec, TlsSpec};
+pub use testkit::cluster::{AccountSpec, AuthMode, Cluster, ClusterSpec, LeafSpec, TlsSpec};
 pub use testkit::jwt::{AccountTemplate, OperatorSetup};
 pub use testkit::load::{self, Load, LoadAuth, LoadSpec};
 pub use testkit::{wait_until, wait_until_async};
