@@ -22,3 +22,4 @@ pub mod state;
 pub mod sweep;
 pub mod tail;
 pub mod top;
+pub mod topology;

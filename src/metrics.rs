@@ -47,6 +47,13 @@ pub struct TypeLabel {
     pub r#type: String,
 }
 
+/// A label naming a cluster of a super-cluster.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabel {
+    /// The cluster's name (`""` for servers without one).
+    pub cluster: String,
+}
+
 /// A label naming a limit lookup.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LookupLabel {
@@ -92,6 +99,10 @@ pub struct Metrics {
     pub user_connections: Family<UserLabels, Gauge>,
     /// Findings firing, by type.
     pub findings_firing: Family<TypeLabel, Gauge>,
+    /// Connections by cluster in the last view.
+    pub cluster_connections: Family<ClusterLabel, Gauge>,
+    /// 1 for each cluster none of whose servers answered the last sweep.
+    pub cluster_silent: Family<ClusterLabel, Gauge>,
     /// Kicks by result.
     pub kicks: Family<ResultLabel, Counter>,
     /// Kicked clients that came back.
@@ -156,6 +167,8 @@ impl Metrics {
             connections: Gauge::default(),
             user_connections: Family::default(),
             findings_firing: Family::default(),
+            cluster_connections: Family::default(),
+            cluster_silent: Family::default(),
             kicks: Family::default(),
             kicks_ineffective: Counter::default(),
             advisories: Arc::new(PublisherStats::default()),
@@ -211,6 +224,16 @@ impl Metrics {
             "connections",
             "Connections counted by the last sweep",
             m.connections.clone(),
+        );
+        r.register(
+            "cluster_connections",
+            "Connections by cluster in the last view",
+            m.cluster_connections.clone(),
+        );
+        r.register(
+            "cluster_silent",
+            "1 for a cluster none of whose servers answered the last sweep (a gateway down?)",
+            m.cluster_silent.clone(),
         );
         r.register(
             "user_connections",
@@ -358,6 +381,20 @@ impl Metrics {
         cfg: &MetricsConfig,
     ) {
         self.connections.set(snap.connections.len() as i64);
+        self.cluster_connections.clear();
+        self.cluster_silent.clear();
+        if !snap.topology.is_empty() {
+            let per_server = snap.servers.iter().map(|s| (s.name.clone(), s.connections));
+            let by_cluster = crate::topology::by_cluster(&snap.topology, &per_server.collect());
+            for (cluster, n) in by_cluster {
+                let label = ClusterLabel { cluster };
+                self.cluster_connections.get_or_create(&label).set(n as i64);
+            }
+        }
+        for c in snap.silent_clusters() {
+            let label = ClusterLabel { cluster: c.cluster };
+            self.cluster_silent.get_or_create(&label).set(1);
+        }
         self.user_connections.clear();
         for u in user_series(census, cfg) {
             let labels = UserLabels {

@@ -33,7 +33,7 @@ use tracing::{error, info, warn};
 use crate::advisory::publisher::Publisher;
 use crate::advisory::{self, Completeness, KickRule};
 use crate::api;
-use crate::census::{self, Census};
+use crate::census::Census;
 use crate::config::Config;
 use crate::config::ConfigErrors;
 use crate::error::AppError;
@@ -48,6 +48,7 @@ use crate::session::{self, Session};
 use crate::snapshot::Snapshot;
 use crate::state::State;
 use crate::sweep::Sweeper;
+use crate::topology;
 
 /// How long shutdown waits for queued advisories.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(10);
@@ -469,8 +470,8 @@ impl Service {
             (Some(l), Some(sync)) => self.reconcile(l.clone(), sync, snap),
             _ => snap,
         };
-        let census = census::build(
-            &snap.connections,
+        let census = topology::census_of(
+            &snap,
             self.session.system_account.as_deref(),
             &self.config.detect,
         );

@@ -40,6 +40,10 @@ pub struct Completeness {
     pub partial: bool,
     /// Expected servers that did not answer, by name where known (else `<unknown>`).
     pub missing: Vec<String>,
+    /// Clusters none of whose servers answered (a gateway down?); absent when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(min = 1))]
+    pub silent_clusters: Vec<String>,
 }
 
 impl Completeness {
@@ -51,6 +55,7 @@ impl Completeness {
             servers_responded: s.servers.len(),
             partial: s.partial(),
             missing: s.missing.clone(),
+            silent_clusters: s.silent_clusters().into_iter().map(|c| c.cluster).collect(),
         }
     }
 }

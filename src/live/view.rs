@@ -375,6 +375,7 @@ impl LiveView {
             bytes: 0,
             connections: self.conns.values().cloned().collect(),
             gap: self.incomplete.clone(),
+            topology: sweep.topology.clone(),
         }
     }
 }
