@@ -546,7 +546,12 @@ impl Service {
                 })
                 .collect(),
         };
-        let findings = rules::evaluate(&census, &self.config.detect, &ctx);
+        let mut findings = rules::evaluate(&census, &self.config.detect, &ctx);
+        findings.extend(rules::balance::evaluate(
+            &snap,
+            &census,
+            &self.config.detect,
+        ));
         let held = rules::held_keys(&census, &unknown_accounts, &unknown_servers);
         let events = self.state.findings.step_holding(
             &findings,

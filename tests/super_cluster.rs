@@ -108,6 +108,7 @@ async fn super_cluster_counts_every_server_once_and_a_silent_cluster_stops_resol
     let config_text = format!(
         "{}[sweep]\ntimeout = \"2s\"\ninterval = \"700ms\"\n[live]\nreconcile_interval = \"1ms\"\n\
          [detect]\nmax_connections_per_user = 50\nidle_threshold = \"1s\"\n\
+         hotspot_ratio = 1.5\nhotspot_min = 30\nimbalance_share = 0.5\nimbalance_min = 10\n\
          [kick]\nenabled = true\ndry_run = false\nmin_idle = \"1s\"\nmin_age = \"1s\"\n\
          [state]\nfile = {:?}\n",
         cluster.connwatch_toml(),
@@ -197,6 +198,17 @@ async fn super_cluster_counts_every_server_once_and_a_silent_cluster_stops_resol
     );
     assert_eq!(firing["by_cluster"]["c1"], 40, "{firing:#}");
     assert_valid(&firing);
+    // c1 answered whole: c1-n1 (40 app connections and more) against an idle c1-n2 is a
+    // hotspot of its cluster, even while c3 is silent.
+    let (_, _, hot) = seen
+        .wait_for(0, "hotspot firing", |b| {
+            b["type"] == "io.connwatch.advisory.v1.server_connection_hotspot"
+                && b["state"] == "firing"
+        })
+        .await;
+    assert_eq!(hot["server"], "c1-n1", "{hot:#}");
+    assert_eq!(hot["cluster"], "c1");
+    assert_valid(&hot);
     assert_eq!(
         running.metric("connwatch_cluster_silent{cluster=\"c3\"}"),
         Some(1.0),
@@ -227,5 +239,13 @@ async fn super_cluster_counts_every_server_once_and_a_silent_cluster_stops_resol
         seen.of("excessive_user_connections")
     );
     assert_eq!(running.metric("connwatch_live_complete"), Some(0.0));
+    // APP has most of its connections on c1-n1 (over imbalance_share 0.5), but shares are
+    // unknown on a partial view: no imbalance; and nothing at all resolved.
+    assert!(seen.of("account_connection_imbalance").is_empty());
+    assert!(
+        seen.all().iter().all(|(_, b)| b["state"] != "resolved"),
+        "{:#?}",
+        seen.all()
+    );
     running.terminate();
 }

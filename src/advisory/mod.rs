@@ -108,6 +108,12 @@ pub fn from_event(
         Finding::ServerConnectionPressure(f) => {
             Message::ServerConnectionPressure(finding_event(event, f.clone(), sweep, now))
         }
+        Finding::ServerConnectionHotspot(f) => {
+            Message::ServerConnectionHotspot(finding_event(event, f.clone(), sweep, now))
+        }
+        Finding::AccountConnectionImbalance(f) => {
+            Message::AccountConnectionImbalance(finding_event(event, f.clone(), sweep, now))
+        }
     };
     Advisory::new(prefix, &message, &a.tokens)
 }

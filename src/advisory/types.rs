@@ -14,6 +14,7 @@ use super::schema::{self, millis};
 use super::{Completeness, TYPE_PREFIX};
 use crate::kick::{KickPlan, Returned};
 use crate::lifecycle::State;
+use crate::rules::balance::{HotspotFinding, ImbalanceFinding};
 use crate::rules::{AccountFinding, ServerFinding, UserFinding};
 
 /// One advisory of body `B`. Its `type` is written by [`Message`], which knows the type.
@@ -237,6 +238,10 @@ advisory_types! {
         "An account holds at least `detect.account_pressure` of its connection limit, cluster-wide. Published on `<prefix>.account_connection_pressure.<account>` (escaped token). A resolved advisory carries the numbers last seen while firing.";
     ServerConnectionPressure(FindingEvent<ServerFinding>) = "server_connection_pressure":
         "A server holds at least `detect.server_pressure` of its `max_connections`. Published on `<prefix>.server_connection_pressure.<server>` (escaped token). A resolved advisory carries the numbers last seen while firing.";
+    ServerConnectionHotspot(FindingEvent<HotspotFinding>) = "server_connection_hotspot":
+        "A server holds more than `detect.hotspot_ratio` times its cluster's average connections (at least `detect.hotspot_min`), in a cluster of at least two servers that all answered. Published on `<prefix>.server_connection_hotspot.<server>` (escaped token). A resolved advisory carries the numbers last seen while firing.";
+    AccountConnectionImbalance(FindingEvent<ImbalanceFinding>) = "account_connection_imbalance":
+        "More than `detect.imbalance_share` of an account's connections (at least `detect.imbalance_min`) are on one server. Never found on a partial view. Published on `<prefix>.account_connection_imbalance.<account>` (escaped token). A resolved advisory carries the numbers last seen while firing.";
     ConnectionKicked(ConnectionKicked) = "connection_kicked":
         "The audit record of one kick (`$SYS.REQ.SERVER.<id>.KICK`), or of a would-be kick in dry run. Published on `<prefix>.connection_kicked.<account>.<user>` (escaped tokens).";
     KickIneffective(KickIneffective) = "kick_ineffective":

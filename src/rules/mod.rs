@@ -6,8 +6,10 @@
 //!   account's limit, within `detect.growth_horizon`, on evidence ([`growth::sustained`]): a
 //!   minimum span and increase, and a rise that holds over the whole window;
 //! - `account_connection_pressure`: an account at `detect.account_pressure` of its limit;
-//! - `server_connection_pressure`: a server at `detect.server_pressure` of `max_connections`.
+//! - `server_connection_pressure`: a server at `detect.server_pressure` of `max_connections`;
+//! - [`balance`]: `server_connection_hotspot` and `account_connection_imbalance`.
 
+pub mod balance;
 pub mod diagnosis;
 pub mod growth;
 
@@ -33,6 +35,10 @@ pub enum Kind {
     AccountConnectionPressure,
     /// A server near its `max_connections`.
     ServerConnectionPressure,
+    /// A server far above its cluster's average connections.
+    ServerConnectionHotspot,
+    /// Most of an account's connections on one server.
+    AccountConnectionImbalance,
 }
 
 impl Kind {
@@ -43,15 +49,19 @@ impl Kind {
             Self::UserConnectionGrowth => "user_connection_growth",
             Self::AccountConnectionPressure => "account_connection_pressure",
             Self::ServerConnectionPressure => "server_connection_pressure",
+            Self::ServerConnectionHotspot => "server_connection_hotspot",
+            Self::AccountConnectionImbalance => "account_connection_imbalance",
         }
     }
 
     /// Every kind, for schemas and documentation.
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 6] = [
         Self::ExcessiveUserConnections,
         Self::UserConnectionGrowth,
         Self::AccountConnectionPressure,
         Self::ServerConnectionPressure,
+        Self::ServerConnectionHotspot,
+        Self::AccountConnectionImbalance,
     ];
 }
 
@@ -121,6 +131,10 @@ pub enum Finding {
     AccountConnectionPressure(AccountFinding),
     /// A server near its `max_connections`.
     ServerConnectionPressure(ServerFinding),
+    /// A server far above its cluster's average.
+    ServerConnectionHotspot(balance::HotspotFinding),
+    /// Most of an account's connections on one server.
+    AccountConnectionImbalance(balance::ImbalanceFinding),
 }
 
 impl Finding {
@@ -131,6 +145,8 @@ impl Finding {
             Self::UserConnectionGrowth(_) => Kind::UserConnectionGrowth,
             Self::AccountConnectionPressure(_) => Kind::AccountConnectionPressure,
             Self::ServerConnectionPressure(_) => Kind::ServerConnectionPressure,
+            Self::ServerConnectionHotspot(_) => Kind::ServerConnectionHotspot,
+            Self::AccountConnectionImbalance(_) => Kind::AccountConnectionImbalance,
         }
     }
 
@@ -142,6 +158,8 @@ impl Finding {
             }
             Self::AccountConnectionPressure(a) => vec![a.account.clone()],
             Self::ServerConnectionPressure(s) => vec![s.server.clone()],
+            Self::ServerConnectionHotspot(s) => vec![s.server.clone()],
+            Self::AccountConnectionImbalance(a) => vec![a.account.clone()],
         }
     }
 

@@ -167,6 +167,8 @@ fn firing_text(firing: &BTreeMap<&'static str, usize>) -> String {
                 "user_connection_growth" => "growth",
                 "account_connection_pressure" => "account pressure",
                 "server_connection_pressure" => "server pressure",
+                "server_connection_hotspot" => "hotspot",
+                "account_connection_imbalance" => "imbalance",
                 other => other,
             };
             format!("{short} {n}")
