@@ -24,6 +24,16 @@ pub struct Place {
     pub domain: Option<String>,
 }
 
+impl Place {
+    /// A place in `cluster`, without a domain.
+    pub fn in_cluster(cluster: &str) -> Self {
+        Self {
+            cluster: Some(cluster.to_string()),
+            domain: None,
+        }
+    }
+}
+
 /// Server name → place, for the servers that answered and the missing servers whose cluster is
 /// known (remembered from an earlier sweep).
 pub type Topology = BTreeMap<String, Place>;
@@ -142,15 +152,7 @@ mod tests {
     fn topo(entries: &[(&str, &str)]) -> Topology {
         entries
             .iter()
-            .map(|(s, c)| {
-                (
-                    s.to_string(),
-                    Place {
-                        cluster: Some(c.to_string()),
-                        domain: None,
-                    },
-                )
-            })
+            .map(|(s, c)| (s.to_string(), Place::in_cluster(c)))
             .collect()
     }
 

@@ -254,13 +254,7 @@ impl World {
                 .collect(),
             topology: ["n1", "n2", "n3"]
                 .iter()
-                .map(|n| {
-                    let place = connwatch::topology::Place {
-                        cluster: Some("c1".into()),
-                        domain: None,
-                    };
-                    (n.to_string(), place)
-                })
+                .map(|n| (n.to_string(), connwatch::topology::Place::in_cluster("c1")))
                 .collect(),
             ..Snapshot::default()
         };

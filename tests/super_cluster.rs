@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
+use support::report_user as user;
 use support::*;
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -65,15 +66,6 @@ fn connz_sum(cluster: &Cluster, servers: &[usize]) -> BTreeMap<(String, String),
         }
     }
     sum
-}
-
-fn user<'a>(report: &'a Value, account: &str, user: &str) -> &'a Value {
-    report["users"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|u| u["account"] == account && u["user"] == user)
-        .unwrap_or_else(|| panic!("{account}/{user} not in report: {report:#}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

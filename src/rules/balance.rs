@@ -202,15 +202,7 @@ mod tests {
             missing: missing.iter().map(|m| m.to_string()).collect(),
             topology: servers
                 .iter()
-                .map(|(n, c, _)| {
-                    (
-                        n.to_string(),
-                        Place {
-                            cluster: Some(c.to_string()),
-                            domain: None,
-                        },
-                    )
-                })
+                .map(|(n, c, _)| (n.to_string(), Place::in_cluster(c)))
                 .collect(),
             ..Snapshot::default()
         }
@@ -264,13 +256,7 @@ mod tests {
             ],
             &["a3"],
         );
-        s.topology.insert(
-            "a3".into(),
-            Place {
-                cluster: Some("a".into()),
-                domain: None,
-            },
-        );
+        s.topology.insert("a3".into(), Place::in_cluster("a"));
         let h = hotspots(&s, &d);
         assert_eq!(
             h.iter().map(|f| f.server.as_str()).collect::<Vec<_>>(),
@@ -314,15 +300,7 @@ mod tests {
         };
         let topo: topology::Topology = [("n1", "c1"), ("n2", "c2")]
             .iter()
-            .map(|(s, c)| {
-                (
-                    s.to_string(),
-                    Place {
-                        cluster: Some(c.to_string()),
-                        domain: None,
-                    },
-                )
-            })
+            .map(|(s, c)| (s.to_string(), Place::in_cluster(c)))
             .collect();
         let f = imbalances(&census, &topo, &d);
         assert_eq!(f.len(), 1, "{f:?}");

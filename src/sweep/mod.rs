@@ -239,11 +239,9 @@ impl Sweeper {
         let peers = discovery.peers(&answered);
         snap.missing = missing_servers(snap.servers_expected, &answered, seen.names(), &peers);
         for m in &snap.missing {
-            if let Some(cluster) = seen.servers.get(m).and_then(|k| k.cluster.clone()) {
-                snap.topology.entry(m.clone()).or_insert(Place {
-                    cluster: Some(cluster),
-                    domain: None,
-                });
+            if let Some(cluster) = seen.servers.get(m).and_then(|k| k.cluster.as_deref()) {
+                let place = Place::in_cluster(cluster);
+                snap.topology.entry(m.clone()).or_insert(place);
             }
         }
         seen.saw(

@@ -450,3 +450,18 @@ pub fn causes(body: &serde_json::Value) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// The user `account`/`user` in a report (or census) JSON; panics, showing the report, when it
+/// is not there.
+pub fn report_user<'a>(
+    report: &'a serde_json::Value,
+    account: &str,
+    user: &str,
+) -> &'a serde_json::Value {
+    report["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["account"] == account && u["user"] == user)
+        .unwrap_or_else(|| panic!("{account}/{user} not in report: {report:#}"))
+}
