@@ -171,7 +171,13 @@ impl<'a> Report<'a> {
         if !lone.is_empty() {
             let _ = writeln!(out, "  missing (no answer): {}", lone.join(", "));
         }
-        if !s.topology.is_empty() {
+        // Servers grouped by cluster, in a super-cluster (one cluster needs no grouping).
+        let clusters: std::collections::BTreeSet<_> = s
+            .topology
+            .values()
+            .filter_map(|p| p.cluster.as_deref())
+            .collect();
+        if clusters.len() > 1 {
             let counts: std::collections::BTreeMap<&str, u64> = s
                 .servers
                 .iter()
