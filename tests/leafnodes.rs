@@ -44,25 +44,7 @@ async fn an_ordinary_account_leaf_is_one_leafnode_connection_that_is_not_kicked(
         .connwatch_toml()
         .replace(&format!(", \"{}\"", cluster.client_url(leaf)), "");
     let config = write_config(dir.path(), &toml);
-    let c = config.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        run_connwatch(
-            [
-                "--config",
-                c.to_str().unwrap(),
-                "report",
-                "--format",
-                "json",
-                "--top",
-                "0",
-            ],
-            RUN_TIMEOUT,
-        )
-    })
-    .await
-    .unwrap();
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
-    let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let report = report_json_async(&config).await;
     assert_eq!(report["sweep"]["partial"], false, "{report:#}");
     assert_eq!(report["sweep"]["servers_expected"], 1, "{report:#}");
     // The 5 clients behind the leaf are one connection of the remote's user on the hub.

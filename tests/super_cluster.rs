@@ -15,26 +15,13 @@ use support::*;
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn report(config: &Path, format: &str) -> String {
+fn report_table(config: &Path) -> String {
     let out = run_connwatch(
-        [
-            "--config",
-            config.to_str().unwrap(),
-            "report",
-            "--format",
-            format,
-            "--top",
-            "0",
-        ],
+        ["--config", config.to_str().unwrap(), "report", "--top", "0"],
         RUN_TIMEOUT,
     );
     assert_eq!(out.code, Some(0), "report failed: {}", out.stderr);
     out.stdout
-}
-
-fn report_json(config: &Path) -> Value {
-    let text = report(config, "json");
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad JSON ({e}): {text}"))
 }
 
 /// Per (account, user): connections, as connwatch reported them (the system account left out:
@@ -109,10 +96,7 @@ async fn super_cluster_counts_every_server_once_and_a_silent_cluster_stops_resol
     let config = write_config(dir.path(), &config_text);
 
     // 1. Complete: every server answers, the leaf's clients count once, under their own user.
-    let c = config.clone();
-    let full = tokio::task::spawn_blocking(move || report_json(&c))
-        .await
-        .unwrap();
+    let full = report_json_async(&config).await;
     assert_eq!(full["sweep"]["partial"], false, "{full:#}");
     assert_eq!(full["sweep"]["servers_responded"], 7, "{full:#}");
     let all: Vec<usize> = (0..cluster.len()).collect();
@@ -140,10 +124,7 @@ async fn super_cluster_counts_every_server_once_and_a_silent_cluster_stops_resol
     for i in cluster.servers_of("c3") {
         cluster.terminate(i).unwrap();
     }
-    let c = config.clone();
-    let partial = tokio::task::spawn_blocking(move || report_json(&c))
-        .await
-        .unwrap();
+    let partial = report_json_async(&config).await;
     let sweep = &partial["sweep"];
     assert_eq!(sweep["partial"], true, "{partial:#}");
     let missing: Vec<&str> = sweep["missing"]
@@ -163,7 +144,7 @@ async fn super_cluster_counts_every_server_once_and_a_silent_cluster_stops_resol
         "cluster c3 silent (gateway down?)"
     );
     let c = config.clone();
-    let table = tokio::task::spawn_blocking(move || report(&c, "table"))
+    let table = tokio::task::spawn_blocking(move || report_table(&c))
         .await
         .unwrap();
     assert!(
