@@ -282,28 +282,6 @@ pub fn threshold_for(detect: &DetectConfig, u: &UserCensus) -> u64 {
         .unwrap_or(detect.max_connections_per_user)
 }
 
-/// The fewest connections an account must hold, cluster-wide, before one of its users can be
-/// over its threshold: the lowest threshold any of its users can have (a user rule of the
-/// account, else the account rule or the default). For hot-account sweeps
-/// ([`crate::sweep::SweepMode::HotAccounts`]): an account at or below it needs no detail.
-pub fn account_floor(detect: &DetectConfig, account: &str, account_name: Option<&str>) -> u64 {
-    let name = account_name.map(str::to_string);
-    let rules: Vec<_> = detect
-        .overrides
-        .iter()
-        .filter(|o| names_match(&o.account, account, &name))
-        .collect();
-    let others = rules
-        .iter()
-        .find(|o| o.user.is_none())
-        .map_or(detect.max_connections_per_user, |o| o.max_connections);
-    rules
-        .iter()
-        .filter(|o| o.user.is_some())
-        .map(|o| o.max_connections)
-        .fold(others, u64::min)
-}
-
 /// Builds the census from a sweep's connections.
 pub fn build(
     connections: &[Connection],
@@ -660,26 +638,6 @@ mod tests {
         assert_eq!(threshold_for(&detect, &u), 500);
         u.account_name = Some("OTHER".into());
         assert_eq!(threshold_for(&detect, &u), 100);
-    }
-
-    #[test]
-    fn account_floor_is_the_lowest_threshold_of_its_users() {
-        let rule = |account: &str, user: Option<&str>, max| ThresholdOverride {
-            account: account.into(),
-            user: user.map(Into::into),
-            max_connections: max,
-        };
-        let detect = DetectConfig {
-            overrides: vec![rule("APP", None, 500), rule("APP", Some("alice"), 700)],
-            ..DetectConfig::default()
-        };
-        assert_eq!(account_floor(&detect, "AKEY", Some("APP")), 500);
-        assert_eq!(account_floor(&detect, "OTHER", None), 100);
-        let detect = DetectConfig {
-            overrides: vec![rule("APP", None, 500), rule("APP", Some("bob"), 5)],
-            ..DetectConfig::default()
-        };
-        assert_eq!(account_floor(&detect, "APP", None), 5);
     }
 
     #[test]

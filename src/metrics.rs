@@ -137,12 +137,23 @@ pub struct Metrics {
     pub live_gaps: Family<ReasonLabel, Counter>,
     /// 1 while the live census is complete (reconciled by a complete sweep since the last gap).
     pub live_complete: Gauge,
+    /// Servers' announced account counts that disagreed with the live census (each a gap).
+    pub live_mismatches: Counter,
+    /// Client connections each server announced last, summed over its accounts, by server.
+    pub live_announced: Family<ServerLabel, Gauge>,
+}
+
+/// A label naming a server.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerLabel {
+    /// Server name.
+    pub server: String,
 }
 
 /// A label naming why the live census has a gap.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
-    /// `reconnect`, `slow_consumer`, `server_silent`, `server_new`.
+    /// `reconnect`, `slow_consumer`, `server_silent`, `server_new`, `count_mismatch`.
     pub reason: String,
 }
 
@@ -186,6 +197,8 @@ impl Metrics {
             live_events: Counter::default(),
             live_gaps: Family::default(),
             live_complete: Gauge::default(),
+            live_mismatches: Counter::default(),
+            live_announced: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -339,6 +352,16 @@ impl Metrics {
             "live_complete",
             "1 while the live census is complete: reconciled by a complete sweep since the last gap",
             m.live_complete.clone(),
+        );
+        r.register(
+            "live_mismatches",
+            "Servers' announced account connection counts that disagreed with the live census for 3 s (each a gap)",
+            m.live_mismatches.clone(),
+        );
+        r.register(
+            "live_announced_connections",
+            "Client connections each server announced last ($SYS.ACCOUNT.*.SERVER.CONNS), summed over its accounts",
+            m.live_announced.clone(),
         );
         Self { registry, ..m }
     }
@@ -523,7 +546,8 @@ impl Health {
         *self.last_complete.lock().expect("health lock") = Some((Instant::now(), generation));
     }
 
-    /// Ready: connected, no other reason set, and a complete sweep within 3 intervals that
+    /// Ready: connected, no other reason set, and a complete sweep within 3 sweep intervals
+    /// ([`crate::config::Config::sweep_cadence`]) that
     /// started after the last reconnect (data from before an outage is not current).
     pub fn ready(&self) -> Result<(), String> {
         if self.client.connection_state() != ConnectionState::Connected {
@@ -653,6 +677,11 @@ mod tests {
         };
         m.observe_sweep(&snap);
         m.live_gap("reconnect");
+        m.live_announced
+            .get_or_create(&ServerLabel {
+                server: "n1".into(),
+            })
+            .set(7);
         m.observe(
             &snap,
             &census(&[("leaky", 150)]),
@@ -680,6 +709,8 @@ mod tests {
             "connwatch_live_complete",
             "connwatch_live_events_total",
             "connwatch_nats_slow_consumers_total",
+            "connwatch_live_mismatches_total 0",
+            "connwatch_live_announced_connections{server=\"n1\"} 7",
         ] {
             assert!(text.contains(name), "{name} missing:\n{text}");
         }

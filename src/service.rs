@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -142,7 +142,7 @@ pub async fn run(
     let publisher = Publisher::spawn(client.clone(), &config.advisory, metrics.advisories.clone());
     let health = Arc::new(Health::new(
         client.clone(),
-        config.sweep.interval,
+        config.sweep_cadence(),
         metrics.reconnects.clone(),
     ));
     let latest = api::Shared::default();
@@ -226,7 +226,7 @@ pub async fn run(
         None => Default::default(),
     };
     let mut last_live = Instant::now();
-    let mut ticker = svc.ticker();
+    let mut due = svc.next_sweep();
     let (mut reloads, loader) = match reload {
         Some(r) => (Some(r.requests), Some(r.load)),
         None => (None, None),
@@ -239,11 +239,7 @@ pub async fn run(
             // In this order: under churn the live rounds (last) must never starve a sweep.
             biased;
             _ = shutdown.cancelled() => break,
-            _ = ticker.tick() => {
-                if svc.reconcile_not_due() {
-                    continue;
-                }
-            }
+            _ = tokio::time::sleep_until(due) => {}
             _ = resync.notified(), if svc.live.is_some() => {
                 info!("live census gap: sweeping now");
             }
@@ -258,9 +254,8 @@ pub async fn run(
             Some(()) = async { reloads.as_mut()?.recv().await } => {
                 if let Some(load) = &loader {
                     info!("reloading the configuration");
-                    if svc.reload(load()) {
-                        ticker = svc.ticker();
-                    }
+                    svc.reload(load());
+                    due = svc.next_sweep();
                 }
                 continue;
             }
@@ -307,7 +302,8 @@ pub async fn run(
                     .ok_or_else(|| api::SweepRefused::Failed("sweep failed".into())),
             );
         }
-        let interval = svc.config.sweep.interval;
+        let interval = svc.sweep_every();
+        due = svc.next_sweep();
         let overran = (started.elapsed().as_nanos() / interval.as_nanos().max(1)) as u64;
         if overran > 0 {
             svc.metrics.sweeps_skipped.inc_by(overran);
@@ -365,23 +361,16 @@ impl Service {
         })
     }
 
-    /// A ticker for `sweep.interval` whose missed ticks are skipped, not bunched.
-    fn ticker(&self) -> tokio::time::Interval {
-        let mut t = tokio::time::interval(self.config.sweep.interval);
-        t.set_missed_tick_behavior(MissedTickBehavior::Skip);
-        t
-    }
-
-    /// Applies a reloaded configuration, or refuses it; returns whether the interval changed.
-    /// Findings, history and kick memory are kept; settings that need a new connection or
+    /// Applies a reloaded configuration, or refuses it (the schedule follows the new
+    /// intervals from the last sweep's start). Findings, history and kick memory are kept; settings that need a new connection or
     /// listener are reported and left as they are.
-    fn reload(&mut self, new: Result<Config, ConfigErrors>) -> bool {
+    fn reload(&mut self, new: Result<Config, ConfigErrors>) {
         let new = match new {
             Ok(c) => c,
             Err(e) => {
                 self.metrics.reload("refused");
                 error!(error = %e, "reload refused: the new configuration is invalid; the old one keeps running");
-                return false;
+                return;
             }
         };
         let old = &self.config;
@@ -412,7 +401,6 @@ impl Service {
         if !restart.is_empty() {
             warn!(keys = ?restart, "reload: these settings need a restart and keep their old values");
         }
-        let interval_changed = old.sweep.interval != new.sweep.interval;
         let mut applied = new;
         applied.nats = old.nats.clone();
         applied.metrics.listen = old.metrics.listen.clone();
@@ -423,7 +411,7 @@ impl Service {
         applied.state = old.state.clone();
         applied.log = old.log.clone();
         self.sweeper.set_config(&applied.sweep);
-        self.health.set_interval(applied.sweep.interval);
+        self.health.set_interval(applied.sweep_cadence());
         self.config = applied;
         self.metrics.reload("applied");
         info!(
@@ -437,7 +425,6 @@ impl Service {
             },
             "configuration reloaded"
         );
-        interval_changed
     }
 
     /// The first phase of a round: the identity retry, the sweep, the census, the limit and

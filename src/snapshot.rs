@@ -104,11 +104,6 @@ pub enum ServerFailure {
         /// The id they claim.
         id: String,
     },
-    /// A hot-account sweep got no CONNZ reply from it for one account.
-    NoAccountReply {
-        /// The account.
-        account: String,
-    },
     /// It reports more connections than `sweep.max_connections_per_server`: not read.
     TooLarge {
         /// Connections it reports.
@@ -145,13 +140,12 @@ pub enum ServerFailure {
 
 impl ServerFailure {
     /// A stable name for programs, metrics and logs: `error_reply`, `impostors`,
-    /// `no_account_reply`, `too_large`, `kept_growing`, `deadline`, `timeout`,
+    /// `too_large`, `kept_growing`, `deadline`, `timeout`,
     /// `no_responders`, `request_failed`, `bad_reply`, `wrong_server`, `no_data`.
     pub fn kind(&self) -> &'static str {
         match self {
             Self::ErrorReply { .. } => "error_reply",
             Self::Impostors { .. } => "impostors",
-            Self::NoAccountReply { .. } => "no_account_reply",
             Self::TooLarge { .. } => "too_large",
             Self::KeptGrowing { .. } => "kept_growing",
             Self::Deadline { .. } => "deadline",
@@ -183,7 +177,6 @@ impl std::fmt::Display for ServerFailure {
                 f,
                 "{replies} different replies claim its server id {id}: something else in the system account answers as this server, so none is believed"
             ),
-            Self::NoAccountReply { account } => write!(f, "no connz reply for account {account}"),
             Self::TooLarge { total, max } => write!(
                 f,
                 "it reports {total} connections, more than sweep.max_connections_per_server ({max}): not read"

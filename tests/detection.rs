@@ -27,7 +27,7 @@ async fn only_a_sustained_leak_is_growth_not_a_deploy_step_nor_an_extra_connecti
     let path = write_config(
         dir.path(),
         &format!(
-            "{}[live]\nreconcile_interval = \"1ms\"\n[sweep]\ninterval = \"300ms\"\ntimeout = \"2s\"\n\
+            "{}[live]\nreconcile_interval = \"300ms\"\n[sweep]\ninterval = \"300ms\"\ntimeout = \"2s\"\n\
              [detect]\ngrowth_window = \"20s\"\ngrowth_min_span = \"4s\"\ngrowth_min_increase = 5\n",
             cluster.connwatch_toml()
         ),

@@ -55,14 +55,15 @@ const DEFAULT: Tuning = Tuning {
     max_per_user: 1000,
 };
 
-/// Kicks on for real (`dry_run = false`), small pages, short sweeps: every `sweep.interval`
-/// even with the live census (`live.reconcile_interval` shorter), so the faults meet both.
+/// Kicks on for real (`dry_run = false`), small pages, short sweeps: the live census on, full
+/// sweeps every `sweep.interval` whether its view is complete (`live.reconcile_interval`) or not,
+/// so the faults meet both.
 fn config(servers: &[String], dir: &Path, t: Tuning) -> String {
     let servers: Vec<String> = servers.iter().map(|s| format!("{s:?}")).collect();
     format!(
         "[nats]\nservers = [{}]\nuser = \"sys\"\npassword = \"sys-dev-password\"\n\
          [sweep]\ninterval = {:?}\ntimeout = \"1s\"\npage_size = {}\n\
-         [live]\nreconcile_interval = \"1ms\"\n\
+         [live]\nreconcile_interval = {:?}\n\
          [detect]\nidle_threshold = \"1s\"\nmax_connections_per_user = 100\n\
          [[detect.overrides]]\naccount = \"APP\"\nuser = \"big\"\nmax_connections = 1000000\n\
          [advisory]\nrenotify = \"1h\"\n\
@@ -73,6 +74,7 @@ fn config(servers: &[String], dir: &Path, t: Tuning) -> String {
         servers.join(", "),
         t.interval,
         t.page_size,
+        t.interval,
         t.max_per_user,
         dir.join("state.json")
     )

@@ -13,7 +13,7 @@ const WAIT: Duration = Duration::from_secs(40);
 
 fn kick_config(cluster: &Cluster, extra: &str) -> String {
     format!(
-        "{}[live]\nreconcile_interval = \"1ms\"\n[sweep]\ninterval = \"700ms\"\ntimeout = \"2s\"\n[detect]\nidle_threshold = \"1s\"\n\
+        "{}[live]\nreconcile_interval = \"700ms\"\n[sweep]\ninterval = \"700ms\"\ntimeout = \"2s\"\n[detect]\nidle_threshold = \"1s\"\n\
          [kick]\nenabled = true\nmin_idle = \"1s\"\nmin_age = \"1s\"\n{extra}",
         cluster.connwatch_toml()
     )

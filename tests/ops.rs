@@ -48,7 +48,7 @@ async fn start_ops(dir: &std::path::Path) -> Ops {
     .unwrap();
     let listen = free_addr();
     let base = format!(
-        "{}[live]\nreconcile_interval = \"1ms\"\n[sweep]\ninterval = \"500ms\"\ntimeout = \"1s\"\n[metrics]\nlisten = \"{listen}\"\nuser_floor = 1\n",
+        "{}[live]\nreconcile_interval = \"500ms\"\n[sweep]\ninterval = \"500ms\"\ntimeout = \"1s\"\n[metrics]\nlisten = \"{listen}\"\nuser_floor = 1\n",
         cluster.connwatch_toml()
     );
     let path = write_config(dir, &with_threshold(&base, 200));

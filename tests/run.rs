@@ -30,7 +30,7 @@ async fn a_leak_fires_renotifies_survives_a_partial_sweep_and_resolves() {
     .unwrap();
     let config = format!(
         "[nats]\nservers = [{:?}]\nuser = \"sys\"\npassword = \"sys-dev-password\"\n\
-         [live]\nreconcile_interval = \"1ms\"\n[sweep]\ninterval = \"500ms\"\ntimeout = \"2s\"\n\
+         [live]\nreconcile_interval = \"500ms\"\n[sweep]\ninterval = \"500ms\"\ntimeout = \"2s\"\n\
          [detect]\nidle_threshold = \"1s\"\ngrowth_min_per_hour = 1.0\n\
          growth_min_span = \"2s\"\ngrowth_min_increase = 5\n\
          [advisory]\nrenotify = \"4s\"\n[state]\nfile = {:?}\n",
@@ -200,7 +200,7 @@ async fn a_restart_does_not_fire_again_and_sigterm_exits_zero() {
     .unwrap();
     let state = dir.path().join("state.json");
     let config = format!(
-        "{}[live]\nreconcile_interval = \"1ms\"\n[sweep]\ninterval = \"300ms\"\n[advisory]\nrenotify = \"1h\"\n[state]\nfile = {:?}\n",
+        "{}[live]\nreconcile_interval = \"300ms\"\n[sweep]\ninterval = \"300ms\"\n[advisory]\nrenotify = \"1h\"\n[state]\nfile = {:?}\n",
         cluster.connwatch_toml(),
         state
     );
@@ -319,7 +319,7 @@ async fn a_metrics_port_in_use_stops_run_at_start_naming_the_setting() {
     let path = write_config(
         dir.path(),
         &format!(
-            "{}[live]\nreconcile_interval = \"1ms\"\n[sweep]\ninterval = \"500ms\"\n[metrics]\nlisten = \"{listen}\"\n",
+            "{}[live]\nreconcile_interval = \"500ms\"\n[sweep]\ninterval = \"500ms\"\n[metrics]\nlisten = \"{listen}\"\n",
             cluster.connwatch_toml()
         ),
     );
@@ -354,7 +354,7 @@ async fn an_unknown_server_limit_holds_its_pressure_finding() {
         .unwrap();
     let config = |cluster: &Cluster| {
         format!(
-            "{}[live]\nreconcile_interval = \"1ms\"\n[sweep]\ninterval = \"300ms\"\ntimeout = \"1s\"\n[metrics]\nlisten = \"{listen}\"\n\
+            "{}[live]\nreconcile_interval = \"300ms\"\n[sweep]\ninterval = \"300ms\"\ntimeout = \"1s\"\n[metrics]\nlisten = \"{listen}\"\n\
              [state]\nfile = {state:?}\n",
             cluster.connwatch_toml()
         )

@@ -61,7 +61,7 @@ async fn passwords_never_appear_in_debug_logs_json_logs_reports_or_advisories() 
     .await
     .unwrap();
     let (seen, _sub) = Seen::subscribe_as(&cluster.client_url(1), "sys", SYS_PW).await;
-    let tuning = "[live]\nreconcile_interval = \"1ms\"\n[sweep]\ninterval = \"300ms\"\n[detect]\nidle_threshold = \"1s\"\n\
+    let tuning = "[live]\nreconcile_interval = \"300ms\"\n[sweep]\ninterval = \"300ms\"\n[detect]\nidle_threshold = \"1s\"\n\
                   [kick]\nenabled = true\ndry_run = true\nmin_idle = \"1s\"\nmin_age = \"1s\"\n";
     let config = write_config(dir.path(), &format!("{}{tuning}", cluster.connwatch_toml()));
     // The same, with the password from the environment instead of the file.
@@ -219,7 +219,7 @@ async fn seeds_and_jwts_never_appear_in_operator_mode_output() {
     let config = write_config(
         dir.path(),
         &format!(
-            "{}[live]\nreconcile_interval = \"1ms\"\n[sweep]\ninterval = \"300ms\"\n[detect]\nidle_threshold = \"1s\"\n",
+            "{}[live]\nreconcile_interval = \"300ms\"\n[sweep]\ninterval = \"300ms\"\n[detect]\nidle_threshold = \"1s\"\n",
             cluster.connwatch_toml()
         ),
     );
@@ -422,7 +422,7 @@ async fn kicks_happen_only_when_enabled_and_only_inside_the_policy() {
     .unwrap();
     let (seen, _sub) = Seen::subscribe(&cluster.client_url(1)).await;
     let base = format!(
-        "{}[live]\nreconcile_interval = \"1ms\"\n[sweep]\ninterval = \"300ms\"\n[detect]\nidle_threshold = \"1s\"\n",
+        "{}[live]\nreconcile_interval = \"300ms\"\n[sweep]\ninterval = \"300ms\"\n[detect]\nidle_threshold = \"1s\"\n",
         cluster.connwatch_toml()
     );
     let policies = [
@@ -513,7 +513,7 @@ async fn denied(dir: &Path, deny: &[&str]) -> (Cluster, Load, Load, PathBuf, std
     let path = write_config(
         dir,
         &format!(
-            "{}[live]\nreconcile_interval = \"1ms\"\n[sweep]\ninterval = \"300ms\"\ntimeout = \"1s\"\n[detect]\nidle_threshold = \"1s\"\n\
+            "{}[live]\nreconcile_interval = \"300ms\"\n[sweep]\ninterval = \"300ms\"\ntimeout = \"1s\"\n[detect]\nidle_threshold = \"1s\"\n\
              [metrics]\nlisten = \"{listen}\"\n\
              [kick]\nenabled = true\ndry_run = false\nmin_idle = \"1s\"\nmin_age = \"1s\"\n\
              max_per_sweep = 100\nmax_per_user = 20\n",

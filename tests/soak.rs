@@ -78,7 +78,7 @@ async fn rss_and_fds_stay_flat_over_30_rounds_of_kicks_and_churn() {
     let path = write_config(
         dir.path(),
         &format!(
-            "{}[live]\nreconcile_interval = \"1ms\"\n[sweep]\ninterval = \"200ms\"\ntimeout = \"2s\"\npage_size = 200\n\
+            "{}[live]\nreconcile_interval = \"200ms\"\n[sweep]\ninterval = \"200ms\"\ntimeout = \"2s\"\npage_size = 200\n\
              [detect]\nidle_threshold = \"1s\"\nmax_connections_per_user = 100\n\
              [kick]\nenabled = true\ndry_run = false\nmin_idle = \"1s\"\nmin_age = \"1s\"\n\
              max_per_user = 20\nreturn_window = \"10s\"\nmax_attempts = 1000000\n\

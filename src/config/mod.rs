@@ -119,8 +119,9 @@ impl TlsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SweepConfig {
-    /// Time between the starts of two sweeps (`connwatch run`); with the live census on, only
-    /// while its view is incomplete (else `live.reconcile_interval`).
+    /// Time between the starts of two sweeps (`connwatch run`) without the live census; with
+    /// it, the pace of the sweeps while its view is not complete (else
+    /// `live.reconcile_interval`), and of the growth samples.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
     /// How long to wait for the servers' replies to one request.
@@ -447,9 +448,10 @@ pub struct LiveConfig {
     /// Follow `$SYS.ACCOUNT.*.CONNECT` / `DISCONNECT` and keep the census current between
     /// sweeps; `false`: sweeps alone, every `sweep.interval`.
     pub enabled: bool,
-    /// Time between two reconciling full sweeps while the live view is complete. While it is
-    /// not (a gap: a server silent, restarted or new, connwatch's own reconnect, a slow
-    /// consumer), a sweep starts at once and then every `sweep.interval` until one completes.
+    /// With the live view complete, time between the starts of two full (reconciling) sweeps.
+    /// While it is not (a gap: a server silent, restarted or new, connwatch's own reconnect,
+    /// a slow consumer, a count mismatch), a sweep starts at once and then every
+    /// `sweep.interval` until one completes.
     #[serde(with = "humantime_serde")]
     pub reconcile_interval: Duration,
     /// Least time between two evaluations of the live census (rules, lifecycle, metrics,
@@ -469,6 +471,18 @@ impl Default for LiveConfig {
             reconcile_interval: Duration::from_secs(300),
             evaluate_every: Duration::from_millis(200),
             probe_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Config {
+    /// The time between two full sweeps while nothing is amiss: `live.reconcile_interval` with
+    /// the live census on, else `sweep.interval` (what `/readyz` allows 3 of).
+    pub fn sweep_cadence(&self) -> Duration {
+        if self.live.enabled {
+            self.live.reconcile_interval
+        } else {
+            self.sweep.interval
         }
     }
 }

@@ -10,14 +10,17 @@
 //! - `reconnect`: connwatch's own connection dropped or came back (events were not delivered);
 //! - `slow_consumer`: connwatch's client dropped messages;
 //! - `server_silent`: a server the view holds stopped answering the STATSZ probe;
-//! - `server_new`: a server id the view does not hold answered (a new server, or a restart).
+//! - `server_new`: a server id the view does not hold answered (a new server, or a restart);
+//! - `count_mismatch`: a server's announced count of an account's connections disagreed with
+//!   the view for [`crosscheck::HOLD`] (also counted in `connwatch_live_mismatches_total`).
 
+pub mod crosscheck;
 pub mod read;
 pub mod view;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -27,15 +30,19 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::LiveConfig;
-use crate::metrics::Metrics;
-use crate::nats::events::ClientEvent;
+use crate::metrics::{Metrics, ServerLabel};
+use crate::nats::events::{AccountConns, ClientEvent, EventKey};
 use crate::nats::wire::StatszReply;
 use crate::nats::{parse, System, PING_STATSZ};
+use crosscheck::CrossCheck;
 pub use view::{Delta, LiveView, Scope, SyncId, UserKey};
 
-/// Both event subjects in ONE subscription (`$SYS.ACCOUNT.<acc>.CONNECT|DISCONNECT`), so a
-/// connection's connect and disconnect are handled in the order its server sent them.
-const EVENTS: &str = "$SYS.ACCOUNT.*.*";
+/// Every account event in ONE subscription (`$SYS.ACCOUNT.<acc>.CONNECT|DISCONNECT` and
+/// `$SYS.ACCOUNT.<acc>.SERVER.CONNS`), so a server's events are handled in the order it sent
+/// them: a connection's connect before its disconnect, an account's count next to the events
+/// that changed it. Other subjects under it (claim updates, leafnode notices) are rare and
+/// skipped by subject.
+const EVENTS: &str = "$SYS.ACCOUNT.>";
 /// How long a probe waits for servers beyond the known ones (a new server).
 const PROBE_LINGER: Duration = Duration::from_millis(50);
 /// How often the task looks at connwatch's own connection (reconnects, slow consumers).
@@ -107,6 +114,58 @@ impl Live {
         whole
     }
 
+    /// Compares the servers' announced counts with the view (see [`crosscheck`]): a lasting
+    /// disagreement is a `count_mismatch` gap. Publishes the announced counts per server
+    /// (`shown`: the servers with a series, whose series go with them).
+    fn cross_check(&self, metrics: &Metrics, cross: &mut CrossCheck, shown: &mut BTreeSet<String>) {
+        let (mismatches, names) = {
+            let view = self.view.lock().expect("live view lock");
+            let servers = view.servers();
+            cross.retain_servers(|id| servers.contains_key(id));
+            let m = cross.check(
+                Instant::now(),
+                view.incomplete().is_none(),
+                |id| servers.contains_key(id),
+                |id, acc| view.clients_of(id, acc),
+            );
+            (m, servers.clone())
+        };
+        let announced: BTreeMap<String, u64> = cross
+            .announced_by_server()
+            .into_iter()
+            .filter_map(|(id, n)| Some((names.get(&id)?.clone(), n)))
+            .collect();
+        shown.retain(|server| {
+            announced.contains_key(server)
+                || !metrics.live_announced.remove(&ServerLabel {
+                    server: server.clone(),
+                })
+        });
+        for (server, n) in announced {
+            let label = ServerLabel { server };
+            metrics.live_announced.get_or_create(&label).set(n as i64);
+            shown.insert(label.server);
+        }
+        if let Some(first) = mismatches.first() {
+            for _ in &mismatches {
+                metrics.live_mismatches.inc();
+            }
+            let name = names.get(&first.server_id).map_or("?", String::as_str);
+            let more = match mismatches.len() - 1 {
+                0 => String::new(),
+                n => format!(" ({n} more accounts or servers disagree)"),
+            };
+            self.gap(
+                metrics,
+                "count_mismatch",
+                format!(
+                    "server {name} counts {} client connections in account {}, the live view {}{more}",
+                    first.announced, first.account, first.viewed
+                ),
+            );
+        }
+    }
+
     /// Notes a gap: the view is not complete, a sweep is wanted now.
     fn gap(&self, metrics: &Metrics, reason: &str, detail: String) {
         warn!(reason, detail = %detail, "live census gap: a sweep follows");
@@ -147,10 +206,18 @@ pub async fn start(
         let mut slow = metrics.slow_consumers.get();
         let mut connected = true;
         let mut probing = None::<JoinHandle<Vec<(String, String)>>>;
+        let mut cross = CrossCheck::default();
+        let mut shown = BTreeSet::new();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 Some(msg) = events.next() => {
+                    if is_account_conns(&msg.subject) {
+                        if let Ok(a) = parse::<AccountConns>(&msg.payload) {
+                            cross.announce(&a.server.id, &a.acc, a.conns);
+                        }
+                        continue;
+                    }
                     let Some(delta) = delta_of(&msg.subject, &msg.payload) else { continue };
                     metrics.live_events.inc();
                     if l.view.lock().expect("live view lock").apply(delta).is_some() {
@@ -158,6 +225,7 @@ pub async fn start(
                     }
                 }
                 _ = check.tick() => {
+                    l.cross_check(&metrics, &mut cross, &mut shown);
                     let now_connected = client.connection_state() == async_nats::connection::State::Connected;
                     let r = metrics.reconnects.get();
                     if r != reconnects || (connected && !now_connected) {
@@ -189,28 +257,31 @@ pub async fn start(
     Ok((live, task))
 }
 
+/// Whether a subject is an account's connection count (`$SYS.ACCOUNT.<acc>.SERVER.CONNS`).
+fn is_account_conns(subject: &str) -> bool {
+    subject.ends_with(".SERVER.CONNS") && subject.split('.').count() == 5
+}
+
 /// The delta an event message makes; `None` for other subjects and unreadable events.
 pub fn delta_of(subject: &str, payload: &[u8]) -> Option<Delta> {
+    // `$SYS.ACCOUNT.<acc>.CONNECT`: four tokens (`<acc>.LEAFNODE.CONNECT` is another event).
     let last = subject.rsplit('.').next()?;
-    if last != "CONNECT" && last != "DISCONNECT" {
+    if (last != "CONNECT" && last != "DISCONNECT") || subject.split('.').count() != 4 {
         return None;
     }
-    let e: ClientEvent = match parse(payload) {
-        Ok(e) => e,
-        Err(err) => {
-            warn!(subject, error = %err, "unreadable connection event ignored");
-            return None;
-        }
+    let unreadable = |err: serde_json::Error| {
+        warn!(subject, error = %err, "unreadable connection event ignored");
     };
-    let c = e.connection()?;
-    Some(if last == "DISCONNECT" {
-        Delta::Close {
-            server_id: c.server_id,
-            cid: c.cid,
-        }
-    } else {
-        Delta::Open(c)
-    })
+    // Parsed once, straight into what the view keeps: a disconnect needs only its key.
+    if last == "DISCONNECT" {
+        let (server_id, cid) = serde_json::from_slice::<EventKey>(payload)
+            .map_err(unreadable)
+            .ok()?
+            .key()?;
+        return Some(Delta::Close { server_id, cid });
+    }
+    let e: ClientEvent = parse(payload).map_err(unreadable).ok()?;
+    Some(Delta::Open(e.into_connection()?))
 }
 
 /// Asks every server for STATSZ; returns (id, name) of those that answered within `timeout`
@@ -233,4 +304,29 @@ async fn probe_servers(system: &System, known: usize, timeout: Duration) -> Vec<
         )
         .await;
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_are_told_apart_by_their_tokens() {
+        assert!(is_account_conns("$SYS.ACCOUNT.APP.SERVER.CONNS"));
+        assert!(!is_account_conns("$SYS.ACCOUNT.APP.CONNECT"));
+        assert!(!is_account_conns("$SYS.SERVER.ACCOUNT.APP.CONNS"));
+        let event =
+            br#"{"server":{"id":"S","name":"n1"},"client":{"id":3,"acc":"APP","user":"u"}}"#;
+        assert!(matches!(
+            delta_of("$SYS.ACCOUNT.APP.CONNECT", event),
+            Some(Delta::Open(_))
+        ));
+        assert!(matches!(
+            delta_of("$SYS.ACCOUNT.APP.DISCONNECT", event),
+            Some(Delta::Close { cid: 3, .. })
+        ));
+        // Another event that ends the same way, under the one subscription.
+        assert_eq!(delta_of("$SYS.ACCOUNT.APP.LEAFNODE.CONNECT", event), None);
+        assert_eq!(delta_of("$SYS.ACCOUNT.APP.SERVER.CONNS", event), None);
+    }
 }

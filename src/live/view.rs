@@ -21,6 +21,7 @@
 //! restarted or new) has reconciled it. While it is not, nothing resolves and nothing is kicked.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
@@ -45,11 +46,28 @@ pub enum Delta {
     },
 }
 
-impl Delta {
+/// A delta as the view keeps it: an opened connection is allocated once and shared by the
+/// map and the journal (no copy per event).
+#[derive(Debug, Clone)]
+enum Change {
+    Open(Arc<Connection>),
+    Close { server_id: String, cid: u64 },
+}
+
+impl From<Delta> for Change {
+    fn from(d: Delta) -> Self {
+        match d {
+            Delta::Open(c) => Change::Open(Arc::new(c)),
+            Delta::Close { server_id, cid } => Change::Close { server_id, cid },
+        }
+    }
+}
+
+impl Change {
     fn server_id(&self) -> &str {
         match self {
-            Delta::Open(c) => &c.server_id,
-            Delta::Close { server_id, .. } => server_id,
+            Change::Open(c) => &c.server_id,
+            Change::Close { server_id, .. } => server_id,
         }
     }
 }
@@ -92,14 +110,17 @@ pub type UserKey = (String, String);
 /// The live view (see the module docs).
 #[derive(Debug, Default)]
 pub struct LiveView {
-    conns: HashMap<(String, u64), Connection>,
+    conns: HashMap<(String, u64), Arc<Connection>>,
     /// Open connections per user.
     users: HashMap<UserKey, u64>,
+    /// Open client connections (not leafnodes) per (server id, account): what each server
+    /// announces (see [`super::crosscheck`]).
+    clients: HashMap<(String, String), u64>,
     /// Server id → name, of the servers reconciled by a sweep or heard from.
     servers: BTreeMap<String, String>,
     /// The last [`RECENT`] deltas, and all since the oldest sync under way began, with their
     /// position.
-    journal: Vec<(u64, Delta)>,
+    journal: Vec<(u64, Change)>,
     /// Position of the next delta.
     next: u64,
     /// Syncs under way (their start positions).
@@ -110,6 +131,21 @@ pub struct LiveView {
     incomplete: Option<String>,
     /// Deltas applied, ever.
     applied: u64,
+}
+
+/// `held` (listed by a server before it authenticated) with the identity of `event` (its
+/// connect event, sent once authorized); the counters stay those of the listing.
+fn adopt_identity(held: Connection, event: Connection) -> Connection {
+    Connection {
+        account: event.account,
+        account_name: event.account_name.or(held.account_name),
+        user: event.user,
+        user_name: event.user_name.or(held.user_name),
+        name: event.name,
+        tags: event.tags,
+        kind: event.kind,
+        ..held
+    }
 }
 
 impl LiveView {
@@ -124,35 +160,70 @@ impl LiveView {
     /// Applies one event; returns the user it changed, if it changed anything.
     pub fn apply(&mut self, d: Delta) -> Option<UserKey> {
         self.applied += 1;
-        self.journal.push((self.next, d.clone()));
+        let change = Change::from(d);
+        self.journal.push((self.next, change.clone()));
         self.next += 1;
         if self.open_syncs.is_empty() && self.journal.len() as u64 > 2 * RECENT {
             self.trim();
         }
-        self.apply_only(d)
+        self.apply_only(change)
     }
 
-    fn apply_only(&mut self, d: Delta) -> Option<UserKey> {
+    fn apply_only(&mut self, d: Change) -> Option<UserKey> {
         match d {
-            Delta::Open(c) => {
+            Change::Open(c) => {
                 let key = (c.server_id.clone(), c.cid);
-                if self.conns.contains_key(&key) {
-                    // Known already (from a reply): its details are the better ones.
-                    return None;
+                if let Some(held) = self.conns.get_mut(&key) {
+                    // Known already (from a reply): its counters and idle time are the better
+                    // ones. But a server lists a connection from the moment it is accepted,
+                    // before its CONNECT authenticates it (in `$G`, no user, no name), while its
+                    // connect event is sent once it is authorized: the event's identity wins.
+                    if held.account == c.account && held.user == c.user {
+                        if held.name.is_empty() && !c.name.is_empty() {
+                            Arc::make_mut(held).name = c.name.clone();
+                        }
+                        return None;
+                    }
+                    let held = Connection::clone(held);
+                    self.uncount(&held);
+                    let c = adopt_identity(held, Connection::clone(&c));
+                    let user = self.count_in(&c);
+                    self.conns.insert(key, Arc::new(c));
+                    return Some(user);
                 }
-                let user = (c.account.clone(), c.user.clone());
-                *self.users.entry(user.clone()).or_default() += 1;
+                let user = self.count_in(&c);
                 self.conns.insert(key, c);
                 Some(user)
             }
-            Delta::Close { server_id, cid } => {
+            Change::Close { server_id, cid } => {
                 let c = self.conns.remove(&(server_id, cid))?;
                 Some(self.uncount(&c))
             }
         }
     }
 
+    fn count_in(&mut self, c: &Connection) -> UserKey {
+        if c.kind == "Client" {
+            *self
+                .clients
+                .entry((c.server_id.clone(), c.account.clone()))
+                .or_default() += 1;
+        }
+        let user = (c.account.clone(), c.user.clone());
+        *self.users.entry(user.clone()).or_default() += 1;
+        user
+    }
+
     fn uncount(&mut self, c: &Connection) -> UserKey {
+        if c.kind == "Client" {
+            let key = (c.server_id.clone(), c.account.clone());
+            if let Some(n) = self.clients.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    self.clients.remove(&key);
+                }
+            }
+        }
         let user = (c.account.clone(), c.user.clone());
         if let Some(n) = self.users.get_mut(&user) {
             *n -= 1;
@@ -216,19 +287,19 @@ impl LiveView {
         }
         for c in replies {
             if answered.contains(c.server_id.as_str()) && scope.holds(&c) {
-                self.apply_only(Delta::Open(c));
+                self.apply_only(Change::Open(Arc::new(c)));
             }
         }
-        let replay: Vec<Delta> = self
+        let replay: Vec<Change> = self
             .journal
             .iter()
             .filter(|(pos, d)| {
                 *pos >= id.start
                     && answered.contains(d.server_id())
                     && match d {
-                        Delta::Open(c) => scope.holds(c),
+                        Change::Open(c) => scope.holds(c),
                         // A close is applied whatever its user: it only removes that key.
-                        Delta::Close { .. } => true,
+                        Change::Close { .. } => true,
                     }
             })
             .map(|(_, d)| d.clone())
@@ -322,6 +393,14 @@ impl LiveView {
             .unwrap_or(0)
     }
 
+    /// A server's open client connections (not leafnodes) in an account.
+    pub fn clients_of(&self, server_id: &str, account: &str) -> u64 {
+        self.clients
+            .get(&(server_id.to_string(), account.to_string()))
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Open connections in all.
     pub fn len(&self) -> usize {
         self.conns.len()
@@ -373,7 +452,7 @@ impl LiveView {
             requests: 0,
             pages: 0,
             bytes: 0,
-            connections: self.conns.values().cloned().collect(),
+            connections: self.conns.values().map(|c| Connection::clone(c)).collect(),
             gap: self.incomplete.clone(),
             topology: sweep.topology.clone(),
         }
@@ -381,221 +460,4 @@ impl LiveView {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn conn(server: &str, cid: u64, user: &str) -> Connection {
-        Connection {
-            server: server.into(),
-            server_id: format!("ID-{server}"),
-            cid,
-            kind: "Client".into(),
-            ip: "10.0.0.1".into(),
-            start: None,
-            idle: std::time::Duration::ZERO,
-            in_msgs: 0,
-            out_msgs: 0,
-            last_activity: None,
-            subscriptions: 0,
-            name: "w".into(),
-            account: "APP".into(),
-            account_name: None,
-            user: user.into(),
-            user_name: None,
-            tags: vec![],
-        }
-    }
-
-    fn close(server: &str, cid: u64) -> Delta {
-        Delta::Close {
-            server_id: format!("ID-{server}"),
-            cid,
-        }
-    }
-
-    fn snap(servers: &[&str], conns: Vec<Connection>) -> Snapshot {
-        Snapshot {
-            servers_expected: servers.len(),
-            servers: servers
-                .iter()
-                .map(|s| ServerSeen {
-                    name: s.to_string(),
-                    id: format!("ID-{s}"),
-                    connections: 0,
-                    pages: 1,
-                })
-                .collect(),
-            connections: conns,
-            ..Snapshot::default()
-        }
-    }
-
-    #[test]
-    fn events_are_keyed_by_server_and_cid_and_idempotent() {
-        let mut v = LiveView::new();
-        assert_eq!(
-            v.apply(Delta::Open(conn("n1", 1, "u"))),
-            Some(("APP".into(), "u".into()))
-        );
-        assert_eq!(v.apply(Delta::Open(conn("n1", 1, "u"))), None);
-        v.apply(Delta::Open(conn("n2", 1, "u")));
-        assert_eq!(v.count("APP", "u"), 2);
-        v.apply(close("n1", 1));
-        assert_eq!(v.apply(close("n1", 1)), None);
-        assert_eq!(v.count("APP", "u"), 1);
-    }
-
-    #[test]
-    fn events_during_a_sweep_are_neither_lost_nor_counted_twice() {
-        let mut v = LiveView::new();
-        v.apply(Delta::Open(conn("n1", 1, "u")));
-        v.apply(Delta::Open(conn("n1", 2, "u")));
-        let s = v.begin_sync();
-        // Before the server's snapshot: cid 3 opens (the reply has it), cid 1 closes (it has not).
-        v.apply(Delta::Open(conn("n1", 3, "u")));
-        v.apply(close("n1", 1));
-        // After the snapshot: cid 4 opens, cid 2 closes (the reply still has 2, not 4).
-        v.apply(Delta::Open(conn("n1", 4, "u")));
-        v.apply(close("n1", 2));
-        let reply = vec![conn("n1", 2, "u"), conn("n1", 3, "u")];
-        v.reconcile(s, &snap(&["n1"], reply));
-        let mut cids: Vec<u64> = v.conns.keys().map(|(_, c)| *c).collect();
-        cids.sort_unstable();
-        assert_eq!(cids, vec![3, 4]);
-        assert_eq!(v.count("APP", "u"), 2);
-        assert!(v.incomplete().is_none());
-        assert_eq!(
-            v.journalled(),
-            6,
-            "the recent deltas are kept for the next sync"
-        );
-    }
-
-    #[test]
-    fn an_event_sent_just_before_its_server_lists_the_connection_is_not_lost() {
-        let mut v = LiveView::new();
-        // The connect event arrives and is applied before the sweep begins, but the server's
-        // list, taken a moment later, does not show the connection yet.
-        v.apply(Delta::Open(conn("n1", 1, "u")));
-        let s = v.begin_sync();
-        v.reconcile(s, &snap(&["n1"], vec![]));
-        assert_eq!(v.count("APP", "u"), 1);
-        // Likewise a disconnect sent before the list stops showing the connection.
-        v.apply(close("n1", 1));
-        let s = v.begin_sync();
-        v.reconcile(s, &snap(&["n1"], vec![conn("n1", 1, "u")]));
-        assert_eq!(v.count("APP", "u"), 0);
-    }
-
-    #[test]
-    fn the_journal_is_bounded_without_syncs() {
-        let mut v = LiveView::new();
-        for cid in 1..=(3 * RECENT) {
-            v.apply(Delta::Open(conn("n1", cid, "u")));
-        }
-        assert!(v.journalled() as u64 <= 2 * RECENT);
-    }
-
-    #[test]
-    fn a_reply_replaces_what_events_got_wrong() {
-        let mut v = LiveView::new();
-        // A connection whose disconnect event was lost (a gap follows the loss).
-        v.apply(Delta::Open(conn("n1", 9, "ghost")));
-        v.gap("slow consumer");
-        let s = v.begin_sync();
-        v.reconcile(s, &snap(&["n1"], vec![conn("n1", 1, "u")]));
-        assert_eq!(v.count("APP", "ghost"), 0);
-        assert_eq!(v.count("APP", "u"), 1);
-    }
-
-    #[test]
-    fn a_gap_during_a_sweep_keeps_the_view_incomplete() {
-        let mut v = LiveView::new();
-        let s = v.begin_sync();
-        v.gap("reconnected");
-        v.reconcile(s, &snap(&["n1"], vec![]));
-        assert_eq!(v.incomplete(), Some("reconnected"));
-        let s = v.begin_sync();
-        v.reconcile(s, &snap(&["n1"], vec![]));
-        assert!(v.incomplete().is_none());
-    }
-
-    #[test]
-    fn a_partial_sweep_keeps_the_silent_servers_connections_and_is_incomplete() {
-        let mut v = LiveView::new();
-        let s = v.begin_sync();
-        v.reconcile(
-            s,
-            &snap(&["n1", "n2"], vec![conn("n1", 1, "u"), conn("n2", 1, "u")]),
-        );
-        assert!(v.incomplete().is_none());
-        let s = v.begin_sync();
-        let mut partial = snap(&["n1"], vec![conn("n1", 1, "u")]);
-        partial.servers_expected = 2;
-        partial.missing = vec!["n2".into()];
-        v.reconcile(s, &partial);
-        assert_eq!(v.count("APP", "u"), 2);
-        assert!(v.incomplete().is_some());
-    }
-
-    #[test]
-    fn a_complete_sweep_drops_a_restarted_servers_old_id() {
-        let mut v = LiveView::new();
-        let s = v.begin_sync();
-        v.reconcile(
-            s,
-            &snap(&["n1", "n2"], vec![conn("n1", 1, "u"), conn("n2", 1, "u")]),
-        );
-        v.gap("n2 restarted");
-        let s = v.begin_sync();
-        v.reconcile(s, &snap(&["n1"], vec![conn("n1", 1, "u")]));
-        assert_eq!(v.count("APP", "u"), 1);
-        assert!(!v.servers().contains_key("ID-n2"));
-    }
-
-    #[test]
-    fn a_user_read_replaces_only_that_users_connections() {
-        let mut v = LiveView::new();
-        v.apply(Delta::Open(conn("n1", 1, "u")));
-        v.apply(Delta::Open(conn("n1", 2, "other")));
-        let s = v.begin_sync();
-        v.apply(Delta::Open(conn("n1", 5, "u")));
-        let mut detailed = conn("n1", 1, "u");
-        detailed.idle = std::time::Duration::from_secs(600);
-        let scope = Scope::User {
-            account: "APP".into(),
-            user: "u".into(),
-        };
-        v.finish_sync(
-            s,
-            &scope,
-            &[("ID-n1".into(), "n1".into())],
-            vec![detailed.clone()],
-        );
-        assert_eq!(v.count("APP", "u"), 2);
-        assert_eq!(v.count("APP", "other"), 1);
-        assert_eq!(v.conns[&("ID-n1".into(), 1)].idle, detailed.idle);
-    }
-
-    #[test]
-    fn the_view_as_a_snapshot_counts_per_server_and_says_when_incomplete() {
-        let mut v = LiveView::new();
-        let s = v.begin_sync();
-        let sweep = snap(&["n1", "n2"], vec![conn("n1", 1, "u")]);
-        v.reconcile(s, &sweep);
-        v.apply(Delta::Open(conn("n2", 7, "u")));
-        let now = Utc::now();
-        let live = v.snapshot(&sweep, now);
-        assert_eq!(live.connections.len(), 2);
-        assert_eq!(
-            live.servers
-                .iter()
-                .map(|s| s.connections)
-                .collect::<Vec<_>>(),
-            vec![1, 1]
-        );
-        assert!(!live.partial());
-        v.gap("slow consumer");
-        assert!(v.snapshot(&sweep, now).partial());
-    }
-}
+mod tests;

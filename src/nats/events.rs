@@ -74,36 +74,86 @@ impl ClientEvent {
     }
 
     /// The connection the event is about, as a sweep would list it fresh: no idle time and no
-    /// messages yet (sweeps bring those). `None` when it cannot be keyed.
-    pub fn connection(&self) -> Option<Connection> {
+    /// messages yet (sweeps bring those). `None` when it cannot be keyed. Its strings are
+    /// moved, not copied: one allocation per field, made by the parse.
+    pub fn into_connection(self) -> Option<Connection> {
         if self.server.id.is_empty() || self.client.id == 0 {
             return None;
         }
-        let c = &self.client;
+        let c = self.client;
         Some(Connection {
-            server: self.server.name.clone(),
-            server_id: self.server.id.clone(),
+            server: self.server.name,
+            server_id: self.server.id,
             cid: c.id,
-            kind: c.kind.clone().unwrap_or_else(|| "Client".into()),
-            ip: c.host.clone().unwrap_or_default(),
+            kind: c.kind.unwrap_or_else(|| "Client".into()),
+            ip: c.host.unwrap_or_default(),
             start: c.start.map(|t| t.with_timezone(&Utc)),
             idle: std::time::Duration::ZERO,
             in_msgs: 0,
             out_msgs: 0,
             last_activity: None,
             subscriptions: 0,
-            name: c.name.clone().unwrap_or_default(),
+            name: c.name.unwrap_or_default(),
             account: c
                 .acc
-                .clone()
                 .filter(|a| !a.is_empty())
                 .unwrap_or_else(|| "$G".into()),
-            account_name: c.name_tag.clone().filter(|n| !n.is_empty()),
-            user: c.user.clone().unwrap_or_default(),
+            account_name: c.name_tag.filter(|n| !n.is_empty()),
+            user: c.user.unwrap_or_default(),
             user_name: c.jwt.as_deref().and_then(jwt_name),
-            tags: c.tags.clone().unwrap_or_default(),
+            tags: c.tags.unwrap_or_default(),
         })
     }
+}
+
+/// What a disconnect event needs to be applied: its key, (server id, cid), read without
+/// copying anything else out of the event.
+#[derive(Debug, Deserialize)]
+pub struct EventKey<'a> {
+    /// The server holding the connection.
+    #[serde(borrow)]
+    pub server: KeyServer<'a>,
+    /// The connection.
+    pub client: KeyClient,
+}
+
+/// The server part of an [`EventKey`].
+#[derive(Debug, Deserialize)]
+pub struct KeyServer<'a> {
+    /// Server id (borrowed from the payload unless it holds escapes).
+    #[serde(borrow, default)]
+    pub id: std::borrow::Cow<'a, str>,
+}
+
+/// The client part of an [`EventKey`].
+#[derive(Debug, Deserialize)]
+pub struct KeyClient {
+    /// The cid on its server.
+    #[serde(default)]
+    pub id: u64,
+}
+
+impl EventKey<'_> {
+    /// The (server id, cid) key; `None` when it cannot be keyed.
+    pub fn key(&self) -> Option<(String, u64)> {
+        (!self.server.id.is_empty() && self.client.id != 0)
+            .then(|| (self.server.id.to_string(), self.client.id))
+    }
+}
+
+/// An `account_connections` announcement (`$SYS.ACCOUNT.<acc>.SERVER.CONNS`): one server's
+/// connections in one account, sent on every change and every 30 s while not zero.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AccountConns {
+    /// The announcing server.
+    #[serde(default)]
+    pub server: ServerInfo,
+    /// The account (name, or public key in operator mode).
+    #[serde(default)]
+    pub acc: String,
+    /// Its client connections on that server (leafnodes apart).
+    #[serde(default)]
+    pub conns: u64,
 }
 
 #[cfg(test)]
@@ -120,7 +170,7 @@ mod tests {
         )
         .unwrap();
         assert!(!e.is_disconnect());
-        let c = e.connection().unwrap();
+        let c = e.into_connection().unwrap();
         assert_eq!(
             (c.server.as_str(), c.server_id.as_str(), c.cid),
             ("n1", "NID", 42)
@@ -134,12 +184,34 @@ mod tests {
     }
 
     #[test]
+    fn an_account_connections_announcement_reads_its_server_account_and_count() {
+        // As nats-server 2.15.1 sends it (trimmed).
+        let a: AccountConns = serde_json::from_str(
+            r#"{"type":"io.nats.server.advisory.v1.account_connections","id":"x",
+            "timestamp":"2026-11-26T03:20:00Z","server":{"name":"n1","id":"NID","ver":"2.15.1"},
+            "acc":"APP","name":"APP","conns":2,"leafnodes":1,"total_conns":3,
+            "num_subscriptions":4,"sent":{"msgs":0,"bytes":0},"received":{"msgs":0,"bytes":0},
+            "slow_consumers":0}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (a.server.id.as_str(), a.acc.as_str(), a.conns),
+            ("NID", "APP", 2)
+        );
+    }
+
+    #[test]
     fn events_without_a_key_are_refused() {
         let e: ClientEvent = serde_json::from_str(
             r#"{"type":"io.nats.server.advisory.v1.client_disconnect","client":{"id":1},"reason":"Client Closed"}"#,
         )
         .unwrap();
         assert!(e.is_disconnect());
-        assert!(e.connection().is_none());
+        assert!(e.into_connection().is_none());
+        let k: EventKey = serde_json::from_str(
+            r#"{"type":"io.nats.server.advisory.v1.client_disconnect","server":{"id":"S","name":"n"},"client":{"id":1}}"#,
+        )
+        .unwrap();
+        assert_eq!(k.key(), Some(("S".into(), 1)));
     }
 }

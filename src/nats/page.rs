@@ -28,14 +28,13 @@ pub fn connz_user_body(limit: usize, acc: &str, user: &str) -> Bytes {
 }
 
 /// The body of a CONNZ request from `offset` for up to `limit` connections, sorted by cid, with
-/// their users (`auth`), filtered by account when `acc` is given.
-pub fn connz_body(limit: usize, offset: usize, acc: Option<&str>) -> Bytes {
+/// their users (`auth`).
+pub fn connz_body(limit: usize, offset: usize) -> Bytes {
     let req = ConnzRequest {
         auth: true,
         limit,
         offset,
         sort: "cid",
-        acc: acc.map(str::to_string),
         ..ConnzRequest::default()
     };
     Bytes::from(serde_json::to_vec(&req).expect("connz request serializes"))

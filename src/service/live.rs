@@ -1,7 +1,10 @@
 //! The service's side of the live census: sweeps reconcile it, and live rounds evaluate it
 //! between sweeps (the events alone), reading a user's details before its finding fires.
 
+use std::time::Duration;
+
 use chrono::Utc;
+use tokio::time::Instant;
 use tracing::info;
 
 use super::{Gathered, Service};
@@ -14,24 +17,30 @@ use crate::topology;
 const MAX_READS_PER_ROUND: usize = 16;
 
 impl Service {
-    /// Whether a tick of `sweep.interval` may be skipped: the live census is complete and the
-    /// last sweep started less than `live.reconcile_interval` ago.
-    pub(super) fn reconcile_not_due(&self) -> bool {
-        let Some(live) = &self.live else {
-            return false;
-        };
-        if live
-            .view
-            .lock()
-            .expect("live view lock")
-            .incomplete()
-            .is_some()
-        {
-            return false;
+    /// The time from a sweep's start to the next: `live.reconcile_interval` while the live
+    /// view is complete; `sweep.interval` without the live census, or while its view is not
+    /// complete (the pace of the retries).
+    pub(super) fn sweep_every(&self) -> Duration {
+        let complete = self.live.as_ref().is_some_and(|l| {
+            l.view
+                .lock()
+                .expect("live view lock")
+                .incomplete()
+                .is_none()
+        });
+        if complete {
+            self.config.live.reconcile_interval
+        } else {
+            self.config.sweep.interval
         }
+    }
+
+    /// When the next sweep is due: `every` after the last one started (`None`: none yet, now).
+    pub(super) fn next_sweep(&self) -> Instant {
+        let now = Instant::now();
         self.last_started
             .as_ref()
-            .is_some_and(|(t, _)| t.elapsed() < self.config.live.reconcile_interval)
+            .map_or(now, |(t, _)| next_start(*t, self.sweep_every(), now))
     }
 
     /// Reconciles the live view with a sweep begun at `sync`; returns the view as the round's
@@ -120,5 +129,32 @@ impl Service {
             generation: self.health.generation(),
             swept: false,
         })
+    }
+}
+
+/// The next start of a schedule every `every` from `started`: `started + every`, or when a
+/// sweep ran past it, the next start after `now` (the missed ones are skipped, not bunched).
+pub(super) fn next_start(started: Instant, every: Duration, now: Instant) -> Instant {
+    let every = every.max(Duration::from_millis(1));
+    let due = started + every;
+    if due > now {
+        return due;
+    }
+    let missed = (now - started).as_nanos() / every.as_nanos();
+    started + every * (missed as u32 + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_sweep_is_every_after_the_last_start_and_skips_what_an_overrun_missed() {
+        let t = Instant::now();
+        let s = Duration::from_secs;
+        assert_eq!(next_start(t, s(30), t + s(1)), t + s(30));
+        // Ran 40 s of a 30 s schedule: the start at 30 s is skipped, the next is at 60 s.
+        assert_eq!(next_start(t, s(30), t + s(40)), t + s(60));
+        assert_eq!(next_start(t, s(30), t + s(60)), t + s(90));
     }
 }

@@ -70,8 +70,6 @@ pub fn next_fetch(total: u64, returned: u64, directed: u32, max_per_server: u64)
 /// A server whose PING reply did not hold all its connections.
 pub(super) struct Fetch {
     pub(super) server: ServerInfo,
-    /// The account filter (hot-account sweeps).
-    pub(super) acc: Option<String>,
     pub(super) total: u64,
     pub(super) returned: u64,
 }
@@ -143,11 +141,7 @@ async fn fetch_server(
         out.requests += 1;
         let wait = limits.timeout.min(limits.deadline - now);
         let reply = match system
-            .request(
-                subject.clone(),
-                connz_body(limit, 0, f.acc.as_deref()),
-                wait,
-            )
+            .request(subject.clone(), connz_body(limit, 0), wait)
             .await
         {
             Ok(m) => m,

@@ -10,11 +10,9 @@
 //! - [`discovery`]: how many servers there are and who is who (STATSZ), and who was silent.
 //! - [`replies`]: the answers to the PING, sorted out by server id.
 //! - [`fetch`]: the per-server reader: directed requests for the lists the PING did not hold.
-//! - [`hot`]: the account-filtered mode ([`SweepMode::HotAccounts`]).
 
 mod discovery;
 mod fetch;
-mod hot;
 mod replies;
 #[cfg(test)]
 mod tests;
@@ -38,7 +36,6 @@ use crate::topology::Place;
 
 pub use discovery::{expected_count, missing_servers, UNKNOWN_SERVER};
 pub use fetch::{headroom, next_fetch, NextFetch, MAX_DIRECTED};
-pub use hot::{AccountFloor, SweepMode};
 
 use discovery::Discovery;
 use replies::FirstReplies;
@@ -69,7 +66,6 @@ pub enum SweepError {
 pub struct Sweeper {
     system: System,
     cfg: SweepConfig,
-    mode: SweepMode,
     /// Connections of the last sweep: the next one allocates room for them once, up front,
     /// instead of growing (and copying) its largest allocation while replies are in flight.
     last_connections: usize,
@@ -81,25 +77,8 @@ impl Sweeper {
         Self {
             system,
             cfg: config.clone(),
-            mode: SweepMode::Full,
             last_connections: 0,
         }
-    }
-
-    /// Sets what the following sweeps ask for (default [`SweepMode::Full`]).
-    pub fn with_mode(mut self, mode: SweepMode) -> Self {
-        self.mode = mode;
-        self
-    }
-
-    /// Changes what the following sweeps ask for (e.g. a full sweep every Nth round).
-    pub fn set_mode(&mut self, mode: SweepMode) {
-        self.mode = mode;
-    }
-
-    /// What the sweeps ask for.
-    pub fn mode(&self) -> &SweepMode {
-        &self.mode
     }
 
     /// Takes new settings (a reload).
@@ -127,27 +106,21 @@ impl Sweeper {
         let mut seen = known.clone();
         seen.forget_old(started, self.cfg.forget_servers_after);
 
-        // CONNZ (or account STATZ) to every server, and STATSZ in the same breath: it says how
+        // CONNZ to every server, and STATSZ in the same breath: it says how
         // many servers there are, which id goes with which name (a reply claiming a server's
         // id under another name is not that server) and the route peers of each (names for
         // silent servers). Replies are parsed as they arrive and gathered until the expected
         // servers gave valid answers.
         let configured = self.cfg.expected_servers;
         let known_count = seen.servers.len();
-        let hot = matches!(self.mode, SweepMode::HotAccounts(_));
         let requests = vec![
-            if hot {
-                hot::first_request()
-            } else {
-                (PING_CONNZ, connz_body(self.cfg.page_size, 0, None))
-            },
+            (PING_CONNZ, connz_body(self.cfg.page_size, 0)),
             (PING_STATSZ, Bytes::new()),
         ];
         snap.requests += requests.len();
         let mut discovery = Discovery::new(&seen, started);
         let mut finished = false;
-        let mut firsts = FirstReplies::new(self.cfg.page_size, None);
-        let mut accounts = hot::AccountCounts::default();
+        let mut firsts = FirstReplies::new(self.cfg.page_size);
         // A count from STATSZ alone can be low while a cluster forms: linger briefly then.
         let linger = if configured == 0 && known_count == 0 {
             DISCOVERY_LINGER
@@ -159,20 +132,12 @@ impl Sweeper {
             .scatter_each(&requests, gather, linger, |i, msg| {
                 snap.bytes += msg.payload.len();
                 if i == 0 {
-                    if hot {
-                        accounts.add(&msg.payload, &mut snap.bad_replies);
-                    } else {
-                        firsts.add(&msg.payload, &mut snap.bad_replies);
-                    }
+                    firsts.add(&msg.payload, &mut snap.bad_replies);
                 } else {
                     discovery.add(&msg.payload);
                 }
                 if !finished {
-                    let answered = if hot {
-                        accounts.answered(&discovery)
-                    } else {
-                        firsts.answered(&discovery)
-                    };
+                    let answered = firsts.answered(&discovery);
                     finished = discovery.settled(configured)
                         && expected_count(configured, discovery.count(), known_count)
                             .is_some_and(|e| answered >= e);
@@ -185,27 +150,14 @@ impl Sweeper {
         snap.servers_expected =
             expected_count(configured, discovery.count(), known_count).unwrap_or(0);
 
-        let fetched = if let SweepMode::HotAccounts(floor) = &self.mode {
-            self.read_hot(
-                accounts,
-                floor.as_ref(),
-                &discovery,
-                deadline,
-                &mut snap,
-                gather,
-            )
-            .await?
-        } else {
-            let (done, fetches) = firsts.resolve(&discovery, &mut snap);
-            if done.is_empty() && fetches.is_empty() && snap.errors.is_empty() {
-                return Err(SweepError::NoAnswer(gather));
-            }
-            let mut fetched = self
-                .fetch_all(fetches, deadline, &mut snap.connections)
-                .await;
-            fetched.extend(done);
-            fetched
-        };
+        let (done, fetches) = firsts.resolve(&discovery, &mut snap);
+        if done.is_empty() && fetches.is_empty() && snap.errors.is_empty() {
+            return Err(SweepError::NoAnswer(gather));
+        }
+        let mut fetched = self
+            .fetch_all(fetches, deadline, &mut snap.connections)
+            .await;
+        fetched.extend(done);
         for p in fetched {
             snap.requests += p.requests;
             snap.pages += p.pages;
@@ -259,7 +211,6 @@ impl Sweeper {
         self.last_connections = snap.connections.len();
         snap.duration = t0.elapsed();
         info!(
-            mode = ?self.mode,
             servers_expected = snap.servers_expected,
             servers_responded = snap.servers.len(),
             partial = snap.partial(),

@@ -33,16 +33,13 @@ enum FirstReply {
 /// end ([`FirstReplies::resolve`]), when every STATSZ reply is in.
 pub(super) struct FirstReplies {
     page_size: usize,
-    /// The account filter (hot-account sweeps).
-    pub(super) acc: Option<String>,
     candidates: Vec<Candidate>,
 }
 
 impl FirstReplies {
-    pub(super) fn new(page_size: usize, acc: Option<String>) -> Self {
+    pub(super) fn new(page_size: usize) -> Self {
         Self {
             page_size,
-            acc,
             candidates: Vec::new(),
         }
     }
@@ -150,7 +147,6 @@ impl FirstReplies {
                     } else {
                         fetches.push(Fetch {
                             server: c.server,
-                            acc: self.acc.clone(),
                             total,
                             returned,
                         });

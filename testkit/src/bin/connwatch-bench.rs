@@ -16,7 +16,7 @@ use anyhow::{anyhow, bail, Context};
 use clap::{Args, Parser, Subcommand};
 use connwatch::config::{DetectConfig, NatsConfig, Secret, SweepConfig};
 use connwatch::state::KnownServers;
-use connwatch::sweep::{SweepMode, Sweeper};
+use connwatch::sweep::Sweeper;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -70,8 +70,7 @@ struct RunArgs {
     /// Share of all connections held by the hot user A00/leaky.
     #[arg(long, default_value_t = 0.1)]
     hot_share: f64,
-    /// `detect.max_connections_per_user` for the filtered method: accounts at or below it are
-    /// not swept in detail.
+    /// `detect.max_connections_per_user` of the census after each sweep.
     #[arg(long, default_value_t = 1000)]
     threshold: u64,
     /// Sweeps of the memory soak (on the first size); 0 skips it.
@@ -97,7 +96,7 @@ struct RunArgs {
 
 #[derive(Debug, Args, Clone)]
 struct MethodArgs {
-    /// connwatch | filtered | floor | floor-gzip | floor-snappy | floor-overlap16 | paged1024
+    /// connwatch | floor | floor-gzip | floor-snappy | floor-overlap16 | paged1024
     #[arg(long)]
     kind: String,
     #[arg(long, value_delimiter = ',')]
@@ -156,7 +155,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::LoadWorker { plan } => load_worker(&plan),
         Cmd::Method(args) => {
             let m = match args.kind.as_str() {
-                "connwatch" | "filtered" | "soak" => sweeper_method(&args)?,
+                "connwatch" | "soak" => sweeper_method(&args)?,
                 "floor" => floor_method(&args, args.page_size, Plan::Snapshot, None)?,
                 "floor-gzip" => floor_method(&args, args.page_size, Plan::Snapshot, Some("gzip"))?,
                 "floor-snappy" => {
@@ -230,7 +229,7 @@ fn median(v: &[f64]) -> f64 {
 // ---------------------------------------------------------------------------------------------
 // Methods run in a child process.
 
-/// connwatch's real code path: `Sweeper::sweep` (full or hot accounts), then the census.
+/// connwatch's real code path: `Sweeper::sweep`, then the census.
 fn sweeper_method(a: &MethodArgs) -> anyhow::Result<Measured> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
@@ -252,12 +251,7 @@ fn sweeper_method(a: &MethodArgs) -> anyhow::Result<Measured> {
             max_connections_per_user: a.threshold,
             ..DetectConfig::default()
         };
-        let mode = if a.kind == "filtered" {
-            SweepMode::hot_accounts(&detect)
-        } else {
-            SweepMode::Full
-        };
-        let mut sweeper = Sweeper::new(system, &cfg).with_mode(mode);
+        let mut sweeper = Sweeper::new(system, &cfg);
         let mut known = KnownServers::default();
         let _warm = sweeper.sweep(&mut known).await?;
         drop(_warm);
@@ -682,7 +676,6 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| exe.with_file_name("connwatch"));
     let all = [
         "connwatch",
-        "filtered",
         "floor",
         "floor-gzip",
         "floor-snappy",

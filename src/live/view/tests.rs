@@ -1,0 +1,263 @@
+//! The live view's tests, as plain data.
+use super::*;
+
+fn conn(server: &str, cid: u64, user: &str) -> Connection {
+    Connection {
+        server: server.into(),
+        server_id: format!("ID-{server}"),
+        cid,
+        kind: "Client".into(),
+        ip: "10.0.0.1".into(),
+        start: None,
+        idle: std::time::Duration::ZERO,
+        in_msgs: 0,
+        out_msgs: 0,
+        last_activity: None,
+        subscriptions: 0,
+        name: "w".into(),
+        account: "APP".into(),
+        account_name: None,
+        user: user.into(),
+        user_name: None,
+        tags: vec![],
+    }
+}
+
+fn close(server: &str, cid: u64) -> Delta {
+    Delta::Close {
+        server_id: format!("ID-{server}"),
+        cid,
+    }
+}
+
+fn snap(servers: &[&str], conns: Vec<Connection>) -> Snapshot {
+    Snapshot {
+        servers_expected: servers.len(),
+        servers: servers
+            .iter()
+            .map(|s| ServerSeen {
+                name: s.to_string(),
+                id: format!("ID-{s}"),
+                connections: 0,
+                pages: 1,
+            })
+            .collect(),
+        connections: conns,
+        ..Snapshot::default()
+    }
+}
+
+#[test]
+fn events_are_keyed_by_server_and_cid_and_idempotent() {
+    let mut v = LiveView::new();
+    assert_eq!(
+        v.apply(Delta::Open(conn("n1", 1, "u"))),
+        Some(("APP".into(), "u".into()))
+    );
+    assert_eq!(v.apply(Delta::Open(conn("n1", 1, "u"))), None);
+    v.apply(Delta::Open(conn("n2", 1, "u")));
+    let mut leaf = conn("n2", 2, "u");
+    leaf.kind = "Leafnode".into();
+    v.apply(Delta::Open(leaf));
+    assert_eq!(v.count("APP", "u"), 3);
+    // Per server and account, client connections only (what servers announce).
+    assert_eq!(v.clients_of("ID-n2", "APP"), 1);
+    v.apply(close("n2", 2));
+    v.apply(close("n1", 1));
+    assert_eq!(v.apply(close("n1", 1)), None);
+    assert_eq!(v.count("APP", "u"), 1);
+    assert_eq!(v.clients_of("ID-n1", "APP"), 0);
+    assert_eq!(v.clients_of("ID-n2", "APP"), 1);
+}
+
+#[test]
+fn events_during_a_sweep_are_neither_lost_nor_counted_twice() {
+    let mut v = LiveView::new();
+    v.apply(Delta::Open(conn("n1", 1, "u")));
+    v.apply(Delta::Open(conn("n1", 2, "u")));
+    let s = v.begin_sync();
+    // Before the server's snapshot: cid 3 opens (the reply has it), cid 1 closes (it has not).
+    v.apply(Delta::Open(conn("n1", 3, "u")));
+    v.apply(close("n1", 1));
+    // After the snapshot: cid 4 opens, cid 2 closes (the reply still has 2, not 4).
+    v.apply(Delta::Open(conn("n1", 4, "u")));
+    v.apply(close("n1", 2));
+    let reply = vec![conn("n1", 2, "u"), conn("n1", 3, "u")];
+    v.reconcile(s, &snap(&["n1"], reply));
+    let mut cids: Vec<u64> = v.conns.keys().map(|(_, c)| *c).collect();
+    cids.sort_unstable();
+    assert_eq!(cids, vec![3, 4]);
+    assert_eq!(v.count("APP", "u"), 2);
+    assert!(v.incomplete().is_none());
+    assert_eq!(
+        v.journalled(),
+        6,
+        "the recent deltas are kept for the next sync"
+    );
+}
+
+#[test]
+fn an_event_sent_just_before_its_server_lists_the_connection_is_not_lost() {
+    let mut v = LiveView::new();
+    // The connect event arrives and is applied before the sweep begins, but the server's
+    // list, taken a moment later, does not show the connection yet.
+    v.apply(Delta::Open(conn("n1", 1, "u")));
+    let s = v.begin_sync();
+    v.reconcile(s, &snap(&["n1"], vec![]));
+    assert_eq!(v.count("APP", "u"), 1);
+    // Likewise a disconnect sent before the list stops showing the connection.
+    v.apply(close("n1", 1));
+    let s = v.begin_sync();
+    v.reconcile(s, &snap(&["n1"], vec![conn("n1", 1, "u")]));
+    assert_eq!(v.count("APP", "u"), 0);
+}
+
+/// The open bug of the churn test: a server lists a connection the moment it accepts it,
+/// before its CONNECT is processed (in `$G`, no user, no name); the connect event, sent
+/// once it is authorized, must move it to its user, whether it arrives during the sweep
+/// (journalled and replayed) or after it.
+#[test]
+fn a_connection_listed_before_it_authenticated_takes_its_connect_events_identity() {
+    let unauthenticated = |cid| Connection {
+        account: "$G".into(),
+        user: String::new(),
+        name: String::new(),
+        idle: std::time::Duration::from_secs(3),
+        ..conn("n1", cid, "")
+    };
+    for event_during_the_sweep in [true, false] {
+        let mut v = LiveView::new();
+        let s = v.begin_sync();
+        if event_during_the_sweep {
+            v.apply(Delta::Open(conn("n1", 5, "app")));
+        }
+        v.reconcile(s, &snap(&["n1"], vec![unauthenticated(5)]));
+        if !event_during_the_sweep {
+            assert_eq!(v.count("$G", ""), 1);
+            assert_eq!(
+                v.apply(Delta::Open(conn("n1", 5, "app"))),
+                Some(("APP".into(), "app".into()))
+            );
+        }
+        assert_eq!(v.count("APP", "app"), 1, "during: {event_during_the_sweep}");
+        assert_eq!(v.count("$G", ""), 0, "during: {event_during_the_sweep}");
+        let held = &v.conns[&("ID-n1".into(), 5)];
+        assert_eq!((held.name.as_str(), held.idle.as_secs()), ("w", 3));
+        assert_eq!(v.users.len(), 1);
+        assert_eq!(v.clients_of("ID-n1", "APP"), 1);
+        assert_eq!(v.clients_of("ID-n1", "$G"), 0);
+    }
+}
+
+#[test]
+fn the_journal_is_bounded_without_syncs() {
+    let mut v = LiveView::new();
+    for cid in 1..=(3 * RECENT) {
+        v.apply(Delta::Open(conn("n1", cid, "u")));
+    }
+    assert!(v.journalled() as u64 <= 2 * RECENT);
+}
+
+#[test]
+fn a_reply_replaces_what_events_got_wrong() {
+    let mut v = LiveView::new();
+    // A connection whose disconnect event was lost (a gap follows the loss).
+    v.apply(Delta::Open(conn("n1", 9, "ghost")));
+    v.gap("slow consumer");
+    let s = v.begin_sync();
+    v.reconcile(s, &snap(&["n1"], vec![conn("n1", 1, "u")]));
+    assert_eq!(v.count("APP", "ghost"), 0);
+    assert_eq!(v.count("APP", "u"), 1);
+}
+
+#[test]
+fn a_gap_during_a_sweep_keeps_the_view_incomplete() {
+    let mut v = LiveView::new();
+    let s = v.begin_sync();
+    v.gap("reconnected");
+    v.reconcile(s, &snap(&["n1"], vec![]));
+    assert_eq!(v.incomplete(), Some("reconnected"));
+    let s = v.begin_sync();
+    v.reconcile(s, &snap(&["n1"], vec![]));
+    assert!(v.incomplete().is_none());
+}
+
+/// A view reconciled by a complete sweep of n1 and n2, one connection of `u` on each.
+fn two_servers_reconciled() -> LiveView {
+    let mut v = LiveView::new();
+    let s = v.begin_sync();
+    v.reconcile(
+        s,
+        &snap(&["n1", "n2"], vec![conn("n1", 1, "u"), conn("n2", 1, "u")]),
+    );
+    v
+}
+
+#[test]
+fn a_partial_sweep_keeps_the_silent_servers_connections_and_is_incomplete() {
+    let mut v = two_servers_reconciled();
+    assert!(v.incomplete().is_none());
+    let s = v.begin_sync();
+    let mut partial = snap(&["n1"], vec![conn("n1", 1, "u")]);
+    partial.servers_expected = 2;
+    partial.missing = vec!["n2".into()];
+    v.reconcile(s, &partial);
+    assert_eq!(v.count("APP", "u"), 2);
+    assert!(v.incomplete().is_some());
+}
+
+#[test]
+fn a_complete_sweep_drops_a_restarted_servers_old_id() {
+    let mut v = two_servers_reconciled();
+    v.gap("n2 restarted");
+    let s = v.begin_sync();
+    v.reconcile(s, &snap(&["n1"], vec![conn("n1", 1, "u")]));
+    assert_eq!(v.count("APP", "u"), 1);
+    assert!(!v.servers().contains_key("ID-n2"));
+}
+
+#[test]
+fn a_user_read_replaces_only_that_users_connections() {
+    let mut v = LiveView::new();
+    v.apply(Delta::Open(conn("n1", 1, "u")));
+    v.apply(Delta::Open(conn("n1", 2, "other")));
+    let s = v.begin_sync();
+    v.apply(Delta::Open(conn("n1", 5, "u")));
+    let mut detailed = conn("n1", 1, "u");
+    detailed.idle = std::time::Duration::from_secs(600);
+    let scope = Scope::User {
+        account: "APP".into(),
+        user: "u".into(),
+    };
+    v.finish_sync(
+        s,
+        &scope,
+        &[("ID-n1".into(), "n1".into())],
+        vec![detailed.clone()],
+    );
+    assert_eq!(v.count("APP", "u"), 2);
+    assert_eq!(v.count("APP", "other"), 1);
+    assert_eq!(v.conns[&("ID-n1".into(), 1)].idle, detailed.idle);
+}
+
+#[test]
+fn the_view_as_a_snapshot_counts_per_server_and_says_when_incomplete() {
+    let mut v = LiveView::new();
+    let s = v.begin_sync();
+    let sweep = snap(&["n1", "n2"], vec![conn("n1", 1, "u")]);
+    v.reconcile(s, &sweep);
+    v.apply(Delta::Open(conn("n2", 7, "u")));
+    let now = Utc::now();
+    let live = v.snapshot(&sweep, now);
+    assert_eq!(live.connections.len(), 2);
+    assert_eq!(
+        live.servers
+            .iter()
+            .map(|s| s.connections)
+            .collect::<Vec<_>>(),
+        vec![1, 1]
+    );
+    assert!(!live.partial());
+    v.gap("slow consumer");
+    assert!(v.snapshot(&sweep, now).partial());
+}
