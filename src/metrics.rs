@@ -4,6 +4,10 @@
 //! at most `metrics.max_users` of them (the largest); the set is rebuilt after every sweep, so a
 //! user that drops out loses its series.
 
+mod cluster;
+
+pub use cluster::ClusterLabel;
+
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,13 +49,6 @@ pub struct UserLabels {
 pub struct TypeLabel {
     /// The advisory type's name.
     pub r#type: String,
-}
-
-/// A label naming a cluster of a super-cluster.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ClusterLabel {
-    /// The cluster's name (`""` for servers without one).
-    pub cluster: String,
 }
 
 /// A label naming a limit lookup.
@@ -404,20 +401,7 @@ impl Metrics {
         cfg: &MetricsConfig,
     ) {
         self.connections.set(snap.connections.len() as i64);
-        self.cluster_connections.clear();
-        self.cluster_silent.clear();
-        if !snap.topology.is_empty() {
-            let per_server = snap.servers.iter().map(|s| (s.name.clone(), s.connections));
-            let by_cluster = crate::topology::by_cluster(&snap.topology, &per_server.collect());
-            for (cluster, n) in by_cluster {
-                let label = ClusterLabel { cluster };
-                self.cluster_connections.get_or_create(&label).set(n as i64);
-            }
-        }
-        for c in snap.silent_clusters() {
-            let label = ClusterLabel { cluster: c.cluster };
-            self.cluster_silent.get_or_create(&label).set(1);
-        }
+        self.observe_clusters(snap);
         self.user_connections.clear();
         for u in user_series(census, cfg) {
             let labels = UserLabels {
