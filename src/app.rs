@@ -33,11 +33,8 @@ pub async fn report(config: &Config, args: &ReportArgs) -> Result<String, AppErr
     let mut sweeper = Sweeper::new(session.system.clone(), &config.sweep);
     let snap: Snapshot = sweeper.sweep(&mut state.servers).await?;
     state.save_to(state_file);
-    let census = census::build(
-        &snap.connections,
-        session.system_account.as_deref(),
-        &config.detect,
-    );
+    let census =
+        crate::topology::census_of(&snap, session.system_account.as_deref(), &config.detect);
     let filter = Filter {
         account: args.account.clone(),
         user: args.user.clone(),
@@ -107,7 +104,7 @@ pub async fn kick(config: &Config, args: &KickArgs) -> Result<String, AppError> 
         }
         (_, _, Some(account), Some(user)) => {
             match plan_user_kick(&session, config, &mut state, account, user).await? {
-                UserKick::Eligible { plans, snap } => (plans, snap),
+                UserKick::Eligible { plans, snap } => (plans, *snap),
                 UserKick::Nothing(why) => {
                     return Ok(format!("nothing to kick for {account}/{user}: {why}\n"));
                 }
@@ -174,8 +171,8 @@ pub enum UserKick {
     Eligible {
         /// One plan per connection.
         plans: Vec<kick::KickPlan>,
-        /// The complete sweep that found them.
-        snap: Snapshot,
+        /// The complete sweep that found them (boxed: a snapshot is large).
+        snap: Box<Snapshot>,
     },
     /// Nothing is eligible, and why, in words.
     Nothing(String),
@@ -202,7 +199,7 @@ pub async fn plan_user_kick(
             snap.missing.join(", ")
         )));
     }
-    let census = census::build(&snap.connections, system_account, &config.detect);
+    let census = crate::topology::census_of(&snap, system_account, &config.detect);
     let named = UserMatch {
         account: account.to_string(),
         user: Some(user.to_string()),
@@ -226,7 +223,10 @@ pub async fn plan_user_kick(
     });
     plans.retain(|p| named.matches(&p.account, &p.account_name, &p.user, &p.user_name));
     if !plans.is_empty() {
-        return Ok(UserKick::Eligible { plans, snap });
+        return Ok(UserKick::Eligible {
+            plans,
+            snap: Box::new(snap),
+        });
     }
     let u = census.users.iter().find(|u| {
         names_match(account, &u.account, &u.account_name)

@@ -48,6 +48,10 @@ pub struct UserCensus {
     pub over_threshold: bool,
     /// Server name → connections.
     pub by_server: BTreeMap<String, u64>,
+    /// Cluster name → connections (`by_server` summed by each server's cluster); empty when
+    /// no server has a cluster.
+    #[serde(default)]
+    pub by_cluster: BTreeMap<String, u64>,
     /// Client name → connections (`""` for connections without a name).
     pub by_name: BTreeMap<String, u64>,
     /// Remote IP → connections.

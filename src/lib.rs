@@ -25,3 +25,4 @@ pub mod state;
 pub mod sweep;
 pub mod tail;
 pub mod top;
+pub mod topology;

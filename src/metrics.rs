@@ -4,6 +4,10 @@
 //! at most `metrics.max_users` of them (the largest); the set is rebuilt after every sweep, so a
 //! user that drops out loses its series.
 
+mod cluster;
+
+pub use cluster::ClusterLabel;
+
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -92,6 +96,10 @@ pub struct Metrics {
     pub user_connections: Family<UserLabels, Gauge>,
     /// Findings firing, by type.
     pub findings_firing: Family<TypeLabel, Gauge>,
+    /// Connections by cluster in the last view.
+    pub cluster_connections: Family<ClusterLabel, Gauge>,
+    /// 1 for each cluster none of whose servers answered the last sweep.
+    pub cluster_silent: Family<ClusterLabel, Gauge>,
     /// Kicks by result.
     pub kicks: Family<ResultLabel, Counter>,
     /// Kicked clients that came back.
@@ -175,6 +183,8 @@ impl Metrics {
             connections: Gauge::default(),
             user_connections: Family::default(),
             findings_firing: Family::default(),
+            cluster_connections: Family::default(),
+            cluster_silent: Family::default(),
             kicks: Family::default(),
             kicks_ineffective: Counter::default(),
             advisories: Arc::new(PublisherStats::default()),
@@ -236,6 +246,16 @@ impl Metrics {
             "connections",
             "Connections counted by the last sweep",
             m.connections.clone(),
+        );
+        r.register(
+            "cluster_connections",
+            "Connections by cluster in the last view",
+            m.cluster_connections.clone(),
+        );
+        r.register(
+            "cluster_silent",
+            "1 for a cluster none of whose servers answered the last sweep (a gateway down?)",
+            m.cluster_silent.clone(),
         );
         r.register(
             "user_connections",
@@ -409,6 +429,7 @@ impl Metrics {
         cfg: &MetricsConfig,
     ) {
         self.connections.set(snap.connections.len() as i64);
+        self.observe_clusters(snap);
         self.user_connections.clear();
         for u in user_series(census, cfg) {
             let labels = UserLabels {

@@ -11,6 +11,7 @@ use crate::census::{Census, UserCensus};
 use crate::config::EnforceConfig;
 use crate::enforce::{cap_for, CapSource};
 use crate::snapshot::{ServerError, ServerSeen, Snapshot};
+use crate::topology::{self, SilentCluster, Topology};
 
 /// How complete a sweep was, and what it cost.
 #[derive(Debug, Clone, Serialize)]
@@ -48,6 +49,13 @@ pub struct SweepSummary {
     /// have been lost since the last complete sweep); absent when it is, and for a sweep.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub live_gap: Option<String>,
+    /// Server name → its cluster and JetStream domain (servers that answered, and missing
+    /// servers whose cluster an earlier sweep saw); absent when no server has a cluster.
+    #[serde(skip_serializing_if = "Topology::is_empty")]
+    pub topology: Topology,
+    /// Clusters none of whose servers answered, each with its missing servers and the words
+    /// `cluster <name> silent (gateway down?)`.
+    pub silent_clusters: Vec<SilentCluster>,
 }
 
 impl SweepSummary {
@@ -68,6 +76,12 @@ impl SweepSummary {
             bytes: s.bytes,
             bad_replies: s.bad_replies,
             live_gap: s.gap.clone(),
+            topology: if s.topology.values().any(|p| p.cluster.is_some()) {
+                s.topology.clone()
+            } else {
+                Topology::new()
+            },
+            silent_clusters: s.silent_clusters(),
         }
     }
 }
@@ -212,8 +226,52 @@ impl<'a> Report<'a> {
             human_bytes(s.bytes),
             s.duration_ms
         );
-        if !s.missing.is_empty() {
-            let _ = writeln!(out, "  missing (no answer): {}", s.missing.join(", "));
+        for c in &s.silent_clusters {
+            let _ = writeln!(out, "  {}: {} missing", c.says, c.servers.join(", "));
+        }
+        let lone: Vec<String> = s
+            .missing
+            .iter()
+            .filter(|m| !s.silent_clusters.iter().any(|c| c.servers.contains(m)))
+            .map(|m| topology::missing_label(&s.topology, m))
+            .collect();
+        if !lone.is_empty() {
+            let _ = writeln!(out, "  missing (no answer): {}", lone.join(", "));
+        }
+        // Servers grouped by cluster, in a super-cluster (one cluster needs no grouping).
+        let clusters: std::collections::BTreeSet<_> = s
+            .topology
+            .values()
+            .filter_map(|p| p.cluster.as_deref())
+            .collect();
+        if clusters.len() > 1 {
+            let counts: std::collections::BTreeMap<&str, u64> = s
+                .servers
+                .iter()
+                .map(|v| (v.name.as_str(), v.connections))
+                .collect();
+            let groups = topology::group(
+                &s.topology,
+                s.servers
+                    .iter()
+                    .map(|v| v.name.as_str())
+                    .chain(s.missing.iter().map(String::as_str)),
+            );
+            for (cluster, servers) in groups {
+                let list: Vec<String> = servers
+                    .iter()
+                    .map(|n| match counts.get(n) {
+                        Some(c) => format!("{n}:{c}"),
+                        None => format!("{n}:-"),
+                    })
+                    .collect();
+                let name = if cluster.is_empty() {
+                    "(no cluster)"
+                } else {
+                    cluster.as_str()
+                };
+                let _ = writeln!(out, "  cluster {name}: {}", list.join(" "));
+            }
         }
         for e in &s.errors {
             let _ = writeln!(

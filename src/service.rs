@@ -36,7 +36,7 @@ use tracing::{error, info, warn};
 use crate::advisory::publisher::Publisher;
 use crate::advisory::{self, Completeness, KickRule};
 use crate::api;
-use crate::census::{self, Census};
+use crate::census::Census;
 use crate::config::Config;
 use crate::config::ConfigErrors;
 use crate::error::AppError;
@@ -51,6 +51,7 @@ use crate::session::{self, Session};
 use crate::snapshot::Snapshot;
 use crate::state::State;
 use crate::sweep::Sweeper;
+use crate::topology;
 
 /// How long shutdown waits for queued advisories.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(10);
@@ -421,8 +422,8 @@ impl Service {
             (Some(l), Some(sync)) => self.reconcile(l.clone(), sync, snap),
             _ => snap,
         };
-        let census = census::build(
-            &snap.connections,
+        let census = topology::census_of(
+            &snap,
             self.session.system_account.as_deref(),
             &self.config.detect,
         );
@@ -502,6 +503,11 @@ impl Service {
         };
         let mut findings = rules::evaluate(&census, &self.config.detect, &ctx);
         findings.extend(self.refused_findings());
+        findings.extend(rules::balance::evaluate(
+            &snap,
+            &census,
+            &self.config.detect,
+        ));
         let held = rules::held_keys(&census, &unknown_accounts, &unknown_servers);
         let events = self.state.findings.step_holding(
             &findings,

@@ -241,6 +241,9 @@ pub struct Snapshot {
     /// For a view of the live census: why it is not complete (a gap since the last complete
     /// sweep: events may have been lost); `None` for a sweep, or a complete live view.
     pub gap: Option<String>,
+    /// Where each server sits (cluster, domain): the servers that answered, and the missing
+    /// ones whose cluster an earlier sweep saw.
+    pub topology: crate::topology::Topology,
 }
 
 impl Snapshot {
@@ -250,5 +253,16 @@ impl Snapshot {
             || !self.missing.is_empty()
             || !self.errors.is_empty()
             || self.gap.is_some()
+    }
+
+    /// Clusters none of whose servers answered (see [`crate::topology::silent_clusters`]).
+    pub fn silent_clusters(&self) -> Vec<crate::topology::SilentCluster> {
+        let answered: Vec<&str> = self
+            .servers
+            .iter()
+            .map(|s| s.name.as_str())
+            .chain(self.errors.iter().map(|e| e.server.as_str()))
+            .collect();
+        crate::topology::silent_clusters(&self.topology, &answered, &self.missing)
     }
 }

@@ -92,6 +92,9 @@ pub struct KnownServer {
     /// When it last came back with a new id (a restart).
     #[serde(default)]
     pub restarted_at: Option<DateTime<Utc>>,
+    /// Its cluster when last seen, so a silent server is named with its cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
 }
 
 /// After a restart, the other servers count the old id for up to this long (nats-server drops
@@ -115,6 +118,7 @@ impl KnownServers {
                 id: id.to_string(),
                 last_seen: now,
                 restarted_at,
+                cluster: self.servers.get(name).and_then(|k| k.cluster.clone()),
             };
             self.servers.insert(name.to_string(), server);
         }
@@ -133,6 +137,15 @@ impl KnownServers {
         let horizon = chrono::Duration::from_std(forget_after).unwrap_or(chrono::Duration::MAX);
         self.servers
             .retain(|_, s| now.signed_duration_since(s.last_seen) <= horizon);
+    }
+
+    /// Records the clusters of servers seen (see [`KnownServer::cluster`]).
+    pub fn placed<'a>(&mut self, places: impl IntoIterator<Item = (&'a str, &'a str)>) {
+        for (name, cluster) in places {
+            if let Some(k) = self.servers.get_mut(name) {
+                k.cluster = Some(cluster.to_string());
+            }
+        }
     }
 
     /// Names of the servers still expected.

@@ -119,7 +119,13 @@ async fn the_micro_service_answers_its_endpoints_and_counts_bad_requests() {
     assert_eq!(census["users"].as_array().unwrap().len(), 1);
     assert_eq!(census["users"][0]["connections"], 150);
     assert_eq!(census["sweep"]["partial"], false);
-    let findings = call(&client, "connwatch.findings", "").await.unwrap();
+    let findings = call(
+        &client,
+        "connwatch.findings",
+        r#"{"type": "excessive_user_connections"}"#,
+    )
+    .await
+    .unwrap();
     assert_eq!(
         findings["findings"],
         serde_json::json!([]),

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::Value;
+use support::report_user as user;
 use support::*;
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -66,15 +67,6 @@ fn reported(report: &Value) -> BTreeMap<(String, String), BTreeMap<String, u64>>
             (key, by_server)
         })
         .collect()
-}
-
-fn user<'a>(report: &'a Value, account: &str, user: &str) -> &'a Value {
-    report["users"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|u| u["account"] == account && u["user"] == user)
-        .unwrap_or_else(|| panic!("{account}/{user} not in report"))
 }
 
 /// connwatch's own connection is in the ground truth read after it exits: drop the system

@@ -219,11 +219,14 @@ async fn a_restart_does_not_fire_again_and_sigterm_exits_zero() {
         .await;
     assert_eq!(first.terminate(), Some(0));
     let saved: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
-    assert_eq!(
-        saved["findings"]["active"].as_object().unwrap().len(),
-        1,
-        "{saved:#}"
-    );
+    // The leak, all on n3, also makes APP imbalanced: the excessive finding is the one here.
+    let excessive = saved["findings"]["active"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| k.starts_with("[\"excessive_user_connections\""))
+        .count();
+    assert_eq!(excessive, 1, "{saved:#}");
 
     let second = Running::start(&path, dir.path().join("second.log"));
     assert!(

@@ -41,6 +41,10 @@ pub struct Completeness {
     pub partial: bool,
     /// Expected servers that did not answer, by name where known (else `<unknown>`).
     pub missing: Vec<String>,
+    /// Clusters none of whose servers answered (a gateway down?); absent when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(min = 1))]
+    pub silent_clusters: Vec<String>,
 }
 
 impl Completeness {
@@ -52,6 +56,7 @@ impl Completeness {
             servers_responded: s.servers.len(),
             partial: s.partial(),
             missing: s.missing.clone(),
+            silent_clusters: s.silent_clusters().into_iter().map(|c| c.cluster).collect(),
         }
     }
 }
@@ -106,6 +111,12 @@ pub fn from_event(
         }
         Finding::ConnectionsRefused(f) => {
             Message::ConnectionsRefused(finding_event(event, f.clone(), sweep, now))
+        }
+        Finding::ServerConnectionHotspot(f) => {
+            Message::ServerConnectionHotspot(finding_event(event, f.clone(), sweep, now))
+        }
+        Finding::AccountConnectionImbalance(f) => {
+            Message::AccountConnectionImbalance(finding_event(event, f.clone(), sweep, now))
         }
     };
     Advisory::new(prefix, &message, &a.tokens)
@@ -297,6 +308,7 @@ mod tests {
             servers_responded: 1,
             partial: false,
             missing: vec![],
+            silent_clusters: vec![],
         };
         let a = from_event("p", &event(Firing, 0, 0), &sweep, Utc::now());
         assert_eq!(a.id, first);

@@ -15,6 +15,7 @@ use super::{Completeness, TYPE_PREFIX};
 use crate::enforce::CapSource;
 use crate::kick::{KickPlan, Returned};
 use crate::lifecycle::State;
+use crate::rules::balance::{HotspotFinding, ImbalanceFinding};
 use crate::rules::{AccountFinding, RefusedFinding, ServerFinding, UserFinding};
 
 /// One advisory of body `B`. Its `type` is written by [`Message`], which knows the type.
@@ -317,6 +318,10 @@ advisory_types! {
         "A server holds at least `detect.server_pressure` of its `max_connections`. Published on `<prefix>.server_connection_pressure.<server>` (escaped token). A resolved advisory carries the numbers last seen while firing.";
     ConnectionsRefused(FindingEvent<RefusedFinding>) = "connections_refused":
         "Connections refused, as the servers' disconnect events report them: over an account's connection limit (`Maximum Account Connections Exceeded`, scope `account`), over a server's `max_connections` (`Maximum Connections Exceeded`, scope `server`), or failing to authenticate (`$SYS.SERVER.<id>.CLIENT.AUTH.ERR`, once 10 fall in one window; scope `account` when the server knew the account, else `server`). Fires with the refusals, while they continue within `live.refused_window`, and resolves once a whole window passed without one. `refused` counts the window; `by_reason`, `users`, `ips` and `servers` count since the refusals began. Needs `live.enabled`. Published on `<prefix>.connections_refused.<account or server>` (escaped token). A resolved advisory carries the numbers last seen while firing.";
+    ServerConnectionHotspot(FindingEvent<HotspotFinding>) = "server_connection_hotspot":
+        "A server holds more than `detect.hotspot_ratio` times its cluster's average connections (at least `detect.hotspot_min`), in a cluster of at least two servers that all answered. Published on `<prefix>.server_connection_hotspot.<server>` (escaped token). A resolved advisory carries the numbers last seen while firing.";
+    AccountConnectionImbalance(FindingEvent<ImbalanceFinding>) = "account_connection_imbalance":
+        "More than `detect.imbalance_share` of an account's connections (at least `detect.imbalance_min`) are on one server. Never found on a partial view. Published on `<prefix>.account_connection_imbalance.<account>` (escaped token). A resolved advisory carries the numbers last seen while firing.";
     ConnectionKicked(ConnectionKicked) = "connection_kicked":
         "The audit record of one kick (`$SYS.REQ.SERVER.<id>.KICK`), or of a would-be kick in dry run. Published on `<prefix>.connection_kicked.<account>.<user>` (escaped tokens).";
     KickIneffective(KickIneffective) = "kick_ineffective":

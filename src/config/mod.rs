@@ -205,6 +205,15 @@ pub struct DetectConfig {
     pub account_pressure: f64,
     /// A server at this share of its `max_connections` is under pressure.
     pub server_pressure: f64,
+    /// A server holding more than this many times its cluster's average connections is a
+    /// hotspot (clusters of at least 2 servers).
+    pub hotspot_ratio: f64,
+    /// Connections a server must hold to be a hotspot, so an idle cluster does not fire.
+    pub hotspot_min: u64,
+    /// An account with more than this share of its connections on one server is imbalanced.
+    pub imbalance_share: f64,
+    /// Connections an account must hold, cluster-wide, to be checked for imbalance.
+    pub imbalance_min: u64,
     /// How far back growth looks (complete sweeps only).
     #[serde(with = "humantime_serde")]
     pub growth_window: Duration,
@@ -233,6 +242,10 @@ impl Default for DetectConfig {
             account_limits: BTreeMap::new(),
             account_pressure: 0.9,
             server_pressure: 0.8,
+            hotspot_ratio: 2.0,
+            hotspot_min: 100,
+            imbalance_share: 0.7,
+            imbalance_min: 100,
             growth_window: Duration::from_secs(3600),
             growth_horizon: Duration::from_secs(24 * 3600),
             growth_min_per_hour: 10.0,

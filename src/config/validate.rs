@@ -105,6 +105,7 @@ pub(super) fn validate(c: &Config, figment: &Figment) -> Result<(), ConfigErrors
     for (key, share) in [
         ("detect.account_pressure", c.detect.account_pressure),
         ("detect.server_pressure", c.detect.server_pressure),
+        ("detect.imbalance_share", c.detect.imbalance_share),
     ] {
         if !(share > 0.0 && share <= 1.0) {
             bad(
@@ -112,6 +113,15 @@ pub(super) fn validate(c: &Config, figment: &Figment) -> Result<(), ConfigErrors
                 format!("must be a share between 0 and 1, e.g. 0.9 (got {share})"),
             );
         }
+    }
+    if !(c.detect.hotspot_ratio > 1.0 && c.detect.hotspot_ratio.is_finite()) {
+        bad(
+            "detect.hotspot_ratio",
+            format!(
+                "must be more than 1, e.g. 2.0 (got {})",
+                c.detect.hotspot_ratio
+            ),
+        );
     }
     if c.detect.growth_min_per_hour < 0.0 {
         bad("detect.growth_min_per_hour", "must not be negative".into());

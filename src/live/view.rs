@@ -459,6 +459,7 @@ impl LiveView {
             bytes: 0,
             connections: self.conns.values().map(|c| Connection::clone(c)).collect(),
             gap: self.incomplete.clone(),
+            topology: sweep.topology.clone(),
         }
     }
 }

@@ -32,6 +32,9 @@ pub struct ServerInfo {
     /// Cluster name.
     #[serde(default)]
     pub cluster: Option<String>,
+    /// JetStream domain, when the server has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
     /// Server version.
     #[serde(default)]
     pub ver: String,

@@ -9,7 +9,9 @@
 //! - `server_connection_pressure`: a server at `detect.server_pressure` of `max_connections`;
 //! - `connections_refused`: connections an account or a server refused ([`refused`], from the
 //!   live census's events).
+//! - [`balance`]: `server_connection_hotspot` and `account_connection_imbalance`.
 
+pub mod balance;
 pub mod diagnosis;
 pub mod growth;
 pub mod refused;
@@ -39,6 +41,10 @@ pub enum Kind {
     ServerConnectionPressure,
     /// Connections refused by an account's or a server's limit, or failing to authenticate.
     ConnectionsRefused,
+    /// A server far above its cluster's average connections.
+    ServerConnectionHotspot,
+    /// Most of an account's connections on one server.
+    AccountConnectionImbalance,
 }
 
 impl Kind {
@@ -50,16 +56,20 @@ impl Kind {
             Self::AccountConnectionPressure => "account_connection_pressure",
             Self::ServerConnectionPressure => "server_connection_pressure",
             Self::ConnectionsRefused => "connections_refused",
+            Self::ServerConnectionHotspot => "server_connection_hotspot",
+            Self::AccountConnectionImbalance => "account_connection_imbalance",
         }
     }
 
     /// Every kind, for schemas and documentation.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 7] = [
         Self::ExcessiveUserConnections,
         Self::UserConnectionGrowth,
         Self::AccountConnectionPressure,
         Self::ServerConnectionPressure,
         Self::ConnectionsRefused,
+        Self::ServerConnectionHotspot,
+        Self::AccountConnectionImbalance,
     ];
 }
 
@@ -131,6 +141,10 @@ pub enum Finding {
     ServerConnectionPressure(ServerFinding),
     /// Connections refused by an account or a server.
     ConnectionsRefused(RefusedFinding),
+    /// A server far above its cluster's average.
+    ServerConnectionHotspot(balance::HotspotFinding),
+    /// Most of an account's connections on one server.
+    AccountConnectionImbalance(balance::ImbalanceFinding),
 }
 
 impl Finding {
@@ -142,6 +156,8 @@ impl Finding {
             Self::AccountConnectionPressure(_) => Kind::AccountConnectionPressure,
             Self::ServerConnectionPressure(_) => Kind::ServerConnectionPressure,
             Self::ConnectionsRefused(_) => Kind::ConnectionsRefused,
+            Self::ServerConnectionHotspot(_) => Kind::ServerConnectionHotspot,
+            Self::AccountConnectionImbalance(_) => Kind::AccountConnectionImbalance,
         }
     }
 
@@ -154,6 +170,8 @@ impl Finding {
             Self::AccountConnectionPressure(a) => vec![a.account.clone()],
             Self::ServerConnectionPressure(s) => vec![s.server.clone()],
             Self::ConnectionsRefused(r) => vec![r.name.clone()],
+            Self::ServerConnectionHotspot(s) => vec![s.server.clone()],
+            Self::AccountConnectionImbalance(a) => vec![a.account.clone()],
         }
     }
 

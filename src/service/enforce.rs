@@ -59,6 +59,11 @@ fn completeness(view: &LiveView, meta: &Snapshot) -> Completeness {
             .count(),
         partial: view.incomplete().is_some() || meta.partial(),
         missing: meta.missing.clone(),
+        silent_clusters: meta
+            .silent_clusters()
+            .into_iter()
+            .map(|c| c.cluster)
+            .collect(),
     }
 }
 

@@ -9,11 +9,11 @@ use tokio::time::Instant;
 use tracing::info;
 
 use super::{Gathered, Service};
-use crate::census;
 use crate::live::{churn, read, Live, SyncId};
 use crate::rules::diagnosis::Churn;
 use crate::rules::{key_of, Finding, Kind};
 use crate::snapshot::Snapshot;
+use crate::topology;
 
 /// Users read in detail (CONNZ by `acc` and `user`) in one live round, at most.
 const MAX_READS_PER_ROUND: usize = 16;
@@ -75,11 +75,7 @@ impl Service {
                 .lock()
                 .expect("live view lock")
                 .snapshot(meta, Utc::now());
-            let census = census::build(
-                &snap.connections,
-                system_account.as_deref(),
-                &self.config.detect,
-            );
+            let census = topology::census_of(&snap, system_account.as_deref(), &self.config.detect);
             (snap, census)
         };
         let (mut snap, mut census) = build(&live, &self.last_sweep_meta);

@@ -32,6 +32,7 @@ use crate::nats::wire::ServerInfo;
 use crate::nats::{RequestError, System, PING_CONNZ, PING_STATSZ};
 use crate::snapshot::{ServerError, ServerSeen, Snapshot};
 use crate::state::KnownServers;
+use crate::topology::Place;
 
 pub use discovery::{expected_count, missing_servers, UNKNOWN_SERVER};
 pub use fetch::{headroom, next_fetch, NextFetch, MAX_DIRECTED};
@@ -162,6 +163,8 @@ impl Sweeper {
             snap.pages += p.pages;
             snap.bytes += p.bytes;
             snap.bad_replies += p.bad_replies;
+            snap.topology
+                .insert(display_name(&p.server), place_of(&p.server));
             if let Some(error) = p.error {
                 snap.errors.push(ServerError {
                     server: display_name(&p.server),
@@ -187,11 +190,22 @@ impl Sweeper {
             .collect();
         let peers = discovery.peers(&answered);
         snap.missing = missing_servers(snap.servers_expected, &answered, seen.names(), &peers);
+        for m in &snap.missing {
+            if let Some(cluster) = seen.servers.get(m).and_then(|k| k.cluster.as_deref()) {
+                let place = Place::in_cluster(cluster);
+                snap.topology.entry(m.clone()).or_insert(place);
+            }
+        }
         seen.saw(
             started,
             snap.servers
                 .iter()
                 .map(|s| (s.name.as_str(), s.id.as_str())),
+        );
+        seen.placed(
+            snap.topology
+                .iter()
+                .filter_map(|(name, place)| Some((name.as_str(), place.cluster.as_deref()?))),
         );
         *known = seen;
         self.last_connections = snap.connections.len();
@@ -201,6 +215,7 @@ impl Sweeper {
             servers_responded = snap.servers.len(),
             partial = snap.partial(),
             missing = ?snap.missing,
+            silent = ?snap.silent_clusters().iter().map(|c| &c.says).collect::<Vec<_>>(),
             errors = snap.errors.len(),
             error_kinds = ?snap.errors.iter().map(|e| e.error.kind()).collect::<Vec<_>>(),
             bad_replies = snap.bad_replies,
@@ -235,6 +250,15 @@ fn sweep_error(e: RequestError) -> SweepError {
     match e {
         RequestError::NoResponders => SweepError::NoResponders,
         e => SweepError::Request(e),
+    }
+}
+
+/// Where a server says it sits.
+fn place_of(s: &ServerInfo) -> Place {
+    let named = |v: &Option<String>| v.clone().filter(|c| !c.is_empty());
+    Place {
+        cluster: named(&s.cluster),
+        domain: named(&s.domain),
     }
 }
 

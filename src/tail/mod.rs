@@ -191,6 +191,17 @@ impl<'a> Who<'a> {
                     },
                 }
             }
+            Message::ServerConnectionHotspot(e) => Self {
+                server: Some(&e.body.finding.server),
+                ..Self::default()
+            },
+            Message::AccountConnectionImbalance(e) => {
+                let a = &e.body.finding;
+                Self {
+                    account: Some((&a.account, a.account_name.as_deref())),
+                    ..Self::default()
+                }
+            }
             Message::ConnectionKicked(e) => {
                 let p = &e.body.plan;
                 Self {
@@ -296,6 +307,25 @@ impl<'a> Parts<'a> {
                 Self::finding(e, ratio(s.connections, s.max_connections, s.ratio))
             }
             Message::ConnectionsRefused(e) => Self::finding(e, refused_numbers(&e.body.finding)),
+            Message::ServerConnectionHotspot(e) => {
+                let s = &e.body.finding;
+                let numbers = format!(
+                    "{} conns, {:.2}x the average {:.0} of cluster {}",
+                    s.connections, s.ratio, s.cluster_average, s.cluster
+                );
+                Self::finding(e, numbers)
+            }
+            Message::AccountConnectionImbalance(e) => {
+                let a = &e.body.finding;
+                let on = a.by_server.get(&a.server).copied().unwrap_or_default();
+                let numbers = format!(
+                    "{on}/{} conns ({:.1}%) on {}",
+                    a.connections,
+                    a.share * 100.0,
+                    a.server
+                );
+                Self::finding(e, numbers)
+            }
             Message::ConnectionKicked(e) => {
                 Self::envelope(e, Some(e.body.result.name()), String::new())
             }
@@ -332,7 +362,8 @@ impl<'a> Parts<'a> {
 /// - numbers: users `2500 conns (threshold 100) n1:2500 n2:3`, then the growth when known
 ///   (`+60/h, over threshold in 51m, account limit 220 in 20m`); accounts
 ///   `200/220 conns (90.9%)`; servers `170/200 conns (85.0%)`; refused connections
-///   `12 refused in 60s (account_limit 12) users a:10 b:2 ips 10.0.0.7:12`;
+///   `12 refused in 60s (account_limit 12) users a:10 b:2 ips 10.0.0.7:12`; hotspots
+///   `170 conns, 2.68x the average 63 of cluster c1`; imbalances `167/200 conns (83.5%) on n1`;
 /// - markers: `[renotify, firing since <since>]` on a renotification,
 ///   `[partial sweep: missing n3]` when the sweep was partial (counts may be too low);
 /// - a resolved advisory carries the numbers last seen while firing: they show as

@@ -242,7 +242,7 @@ async fn kick(
                 vec![format!("nothing to kick for {}/{}: {why}", user.0, user.1)],
             )
         }
-        Ok(UserKick::Eligible { plans, snap }) => (plans, snap),
+        Ok(UserKick::Eligible { plans, snap }) => (plans, *snap),
     };
     let Some(previewed) = previewed else {
         return KickView::Preview(user, plans);

@@ -168,6 +168,8 @@ fn firing_text(firing: &BTreeMap<&'static str, usize>) -> String {
                 "account_connection_pressure" => "account pressure",
                 "server_connection_pressure" => "server pressure",
                 "connections_refused" => "refused",
+                "server_connection_hotspot" => "hotspot",
+                "account_connection_imbalance" => "imbalance",
                 other => other,
             };
             format!("{short} {n}")

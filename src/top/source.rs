@@ -11,7 +11,6 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use super::data::{CensusView, Data, FindingsView};
-use crate::census;
 use crate::config::Config;
 use crate::lifecycle::Lifecycle;
 use crate::nats::System;
@@ -19,6 +18,7 @@ use crate::report::{Filter, Report, SweepSummary};
 use crate::rules::{self, growth::History, Context};
 use crate::state::KnownServers;
 use crate::sweep::Sweeper;
+use crate::topology;
 
 /// One refresh: new data, or why there is none this time.
 pub type Update = Result<Data, String>;
@@ -126,8 +126,7 @@ pub async fn sweep_standalone(
         let update = match snap {
             Err(e) => Err(format!("sweep failed: {e}")),
             Ok(snap) => {
-                let census =
-                    census::build(&snap.connections, system_account.as_deref(), &config.detect);
+                let census = topology::census_of(&snap, system_account.as_deref(), &config.detect);
                 let now = snap.started.unwrap_or_else(Utc::now);
                 if !snap.partial() {
                     history.record(&census, now, config.detect.growth_window);

@@ -20,6 +20,10 @@ use serde_json::Value;
 
 use super::jwt::{AccountTemplate, OperatorSetup};
 
+mod topology;
+
+pub use topology::LeafSpec;
+
 /// Environment variable naming the nats-server binary to use instead of the one on `PATH`.
 pub const NATS_SERVER_BIN_ENV: &str = "NATS_SERVER_BIN";
 
@@ -109,10 +113,15 @@ pub struct TlsSpec {
 pub struct ClusterSpec {
     /// Directory for configuration files, logs and `.creds` files (created if missing).
     pub dir: PathBuf,
-    /// Number of servers.
+    /// Number of servers (of each cluster, in a super-cluster).
     pub servers: usize,
-    /// The `cluster { name }`.
+    /// The `cluster { name }` (a super-cluster names its clusters `c1`, `c2`, ...).
     pub cluster_name: String,
+    /// Clusters joined by gateways: 1 for a plain cluster (see [`ClusterSpec::super_cluster`]).
+    pub clusters: usize,
+    /// One leaf server attached by a leafnode remote, after the cluster servers (see
+    /// [`ClusterSpec::leaf`]).
+    pub leaf: Option<LeafSpec>,
     /// How clients authenticate.
     pub mode: AuthMode,
     /// The user of the system account `SYS` that connwatch logs in as.
@@ -148,6 +157,8 @@ impl ClusterSpec {
             dir: dir.into(),
             servers: 3,
             cluster_name: "connwatch-dev".to_owned(),
+            clusters: 1,
+            leaf: None,
             mode: AuthMode::Config,
             system_user: UserSpec {
                 name: "sys".to_owned(),
@@ -199,9 +210,15 @@ impl ClusterSpec {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Server {
     name: String,
+    /// Its cluster's name; empty for the leaf server.
+    cluster: String,
+    /// Whether it is the leaf server (no routes, no gateway).
+    leaf: bool,
+    gateway_port: u16,
+    leaf_port: u16,
     client_port: u16,
     http_port: u16,
     route_port: u16,
@@ -364,22 +381,26 @@ impl Cluster {
     }
 
     fn try_start(&mut self) -> anyhow::Result<()> {
-        let n = self.spec.servers;
-        let ports = free_ports(3 * n)?;
-        self.servers = (0..n)
-            .map(|i| {
-                let name = format!("n{}", i + 1);
-                Server {
-                    client_port: ports[3 * i],
-                    http_port: ports[3 * i + 1],
-                    route_port: ports[3 * i + 2],
-                    config_path: self.spec.dir.join(format!("{name}.conf")),
-                    log_path: self.spec.dir.join(format!("{name}.log")),
-                    stderr_path: self.spec.dir.join(format!("{name}.stderr")),
-                    name,
-                    child: None,
-                    paused: false,
-                }
+        let places = self.places();
+        let n = places.len();
+        let ports = free_ports(5 * n)?;
+        self.servers = places
+            .into_iter()
+            .enumerate()
+            .map(|(i, (name, cluster))| Server {
+                client_port: ports[5 * i],
+                http_port: ports[5 * i + 1],
+                route_port: ports[5 * i + 2],
+                gateway_port: ports[5 * i + 3],
+                leaf_port: ports[5 * i + 4],
+                config_path: self.spec.dir.join(format!("{name}.conf")),
+                log_path: self.spec.dir.join(format!("{name}.log")),
+                stderr_path: self.spec.dir.join(format!("{name}.stderr")),
+                leaf: cluster.is_empty(),
+                name,
+                cluster,
+                child: None,
+                paused: false,
             })
             .collect();
         for i in 0..n {
@@ -398,7 +419,8 @@ impl Cluster {
             self.wait_ready(i, deadline)?;
         }
         self.wait_converged(0, deadline)?;
-        self.wait_jetstream(deadline)
+        self.wait_jetstream(deadline)?;
+        self.wait_leaf(deadline)
     }
 
     /// The nats-server configuration file for server `i`.
@@ -436,20 +458,23 @@ impl Cluster {
             }
             let _ = writeln!(out, "  verify: {}\n}}", tls.verify);
         }
-        let routes: Vec<String> = self
-            .servers
-            .iter()
-            .enumerate()
-            .filter(|(j, _)| *j != i)
-            .map(|(_, s)| format!("nats-route://127.0.0.1:{}", s.route_port))
-            .collect();
-        let _ = writeln!(
-            out,
-            "cluster {{\n  name: {}\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}",
-            quote(&self.spec.cluster_name),
-            server.route_port,
-            routes.join(", ")
-        );
+        if !server.leaf {
+            let routes: Vec<String> = self
+                .servers
+                .iter()
+                .enumerate()
+                .filter(|(j, s)| *j != i && s.cluster == server.cluster)
+                .map(|(_, s)| format!("nats-route://127.0.0.1:{}", s.route_port))
+                .collect();
+            let _ = writeln!(
+                out,
+                "cluster {{\n  name: {}\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}",
+                quote(&server.cluster),
+                server.route_port,
+                routes.join(", ")
+            );
+        }
+        out.push_str(&self.topology_config(i));
         match &self.operator {
             Some(setup) => out.push_str(&setup.server_config()),
             None => {
@@ -524,7 +549,13 @@ impl Cluster {
             .servers
             .iter()
             .enumerate()
-            .filter(|(j, s)| *j != i && s.child.is_some() && !s.paused)
+            .filter(|(j, s)| {
+                *j != i
+                    && s.child.is_some()
+                    && !s.paused
+                    && !s.leaf
+                    && s.cluster == self.servers[i].cluster
+            })
             .map(|(_, s)| s.name.clone())
             .collect();
         let system_account = match &self.operator {
@@ -598,7 +629,7 @@ impl Cluster {
         let expected = self
             .servers
             .iter()
-            .filter(|s| s.child.is_some() && !s.paused)
+            .filter(|s| s.child.is_some() && !s.paused && self.in_system(s))
             .count();
         let mut c = match client.take() {
             Some(c) => c,
@@ -909,8 +940,11 @@ impl Cluster {
         self.spawn(i)?;
         let deadline = Instant::now() + self.spec.start_timeout;
         self.wait_ready(i, deadline)?;
-        self.wait_converged(i, deadline)?;
-        self.wait_jetstream(deadline)
+        // The leaf's own STATSZ sees only itself unless it shares the system account.
+        let via = if self.servers[i].leaf { 0 } else { i };
+        self.wait_converged(via, deadline)?;
+        self.wait_jetstream(deadline)?;
+        self.wait_leaf(deadline)
     }
 
     /// With JetStream: polls `/jsz` of every running server until each knows the meta leader
@@ -1259,6 +1293,7 @@ mod tests {
         cluster.servers = (0..3)
             .map(|i| Server {
                 name: format!("n{}", i + 1),
+                cluster: "connwatch-dev".into(),
                 client_port: 4000 + i,
                 http_port: 5000 + i,
                 route_port: 6000 + i,
@@ -1267,6 +1302,7 @@ mod tests {
                 stderr_path: PathBuf::from(format!("/x/n{i}.stderr")),
                 child: None,
                 paused: false,
+                ..Server::default()
             })
             .collect();
         cluster

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub use testkit::cluster::{AccountSpec, AuthMode, Cluster, ClusterSpec, TlsSpec};
+pub use testkit::cluster::{AccountSpec, AuthMode, Cluster, ClusterSpec, LeafSpec, TlsSpec};
 pub use testkit::jwt::{AccountTemplate, OperatorSetup};
 pub use testkit::load::{self, Load, LoadAuth, LoadSpec};
 pub use testkit::{eventually, wait_until, wait_until_async};
@@ -548,4 +548,19 @@ pub fn connz_of_server(cluster: &Cluster, i: usize) -> (String, Vec<serde_json::
         id,
         connz["connections"].as_array().cloned().unwrap_or_default(),
     )
+}
+
+/// The user `account`/`user` in a report (or census) JSON; panics, showing the report, when it
+/// is not there.
+pub fn report_user<'a>(
+    report: &'a serde_json::Value,
+    account: &str,
+    user: &str,
+) -> &'a serde_json::Value {
+    report["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["account"] == account && u["user"] == user)
+        .unwrap_or_else(|| panic!("{account}/{user} not in report: {report:#}"))
 }
