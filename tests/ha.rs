@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -279,4 +280,239 @@ async fn a_leader_cut_off_from_jetstream_stops_acting_before_another_takes_over(
             .count()
     };
     assert_eq!((seen("firing"), seen("resolved")), (1, 1));
+}
+
+/// The state the leader saved in the bucket, as JSON, whenever it changes, until `done` holds
+/// for one (`None`: not within `WAIT`).
+async fn wait_saved_state(
+    js: &async_nats::jetstream::Context,
+    done: impl Fn(&Value) -> bool,
+) -> Option<Value> {
+    use futures::StreamExt;
+    let kv = js.get_key_value("connwatch").await.unwrap();
+    let mut watch = kv.watch_with_history("state").await.unwrap();
+    tokio::time::timeout(WAIT, async {
+        while let Some(Ok(entry)) = watch.next().await {
+            if let Ok(state) = serde_json::from_slice::<Value>(&entry.value) {
+                if done(&state) {
+                    return Some(state);
+                }
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// Two replicas with kicks on, configured by `kick`, and a leak on server 0 opened by `leak`
+/// once the first leads and the second follows.
+fn kick_replicas_config(cluster: &Cluster, kick: &str) -> String {
+    format!(
+        "{}[sweep]\ninterval = \"500ms\"\ntimeout = \"1s\"\n[live]\nreconcile_interval = \"500ms\"\n\
+         [detect]\nmax_connections_per_user = 10\nidle_threshold = \"1s\"\n\
+         [kick]\nenabled = true\ndry_run = false\nmin_idle = \"1s\"\nmin_age = \"1s\"\n{kick}\
+         [advisory]\njetstream = true\n{}\
+         [ha]\nenabled = true\nlease = \"{}s\"\n",
+        cluster.connwatch_toml(),
+        cluster.jetstream_toml(),
+        LEASE.as_secs()
+    )
+}
+
+/// Starts replica 0, waits until it leads, then replica 1 until it is a ready follower.
+async fn leader_and_follower(
+    path: &std::path::Path,
+    dir: &std::path::Path,
+) -> Vec<Option<Running>> {
+    let mut replicas = vec![Some(Running::start(path, dir.join("r0.log")))];
+    assert!(
+        wait_until_async(WAIT, || sole_leader(&replicas) == Some(0)).await,
+        "replica 0 does not lead: {}",
+        replicas[0].as_ref().unwrap().log()
+    );
+    replicas.push(Some(Running::start(path, dir.join("r1.log"))));
+    let follower = replicas[1].as_ref().unwrap();
+    assert!(
+        wait_until_async(WAIT, || http_get(follower.metrics_addr(), "/readyz")
+            .is_ok_and(|r| r == (200, "ready: follower\n".to_string())))
+        .await,
+        "replica 1 not a ready follower: {}",
+        follower.log()
+    );
+    replicas
+}
+
+/// kill -9 of the leader, then replica 1 leads and runs four rounds.
+async fn fail_over(replicas: &mut [Option<Running>]) {
+    drop(replicas[0].take());
+    assert!(
+        wait_until_async(2 * LEASE, || sole_leader(replicas) == Some(1)).await,
+        "replica 1 does not lead: {}",
+        replicas[1].as_ref().unwrap().log()
+    );
+    let next = replicas[1].as_ref().unwrap();
+    let rounds = next.rounds().0;
+    assert!(
+        wait_until_async(WAIT, || next.rounds().0 >= rounds + 4).await,
+        "{}",
+        next.log()
+    );
+}
+
+/// (server id, cid) of each `connection_kicked` in `bodies`, with how often it appears.
+fn kicked_counts<'a>(bodies: impl Iterator<Item = &'a Value>) -> BTreeMap<(String, u64), usize> {
+    let mut out = BTreeMap::new();
+    for b in bodies.filter(|b| b["type"] == "io.connwatch.advisory.v1.connection_kicked") {
+        let key = (
+            b["server_id"].as_str().unwrap().to_string(),
+            b["cid"].as_u64().unwrap(),
+        );
+        *out.entry(key).or_default() += 1;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_killed_during_a_kick_round_leaves_no_connection_kicked_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = jetstream_cluster(dir.path());
+    // One kick at a time to one server: the batch takes a while.
+    let config = kick_replicas_config(
+        &cluster,
+        "max_per_sweep = 300\nmax_per_user = 300\nconcurrency = 1\n",
+    );
+    let path = write_config(dir.path(), &config);
+    let (core, js, _reader) = jetstream_reader(&cluster.client_url(1)).await;
+    let mut replicas = leader_and_follower(&path, dir.path()).await;
+    let leak = load::open(
+        LoadSpec::new(
+            cluster.client_url(0),
+            LoadAuth::user_password("leaky", "pw"),
+            200,
+        )
+        .name("worker"),
+    )
+    .await
+    .unwrap();
+
+    // The leader records its batch in the bucket before it sends any of it: kill -9 it then.
+    let state = wait_saved_state(&js, |s| {
+        s["kicked"]["intents"]
+            .as_array()
+            .is_some_and(|i| !i.is_empty())
+    })
+    .await
+    .unwrap_or_else(|| panic!("no kick recorded: {}", replicas[0].as_ref().unwrap().log()));
+    drop(replicas[0].take());
+    let open_then: BTreeSet<u64> = open_cids(&cluster);
+    let planned: BTreeSet<(String, u64)> =
+        serde_json::from_value(state["kicked"]["intents"].clone()).unwrap();
+    let (server_id, _) = connz_of_server(&cluster, 0);
+    let planned_open: BTreeSet<u64> = planned
+        .iter()
+        .filter(|(s, cid)| *s == server_id && open_then.contains(cid))
+        .map(|(_, cid)| *cid)
+        .collect();
+    eprintln!(
+        "killed with {} of {} planned kicks not yet carried out",
+        planned_open.len(),
+        planned.len()
+    );
+    fail_over(&mut replicas).await;
+
+    // The new leader sent no KICK for a connection its predecessor had planned to kick.
+    let open_now = open_cids(&cluster);
+    assert!(
+        planned_open.is_subset(&open_now),
+        "kicked again: {:?}",
+        planned_open.difference(&open_now).collect::<Vec<_>>()
+    );
+    // No (server id, cid) audited twice, in the stream or at core subscribers.
+    let all = stored(&js).await;
+    for (where_, counts) in [
+        ("stream", kicked_counts(all.iter())),
+        ("core", kicked_counts(core.all().iter().map(|(_, b)| b))),
+    ] {
+        let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(twice.is_empty(), "{where_}: kicked twice: {twice:?}");
+        assert!(
+            counts
+                .keys()
+                .all(|k| !planned_open.contains(&k.1) || k.0 != server_id),
+            "{where_}: a planned kick not carried out was audited"
+        );
+    }
+    leak.close().await;
+}
+
+/// The cids of user `leaky` open on server 0, from its own /connz.
+fn open_cids(cluster: &Cluster) -> BTreeSet<u64> {
+    connz_of_server(cluster, 0)
+        .1
+        .iter()
+        .filter(|c| c["authorized_user"] == "leaky")
+        .map(|c| c["cid"].as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_given_up_on_stays_given_up_on_under_the_next_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = jetstream_cluster(dir.path());
+    let config = kick_replicas_config(
+        &cluster,
+        "max_per_user = 20\nmax_attempts = 2\nreturn_window = \"1m\"\n",
+    );
+    let path = write_config(dir.path(), &config);
+    let (core, js, _reader) = jetstream_reader(&cluster.client_url(1)).await;
+    let mut replicas = leader_and_follower(&path, dir.path()).await;
+    let comeback = load::open(
+        LoadSpec::new(
+            cluster.client_url(0),
+            LoadAuth::user_password("leaky", "pw"),
+            30,
+        )
+        .name("worker")
+        .reconnect(Duration::from_millis(100)),
+    )
+    .await
+    .unwrap();
+
+    // The leader gives up on the client and saves that in the bucket.
+    let given_up = |s: &Value| {
+        s["kicked"]["clients"]
+            .as_object()
+            .is_some_and(|c| c.values().any(|r| r["given_up_at"].is_string()))
+    };
+    assert!(
+        wait_saved_state(&js, given_up).await.is_some(),
+        "never gave up: {}",
+        replicas[0].as_ref().unwrap().log()
+    );
+    assert!(
+        eventually(WAIT, || async {
+            core.of("kick_ineffective")
+                .iter()
+                .any(|a| a["given_up"] == true)
+        })
+        .await
+    );
+    let kicks = core.of("connection_kicked").len();
+    assert!(kicks > 0);
+    fail_over(&mut replicas).await;
+
+    // The client keeps coming back, and the new leader leaves it alone.
+    assert!(comeback.alive() > 10, "the client is not there");
+    assert_eq!(
+        core.of("connection_kicked").len(),
+        kicks,
+        "the new leader kicked a client given up on"
+    );
+    let stored_kicks = kicked_counts(stored(&js).await.iter())
+        .values()
+        .sum::<usize>();
+    assert_eq!(stored_kicks, kicks);
+    comeback.close().await;
 }
