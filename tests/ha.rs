@@ -344,6 +344,65 @@ async fn leader_and_follower(
     replicas
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_replica_says_its_role_and_since_when_in_srv_stats() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = jetstream_cluster(dir.path());
+    let path = write_config(dir.path(), &kick_replicas_config(&cluster, ""));
+    let mut replicas = leader_and_follower(&path, dir.path()).await;
+    let roles = service_roles(&cluster, 2).await;
+    let names: Vec<&str> = roles.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(names, ["follower", "leader"], "{roles:?}");
+    let led_since = roles[1].1.clone();
+    fail_over(&mut replicas).await;
+    let roles = service_roles(&cluster, 1).await;
+    assert_eq!(roles.len(), 1, "{roles:?}");
+    assert_eq!(roles[0].0, "leader");
+    let at = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap();
+    assert!(
+        at(&roles[0].1) > at(&led_since),
+        "{roles:?} after {led_since}"
+    );
+}
+
+/// The role in each replica's `$SRV.STATS` answer (the `data` of its endpoints, which all say
+/// the same), waiting until `want` replicas answered (5 s at most), sorted.
+async fn service_roles(cluster: &Cluster, want: usize) -> Vec<(String, String)> {
+    use futures::StreamExt;
+    let sys =
+        async_nats::ConnectOptions::with_user_and_password("sys".into(), "sys-dev-password".into())
+            .connect(cluster.client_url(1))
+            .await
+            .unwrap();
+    let inbox = sys.new_inbox();
+    let mut replies = sys.subscribe(inbox.clone()).await.unwrap();
+    sys.publish_with_reply("$SRV.STATS.connwatch", inbox, "".into())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(m) = replies.next().await {
+            let stats: Value = serde_json::from_slice(&m.payload).unwrap();
+            let data = &stats["endpoints"][0]["data"];
+            let since = data["since"].as_str().unwrap_or_default();
+            assert!(
+                chrono::DateTime::parse_from_rfc3339(since).is_ok(),
+                "{stats:#}"
+            );
+            out.push((
+                data["role"].as_str().unwrap_or_default().to_string(),
+                since.to_string(),
+            ));
+            if out.len() == want {
+                break;
+            }
+        }
+    })
+    .await;
+    out.sort();
+    out
+}
+
 /// kill -9 of the leader, then replica 1 leads and runs four rounds.
 async fn fail_over(replicas: &mut [Option<Running>]) {
     drop(replicas[0].take());
