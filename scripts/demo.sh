@@ -2,7 +2,10 @@
 # The demo: brings up a local 3-node nats-server cluster, starts clients that leak connections
 # next to well-behaved ones, and shows connwatch at work: a one-shot `report`, then `run`
 # publishing advisories (watched with `tail`) as a leak grows, fires with its diagnosis, and
-# resolves when the leaking process goes away. Everything runs on loopback and stops on exit.
+# resolves when the leaking process goes away. connwatch runs as two `[ha]` replicas sharing a
+# lease in a JetStream key-value bucket of an ordinary account (the system account cannot have
+# JetStream): one leads and announces, the other follows. Everything runs on loopback and stops
+# on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,8 +38,8 @@ wait_for() {
     done
 }
 
-echo "== starting a 3-node cluster (config mode) in $DIR"
-"$BIN/connwatch-dev" cluster --dir "$DIR" >"$DIR/cluster.out" 2>&1 &
+echo "== starting a 3-node cluster (config mode, JetStream in account JS) in $DIR"
+"$BIN/connwatch-dev" cluster --jetstream --dir "$DIR" >"$DIR/cluster.out" 2>&1 &
 pids+=($!)
 wait_for "$DIR/cluster.out" 30 "running"
 mapfile -t URLS < <(python3 -c 'import json,sys; [print(s["client_url"]) for s in json.load(open(sys.argv[1]))["servers"]]' "$DIR/cluster.json")
@@ -64,18 +67,25 @@ growth_min_span = "4s"
 growth_min_increase = 10
 [advisory]
 renotify = "20s"
-[state]
-file = "$DIR/state.json"
+[ha]
+enabled = true
+lease = "3s"
 TOML
+# connwatch-dev wrote [nats] (the system account) and [jetstream] (user connwatch-js of account
+# JS) above: the replicas' lease and state live in its bucket "connwatch".
 
 echo "== healthy services: 2 publishing connections per server, named"
 for i in 0 1 2; do
     load "orders$i" --server "${URLS[$i]}" --user app --password app-dev-password --count 2 --name orders --publish-every 1s
 done
 
-echo "== connwatch run in the background; connwatch tail shows its advisories below"
+echo "== two connwatch run replicas in the background ([ha]); connwatch tail shows their advisories below"
 "$BIN/connwatch" --config "$DIR/connwatch.toml" run 2>"$DIR/run.log" &
 pids+=($!)
+wait_for "$DIR/run.log" 30 'HA: role role="leader"'
+"$BIN/connwatch" --config "$DIR/connwatch.toml" run 2>"$DIR/run-b.log" &
+pids+=($!)
+wait_for "$DIR/run-b.log" 30 'HA: role role="follower"'
 "$BIN/connwatch" --config "$DIR/connwatch.toml" tail 2>/dev/null &
 pids+=($!)
 wait_for "$DIR/run.log" 30 "round done"
@@ -101,4 +111,6 @@ echo "== the leaking process exits: its connections close"
 kill "${leak_pids[@]}"
 wait_for "$DIR/run.log" 30 "finding resolved kind=\"excessive_user_connections\""
 sleep 2
-echo "== done (connwatch's own log: $DIR/run.log)"
+echo "== one replica led and announced, the other followed:"
+grep -h 'HA: role' "$DIR/run.log" "$DIR/run-b.log" || true
+echo "== done (the replicas' own logs: $DIR/run.log, $DIR/run-b.log)"

@@ -127,13 +127,27 @@ pub struct Endpoints {
 }
 
 /// Registers the service and its endpoints on `client`: a failure here is a start-up failure.
+/// With `[ha]`, each endpoint's `data` in `$SRV.STATS` is this replica's role and since when
+/// (`{"role": "leader", "since": "<RFC 3339>"}`): `$SRV.INFO` is fixed when the service
+/// starts, `$SRV.STATS` is asked anew each time, and every replica answers both.
 pub async fn start(
     client: &async_nats::Client,
     cfg: &ServiceConfig,
+    gate: &crate::ha::Gate,
 ) -> Result<Endpoints, async_nats::Error> {
-    let service = client
+    let mut builder = client
         .service_builder()
-        .description("Finds leaked and excessive NATS connections per user across a cluster")
+        .description("Finds leaked and excessive NATS connections per user across a cluster");
+    if gate.replicated() {
+        let gate = gate.clone();
+        builder = builder.stats_handler(move |_endpoint, _stats| {
+            gate.role().map_or(
+                serde_json::Value::Null,
+                |(role, since)| serde_json::json!({ "role": role.name(), "since": since }),
+            )
+        });
+    }
+    let service = builder
         .start("connwatch", env!("CARGO_PKG_VERSION"))
         .await?;
     let group = service.group(&cfg.prefix);

@@ -174,15 +174,14 @@ pub async fn run(
     let helpers = CancellationToken::new();
     let mut tasks = Vec::new();
     if config.service.enabled {
-        let endpoints =
-            api::start(&client, &config.service)
-                .await
-                .map_err(|e| AppError::Startup {
-                    setting: "service.enabled",
-                    value: format!("true, service.prefix = {:?}", config.service.prefix),
-                    what: "the NATS micro service endpoints",
-                    source: e,
-                })?;
+        let endpoints = api::start(&client, &config.service, &gate)
+            .await
+            .map_err(|e| AppError::Startup {
+                setting: "service.enabled",
+                value: format!("true, service.prefix = {:?}", config.service.prefix),
+                what: "the NATS micro service endpoints",
+                source: e,
+            })?;
         let (l, stop) = (latest.clone(), helpers.clone());
         let timeout = config.sweep.timeout;
         tasks.push(tokio::spawn(async move {
@@ -600,6 +599,9 @@ impl Service {
             self.publisher
                 .enqueue(advisory::kick_ineffective(prefix, &r, sweep, Utc::now()));
         }
+        if complete {
+            self.state.kicked.settle_intents(&snap.connections);
+        }
         if let Some(why) = self.session.kick_refusal() {
             warn!(reason = %why, "no kicks this round");
             return;
@@ -618,9 +620,10 @@ impl Service {
             now,
             used_once_within: self.config.detect.used_once_within,
         });
-        if plans.is_empty() {
+        if plans.is_empty() || !self.intend(&plans).await {
             return;
         }
+        let (cfg, prefix) = (&self.config.kick, &self.config.advisory.subject_prefix);
         let batch = Batch {
             system: &self.session.system,
             timeout: cfg.timeout,
@@ -642,6 +645,35 @@ impl Service {
         for a in executed.audits {
             self.publisher.enqueue(a);
         }
+    }
+
+    /// Records the kicks about to be sent, in the state file and (`[ha]`) in the bucket as a
+    /// fenced update, before any is sent: a replica that takes over after this one dies mid-batch
+    /// skips them rather than kick one a second time. False (send nothing) when the bucket did
+    /// not take the record or the lease lapsed meanwhile; a dry run sends nothing to record.
+    async fn intend(&mut self, plans: &[kick::KickPlan]) -> bool {
+        if self.config.kick.dry_run {
+            return true;
+        }
+        self.state.kicked.intend(plans);
+        self.state.save_to(self.config.state.file.as_deref());
+        if !self.gate.save_state(&self.state).await {
+            self.state.kicked.unintend(plans);
+            self.led = false;
+            warn!(
+                planned = plans.len(),
+                "HA: kicks not recorded in the bucket; none sent"
+            );
+            return false;
+        }
+        if !self.gate.acting() {
+            warn!(
+                planned = plans.len(),
+                "HA: the lease lapsed before the kicks were sent; none sent"
+            );
+            return false;
+        }
+        true
     }
 
     /// Flushes advisories, saves state and drains the client.

@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -279,4 +280,303 @@ async fn a_leader_cut_off_from_jetstream_stops_acting_before_another_takes_over(
             .count()
     };
     assert_eq!((seen("firing"), seen("resolved")), (1, 1));
+}
+
+/// The state the leader saved in the bucket, as JSON, whenever it changes, until `done` holds
+/// for one (`None`: not within `WAIT`).
+async fn wait_saved_state(
+    js: &async_nats::jetstream::Context,
+    done: impl Fn(&Value) -> bool,
+) -> Option<Value> {
+    use futures::StreamExt;
+    let kv = js.get_key_value("connwatch").await.unwrap();
+    let mut watch = kv.watch_with_history("state").await.unwrap();
+    tokio::time::timeout(WAIT, async {
+        while let Some(Ok(entry)) = watch.next().await {
+            if let Ok(state) = serde_json::from_slice::<Value>(&entry.value) {
+                if done(&state) {
+                    return Some(state);
+                }
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// The replicas' configuration: kicks on, more `[kick]` keys in `kick`.
+fn kick_replicas_config(cluster: &Cluster, kick: &str) -> String {
+    format!(
+        "{}[sweep]\ninterval = \"500ms\"\ntimeout = \"1s\"\n[live]\nreconcile_interval = \"500ms\"\n\
+         [detect]\nmax_connections_per_user = 10\nidle_threshold = \"1s\"\n\
+         [kick]\nenabled = true\ndry_run = false\nmin_idle = \"1s\"\nmin_age = \"1s\"\n{kick}\
+         [advisory]\njetstream = true\n{}\
+         [ha]\nenabled = true\nlease = \"{}s\"\n",
+        cluster.connwatch_toml(),
+        cluster.jetstream_toml(),
+        LEASE.as_secs()
+    )
+}
+
+/// A JetStream cluster, and two replicas with kicks on (`kick`: more `[kick]` keys): replica 0
+/// leads, replica 1 follows.
+async fn kick_replicas(kick: &str) -> (tempfile::TempDir, Cluster, Vec<Option<Running>>) {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = jetstream_cluster(dir.path());
+    let path = write_config(dir.path(), &kick_replicas_config(&cluster, kick));
+    let replicas = leader_and_follower(&path, dir.path()).await;
+    (dir, cluster, replicas)
+}
+
+/// `n` idle connections of user `leaky` named `worker` on server 0.
+fn leaky_spec(cluster: &Cluster, n: usize) -> LoadSpec {
+    LoadSpec::new(
+        cluster.client_url(0),
+        LoadAuth::user_password("leaky", "pw"),
+        n,
+    )
+    .name("worker")
+}
+
+/// Starts replica 0, waits until it leads, then replica 1 until it is a ready follower.
+async fn leader_and_follower(
+    path: &std::path::Path,
+    dir: &std::path::Path,
+) -> Vec<Option<Running>> {
+    let mut replicas = vec![Some(Running::start(path, dir.join("r0.log")))];
+    assert!(
+        wait_until_async(WAIT, || sole_leader(&replicas) == Some(0)).await,
+        "replica 0 does not lead: {}",
+        replicas[0].as_ref().unwrap().log()
+    );
+    replicas.push(Some(Running::start(path, dir.join("r1.log"))));
+    let follower = replicas[1].as_ref().unwrap();
+    assert!(
+        wait_until_async(WAIT, || http_get(follower.metrics_addr(), "/readyz")
+            .is_ok_and(|r| r == (200, "ready: follower\n".to_string())))
+        .await,
+        "replica 1 not a ready follower: {}",
+        follower.log()
+    );
+    replicas
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_replica_says_its_role_and_since_when_in_srv_stats() {
+    let (_dir, cluster, mut replicas) = kick_replicas("").await;
+    let roles = service_roles(&cluster, 2).await;
+    let names: Vec<&str> = roles.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(names, ["follower", "leader"], "{roles:?}");
+    let led_since = roles[1].1.clone();
+    fail_over(&mut replicas).await;
+    let roles = service_roles(&cluster, 1).await;
+    assert_eq!(roles.len(), 1, "{roles:?}");
+    assert_eq!(roles[0].0, "leader");
+    let at = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap();
+    assert!(
+        at(&roles[0].1) > at(&led_since),
+        "{roles:?} after {led_since}"
+    );
+}
+
+/// The role in each replica's `$SRV.STATS` answer (the `data` of its endpoints, which all say
+/// the same), waiting until `want` replicas answered (5 s at most), sorted.
+async fn service_roles(cluster: &Cluster, want: usize) -> Vec<(String, String)> {
+    use futures::StreamExt;
+    let sys =
+        async_nats::ConnectOptions::with_user_and_password("sys".into(), "sys-dev-password".into())
+            .connect(cluster.client_url(1))
+            .await
+            .unwrap();
+    let inbox = sys.new_inbox();
+    let mut replies = sys.subscribe(inbox.clone()).await.unwrap();
+    sys.publish_with_reply("$SRV.STATS.connwatch", inbox, "".into())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(m) = replies.next().await {
+            let stats: Value = serde_json::from_slice(&m.payload).unwrap();
+            let data = &stats["endpoints"][0]["data"];
+            let since = data["since"].as_str().unwrap_or_default();
+            assert!(
+                chrono::DateTime::parse_from_rfc3339(since).is_ok(),
+                "{stats:#}"
+            );
+            out.push((
+                data["role"].as_str().unwrap_or_default().to_string(),
+                since.to_string(),
+            ));
+            if out.len() == want {
+                break;
+            }
+        }
+    })
+    .await;
+    out.sort();
+    out
+}
+
+/// kill -9 of the leader, then replica 1 leads and runs four rounds.
+async fn fail_over(replicas: &mut [Option<Running>]) {
+    drop(replicas[0].take());
+    assert!(
+        wait_until_async(2 * LEASE, || sole_leader(replicas) == Some(1)).await,
+        "replica 1 does not lead: {}",
+        replicas[1].as_ref().unwrap().log()
+    );
+    let next = replicas[1].as_ref().unwrap();
+    let rounds = next.rounds().0;
+    assert!(
+        wait_until_async(WAIT, || next.rounds().0 >= rounds + 4).await,
+        "{}",
+        next.log()
+    );
+}
+
+/// (server id, cid) of each `connection_kicked` in `bodies`, with how often it appears.
+fn kicked_counts<'a>(bodies: impl Iterator<Item = &'a Value>) -> BTreeMap<(String, u64), usize> {
+    let mut out = BTreeMap::new();
+    for b in bodies.filter(|b| b["type"] == "io.connwatch.advisory.v1.connection_kicked") {
+        let key = (
+            b["server_id"].as_str().unwrap().to_string(),
+            b["cid"].as_u64().unwrap(),
+        );
+        *out.entry(key).or_default() += 1;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_killed_during_a_kick_round_leaves_no_connection_kicked_twice() {
+    // One kick at a time to one server: the batch takes a while.
+    let (_dir, cluster, mut replicas) =
+        kick_replicas("max_per_sweep = 300\nmax_per_user = 300\nconcurrency = 1\n").await;
+    let (core, js, _reader) = jetstream_reader(&cluster.client_url(1)).await;
+    let leak = load::open(leaky_spec(&cluster, 200)).await.unwrap();
+
+    // The leader records its batch in the bucket before it sends any of it: kill -9 it then.
+    let state = wait_saved_state(&js, |s| {
+        s["kicked"]["intents"]
+            .as_array()
+            .is_some_and(|i| !i.is_empty())
+    })
+    .await
+    .unwrap_or_else(|| panic!("no kick recorded: {}", replicas[0].as_ref().unwrap().log()));
+    drop(replicas[0].take());
+    // A KICK already on the wire when the leader died still lands: read until two reads agree.
+    let mut open_then = open_cids(&cluster);
+    loop {
+        let again = open_cids(&cluster);
+        if again == open_then {
+            break;
+        }
+        open_then = again;
+    }
+    let planned: BTreeSet<(String, u64)> =
+        serde_json::from_value(state["kicked"]["intents"].clone()).unwrap();
+    let (server_id, _) = connz_of_server(&cluster, 0);
+    let planned_open: BTreeSet<u64> = planned
+        .iter()
+        .filter(|(s, cid)| *s == server_id && open_then.contains(cid))
+        .map(|(_, cid)| *cid)
+        .collect();
+    eprintln!(
+        "killed with {} of {} planned kicks not yet carried out",
+        planned_open.len(),
+        planned.len()
+    );
+    fail_over(&mut replicas).await;
+
+    // The new leader sent no KICK for a connection its predecessor had planned to kick.
+    let open_now = open_cids(&cluster);
+    assert!(
+        planned_open.is_subset(&open_now),
+        "kicked again: {:?}",
+        planned_open.difference(&open_now).collect::<Vec<_>>()
+    );
+    // No (server id, cid) audited twice, in the stream or at core subscribers.
+    let all = stored(&js).await;
+    for (where_, counts) in [
+        ("stream", kicked_counts(all.iter())),
+        ("core", kicked_counts(core.all().iter().map(|(_, b)| b))),
+    ] {
+        let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(twice.is_empty(), "{where_}: kicked twice: {twice:?}");
+        assert!(
+            counts
+                .keys()
+                .all(|k| !planned_open.contains(&k.1) || k.0 != server_id),
+            "{where_}: a planned kick not carried out was audited"
+        );
+    }
+    leak.close().await;
+}
+
+/// The cids of user `leaky` open on server 0, from its own /connz.
+fn open_cids(cluster: &Cluster) -> BTreeSet<u64> {
+    connz_of_server(cluster, 0)
+        .1
+        .iter()
+        .filter(|c| c["authorized_user"] == "leaky")
+        .map(|c| c["cid"].as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_given_up_on_stays_given_up_on_under_the_next_leader() {
+    let (_dir, cluster, mut replicas) =
+        kick_replicas("max_per_user = 20\nmax_attempts = 2\nreturn_window = \"1m\"\n").await;
+    let (core, js, _reader) = jetstream_reader(&cluster.client_url(1)).await;
+    let comeback = load::open(leaky_spec(&cluster, 30).reconnect(Duration::from_millis(100)))
+        .await
+        .unwrap();
+
+    // The leader gives up on the client and saves that in the bucket.
+    let given_up = |s: &Value| {
+        s["kicked"]["clients"]
+            .as_object()
+            .is_some_and(|c| c.values().any(|r| r["given_up_at"].is_string()))
+    };
+    assert!(
+        wait_saved_state(&js, given_up).await.is_some(),
+        "never gave up: {}",
+        replicas[0].as_ref().unwrap().log()
+    );
+    assert!(
+        eventually(WAIT, || async {
+            core.of("kick_ineffective")
+                .iter()
+                .any(|a| a["given_up"] == true)
+        })
+        .await
+    );
+    assert!(!core.of("connection_kicked").is_empty());
+    let killed = chrono::Utc::now();
+    fail_over(&mut replicas).await;
+
+    // The client keeps coming back, and the new leader leaves it alone: no kick audited after
+    // the kill (the killed leader audits nothing after it), at core subscribers or in the stream.
+    assert!(comeback.alive() > 10, "the client is not there");
+    let after_kill = |b: &Value| {
+        b["type"] == "io.connwatch.advisory.v1.connection_kicked"
+            && b["timestamp"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .is_some_and(|t| t >= killed)
+    };
+    let core_after: Vec<_> = core
+        .all()
+        .into_iter()
+        .filter(|(_, b)| after_kill(b))
+        .collect();
+    assert!(
+        core_after.is_empty(),
+        "the new leader kicked a client given up on: {core_after:#?}"
+    );
+    let stored_after: Vec<_> = stored(&js).await.into_iter().filter(after_kill).collect();
+    assert!(stored_after.is_empty(), "{stored_after:#?}");
+    comeback.close().await;
 }

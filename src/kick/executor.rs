@@ -136,7 +136,7 @@ pub struct Executed {
 /// Sends (or, in a dry run, only decides) the planned kicks, builds an audit advisory for
 /// every kick decided or sent, and records the kicked ones in `kicked` as made at `at` (when
 /// `None`, the moment they finished). Every KICK that went out is audited and remembered, even
-/// when `stop` is cancelled midway.
+/// when `stop` is cancelled midway; the intents of those never sent are dropped.
 pub async fn execute(
     batch: &Batch<'_>,
     plans: Vec<KickPlan>,
@@ -164,9 +164,11 @@ pub async fn execute(
         not_sent: 0,
     };
     let mut sent = Vec::new();
+    let mut not_sent = Vec::new();
     for (plan, outcome) in plans.into_iter().zip(outcomes) {
         let Some(outcome) = outcome else {
             out.not_sent += 1;
+            not_sent.push(plan);
             continue;
         };
         let result = outcome
@@ -196,6 +198,7 @@ pub async fn execute(
         );
     }
     kicked.record(&sent, at.unwrap_or_else(Utc::now));
+    kicked.unintend(&not_sent);
     out
 }
 

@@ -1,7 +1,7 @@
 //! The memory of what was kicked: per client (user, client name, IP), its kicks, its returns
 //! and whether connwatch gave up on it. Kept in the state file.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
@@ -40,6 +40,11 @@ pub(super) fn client_key(account: &str, user: &str, name: &str, ip: &str) -> Str
 pub struct Kicked {
     /// Client key → record.
     pub clients: BTreeMap<String, KickedClient>,
+    /// Kicks about to be sent, as (server id, cid): recorded (and, with `[ha]`, saved in the
+    /// bucket) before a batch is sent, so no replica ever sends a second KICK for one of them;
+    /// dropped once the connection is gone from a complete sweep.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub intents: BTreeSet<(String, u64)>,
 }
 
 /// One client's kicks.
@@ -125,6 +130,39 @@ impl Kicked {
             // Kicked again (e.g. after `kick.max_attempts` was raised): not given up on now.
             r.given_up_at = None;
         }
+    }
+
+    /// Records kicks about to be sent (see [`Kicked::intents`]).
+    pub fn intend(&mut self, kicks: &[KickPlan]) {
+        self.intents
+            .extend(kicks.iter().map(|k| (k.server_id.clone(), k.cid)));
+    }
+
+    /// Whether a KICK for this connection was already planned to be sent.
+    pub fn intended(&self, server_id: &str, cid: u64) -> bool {
+        self.intents.contains(&(server_id.to_string(), cid))
+    }
+
+    /// Drops intents of a kick never sent.
+    pub fn unintend(&mut self, kicks: &[KickPlan]) {
+        for k in kicks {
+            self.intents.remove(&(k.server_id.clone(), k.cid));
+        }
+    }
+
+    /// Drops the intents whose connection is not in `connections`, the connections of a
+    /// complete sweep: gone for good (a server never reuses a cid; a restarted one has a new
+    /// id).
+    pub fn settle_intents(&mut self, connections: &[Connection]) {
+        if self.intents.is_empty() {
+            return;
+        }
+        let live: HashSet<(&str, u64)> = connections
+            .iter()
+            .map(|c| (c.server_id.as_str(), c.cid))
+            .collect();
+        self.intents
+            .retain(|(server_id, cid)| live.contains(&(server_id.as_str(), *cid)));
     }
 
     /// Whether connwatch has given up on this client: it came back `max_attempts` times.

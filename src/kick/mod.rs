@@ -178,7 +178,8 @@ pub struct KickInputs<'a> {
 
 /// The connections to kick after a sweep: none unless the sweep is complete; else the leak
 /// suspects ([`classify`]: `zero_msgs` or `used_once`) idle at least `kick.min_idle` and older
-/// than `kick.min_age`, of users over their threshold, longest idle first, within the caps.
+/// than `kick.min_age`, of users over their threshold, longest idle first, within the caps;
+/// never one a KICK was already planned for ([`Kicked::intents`]).
 pub fn plan(inputs: &KickInputs) -> Vec<KickPlan> {
     let KickInputs {
         connections,
@@ -224,6 +225,7 @@ pub fn plan(inputs: &KickInputs) -> Vec<KickPlan> {
         let mut candidates: Vec<(&Connection, LeakPattern)> = classify(mine, &sig)
             .into_iter()
             .filter(|(c, _)| refusal(c, cfg, system_account, own).is_none())
+            .filter(|(c, _)| !kicked.intended(&c.server_id, c.cid))
             .filter(|(c, _)| {
                 !kicked.given_up(
                     &client_key(&c.account, &c.user, &c.name, &c.ip),

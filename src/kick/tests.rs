@@ -378,3 +378,34 @@ fn forget_drops_one_user_by_key_or_name_or_everyone() {
     assert_eq!(kicked.forget_all().len(), 1);
     assert!(kicked.clients.is_empty());
 }
+
+#[test]
+fn a_connection_a_kick_was_planned_for_is_never_planned_again_until_it_is_gone() {
+    let conns = leak("leaky");
+    let census = build(&conns, Some("SYS"), &DetectConfig::default());
+    let cfg = cfg();
+    let now = t(10_000);
+    let mut kicked = Kicked::default();
+    let first = plan(&inputs(&conns, &census, &cfg, None, &kicked, now));
+    assert_eq!(first.len(), 50);
+    // A leader records its batch, then dies before a kick lands: the next plans skip all 50.
+    kicked.intend(&first);
+    let state = serde_json::to_string(&kicked).unwrap();
+    let kicked: Kicked = serde_json::from_str(&state).unwrap();
+    let second = plan(&inputs(&conns, &census, &cfg, None, &kicked, now));
+    assert_eq!(second.len(), 50);
+    assert!(second.iter().all(|p| !first
+        .iter()
+        .any(|f| (&f.server_id, f.cid) == (&p.server_id, p.cid))));
+    // Intents of connections still open stay; those of connections gone are dropped.
+    let mut kicked = kicked;
+    kicked.settle_intents(&conns);
+    assert_eq!(kicked.intents.len(), 50);
+    let rest: Vec<_> = conns.iter().filter(|c| c.cid >= 25).cloned().collect();
+    kicked.settle_intents(&rest);
+    assert_eq!(kicked.intents.len(), 25);
+    kicked.unintend(&first);
+    assert!(kicked.intents.is_empty());
+    // An empty record keeps the state as it was before intents existed.
+    assert_eq!(serde_json::to_string(&kicked).unwrap(), r#"{"clients":{}}"#);
+}

@@ -452,7 +452,7 @@ pub fn causes(body: &serde_json::Value) -> Vec<String> {
 }
 
 /// Every message stored in the JetStream stream `stream` (read through `js`), as JSON bodies in
-/// order; empty while the stream does not exist.
+/// order; empty while the stream does not exist or does not answer.
 pub async fn stream_bodies(
     js: &async_nats::jetstream::Context,
     stream: &str,
@@ -460,7 +460,12 @@ pub async fn stream_bodies(
     let Ok(mut stream) = js.get_stream(stream).await else {
         return Vec::new();
     };
-    let state = stream.info().await.unwrap().state.clone();
+    // A stream info request can time out while a server is frozen: read nothing this time
+    // (callers poll, and an empty read fails their final counts).
+    let Ok(info) = stream.info().await else {
+        return Vec::new();
+    };
+    let state = info.state.clone();
     let mut out = Vec::new();
     if state.messages == 0 {
         return out;

@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{ArgGroup, Parser, Subcommand, ValueEnum};
-use testkit::cluster::{AccountSpec, AuthMode, Cluster, ClusterSpec};
+use testkit::cluster::{
+    AccountSpec, AuthMode, Cluster, ClusterSpec, JETSTREAM_ACCOUNT, JETSTREAM_PASSWORD,
+    JETSTREAM_USER,
+};
 use testkit::jwt::{AccountTemplate, OperatorSetup};
 use testkit::load::{self, LoadAuth, LoadSpec};
 
@@ -44,6 +47,10 @@ enum Command {
         /// Account-wide connection limit of APP (-1: unlimited).
         #[arg(long, default_value_t = 1000, allow_negative_numbers = true)]
         app_max_connections: i64,
+        /// Enable JetStream, with an account JS (user connwatch-js) for connwatch's
+        /// `[jetstream]` connection, written into DIR/connwatch.toml (config mode only).
+        #[arg(long)]
+        jetstream: bool,
     },
     /// Open many client connections to one server and hold them until SIGINT, SIGTERM or --hold.
     #[command(group(ArgGroup::new("auth").required(true).args(["user", "creds"])))]
@@ -116,7 +123,8 @@ async fn main() -> anyhow::Result<()> {
             mode,
             servers,
             app_max_connections,
-        } => run_cluster(dir, mode, servers, app_max_connections).await,
+            jetstream,
+        } => run_cluster(dir, mode, servers, app_max_connections, jetstream).await,
         Command::Load {
             server,
             user,
@@ -185,21 +193,29 @@ async fn run_cluster(
     mode: Mode,
     servers: usize,
     app_max_connections: i64,
+    jetstream: bool,
 ) -> anyhow::Result<()> {
     let mode = match mode {
         Mode::Config => AuthMode::Config,
         Mode::Operator => AuthMode::Operator,
     };
-    let spec = ClusterSpec::new(&dir).mode(mode).servers(servers).account(
+    let mut spec = ClusterSpec::new(&dir).mode(mode).servers(servers).account(
         AccountSpec::new("APP")
             .user("app", "app-dev-password")
             .user("leaky", "leaky-dev-password")
             .max_connections(app_max_connections),
     );
+    if jetstream {
+        spec = spec.jetstream();
+    }
     let cluster = tokio::task::spawn_blocking(move || Cluster::start(spec)).await??;
 
     let config_path = dir.join("connwatch.toml");
-    write(&config_path, &cluster.connwatch_toml())?;
+    let mut config = cluster.connwatch_toml();
+    if jetstream {
+        config.push_str(&cluster.jetstream_toml());
+    }
+    write(&config_path, &config)?;
     let info = serde_json::to_string_pretty(&cluster.info())?;
     write(&dir.join("cluster.json"), &format!("{info}\n"))?;
 
@@ -220,6 +236,11 @@ async fn run_cluster(
                 println!("creds {user}: {}", path.display());
             }
         }
+    }
+    if jetstream {
+        println!(
+            "JetStream account {JETSTREAM_ACCOUNT}: user {JETSTREAM_USER}/{JETSTREAM_PASSWORD} (in connwatch.toml's [jetstream])"
+        );
     }
     println!("connwatch config: {}", config_path.display());
     println!(
