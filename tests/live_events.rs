@@ -461,3 +461,100 @@ async fn the_census_endpoint_and_metrics_are_live() {
         "a sweep ran: the counts did not come from the events"
     );
 }
+
+/// Above `live.max_event_rate` connwatch stops following the events (they would cost the
+/// servers more than sweeping): `connwatch_live_over_rate` flips to 1, the view says it is not
+/// complete, no more events are applied, and sweeps every `sweep.interval` keep the counts
+/// exact (the census endpoint against every server's own `/connz`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_event_rate_the_events_give_way_to_sweeps_and_counts_stay_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), AccountSpec::new("APP").user("app", "pw"));
+    let listen = free_addr();
+    // A limit of 1 a second: more than 60 events in a minute are over it.
+    let path = write_config(
+        dir.path(),
+        &format!(
+            "{}[sweep]\ninterval = \"1s\"\ntimeout = \"1s\"\n[metrics]\nlisten = \"{listen}\"\n\
+             user_floor = 1\n[live]\nreconcile_interval = \"1h\"\nmax_event_rate = 1\n",
+            cluster.connwatch_toml()
+        ),
+    );
+    let running = Running::start(&path, dir.path().join("run.log"));
+    assert!(
+        wait_until_async(WAIT, || running.metric("connwatch_live_complete")
+            == Some(1.0))
+        .await,
+        "the live census never became complete: {}",
+        running.log()
+    );
+    assert_eq!(running.metric("connwatch_live_over_rate"), Some(0.0));
+    let (_, sys) = Seen::subscribe(&cluster.client_url(0)).await;
+    let census = |sys: async_nats::Client| async move {
+        let msg = sys
+            .request(
+                "connwatch.census",
+                Bytes::from_static(br#"{"account":"APP","user":"app"}"#),
+            )
+            .await
+            .unwrap();
+        let v: Value = serde_json::from_slice(&msg.payload).unwrap();
+        v["users"][0]["connections"].as_u64().unwrap_or(0)
+    };
+    // 70 connects within seconds: over 60 a minute.
+    let mut clients = Vec::new();
+    for i in 0..70 {
+        clients.push(
+            connect(&cluster.client_url(i % 3), "app", "pw")
+                .await
+                .unwrap(),
+        );
+    }
+    assert!(
+        wait_until_async(WAIT, || running.metric("connwatch_live_over_rate")
+            == Some(1.0))
+        .await,
+        "never over the rate: {}",
+        running.metrics()
+    );
+    assert!(
+        running
+            .metric("connwatch_live_gaps_total{reason=\"over_rate\"}")
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+    // The sweep the gap starts says so (it cannot make the view complete).
+    assert!(
+        wait_until_async(WAIT, || running.metric("connwatch_live_complete")
+            == Some(0.0))
+        .await,
+        "the view said complete while not following the events"
+    );
+    let applied = running.metric("connwatch_live_events_total").unwrap();
+    let sweeps = running.metric("connwatch_sweeps_total").unwrap();
+    clients.truncate(40);
+    let connz = || -> u64 {
+        (0..3)
+            .map(|i| {
+                cluster.connz_counts(i).unwrap_or_default()[&("APP".to_string(), "app".to_string())]
+            })
+            .sum()
+    };
+    assert!(
+        eventually(WAIT, || async {
+            census(sys.clone()).await == 40 && connz() == 40
+        })
+        .await,
+        "census {} vs /connz {}",
+        census(sys.clone()).await,
+        connz()
+    );
+    assert_eq!(
+        running.metric("connwatch_live_events_total"),
+        Some(applied),
+        "events were still applied after the limit"
+    );
+    assert!(running.metric("connwatch_sweeps_total").unwrap() > sweeps);
+    assert_eq!(running.metric("connwatch_live_over_rate"), Some(1.0));
+    assert_eq!(running.metric("connwatch_live_complete"), Some(0.0));
+}
