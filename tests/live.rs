@@ -60,6 +60,43 @@ async fn start(dir: &std::path::Path, extra: &str) -> Live {
     start_reconciling(dir, "1h", extra).await
 }
 
+impl Live {
+    /// 150 connections of `APP/leaky` on n1; returns them and the position of the
+    /// `excessive_user_connections` firing they caused.
+    async fn leak_fires(&mut self) -> (load::Load, usize) {
+        let leak =
+            load::open(LoadSpec::new(self.cluster.client_url(0), auth("leaky"), 150).name("w"))
+                .await
+                .unwrap();
+        let (i, _, _) = self
+            .seen
+            .wait_for(0, "excessive", is("excessive_user_connections", "firing"))
+            .await;
+        (leak, i)
+    }
+
+    /// With n3 frozen: nothing resolved yet; then n3 resumes and the finding fired at `i`
+    /// resolves.
+    async fn resolves_only_after_resume(&mut self, i: usize) {
+        assert!(
+            !self
+                .seen
+                .all()
+                .iter()
+                .any(|(_, b)| is("excessive_user_connections", "resolved")(b)),
+            "resolved while the view was incomplete"
+        );
+        self.cluster.resume(2).unwrap();
+        self.seen
+            .wait_for(
+                i + 1,
+                "resolved",
+                is("excessive_user_connections", "resolved"),
+            )
+            .await;
+    }
+}
+
 /// [`start`] with full sweeps every `reconcile` while the view is complete.
 async fn start_reconciling(dir: &std::path::Path, reconcile: &str, extra: &str) -> Live {
     start_probing(dir, reconcile, "1s", extra).await
@@ -268,13 +305,7 @@ async fn a_complete_view_is_reconciled_every_reconcile_interval() {
 async fn a_silent_server_holds_resolves_until_a_complete_sweep() {
     let dir = tempfile::tempdir().unwrap();
     let mut live = start(dir.path(), "").await;
-    let leak = load::open(LoadSpec::new(live.cluster.client_url(0), auth("leaky"), 150).name("w"))
-        .await
-        .unwrap();
-    let (i, _, _) = live
-        .seen
-        .wait_for(0, "excessive", is("excessive_user_connections", "firing"))
-        .await;
+    let (leak, i) = live.leak_fires().await;
     let gaps = || {
         metric(
             live.listen,
@@ -312,23 +343,8 @@ async fn a_silent_server_holds_resolves_until_a_complete_sweep() {
         1,
         "{findings:#}"
     );
-    assert!(
-        !live
-            .seen
-            .all()
-            .iter()
-            .any(|(_, b)| is("excessive_user_connections", "resolved")(b)),
-        "resolved while the view was incomplete"
-    );
     // The server answers again: a sweep, complete, and then the resolve.
-    live.cluster.resume(2).unwrap();
-    live.seen
-        .wait_for(
-            i + 1,
-            "resolved",
-            is("excessive_user_connections", "resolved"),
-        )
-        .await;
+    live.resolves_only_after_resume(i).await;
     assert_eq!(metric(live.listen, "connwatch_live_complete"), Some(1.0));
 }
 
@@ -339,13 +355,7 @@ async fn a_silent_server_holds_resolves_until_a_complete_sweep() {
 async fn a_resolve_asks_every_server_first_whatever_the_probe_interval() {
     let dir = tempfile::tempdir().unwrap();
     let mut live = start_probing(dir.path(), "1h", "1h", "").await;
-    let leak = load::open(LoadSpec::new(live.cluster.client_url(0), auth("leaky"), 150).name("w"))
-        .await
-        .unwrap();
-    let (i, _, _) = live
-        .seen
-        .wait_for(0, "excessive", is("excessive_user_connections", "firing"))
-        .await;
+    let (leak, i) = live.leak_fires().await;
     live.cluster.pause(2).unwrap();
     leak.close().await;
     assert!(
@@ -363,22 +373,7 @@ async fn a_resolve_asks_every_server_first_whatever_the_probe_interval() {
         .unwrap_or(0.0)
             >= 1.0
     );
-    assert!(
-        !live
-            .seen
-            .all()
-            .iter()
-            .any(|(_, b)| is("excessive_user_connections", "resolved")(b)),
-        "resolved with a server frozen"
-    );
-    live.cluster.resume(2).unwrap();
-    live.seen
-        .wait_for(
-            i + 1,
-            "resolved",
-            is("excessive_user_connections", "resolved"),
-        )
-        .await;
+    live.resolves_only_after_resume(i).await;
 }
 
 /// connwatch's own connection is closed (kicked by the server): a `reconnect` gap, a sweep after

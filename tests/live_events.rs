@@ -23,11 +23,21 @@ fn cluster(dir: &std::path::Path, account: AccountSpec) -> Cluster {
 /// it reports after its first round comes from the events; ready once the live census is
 /// complete. `extra` is appended to the configuration, in `[live]`.
 async fn run(cluster: &Cluster, dir: &std::path::Path, extra: &str) -> Running {
+    run_sweeping(cluster, dir, "1h", extra).await
+}
+
+/// [`run`] with sweeps every `sweep` while the live view is not complete.
+async fn run_sweeping(
+    cluster: &Cluster,
+    dir: &std::path::Path,
+    sweep: &str,
+    extra: &str,
+) -> Running {
     let listen = free_addr();
     let path = write_config(
         dir,
         &format!(
-            "{}[sweep]\ninterval = \"1h\"\ntimeout = \"1s\"\n[metrics]\nlisten = \"{listen}\"\n\
+            "{}[sweep]\ninterval = \"{sweep}\"\ntimeout = \"1s\"\n[metrics]\nlisten = \"{listen}\"\n\
              user_floor = 1\n[live]\nreconcile_interval = \"1h\"\n{extra}",
             cluster.connwatch_toml()
         ),
@@ -313,6 +323,19 @@ async fn a_reconnect_loop_is_diagnosed_from_the_events() {
     drop(held);
 }
 
+/// `APP/app`'s connections in the `connwatch.census` endpoint.
+async fn app_census(sys: &async_nats::Client) -> u64 {
+    let msg = sys
+        .request(
+            "connwatch.census",
+            Bytes::from_static(br#"{"account":"APP","user":"app"}"#),
+        )
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_slice(&msg.payload).unwrap();
+    v["users"][0]["connections"].as_u64().unwrap_or(0)
+}
+
 /// `connwatch tail` in the background: its stdout lines, as they come.
 struct Tail {
     child: std::process::Child,
@@ -397,17 +420,6 @@ async fn the_census_endpoint_and_metrics_are_live() {
     )
     .await;
     let (_, sys) = Seen::subscribe(&cluster.client_url(0)).await;
-    let census = |sys: async_nats::Client| async move {
-        let msg = sys
-            .request(
-                "connwatch.census",
-                Bytes::from_static(br#"{"account":"APP","user":"app"}"#),
-            )
-            .await
-            .unwrap();
-        let v: Value = serde_json::from_slice(&msg.payload).unwrap();
-        v["users"][0]["connections"].as_u64().unwrap_or(0)
-    };
     let mut clients = Vec::new();
     for n in [7usize, 3] {
         for i in 0..n {
@@ -420,11 +432,11 @@ async fn the_census_endpoint_and_metrics_are_live() {
         let want = clients.len() as u64;
         assert!(
             eventually(Duration::from_secs(5), || async {
-                census(sys.clone()).await == want
+                app_census(&sys).await == want
             })
             .await,
             "census shows {}, not {want}",
-            census(sys.clone()).await
+            app_census(&sys).await
         );
         assert!(
             wait_until_async(Duration::from_secs(5), || running
@@ -449,7 +461,7 @@ async fn the_census_endpoint_and_metrics_are_live() {
     clients.truncate(4);
     assert!(
         eventually(Duration::from_secs(5), || async {
-            census(sys.clone()).await == 4
+            app_census(&sys).await == 4
         })
         .await
     );
@@ -470,37 +482,10 @@ async fn the_census_endpoint_and_metrics_are_live() {
 async fn over_the_event_rate_the_events_give_way_to_sweeps_and_counts_stay_exact() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster(dir.path(), AccountSpec::new("APP").user("app", "pw"));
-    let listen = free_addr();
     // A limit of 1 a second: more than 60 events in a minute are over it.
-    let path = write_config(
-        dir.path(),
-        &format!(
-            "{}[sweep]\ninterval = \"1s\"\ntimeout = \"1s\"\n[metrics]\nlisten = \"{listen}\"\n\
-             user_floor = 1\n[live]\nreconcile_interval = \"1h\"\nmax_event_rate = 1\n",
-            cluster.connwatch_toml()
-        ),
-    );
-    let running = Running::start(&path, dir.path().join("run.log"));
-    assert!(
-        wait_until_async(WAIT, || running.metric("connwatch_live_complete")
-            == Some(1.0))
-        .await,
-        "the live census never became complete: {}",
-        running.log()
-    );
+    let running = run_sweeping(&cluster, dir.path(), "1s", "max_event_rate = 1\n").await;
     assert_eq!(running.metric("connwatch_live_over_rate"), Some(0.0));
     let (_, sys) = Seen::subscribe(&cluster.client_url(0)).await;
-    let census = |sys: async_nats::Client| async move {
-        let msg = sys
-            .request(
-                "connwatch.census",
-                Bytes::from_static(br#"{"account":"APP","user":"app"}"#),
-            )
-            .await
-            .unwrap();
-        let v: Value = serde_json::from_slice(&msg.payload).unwrap();
-        v["users"][0]["connections"].as_u64().unwrap_or(0)
-    };
     // 70 connects within seconds: over 60 a minute.
     let mut clients = Vec::new();
     for i in 0..70 {
@@ -542,11 +527,11 @@ async fn over_the_event_rate_the_events_give_way_to_sweeps_and_counts_stay_exact
     };
     assert!(
         eventually(WAIT, || async {
-            census(sys.clone()).await == 40 && connz() == 40
+            app_census(&sys).await == 40 && connz() == 40
         })
         .await,
         "census {} vs /connz {}",
-        census(sys.clone()).await,
+        app_census(&sys).await,
         connz()
     );
     assert_eq!(
