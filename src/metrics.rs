@@ -138,6 +138,8 @@ pub struct Metrics {
     pub live_gaps: Family<ReasonLabel, Counter>,
     /// 1 while the live census is complete (reconciled by a complete sweep since the last gap).
     pub live_complete: Gauge,
+    /// 1 while the events come faster than `live.max_event_rate` and are not followed.
+    pub live_over_rate: Gauge,
     /// Servers' announced account counts that disagreed with the live census (each a gap).
     pub live_mismatches: Counter,
     /// Client connections each server announced last, summed over its accounts, by server.
@@ -205,6 +207,7 @@ impl Metrics {
             live_gaps: Family::default(),
             connections_refused: Family::default(),
             live_complete: Gauge::default(),
+            live_over_rate: Gauge::default(),
             live_mismatches: Counter::default(),
             live_announced: Family::default(),
             caps: Default::default(),
@@ -371,6 +374,11 @@ impl Metrics {
             "live_complete",
             "1 while the live census is complete: reconciled by a complete sweep since the last gap",
             m.live_complete.clone(),
+        );
+        r.register(
+            "live_over_rate",
+            "1 while the events come faster than live.max_event_rate and are not followed (sweeps instead)",
+            m.live_over_rate.clone(),
         );
         r.register(
             "live_mismatches",

@@ -60,8 +60,50 @@ async fn start(dir: &std::path::Path, extra: &str) -> Live {
     start_reconciling(dir, "1h", extra).await
 }
 
+impl Live {
+    /// 150 connections of `APP/leaky` on n1; returns them and the position of the
+    /// `excessive_user_connections` firing they caused.
+    async fn leak_fires(&mut self) -> (load::Load, usize) {
+        let leak =
+            load::open(LoadSpec::new(self.cluster.client_url(0), auth("leaky"), 150).name("w"))
+                .await
+                .unwrap();
+        let (i, _, _) = self
+            .seen
+            .wait_for(0, "excessive", is("excessive_user_connections", "firing"))
+            .await;
+        (leak, i)
+    }
+
+    /// With n3 frozen: nothing resolved yet; then n3 resumes and the finding fired at `i`
+    /// resolves.
+    async fn resolves_only_after_resume(&mut self, i: usize) {
+        assert!(
+            !self
+                .seen
+                .all()
+                .iter()
+                .any(|(_, b)| is("excessive_user_connections", "resolved")(b)),
+            "resolved while the view was incomplete"
+        );
+        self.cluster.resume(2).unwrap();
+        self.seen
+            .wait_for(
+                i + 1,
+                "resolved",
+                is("excessive_user_connections", "resolved"),
+            )
+            .await;
+    }
+}
+
 /// [`start`] with full sweeps every `reconcile` while the view is complete.
 async fn start_reconciling(dir: &std::path::Path, reconcile: &str, extra: &str) -> Live {
+    start_probing(dir, reconcile, "1s", extra).await
+}
+
+/// [`start_reconciling`] with the STATSZ probe every `probe`.
+async fn start_probing(dir: &std::path::Path, reconcile: &str, probe: &str, extra: &str) -> Live {
     let cluster = Cluster::start(
         ClusterSpec::new(dir.join("cluster")).account(
             AccountSpec::new("APP")
@@ -71,12 +113,14 @@ async fn start_reconciling(dir: &std::path::Path, reconcile: &str, extra: &str) 
     )
     .unwrap();
     let listen = free_addr();
-    // Attached to n1 only: the faults below freeze and restart the other servers.
+    // Attached to n1 only: the faults below freeze and restart the other servers. Following the
+    // events at any rate (`max_event_rate = 0`): the flood below is over the default limit's
+    // minute when it runs fast; the limit has its own test (`tests/live_events.rs`).
     let toml = connwatch_toml_on(&cluster, 0);
     let path = write_config(
         dir,
         &format!(
-            "{}[sweep]\ninterval = \"1h\"\ntimeout = \"1s\"\n[live]\nreconcile_interval = \"{reconcile}\"\n\
+            "{}[sweep]\ninterval = \"1h\"\ntimeout = \"1s\"\n[live]\nreconcile_interval = \"{reconcile}\"\nprobe_interval = \"{probe}\"\nmax_event_rate = 0\n\
              [detect]\nidle_threshold = \"10ms\"\n[metrics]\nlisten = \"{listen}\"\nuser_floor = 1\n\
              [service]\nsweep_min_interval = \"0s\"\n{extra}",
             toml
@@ -261,13 +305,7 @@ async fn a_complete_view_is_reconciled_every_reconcile_interval() {
 async fn a_silent_server_holds_resolves_until_a_complete_sweep() {
     let dir = tempfile::tempdir().unwrap();
     let mut live = start(dir.path(), "").await;
-    let leak = load::open(LoadSpec::new(live.cluster.client_url(0), auth("leaky"), 150).name("w"))
-        .await
-        .unwrap();
-    let (i, _, _) = live
-        .seen
-        .wait_for(0, "excessive", is("excessive_user_connections", "firing"))
-        .await;
+    let (leak, i) = live.leak_fires().await;
     let gaps = || {
         metric(
             live.listen,
@@ -305,24 +343,37 @@ async fn a_silent_server_holds_resolves_until_a_complete_sweep() {
         1,
         "{findings:#}"
     );
-    assert!(
-        !live
-            .seen
-            .all()
-            .iter()
-            .any(|(_, b)| is("excessive_user_connections", "resolved")(b)),
-        "resolved while the view was incomplete"
-    );
     // The server answers again: a sweep, complete, and then the resolve.
-    live.cluster.resume(2).unwrap();
-    live.seen
-        .wait_for(
-            i + 1,
-            "resolved",
-            is("excessive_user_connections", "resolved"),
-        )
-        .await;
+    live.resolves_only_after_resume(i).await;
     assert_eq!(metric(live.listen, "connwatch_live_complete"), Some(1.0));
+}
+
+/// With no probe between (`live.probe_interval` an hour), a server that froze still holds the
+/// resolve: the live round that would resolve asks every server for STATSZ first, the frozen
+/// one does not answer, and that is a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolve_asks_every_server_first_whatever_the_probe_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut live = start_probing(dir.path(), "1h", "1h", "").await;
+    let (leak, i) = live.leak_fires().await;
+    live.cluster.pause(2).unwrap();
+    leak.close().await;
+    assert!(
+        wait_until_async(WAIT, || metric(live.listen, "connwatch_live_complete")
+            == Some(0.0))
+        .await,
+        "the frozen server was not noticed before the resolve: {}",
+        live.running.log()
+    );
+    assert!(
+        metric(
+            live.listen,
+            "connwatch_live_gaps_total{reason=\"server_silent\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    );
+    live.resolves_only_after_resume(i).await;
 }
 
 /// connwatch's own connection is closed (kicked by the server): a `reconnect` gap, a sweep after

@@ -23,11 +23,21 @@ fn cluster(dir: &std::path::Path, account: AccountSpec) -> Cluster {
 /// it reports after its first round comes from the events; ready once the live census is
 /// complete. `extra` is appended to the configuration, in `[live]`.
 async fn run(cluster: &Cluster, dir: &std::path::Path, extra: &str) -> Running {
+    run_sweeping(cluster, dir, "1h", extra).await
+}
+
+/// [`run`] with sweeps every `sweep` while the live view is not complete.
+async fn run_sweeping(
+    cluster: &Cluster,
+    dir: &std::path::Path,
+    sweep: &str,
+    extra: &str,
+) -> Running {
     let listen = free_addr();
     let path = write_config(
         dir,
         &format!(
-            "{}[sweep]\ninterval = \"1h\"\ntimeout = \"1s\"\n[metrics]\nlisten = \"{listen}\"\n\
+            "{}[sweep]\ninterval = \"{sweep}\"\ntimeout = \"1s\"\n[metrics]\nlisten = \"{listen}\"\n\
              user_floor = 1\n[live]\nreconcile_interval = \"1h\"\n{extra}",
             cluster.connwatch_toml()
         ),
@@ -313,6 +323,19 @@ async fn a_reconnect_loop_is_diagnosed_from_the_events() {
     drop(held);
 }
 
+/// `APP/app`'s connections in the `connwatch.census` endpoint.
+async fn app_census(sys: &async_nats::Client) -> u64 {
+    let msg = sys
+        .request(
+            "connwatch.census",
+            Bytes::from_static(br#"{"account":"APP","user":"app"}"#),
+        )
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_slice(&msg.payload).unwrap();
+    v["users"][0]["connections"].as_u64().unwrap_or(0)
+}
+
 /// `connwatch tail` in the background: its stdout lines, as they come.
 struct Tail {
     child: std::process::Child,
@@ -397,17 +420,6 @@ async fn the_census_endpoint_and_metrics_are_live() {
     )
     .await;
     let (_, sys) = Seen::subscribe(&cluster.client_url(0)).await;
-    let census = |sys: async_nats::Client| async move {
-        let msg = sys
-            .request(
-                "connwatch.census",
-                Bytes::from_static(br#"{"account":"APP","user":"app"}"#),
-            )
-            .await
-            .unwrap();
-        let v: Value = serde_json::from_slice(&msg.payload).unwrap();
-        v["users"][0]["connections"].as_u64().unwrap_or(0)
-    };
     let mut clients = Vec::new();
     for n in [7usize, 3] {
         for i in 0..n {
@@ -420,11 +432,11 @@ async fn the_census_endpoint_and_metrics_are_live() {
         let want = clients.len() as u64;
         assert!(
             eventually(Duration::from_secs(5), || async {
-                census(sys.clone()).await == want
+                app_census(&sys).await == want
             })
             .await,
             "census shows {}, not {want}",
-            census(sys.clone()).await
+            app_census(&sys).await
         );
         assert!(
             wait_until_async(Duration::from_secs(5), || running
@@ -449,7 +461,7 @@ async fn the_census_endpoint_and_metrics_are_live() {
     clients.truncate(4);
     assert!(
         eventually(Duration::from_secs(5), || async {
-            census(sys.clone()).await == 4
+            app_census(&sys).await == 4
         })
         .await
     );
@@ -460,4 +472,74 @@ async fn the_census_endpoint_and_metrics_are_live() {
         Some(1.0),
         "a sweep ran: the counts did not come from the events"
     );
+}
+
+/// Above `live.max_event_rate` connwatch stops following the events (they would cost the
+/// servers more than sweeping): `connwatch_live_over_rate` flips to 1, the view says it is not
+/// complete, no more events are applied, and sweeps every `sweep.interval` keep the counts
+/// exact (the census endpoint against every server's own `/connz`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_event_rate_the_events_give_way_to_sweeps_and_counts_stay_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), AccountSpec::new("APP").user("app", "pw"));
+    // A limit of 1 a second: more than 60 events in a minute are over it.
+    let running = run_sweeping(&cluster, dir.path(), "1s", "max_event_rate = 1\n").await;
+    assert_eq!(running.metric("connwatch_live_over_rate"), Some(0.0));
+    let (_, sys) = Seen::subscribe(&cluster.client_url(0)).await;
+    // 70 connects within seconds: over 60 a minute.
+    let mut clients = Vec::new();
+    for i in 0..70 {
+        clients.push(
+            connect(&cluster.client_url(i % 3), "app", "pw")
+                .await
+                .unwrap(),
+        );
+    }
+    assert!(
+        wait_until_async(WAIT, || running.metric("connwatch_live_over_rate")
+            == Some(1.0))
+        .await,
+        "never over the rate: {}",
+        running.metrics()
+    );
+    assert!(
+        running
+            .metric("connwatch_live_gaps_total{reason=\"over_rate\"}")
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+    // The sweep the gap starts says so (it cannot make the view complete).
+    assert!(
+        wait_until_async(WAIT, || running.metric("connwatch_live_complete")
+            == Some(0.0))
+        .await,
+        "the view said complete while not following the events"
+    );
+    let applied = running.metric("connwatch_live_events_total").unwrap();
+    let sweeps = running.metric("connwatch_sweeps_total").unwrap();
+    clients.truncate(40);
+    let connz = || -> u64 {
+        (0..3)
+            .map(|i| {
+                cluster.connz_counts(i).unwrap_or_default()[&("APP".to_string(), "app".to_string())]
+            })
+            .sum()
+    };
+    assert!(
+        eventually(WAIT, || async {
+            app_census(&sys).await == 40 && connz() == 40
+        })
+        .await,
+        "census {} vs /connz {}",
+        app_census(&sys).await,
+        connz()
+    );
+    assert_eq!(
+        running.metric("connwatch_live_events_total"),
+        Some(applied),
+        "events were still applied after the limit"
+    );
+    assert!(running.metric("connwatch_sweeps_total").unwrap() > sweeps);
+    assert_eq!(running.metric("connwatch_live_over_rate"), Some(1.0));
+    assert_eq!(running.metric("connwatch_live_complete"), Some(0.0));
 }

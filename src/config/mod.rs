@@ -475,9 +475,15 @@ pub struct LiveConfig {
     #[serde(with = "humantime_serde")]
     pub evaluate_every: Duration,
     /// How often every server is asked for STATSZ, to notice a server that went silent,
-    /// restarted (new id) or appeared: each is a gap in the live view.
+    /// restarted (new id) or appeared: each is a gap in the live view. It delays only that
+    /// notice: a live round that could resolve a finding asks every server first.
     #[serde(with = "humantime_serde")]
     pub probe_interval: Duration,
+    /// Connect + disconnect events a second, averaged over a minute, above which following
+    /// the events would cost the servers more than sweeping: connwatch stops following them
+    /// (the view is not complete: sweeps every `sweep.interval`, no resolve or kick from the
+    /// events) and tries again every `live.reconcile_interval`. 0: no limit.
+    pub max_event_rate: u64,
     /// `connections_refused`: refusals are counted over this window; the finding fires with
     /// the first (or the tenth authentication failure in one window), and resolves once a
     /// whole window passed without one.
@@ -491,7 +497,8 @@ impl Default for LiveConfig {
             enabled: true,
             reconcile_interval: Duration::from_secs(300),
             evaluate_every: Duration::from_millis(200),
-            probe_interval: Duration::from_secs(1),
+            probe_interval: Duration::from_secs(5),
+            max_event_rate: 200,
             refused_window: Duration::from_secs(60),
         }
     }

@@ -12,10 +12,16 @@
 //! - `server_silent`: a server the view holds stopped answering the STATSZ probe;
 //! - `server_new`: a server id the view does not hold answered (a new server, or a restart);
 //! - `count_mismatch`: a server's announced count of an account's connections disagreed with
-//!   the view for [`crosscheck::HOLD`] (also counted in `connwatch_live_mismatches_total`).
+//!   the view for [`crosscheck::HOLD`] (also counted in `connwatch_live_mismatches_total`);
+//! - `over_rate`: the events came faster than `live.max_event_rate` ([`rate`]) and are no
+//!   longer followed: following them would cost the servers more than sweeping. The view stays
+//!   not complete (sweeps every `sweep.interval`, nothing resolves or is kicked from the
+//!   events, `connwatch_live_over_rate` 1) until, `live.reconcile_interval` later, the task
+//!   subscribes again (a `resumed` gap) and the next complete sweep completes the view.
 
 pub mod churn;
 pub mod crosscheck;
+pub mod rate;
 pub mod read;
 pub mod refused;
 pub mod view;
@@ -174,6 +180,21 @@ impl Live {
         }
     }
 
+    /// The events are no longer followed (`paused`) or followed again: a gap either way.
+    fn follow(&self, metrics: &Metrics, following: bool, detail: String) {
+        let reason = if following { "resumed" } else { "over_rate" };
+        warn!(reason, detail = %detail, "live census: a sweep follows");
+        metrics.live_gap(reason);
+        metrics.live_over_rate.set(i64::from(!following));
+        let mut view = self.view.lock().expect("live view lock");
+        if following {
+            view.resume(detail);
+        } else {
+            view.pause(detail);
+        }
+        self.resync.notify_one();
+    }
+
     /// Notes a gap: the view is not complete, a sweep is wanted now.
     fn gap(&self, metrics: &Metrics, reason: &str, detail: String) {
         warn!(reason, detail = %detail, "live census gap: a sweep follows");
@@ -193,7 +214,7 @@ pub async fn start(
     stop: CancellationToken,
 ) -> Result<(Live, JoinHandle<()>), async_nats::Error> {
     let client = system.client().clone();
-    let mut events = client.subscribe(EVENTS).await?;
+    let events = client.subscribe(EVENTS).await?;
     let mut auth_errors = client.subscribe(refused::AUTH_ERRORS).await?;
     client.flush().await?;
     let live = Live {
@@ -219,10 +240,14 @@ pub async fn start(
         let mut probing = None::<JoinHandle<Vec<(String, String)>>>;
         let mut cross = CrossCheck::default();
         let mut shown = BTreeSet::new();
+        // `None` while the events come too fast to follow, until `paused_until`.
+        let mut events = Some(events);
+        let mut rate = rate::EventRate::default();
+        let mut paused_until = None::<Instant>;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
-                Some(msg) = events.next() => {
+                Some(msg) = async { events.as_mut().expect("guarded").next().await }, if events.is_some() => {
                     if is_account_conns(&msg.subject) {
                         if let Ok(a) = parse::<AccountConns>(&msg.payload) {
                             cross.announce(&a.server.id, &a.acc, a.conns);
@@ -237,6 +262,7 @@ pub async fn start(
                     }
                     let Some(delta) = delta(event, closed) else { continue };
                     metrics.live_events.inc();
+                    rate.note(Instant::now());
                     if l.view.lock().expect("live view lock").apply(delta).is_some() {
                         l.changed.notify_one();
                     }
@@ -261,10 +287,35 @@ pub async fn start(
                         l.gap(&metrics, "slow_consumer", format!("connwatch's client dropped {} messages (slow consumer)", s - slow));
                     }
                     slow = s;
+                    let now = Instant::now();
+                    match paused_until {
+                        None if rate.over(now, cfg.max_event_rate) => {
+                            if let Some(mut sub) = events.take() {
+                                let _ = sub.unsubscribe().await;
+                            }
+                            cross = CrossCheck::default();
+                            paused_until = Some(now + cfg.reconcile_interval);
+                            l.follow(&metrics, false, format!(
+                                "over {} connect and disconnect events a second for a minute (live.max_event_rate): \
+                                 not following them, sweeping every sweep.interval, trying again in {}",
+                                cfg.max_event_rate, humantime::format_duration(cfg.reconcile_interval)));
+                        }
+                        Some(until) if now >= until => {
+                            if let Ok(sub) = client.subscribe(EVENTS).await {
+                                if client.flush().await.is_ok() {
+                                    events = Some(sub);
+                                    rate.clear();
+                                    paused_until = None;
+                                    l.follow(&metrics, true, "following the connect and disconnect events again".into());
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
                 }
                 _ = probe.tick(), if probing.is_none() => {
                     let (system, known) = (system.clone(), l.view.lock().expect("live view lock").servers().len());
-                    if known > 0 && connected {
+                    if known > 0 && connected && events.is_some() {
                         probing = Some(tokio::spawn(async move { probe_servers(&system, known, probe_timeout).await }));
                     }
                 }
@@ -275,7 +326,9 @@ pub async fn start(
                 }
             }
         }
-        let _ = events.unsubscribe().await;
+        if let Some(mut events) = events {
+            let _ = events.unsubscribe().await;
+        }
         let _ = auth_errors.unsubscribe().await;
     });
     Ok((live, task))

@@ -129,6 +129,9 @@ pub struct LiveView {
     last_gap: Option<u64>,
     /// Why the view is not complete; `None` when it is.
     incomplete: Option<String>,
+    /// Why the events are not followed ([`LiveView::pause`]); no sweep makes the view complete
+    /// until [`LiveView::resume`].
+    paused: Option<String>,
     /// Deltas applied, ever.
     applied: u64,
 }
@@ -347,7 +350,7 @@ impl LiveView {
             self.forget_server(&sid);
         }
         if self.last_gap.is_none_or(|g| g < id.begun) {
-            self.incomplete = None;
+            self.incomplete = self.paused.clone();
         }
     }
 
@@ -373,6 +376,21 @@ impl LiveView {
         self.next += 1;
         self.journal.clear();
         self.incomplete = Some(why.into());
+    }
+
+    /// The events are no longer followed (`why`): a gap, and the view stays not complete
+    /// whatever sweeps reconcile it, until [`LiveView::resume`].
+    pub fn pause(&mut self, why: impl Into<String>) {
+        let why = why.into();
+        self.paused = Some(why.clone());
+        self.gap(why);
+    }
+
+    /// The events are followed again (subscribed before this call): a gap, which the next
+    /// complete sweep closes.
+    pub fn resume(&mut self, why: impl Into<String>) {
+        self.paused = None;
+        self.gap(why);
     }
 
     /// Why the view is not complete; `None` when it is.

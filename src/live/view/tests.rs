@@ -182,6 +182,27 @@ fn a_gap_during_a_sweep_keeps_the_view_incomplete() {
     assert!(v.incomplete().is_none());
 }
 
+#[test]
+fn while_paused_sweeps_keep_the_view_current_but_never_complete() {
+    let mut v = LiveView::new();
+    let s = v.begin_sync();
+    v.reconcile(s, &snap(&["n1"], vec![]));
+    assert!(v.incomplete().is_none());
+    v.pause("over the rate");
+    // Sweeps alone keep the counts (what every sweep reads), not the completeness.
+    let s = v.begin_sync();
+    v.reconcile(s, &snap(&["n1"], vec![conn("n1", 1, "u")]));
+    assert_eq!(v.count("APP", "u"), 1);
+    assert_eq!(v.incomplete(), Some("over the rate"));
+    // Following again: complete after the next complete sweep, not before.
+    v.resume("following again");
+    assert_eq!(v.incomplete(), Some("following again"));
+    let s = v.begin_sync();
+    v.reconcile(s, &snap(&["n1"], vec![]));
+    assert!(v.incomplete().is_none());
+    assert_eq!(v.count("APP", "u"), 0);
+}
+
 /// A view reconciled by a complete sweep of n1 and n2, one connection of `u` on each.
 fn two_servers_reconciled() -> LiveView {
     let mut v = LiveView::new();

@@ -41,7 +41,7 @@ pub fn churn(args: ChurnArgs) -> anyhow::Result<()> {
             &cluster,
             &dir,
             "churn",
-            "[live]\nenabled = true\nreconcile_interval = \"5m\"\n",
+            "[live]\nenabled = true\nreconcile_interval = \"5m\"\nmax_event_rate = 0\n",
         )?;
         cw.wait_complete().await?;
         let client = system_client(&cluster, 0).await?;

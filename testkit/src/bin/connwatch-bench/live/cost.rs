@@ -147,7 +147,7 @@ pub fn cost(args: CostArgs) -> anyhow::Result<()> {
         eprintln!("load average before: {}", loadavg());
         let window = *args.window;
         let live_cfg = format!(
-            "[sweep]\ninterval = \"{}\"\n[live]\nenabled = true\nreconcile_interval = \"{}\"\n",
+            "[sweep]\ninterval = \"{}\"\n[live]\nenabled = true\nreconcile_interval = \"{}\"\nmax_event_rate = 0\n",
             args.sweep_interval, args.reconcile_interval
         );
         let sweep_cfg = format!(

@@ -27,7 +27,7 @@ pub fn flood(args: FloodArgs) -> anyhow::Result<()> {
             acc = acc.user(format!("f{u}"), LOAD_PASSWORD);
         }
         let (cluster, _pids) = start_cluster(&dir, 0, 0, vec![acc])?;
-        let cw = Connwatch::start(&cluster, &dir, "flood", "[live]\nenabled = true\n")?;
+        let cw = Connwatch::start(&cluster, &dir, "flood", "[live]\nenabled = true\nmax_event_rate = 0\n")?;
         cw.wait_complete().await?;
         let client = system_client(&cluster, 0).await?;
         eprintln!("load average before: {}", loadavg());
