@@ -546,7 +546,13 @@ impl Service {
             .observe(&snap, &census, &self.state.findings, &self.config.metrics);
         self.metrics
             .live_complete
-            .set(i64::from(self.live.is_some() && snap.gap.is_none()));
+            .set(i64::from(self.live.as_ref().is_some_and(|l| {
+                l.view
+                    .lock()
+                    .expect("live view lock")
+                    .incomplete()
+                    .is_none()
+            })));
         self.metrics
             .advisories_queued
             .set(self.publisher.queued() as i64);

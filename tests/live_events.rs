@@ -477,15 +477,22 @@ async fn the_census_endpoint_and_metrics_are_live() {
 /// Above `live.max_event_rate` connwatch stops following the events (they would cost the
 /// servers more than sweeping): `connwatch_live_over_rate` flips to 1, the view says it is not
 /// complete, no more events are applied, and sweeps every `sweep.interval` keep the counts
-/// exact (the census endpoint against every server's own `/connz`).
+/// exact (the census endpoint against every server's own `/connz`). connwatch then works as
+/// without the live census: a finding fires and resolves on complete sweeps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_the_event_rate_the_events_give_way_to_sweeps_and_counts_stay_exact() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster(dir.path(), AccountSpec::new("APP").user("app", "pw"));
     // A limit of 1 a second: more than 60 events in a minute are over it.
-    let running = run_sweeping(&cluster, dir.path(), "1s", "max_event_rate = 1\n").await;
+    let running = run_sweeping(
+        &cluster,
+        dir.path(),
+        "1s",
+        "max_event_rate = 1\n[detect]\nmax_connections_per_user = 50\n",
+    )
+    .await;
     assert_eq!(running.metric("connwatch_live_over_rate"), Some(0.0));
-    let (_, sys) = Seen::subscribe(&cluster.client_url(0)).await;
+    let (seen, sys) = Seen::subscribe(&cluster.client_url(0)).await;
     // 70 connects within seconds: over 60 a minute.
     let mut clients = Vec::new();
     for i in 0..70 {
@@ -542,4 +549,14 @@ async fn over_the_event_rate_the_events_give_way_to_sweeps_and_counts_stay_exact
     assert!(running.metric("connwatch_sweeps_total").unwrap() > sweeps);
     assert_eq!(running.metric("connwatch_live_over_rate"), Some(1.0));
     assert_eq!(running.metric("connwatch_live_complete"), Some(0.0));
+    // 70 was over the threshold of 50, 40 is not: complete sweeps resolve it.
+    let (i, _, _) = seen
+        .wait_for(0, "firing", is("excessive_user_connections", "firing"))
+        .await;
+    seen.wait_for(
+        i + 1,
+        "resolved",
+        is("excessive_user_connections", "resolved"),
+    )
+    .await;
 }

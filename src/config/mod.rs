@@ -481,8 +481,8 @@ pub struct LiveConfig {
     pub probe_interval: Duration,
     /// Connect + disconnect events a second, averaged over a minute, above which following
     /// the events would cost the servers more than sweeping: connwatch stops following them
-    /// (the view is not complete: sweeps every `sweep.interval`, no resolve or kick from the
-    /// events) and tries again every `live.reconcile_interval`. 0: no limit.
+    /// (sweeps every `sweep.interval`, each round from its sweep alone; no cap acts) and tries
+    /// again every `live.reconcile_interval`. 0: no limit.
     pub max_event_rate: u64,
     /// `connections_refused`: refusals are counted over this window; the finding fires with
     /// the first (or the tenth authentication failure in one window), and resolves once a

@@ -393,6 +393,12 @@ impl LiveView {
         self.gap(why);
     }
 
+    /// Whether the events are not followed ([`LiveView::pause`]): sweeps alone then say what
+    /// is open.
+    pub fn paused(&self) -> bool {
+        self.paused.is_some()
+    }
+
     /// Why the view is not complete; `None` when it is.
     pub fn incomplete(&self) -> Option<&str> {
         self.incomplete.as_deref()
