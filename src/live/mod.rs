@@ -89,6 +89,15 @@ impl Live {
         self.note_probe(metrics, &answered)
     }
 
+    /// Servers a sweep heard answer are not silent any more: the sweep that reconciled them
+    /// closed their gap, so their next silence is a new gap, whether or not a probe ran between.
+    pub fn heard<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        let mut silent = self.silent.lock().expect("silent lock");
+        for id in ids {
+            silent.remove(id);
+        }
+    }
+
     /// Compares a probe's answers with the view's servers; gaps for every difference that is
     /// new. Returns whether every server of the view answered and none is new.
     fn note_probe(&self, metrics: &Metrics, answered: &[(String, String)]) -> bool {

@@ -48,6 +48,7 @@ impl Service {
     /// Reconciles the live view with a sweep begun at `sync`; returns the view as the round's
     /// snapshot (the sweep's servers, missing and errors; the live connections).
     pub(super) fn reconcile(&mut self, live: Live, sync: SyncId, mut snap: Snapshot) -> Snapshot {
+        live.heard(snap.servers.iter().map(|s| s.id.as_str()));
         let mut view = live.view.lock().expect("live view lock");
         view.reconcile(sync, &snap);
         if view.paused() {
