@@ -310,7 +310,9 @@ async fn a_reconnect_loop_is_diagnosed_from_the_events() {
     assert_valid(&fired);
     assert_eq!(fired["user"], "loopy");
     let churn = &fired["diagnosis"]["churn"];
-    assert!(churn["connects"].as_u64().unwrap() >= 30, "{fired:#}");
+    // It fires once the two left behind at i == 20 are in: by then at least the 4 held, 21 of
+    // the loop and those 2 had connected (the rest of the loop may come after).
+    assert!(churn["connects"].as_u64().unwrap() >= 20, "{fired:#}");
     assert!(churn["closed"].as_u64().unwrap() >= 10, "{fired:#}");
     assert!(churn["short_lived"].as_u64().unwrap() >= 10, "{fired:#}");
     let summary = fired["diagnosis"]["summary"].as_str().unwrap();
