@@ -47,14 +47,7 @@ async fn start(dir: &std::path::Path, enforce: &str) -> Capped {
              [enforce]\nenabled = true\n{enforce}"
         ),
     );
-    let running = Running::start(&path, dir.join("run.log"));
-    assert!(
-        wait_until_async(WAIT, || running.metric("connwatch_live_complete")
-            == Some(1.0))
-        .await,
-        "the live census never became complete: {}",
-        running.log()
-    );
+    let running = Running::start_live(&path, dir.join("run.log")).await;
     let (seen, client) = Seen::subscribe(&cluster.client_url(1)).await;
     Capped {
         cluster,

@@ -126,14 +126,7 @@ async fn start_probing(dir: &std::path::Path, reconcile: &str, probe: &str, extr
             toml
         ),
     );
-    let running = Running::start(&path, dir.join("run.log"));
-    assert!(
-        wait_until_async(WAIT, || metric(listen, "connwatch_live_complete")
-            == Some(1.0))
-        .await,
-        "the live census never became complete: {}",
-        running.log()
-    );
+    let running = Running::start_live(&path, dir.join("run.log")).await;
     let (seen, client) = Seen::subscribe(&cluster.client_url(1)).await;
     Live {
         cluster,

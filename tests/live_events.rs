@@ -42,14 +42,7 @@ async fn run_sweeping(
             cluster.connwatch_toml()
         ),
     );
-    let running = Running::start(&path, dir.join("run.log"));
-    assert!(
-        wait_until_async(WAIT, || running.metric("connwatch_live_complete")
-            == Some(1.0))
-        .await,
-        "the live census never became complete: {}",
-        running.log()
-    );
+    let running = Running::start_live(&path, dir.join("run.log")).await;
     running
 }
 

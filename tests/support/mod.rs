@@ -160,6 +160,21 @@ impl Running {
         Self::start_with(&["--config", config.to_str().unwrap(), "run"], &[], log)
     }
 
+    /// [`Running::start`], then waits until its live census is complete (a complete sweep since
+    /// the start: `connwatch_live_complete` 1); panics with its log when it is not in 30 s.
+    pub async fn start_live(config: &Path, log: PathBuf) -> Self {
+        let running = Self::start(config, log);
+        assert!(
+            wait_until_async(Duration::from_secs(30), || running
+                .metric("connwatch_live_complete")
+                == Some(1.0))
+            .await,
+            "the live census never became complete: {}",
+            running.log()
+        );
+        running
+    }
+
     /// Everything it logged so far (for failure messages: tests assert on what users see).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
