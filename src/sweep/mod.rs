@@ -127,9 +127,7 @@ impl Sweeper {
             timeout: self.cfg.timeout.min(self.cfg.deadline()),
             deadline,
         };
-        let ping = self.cfg.max_in_flight == 0
-            || expected_count(configured, None, known_count)
-                .is_some_and(|n| n <= self.cfg.max_in_flight);
+        let ping = pings_all(self.cfg.max_in_flight, configured, known_count);
         let fetched = if ping {
             self.gather_ping(&gather, &mut discovery, &mut snap, &mut spans)
                 .await?
@@ -288,6 +286,14 @@ impl Gather {
             && expected_count(self.configured, discovery.count(), self.known_count)
                 .is_some_and(|e| answered >= e)
     }
+}
+
+/// Whether a sweep asks every server at once with one PING (pure): when `max_in_flight` is 0
+/// (no bound), or the cluster is known (`expected_servers`, else the servers seen before) to
+/// have at most `max_in_flight` servers. Else (more, or a size not known yet) it is bounded.
+pub fn pings_all(max_in_flight: usize, configured: usize, known: usize) -> bool {
+    max_in_flight == 0
+        || expected_count(configured, None, known).is_some_and(|n| n <= max_in_flight)
 }
 
 /// Runs `f` over `items` (as they come), at most `concurrency` at a time, yielding results as

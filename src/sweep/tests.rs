@@ -262,3 +262,18 @@ fn a_second_statsz_reply_for_an_id_is_told_apart() {
     assert!(matches!(d.add(b"nope"), discovery::Added::Bad));
     assert_eq!(d.replies(), 1);
 }
+
+#[test]
+fn only_a_cluster_known_to_be_small_is_pinged_all_at_once() {
+    // 3 servers seen before, or configured: one PING, as always.
+    assert!(pings_all(8, 0, 3));
+    assert!(pings_all(8, 3, 0));
+    assert!(pings_all(8, 0, 8));
+    // 24 servers, or a size nobody knows yet: a few at a time.
+    assert!(!pings_all(8, 0, 24));
+    assert!(!pings_all(8, 24, 3));
+    assert!(!pings_all(8, 0, 0));
+    // 0: no bound.
+    assert!(pings_all(0, 0, 0));
+    assert!(pings_all(0, 100, 0));
+}
