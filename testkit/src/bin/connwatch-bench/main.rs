@@ -496,7 +496,7 @@ fn floor_method(
         }
         reqs
     };
-    let mut m = Measured {
+    let m = Measured {
         kind: a.kind.clone(),
         ..Measured::default()
     };
@@ -553,13 +553,24 @@ fn floor_method(
         m.requests += requests as f64;
         Ok(())
     };
-    sweep(&mut raw, &mut m)?; // warm-up
+    time_floor(a, &mut raw, m, sweep)
+}
+
+/// Runs a floor's `sweep` once to warm up, then `--runs` times timed, and fills in `m` with the
+/// wall times, its own CPU, the servers' CPU, the bytes and requests per sweep and its RSS.
+fn time_floor(
+    a: &MethodArgs,
+    raw: &mut Raw,
+    mut m: Measured,
+    mut sweep: impl FnMut(&mut Raw, &mut Measured) -> anyhow::Result<()>,
+) -> anyhow::Result<Measured> {
+    sweep(raw, &mut m)?; // warm-up
     m.bytes = 0.0;
     m.requests = 0.0;
     let (cpu0, srv0, t0) = (self_cpu(), servers_cpu_ms(&a.pids), Instant::now());
     for _ in 0..a.runs {
         let t = Instant::now();
-        sweep(&mut raw, &mut m)?;
+        sweep(raw, &mut m)?;
         m.wall_ms.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     let n = a.runs.max(1) as f64;
