@@ -42,6 +42,8 @@ pub struct SweepSummary {
     pub pages: usize,
     /// Reply bytes received.
     pub bytes: usize,
+    /// The most reply bytes in flight at one time during the sweep (asked for, not yet parsed).
+    pub peak_bytes_in_flight: usize,
     /// Replies ignored: unparseable, inconsistent, or not from a server the cluster knows by
     /// that id and name.
     pub bad_replies: usize,
@@ -74,6 +76,7 @@ impl SweepSummary {
             requests: s.requests,
             pages: s.pages,
             bytes: s.bytes,
+            peak_bytes_in_flight: s.peak_bytes_in_flight,
             bad_replies: s.bad_replies,
             live_gap: s.gap.clone(),
             topology: if s.topology.values().any(|p| p.cluster.is_some()) {

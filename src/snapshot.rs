@@ -235,6 +235,10 @@ pub struct Snapshot {
     pub pages: usize,
     /// Reply bytes received.
     pub bytes: usize,
+    /// The most reply bytes in flight at one time: asked for and not yet parsed (held for
+    /// connwatch by the servers, the network and its client). A PING puts every server's first
+    /// reply in flight at once; a bounded sweep (`sweep.max_in_flight`) a few servers' replies.
+    pub peak_bytes_in_flight: usize,
     /// The connections of the servers in `servers`, each exactly once: every server's from one
     /// reply (one snapshot of it).
     pub connections: Vec<Connection>,

@@ -495,7 +495,11 @@ async fn hostile_connz_replies_are_bad_replies_and_real_servers_stay_exact() {
     ];
     // No state file: the sweep lingers briefly after the last real server, so the hostile
     // replies (sent at once) are seen and counted.
-    let config = format!("{}\n[sweep]\ntimeout = \"3s\"\n", cluster.connwatch_toml());
+    // `max_in_flight = 0`: the PING to all, whose replies these are, even without a state file.
+    let config = format!(
+        "{}\n[sweep]\ntimeout = \"3s\"\nmax_in_flight = 0\n",
+        cluster.connwatch_toml()
+    );
     for (label, payload) in kinds {
         *replies.lock().unwrap() = vec![payload];
         let dirc = dir.path().to_path_buf();
@@ -516,6 +520,69 @@ async fn hostile_connz_replies_are_bad_replies_and_real_servers_stay_exact() {
             "{label}: per-user counts differ from the servers'"
         );
         assert_eq!(user(&report, "APP", "app")["connections"], 500, "{label}");
+    }
+
+    // The bounded sweep (`max_in_flight = 1`: STATSZ, then one directed request at a time)
+    // takes its server ids from STATSZ: garbage there is a bad reply and the sweep stays exact;
+    // a second STATSZ reply for a real server's id makes that server an error (neither is
+    // believed), the sweep partial, and the other servers are still counted exactly.
+    let _hostile_statsz = responder(
+        &cluster.client_url(1),
+        "$SYS.REQ.SERVER.PING.STATSZ",
+        replies.clone(),
+        Duration::ZERO,
+    )
+    .await;
+    *replies.lock().unwrap() = Vec::new();
+    let bounded = format!(
+        "{}\n[sweep]\ntimeout = \"3s\"\nmax_in_flight = 1\n",
+        cluster.connwatch_toml()
+    );
+    let statsz = |name: &str, id: &str| {
+        serde_json::to_vec(&serde_json::json!({
+            "server": {"name": name, "id": id}, "statsz": {"active_servers": 3}
+        }))
+        .unwrap()
+    };
+    for (label, payload, exact) in [
+        ("invalid JSON", b"{\"server\": nope".to_vec(), true),
+        (
+            "a real server's id again",
+            statsz("n3-impostor", &ids[2]),
+            false,
+        ),
+    ] {
+        *replies.lock().unwrap() = vec![payload];
+        let dirc = dir.path().to_path_buf();
+        let cfg = bounded.clone();
+        let report = tokio::task::spawn_blocking(move || report_json(&dirc, &cfg))
+            .await
+            .unwrap();
+        let sweep = &report["sweep"];
+        assert!(
+            sweep["bad_replies"].as_u64().unwrap() >= 1,
+            "{label}: not counted as a bad reply: {sweep:#}"
+        );
+        // STATSZ, then one directed request per server.
+        assert_eq!(sweep["requests"], 4, "{label}: {sweep:#}");
+        let truth = ground_truth(&cluster, &[0, 1, 2]);
+        if exact {
+            assert_eq!(sweep["partial"], false, "{label}: {sweep:#}");
+            assert_eq!(
+                without_system(reported(&report)),
+                without_system(truth),
+                "{label}"
+            );
+        } else {
+            assert_eq!(sweep["partial"], true, "{label}: {sweep:#}");
+            assert_eq!(
+                sweep["errors"][0]["kind"], "impostors",
+                "{label}: {sweep:#}"
+            );
+            assert_eq!(sweep["servers_responded"], 2, "{label}: {sweep:#}");
+            // n3's 80 are not counted: n1's 300 and n2's 120 are.
+            assert_eq!(user(&report, "APP", "app")["connections"], 420, "{label}");
+        }
     }
     for l in loads {
         l.close().await;
@@ -604,8 +671,9 @@ async fn a_slow_server_is_cut_at_the_deadline_and_the_others_are_kept() {
         Duration::from_millis(1500),
     )
     .await;
+    // `max_in_flight = 0`: the PING to all (its first pages of 50 make n1 a directed read).
     let config = format!(
-        "{}\n[sweep]\ntimeout = \"2s\"\ndeadline = \"3s\"\npage_size = 50\n",
+        "{}\n[sweep]\ntimeout = \"2s\"\ndeadline = \"3s\"\npage_size = 50\nmax_in_flight = 0\n",
         cluster.connwatch_toml()
     );
     let dirc = dir.path().to_path_buf();

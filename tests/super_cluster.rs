@@ -42,6 +42,51 @@ fn reported(report: &Value) -> BTreeMap<(String, String), u64> {
         .collect()
 }
 
+/// Per (server, account, user): connections, as connwatch's `by_server` reported them (the
+/// system account left out).
+fn reported_by_server(report: &Value) -> BTreeMap<(String, String, String), u64> {
+    let mut out = BTreeMap::new();
+    for u in report["users"].as_array().unwrap() {
+        if u["account"] == "SYS" {
+            continue;
+        }
+        for (server, n) in u["by_server"].as_object().unwrap() {
+            let key = (
+                server.clone(),
+                u["account"].as_str().unwrap().to_string(),
+                u["user"].as_str().unwrap().to_string(),
+            );
+            out.insert(key, n.as_u64().unwrap());
+        }
+    }
+    out
+}
+
+/// Per (server, account, user): each server's own HTTP `/connz` (the system account left out).
+fn connz_by_server(
+    cluster: &Cluster,
+    servers: &[usize],
+) -> BTreeMap<(String, String, String), u64> {
+    let mut out = BTreeMap::new();
+    for &i in servers {
+        for ((account, user), n) in cluster.connz_counts(i).unwrap() {
+            if account != "SYS" {
+                out.insert((cluster.server_name(i).to_string(), account, user), n);
+            }
+        }
+    }
+    out
+}
+
+/// The same configuration with `sweep.max_in_flight` set: 2 reads the 7 servers with directed
+/// requests, 2 at a time; 100 asks them all with one PING.
+fn with_max_in_flight(config_text: &str, dir: &Path, n: usize) -> std::path::PathBuf {
+    let text = config_text.replace("[sweep]\n", &format!("[sweep]\nmax_in_flight = {n}\n"));
+    let path = dir.join(format!("in-flight-{n}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// Per (account, user): the sum over `servers` of each server's own HTTP `/connz`.
 fn connz_sum(cluster: &Cluster, servers: &[usize]) -> BTreeMap<(String, String), u64> {
     let mut sum = BTreeMap::new();
@@ -94,6 +139,8 @@ async fn super_cluster_counts_every_server_once_and_a_silent_cluster_stops_resol
         state
     );
     let config = write_config(dir.path(), &config_text);
+    let bounded = with_max_in_flight(&config_text, dir.path(), 2);
+    let ping_all = with_max_in_flight(&config_text, dir.path(), 100);
 
     // 1. Complete: every server answers, the leaf's clients count once, under their own user.
     let full = report_json_async(&config).await;
@@ -119,6 +166,35 @@ async fn super_cluster_counts_every_server_once_and_a_silent_cluster_stops_resol
     assert_eq!(user(&full, "APP", "leafuser")["by_server"]["c1-n1"], 1);
     assert_eq!(user(&full, "APP", "leafuser")["connections"], 1);
     assert_eq!(full["sweep"]["silent_clusters"], serde_json::json!([]));
+
+    // 1b. The bounded sweep (2 servers at a time, directed requests) sees exactly what each
+    // server's own /connz shows, in one directed request per server after one STATSZ; and it
+    // holds fewer reply bytes in flight than the PING to all seven.
+    let b = report_json_async(&bounded).await;
+    let p = report_json_async(&ping_all).await;
+    assert_eq!(b["sweep"]["partial"], false, "{b:#}");
+    assert_eq!(b["sweep"]["servers_responded"], 7, "{b:#}");
+    assert_eq!(b["sweep"]["requests"], 1 + 7, "{b:#}");
+    assert_eq!(p["sweep"]["requests"], 2, "{p:#}");
+    assert_eq!(
+        reported_by_server(&b),
+        connz_by_server(&cluster, &all),
+        "{b:#}"
+    );
+    assert_eq!(
+        reported_by_server(&p),
+        connz_by_server(&cluster, &all),
+        "{p:#}"
+    );
+    assert_eq!(b["sweep"]["topology"], full["sweep"]["topology"]);
+    let peak = |r: &Value| r["sweep"]["peak_bytes_in_flight"].as_u64().unwrap();
+    assert!(peak(&b) > 0, "{b:#}");
+    assert!(
+        peak(&b) < peak(&p),
+        "bounded {} vs PING {}",
+        peak(&b),
+        peak(&p)
+    );
 
     // 2. Cluster c3 stops as a whole: named, with its cluster, and said to be silent.
     for i in cluster.servers_of("c3") {
@@ -152,6 +228,27 @@ async fn super_cluster_counts_every_server_once_and_a_silent_cluster_stops_resol
         "{table}"
     );
     assert!(table.contains("cluster c1: c1-n1:"), "{table}");
+    // The bounded sweep too: the silent servers are named with their cluster, and the sweep is
+    // partial; the servers that answered are counted exactly.
+    let b = report_json_async(&bounded).await;
+    let sweep = &b["sweep"];
+    assert_eq!(sweep["partial"], true, "{b:#}");
+    assert!(
+        ["c3-n1", "c3-n2"]
+            .iter()
+            .all(|n| sweep["missing"].as_array().unwrap().contains(&(*n).into())),
+        "{b:#}"
+    );
+    assert_eq!(sweep["topology"]["c3-n2"]["cluster"], "c3", "{b:#}");
+    assert_eq!(sweep["silent_clusters"][0]["cluster"], "c3", "{b:#}");
+    let answering: Vec<usize> = (0..cluster.len())
+        .filter(|&i| cluster.cluster_of(i) != "c3")
+        .collect();
+    assert_eq!(
+        reported_by_server(&b),
+        connz_by_server(&cluster, &answering),
+        "{b:#}"
+    );
 
     // 3. `run` while c3 is silent: app is over its threshold (56 of 50) with idle suspects that
     // a complete view would kick; it fires, says which cluster is silent, kicks nothing, and

@@ -154,6 +154,13 @@ pub struct SweepConfig {
     /// A server reporting more connections than this is an error and its list is not asked
     /// for: a bound on what one reply can make connwatch allocate.
     pub max_connections_per_server: u64,
+    /// The most servers asked for their connections at once. A cluster known to have at most
+    /// this many servers is asked with one PING (every server answers at once: the fastest);
+    /// a bigger one, or one whose size is not known yet, is asked with directed requests, this
+    /// many servers at a time (ids from a STATSZ ping), so the reply bytes in flight do not
+    /// grow with the number of servers. 0: no bound, every sweep is one PING to all servers
+    /// (then 8 at a time for the servers whose first reply did not hold their whole list).
+    pub max_in_flight: usize,
 }
 
 impl SweepConfig {
@@ -173,6 +180,7 @@ impl Default for SweepConfig {
             forget_servers_after: Duration::from_secs(3600),
             deadline: None,
             max_connections_per_server: 1_000_000,
+            max_in_flight: 8,
         }
     }
 }

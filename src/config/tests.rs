@@ -23,6 +23,7 @@ fn defaults_match_the_documented_ones() {
     let c = Config::default();
     assert_eq!(c.sweep.interval, Duration::from_secs(30));
     assert_eq!(c.sweep.timeout, Duration::from_secs(5));
+    assert_eq!(c.sweep.max_in_flight, 8);
     assert_eq!(c.detect.max_connections_per_user, 100);
     assert_eq!(c.detect.idle_threshold, Duration::from_secs(300));
     assert_eq!(c.nats.name, "connwatch");

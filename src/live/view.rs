@@ -481,6 +481,7 @@ impl LiveView {
             requests: 0,
             pages: 0,
             bytes: 0,
+            peak_bytes_in_flight: 0,
             connections: self.conns.values().map(|c| Connection::clone(c)).collect(),
             gap: self.incomplete.clone(),
             topology: sweep.topology.clone(),

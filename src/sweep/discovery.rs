@@ -33,6 +33,17 @@ pub(super) struct Discovery<'a> {
     clusters: BTreeSet<String>,
 }
 
+/// What one STATSZ reply was.
+#[derive(Debug)]
+pub(super) enum Added {
+    /// The first reply of this server id: who it is, and its client connections.
+    New(ServerInfo, u64),
+    /// Another reply for an id that already answered: something else answers as it.
+    Again(String),
+    /// Not a STATSZ reply of any server.
+    Bad,
+}
+
 /// Whether a reply's (server id, name) is the one the cluster says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Vouch {
@@ -58,14 +69,19 @@ impl<'a> Discovery<'a> {
         }
     }
 
-    pub(super) fn add(&mut self, payload: &[u8]) {
+    /// Takes one STATSZ reply; says what it was ([`Added`]).
+    pub(super) fn add(&mut self, payload: &[u8]) -> Added {
         let Ok(r) = parse::<StatszReply>(payload) else {
-            return;
+            return Added::Bad;
         };
-        if r.server.id.is_empty() || self.names.contains_key(&r.server.id) {
-            return;
+        if r.server.id.is_empty() {
+            return Added::Bad;
+        }
+        if self.names.contains_key(&r.server.id) {
+            return Added::Again(r.server.id);
         }
         let statsz = r.statsz.unwrap_or_default();
+        let connections = statsz.connections;
         self.most_active = self.most_active.max(statsz.active_servers);
         self.routes.extend(
             statsz
@@ -92,10 +108,13 @@ impl<'a> Discovery<'a> {
         {
             self.restarted.insert(r.server.name.clone());
         }
-        self.names.insert(r.server.id, r.server.name);
+        self.names
+            .insert(r.server.id.clone(), r.server.name.clone());
+        Added::New(r.server, connections)
     }
 
-    fn replies(&self) -> usize {
+    /// Distinct servers that answered STATSZ.
+    pub(super) fn replies(&self) -> usize {
         self.names.len()
     }
 

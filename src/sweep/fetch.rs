@@ -4,10 +4,11 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use tokio::time::Instant;
 use tracing::warn;
 
+use super::inflight::Span;
 use super::replies::error_reply;
 use super::{bounded_unordered, Sweeper};
 use crate::nats::page::{connz_body, parse_page, PageHead};
@@ -15,9 +16,8 @@ use crate::nats::wire::ServerInfo;
 use crate::nats::{server_subject, RequestError, System};
 use crate::snapshot::{Connection, ServerFailure};
 
-/// Servers read at the same time: each directed reply is held in memory while it is parsed and
-/// costs its server a sort of all its connections, so a super-cluster is read a few at a time.
-const FETCH_CONCURRENCY: usize = 8;
+/// Servers read at once after a PING when `sweep.max_in_flight` is 0 (no bound on the PING).
+const UNBOUNDED_FETCHES: usize = 8;
 /// Directed requests one server may take after its PING reply: one sized from its `total`, and
 /// one more if its connections grew past the headroom in between.
 pub const MAX_DIRECTED: u32 = 2;
@@ -41,6 +41,23 @@ pub enum NextFetch {
 /// connections opened in between still fit in the one reply.
 pub fn headroom(total: u64) -> u64 {
     (total / 8).max(256)
+}
+
+/// The first request to a server that was not in a PING (a bounded sweep): its whole list, from
+/// the client connections its STATSZ reply counted plus [`headroom`] (pure); never one for more
+/// than `max_per_server` connections.
+pub fn first_fetch(statsz_connections: u64, max_per_server: u64) -> NextFetch {
+    if statsz_connections > max_per_server {
+        return NextFetch::GiveUp(ServerFailure::TooLarge {
+            total: statsz_connections,
+            max: max_per_server,
+        });
+    }
+    NextFetch::Fetch {
+        limit: statsz_connections
+            .saturating_add(headroom(statsz_connections))
+            .min(max_per_server),
+    }
 }
 
 /// Decides what to do with one server after a reply (pure): done when the reply held its whole
@@ -67,11 +84,13 @@ pub fn next_fetch(total: u64, returned: u64, directed: u32, max_per_server: u64)
     }
 }
 
-/// A server whose PING reply did not hold all its connections.
+/// A server to read with directed requests: one whose PING reply did not hold all its
+/// connections (`pinged`), or one a bounded sweep asks directly (`total` from its STATSZ).
 pub(super) struct Fetch {
     pub(super) server: ServerInfo,
     pub(super) total: u64,
     pub(super) returned: u64,
+    pub(super) pinged: bool,
 }
 
 /// One server's connections, read whole or not at all.
@@ -83,6 +102,8 @@ pub(super) struct Fetched {
     pub(super) bytes: usize,
     pub(super) bad_replies: usize,
     pub(super) error: Option<ServerFailure>,
+    /// Its directed replies, for the bytes in flight.
+    pub(super) spans: Vec<Span>,
 }
 
 impl Fetched {
@@ -95,6 +116,7 @@ impl Fetched {
             bytes: 0,
             bad_replies: 0,
             error: None,
+            spans: Vec::new(),
         }
     }
 }
@@ -118,9 +140,14 @@ async fn fetch_server(
     let mut out = Fetched::new(f.server);
     let (mut total, mut returned, mut directed) = (f.total, f.returned, 0);
     // The PING reply was a page too.
-    out.pages = 1;
+    out.pages = usize::from(f.pinged);
     loop {
-        let limit = match next_fetch(total, returned, directed, limits.max_per_server) {
+        let next = if directed == 0 && !f.pinged {
+            first_fetch(total, limits.max_per_server)
+        } else {
+            next_fetch(total, returned, directed, limits.max_per_server)
+        };
+        let limit = match next {
             NextFetch::Done => {
                 out.total = total;
                 break;
@@ -140,6 +167,7 @@ async fn fetch_server(
         directed += 1;
         out.requests += 1;
         let wait = limits.timeout.min(limits.deadline - now);
+        let sent = Instant::now();
         let reply = match system
             .request(subject.clone(), connz_body(limit, 0), wait)
             .await
@@ -170,6 +198,12 @@ async fn fetch_server(
             }
             parsed
         };
+        out.spans.push(Span {
+            sent,
+            parsed: Instant::now(),
+            bytes: reply.payload.len(),
+        });
+        drop(reply);
         match parsed {
             Err(e) => {
                 out.bad_replies += 1;
@@ -203,11 +237,12 @@ async fn fetch_server(
 }
 
 impl Sweeper {
-    /// Reads every server that did not fit its first reply, a few at a time and each on its
-    /// own (a slow server holds up only itself), until `deadline`.
+    /// Reads every server of `fetches` (as they come: a bounded sweep hands them over as STATSZ
+    /// replies arrive), at most `sweep.max_in_flight` at a time and each on its own (a slow
+    /// server holds up only itself), until `deadline`.
     pub(super) async fn fetch_all(
         &self,
-        fetches: Vec<Fetch>,
+        fetches: impl Stream<Item = Fetch>,
         deadline: Instant,
         conns: &mut Vec<Connection>,
     ) -> Vec<Fetched> {
@@ -219,7 +254,11 @@ impl Sweeper {
             deadline,
             max_per_server: self.cfg.max_connections_per_server,
         };
-        let fetched = bounded_unordered(fetches, FETCH_CONCURRENCY, |f| {
+        let at_once = match self.cfg.max_in_flight {
+            0 => UNBOUNDED_FETCHES,
+            n => n,
+        };
+        let fetched = bounded_unordered(fetches, at_once, |f| {
             fetch_server(&self.system, f, limits, &sink)
         })
         .collect()

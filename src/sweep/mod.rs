@@ -7,12 +7,21 @@
 //! (the sweep is partial) and none of its connections are counted: counts are never silently
 //! short, whatever the churn.
 //!
+//! A cluster known to have at most `sweep.max_in_flight` servers is asked with one PING (all
+//! answer at once); a bigger one, or one of unknown size, is bounded: STATSZ, then directed
+//! requests, a few servers at a time ([`pings_all`] decides).
+//!
 //! - [`discovery`]: how many servers there are and who is who (STATSZ), and who was silent.
 //! - [`replies`]: the answers to the PING, sorted out by server id.
-//! - [`fetch`]: the per-server reader: directed requests for the lists the PING did not hold.
+//! - [`fetch`]: the per-server reader: directed requests for the lists the PING did not hold,
+//!   and for every server of a bounded sweep.
+//! - [`bounded`]: the bounded sweep (STATSZ, then directed reads as its replies arrive).
+//! - [`inflight`]: the reply bytes in flight at the peak (pure).
 
+mod bounded;
 mod discovery;
 mod fetch;
+mod inflight;
 mod replies;
 #[cfg(test)]
 mod tests;
@@ -35,9 +44,11 @@ use crate::state::KnownServers;
 use crate::topology::Place;
 
 pub use discovery::{expected_count, missing_servers, UNKNOWN_SERVER};
-pub use fetch::{headroom, next_fetch, NextFetch, MAX_DIRECTED};
+pub use fetch::{first_fetch, headroom, next_fetch, NextFetch, MAX_DIRECTED};
+pub use inflight::{peak, Span};
 
 use discovery::Discovery;
+use fetch::Fetched;
 use replies::FirstReplies;
 
 /// How long a sweep that knows the cluster's size only from STATSZ waits for late replies.
@@ -106,59 +117,35 @@ impl Sweeper {
         let mut seen = known.clone();
         seen.forget_old(started, self.cfg.forget_servers_after);
 
-        // CONNZ to every server, and STATSZ in the same breath: it says how
-        // many servers there are, which id goes with which name (a reply claiming a server's
-        // id under another name is not that server) and the route peers of each (names for
-        // silent servers). Replies are parsed as they arrive and gathered until the expected
-        // servers gave valid answers.
         let configured = self.cfg.expected_servers;
         let known_count = seen.servers.len();
-        let requests = vec![
-            (PING_CONNZ, connz_body(self.cfg.page_size, 0)),
-            (PING_STATSZ, Bytes::new()),
-        ];
-        snap.requests += requests.len();
         let mut discovery = Discovery::new(&seen, started);
-        let mut finished = false;
-        let mut firsts = FirstReplies::new(self.cfg.page_size);
+        let mut spans = Vec::new();
         // A count from STATSZ alone can be low while a cluster forms: linger briefly then.
         let linger = if configured == 0 && known_count == 0 {
             DISCOVERY_LINGER
         } else {
             Duration::ZERO
         };
-        let gather = self.cfg.timeout.min(self.cfg.deadline());
-        self.system
-            .scatter_each(&requests, gather, linger, |i, msg| {
-                snap.bytes += msg.payload.len();
-                if i == 0 {
-                    firsts.add(&msg.payload, &mut snap.bad_replies);
-                } else {
-                    discovery.add(&msg.payload);
-                }
-                if !finished {
-                    let answered = firsts.answered(&discovery);
-                    finished = discovery.settled(configured)
-                        && expected_count(configured, discovery.count(), known_count)
-                            .is_some_and(|e| answered >= e);
-                    return finished;
-                }
-                false
-            })
-            .await
-            .map_err(sweep_error)?;
+        let gather = Gather {
+            configured,
+            known_count,
+            linger,
+            timeout: self.cfg.timeout.min(self.cfg.deadline()),
+            deadline,
+        };
+        let ping = pings_all(self.cfg.max_in_flight, configured, known_count);
+        let fetched = if ping {
+            self.gather_ping(&gather, &mut discovery, &mut snap, &mut spans)
+                .await?
+        } else {
+            self.gather_bounded(&gather, &mut discovery, &mut snap, &mut spans)
+                .await?
+        };
         snap.servers_expected =
             expected_count(configured, discovery.count(), known_count).unwrap_or(0);
-
-        let (done, fetches) = firsts.resolve(&discovery, &mut snap);
-        if done.is_empty() && fetches.is_empty() && snap.errors.is_empty() {
-            return Err(SweepError::NoAnswer(gather));
-        }
-        let mut fetched = self
-            .fetch_all(fetches, deadline, &mut snap.connections)
-            .await;
-        fetched.extend(done);
-        for p in fetched {
+        for mut p in fetched {
+            spans.append(&mut p.spans);
             snap.requests += p.requests;
             snap.pages += p.pages;
             snap.bytes += p.bytes;
@@ -209,6 +196,7 @@ impl Sweeper {
         );
         *known = seen;
         self.last_connections = snap.connections.len();
+        snap.peak_bytes_in_flight = inflight::peak(&spans);
         snap.duration = t0.elapsed();
         info!(
             servers_expected = snap.servers_expected,
@@ -223,17 +211,102 @@ impl Sweeper {
             requests = snap.requests,
             pages = snap.pages,
             bytes = snap.bytes,
+            peak_bytes_in_flight = snap.peak_bytes_in_flight,
+            ping,
             duration_ms = snap.duration.as_millis() as u64,
             "sweep done"
         );
         Ok(snap)
     }
+
+    /// Asks every server at once (PING CONNZ, with STATSZ in the same breath: it says how many
+    /// servers there are, which id goes with which name, and the route peers of each), parses
+    /// the replies as they arrive until the expected servers gave valid answers, then reads
+    /// again the servers whose reply did not hold all their connections.
+    async fn gather_ping(
+        &self,
+        g: &Gather,
+        discovery: &mut Discovery<'_>,
+        snap: &mut Snapshot,
+        spans: &mut Vec<Span>,
+    ) -> Result<Vec<Fetched>, SweepError> {
+        let requests = vec![
+            (PING_CONNZ, connz_body(self.cfg.page_size, 0)),
+            (PING_STATSZ, Bytes::new()),
+        ];
+        snap.requests += requests.len();
+        let mut finished = false;
+        let mut firsts = FirstReplies::new(self.cfg.page_size);
+        let sent = Instant::now();
+        self.system
+            .scatter_each(&requests, g.timeout, g.linger, |i, msg| {
+                snap.bytes += msg.payload.len();
+                if i == 0 {
+                    firsts.add(&msg.payload, &mut snap.bad_replies);
+                } else {
+                    discovery.add(&msg.payload);
+                }
+                spans.push(Span {
+                    sent,
+                    parsed: Instant::now(),
+                    bytes: msg.payload.len(),
+                });
+                if !finished {
+                    let answered = firsts.answered(discovery);
+                    finished = g.settled(discovery, answered);
+                    return finished;
+                }
+                false
+            })
+            .await
+            .map_err(sweep_error)?;
+        let (done, fetches) = firsts.resolve(discovery, snap);
+        if done.is_empty() && fetches.is_empty() && snap.errors.is_empty() {
+            return Err(SweepError::NoAnswer(g.timeout));
+        }
+        let mut fetched = self
+            .fetch_all(
+                futures::stream::iter(fetches),
+                g.deadline,
+                &mut snap.connections,
+            )
+            .await;
+        fetched.extend(done);
+        Ok(fetched)
+    }
 }
 
-/// Runs `f` over `items`, at most `concurrency` at a time, yielding results as they finish:
-/// one slow item never keeps the others from starting or finishing.
+/// What a gather waits for, and how long.
+struct Gather {
+    configured: usize,
+    known_count: usize,
+    linger: Duration,
+    timeout: Duration,
+    deadline: Instant,
+}
+
+impl Gather {
+    /// Whether the gather can end: every server the cluster counts answered STATSZ (or the size
+    /// is configured) and `answered` servers gave valid answers, as many as are expected.
+    fn settled(&self, discovery: &Discovery, answered: usize) -> bool {
+        discovery.settled(self.configured)
+            && expected_count(self.configured, discovery.count(), self.known_count)
+                .is_some_and(|e| answered >= e)
+    }
+}
+
+/// Whether a sweep asks every server at once with one PING (pure): when `max_in_flight` is 0
+/// (no bound), or the cluster is known (`expected_servers`, else the servers seen before) to
+/// have at most `max_in_flight` servers. Else (more, or a size not known yet) it is bounded.
+pub fn pings_all(max_in_flight: usize, configured: usize, known: usize) -> bool {
+    max_in_flight == 0
+        || expected_count(configured, None, known).is_some_and(|n| n <= max_in_flight)
+}
+
+/// Runs `f` over `items` (as they come), at most `concurrency` at a time, yielding results as
+/// they finish: one slow item never keeps the others from starting or finishing.
 pub fn bounded_unordered<T, F, Fut>(
-    items: Vec<T>,
+    items: impl Stream<Item = T>,
     concurrency: usize,
     f: F,
 ) -> impl Stream<Item = Fut::Output>
@@ -241,9 +314,7 @@ where
     F: FnMut(T) -> Fut,
     Fut: Future,
 {
-    futures::stream::iter(items)
-        .map(f)
-        .buffer_unordered(concurrency.max(1))
+    items.map(f).buffer_unordered(concurrency.max(1))
 }
 
 fn sweep_error(e: RequestError) -> SweepError {

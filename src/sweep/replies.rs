@@ -149,6 +149,7 @@ impl FirstReplies {
                             server: c.server,
                             total,
                             returned,
+                            pinged: true,
                         });
                     }
                 }

@@ -201,7 +201,7 @@ async fn a_slow_item_holds_up_only_itself() {
     let (release, slow) = tokio::sync::oneshot::channel::<()>();
     let mut slow = Some(slow);
     let items: Vec<usize> = (0..10).collect();
-    let results = bounded_unordered(items, 3, |i| {
+    let results = bounded_unordered(futures::stream::iter(items), 3, |i| {
         let wait = if i == 0 { slow.take() } else { None };
         async move {
             if let Some(w) = wait {
@@ -223,4 +223,57 @@ async fn a_slow_item_holds_up_only_itself() {
     assert_eq!(first_nine, (1..10).collect::<Vec<_>>());
     release.send(()).unwrap();
     assert_eq!(results.next().await, Some(0));
+}
+
+#[test]
+fn a_bounded_sweeps_first_request_is_sized_from_statsz() {
+    // The whole list in one reply: the STATSZ count plus headroom, even for an empty server.
+    assert_eq!(first_fetch(0, 1_000_000), NextFetch::Fetch { limit: 256 });
+    assert_eq!(
+        first_fetch(8_000, 1_000_000),
+        NextFetch::Fetch { limit: 9_000 }
+    );
+    assert_eq!(first_fetch(990, 1_000), NextFetch::Fetch { limit: 1_000 });
+    // Over the cap: never asked.
+    assert_eq!(
+        first_fetch(2_000, 1_000),
+        NextFetch::GiveUp(ServerFailure::TooLarge {
+            total: 2_000,
+            max: 1_000
+        })
+    );
+    // Then as any directed read: grown past the headroom once is asked again, twice gives up.
+    assert_eq!(
+        next_fetch(9_500, 9_000, 1, 1_000_000),
+        NextFetch::Fetch { limit: 10_687 }
+    );
+    assert!(matches!(
+        next_fetch(12_000, 10_687, 2, 1_000_000),
+        NextFetch::GiveUp(ServerFailure::KeptGrowing { .. })
+    ));
+}
+
+#[test]
+fn a_second_statsz_reply_for_an_id_is_told_apart() {
+    let known = KnownServers::default();
+    let mut d = Discovery::new(&known, Utc::now());
+    assert!(matches!(d.add(&statsz("n1", "A", 2)), discovery::Added::New(s, 0) if s.name == "n1"));
+    assert!(matches!(d.add(&statsz("x", "A", 2)), discovery::Added::Again(id) if id == "A"));
+    assert!(matches!(d.add(b"nope"), discovery::Added::Bad));
+    assert_eq!(d.replies(), 1);
+}
+
+#[test]
+fn only_a_cluster_known_to_be_small_is_pinged_all_at_once() {
+    // 3 servers seen before, or configured: one PING, as always.
+    assert!(pings_all(8, 0, 3));
+    assert!(pings_all(8, 3, 0));
+    assert!(pings_all(8, 0, 8));
+    // 24 servers, or a size nobody knows yet: a few at a time.
+    assert!(!pings_all(8, 0, 24));
+    assert!(!pings_all(8, 24, 3));
+    assert!(!pings_all(8, 0, 0));
+    // 0: no bound.
+    assert!(pings_all(0, 0, 0));
+    assert!(pings_all(0, 100, 0));
 }

@@ -6,6 +6,7 @@
 //! so that CPU time and peak RSS are the method's alone. See BENCHMARKS.md and scripts/bench.sh.
 
 mod live;
+mod topology;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -102,6 +103,15 @@ struct RunArgs {
     /// The connwatch binary for the end-to-end `report` method [default: next to this one].
     #[arg(long)]
     connwatch_bin: Option<PathBuf>,
+    /// Clusters joined by gateways (a super-cluster when more than 1).
+    #[arg(long, default_value_t = 1)]
+    clusters: usize,
+    /// Servers in each cluster.
+    #[arg(long, default_value_t = 3)]
+    servers_per_cluster: usize,
+    /// `sweep.max_in_flight` of the `connwatch` method and of `floor-bounded`.
+    #[arg(long, default_value_t = 8)]
+    max_in_flight: usize,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -124,6 +134,9 @@ struct MethodArgs {
     page_size: usize,
     #[arg(long, default_value_t = 1000)]
     threshold: u64,
+    /// `sweep.max_in_flight` (`connwatch`, `soak`) and the servers read at once (`floor-bounded`).
+    #[arg(long, default_value_t = 8)]
+    max_in_flight: usize,
 }
 
 /// What one method child measured.
@@ -157,6 +170,10 @@ struct Measured {
     /// Servers' CPU time per sweep, idle rate subtracted (filled in by `run`).
     #[serde(default)]
     server_cpu_ms: f64,
+    /// The most reply bytes in flight in one sweep (asked for, not yet parsed), the highest
+    /// over the timed sweeps (connwatch methods, `report`).
+    #[serde(default)]
+    peak_in_flight: f64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -169,7 +186,8 @@ fn main() -> anyhow::Result<()> {
         Cmd::LoadWorker { plan } => load_worker(&plan),
         Cmd::Method(args) => {
             let m = match args.kind.as_str() {
-                "connwatch" | "soak" => sweeper_method(&args)?,
+                "connwatch" | "soak" | "connwatch-ping" => sweeper_method(&args)?,
+                "floor-bounded" => topology::floor_bounded(&args)?,
                 "floor" => floor_method(&args, args.page_size, Plan::Snapshot, None)?,
                 "floor-gzip" => floor_method(&args, args.page_size, Plan::Snapshot, Some("gzip"))?,
                 "floor-snappy" => {
@@ -259,6 +277,12 @@ fn sweeper_method(a: &MethodArgs) -> anyhow::Result<Measured> {
         let cfg = SweepConfig {
             expected_servers: a.servers.len(),
             page_size: a.page_size,
+            // connwatch-ping: no bound, one PING to all servers whatever their number.
+            max_in_flight: if a.kind == "connwatch-ping" {
+                0
+            } else {
+                a.max_in_flight
+            },
             ..SweepConfig::default()
         };
         let detect = DetectConfig {
@@ -288,6 +312,7 @@ fn sweeper_method(a: &MethodArgs) -> anyhow::Result<Measured> {
             m.bytes += snap.bytes as f64;
             m.requests += snap.requests as f64;
             m.connections += snap.connections.len() as f64;
+            m.peak_in_flight = m.peak_in_flight.max(snap.peak_bytes_in_flight as f64);
             drop((census, snap));
             if i + 1 == 10 {
                 m.rss_after_10_kb = self_status_kb("VmRSS:");
@@ -407,6 +432,26 @@ impl Raw {
     }
 }
 
+/// Untimed probe of the floors: the servers' (id, total) (the floors parse nothing while timed).
+fn floor_probe(raw: &mut Raw, n: usize) -> anyhow::Result<Vec<(String, usize)>> {
+    raw.publish(
+        "$SYS.REQ.SERVER.PING.CONNZ",
+        "_FLOOR.probe",
+        &connz_req(1, 0),
+        None,
+    )?;
+    let mut servers: Vec<(String, usize)> = Vec::new();
+    while servers.len() < n {
+        raw.next()?;
+        let v: Value = serde_json::from_slice(&raw.buf)?;
+        servers.push((
+            v["server"]["id"].as_str().unwrap_or("").to_string(),
+            v["data"]["total"].as_u64().unwrap_or(0) as usize,
+        ));
+    }
+    Ok(servers)
+}
+
 fn connz_req(limit: usize, offset: usize) -> Vec<u8> {
     format!(r#"{{"auth":true,"limit":{limit},"offset":{offset},"sort":"cid"}}"#).into_bytes()
 }
@@ -431,22 +476,7 @@ fn floor_method(
     accept: Option<&str>,
 ) -> anyhow::Result<Measured> {
     let mut raw = Raw::connect(&a.servers[0], &a.user, &a.password)?;
-    // Untimed probe: the servers' ids and totals (the floor parses nothing while timed).
-    raw.publish(
-        "$SYS.REQ.SERVER.PING.CONNZ",
-        "_FLOOR.probe",
-        &connz_req(1, 0),
-        None,
-    )?;
-    let mut servers: Vec<(String, usize)> = Vec::new();
-    while servers.len() < a.servers.len() {
-        raw.next()?;
-        let v: Value = serde_json::from_slice(&raw.buf)?;
-        servers.push((
-            v["server"]["id"].as_str().unwrap_or("").to_string(),
-            v["data"]["total"].as_u64().unwrap_or(0) as usize,
-        ));
-    }
+    let servers = floor_probe(&mut raw, a.servers.len())?;
     // (limit, offset) of each request to one server.
     let pages_of = |total: usize| -> Vec<(usize, usize)> {
         let mut reqs = vec![(page, 0)];
@@ -466,7 +496,7 @@ fn floor_method(
         }
         reqs
     };
-    let mut m = Measured {
+    let m = Measured {
         kind: a.kind.clone(),
         ..Measured::default()
     };
@@ -523,13 +553,24 @@ fn floor_method(
         m.requests += requests as f64;
         Ok(())
     };
-    sweep(&mut raw, &mut m)?; // warm-up
+    time_floor(a, &mut raw, m, sweep)
+}
+
+/// Runs a floor's `sweep` once to warm up, then `--runs` times timed, and fills in `m` with the
+/// wall times, its own CPU, the servers' CPU, the bytes and requests per sweep and its RSS.
+fn time_floor(
+    a: &MethodArgs,
+    raw: &mut Raw,
+    mut m: Measured,
+    mut sweep: impl FnMut(&mut Raw, &mut Measured) -> anyhow::Result<()>,
+) -> anyhow::Result<Measured> {
+    sweep(raw, &mut m)?; // warm-up
     m.bytes = 0.0;
     m.requests = 0.0;
     let (cpu0, srv0, t0) = (self_cpu(), servers_cpu_ms(&a.pids), Instant::now());
     for _ in 0..a.runs {
         let t = Instant::now();
-        sweep(&mut raw, &mut m)?;
+        sweep(raw, &mut m)?;
         m.wall_ms.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     let n = a.runs.max(1) as f64;
@@ -734,7 +775,13 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| all.iter().map(|s| s.to_string()).collect());
     let dir = bench_dir()?;
-    let (cluster, pids) = start_cluster(&dir, args.accounts, args.users, Vec::new())?;
+    let (cluster, pids) = start_spec(
+        &dir,
+        (args.clusters, args.servers_per_cluster),
+        args.accounts,
+        args.users,
+        Vec::new(),
+    )?;
     let n_servers = cluster.len();
     let urls = cluster.client_urls();
     let sys = cluster.system_user().clone();
@@ -781,6 +828,8 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
                 args.page_size.to_string(),
                 "--threshold".into(),
                 args.threshold.to_string(),
+                "--max-in-flight".into(),
+                args.max_in_flight.to_string(),
             ]
         };
 
@@ -803,6 +852,10 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
                         c.arg("--config")
                             .arg(&config_path)
                             .args(["report", "--format", "json", "--top", "0"])
+                            .env(
+                                "CONNWATCH_SWEEP__MAX_IN_FLIGHT",
+                                args.max_in_flight.to_string(),
+                            )
                             .env("RUST_LOG", "warn");
                         c
                     },
@@ -897,7 +950,19 @@ fn start_cluster(
     users: usize,
     extra: Vec<AccountSpec>,
 ) -> anyhow::Result<(Cluster, Vec<u32>)> {
-    let mut spec = ClusterSpec::new(dir);
+    start_spec(dir, (1, 3), accounts, users, extra)
+}
+
+/// Like [`start_cluster`], for `clusters` × `servers` servers (a super-cluster over gateways
+/// when `clusters` > 1).
+fn start_spec(
+    dir: &Path,
+    (clusters, servers): (usize, usize),
+    accounts: usize,
+    users: usize,
+    extra: Vec<AccountSpec>,
+) -> anyhow::Result<(Cluster, Vec<u32>)> {
+    let mut spec = ClusterSpec::new(dir).super_cluster(clusters, servers);
     spec.start_timeout = Duration::from_secs(60);
     for a in 0..accounts {
         let mut acc = AccountSpec::new(format!("A{a:02}"));
@@ -913,7 +978,10 @@ fn start_cluster(
     for acc in extra {
         spec = spec.account(acc);
     }
-    eprintln!("starting a 3-node cluster in {}", dir.display());
+    eprintln!(
+        "starting {clusters} cluster(s) × {servers} servers in {}",
+        dir.display()
+    );
     let cluster = Cluster::start(spec)?;
     let pids: Vec<u32> = (0..cluster.len())
         .map(|i| {
@@ -1042,6 +1110,7 @@ fn external(
         m.bytes = v["sweep"]["bytes"].as_f64().unwrap_or(0.0);
         m.requests = v["sweep"]["requests"].as_f64().unwrap_or(0.0);
         m.connections = v["sweep"]["connections"].as_f64().unwrap_or(0.0);
+        m.peak_in_flight = v["sweep"]["peak_bytes_in_flight"].as_f64().unwrap_or(0.0);
     }
     if let Some((b, r)) = bytes_requests {
         m.bytes = b;
@@ -1106,18 +1175,23 @@ fn print_table(size: usize, rows: &[Measured]) {
         }
     };
     println!("\n### {size} connections\n");
-    println!("| method | sweep wall (median) | × floor | client CPU/sweep | peak RSS | bytes/sweep | requests | server CPU/sweep (raw) | × floor |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| method | sweep wall (median) | × floor | client CPU/sweep | peak RSS | bytes/sweep | peak in flight | requests | server CPU/sweep (raw) | × floor |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for m in rows {
         let w = median(&m.wall_ms);
         println!(
-            "| {} | {:.1} ms | {} | {:.1} ms | {:.1} MiB | {:.2} MB | {:.0} | {:.1} ms ({:.0}) | {} |",
+            "| {} | {:.1} ms | {} | {:.1} ms | {:.1} MiB | {:.2} MB | {} | {:.0} | {:.1} ms ({:.0}) | {} |",
             m.kind,
             w,
             ratio(w, fw),
             m.cpu_ms,
             m.peak_rss_kb as f64 / 1024.0,
             m.bytes / 1e6,
+            if m.peak_in_flight > 0.0 {
+                format!("{:.2} MB", m.peak_in_flight / 1e6)
+            } else {
+                "-".into()
+            },
             m.requests,
             m.server_cpu_ms,
             m.server_cpu_ms_raw,
