@@ -280,21 +280,7 @@ impl Metrics {
             "Kicked clients seen coming back",
             m.kicks_ineffective.clone(),
         );
-        r.register(
-            "advisories_published",
-            "Advisories confirmed by the server",
-            m.advisories.published.clone(),
-        );
-        r.register(
-            "advisories_dropped",
-            "Advisories dropped because the queue was full",
-            m.advisories.dropped.clone(),
-        );
-        r.register(
-            "advisories_publish_failures",
-            "Advisory batches that failed and were retried",
-            m.advisories.failures.clone(),
-        );
+        m.advisories.register(r);
         r.register(
             "advisories_queued",
             "Advisories waiting to be published",
@@ -751,6 +737,7 @@ mod tests {
             "connwatch_findings_firing{type=\"excessive_user_connections\"} 0",
             "connwatch_kicks_total{result=\"dry_run\"} 1",
             "connwatch_advisories_dropped_total",
+            "connwatch_advisories_too_large_total 0",
             "connwatch_nats_reconnects_total",
             "connwatch_nats_disconnects_total 1",
             "connwatch_config_reloads_total{result=\"refused\"} 1",
