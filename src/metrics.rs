@@ -120,6 +120,8 @@ pub struct Metrics {
     pub config_reloads: Family<ResultLabel, Counter>,
     /// Server replies that could not be parsed.
     pub bad_replies: Counter,
+    /// Connections the last sweep saw listed before they authenticated (not counted).
+    pub pending_connections: Gauge,
     /// Servers that answered a sweep but whose connections were not counted, by kind.
     pub server_errors: Family<KindLabel, Counter>,
     /// Unix time of the last complete sweep.
@@ -197,6 +199,7 @@ impl Metrics {
             disconnects: Counter::default(),
             config_reloads: Family::default(),
             bad_replies: Counter::default(),
+            pending_connections: Gauge::default(),
             server_errors: Family::default(),
             last_complete_sweep: Gauge::default(),
             identity_known: Gauge::default(),
@@ -317,6 +320,11 @@ impl Metrics {
             m.bad_replies.clone(),
         );
         r.register(
+            "pending_connections",
+            "Connections the last sweep saw listed before they authenticated: nobody's yet, not counted",
+            m.pending_connections.clone(),
+        );
+        r.register(
             "server_errors",
             "Servers that answered a sweep but whose connections were not counted, by kind",
             m.server_errors.clone(),
@@ -399,6 +407,7 @@ impl Metrics {
         self.servers_expected.set(snap.servers_expected as i64);
         self.servers_responded.set(snap.servers.len() as i64);
         self.bad_replies.inc_by(snap.bad_replies as u64);
+        self.pending_connections.set(snap.pending as i64);
         for e in &snap.errors {
             self.server_errors
                 .get_or_create(&KindLabel {
@@ -742,6 +751,7 @@ mod tests {
             "connwatch_nats_disconnects_total 1",
             "connwatch_config_reloads_total{result=\"refused\"} 1",
             "connwatch_bad_replies_total",
+            "connwatch_pending_connections 0",
             "connwatch_server_errors_total{kind=\"deadline\"} 1",
             "connwatch_live_gaps_total{reason=\"reconnect\"} 1",
             "connwatch_live_complete",

@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -97,5 +99,116 @@ async fn an_account_name_with_dots_is_followed_live() {
     )
     .await;
     assert_eq!(running.metric("connwatch_sweeps_total"), Some(sweeps));
+    assert_eq!(running.terminate(), Some(0));
+}
+
+/// Keeps `n` raw TCP connections to `addr` that never send CONNECT, opening `n` fresh ones every
+/// 300 ms (well within the servers' 2 s `auth_timeout`): a burst of connects that are always
+/// accepted but not yet authenticated, until the returned flag is set.
+fn unauthenticated_burst(addr: std::net::SocketAddr, n: usize) -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = stop.clone();
+    std::thread::spawn(move || {
+        while !done.load(Ordering::Relaxed) {
+            let held: Vec<_> = (0..n)
+                .filter_map(|_| std::net::TcpStream::connect(addr).ok())
+                .collect();
+            std::thread::sleep(Duration::from_millis(300));
+            drop(held);
+        }
+    });
+    stop
+}
+
+/// In operator (JWT) mode, a server lists a connection from the moment it accepts it, in `$G`
+/// with no user, until its CONNECT is authorized. Under a burst of such connections (40 on n2,
+/// renewed every 300 ms) they are nobody's: no user `$G`/"" in the census, so no
+/// `excessive_user_connections` for it (its threshold here is 20), while the real user is
+/// counted exactly; `report` says how many were pending (`sweep.pending_connections`) and
+/// `run` shows it in `connwatch_pending_connections`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_not_yet_authenticated_are_nobodys() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(
+        ClusterSpec::new(dir.path().join("cluster"))
+            .mode(AuthMode::Operator)
+            .account(AccountSpec::new("APP").user("app", "")),
+    )
+    .unwrap();
+    let app = LoadAuth::from_creds_file(cluster.creds_path("APP", "app").unwrap()).unwrap();
+    let _app = load::open(LoadSpec::new(cluster.client_url(0), app, 10).name("app"))
+        .await
+        .unwrap();
+    let stop = unauthenticated_burst(cluster.client_addr(1), 40);
+    // Each sweep sees the burst (CONNZ lists them); before, every round's census held a user
+    // `$G`/"" with ~40 connections.
+    let assert_nobodys = |users: &Value| {
+        let users = users.as_array().unwrap();
+        assert!(
+            !users
+                .iter()
+                .any(|u| u["user"] == "" || u["account"] == "$G"),
+            "a pending connection counted as a user's: {users:#?}"
+        );
+        let app = users.iter().find(|u| u["user_name"] == "app").unwrap();
+        assert_eq!(app["connections"], 10, "{app:#}");
+    };
+    let path = write_config(
+        dir.path(),
+        &format!(
+            "{}[sweep]\ninterval = \"300ms\"\n[live]\nreconcile_interval = \"300ms\"\nmax_event_rate = 0\n\
+             [detect]\nmax_connections_per_user = 20\n[metrics]\nlisten = \"{}\"\nuser_floor = 1\n\
+             [service]\nsweep_min_interval = \"0s\"\n",
+            cluster.connwatch_toml(),
+            free_addr()
+        ),
+    );
+    let deadline = std::time::Instant::now() + WAIT;
+    let report = loop {
+        let report = report_json_async(&path).await;
+        if report["sweep"]["pending_connections"].as_u64() > Some(0) {
+            break report;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no sweep saw the burst: {report:#}"
+        );
+    };
+    assert_eq!(report["sweep"]["partial"], false);
+    assert_nobodys(&report["users"]);
+
+    let running = Running::start_live(&path, dir.path().join("run.log")).await;
+    let sweeps = running.metric("connwatch_sweeps_total").unwrap();
+    assert!(
+        wait_until_async(WAIT, || running
+            .metric("connwatch_sweeps_total")
+            .unwrap_or(0.0)
+            >= sweeps + 5.0)
+        .await,
+        "no five sweeps: {}",
+        running.log()
+    );
+    let metrics = running.metrics();
+    assert_eq!(
+        metric(
+            &metrics,
+            "connwatch_findings_firing{type=\"excessive_user_connections\"}"
+        ),
+        Some(0.0),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("connwatch_user_connections{account=\"$G\""),
+        "{metrics}"
+    );
+    assert!(
+        wait_until_async(WAIT, || running
+            .metric("connwatch_pending_connections")
+            .unwrap_or(0.0)
+            > 0.0)
+        .await,
+        "no sweep counted the burst as pending"
+    );
+    stop.store(true, Ordering::Relaxed);
     assert_eq!(running.terminate(), Some(0));
 }

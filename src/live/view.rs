@@ -484,6 +484,7 @@ impl LiveView {
             connections: self.conns.values().map(|c| Connection::clone(c)).collect(),
             gap: self.incomplete.clone(),
             topology: sweep.topology.clone(),
+            pending: sweep.pending,
         }
     }
 }

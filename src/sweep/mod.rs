@@ -181,6 +181,8 @@ impl Sweeper {
         }
         snap.servers.sort_by(|a, b| a.name.cmp(&b.name));
         snap.errors.sort_by(|a, b| a.server.cmp(&b.server));
+        let auth = self.system.client().server_info().auth_required;
+        snap.pending = crate::snapshot::drop_pending(&mut snap.connections, auth);
 
         let answered: Vec<&str> = snap
             .servers
@@ -220,6 +222,7 @@ impl Sweeper {
             error_kinds = ?snap.errors.iter().map(|e| e.error.kind()).collect::<Vec<_>>(),
             bad_replies = snap.bad_replies,
             connections = snap.connections.len(),
+            pending = snap.pending,
             requests = snap.requests,
             pages = snap.pages,
             bytes = snap.bytes,
