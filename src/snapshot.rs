@@ -68,6 +68,17 @@ pub fn drop_pending(connections: &mut Vec<Connection>, auth_required: bool) -> u
     (before - connections.len()) as u64
 }
 
+/// Whether a server of version `ver` lists its leafnode connections in CONNZ: since
+/// nats-server 2.12.0 (nats-io/nats-server#6930; before, only client connections, `/leafz`
+/// has the leafnodes). An unreadable version is taken for a recent one.
+pub fn lists_leafnodes(ver: &str) -> bool {
+    let mut parts = ver.split(['.', '-']).map(|p| p.parse::<u64>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= (2, 12),
+        _ => true,
+    }
+}
+
 /// A server that answered the sweep.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ServerSeen {
@@ -270,6 +281,9 @@ pub struct Snapshot {
     /// Connections the servers listed before they authenticated ([`Connection::pending`]),
     /// not in `connections`: nobody's yet. For a view of the live census, the last sweep's.
     pub pending: u64,
+    /// Ids of the servers that answered but whose CONNZ does not list leafnode connections
+    /// ([`lists_leafnodes`]): the live census keeps their `Leafnode` connections from events.
+    pub leafnodes_unlisted: Vec<String>,
 }
 
 impl Snapshot {
@@ -315,5 +329,21 @@ mod tests {
         assert_eq!(drop_pending(&mut conns, true), 1);
         assert_eq!(conns.len(), 3);
         assert!(!conns.iter().any(|c| c.pending(true)));
+    }
+
+    #[test]
+    fn connz_lists_leafnodes_since_2_12() {
+        for (ver, lists) in [
+            ("2.10.22", false),
+            ("2.11.9", false),
+            ("2.12.0-RC.1", true),
+            ("2.12.0", true),
+            ("2.15.1", true),
+            ("3.0.0", true),
+            ("", true),
+            ("dev", true),
+        ] {
+            assert_eq!(lists_leafnodes(ver), lists, "{ver}");
+        }
     }
 }

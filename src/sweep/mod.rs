@@ -165,6 +165,9 @@ impl Sweeper {
             snap.bad_replies += p.bad_replies;
             snap.topology
                 .insert(display_name(&p.server), place_of(&p.server));
+            if !crate::snapshot::lists_leafnodes(&p.server.ver) {
+                snap.leafnodes_unlisted.push(p.server.id.clone());
+            }
             if let Some(error) = p.error {
                 snap.errors.push(ServerError {
                     server: display_name(&p.server),
