@@ -12,11 +12,11 @@ use support::*;
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_ordinary_account_leaf_is_one_leafnode_connection_that_is_not_kicked() {
-    let dir = tempfile::tempdir().unwrap();
-    let cluster = Cluster::start(
-        ClusterSpec::new(dir.path().join("cluster"))
+/// One hub server with users `app` and `leafuser` in APP, and a leaf server attached to it in
+/// APP as `leafuser` (no system-account remote).
+fn hub_with_an_ordinary_leaf(dir: &std::path::Path) -> Cluster {
+    Cluster::start(
+        ClusterSpec::new(dir.join("cluster"))
             .servers(1)
             .account(
                 AccountSpec::new("APP")
@@ -29,7 +29,13 @@ async fn an_ordinary_account_leaf_is_one_leafnode_connection_that_is_not_kicked(
                 shares_system: false,
             }),
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ordinary_account_leaf_is_one_leafnode_connection_that_is_not_kicked() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = hub_with_an_ordinary_leaf(dir.path());
     let leaf = cluster.leaf_index().unwrap();
     let app = || LoadAuth::user_password("app", "app-pw");
     let behind = load::open(LoadSpec::new(cluster.client_url(leaf), app(), 5))
@@ -104,17 +110,7 @@ async fn an_ordinary_account_leaf_is_one_leafnode_connection_that_is_not_kicked(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconciles_keep_exactly_the_leafnode_connections_the_hub_has() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start(
-        ClusterSpec::new(dir.path().join("cluster"))
-            .servers(1)
-            .account(AccountSpec::new("APP").user("leafuser", "leaf-pw"))
-            .leaf(LeafSpec {
-                account: "APP".into(),
-                user: "leafuser".into(),
-                shares_system: false,
-            }),
-    )
-    .unwrap();
+    let mut cluster = hub_with_an_ordinary_leaf(dir.path());
     let leaf = cluster.leaf_index().unwrap();
     let toml = cluster
         .connwatch_toml()

@@ -12,14 +12,6 @@ use support::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn is(kind: &str, state: &str) -> impl Fn(&Value) -> bool {
-    let (kind, state) = (
-        format!("io.connwatch.advisory.v1.{kind}"),
-        state.to_string(),
-    );
-    move |b: &Value| b["type"] == kind.as_str() && b["state"] == state.as_str()
-}
-
 /// `connwatch run` on `cluster` with sweeps an hour apart (only the first one, and those a gap
 /// starts, run), the live census on and metrics; ready once the view is complete.
 async fn run_live(cluster: &Cluster, dir: &std::path::Path) -> Running {
@@ -64,7 +56,11 @@ async fn an_account_name_with_dots_is_followed_live() {
     .await
     .unwrap();
     let (i, _, fired) = seen
-        .wait_for(0, "excessive", is("excessive_user_connections", "firing"))
+        .wait_for(
+            0,
+            "excessive",
+            advisory_is("excessive_user_connections", "firing"),
+        )
         .await;
     assert_valid(&fired);
     assert_eq!(
@@ -95,7 +91,7 @@ async fn an_account_name_with_dots_is_followed_live() {
     seen.wait_for(
         i + 1,
         "resolved",
-        is("excessive_user_connections", "resolved"),
+        advisory_is("excessive_user_connections", "resolved"),
     )
     .await;
     assert_eq!(running.metric("connwatch_sweeps_total"), Some(sweeps));
