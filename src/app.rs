@@ -344,7 +344,8 @@ fn why_nothing(
 
 /// `connwatch kick --forget`: removes kicked clients from the kick memory in `state.file`, so
 /// a client connwatch gave up on may be kicked again. `connwatch run` reads the file only at
-/// start and rewrites it every round: it must be stopped first, and started after.
+/// start and rewrites it every round: it must be stopped first, and started after (refused
+/// while it holds the file's lock).
 fn forget(config: &Config, args: &KickArgs) -> Result<String, AppError> {
     let Some(path) = config.state.file.as_deref() else {
         return Err(AppError::Refused(
@@ -352,6 +353,13 @@ fn forget(config: &Config, args: &KickArgs) -> Result<String, AppError> {
                 .into(),
         ));
     };
+    // Read, change and write under the file's lock: refused while `connwatch run` holds it (it
+    // would overwrite the change with what it holds in memory).
+    let _lock = crate::state::StateLock::acquire(path, "connwatch kick --forget").map_err(|e| {
+        AppError::Refused(format!(
+            "cannot change the state file (`state.file`): {e}: stop `connwatch run` first (it rewrites the file every round), forget, then start it again"
+        ))
+    })?;
     // Never replace an unreadable file with an empty one: that would drop everything else.
     let mut state = State::load(path).map_err(|e| {
         AppError::Refused(format!(

@@ -120,6 +120,8 @@ pub struct Metrics {
     pub config_reloads: Family<ResultLabel, Counter>,
     /// Server replies that could not be parsed.
     pub bad_replies: Counter,
+    /// Connections the last sweep saw listed before they authenticated (not counted).
+    pub pending_connections: Gauge,
     /// Servers that answered a sweep but whose connections were not counted, by kind.
     pub server_errors: Family<KindLabel, Counter>,
     /// Unix time of the last complete sweep.
@@ -197,6 +199,7 @@ impl Metrics {
             disconnects: Counter::default(),
             config_reloads: Family::default(),
             bad_replies: Counter::default(),
+            pending_connections: Gauge::default(),
             server_errors: Family::default(),
             last_complete_sweep: Gauge::default(),
             identity_known: Gauge::default(),
@@ -280,21 +283,7 @@ impl Metrics {
             "Kicked clients seen coming back",
             m.kicks_ineffective.clone(),
         );
-        r.register(
-            "advisories_published",
-            "Advisories confirmed by the server",
-            m.advisories.published.clone(),
-        );
-        r.register(
-            "advisories_dropped",
-            "Advisories dropped because the queue was full",
-            m.advisories.dropped.clone(),
-        );
-        r.register(
-            "advisories_publish_failures",
-            "Advisory batches that failed and were retried",
-            m.advisories.failures.clone(),
-        );
+        m.advisories.register(r);
         r.register(
             "advisories_queued",
             "Advisories waiting to be published",
@@ -329,6 +318,11 @@ impl Metrics {
             "bad_replies",
             "Server replies that could not be parsed (logged and skipped)",
             m.bad_replies.clone(),
+        );
+        r.register(
+            "pending_connections",
+            "Connections the last sweep saw listed before they authenticated: nobody's yet, not counted",
+            m.pending_connections.clone(),
         );
         r.register(
             "server_errors",
@@ -413,6 +407,7 @@ impl Metrics {
         self.servers_expected.set(snap.servers_expected as i64);
         self.servers_responded.set(snap.servers.len() as i64);
         self.bad_replies.inc_by(snap.bad_replies as u64);
+        self.pending_connections.set(snap.pending as i64);
         for e in &snap.errors {
             self.server_errors
                 .get_or_create(&KindLabel {
@@ -751,10 +746,12 @@ mod tests {
             "connwatch_findings_firing{type=\"excessive_user_connections\"} 0",
             "connwatch_kicks_total{result=\"dry_run\"} 1",
             "connwatch_advisories_dropped_total",
+            "connwatch_advisories_too_large_total 0",
             "connwatch_nats_reconnects_total",
             "connwatch_nats_disconnects_total 1",
             "connwatch_config_reloads_total{result=\"refused\"} 1",
             "connwatch_bad_replies_total",
+            "connwatch_pending_connections 0",
             "connwatch_server_errors_total{kind=\"deadline\"} 1",
             "connwatch_live_gaps_total{reason=\"reconnect\"} 1",
             "connwatch_live_complete",

@@ -47,6 +47,9 @@ pub struct SweepSummary {
     /// Replies ignored: unparseable, inconsistent, or not from a server the cluster knows by
     /// that id and name.
     pub bad_replies: usize,
+    /// Connections listed before they authenticated (the servers require auth): nobody's yet,
+    /// not in `connections` nor in any user's count.
+    pub pending_connections: u64,
     /// `connwatch run` with the live census: why the live view is not complete (events may
     /// have been lost since the last complete sweep); absent when it is, and for a sweep.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -78,6 +81,7 @@ impl SweepSummary {
             bytes: s.bytes,
             peak_bytes_in_flight: s.peak_bytes_in_flight,
             bad_replies: s.bad_replies,
+            pending_connections: s.pending,
             live_gap: s.gap.clone(),
             topology: if s.topology.values().any(|p| p.cluster.is_some()) {
                 s.topology.clone()

@@ -130,6 +130,20 @@ pub async fn run(
     if config.state.file.is_none() {
         warn!("state.file is not set: firing findings are announced again after a restart");
     }
+    // The state file's one writer while this runs (a second `run` on it does not start).
+    let _state_lock = match config.state.file.as_deref() {
+        Some(path) => Some(
+            crate::state::StateLock::acquire(path, "connwatch run").map_err(|e| {
+                AppError::Startup {
+                    setting: "state.file",
+                    value: format!("{:?}", path.display().to_string()),
+                    what: "the state file",
+                    source: Box::new(e),
+                }
+            })?,
+        ),
+        None => None,
+    };
     // Bound before connecting: a port in use is a start-up failure, not a silent gap.
     let listener = match config.metrics.listen.as_str() {
         "" => None,

@@ -45,6 +45,40 @@ pub struct Connection {
     pub tags: Vec<String>,
 }
 
+impl Connection {
+    /// Whether a server listed it before it authenticated, when the servers require auth: a
+    /// server lists a connection from the moment it accepts it, in the global account with no
+    /// user, until its CONNECT is authorized (up to the server's `auth_timeout`, 2 s by
+    /// default). It is no user's connection (a burst of connects would make a short-lived
+    /// finding for `$G`/""). Without auth every client is `$G`/"", and counted. Leafnodes are
+    /// never taken for pending: a leafnode port without auth has real user-less connections.
+    pub fn pending(&self, auth_required: bool) -> bool {
+        auth_required && self.kind == "Client" && self.user.is_empty() && self.account == "$G"
+    }
+}
+
+/// Takes out of `connections` those listed before they authenticated ([`Connection::pending`]);
+/// returns how many.
+pub fn drop_pending(connections: &mut Vec<Connection>, auth_required: bool) -> u64 {
+    if !auth_required {
+        return 0;
+    }
+    let before = connections.len();
+    connections.retain(|c| !c.pending(true));
+    (before - connections.len()) as u64
+}
+
+/// Whether a server of version `ver` lists its leafnode connections in CONNZ: since
+/// nats-server 2.12.0 (nats-io/nats-server#6930; before, only client connections, `/leafz`
+/// has the leafnodes). An unreadable version is taken for a recent one.
+pub fn lists_leafnodes(ver: &str) -> bool {
+    let mut parts = ver.split(['.', '-']).map(|p| p.parse::<u64>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= (2, 12),
+        _ => true,
+    }
+}
+
 /// A server that answered the sweep.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ServerSeen {
@@ -248,6 +282,12 @@ pub struct Snapshot {
     /// Where each server sits (cluster, domain): the servers that answered, and the missing
     /// ones whose cluster an earlier sweep saw.
     pub topology: crate::topology::Topology,
+    /// Connections the servers listed before they authenticated ([`Connection::pending`]),
+    /// not in `connections`: nobody's yet. For a view of the live census, the last sweep's.
+    pub pending: u64,
+    /// Ids of the servers that answered but whose CONNZ does not list leafnode connections
+    /// ([`lists_leafnodes`]): the live census keeps their `Leafnode` connections from events.
+    pub leafnodes_unlisted: Vec<String>,
 }
 
 impl Snapshot {
@@ -268,5 +308,46 @@ impl Snapshot {
             .chain(self.errors.iter().map(|e| e.server.as_str()))
             .collect();
         crate::topology::silent_clusters(&self.topology, &answered, &self.missing)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_user_less_global_clients_are_pending_and_only_when_auth_is_required() {
+        let c = |kind: &str, account: &str, user: &str| Connection {
+            kind: kind.into(),
+            account: account.into(),
+            user: user.into(),
+            ..Connection::default()
+        };
+        let mut conns = vec![
+            c("Client", "$G", ""),
+            c("Client", "$G", "alice"),
+            c("Client", "APP", ""),
+            c("Leafnode", "$G", ""),
+        ];
+        assert_eq!(drop_pending(&mut conns.clone(), false), 0);
+        assert_eq!(drop_pending(&mut conns, true), 1);
+        assert_eq!(conns.len(), 3);
+        assert!(!conns.iter().any(|c| c.pending(true)));
+    }
+
+    #[test]
+    fn connz_lists_leafnodes_since_2_12() {
+        for (ver, lists) in [
+            ("2.10.22", false),
+            ("2.11.9", false),
+            ("2.12.0-RC.1", true),
+            ("2.12.0", true),
+            ("2.15.1", true),
+            ("3.0.0", true),
+            ("", true),
+            ("dev", true),
+        ] {
+            assert_eq!(lists_leafnodes(ver), lists, "{ver}");
+        }
     }
 }

@@ -4,9 +4,19 @@
 //! A server that stops answering is still expected for `sweep.forget_servers_after`, so its
 //! silence makes a sweep partial and names it, instead of quietly shrinking the cluster.
 //! Firing findings are kept so that a restart does not announce them all again.
+//!
+//! **One writer at a time.** Every write takes an exclusive lock on `<state.file>.lock`
+//! ([`StateLock`]) and replaces the file atomically (a temporary file of its own, then a
+//! rename), so the file is never torn. `connwatch run` holds the lock for as long as it runs (it
+//! rewrites the file every round from what it holds in memory): a second `run` on the same file
+//! does not start, `connwatch kick --forget` refuses (its change would be overwritten), and
+//! `report`, `kick` and `top` leave the file to `run` (with a warning) instead of racing it.
 
-use std::collections::BTreeMap;
-use std::path::Path;
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -55,12 +65,20 @@ impl State {
         })
     }
 
-    /// Saves to a JSON file atomically (write, then rename).
+    /// Saves to a JSON file atomically (a temporary file of this process, then a rename), under
+    /// the file's lock ([`StateLock`]): held by this process already (`connwatch run`), or
+    /// taken for the write. Fails (`WouldBlock`, the message names the holder) when another
+    /// process holds it.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let tmp = path.with_extension("tmp");
+        let _lock = if StateLock::held_here(path) {
+            None
+        } else {
+            Some(StateLock::acquire(path, "a one-off command")?)
+        };
+        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
         std::fs::write(&tmp, serde_json::to_vec(self)?)?;
         std::fs::rename(tmp, path)
     }
@@ -68,10 +86,98 @@ impl State {
     /// Saves to the configured state file, if any; a failure is logged, never fatal.
     pub fn save_to(&self, path: Option<&Path>) {
         if let Some(path) = path {
-            if let Err(e) = self.save(path) {
-                tracing::warn!(file = %path.display(), error = %e, "cannot write state file");
+            match self.save(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    tracing::warn!(file = %path.display(), error = %e, "state file not written: another connwatch owns it");
+                }
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot write state file");
+                }
             }
         }
+    }
+}
+
+/// The state files this process holds the lock of.
+fn held() -> &'static Mutex<HashSet<PathBuf>> {
+    static HELD: OnceLock<Mutex<HashSet<PathBuf>>> = OnceLock::new();
+    HELD.get_or_init(Mutex::default)
+}
+
+/// The exclusive right to write a state file: a lock (`flock`) on `<state.file>.lock`, which
+/// holds who took it (pid and what) for the others' messages. The kernel lets it go when its
+/// process ends, however it ends: a crash leaves no stale lock.
+#[derive(Debug)]
+pub struct StateLock {
+    _file: File,
+    state: PathBuf,
+}
+
+impl StateLock {
+    /// The lock file of the state file `state`.
+    pub fn path_of(state: &Path) -> PathBuf {
+        let mut name = state.as_os_str().to_owned();
+        name.push(".lock");
+        PathBuf::from(name)
+    }
+
+    /// Takes the lock of `state` for `what` (e.g. `connwatch run`), without waiting: when
+    /// another process holds it, a `WouldBlock` error naming that process.
+    pub fn acquire(state: &Path, what: &str) -> std::io::Result<Self> {
+        if let Some(dir) = state.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let path = Self::path_of(state);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                let holder = if holder.is_empty() {
+                    "another process"
+                } else {
+                    holder
+                };
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::WouldBlock,
+                    format!(
+                        "{} is in use by {holder} (lock {})",
+                        state.display(),
+                        path.display()
+                    ),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        file.set_len(0)?;
+        write!(file, "{what} (pid {})", std::process::id())?;
+        held()
+            .lock()
+            .expect("held lock")
+            .insert(state.to_path_buf());
+        Ok(Self {
+            _file: file,
+            state: state.to_path_buf(),
+        })
+    }
+
+    /// Whether this process holds the lock of `state`.
+    pub fn held_here(state: &Path) -> bool {
+        held().lock().expect("held lock").contains(state)
+    }
+}
+
+impl Drop for StateLock {
+    fn drop(&mut self) {
+        held().lock().expect("held lock").remove(&self.state);
     }
 }
 
@@ -157,6 +263,38 @@ impl KnownServers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_writer_at_a_time_and_the_others_are_told_who() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let lock = StateLock::acquire(&path, "connwatch run").unwrap();
+        // Another holder (another open file: flock conflicts even within one process).
+        let err = StateLock::acquire(&path, "connwatch kick --forget").unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock);
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!(
+                "in use by connwatch run (pid {})",
+                std::process::id()
+            )),
+            "{msg}"
+        );
+        // The holder writes; the file is whole JSON, with no temporary file left.
+        State::default().save(&path).unwrap();
+        assert_eq!(State::load(&path).unwrap(), State::default());
+        drop(lock);
+        assert!(!StateLock::held_here(&path));
+        // Free again: a one-off write takes the lock for itself and lets it go.
+        State::default().save(&path).unwrap();
+        let again = StateLock::acquire(&path, "connwatch run");
+        assert!(again.is_ok());
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(!names.iter().any(|n| n.contains("tmp")), "{names:?}");
+    }
 
     fn t(secs: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_700_000_000 + secs, 0).unwrap()

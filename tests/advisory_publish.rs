@@ -7,6 +7,8 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use connwatch::advisory::publisher::{Publisher, PublisherStats};
 use connwatch::advisory::Advisory;
 use connwatch::config::AdvisoryConfig;
@@ -63,4 +65,61 @@ async fn failures_are_counted_by_kind_and_the_advisory_stays_queued() {
     assert_eq!(stats.published.get(), 0);
     assert_eq!(stats.failed("disconnected"), 0);
     assert_eq!(publisher.shutdown(Duration::from_millis(100)).await, 1);
+}
+
+/// An advisory larger than the server's `max_payload` (1 MiB by default) can never be sent:
+/// it is dropped and counted in `connwatch_advisories_too_large_total`, and the advisories
+/// queued with it and after it are published, once each (it held up the queue forever before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_advisory_too_large_to_publish_is_dropped_and_the_queue_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(ClusterSpec::new(dir.path()).servers(1)).unwrap();
+    let client = connect(&cluster.client_url(0)).await;
+    let watcher = connect(&cluster.client_url(0)).await;
+    let mut sub = watcher
+        .subscribe("connwatch.advisory.test.>")
+        .await
+        .unwrap();
+    watcher.flush().await.unwrap();
+    let stats = Arc::new(PublisherStats::default());
+    let publisher = Publisher::spawn(client, &AdvisoryConfig::default(), stats.clone());
+
+    let numbered = |n: u32, body: serde_json::Value| Advisory {
+        subject: format!("connwatch.advisory.test.{n}"),
+        id: format!("id-{n}"),
+        body,
+    };
+    publisher.enqueue(numbered(1, serde_json::json!({ "n": 1 })));
+    let huge = "x".repeat(2 << 20);
+    publisher.enqueue(numbered(2, serde_json::json!({ "n": 2, "pad": huge })));
+    publisher.enqueue(numbered(3, serde_json::json!({ "n": 3 })));
+    assert!(
+        wait_until_async(WAIT, || stats.published.get() >= 2).await,
+        "the advisories around the too-large one were not published (published {}, failures {})",
+        stats.published.get(),
+        stats.failed("too_large")
+    );
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let msg = tokio::time::timeout(WAIT, sub.next())
+            .await
+            .expect("an advisory within the deadline")
+            .expect("subscription open");
+        got.push(msg.subject.to_string());
+    }
+    assert_eq!(
+        got,
+        ["connwatch.advisory.test.1", "connwatch.advisory.test.3"]
+    );
+    assert_eq!(stats.too_large.get(), 1);
+    assert_eq!(stats.failed("too_large"), 0, "it is not retried");
+    assert_eq!(publisher.queued(), 0);
+    // Another one after it goes out too.
+    publisher.enqueue(numbered(4, serde_json::json!({ "n": 4 })));
+    let msg = tokio::time::timeout(WAIT, sub.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(msg.subject.as_str(), "connwatch.advisory.test.4");
+    assert_eq!(publisher.shutdown(Duration::from_secs(5)).await, 0);
 }

@@ -5,6 +5,10 @@
 //! server's confirmation). Only then do they leave the queue, so nothing is lost while
 //! disconnected; a retry may deliver one twice (the `id`, and JetStream's `Nats-Msg-Id`, tell
 //! duplicates apart). A full queue drops its oldest advisory and counts it.
+//!
+//! An advisory larger than the server's `max_payload` can never be sent: it is dropped with an
+//! error (counted in `connwatch_advisories_too_large_total`) and the rest of its batch goes on,
+//! rather than holding up the queue forever.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -22,7 +26,7 @@ use prometheus_client::metrics::family::Family;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use super::{with_sources, Advisory};
 use crate::config::AdvisoryConfig;
@@ -47,7 +51,8 @@ pub enum PublishError {
     /// came.
     #[error("no JetStream acknowledgement")]
     NoAck(#[source] JsPublishError),
-    /// An advisory is larger than the server's `max_payload`.
+    /// An advisory is larger than the server's `max_payload`: it is dropped, not retried (see
+    /// [`PublisherStats::too_large`]); its batch goes on.
     #[error("advisory larger than the server's max_payload")]
     TooLarge(#[source] async_nats::Error),
     /// The client or JetStream refused it for another reason.
@@ -109,6 +114,8 @@ pub struct PublisherStats {
     pub dropped: Counter,
     /// Batches that failed and were retried, by [`PublishError::kind`].
     pub failures: Family<FailureLabel, Counter>,
+    /// Advisories dropped because they are larger than the server's `max_payload`.
+    pub too_large: Counter,
 }
 
 impl Default for PublisherStats {
@@ -122,6 +129,7 @@ impl Default for PublisherStats {
             published: Counter::default(),
             dropped: Counter::default(),
             failures,
+            too_large: Counter::default(),
         }
     }
 }
@@ -130,6 +138,30 @@ impl PublisherStats {
     /// Batches that failed with `kind`.
     pub fn failed(&self, kind: &'static str) -> u64 {
         self.failures.get_or_create(&FailureLabel { kind }).get()
+    }
+
+    /// Registers the publisher's metrics (`connwatch_advisories_*`).
+    pub fn register(&self, r: &mut prometheus_client::registry::Registry) {
+        r.register(
+            "advisories_published",
+            "Advisories confirmed by the server",
+            self.published.clone(),
+        );
+        r.register(
+            "advisories_dropped",
+            "Advisories dropped because the queue was full",
+            self.dropped.clone(),
+        );
+        r.register(
+            "advisories_too_large",
+            "Advisories dropped because they are larger than the server's max_payload",
+            self.too_large.clone(),
+        );
+        r.register(
+            "advisories_publish_failures",
+            "Advisory batches that failed and were retried",
+            self.failures.clone(),
+        );
     }
 }
 
@@ -272,13 +304,21 @@ async fn publish_loop(
             _ = stop.cancelled() => return,
         };
         match sent {
-            Ok(()) => {
+            Ok(too_large) => {
+                for (i, e) in &too_large {
+                    let (_, a) = &batch[*i];
+                    error!(subject = %a.subject, id = %a.id, error = %with_sources(e), "advisory larger than the server's max_payload: dropped");
+                }
+                shared.stats.too_large.inc_by(too_large.len() as u64);
                 let last = batch.last().map(|(seq, _)| *seq).unwrap_or(0);
                 let mut q = shared.queue.lock().expect("queue lock");
                 while q.items.front().is_some_and(|(seq, _)| *seq <= last) {
                     q.items.pop_front();
                 }
-                shared.stats.published.inc_by(batch.len() as u64);
+                shared
+                    .stats
+                    .published
+                    .inc_by((batch.len() - too_large.len()) as u64);
             }
             Err(e) => {
                 shared
@@ -296,39 +336,47 @@ async fn publish_loop(
     }
 }
 
-/// Publishes a batch and waits until the server confirmed all of it.
+/// Publishes a batch and waits until the server confirmed all of it, but for the advisories
+/// larger than the server's `max_payload` (the client refuses them before sending anything):
+/// those are returned (their index in the batch), to be dropped.
 async fn send(
     client: &Client,
     js: Option<&async_nats::jetstream::Context>,
     batch: &[(u64, Advisory)],
     timeout: Duration,
-) -> Result<(), PublishError> {
+) -> Result<Vec<(usize, PublishError)>, PublishError> {
+    let mut too_large = Vec::new();
+    let mut skip = |i: usize, e: PublishError| match e {
+        PublishError::TooLarge(_) => {
+            too_large.push((i, e));
+            Ok(())
+        }
+        e => Err(e),
+    };
     let payload =
         |a: &Advisory| Bytes::from(serde_json::to_vec(&a.body).expect("advisory serializes"));
     match js {
         None => {
-            for (_, a) in batch {
-                client
-                    .publish(a.subject.clone(), payload(a))
-                    .await
-                    .map_err(PublishError::publish)?;
+            for (i, (_, a)) in batch.iter().enumerate() {
+                if let Err(e) = client.publish(a.subject.clone(), payload(a)).await {
+                    skip(i, PublishError::publish(e))?;
+                }
             }
             tokio::time::timeout(timeout, client.flush())
                 .await
                 .map_err(|_| PublishError::Timeout(timeout))?
-                .map_err(PublishError::flush)
+                .map_err(PublishError::flush)?;
         }
         Some(js) => {
             let mut acks = Vec::with_capacity(batch.len());
-            for (_, a) in batch {
+            for (i, (_, a)) in batch.iter().enumerate() {
                 let msg = PublishMessage::build()
                     .payload(payload(a))
                     .message_id(&a.id);
-                acks.push(
-                    js.send_publish(a.subject.clone(), msg)
-                        .await
-                        .map_err(PublishError::jetstream)?,
-                );
+                match js.send_publish(a.subject.clone(), msg).await {
+                    Ok(ack) => acks.push(ack),
+                    Err(e) => skip(i, PublishError::jetstream(e))?,
+                }
             }
             for ack in acks {
                 tokio::time::timeout(timeout, ack)
@@ -336,7 +384,7 @@ async fn send(
                     .map_err(|_| PublishError::Timeout(timeout))?
                     .map_err(PublishError::jetstream)?;
             }
-            Ok(())
         }
     }
+    Ok(too_large)
 }

@@ -26,15 +26,17 @@ const MAX_REASONS: usize = 4;
 
 const BUCKET_SECS: i64 = WINDOW.as_secs() as i64 / BUCKETS;
 
-/// Whether the events of `account` reach the live census: its name must be one subject token
-/// (`$SYS.ACCOUNT.<account>.CONNECT` is matched by `$SYS.ACCOUNT.*.*`). An account named
-/// `team.a` (allowed in config mode) has events connwatch does not receive: its churn is read
-/// from the servers' closed connections instead.
+/// Whether the events of `account` reach the live census. A name with dots (`team.a`, allowed
+/// in config mode) is followed: its events are told apart by their payload
+/// ([`super::event_of`]). A name with whitespace or wildcards makes no valid subject (its
+/// event's protocol line splits at the space: on 2.15.1 a subscriber to `$SYS.ACCOUNT.>` loses
+/// its connection when such a user connects): its churn is read from the servers' closed
+/// connections instead.
 pub fn followed(account: &str) -> bool {
     !account.is_empty()
         && !account
             .bytes()
-            .any(|b| b == b'.' || b == b'*' || b == b'>' || b.is_ascii_whitespace())
+            .any(|b| b == b'*' || b == b'>' || b.is_ascii_whitespace())
 }
 
 /// (account, user), as the census keys users.
@@ -250,9 +252,11 @@ mod tests {
     }
 
     #[test]
-    fn only_single_token_accounts_are_followed() {
+    fn accounts_that_make_valid_subjects_are_followed() {
         assert!(followed("APP"));
         assert!(followed("ACWXYZ"));
+        assert!(followed("team.a"));
+        assert!(!followed("team.*"));
         assert!(!followed("team.a b"));
         assert!(!followed("a b"));
         assert!(!followed(""));

@@ -51,7 +51,8 @@ pub use view::{Delta, LiveView, Scope, SyncId, UserKey};
 /// `$SYS.ACCOUNT.<acc>.SERVER.CONNS`), so a server's events are handled in the order it sent
 /// them: a connection's connect before its disconnect, an account's count next to the events
 /// that changed it. Other subjects under it (claim updates, leafnode notices) are rare and
-/// skipped by subject.
+/// skipped: [`event_of`] and [`conns_of`] read the account from the payload, not from the
+/// subject's tokens (an account name may hold dots).
 const EVENTS: &str = "$SYS.ACCOUNT.>";
 /// How long a probe waits for servers beyond the known ones (a new server).
 const PROBE_LINGER: Duration = Duration::from_millis(50);
@@ -258,7 +259,7 @@ pub async fn start(
                 _ = stop.cancelled() => break,
                 Some(msg) = async { events.as_mut().expect("guarded").next().await }, if events.is_some() => {
                     if is_account_conns(&msg.subject) {
-                        if let Ok(a) = parse::<AccountConns>(&msg.payload) {
+                        if let Some(a) = conns_of(&msg.subject, &msg.payload) {
                             cross.announce(&a.server.id, &a.acc, a.conns);
                         }
                         continue;
@@ -343,24 +344,47 @@ pub async fn start(
     Ok((live, task))
 }
 
-/// Whether a subject is an account's connection count (`$SYS.ACCOUNT.<acc>.SERVER.CONNS`).
+/// The account named by a subject `$SYS.ACCOUNT.<account>.<suffix>`, whatever its tokens.
+fn account_of<'a>(subject: &'a str, suffix: &str) -> Option<&'a str> {
+    subject
+        .strip_prefix("$SYS.ACCOUNT.")?
+        .strip_suffix(suffix)?
+        .strip_suffix('.')
+}
+
+/// Whether a subject may be an account's connection count (`$SYS.ACCOUNT.<acc>.SERVER.CONNS`);
+/// [`conns_of`] says whether it is.
 fn is_account_conns(subject: &str) -> bool {
-    subject.ends_with(".SERVER.CONNS") && subject.split('.').count() == 5
+    account_of(subject, "SERVER.CONNS").is_some()
+}
+
+/// An account's connection count, when the subject is that account's: an account name may hold
+/// dots (config mode allows any name), so the payload's `acc` says which account the subject
+/// names, not its number of tokens.
+fn conns_of(subject: &str, payload: &[u8]) -> Option<AccountConns> {
+    let a: AccountConns = parse(payload).ok()?;
+    (account_of(subject, "SERVER.CONNS") == Some(a.acc.as_str())).then_some(a)
 }
 
 /// A connect or disconnect event message, parsed once, and whether it is a disconnect;
 /// `None` for other subjects and unreadable events.
+///
+/// The server publishes a client's events on `$SYS.ACCOUNT.<client.acc>.CONNECT|DISCONNECT`,
+/// and account names may hold dots (`team.a`, allowed in config mode): the event is one when
+/// the subject is exactly that of the payload's account. Other subjects under `$SYS.ACCOUNT.>`
+/// end the same way but are told apart by the same test: `<acc>.LEAFNODE.CONNECT` carries no
+/// client (`{server, acc}`), so it never names itself; `CLIENT.AUTH.ERR` ends otherwise.
 pub fn event_of(subject: &str, payload: &[u8]) -> Option<(ClientEvent, bool)> {
-    // `$SYS.ACCOUNT.<acc>.CONNECT`: four tokens (`<acc>.LEAFNODE.CONNECT` is another event).
     let last = subject.rsplit('.').next()?;
-    if (last != "CONNECT" && last != "DISCONNECT") || subject.split('.').count() != 4 {
+    if last != "CONNECT" && last != "DISCONNECT" {
         return None;
     }
     let unreadable = |err: serde_json::Error| {
         warn!(subject, error = %err, "unreadable connection event ignored");
     };
     let e: ClientEvent = parse(payload).map_err(unreadable).ok()?;
-    Some((e, last == "DISCONNECT"))
+    let account = e.client.acc.as_deref()?;
+    (account_of(subject, last) == Some(account)).then_some((e, last == "DISCONNECT"))
 }
 
 /// The delta an event makes on the view: a disconnect closes its (server id, cid), a connect
@@ -426,5 +450,35 @@ mod tests {
         // Another event that ends the same way, under the one subscription.
         assert_eq!(delta_of("$SYS.ACCOUNT.APP.LEAFNODE.CONNECT"), None);
         assert_eq!(delta_of("$SYS.ACCOUNT.APP.SERVER.CONNS"), None);
+        // An event under another account's subject is not this one.
+        assert_eq!(delta_of("$SYS.ACCOUNT.OTHER.CONNECT"), None);
+    }
+
+    #[test]
+    fn account_names_with_dots_are_read_from_the_payload() {
+        let event = |acc: &str| {
+            format!(
+                r#"{{"server":{{"id":"S","name":"n1"}},"client":{{"id":3,"acc":"{acc}","user":"u"}}}}"#
+            )
+        };
+        let of = |subject: &str, acc: &str| event_of(subject, event(acc).as_bytes());
+        let (e, closed) = of("$SYS.ACCOUNT.team.a.CONNECT", "team.a").unwrap();
+        assert_eq!((e.user_key().0.as_str(), closed), ("team.a", false));
+        assert!(of("$SYS.ACCOUNT.team.a.DISCONNECT", "team.a").unwrap().1);
+        // An account named `A.LEAFNODE` connecting is told from account A's leafnode notice,
+        // which carries no client: the payload decides.
+        assert!(of("$SYS.ACCOUNT.A.LEAFNODE.CONNECT", "A.LEAFNODE").is_some());
+        let notice = br#"{"server":{"id":"S","name":"n1"},"acc":"A"}"#;
+        assert!(event_of("$SYS.ACCOUNT.A.LEAFNODE.CONNECT", notice).is_none());
+        // The auth-error feed is a disconnect event too, but not an account's.
+        assert!(of("$SYS.ACCOUNT.CLIENT.AUTH.ERR", "CLIENT").is_none());
+        // Account counts of a dotted account, and not another's.
+        let conns = br#"{"server":{"id":"S","name":"n1"},"acc":"team.a","conns":4}"#;
+        assert!(is_account_conns("$SYS.ACCOUNT.team.a.SERVER.CONNS"));
+        assert_eq!(
+            conns_of("$SYS.ACCOUNT.team.a.SERVER.CONNS", conns).map(|a| a.conns),
+            Some(4)
+        );
+        assert!(conns_of("$SYS.ACCOUNT.team.SERVER.CONNS", conns).is_none());
     }
 }

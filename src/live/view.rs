@@ -134,6 +134,9 @@ pub struct LiveView {
     paused: Option<String>,
     /// Deltas applied, ever.
     applied: u64,
+    /// Servers whose CONNZ does not list leafnode connections (older than 2.12): their
+    /// `Leafnode` connections come from events only, and no reply replaces them.
+    leafnodes_unlisted: std::collections::HashSet<String>,
 }
 
 /// `held` (listed by a server before it authenticated) with the identity of `event` (its
@@ -281,6 +284,9 @@ impl LiveView {
             .conns
             .iter()
             .filter(|(_, c)| answered.contains(c.server_id.as_str()) && scope.holds(c))
+            .filter(|(_, c)| {
+                c.kind != "Leafnode" || !self.leafnodes_unlisted.contains(&c.server_id)
+            })
             .map(|(k, _)| k.clone())
             .collect();
         for k in stale {
@@ -333,6 +339,13 @@ impl LiveView {
             .iter()
             .map(|s| (s.id.clone(), s.name.clone()))
             .collect();
+        for (sid, _) in &servers {
+            if snap.leafnodes_unlisted.contains(sid) {
+                self.leafnodes_unlisted.insert(sid.clone());
+            } else {
+                self.leafnodes_unlisted.remove(sid);
+            }
+        }
         self.finish_sync(id, &Scope::All, &servers, snap.connections.clone());
         if snap.partial() {
             if self.incomplete.is_none() {
@@ -356,6 +369,7 @@ impl LiveView {
 
     fn forget_server(&mut self, server_id: &str) {
         self.servers.remove(server_id);
+        self.leafnodes_unlisted.remove(server_id);
         let keys: Vec<(String, u64)> = self
             .conns
             .keys()
@@ -485,6 +499,8 @@ impl LiveView {
             connections: self.conns.values().map(|c| Connection::clone(c)).collect(),
             gap: self.incomplete.clone(),
             topology: sweep.topology.clone(),
+            pending: sweep.pending,
+            leafnodes_unlisted: sweep.leafnodes_unlisted.clone(),
         }
     }
 }

@@ -152,6 +152,9 @@ impl Sweeper {
             snap.bad_replies += p.bad_replies;
             snap.topology
                 .insert(display_name(&p.server), place_of(&p.server));
+            if !crate::snapshot::lists_leafnodes(&p.server.ver) {
+                snap.leafnodes_unlisted.push(p.server.id.clone());
+            }
             if let Some(error) = p.error {
                 snap.errors.push(ServerError {
                     server: display_name(&p.server),
@@ -168,6 +171,8 @@ impl Sweeper {
         }
         snap.servers.sort_by(|a, b| a.name.cmp(&b.name));
         snap.errors.sort_by(|a, b| a.server.cmp(&b.server));
+        let auth = self.system.client().server_info().auth_required;
+        snap.pending = crate::snapshot::drop_pending(&mut snap.connections, auth);
 
         let answered: Vec<&str> = snap
             .servers
@@ -208,6 +213,7 @@ impl Sweeper {
             error_kinds = ?snap.errors.iter().map(|e| e.error.kind()).collect::<Vec<_>>(),
             bad_replies = snap.bad_replies,
             connections = snap.connections.len(),
+            pending = snap.pending,
             requests = snap.requests,
             pages = snap.pages,
             bytes = snap.bytes,

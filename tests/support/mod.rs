@@ -335,6 +335,15 @@ impl Seen {
     }
 }
 
+/// Whether an advisory body is of type `kind` (name without the prefix) in `state`.
+pub fn advisory_is(kind: &str, state: &str) -> impl Fn(&serde_json::Value) -> bool {
+    let (kind, state) = (
+        format!("io.connwatch.advisory.v1.{kind}"),
+        state.to_string(),
+    );
+    move |b: &serde_json::Value| b["type"] == kind.as_str() && b["state"] == state.as_str()
+}
+
 /// Asserts that an advisory matches its schema in `schemas/`.
 pub fn assert_valid(body: &serde_json::Value) {
     let name = body["type"]

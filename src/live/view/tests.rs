@@ -282,3 +282,37 @@ fn the_view_as_a_snapshot_counts_per_server_and_says_when_incomplete() {
     v.gap("slow consumer");
     assert!(v.snapshot(&sweep, now).partial());
 }
+
+#[test]
+fn leafnode_connections_of_servers_whose_connz_omits_them_survive_reconciles() {
+    let leaf = |server: &str, cid: u64| Connection {
+        kind: "Leafnode".into(),
+        ..conn(server, cid, "leafuser")
+    };
+    let mut v = LiveView::new();
+    v.apply(Delta::Open(leaf("n1", 7)));
+    v.apply(Delta::Open(leaf("n2", 8)));
+    for _ in 0..(3 * RECENT) {
+        v.apply(Delta::Open(conn("n1", 1, "u")));
+    }
+    // n1 is older than 2.12: its reply cannot list the leaf; n2's reply is the truth (the
+    // leaf is gone from it).
+    let mut sweep = snap(&["n1", "n2"], vec![conn("n1", 1, "u")]);
+    sweep.leafnodes_unlisted = vec!["ID-n1".into()];
+    let sync = v.begin_sync();
+    v.reconcile(sync, &sweep);
+    assert_eq!(v.count("APP", "leafuser"), 1);
+    assert!(v.connections().any(|c| c.cid == 7 && c.server == "n1"));
+    // Its disconnect event still closes it.
+    v.apply(close("n1", 7));
+    assert_eq!(v.count("APP", "leafuser"), 0);
+    // Upgraded (its reply lists leafnodes now): the reply decides again, once the leaf's
+    // event is older than the journal.
+    v.apply(Delta::Open(leaf("n1", 9)));
+    for _ in 0..(3 * RECENT) {
+        v.apply(Delta::Open(conn("n1", 1, "u")));
+    }
+    let sync = v.begin_sync();
+    v.reconcile(sync, &snap(&["n1", "n2"], vec![conn("n1", 1, "u")]));
+    assert_eq!(v.count("APP", "leafuser"), 0);
+}
