@@ -580,3 +580,95 @@ async fn a_client_given_up_on_stays_given_up_on_under_the_next_leader() {
     assert!(stored_after.is_empty(), "{stored_after:#?}");
     comeback.close().await;
 }
+
+/// The replicas' configuration without kicks.
+fn replicas_config(cluster: &Cluster) -> String {
+    format!(
+        "{}[sweep]\ninterval = \"500ms\"\ntimeout = \"1s\"\n[live]\nreconcile_interval = \"1ms\"\n\
+         [detect]\nmax_connections_per_user = 10\n\
+         [advisory]\njetstream = true\n{}\
+         [ha]\nenabled = true\nlease = \"{}s\"\n",
+        cluster.connwatch_toml(),
+        cluster.jetstream_toml(),
+        LEASE.as_secs()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_dead_leader_decided_but_did_not_publish_the_next_leader_publishes_once() {
+    use async_nats::jetstream::stream::{Config, DiscardPolicy};
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = jetstream_cluster(dir.path());
+    let (_core, js, _reader) = jetstream_reader(&cluster.client_url(1)).await;
+    // The advisory stream, full: it refuses every advisory until its limit is raised, so the
+    // leader decides and saves, but cannot publish.
+    let full = Config {
+        name: STREAM.into(),
+        subjects: vec!["connwatch.advisory.>".into()],
+        max_messages: 1,
+        discard: DiscardPolicy::New,
+        duplicate_window: Duration::from_secs(120),
+        num_replicas: 3,
+        ..Config::default()
+    };
+    js.create_stream(full.clone()).await.unwrap();
+    js.publish("connwatch.advisory.placeholder", "{}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let path = write_config(dir.path(), &replicas_config(&cluster));
+    let mut replicas = leader_and_follower(&path, dir.path()).await;
+    let leak = leaky_worker(&cluster).await;
+
+    // The leader saved the firing advisory in the bucket's outbox, and the stream refused it.
+    let kv = js.get_key_value("connwatch").await.unwrap();
+    let outboxed = || async {
+        let entry = kv.entry("state").await.ok()??;
+        let state: Value = serde_json::from_slice(&entry.value).ok()?;
+        state["outbox"]
+            .as_array()?
+            .iter()
+            .find(|a| excessive("firing")(&a["body"]))
+            .map(|a| a["body"].clone())
+    };
+    assert!(
+        eventually(WAIT, || async { outboxed().await.is_some() }).await,
+        "nothing in the outbox: {}",
+        replicas[0].as_ref().unwrap().log()
+    );
+    let decided = outboxed().await.unwrap();
+    let leader = replicas[0].as_ref().unwrap();
+    let refused = "connwatch_advisories_publish_failures_total{kind=\"refused\"}";
+    assert!(
+        wait_until_async(WAIT, || leader.metric(refused).unwrap_or(0.0) >= 1.0).await,
+        "{}",
+        leader.log()
+    );
+    assert!(!stored(&js).await.iter().any(excessive("firing")));
+
+    // kill -9 the leader, then the stream takes advisories again.
+    drop(replicas[0].take());
+    js.update_stream(Config {
+        max_messages: -1,
+        ..full
+    })
+    .await
+    .unwrap();
+    assert!(
+        wait_until_async(2 * LEASE, || sole_leader(&replicas) == Some(1)).await,
+        "replica 1 does not lead: {}",
+        replicas[1].as_ref().unwrap().log()
+    );
+    // The new leader publishes its predecessor's decision: the same advisory, once.
+    wait_stored(&js, "firing", || replicas[1].as_ref().unwrap().log()).await;
+    let next = replicas[1].as_ref().unwrap();
+    let rounds = next.rounds().0;
+    assert!(wait_until_async(WAIT, || next.rounds().0 >= rounds + 4).await);
+    let all = stored(&js).await;
+    let firing: Vec<&Value> = all.iter().filter(|b| excessive("firing")(b)).collect();
+    assert_eq!(firing.len(), 1, "stream: {all:#?}");
+    assert_eq!(firing[0]["id"], decided["id"]);
+    assert_eq!(firing[0]["since"], decided["since"]);
+    leak.close().await;
+}
