@@ -532,6 +532,10 @@ impl Service {
             info!(kind = e.finding.kind().name(), subject = %a.subject, id = %a.id, "finding {verb}");
             self.announce(a);
         }
+        // Kicks a dead predecessor recorded without an outcome: audited once, on a complete sweep.
+        if acting && swept && complete {
+            self.recover_kicks(&snap.connections, now, &sweep);
+        }
         // Kicks only after a sweep: their idle times and message counts come from it.
         if self.config.kick.enabled && swept && acting && self.gate.acting() {
             self.kicks(&snap, &census, complete, now, &sweep).await;

@@ -3,11 +3,13 @@
 //! publishes what its predecessor decided but did not publish (the outbox). What a leader
 //! decides is saved in the bucket before it is published, and kicks before they are sent.
 
+use chrono::{DateTime, Utc};
 use tracing::{info, warn};
 
 use super::Service;
-use crate::advisory::Advisory;
+use crate::advisory::{self, Advisory, Completeness};
 use crate::kick;
+use crate::snapshot::Connection;
 
 impl Service {
     /// Takes the firing findings, the kick memory and the outbox the last leader saved; false
@@ -99,5 +101,32 @@ impl Service {
             return false;
         }
         true
+    }
+
+    /// Audits the kicks recorded without an outcome, by a leader that died (or this instance
+    /// before a restart), against a complete sweep's `connections`: a connection gone is
+    /// announced as `connection_kicked` (`recovered`) and remembered as kicked at `now`; one
+    /// still open is left alone (its intent keeps it from ever being kicked again).
+    pub(super) fn recover_kicks(
+        &mut self,
+        connections: &[Connection],
+        now: DateTime<Utc>,
+        sweep: &Completeness,
+    ) {
+        if self.state.kicked.unfinished.is_empty() {
+            return;
+        }
+        let unfinished = self.state.kicked.unfinished.len();
+        let gone = self.state.kicked.recover(connections);
+        warn!(
+            unfinished,
+            gone = gone.len(),
+            "kicks recorded without an outcome (their sender died): the gone ones audited as recovered, the open ones left alone"
+        );
+        self.state.kicked.record(&gone, now);
+        for plan in &gone {
+            let prefix = &self.config.advisory.subject_prefix;
+            self.announce(advisory::kicked_recovered(prefix, plan, sweep, Utc::now()));
+        }
     }
 }
