@@ -91,6 +91,8 @@ struct Service {
     gate: crate::ha::Gate,
     /// Whether it acted last round (a new leader takes the bucket's state first).
     led: bool,
+    /// What this round decided to announce (`[ha]`): saved in the bucket's outbox, then published.
+    outbox: Vec<advisory::Advisory>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     latest: api::Shared,
@@ -248,6 +250,7 @@ pub async fn run(
         publisher,
         led: !gate.replicated(),
         gate,
+        outbox: Vec::new(),
         metrics,
         health,
         latest,
@@ -541,7 +544,11 @@ impl Service {
                 _ => "firing",
             };
             info!(kind = e.finding.kind().name(), subject = %a.subject, id = %a.id, "finding {verb}");
-            self.publisher.enqueue(a);
+            self.announce(a);
+        }
+        // Kicks a dead predecessor recorded without an outcome: audited once, on a complete sweep.
+        if acting && swept && complete {
+            self.recover_kicks(&snap.connections, now, &sweep);
         }
         // Kicks only after a sweep: their idle times and message counts come from it.
         if self.config.kick.enabled && swept && acting && self.gate.acting() {
@@ -549,7 +556,7 @@ impl Service {
         }
         if swept || !events.is_empty() {
             self.state.save_to(self.config.state.file.as_deref());
-            if acting && !self.gate.save_state(&self.state).await {
+            if acting && !self.save_and_release().await {
                 self.led = false;
             }
         }
@@ -611,17 +618,20 @@ impl Service {
         now: DateTime<Utc>,
         sweep: &Completeness,
     ) {
-        let cfg = &self.config.kick;
-        let prefix = &self.config.advisory.subject_prefix;
-        for r in self.state.kicked.observe(&snap.connections, now, cfg) {
+        let prefix = self.config.advisory.subject_prefix.clone();
+        let returned = self
+            .state
+            .kicked
+            .observe(&snap.connections, now, &self.config.kick);
+        for r in returned {
             self.metrics.kicks_ineffective.inc();
             warn!(account = %r.client.account, user = %r.client.user, name = %r.client.name, ip = %r.client.ip, returns = r.returns, given_up = r.given_up, "kicked client came back");
-            self.publisher
-                .enqueue(advisory::kick_ineffective(prefix, &r, sweep, Utc::now()));
+            self.announce(advisory::kick_ineffective(&prefix, &r, sweep, Utc::now()));
         }
         if complete {
             self.state.kicked.settle_intents(&snap.connections);
         }
+        let cfg = &self.config.kick;
         if let Some(why) = self.session.kick_refusal() {
             warn!(reason = %why, "no kicks this round");
             return;
@@ -663,47 +673,22 @@ impl Service {
             });
         }
         for a in executed.audits {
-            self.publisher.enqueue(a);
+            self.announce(a);
         }
-    }
-
-    /// Records the kicks about to be sent, in the state file and (`[ha]`) in the bucket as a
-    /// fenced update, before any is sent: a replica that takes over after this one dies mid-batch
-    /// skips them rather than kick one a second time. False (send nothing) when the bucket did
-    /// not take the record or the lease lapsed meanwhile; a dry run sends nothing to record.
-    async fn intend(&mut self, plans: &[kick::KickPlan]) -> bool {
-        if self.config.kick.dry_run {
-            return true;
-        }
-        self.state.kicked.intend(plans);
-        self.state.save_to(self.config.state.file.as_deref());
-        if !self.gate.save_state(&self.state).await {
-            self.state.kicked.unintend(plans);
-            self.led = false;
-            warn!(
-                planned = plans.len(),
-                "HA: kicks not recorded in the bucket; none sent"
-            );
-            return false;
-        }
-        if !self.gate.acting() {
-            warn!(
-                planned = plans.len(),
-                "HA: the lease lapsed before the kicks were sent; none sent"
-            );
-            return false;
-        }
-        true
     }
 
     /// Flushes advisories, saves state and drains the client.
     async fn stop(self) {
-        let left = self.publisher.shutdown(SHUTDOWN_FLUSH).await;
-        if left > 0 {
+        let left = self.publisher.shutdown_leaving(SHUTDOWN_FLUSH).await;
+        if !left.is_empty() {
             warn!(
-                unpublished = left,
+                unpublished = left.len(),
                 "shutdown: advisories could not be published in time"
             );
+        }
+        // `[ha]`: saved in the bucket's outbox while this replica leads, for the next leader.
+        if self.gate.replicated() && self.led && self.gate.acting() {
+            self.gate.save_state(&self.state, &left).await;
         }
         self.state.save_to(self.config.state.file.as_deref());
         match tokio::time::timeout(DRAIN_TIMEOUT, self.session.system.client().drain()).await {

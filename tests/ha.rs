@@ -79,16 +79,7 @@ fn sole_leader(replicas: &[Option<Running>]) -> Option<usize> {
 async fn one_replica_acts_another_takes_over_within_two_leases_nothing_announced_twice() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = jetstream_cluster(dir.path());
-    let config = format!(
-        "{}[sweep]\ninterval = \"500ms\"\ntimeout = \"1s\"\n[live]\nreconcile_interval = \"1ms\"\n\
-         [detect]\nmax_connections_per_user = 10\n\
-         [advisory]\njetstream = true\n{}\
-         [ha]\nenabled = true\nlease = \"{}s\"\n",
-        cluster.connwatch_toml(),
-        cluster.jetstream_toml(),
-        LEASE.as_secs()
-    );
-    let path = write_config(dir.path(), &config);
+    let path = write_config(dir.path(), &replicas_config(&cluster));
     let (core, js, _reader) = jetstream_reader(&cluster.client_url(1)).await;
     let start = |i: usize| Some(Running::start(&path, dir.path().join(format!("r{i}.log"))));
     let logs = |r: &[Option<Running>]| {
@@ -436,35 +427,59 @@ async fn fail_over(replicas: &mut [Option<Running>]) {
     );
 }
 
-/// (server id, cid) of each `connection_kicked` in `bodies`, with how often it appears.
+/// (server id, cid) of each `connection_kicked` in `bodies`, with how many audits (distinct
+/// ids) it has: a repeat of one audit (same `id`, e.g. published again from a dead leader's
+/// outbox) is one audit, as subscribers dropping repeats by `id` see it.
 fn kicked_counts<'a>(bodies: impl Iterator<Item = &'a Value>) -> BTreeMap<(String, u64), usize> {
-    let mut out = BTreeMap::new();
+    let mut ids: BTreeMap<(String, u64), BTreeSet<String>> = BTreeMap::new();
     for b in bodies.filter(|b| b["type"] == "io.connwatch.advisory.v1.connection_kicked") {
         let key = (
             b["server_id"].as_str().unwrap().to_string(),
             b["cid"].as_u64().unwrap(),
         );
-        *out.entry(key).or_default() += 1;
+        ids.entry(key)
+            .or_default()
+            .insert(b["id"].as_str().unwrap().to_string());
     }
-    out
+    ids.into_iter().map(|(k, i)| (k, i.len())).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_killed_during_a_kick_round_leaves_no_connection_kicked_twice() {
     // One kick at a time to one server: the batch takes a while.
     let (_dir, cluster, mut replicas) =
-        kick_replicas("max_per_sweep = 300\nmax_per_user = 300\nconcurrency = 1\n").await;
+        kick_replicas("max_per_sweep = 600\nmax_per_user = 600\nconcurrency = 1\n").await;
     let (core, js, _reader) = jetstream_reader(&cluster.client_url(1)).await;
-    let leak = load::open(leaky_spec(&cluster, 200)).await.unwrap();
+    let leak = load::open(leaky_spec(&cluster, 600)).await.unwrap();
 
-    // The leader records its batch in the bucket before it sends any of it: kill -9 it then.
+    // The leader records its batch in the bucket before it sends any of it (its plans
+    // unfinished until their outcomes are saved); kill -9 it once the first KICKs of a large
+    // batch landed, while most of it is still to go.
     let state = wait_saved_state(&js, |s| {
-        s["kicked"]["intents"]
+        s["kicked"]["unfinished"]
             .as_array()
-            .is_some_and(|i| !i.is_empty())
+            .is_some_and(|u| u.len() >= 50)
     })
     .await
-    .unwrap_or_else(|| panic!("no kick recorded: {}", replicas[0].as_ref().unwrap().log()));
+    .unwrap_or_else(|| panic!("no batch recorded: {}", replicas[0].as_ref().unwrap().log()));
+    let planned: BTreeSet<(String, u64)> = state["kicked"]["unfinished"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let id = p["server_id"].as_str().unwrap().to_string();
+            (id, p["cid"].as_u64().unwrap())
+        })
+        .collect();
+    let open_planned = || {
+        let open = open_cids(&cluster);
+        planned.iter().filter(|(_, c)| open.contains(c)).count()
+    };
+    assert!(
+        wait_until(WAIT, || open_planned() < planned.len()),
+        "no kick landed: {}",
+        replicas[0].as_ref().unwrap().log()
+    );
     drop(replicas[0].take());
     // A KICK already on the wire when the leader died still lands: read until two reads agree.
     let mut open_then = open_cids(&cluster);
@@ -475,8 +490,6 @@ async fn a_leader_killed_during_a_kick_round_leaves_no_connection_kicked_twice()
         }
         open_then = again;
     }
-    let planned: BTreeSet<(String, u64)> =
-        serde_json::from_value(state["kicked"]["intents"].clone()).unwrap();
     let (server_id, _) = connz_of_server(&cluster, 0);
     let planned_open: BTreeSet<u64> = planned
         .iter()
@@ -512,6 +525,54 @@ async fn a_leader_killed_during_a_kick_round_leaves_no_connection_kicked_twice()
             "{where_}: a planned kick not carried out was audited"
         );
     }
+
+    // Every planned connection gone (the dead leader's KICKs that landed) is audited exactly
+    // once: by the new leader, as recovered, unless the dead one had saved its own audit.
+    let gone: BTreeSet<(String, u64)> = planned
+        .iter()
+        .filter(|(s, cid)| *s != server_id || !open_now.contains(cid))
+        .cloned()
+        .collect();
+    assert!(!gone.is_empty(), "the leader died before any kick landed");
+    let audited = |bodies: &[Value]| {
+        let counts = kicked_counts(bodies.iter());
+        gone.iter()
+            .map(|k| counts.get(k).copied().unwrap_or(0))
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        eventually(WAIT, || async {
+            audited(&stored(&js).await).iter().all(|n| *n == 1)
+        })
+        .await,
+        "not every gone connection audited once: {:?}\n{}",
+        audited(&stored(&js).await),
+        replicas[1].as_ref().unwrap().log()
+    );
+    let core_bodies: Vec<Value> = core.all().into_iter().map(|(_, b)| b).collect();
+    assert!(audited(&core_bodies).iter().all(|n| *n == 1));
+    let recovered = stored(&js)
+        .await
+        .into_iter()
+        .filter(|b| b["recovered"] == true)
+        .count();
+    eprintln!(
+        "{} kicks landed before the kill; {recovered} audited by the new leader as recovered",
+        gone.len()
+    );
+    assert!(recovered >= 1);
+    // The unfinished record is cleared from the bucket.
+    let kv = js.get_key_value("connwatch").await.unwrap();
+    assert!(
+        eventually(WAIT, || async {
+            let Ok(Some(e)) = kv.entry("state").await else {
+                return false;
+            };
+            let state: Value = serde_json::from_slice(&e.value).unwrap();
+            state["kicked"]["unfinished"].is_null()
+        })
+        .await
+    );
     leak.close().await;
 }
 
@@ -579,4 +640,96 @@ async fn a_client_given_up_on_stays_given_up_on_under_the_next_leader() {
     let stored_after: Vec<_> = stored(&js).await.into_iter().filter(after_kill).collect();
     assert!(stored_after.is_empty(), "{stored_after:#?}");
     comeback.close().await;
+}
+
+/// The replicas' configuration without kicks.
+fn replicas_config(cluster: &Cluster) -> String {
+    format!(
+        "{}[sweep]\ninterval = \"500ms\"\ntimeout = \"1s\"\n[live]\nreconcile_interval = \"1ms\"\n\
+         [detect]\nmax_connections_per_user = 10\n\
+         [advisory]\njetstream = true\n{}\
+         [ha]\nenabled = true\nlease = \"{}s\"\n",
+        cluster.connwatch_toml(),
+        cluster.jetstream_toml(),
+        LEASE.as_secs()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_dead_leader_decided_but_did_not_publish_the_next_leader_publishes_once() {
+    use async_nats::jetstream::stream::{Config, DiscardPolicy};
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = jetstream_cluster(dir.path());
+    let (_core, js, _reader) = jetstream_reader(&cluster.client_url(1)).await;
+    // The advisory stream, full: it refuses every advisory until its limit is raised, so the
+    // leader decides and saves, but cannot publish.
+    let full = Config {
+        name: STREAM.into(),
+        subjects: vec!["connwatch.advisory.>".into()],
+        max_messages: 1,
+        discard: DiscardPolicy::New,
+        duplicate_window: Duration::from_secs(120),
+        num_replicas: 3,
+        ..Config::default()
+    };
+    js.create_stream(full.clone()).await.unwrap();
+    js.publish("connwatch.advisory.placeholder", "{}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let path = write_config(dir.path(), &replicas_config(&cluster));
+    let mut replicas = leader_and_follower(&path, dir.path()).await;
+    let leak = leaky_worker(&cluster).await;
+
+    // The leader saved the firing advisory in the bucket's outbox, and the stream refused it.
+    let kv = js.get_key_value("connwatch").await.unwrap();
+    let outboxed = || async {
+        let entry = kv.entry("state").await.ok()??;
+        let state: Value = serde_json::from_slice(&entry.value).ok()?;
+        state["outbox"]
+            .as_array()?
+            .iter()
+            .find(|a| excessive("firing")(&a["body"]))
+            .map(|a| a["body"].clone())
+    };
+    assert!(
+        eventually(WAIT, || async { outboxed().await.is_some() }).await,
+        "nothing in the outbox: {}",
+        replicas[0].as_ref().unwrap().log()
+    );
+    let decided = outboxed().await.unwrap();
+    let leader = replicas[0].as_ref().unwrap();
+    let refused = "connwatch_advisories_publish_failures_total{kind=\"refused\"}";
+    assert!(
+        wait_until_async(WAIT, || leader.metric(refused).unwrap_or(0.0) >= 1.0).await,
+        "{}",
+        leader.log()
+    );
+    assert!(!stored(&js).await.iter().any(excessive("firing")));
+
+    // kill -9 the leader, then the stream takes advisories again.
+    drop(replicas[0].take());
+    js.update_stream(Config {
+        max_messages: -1,
+        ..full
+    })
+    .await
+    .unwrap();
+    assert!(
+        wait_until_async(2 * LEASE, || sole_leader(&replicas) == Some(1)).await,
+        "replica 1 does not lead: {}",
+        replicas[1].as_ref().unwrap().log()
+    );
+    // The new leader publishes its predecessor's decision: the same advisory, once.
+    wait_stored(&js, "firing", || replicas[1].as_ref().unwrap().log()).await;
+    let next = replicas[1].as_ref().unwrap();
+    let rounds = next.rounds().0;
+    assert!(wait_until_async(WAIT, || next.rounds().0 >= rounds + 4).await);
+    let all = stored(&js).await;
+    let firing: Vec<&Value> = all.iter().filter(|b| excessive("firing")(b)).collect();
+    assert_eq!(firing.len(), 1, "stream: {all:#?}");
+    assert_eq!(firing[0]["id"], decided["id"]);
+    assert_eq!(firing[0]["since"], decided["since"]);
+    leak.close().await;
 }

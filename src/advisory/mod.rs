@@ -142,14 +142,18 @@ fn finding_event<F>(
 /// subscribers can drop repeats; different for every other announcement. 22 letters and
 /// digits (the shape of a NUID), from a SHA-256 of those four.
 pub fn event_id(event: &Event) -> String {
-    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
     let a = &event.finding;
-    let seed = serde_json::json!([
+    hashed_id(&serde_json::json!([
         a.finding.key(),
         a.since.timestamp_millis(),
         event.state.name(),
         a.renotified,
-    ]);
+    ]))
+}
+
+/// A NUID-shaped id (22 letters and digits) from a SHA-256 of `seed`.
+fn hashed_id(seed: &serde_json::Value) -> String {
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
     let hash = Sha256::digest(seed.to_string().as_bytes());
     // 22 base-62 digits of the first 16 bytes: 128 bits, the leading digit never above 2.
     let mut n = u128::from_be_bytes(hash[..16].try_into().expect("16 bytes"));
@@ -177,11 +181,42 @@ pub fn kicked(
         dry_run: result == KickResult::WouldKick,
         result,
         error: error.map(str::to_string),
+        recovered: false,
         plan: plan.clone(),
     };
     Advisory::new(
         prefix,
         &Message::ConnectionKicked(Envelope::new(body, sweep, now)),
+        &[plan.account.clone(), plan.user.clone()],
+    )
+}
+
+/// `connection_kicked` for a kick recorded by a leader that died before recording its outcome,
+/// its connection gone (`recovered`). The id is derived from (server id, cid), so a repeat by
+/// another leader is dropped as one.
+pub fn kicked_recovered(
+    prefix: &str,
+    plan: &KickPlan,
+    sweep: &Completeness,
+    now: DateTime<Utc>,
+) -> Advisory {
+    let body = ConnectionKicked {
+        rule: KickRule::ExcessiveUserConnections,
+        dry_run: false,
+        result: KickResult::Kicked,
+        error: None,
+        recovered: true,
+        plan: plan.clone(),
+    };
+    let id = hashed_id(&serde_json::json!([
+        "connection_kicked",
+        "recovered",
+        plan.server_id,
+        plan.cid
+    ]));
+    Advisory::new(
+        prefix,
+        &Message::ConnectionKicked(Envelope::with_id(id, body, sweep, now)),
         &[plan.account.clone(), plan.user.clone()],
     )
 }

@@ -236,6 +236,22 @@ impl Publisher {
         self.shared.wake.notify_one();
     }
 
+    /// The advisories not yet confirmed, oldest first (`[ha]`: what the bucket's outbox keeps
+    /// for a next leader, should this one die before publishing them).
+    pub fn pending(&self) -> Vec<Advisory> {
+        let q = self.shared.queue.lock().expect("queue lock");
+        q.items.iter().map(|(_, a)| a.clone()).collect()
+    }
+
+    /// Replaces the queue with `advisories` (`[ha]`: a new leader publishes its predecessor's
+    /// outbox, not what it queued itself while it last led).
+    pub fn replace(&self, advisories: Vec<Advisory>) {
+        self.shared.queue.lock().expect("queue lock").items.clear();
+        for a in advisories {
+            self.enqueue(a);
+        }
+    }
+
     /// Advisories waiting to be published.
     pub fn queued(&self) -> usize {
         self.shared.queue.lock().expect("queue lock").items.len()
@@ -244,6 +260,11 @@ impl Publisher {
     /// Waits until the queue is empty or `timeout` passes, then stops; returns how many
     /// advisories were left unpublished.
     pub async fn shutdown(self, timeout: Duration) -> usize {
+        self.shutdown_leaving(timeout).await.len()
+    }
+
+    /// [`Publisher::shutdown`], returning the advisories left unpublished.
+    pub async fn shutdown_leaving(self, timeout: Duration) -> Vec<Advisory> {
         let _ = tokio::time::timeout(timeout, async {
             loop {
                 let idle = self.shared.idle.notified();
@@ -256,9 +277,9 @@ impl Publisher {
         })
         .await;
         self.stop.cancel();
-        let left = self.queued();
         let _ = self.task.await;
-        left
+        let q = self.shared.queue.lock().expect("queue lock");
+        q.items.iter().map(|(_, a)| a.clone()).collect()
     }
 }
 

@@ -127,6 +127,12 @@ pub struct ConnectionKicked {
     /// What the server or the request said, when `result` is `failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// True when the leader that recorded this kick (`[ha]`, or connwatch before a restart)
+    /// died before recording its outcome, and the next found the connection gone at its first
+    /// complete sweep: `result` is `kicked`, though it may have closed on its own. Absent
+    /// otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recovered: bool,
     /// The connection.
     #[serde(flatten)]
     pub plan: KickPlan,

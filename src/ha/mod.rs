@@ -6,6 +6,7 @@
 //! answer reads. The decisions are in [`lease`] (pure); this file is the I/O.
 
 pub mod lease;
+pub mod outbox;
 
 use std::sync::{Arc, Mutex};
 
@@ -23,6 +24,7 @@ use tracing::{info, warn};
 
 pub use lease::{Lease, Role};
 
+use crate::advisory::Advisory;
 use crate::config::{Config, HaConfig};
 use crate::error::AppError;
 use crate::metrics::{Health, Metrics};
@@ -67,38 +69,43 @@ impl Gate {
         Some((l.role(Instant::now()), l.since()))
     }
 
-    /// The state the last leader saved in the bucket (`None`: none saved yet, or a single
-    /// instance); its revision is where this replica's next save must follow. An error when the
-    /// bucket cannot be read, so a new leader that cannot learn what its predecessor announced
-    /// and kicked does not act.
-    pub async fn load_state(&self) -> Result<Option<State>, async_nats::Error> {
+    /// The state the last leader saved in the bucket, and the advisories it had not published
+    /// yet (its outbox): `None` when none was saved yet, or for a single instance. Its revision
+    /// is where this replica's next save must follow. An error when the bucket cannot be read,
+    /// so a new leader that cannot learn what its predecessor announced and kicked does not act.
+    pub async fn load_state(&self) -> Result<Option<(State, Vec<Advisory>)>, async_nats::Error> {
         let Some(r) = &self.0 else {
             return Ok(None);
         };
         let entry = r.kv.entry(STATE_KEY).await?;
         *r.saved.lock().expect("saved lock") = Some(entry.as_ref().map_or(0, |e| e.revision));
         match entry {
-            Some(e) if e.operation == Operation::Put => Ok(Some(serde_json::from_slice(&e.value)?)),
+            Some(e) if e.operation == Operation::Put => {
+                let saved: outbox::Saved = serde_json::from_slice(&e.value)?;
+                let outbox = saved.outbox.into_iter().map(Advisory::from).collect();
+                Ok(Some((saved.state, outbox)))
+            }
             _ => Ok(None),
         }
     }
 
-    /// Saves the state of a round this replica acted in, as an update on the revision it loaded
-    /// or saved last: when another replica saved since (it leads now), nothing is written and
-    /// false is returned, so this one loads the bucket's state again before it next acts. A
-    /// state too large for one message is saved without its growth history.
-    pub async fn save_state(&self, state: &State) -> bool {
+    /// Saves the state of a round this replica acted in, with `outbox` (what it decided to
+    /// announce and has not published yet), as an update on the revision it loaded or saved
+    /// last: when another replica saved since (it leads now), nothing is written and false is
+    /// returned, so this one loads the bucket's state again before it next acts. A state too
+    /// large for one message is saved without its growth history, then without the oldest
+    /// outbox entries.
+    pub async fn save_state(&self, state: &State, outbox: &[Advisory]) -> bool {
         let Some(r) = &self.0 else {
             return true;
         };
-        let mut bytes = serde_json::to_vec(state).expect("state serializes");
-        if bytes.len() > MAX_STATE_BYTES {
-            let mut lean = state.clone();
-            lean.history = Default::default();
-            bytes = serde_json::to_vec(&lean).expect("state serializes");
+        let (bytes, trimmed) = outbox::encode(state, outbox, MAX_STATE_BYTES);
+        if trimmed.history || trimmed.outbox > 0 {
             warn!(
                 bytes = bytes.len(),
-                "HA: state too large for the bucket; saved without the growth history"
+                history = trimmed.history,
+                outbox_dropped = trimmed.outbox,
+                "HA: state too large for the bucket; saved without the growth history (and the oldest unpublished advisories)"
             );
         }
         let last = r.saved.lock().expect("saved lock").unwrap_or(0);

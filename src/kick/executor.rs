@@ -199,6 +199,8 @@ pub async fn execute(
     }
     kicked.record(&sent, at.unwrap_or_else(Utc::now));
     kicked.unintend(&not_sent);
+    let audited: Vec<KickPlan> = out.done.iter().map(|(p, _)| p.clone()).collect();
+    kicked.finished(&audited);
     out
 }
 

@@ -45,6 +45,11 @@ pub struct Kicked {
     /// dropped once the connection is gone from a complete sweep.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub intents: BTreeSet<(String, u64)>,
+    /// The plans of the `intents` whose outcome is not recorded yet: a leader that dies
+    /// between recording a batch and recording its outcomes leaves them here for the next one
+    /// to audit ([`Kicked::recover`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unfinished: Vec<KickPlan>,
 }
 
 /// One client's kicks.
@@ -136,6 +141,32 @@ impl Kicked {
     pub fn intend(&mut self, kicks: &[KickPlan]) {
         self.intents
             .extend(kicks.iter().map(|k| (k.server_id.clone(), k.cid)));
+        self.unfinished.extend(kicks.iter().cloned());
+    }
+
+    /// The outcomes of these kicks are recorded (audited): they are no longer unfinished.
+    pub fn finished(&mut self, kicks: &[KickPlan]) {
+        let done: HashSet<(&str, u64)> = kicks
+            .iter()
+            .map(|k| (k.server_id.as_str(), k.cid))
+            .collect();
+        self.unfinished
+            .retain(|k| !done.contains(&(k.server_id.as_str(), k.cid)));
+    }
+
+    /// Audits the unfinished kicks against `connections`, those of a complete sweep, once: the
+    /// plans whose connection is gone are returned (the KICK most likely went out); those still
+    /// open stay in `intents`, so they are never kicked again, and are left to the operator.
+    /// Either way they are unfinished no longer.
+    pub fn recover(&mut self, connections: &[Connection]) -> Vec<KickPlan> {
+        let live: HashSet<(&str, u64)> = connections
+            .iter()
+            .map(|c| (c.server_id.as_str(), c.cid))
+            .collect();
+        std::mem::take(&mut self.unfinished)
+            .into_iter()
+            .filter(|k| !live.contains(&(k.server_id.as_str(), k.cid)))
+            .collect()
     }
 
     /// Whether a KICK for this connection was already planned to be sent.
@@ -148,6 +179,7 @@ impl Kicked {
         for k in kicks {
             self.intents.remove(&(k.server_id.clone(), k.cid));
         }
+        self.finished(kicks);
     }
 
     /// Drops the intents whose connection is not in `connections`, the connections of a

@@ -409,3 +409,37 @@ fn a_connection_a_kick_was_planned_for_is_never_planned_again_until_it_is_gone()
     // An empty record keeps the state as it was before intents existed.
     assert_eq!(serde_json::to_string(&kicked).unwrap(), r#"{"clients":{}}"#);
 }
+
+#[test]
+fn unfinished_kicks_are_audited_once_the_gone_returned_the_open_left_and_never_planned_again() {
+    let conns = leak("leaky");
+    let census = build(&conns, Some("SYS"), &DetectConfig::default());
+    let cfg = cfg();
+    let now = t(10_000);
+    let mut kicked = Kicked::default();
+    let batch = plan(&inputs(&conns, &census, &cfg, None, &kicked, now));
+    kicked.intend(&batch);
+    assert_eq!(kicked.unfinished.len(), batch.len());
+    // The sender recorded the outcomes of the first 10, then died; through the bucket.
+    kicked.finished(&batch[..10]);
+    let state = serde_json::to_string(&kicked).unwrap();
+    let mut kicked: Kicked = serde_json::from_str(&state).unwrap();
+    assert_eq!(kicked.unfinished.len(), batch.len() - 10);
+    // Of the unfinished, 15 connections are gone (its KICKs landed), the rest still open.
+    let gone: std::collections::BTreeSet<u64> = batch[10..25].iter().map(|p| p.cid).collect();
+    let after: Vec<Connection> = conns
+        .iter()
+        .filter(|c| !gone.contains(&c.cid))
+        .cloned()
+        .collect();
+    let recovered: std::collections::BTreeSet<u64> =
+        kicked.recover(&after).iter().map(|p| p.cid).collect();
+    assert_eq!(recovered, gone);
+    assert!(kicked.unfinished.is_empty());
+    assert!(kicked.recover(&after).is_empty(), "audited once");
+    // The open ones are never planned again.
+    let census = build(&after, Some("SYS"), &DetectConfig::default());
+    let next = plan(&inputs(&after, &census, &cfg, None, &kicked, now));
+    let open: Vec<u64> = batch[25..].iter().map(|p| p.cid).collect();
+    assert!(next.iter().all(|p| !open.contains(&p.cid)), "{next:?}");
+}

@@ -327,7 +327,12 @@ impl<'a> Parts<'a> {
                 Self::finding(e, numbers)
             }
             Message::ConnectionKicked(e) => {
-                Self::envelope(e, Some(e.body.result.name()), String::new())
+                let recovered = if e.body.recovered {
+                    "recovered: recorded by a leader that died, connection gone".to_string()
+                } else {
+                    String::new()
+                };
+                Self::envelope(e, Some(e.body.result.name()), recovered)
             }
             Message::KickIneffective(e) => Self {
                 summary: Some(&e.body.returned.message),

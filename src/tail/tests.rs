@@ -193,6 +193,14 @@ fn kicks_render_their_result_and_who() {
         render(&kicked),
         "2026-11-25T20:31:09.123Z WOULD_KICK connection_kicked APP/leaky"
     );
+    let mut recovered = kicked.clone();
+    recovered["dry_run"] = json!(false);
+    recovered["result"] = json!("kicked");
+    recovered["recovered"] = json!(true);
+    assert_eq!(
+        render(&recovered),
+        "2026-11-25T20:31:09.123Z KICKED connection_kicked APP/leaky recovered: recorded by a leader that died, connection gone"
+    );
     let back = json!({
         "type": "io.connwatch.advisory.v1.kick_ineffective",
         "id": "ABCDEFGHIJKLMNOPQRSTUV", "timestamp": "2026-11-25T20:31:09.123Z",

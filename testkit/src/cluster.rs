@@ -357,6 +357,7 @@ impl Cluster {
                 name: a.name.clone(),
                 conn_limit: a.max_connections.unwrap_or(-1),
                 users: a.users.iter().map(|u| u.name.clone()).collect(),
+                ..AccountTemplate::default()
             })
             .collect();
         let setup = OperatorSetup::generate(

@@ -92,31 +92,82 @@ pub fn account_jwt(
     name: &str,
     conn_limit: i64,
 ) -> anyhow::Result<String> {
+    account_jwt_with(operator, account_public_key, name, conn_limit, None)
+}
+
+/// JetStream limits of an account, as `nsc edit account --js-mem-storage M --js-disk-storage D`
+/// sets them: an account JWT with them may use JetStream (streams, consumers and key-value
+/// buckets unlimited in number, storage bounded); without them it may not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JetStreamLimits {
+    /// Bytes of memory storage (`mem_storage`; -1 unlimited).
+    pub mem_storage: i64,
+    /// Bytes of file storage (`disk_storage`; -1 unlimited).
+    pub disk_storage: i64,
+}
+
+/// [`account_jwt`], with JetStream enabled when `jetstream` is given.
+pub fn account_jwt_with(
+    operator: &KeyPair,
+    account_public_key: &str,
+    name: &str,
+    conn_limit: i64,
+    jetstream: Option<JetStreamLimits>,
+) -> anyhow::Result<String> {
     expect_kind(operator, KeyPairType::Operator, "account issuer")?;
+    let mut limits = json!({
+        "conn": conn_limit, "subs": -1, "data": -1, "payload": -1,
+        "imports": -1, "exports": -1, "wildcards": true, "leaf": -1,
+    });
+    if let Some(js) = jetstream {
+        let l = limits.as_object_mut().expect("limits are an object");
+        l.insert("mem_storage".into(), js.mem_storage.into());
+        l.insert("disk_storage".into(), js.disk_storage.into());
+        l.insert("streams".into(), (-1).into());
+        l.insert("consumer".into(), (-1).into());
+        l.insert("max_ack_pending".into(), (-1).into());
+    }
     encode_jwt(
         operator,
         account_public_key,
         name,
-        json!({
-            "type": "account",
-            "version": 2,
-            "limits": {
-                "conn": conn_limit, "subs": -1, "data": -1, "payload": -1,
-                "imports": -1, "exports": -1, "wildcards": true, "leaf": -1,
-            },
-        }),
+        json!({"type": "account", "version": 2, "limits": limits}),
     )
+}
+
+/// What a user may publish and subscribe to (the user JWT's `pub.allow` and `sub.allow`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserPermissions {
+    /// Subjects it may publish to.
+    pub publish: Vec<String>,
+    /// Subjects it may subscribe to.
+    pub subscribe: Vec<String>,
 }
 
 /// Mints a user JWT signed by its account; `name` becomes the JWT's `name` claim, the human user
 /// name that reports show next to the user's public key.
 pub fn user_jwt(account: &KeyPair, user_public_key: &str, name: &str) -> anyhow::Result<String> {
+    user_jwt_with(account, user_public_key, name, None)
+}
+
+/// [`user_jwt`], limited to `permissions` when given (else it may publish and subscribe to
+/// anything in its account).
+pub fn user_jwt_with(
+    account: &KeyPair,
+    user_public_key: &str,
+    name: &str,
+    permissions: Option<&UserPermissions>,
+) -> anyhow::Result<String> {
     expect_kind(account, KeyPairType::Account, "user issuer")?;
+    let (publish, subscribe) = match permissions {
+        Some(p) => (json!({"allow": p.publish}), json!({"allow": p.subscribe})),
+        None => (json!({}), json!({})),
+    };
     encode_jwt(
         account,
         user_public_key,
         name,
-        json!({"type": "user", "version": 2, "subs": -1, "data": -1, "payload": -1, "pub": {}, "sub": {}}),
+        json!({"type": "user", "version": 2, "subs": -1, "data": -1, "payload": -1, "pub": publish, "sub": subscribe}),
     )
 }
 
@@ -160,7 +211,7 @@ fn expect_kind(key: &KeyPair, kind: KeyPairType, role: &str) -> anyhow::Result<(
 }
 
 /// What to mint for one application account.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct AccountTemplate {
     /// Account name (the JWT `name` claim, shown as `name_tag` in CONNZ).
     pub name: String,
@@ -168,6 +219,10 @@ pub struct AccountTemplate {
     pub conn_limit: i64,
     /// Names of the users to mint in this account.
     pub users: Vec<String>,
+    /// JetStream limits; `None`: no JetStream in this account.
+    pub jetstream: Option<JetStreamLimits>,
+    /// What its users may publish and subscribe to; `None`: anything in the account.
+    pub permissions: Option<UserPermissions>,
 }
 
 /// A minted user: its nkey and JWT.
@@ -224,18 +279,24 @@ impl MintedAccount {
 
     fn mint(operator: &KeyPair, template: &AccountTemplate) -> anyhow::Result<Self> {
         let key = KeyPair::new_account();
-        let jwt = account_jwt(
+        let jwt = account_jwt_with(
             operator,
             &key.public_key(),
             &template.name,
             template.conn_limit,
+            template.jetstream,
         )?;
         let users = template
             .users
             .iter()
             .map(|name| {
                 let user = KeyPair::new_user();
-                let jwt = user_jwt(&key, &user.public_key(), name)?;
+                let jwt = user_jwt_with(
+                    &key,
+                    &user.public_key(),
+                    name,
+                    template.permissions.as_ref(),
+                )?;
                 Ok(MintedUser {
                     name: name.clone(),
                     key: user,
@@ -280,6 +341,7 @@ impl OperatorSetup {
                 name: "SYS".to_owned(),
                 conn_limit: -1,
                 users: system_users.iter().map(|u| (*u).to_owned()).collect(),
+                ..AccountTemplate::default()
             },
         )?;
         let operator_jwt = operator_jwt(&operator, operator_name, &system_account.public_key())?;
@@ -390,6 +452,35 @@ mod tests {
     }
 
     #[test]
+    fn account_jwt_with_jetstream_limits_and_user_jwt_with_permissions() {
+        let operator = KeyPair::new_operator();
+        let account = KeyPair::new_account();
+        let limits = JetStreamLimits {
+            mem_storage: 64 << 20,
+            disk_storage: 1 << 30,
+        };
+        let jwt =
+            account_jwt_with(&operator, &account.public_key(), "JS", -1, Some(limits)).unwrap();
+        let claims = decode_part(jwt.split('.').nth(1).unwrap());
+        assert_eq!(claims["nats"]["limits"]["mem_storage"], 64 << 20);
+        assert_eq!(claims["nats"]["limits"]["disk_storage"], 1 << 30);
+        assert_eq!(claims["nats"]["limits"]["streams"], -1);
+        let plain = account_jwt(&operator, &account.public_key(), "APP", 5).unwrap();
+        let claims = decode_part(plain.split('.').nth(1).unwrap());
+        assert!(claims["nats"]["limits"].get("disk_storage").is_none());
+
+        let user = KeyPair::new_user();
+        let permissions = UserPermissions {
+            publish: vec!["$JS.API.>".into()],
+            subscribe: vec!["_INBOX.>".into()],
+        };
+        let jwt = user_jwt_with(&account, &user.public_key(), "u", Some(&permissions)).unwrap();
+        let claims = decode_part(jwt.split('.').nth(1).unwrap());
+        assert_eq!(claims["nats"]["pub"]["allow"], json!(["$JS.API.>"]));
+        assert_eq!(claims["nats"]["sub"]["allow"], json!(["_INBOX.>"]));
+    }
+
+    #[test]
     fn wrong_issuer_kind_is_rejected() {
         let user = KeyPair::new_user();
         assert!(user_jwt(&user, &user.public_key(), "x").is_err());
@@ -405,6 +496,7 @@ mod tests {
                 name: "APP".into(),
                 conn_limit: -1,
                 users: vec!["app".into()],
+                ..AccountTemplate::default()
             }],
         )
         .unwrap();
@@ -432,6 +524,7 @@ mod tests {
                 name: "APP".into(),
                 conn_limit: 5,
                 users: vec![],
+                ..AccountTemplate::default()
             }],
         )
         .unwrap();

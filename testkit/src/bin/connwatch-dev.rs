@@ -9,7 +9,7 @@ use testkit::cluster::{
     AccountSpec, AuthMode, Cluster, ClusterSpec, JETSTREAM_ACCOUNT, JETSTREAM_PASSWORD,
     JETSTREAM_USER,
 };
-use testkit::jwt::{AccountTemplate, OperatorSetup};
+use testkit::jwt::{AccountTemplate, JetStreamLimits, OperatorSetup, UserPermissions};
 use testkit::load::{self, LoadAuth, LoadSpec};
 
 /// Development tools for connwatch: development credentials, a local nats-server cluster and
@@ -24,9 +24,11 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Regenerate the committed development operator-mode credentials (operator, SYS account,
-    /// APP account limited to 1000 connections; users sys, app, leaky).
+    /// APP account limited to 1000 connections, CONNWATCH account with JetStream; users sys,
+    /// app, leaky, connwatch).
     Creds {
-        /// Directory to write sys.creds, app.creds, leaky.creds, resolver.conf and README.md to.
+        /// Directory to write sys.creds, app.creds, leaky.creds, connwatch.creds, resolver.conf
+        /// and README.md to.
         #[arg(long)]
         out: PathBuf,
     },
@@ -108,6 +110,10 @@ server reachable by anyone else.
 - `sys.creds`: user `sys` of the system account `SYS` (what connwatch logs in as).
 - `app.creds`, `leaky.creds`: users `app` and `leaky` of account `APP`
   (account-wide limit of 1000 connections).
+- `connwatch.creds`: user `connwatch` of account `CONNWATCH`, which has JetStream (64 MiB of
+  memory, 1 GiB of file storage): connwatch's `[jetstream]` connection (the HA bucket
+  `KV_connwatch`, the stream `CONNWATCH_ADVISORIES`). It may publish only on `$JS.API.>`,
+  `$KV.connwatch.>` and `connwatch.advisory.>`, and subscribe only on `_INBOX.>`.
 
 Regenerate (new keys every time; the old files stop working) with:
 
@@ -154,21 +160,46 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// The permissions of connwatch's `[jetstream]` user: the JetStream API, its HA bucket's keys
+/// and the advisory subjects; replies on `_INBOX.>`.
+fn connwatch_jetstream_permissions() -> UserPermissions {
+    UserPermissions {
+        publish: ["$JS.API.>", "$KV.connwatch.>", "connwatch.advisory.>"]
+            .map(String::from)
+            .to_vec(),
+        subscribe: vec!["_INBOX.>".to_owned()],
+    }
+}
+
 fn write_creds(out: &Path) -> anyhow::Result<()> {
     let setup = OperatorSetup::generate(
         "connwatch-dev",
         &["sys"],
-        &[AccountTemplate {
-            name: "APP".to_owned(),
-            conn_limit: 1000,
-            users: vec!["app".to_owned(), "leaky".to_owned()],
-        }],
+        &[
+            AccountTemplate {
+                name: "APP".to_owned(),
+                conn_limit: 1000,
+                users: vec!["app".to_owned(), "leaky".to_owned()],
+                ..AccountTemplate::default()
+            },
+            AccountTemplate {
+                name: "CONNWATCH".to_owned(),
+                conn_limit: 100,
+                users: vec!["connwatch".to_owned()],
+                jetstream: Some(JetStreamLimits {
+                    mem_storage: 64 << 20,
+                    disk_storage: 1 << 30,
+                }),
+                permissions: Some(connwatch_jetstream_permissions()),
+            },
+        ],
     )?;
     std::fs::create_dir_all(out).with_context(|| format!("failed to create {}", out.display()))?;
     let files = [
         ("sys.creds", setup.user("SYS", "sys")),
         ("app.creds", setup.user("APP", "app")),
         ("leaky.creds", setup.user("APP", "leaky")),
+        ("connwatch.creds", setup.user("CONNWATCH", "connwatch")),
     ];
     for (file, user) in files {
         let user = user.context("minted user missing")?;
