@@ -49,8 +49,13 @@ impl Service {
     /// snapshot (the sweep's servers, missing and errors; the live connections).
     pub(super) fn reconcile(&mut self, live: Live, sync: SyncId, mut snap: Snapshot) -> Snapshot {
         live.heard(snap.servers.iter().map(|s| s.id.as_str()));
-        let mut view = live.view.lock().expect("live view lock");
-        view.reconcile(sync, &snap);
+        let appeared = live
+            .view
+            .lock()
+            .expect("live view lock")
+            .reconcile(sync, &snap);
+        live.appeared(&self.metrics, &appeared);
+        let view = live.view.lock().expect("live view lock");
         if view.paused() {
             // Not following the events: the round works as without the live census, from the
             // sweep alone (a complete sweep resolves and may kick, as sweeps do).
