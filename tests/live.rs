@@ -655,9 +655,10 @@ async fn an_event_flood_is_followed_without_a_slow_consumer_and_counts_stay_exac
             .unwrap_or(0.0)
             >= events + 2.0 * 4200.0)
         .await,
-        "not every event arrived: {:?} of {}",
+        "not every event arrived: {:?} of {}\n{}",
         metric(live.listen, "connwatch_live_events_total"),
-        events + 8400.0
+        events + 8400.0,
+        live.running.log()
     );
     eprintln!(
         "flood: 4,200 connects and 4,200 disconnects in {churn:?} ({:.0} events/s)",
@@ -684,7 +685,8 @@ async fn an_event_flood_is_followed_without_a_slow_consumer_and_counts_stay_exac
                 &format!("connwatch_live_gaps_total{{reason=\"{reason}\"}}")
             ),
             None,
-            "a {reason} gap during the flood"
+            "a {reason} gap during the flood: {}",
+            live.running.log()
         );
     }
     assert_eq!(metric(live.listen, "connwatch_live_complete"), Some(1.0));

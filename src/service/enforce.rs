@@ -137,29 +137,19 @@ impl Service {
                 completeness(&view, &self.last_sweep_meta),
             )
         };
-        if !decided.closes.is_empty() {
-            // The view says complete, but a server that died or restarted since the last probe
-            // leaves its connections in it until a gap is noticed: ask every server first, as
-            // before a resolve, and close nothing unless each answers under the id the view holds.
-            let timeout = self
-                .config
-                .sweep
-                .timeout
-                .min(self.config.live.probe_interval);
-            if !live
-                .confirm_servers(&self.session.system, &self.metrics, timeout)
-                .await
-            {
-                let why = "a server did not answer or restarted (checked before closing): the live view is not complete".to_string();
-                self.caps.enforcer.withdraw(&decided.closes);
-                for c in std::mem::take(&mut decided.closes) {
-                    let user = (c.conn.account, c.conn.user);
-                    if !decided.held.iter().any(|(u, _)| u == &user) {
-                        decided.held.push((user, why.clone()));
-                    }
+        // The view says complete, but a server that died or restarted since the last probe
+        // leaves its connections in it until a gap is noticed: ask every server first, as
+        // before a resolve, and close nothing unless each answers under the id the view holds.
+        if !decided.closes.is_empty() && !self.servers_confirmed(live).await {
+            let why = "a server did not answer or restarted (checked before closing): the live view is not complete".to_string();
+            self.caps.enforcer.withdraw(&decided.closes);
+            for c in std::mem::take(&mut decided.closes) {
+                let user = (c.conn.account, c.conn.user);
+                if !decided.held.iter().any(|(u, _)| u == &user) {
+                    decided.held.push((user, why.clone()));
                 }
-                held_why = Some(why);
             }
+            held_why = Some(why);
         }
         let m = &self.metrics.caps;
         m.held.set(decided.held.len() as i64);

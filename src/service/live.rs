@@ -123,18 +123,11 @@ impl Service {
         }
         // Before anything may resolve from the events, every server must still answer: a server
         // frozen since the last probe could hold connections the events do not show.
-        if !self.state.findings.active.is_empty() && snap.gap.is_none() {
-            let timeout = self
-                .config
-                .sweep
-                .timeout
-                .min(self.config.live.probe_interval);
-            if !live
-                .confirm_servers(&self.session.system, &self.metrics, timeout)
-                .await
-            {
-                (snap, census) = build(&live, &self.last_sweep_meta);
-            }
+        if !self.state.findings.active.is_empty()
+            && snap.gap.is_none()
+            && !self.servers_confirmed(&live).await
+        {
+            (snap, census) = build(&live, &self.last_sweep_meta);
         }
         let l = &self.last_lookups;
         Some(Gathered {
@@ -146,6 +139,18 @@ impl Service {
             generation: self.health.generation(),
             swept: false,
         })
+    }
+
+    /// Asks every server for STATSZ now, within the sweep timeout and the probe interval
+    /// ([`Live::confirm_servers`]): whether each answered under the id the view holds.
+    pub(super) async fn servers_confirmed(&self, live: &Live) -> bool {
+        let timeout = self
+            .config
+            .sweep
+            .timeout
+            .min(self.config.live.probe_interval);
+        live.confirm_servers(&self.session.system, &self.metrics, timeout)
+            .await
     }
 
     /// The churn for a live round: the events' of the last minute, and for the accounts whose
