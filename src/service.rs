@@ -384,12 +384,15 @@ fn metrics_startup_error(
 }
 
 /// Publishes what connwatch knows of its identity: the metric, the log, and readiness (unready
-/// while kicks are on and it cannot tell which connections it must never kick).
+/// while kicks are on, or caps are enforced, and it cannot tell which connections it must
+/// never kick).
 fn note_identity(session: &Session, config: &Config, metrics: &Metrics, health: &Health) {
     let refusal = session.kick_refusal();
     metrics.identity_known.set(i64::from(refusal.is_none()));
+    let caps = config.enforce.enabled && !config.enforce.dry_run;
     health.set_not_ready(match &refusal {
         Some(why) if config.kick.enabled => Some(format!("kicks are on, but {why}")),
+        Some(why) if caps => Some(format!("caps are enforced, but {why}")),
         _ => None,
     });
 }

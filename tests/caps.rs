@@ -24,26 +24,51 @@ struct Capped {
     cluster: Cluster,
     running: Running,
     seen: Seen,
-    _client: async_nats::Client,
+    client: async_nats::Client,
+}
+
+impl Capped {
+    /// Asks for a sweep (the `sweep` endpoint) and waits for its round, cap round included.
+    async fn sweep(&self) -> Value {
+        let msg = self
+            .client
+            .request("connwatch.sweep", bytes::Bytes::new())
+            .await
+            .unwrap();
+        serde_json::from_slice(&msg.payload).unwrap()
+    }
 }
 
 async fn start(dir: &std::path::Path, enforce: &str) -> Capped {
-    let cluster = Cluster::start(
-        ClusterSpec::new(dir.join("cluster")).account(
-            AccountSpec::new("APP")
-                .user("leaky", "pw")
-                .user("app", "pw"),
-        ),
+    start_with(spec(dir), dir, "1s", enforce).await
+}
+
+/// The cluster of these tests: `APP/leaky` and `APP/app`.
+fn spec(dir: &std::path::Path) -> ClusterSpec {
+    ClusterSpec::new(dir.join("cluster")).account(
+        AccountSpec::new("APP")
+            .user("leaky", "pw")
+            .user("app", "pw"),
     )
-    .unwrap();
+}
+
+/// [`start`] on a cluster of `spec`, with the STATSZ probe every `probe`. The `sweep` endpoint
+/// always sweeps (a test's barrier: it answers once the round, its cap round included, is done).
+async fn start_with(
+    spec: ClusterSpec,
+    dir: &std::path::Path,
+    probe: &str,
+    enforce: &str,
+) -> Capped {
+    let cluster = Cluster::start(spec).unwrap();
     let listen = free_addr();
     // Attached to n1 only: the gap test freezes n3.
     let toml = connwatch_toml_on(&cluster, 0);
     let path = write_config(
         dir,
         &format!(
-            "{toml}[sweep]\ninterval = \"1s\"\ntimeout = \"1s\"\n[live]\nreconcile_interval = \"1h\"\nprobe_interval = \"1s\"\n\
-             [metrics]\nlisten = \"{listen}\"\nuser_floor = 1\n\
+            "{toml}[sweep]\ninterval = \"1s\"\ntimeout = \"1s\"\n[live]\nreconcile_interval = \"1h\"\nprobe_interval = \"{probe}\"\n\
+             [metrics]\nlisten = \"{listen}\"\nuser_floor = 1\n[service]\nsweep_min_interval = \"0s\"\n\
              [enforce]\nenabled = true\n{enforce}"
         ),
     );
@@ -53,7 +78,7 @@ async fn start(dir: &std::path::Path, enforce: &str) -> Capped {
         cluster,
         running,
         seen,
-        _client: client,
+        client,
     }
 }
 
@@ -391,4 +416,129 @@ async fn clients_that_reconnect_keep_hitting_the_cap_within_the_rate_bound() {
             >= 1.0
     );
     drop(clients);
+}
+
+/// connwatch does not know the system account (its user may ask neither `$SYS.REQ.USER.INFO`
+/// nor VARZ): `leaky` over its cap in a complete live view is not closed, round after round,
+/// and connwatch says why: `connwatch_cap_users_held` 1, `connwatch_identity_known` 0, and
+/// `/readyz` 503 naming the reason; no `connection_cap_enforced` advisory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_system_account_unknown_nothing_over_a_cap_is_closed_and_it_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(dir.path()).system_permissions(
+        "{publish: {deny: [\"$SYS.REQ.USER.INFO\", \"$SYS.REQ.SERVER.PING.VARZ\"]}}",
+    );
+    let t = start_with(spec, dir.path(), "1s", &format!("dry_run = false\n{CAPS}")).await;
+    let loads = burst(&t.cluster).await;
+    assert!(
+        wait_until_async(WAIT, || t.running.metric("connwatch_cap_users_held")
+            == Some(1.0))
+        .await,
+        "connwatch did not see leaky over its cap: {}",
+        t.running.log()
+    );
+    // Two more rounds, each with its cap round, over a complete view: still nothing closed.
+    for _ in 0..2 {
+        let summary = t.sweep().await;
+        assert_eq!(summary["partial"], false, "{summary:#}");
+    }
+    assert_eq!(t.running.metric("connwatch_live_complete"), Some(1.0));
+    assert_eq!(connz_of(&t.cluster, ALL, "APP", "leaky").len(), 80);
+    assert_eq!(loads.0.alive() + loads.1.alive() + loads.2.alive(), 80);
+    assert_eq!(t.running.metric("connwatch_cap_users_held"), Some(1.0));
+    assert_eq!(t.running.metric("connwatch_identity_known"), Some(0.0));
+    let (code, body) = testkit::cluster::http_get(t.running.metrics_addr(), "/readyz").unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("caps are enforced") && body.contains("system account is unknown"),
+        "{body}"
+    );
+    assert!(cap_advisories(&t.seen, "leaky").is_empty());
+    assert_eq!(
+        t.running
+            .metric("connwatch_cap_connections_closed_total{dry_run=\"false\"}"),
+        None
+    );
+}
+
+/// n3 restarts while `leaky` holds its cap of 50, 30 of them on n3 (the oldest), and 30 more
+/// open on n1 at once. n3's 30 died with it (no disconnect events), so leaky really holds 50:
+/// a view that still counted them would close 30 live connections. The STATSZ probe is an
+/// hour apart, so the view still says complete when the burst comes (as it may for up to
+/// `live.probe_interval`): the servers asked just before the closes show the restart, which
+/// is a gap, and nothing is closed before the view is complete again; then nothing needs to
+/// be: leaky's 50 stay open, no advisory. Then 10 more: exactly those are closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_servers_dead_connections_close_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = start_with(
+        spec(dir.path()),
+        dir.path(),
+        "1h",
+        &format!("dry_run = false\n{CAPS}"),
+    )
+    .await;
+    let urls: Vec<String> = (0..3).map(|i| t.cluster.client_url(i)).collect();
+    let open = |i: usize, n: usize| {
+        load::open(LoadSpec::new(urls[i].clone(), auth("leaky"), n).name("leaky-worker"))
+    };
+    let on_n3 = open(2, 30).await.unwrap();
+    let older = open(0, 20).await.unwrap();
+    assert!(
+        wait_until_async(WAIT, || t
+            .running
+            .metric("connwatch_user_connections{account=\"APP\",user=\"leaky\"}")
+            == Some(50.0))
+        .await,
+        "{}",
+        t.running.log()
+    );
+    t.cluster.restart(2).unwrap();
+    let burst = open(0, 30).await.unwrap();
+    assert!(
+        wait_until_async(WAIT, || on_n3.alive() == 0).await,
+        "n3's connections outlived its restart"
+    );
+    // The round after a complete sweep that began after the restart.
+    assert!(
+        eventually(WAIT, || async {
+            t.sweep().await["partial"] == false
+                && t.running.metric("connwatch_live_complete") == Some(1.0)
+        })
+        .await,
+        "{}",
+        t.running.log()
+    );
+    t.sweep().await;
+    assert_eq!(
+        t.running
+            .metric("connwatch_user_connections{account=\"APP\",user=\"leaky\"}"),
+        Some(50.0),
+        "the view still counts the restarted server's dead connections"
+    );
+    assert_eq!(connz_of(&t.cluster, ALL, "APP", "leaky").len(), 50);
+    assert_eq!(
+        (older.alive(), burst.alive()),
+        (20, 30),
+        "live connections closed"
+    );
+    assert!(cap_advisories(&t.seen, "leaky").is_empty());
+    // Over the cap for real now: the 10 newest go, and only they.
+    let newest = open(1, 10).await.unwrap();
+    assert!(
+        wait_until_async(WAIT, || newest.alive() == 0).await,
+        "not enforced on the complete view: {}",
+        t.running.log()
+    );
+    let (_, _, adv) = t
+        .seen
+        .wait_for(0, "connection_cap_enforced", |b| b["user"] == "leaky")
+        .await;
+    assert_eq!(
+        (adv["before"].as_u64(), adv["after"].as_u64()),
+        (Some(60), Some(50)),
+        "{adv:#}"
+    );
+    assert_eq!((older.alive(), burst.alive()), (20, 30));
+    assert_eq!(connz_of(&t.cluster, ALL, "APP", "leaky").len(), 50);
 }

@@ -633,6 +633,14 @@ async fn sigterm_during_kicks_loses_no_audit_and_no_kick_memory() {
         .subscribe(format!("$SYS.REQ.SERVER.{frozen_id}.KICK"))
         .await
         .unwrap();
+    let n2_id = cluster.monitor_get(1, "/varz").unwrap()["server_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut kicks_n2 = client
+        .subscribe(format!("$SYS.REQ.SERVER.{n2_id}.KICK"))
+        .await
+        .unwrap();
     client.flush().await.unwrap();
     let state = dir.path().join("state.json");
     let path = write_config(
@@ -681,6 +689,14 @@ async fn sigterm_during_kicks_loses_no_audit_and_no_kick_memory() {
     assert!(
         matches!(kick, Ok(Some(_))),
         "no kick sent to n3: {}",
+        running.log()
+    );
+    // Servers are kicked in parallel: n2's first KICKs leave with n3's. Wait for one on the
+    // wire (not for a time) before SIGTERM, so the shutdown finds kicks to both in flight.
+    let kick = tokio::time::timeout(WAIT, kicks_n2.next()).await;
+    assert!(
+        matches!(kick, Ok(Some(_))),
+        "no kick sent to n2: {}",
         running.log()
     );
     // Kicks are in flight (n3's wait for kick.timeout): shut down now.
@@ -733,7 +749,7 @@ async fn sigterm_during_kicks_loses_no_audit_and_no_kick_memory() {
     // The load notices its kicked connections close on its own time.
     assert!(
         wait_until_async(WAIT, || many.alive() < 400).await,
-        "nothing kicked on n2"
+        "nothing kicked on n2: {log}"
     );
     let on_frozen = closed_as_kicked(&cluster)
         .iter()
@@ -741,7 +757,7 @@ async fn sigterm_during_kicks_loses_no_audit_and_no_kick_memory() {
         .count();
     assert!(
         (1..=4).contains(&on_frozen),
-        "{on_frozen} of n3's 10 kicked: kicks went on after SIGTERM"
+        "{on_frozen} of n3's 10 kicked: kicks went on after SIGTERM\n{log}"
     );
     // The finding the lifecycle marked notified in that round was announced too.
     assert!(

@@ -8,8 +8,9 @@
 //! - the I/O (reading the live view, sending KICKs, announcing) is in `service/enforce.rs`.
 //!
 //! Fail closed: nothing is closed while the live view is not complete (a gap, a partial
-//! sweep), while connwatch does not know the system account or its own connection, or when a
-//! user's newest connections cannot be told (a start time unknown).
+//! sweep, or a server that does not answer, or answers under a new id, when asked just before
+//! the closes), while connwatch does not know the system account or its own connection, or
+//! when a user's newest connections cannot be told (a start time unknown).
 
 pub mod announce;
 pub mod cap;

@@ -323,6 +323,17 @@ impl Enforcer {
         out
     }
 
+    /// Takes back closes decided but not sent (the servers could not be confirmed just before
+    /// the KICKs: the view may hold a dead server's connections). They are no longer in
+    /// flight, so a later round over a complete view decides afresh; the rate tokens they took
+    /// stay spent (the bound stays a bound).
+    pub fn withdraw(&mut self, closes: &[Close]) {
+        for c in closes {
+            self.in_flight
+                .remove(&(c.conn.server_id.clone(), c.conn.cid));
+        }
+    }
+
     /// Drops the closes in flight that are only announced (dry run turned off, or a gap: the
     /// view may have changed under them).
     pub fn forget_in_flight(&mut self) {
@@ -403,6 +414,22 @@ mod tests {
             .filter(|i| b.take(5, t0 + Duration::from_millis(i * 10)))
             .count();
         assert!((50..=55).contains(&n), "{n}");
+    }
+
+    #[test]
+    fn withdrawn_closes_are_decided_again_and_make_no_burst() {
+        let t0 = Instant::now();
+        let cfg = cfg(2, 100, false);
+        let guard = guard();
+        let mut e = Enforcer::new();
+        let conns: Vec<Connection> = (1..=4).map(|i| conn("n1", i, i as i64)).collect();
+        let d = e.decide(&users(&conns), &cfg, &guard, t0);
+        assert_eq!(d.closes.len(), 2);
+        e.withdraw(&d.closes);
+        let later = t0 + Duration::from_secs(2);
+        assert!(e.finish(&users(&conns), later).is_empty(), "nothing closed");
+        let again = e.decide(&users(&conns), &cfg, &guard, later);
+        assert_eq!(again.closes, d.closes);
     }
 
     #[test]

@@ -99,6 +99,19 @@ impl Live {
         }
     }
 
+    /// Servers a sweep heard that the view did not hold ([`LiveView::reconcile`]: a restart or
+    /// a new server, before any probe saw it): each a `server_new` gap, counted and followed
+    /// by a sweep, as when the probe sees it first.
+    pub fn appeared(&self, metrics: &Metrics, servers: &[(String, String)]) {
+        for (id, name) in servers {
+            self.gap(
+                metrics,
+                "server_new",
+                format!("server {name} ({id}) is new or restarted: heard by a sweep"),
+            );
+        }
+    }
+
     /// Compares a probe's answers with the view's servers; gaps for every difference that is
     /// new. Returns whether every server of the view answered and none is new.
     fn note_probe(&self, metrics: &Metrics, answered: &[(String, String)]) -> bool {

@@ -333,7 +333,12 @@ impl LiveView {
     /// Finishes a full sweep's sync with its snapshot. A complete sweep that began after the
     /// last gap makes the view complete, and drops the servers it did not hear from (gone, or
     /// restarted under a new id); a partial one leaves their connections as they were.
-    pub fn reconcile(&mut self, id: SyncId, snap: &Snapshot) {
+    ///
+    /// A server id the view did not hold (a server restarted or added), heard by this sweep
+    /// before any probe saw it, is a gap like the probe's `server_new` (fail closed): the view
+    /// is not complete until a sweep that begins after it. Returns those servers (id, name);
+    /// none on the first sweep, when the view held no server yet.
+    pub fn reconcile(&mut self, id: SyncId, snap: &Snapshot) -> Vec<(String, String)> {
         let servers: Vec<(String, String)> = snap
             .servers
             .iter()
@@ -346,12 +351,20 @@ impl LiveView {
                 self.leafnodes_unlisted.remove(sid);
             }
         }
+        let appeared: Vec<(String, String)> = servers
+            .iter()
+            .filter(|(sid, _)| !self.servers.is_empty() && !self.servers.contains_key(sid))
+            .cloned()
+            .collect();
         self.finish_sync(id, &Scope::All, &servers, snap.connections.clone());
+        if let Some((sid, name)) = appeared.first() {
+            self.gap(format!("server {name} ({sid}) is new or restarted"));
+        }
         if snap.partial() {
             if self.incomplete.is_none() {
                 self.incomplete = Some("the last sweep was partial".into());
             }
-            return;
+            return appeared;
         }
         let gone: Vec<String> = self
             .servers
@@ -365,6 +378,7 @@ impl LiveView {
         if self.last_gap.is_none_or(|g| g < id.begun) {
             self.incomplete = self.paused.clone();
         }
+        appeared
     }
 
     fn forget_server(&mut self, server_id: &str) {

@@ -68,9 +68,10 @@ fn completeness(view: &LiveView, meta: &Snapshot) -> Completeness {
 }
 
 impl Service {
-    /// One cap round (see the module docs). On an incomplete view, or while connwatch does not
-    /// know the system account or its own connection, it closes nothing and says why (log,
-    /// `connwatch_cap_users_held`); bursts already made are still announced.
+    /// One cap round (see the module docs). On an incomplete view, while connwatch does not
+    /// know the system account or its own connection, or when a server does not answer (or
+    /// answers under a new id) the STATSZ asked just before the closes, it closes nothing and
+    /// says why (log, `connwatch_cap_users_held`); bursts already made are still announced.
     pub(super) async fn enforce_caps(&mut self) {
         let cfg = &self.config.enforce;
         let Some(live) = self.live.as_ref().filter(|_| cfg.enabled) else {
@@ -83,7 +84,7 @@ impl Service {
             own: own.as_ref(),
             kick: &self.config.kick,
         };
-        let (decided, finished, held_why, sweep) = {
+        let (mut decided, finished, mut held_why, sweep) = {
             let view = live.view.lock().expect("live view lock");
             let users = by_user(view.connections());
             let refusal = match view.incomplete() {
@@ -136,6 +137,20 @@ impl Service {
                 completeness(&view, &self.last_sweep_meta),
             )
         };
+        // The view says complete, but a server that died or restarted since the last probe
+        // leaves its connections in it until a gap is noticed: ask every server first, as
+        // before a resolve, and close nothing unless each answers under the id the view holds.
+        if !decided.closes.is_empty() && !self.servers_confirmed(live).await {
+            let why = "a server did not answer or restarted (checked before closing): the live view is not complete".to_string();
+            self.caps.enforcer.withdraw(&decided.closes);
+            for c in std::mem::take(&mut decided.closes) {
+                let user = (c.conn.account, c.conn.user);
+                if !decided.held.iter().any(|(u, _)| u == &user) {
+                    decided.held.push((user, why.clone()));
+                }
+            }
+            held_why = Some(why);
+        }
         let m = &self.metrics.caps;
         m.held.set(decided.held.len() as i64);
         m.deferred.inc_by(decided.deferred as u64);

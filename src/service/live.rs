@@ -49,8 +49,13 @@ impl Service {
     /// snapshot (the sweep's servers, missing and errors; the live connections).
     pub(super) fn reconcile(&mut self, live: Live, sync: SyncId, mut snap: Snapshot) -> Snapshot {
         live.heard(snap.servers.iter().map(|s| s.id.as_str()));
-        let mut view = live.view.lock().expect("live view lock");
-        view.reconcile(sync, &snap);
+        let appeared = live
+            .view
+            .lock()
+            .expect("live view lock")
+            .reconcile(sync, &snap);
+        live.appeared(&self.metrics, &appeared);
+        let view = live.view.lock().expect("live view lock");
         if view.paused() {
             // Not following the events: the round works as without the live census, from the
             // sweep alone (a complete sweep resolves and may kick, as sweeps do).
@@ -118,18 +123,11 @@ impl Service {
         }
         // Before anything may resolve from the events, every server must still answer: a server
         // frozen since the last probe could hold connections the events do not show.
-        if !self.state.findings.active.is_empty() && snap.gap.is_none() {
-            let timeout = self
-                .config
-                .sweep
-                .timeout
-                .min(self.config.live.probe_interval);
-            if !live
-                .confirm_servers(&self.session.system, &self.metrics, timeout)
-                .await
-            {
-                (snap, census) = build(&live, &self.last_sweep_meta);
-            }
+        if !self.state.findings.active.is_empty()
+            && snap.gap.is_none()
+            && !self.servers_confirmed(&live).await
+        {
+            (snap, census) = build(&live, &self.last_sweep_meta);
         }
         let l = &self.last_lookups;
         Some(Gathered {
@@ -141,6 +139,18 @@ impl Service {
             generation: self.health.generation(),
             swept: false,
         })
+    }
+
+    /// Asks every server for STATSZ now, within the sweep timeout and the probe interval
+    /// ([`Live::confirm_servers`]): whether each answered under the id the view holds.
+    pub(super) async fn servers_confirmed(&self, live: &Live) -> bool {
+        let timeout = self
+            .config
+            .sweep
+            .timeout
+            .min(self.config.live.probe_interval);
+        live.confirm_servers(&self.session.system, &self.metrics, timeout)
+            .await
     }
 
     /// The churn for a live round: the events' of the last minute, and for the accounts whose

@@ -237,6 +237,40 @@ fn a_complete_sweep_drops_a_restarted_servers_old_id() {
     assert!(!v.servers().contains_key("ID-n2"));
 }
 
+/// The restart bug: connwatch's own server restarted, its reconnect gap's sweep was the first
+/// to hear n2's new id, and the view came out complete with no gap for the new server. A new
+/// id is a gap whoever hears it first (fail closed): the sweep after it completes the view.
+#[test]
+fn a_sweep_that_hears_a_new_server_id_first_is_a_gap() {
+    let mut v = two_servers_reconciled();
+    v.gap("connwatch reconnected");
+    let s = v.begin_sync();
+    let mut restarted = conn("n2", 1, "u");
+    restarted.server_id = "ID-n2-restarted".into();
+    let mut sweep = snap(&["n1", "n2"], vec![conn("n1", 1, "u"), restarted]);
+    sweep.servers[1].id = "ID-n2-restarted".into();
+    assert_eq!(
+        v.reconcile(s, &sweep),
+        vec![("ID-n2-restarted".to_string(), "n2".to_string())]
+    );
+    assert!(v.incomplete().unwrap().contains("new or restarted"));
+    // The old id's connections are gone, the new one's are in.
+    assert!(!v.servers().contains_key("ID-n2"));
+    assert_eq!(v.count("APP", "u"), 2);
+    // The next complete sweep holds the new id already: complete, nothing new.
+    let s = v.begin_sync();
+    assert!(v.reconcile(s, &sweep).is_empty());
+    assert!(v.incomplete().is_none());
+}
+
+#[test]
+fn the_first_sweep_hears_no_new_server() {
+    let mut v = LiveView::new();
+    let s = v.begin_sync();
+    assert!(v.reconcile(s, &snap(&["n1", "n2"], vec![])).is_empty());
+    assert!(v.incomplete().is_none());
+}
+
 #[test]
 fn a_user_read_replaces_only_that_users_connections() {
     let mut v = LiveView::new();
