@@ -114,7 +114,7 @@ impl Service {
                                 })
                         })
                         .map(|conns| {
-                            let u = (conns[0].account.clone(), conns[0].user.clone());
+                            let u = (conns[0].account.to_string(), conns[0].user.to_string());
                             (u, why.clone())
                         })
                         .collect::<Vec<_>>();

@@ -50,16 +50,19 @@ impl Service {
     pub(super) fn reconcile(&mut self, live: Live, sync: SyncId, mut snap: Snapshot) -> Snapshot {
         live.heard(snap.servers.iter().map(|s| s.id.as_str()));
         let mut view = live.view.lock().expect("live view lock");
-        view.reconcile(sync, &snap);
         if view.paused() {
             // Not following the events: the round works as without the live census, from the
             // sweep alone (a complete sweep resolves and may kick, as sweeps do).
+            view.reconcile(sync, &snap);
             drop(view);
             let connections = std::mem::take(&mut snap.connections);
             self.last_sweep_meta = snap.clone();
             snap.connections = connections;
             return snap;
         }
+        // The view takes the sweep's connections over (moved, not copied).
+        let connections = std::mem::take(&mut snap.connections);
+        view.reconcile_with(sync, &snap, connections);
         let now = snap.started.unwrap_or_else(Utc::now);
         let mut out = view.snapshot(&snap, now);
         out.duration = snap.duration;
@@ -67,7 +70,6 @@ impl Service {
         out.pages = snap.pages;
         out.bytes = snap.bytes;
         out.bad_replies = snap.bad_replies;
-        snap.connections = Vec::new();
         self.last_sweep_meta = snap;
         out
     }

@@ -4,7 +4,7 @@ use super::*;
 fn conn(server: &str, cid: u64, user: &str) -> Connection {
     Connection {
         server: server.into(),
-        server_id: format!("ID-{server}"),
+        server_id: format!("ID-{server}").into(),
         cid,
         kind: "Client".into(),
         ip: "10.0.0.1".into(),
@@ -120,8 +120,8 @@ fn an_event_sent_just_before_its_server_lists_the_connection_is_not_lost() {
 fn a_connection_listed_before_it_authenticated_takes_its_connect_events_identity() {
     let unauthenticated = |cid| Connection {
         account: "$G".into(),
-        user: String::new(),
-        name: String::new(),
+        user: "".into(),
+        name: "".into(),
         idle: std::time::Duration::from_secs(3),
         ..conn("n1", cid, "")
     };
