@@ -282,3 +282,26 @@ fn the_view_as_a_snapshot_counts_per_server_and_says_when_incomplete() {
     v.gap("slow consumer");
     assert!(v.snapshot(&sweep, now).partial());
 }
+
+#[test]
+fn entries_share_their_texts_and_unused_ones_are_let_go() {
+    let mut v = LiveView::new();
+    let s = v.begin_sync();
+    // 500 connections of two users from one process, each with its own copies of the texts.
+    let conns: Vec<Connection> = (0..500)
+        .map(|i| conn("n1", i, ["u", "v"][i as usize % 2]))
+        .collect();
+    v.finish_sync(s, &Scope::All, &[("ID-n1".into(), "n1".into())], conns);
+    assert_eq!(v.len(), 500);
+    // server, server id, kind, ip, name, account, two users: one copy each.
+    assert_eq!(v.texts.len(), 8);
+    let held: Vec<&Connection> = v.connections().collect();
+    assert!(held
+        .iter()
+        .all(|c| std::ptr::eq(c.account.as_str(), held[0].account.as_str())));
+    // User v gone (a sweep that no longer lists it): its name is let go at the sync.
+    let s = v.begin_sync();
+    let left: Vec<Connection> = (0..500).step_by(2).map(|i| conn("n1", i, "u")).collect();
+    v.finish_sync(s, &Scope::All, &[("ID-n1".into(), "n1".into())], left);
+    assert_eq!((v.len(), v.count("APP", "v"), v.texts.len()), (250, 0, 7));
+}
