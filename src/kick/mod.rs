@@ -199,12 +199,20 @@ pub fn plan(inputs: &KickInputs) -> Vec<KickPlan> {
     if !complete {
         return Vec::new();
     }
-    let mut by_user: HashMap<(&str, &str), Vec<&Connection>> = HashMap::new();
+    // Only the connections of users over their threshold are looked at (often none).
+    let mut by_user: HashMap<(&str, &str), Vec<&Connection>> = census
+        .users
+        .iter()
+        .filter(|u| u.over_threshold && !u.system)
+        .map(|u| ((u.account.as_str(), u.user.as_str()), Vec::new()))
+        .collect();
+    if by_user.is_empty() {
+        return Vec::new();
+    }
     for c in connections {
-        by_user
-            .entry((c.account.as_str(), c.user.as_str()))
-            .or_default()
-            .push(c);
+        if let Some(mine) = by_user.get_mut(&(c.account.as_str(), c.user.as_str())) {
+            mine.push(c);
+        }
     }
     let mut out = Vec::new();
     for u in &census.users {
