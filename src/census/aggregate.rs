@@ -39,7 +39,9 @@ pub struct Aggregate<'d> {
     sig: Signature,
     system_account: Option<String>,
     connections: u64,
-    users: HashMap<(Str, Str), UserAgg, FxBuild>,
+    /// Account → user → counts (nested, so a connection is looked up by its borrowed texts,
+    /// without a key built per connection).
+    users: HashMap<Str, HashMap<Str, UserAgg, FxBuild>, FxBuild>,
 }
 
 /// One user's counts while the census is built.
@@ -50,7 +52,8 @@ struct UserAgg {
     by_server: HashMap<Str, u64, FxBuild>,
     by_name: HashMap<Str, u64, FxBuild>,
     by_ip: HashMap<Str, u64, FxBuild>,
-    processes: HashMap<(Str, Str), Process, FxBuild>,
+    /// IP → client name → counts.
+    processes: HashMap<Str, HashMap<Str, Process, FxBuild>, FxBuild>,
     /// `zero_msgs` suspects, longest idle first once sorted: at most `2 × max` held.
     zero_msgs: Vec<Candidate>,
 }
@@ -142,12 +145,19 @@ fn push_bounded(list: &mut Vec<Candidate>, c: Candidate, max: usize) {
 }
 
 fn bump(map: &mut HashMap<Str, u64, FxBuild>, key: &Str) {
-    match map.get_mut(key.as_str()) {
-        Some(n) => *n += 1,
-        None => {
-            map.insert(key.clone(), 1);
-        }
+    *slot(map, key, u64::default) += 1;
+}
+
+/// The value of `key`, made by `new` when there is none: the key is cloned only then.
+fn slot<'m, V>(
+    map: &'m mut HashMap<Str, V, FxBuild>,
+    key: &Str,
+    new: impl FnOnce() -> V,
+) -> &'m mut V {
+    if !map.contains_key(key.as_str()) {
+        map.insert(key.clone(), new());
     }
+    map.get_mut(key.as_str()).expect("inserted above")
 }
 
 fn sorted(map: HashMap<Str, u64, FxBuild>) -> BTreeMap<String, u64> {
@@ -169,9 +179,9 @@ impl<'d> Aggregate<'d> {
     /// Counts one connection (each connection of the sweep exactly once).
     pub fn add(&mut self, c: &Connection) {
         self.connections += 1;
-        let key = (c.account.clone(), c.user.clone());
         let system = self.system_account.as_deref() == Some(c.account.as_str());
-        let u = self.users.entry(key).or_insert_with(|| UserAgg {
+        let account = slot(&mut self.users, &c.account, HashMap::default);
+        let u = slot(account, &c.user, || UserAgg {
             census: UserCensus {
                 account: c.account.to_string(),
                 account_name: c.account_name.as_ref().map(String::from),
@@ -195,10 +205,11 @@ impl<'d> Aggregate<'d> {
         bump(&mut u.by_server, &c.server);
         bump(&mut u.by_name, &c.name);
         bump(&mut u.by_ip, &c.ip);
-        let process = u
-            .processes
-            .entry((c.ip.clone(), c.name.clone()))
-            .or_default();
+        let process = slot(
+            slot(&mut u.processes, &c.ip, HashMap::default),
+            &c.name,
+            Process::default,
+        );
         process.connections += 1;
         let max = self.detect.max_suspects_per_user;
         match pattern_alone(c, &self.sig) {
@@ -228,6 +239,7 @@ impl<'d> Aggregate<'d> {
         let mut out: Vec<UserCensus> = self
             .users
             .into_values()
+            .flat_map(HashMap::into_values)
             .map(|u| finish_user(u, detect))
             .collect();
         out.sort_by(|a, b| {
@@ -253,8 +265,13 @@ fn finish_user(u: UserAgg, detect: &DetectConfig) -> UserCensus {
         zero_msgs: mut suspects,
     } = u;
     let max = detect.max_suspects_per_user;
-    let mut counts = Vec::with_capacity(processes.len());
-    for ((ip, name), mut p) in processes {
+    let mut counts = Vec::new();
+    let processes = processes.into_iter().flat_map(|(ip, names)| {
+        names
+            .into_iter()
+            .map(move |(name, p)| (ip.clone(), name, p))
+    });
+    for (ip, name, mut p) in processes {
         // Used once, but too few such connections in the process: a live client's start-up
         // work, not the connection-per-request pattern; not suspects, not counted.
         if p.used_once < USED_ONCE_MIN_PER_PROCESS as u64 {

@@ -223,6 +223,27 @@ impl LiveView {
         }
     }
 
+    /// Holds `c` (listed by a server) under `key`, in place of what was held.
+    fn replace(&mut self, key: (Str, u64), c: Connection) {
+        match self.conns.get_mut(&key) {
+            Some(held)
+                if held.account == c.account && held.user == c.user && held.kind == c.kind =>
+            {
+                *held = Arc::new(c);
+            }
+            Some(held) => {
+                let old = std::mem::replace(held, Arc::new(c));
+                self.uncount(&old);
+                let new = Arc::clone(&self.conns[&key]);
+                self.count_in(&new);
+            }
+            None => {
+                self.count_in(&c);
+                self.conns.insert(key, Arc::new(c));
+            }
+        }
+    }
+
     fn count_in(&mut self, c: &Connection) -> (Str, Str) {
         if c.kind == "Client" {
             *self
@@ -295,21 +316,29 @@ impl LiveView {
     ) {
         let answered: std::collections::HashSet<&str> =
             servers.iter().map(|(id, _)| id.as_str()).collect();
+        // Each listed connection replaces the one held in place (counts move only when its
+        // user or kind changed); then the ones held but not listed go.
+        let mut listed: std::collections::HashSet<(Str, u64), FxBuild> =
+            std::collections::HashSet::with_capacity_and_hasher(replies.len(), FxBuild::default());
+        for c in replies {
+            if answered.contains(c.server_id.as_str()) && scope.holds(&c) {
+                let c = self.shared(c);
+                let key = (c.server_id.clone(), c.cid);
+                listed.insert(key.clone());
+                self.replace(key, c);
+            }
+        }
         let stale: Vec<(Str, u64)> = self
             .conns
             .iter()
-            .filter(|(_, c)| answered.contains(c.server_id.as_str()) && scope.holds(c))
+            .filter(|(k, c)| {
+                answered.contains(c.server_id.as_str()) && scope.holds(c) && !listed.contains(*k)
+            })
             .map(|(k, _)| k.clone())
             .collect();
         for k in stale {
             if let Some(c) = self.conns.remove(&k) {
                 self.uncount(&c);
-            }
-        }
-        for c in replies {
-            if answered.contains(c.server_id.as_str()) && scope.holds(&c) {
-                let c = self.shared(c);
-                self.apply_only(Change::Open(Arc::new(c)));
             }
         }
         let replay: Vec<Change> = self
