@@ -10,6 +10,7 @@ pub mod enforce;
 pub mod error;
 pub mod ha;
 pub mod human;
+pub mod intern;
 pub mod jetstream;
 pub mod kick;
 pub mod lifecycle;

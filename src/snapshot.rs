@@ -5,19 +5,23 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-/// One open connection, as a server reported it.
+pub use crate::intern::Str;
+
+/// One open connection, as a server reported it. Its texts are [`Str`]s: shared by every
+/// connection of a reply with the same value (see [`crate::intern`]), so a connection owns
+/// no text of its own and a clone copies none.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Connection {
     /// Name of the server holding it.
-    pub server: String,
+    pub server: Str,
     /// Id of that server (for directed requests such as KICK).
-    pub server_id: String,
+    pub server_id: Str,
     /// Connection id on that server.
     pub cid: u64,
     /// `Client` or `Leafnode`.
-    pub kind: String,
+    pub kind: Str,
     /// Remote IP.
-    pub ip: String,
+    pub ip: Str,
     /// When it was made.
     pub start: Option<DateTime<Utc>>,
     /// Time since the server last saw traffic on it, by the server's own clock.
@@ -32,17 +36,17 @@ pub struct Connection {
     /// Messages to the client.
     pub out_msgs: u64,
     /// Client name; empty when the client gave none.
-    pub name: String,
+    pub name: Str,
     /// Account (name, or public key in operator mode); `$G` for the global account.
-    pub account: String,
+    pub account: Str,
     /// The account's human name, when the server gives one (operator mode `name_tag`).
-    pub account_name: Option<String>,
+    pub account_name: Option<Str>,
     /// Authenticated user (name, or public nkey in operator mode).
-    pub user: String,
+    pub user: Str,
     /// The user's human name (the `name` claim of its JWT), when there is one.
-    pub user_name: Option<String>,
+    pub user_name: Option<Str>,
     /// Tags of the user.
-    pub tags: Vec<String>,
+    pub tags: Vec<Str>,
 }
 
 impl Connection {
@@ -349,5 +353,18 @@ mod tests {
         ] {
             assert_eq!(lists_leafnodes(ver), lists, "{ver}");
         }
+    }
+
+    #[test]
+    fn a_connection_holds_no_text_of_its_own() {
+        // The size a sweep pays per connection (it was 296 bytes plus nine owned strings).
+        assert!(std::mem::size_of::<Connection>() <= 256);
+        let mut texts = crate::intern::Interner::default();
+        let a = Connection {
+            account: texts.get("APP"),
+            ..Connection::default()
+        };
+        let b = a.clone();
+        assert!(std::ptr::eq(a.account.as_str(), b.account.as_str()));
     }
 }

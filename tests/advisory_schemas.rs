@@ -127,10 +127,10 @@ impl Conns {
                 let once = self.used_once && i % 3 != 0;
                 Connection {
                     server: server.into(),
-                    server_id: key('N', server),
+                    server_id: key('N', server).into(),
                     cid: first_cid + i,
                     kind: "Client".into(),
-                    ip: format!("10.0.0.{}", i as usize % self.ips + 1),
+                    ip: format!("10.0.0.{}", i as usize % self.ips + 1).into(),
                     start,
                     idle: self.idle + Duration::from_millis(i * 1_001),
                     last_activity: start
@@ -139,12 +139,12 @@ impl Conns {
                     subscriptions: once as u32,
                     in_msgs: if once { 1 } else { self.msgs },
                     out_msgs: 0,
-                    name: self.name.clone(),
-                    account: self.account.clone(),
-                    account_name: self.account_name.clone(),
-                    user: self.user.clone(),
-                    user_name: self.user_name.clone(),
-                    tags: self.tags.clone(),
+                    name: self.name.as_str().into(),
+                    account: self.account.as_str().into(),
+                    account_name: self.account_name.as_deref().map(Into::into),
+                    user: self.user.as_str().into(),
+                    user_name: self.user_name.as_deref().map(Into::into),
+                    tags: self.tags.iter().map(Into::into).collect(),
                 }
             })
             .collect()

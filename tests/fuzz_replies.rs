@@ -371,8 +371,8 @@ fn hostile_names() -> Vec<String> {
 
 fn conn(server: usize, cid: u64, account: &str, user: &str, name: &str) -> Connection {
     Connection {
-        server: format!("n{server}"),
-        server_id: format!("NSERVER{server}"),
+        server: format!("n{server}").into(),
+        server_id: format!("NSERVER{server}").into(),
         cid,
         kind: "Client".into(),
         ip: "127.0.0.1".into(),

@@ -72,7 +72,7 @@ fn conns(account: &str, user: &str, n: u64, servers: &[&str], name: &str) -> Vec
             let alice = user == alice_key();
             Connection {
                 server: server.into(),
-                server_id: key('N', server),
+                server_id: key('N', server).into(),
                 cid: i + 1,
                 kind: "Client".into(),
                 ip: "127.0.0.1".into(),
@@ -82,9 +82,9 @@ fn conns(account: &str, user: &str, n: u64, servers: &[&str], name: &str) -> Vec
                 out_msgs: 0,
                 name: name.into(),
                 account: account.into(),
-                account_name: alice.then(|| "OPS".to_string()),
+                account_name: alice.then(|| "OPS".into()),
                 user: user.into(),
-                user_name: alice.then(|| "alice".to_string()),
+                user_name: alice.then(|| "alice".into()),
                 tags: vec![],
                 ..Connection::default()
             }

@@ -280,9 +280,9 @@ impl UserMatch {
     pub fn matches(
         &self,
         account: &str,
-        account_name: &Option<String>,
+        account_name: &Option<impl AsRef<str>>,
         user: &str,
-        user_name: &Option<String>,
+        user_name: &Option<impl AsRef<str>>,
     ) -> bool {
         names_match(&self.account, account, account_name)
             && self
@@ -293,8 +293,8 @@ impl UserMatch {
 }
 
 /// `want` names the thing with key `key` or human name `name`.
-pub fn names_match(want: &str, key: &str, name: &Option<String>) -> bool {
-    want == key || name.as_deref() == Some(want)
+pub fn names_match(want: &str, key: &str, name: &Option<impl AsRef<str>>) -> bool {
+    want == key || name.as_ref().map(AsRef::as_ref) == Some(want)
 }
 
 /// `[advisory]`: publishing findings on NATS.

@@ -58,11 +58,11 @@ pub fn body(f: &Finished, dry_run: bool) -> ConnectionCapEnforced {
             .closed
             .iter()
             .map(|c| CappedConnection {
-                server: c.server.clone(),
-                server_id: c.server_id.clone(),
+                server: c.server.to_string(),
+                server_id: c.server_id.to_string(),
                 cid: c.cid,
-                name: c.name.clone(),
-                ip: c.ip.clone(),
+                name: c.name.to_string(),
+                ip: c.ip.to_string(),
                 start: c.start.unwrap_or_default(),
             })
             .collect(),

@@ -53,9 +53,9 @@ pub struct Cap {
 pub fn cap_for(
     cfg: &EnforceConfig,
     account: &str,
-    account_name: &Option<String>,
+    account_name: &Option<impl AsRef<str>>,
     user: &str,
-    user_name: &Option<String>,
+    user_name: &Option<impl AsRef<str>>,
 ) -> Option<Cap> {
     let for_account = || {
         cfg.caps
@@ -182,7 +182,7 @@ pub(crate) mod tests {
     pub(crate) fn conn(server: &str, cid: u64, start_ms: i64) -> Connection {
         Connection {
             server: server.into(),
-            server_id: format!("ID-{server}"),
+            server_id: format!("ID-{server}").into(),
             cid,
             kind: "Client".into(),
             start: Some(Utc.timestamp_millis_opt(start_ms).unwrap()),
@@ -202,7 +202,7 @@ pub(crate) mod tests {
 
     fn cids(v: Verdict) -> Vec<(String, u64)> {
         match v {
-            Verdict::Close(c) => c.iter().map(|c| (c.server.clone(), c.cid)).collect(),
+            Verdict::Close(c) => c.iter().map(|c| (c.server.to_string(), c.cid)).collect(),
             other => panic!("not a close: {other:?}"),
         }
     }
@@ -218,7 +218,7 @@ pub(crate) mod tests {
             caps: vec![rule(None, 20), rule(Some("alice"), 5)],
             ..EnforceConfig::default()
         };
-        let none = &None;
+        let none = &None::<String>;
         let cap = |cfg: &EnforceConfig, acc, user| cap_for(cfg, acc, none, user, none);
         assert_eq!(
             cap(&cfg, "APP", "alice"),

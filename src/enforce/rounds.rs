@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 
 use super::cap::{beyond_cap, cap_for, Cap, Guard, UserKey, Users, Verdict};
 use crate::config::EnforceConfig;
-use crate::snapshot::Connection;
+use crate::snapshot::{Connection, Str};
 
 /// A burst ends when no close was added to it for this long.
 pub const BURST_QUIET: Duration = Duration::from_secs(1);
@@ -22,7 +22,7 @@ pub const CHURN_WINDOW: Duration = Duration::from_secs(60);
 const IN_FLIGHT: Duration = Duration::from_secs(5);
 
 /// A connection's key: (server id, cid).
-type ConnKey = (String, u64);
+type ConnKey = (Str, u64);
 
 /// The rate bound: a token bucket of `rate` tokens, refilled at `rate` a second.
 #[derive(Debug, Clone)]
@@ -240,14 +240,14 @@ impl Enforcer {
     pub fn record(&mut self, done: Vec<(Close, Done)>, now: Instant, wall: DateTime<Utc>) {
         for (close, result) in done {
             let c = close.conn;
-            let key = (c.account.clone(), c.user.clone());
+            let key = (c.account.to_string(), c.user.to_string());
             let burst = self.bursts.entry(key.clone()).or_insert_with(|| Burst {
                 first: now,
                 last: now,
                 started: wall,
                 cap: close.cap,
-                account_name: c.account_name.clone(),
-                user_name: c.user_name.clone(),
+                account_name: c.account_name.as_ref().map(String::from),
+                user_name: c.user_name.as_ref().map(String::from),
                 closed: Vec::new(),
                 failed: 0,
             });

@@ -246,6 +246,10 @@ impl Kicked {
         cfg: &KickConfig,
     ) -> Vec<Returned> {
         self.expire(now, cfg);
+        if self.clients.is_empty() {
+            // Nothing kicked to watch for: no key built per connection.
+            return Vec::new();
+        }
         let window =
             chrono::Duration::from_std(cfg.return_window).unwrap_or(chrono::Duration::MAX / 2);
         let mut new: HashMap<String, u64> = HashMap::new();

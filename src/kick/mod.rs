@@ -76,15 +76,15 @@ impl KickPlan {
     /// A plan for one connection of a user with `user_connections` and `threshold`.
     pub fn of(c: &Connection, now: DateTime<Utc>, user_connections: u64, threshold: u64) -> Self {
         Self {
-            server: c.server.clone(),
-            server_id: c.server_id.clone(),
+            server: c.server.to_string(),
+            server_id: c.server_id.to_string(),
             cid: c.cid,
-            account: c.account.clone(),
-            account_name: c.account_name.clone(),
-            user: c.user.clone(),
-            user_name: c.user_name.clone(),
-            name: c.name.clone(),
-            ip: c.ip.clone(),
+            account: c.account.to_string(),
+            account_name: c.account_name.as_ref().map(String::from),
+            user: c.user.to_string(),
+            user_name: c.user_name.as_ref().map(String::from),
+            name: c.name.to_string(),
+            ip: c.ip.to_string(),
             idle: c.idle,
             age: c
                 .start
@@ -129,9 +129,9 @@ pub fn refusal(
 pub fn policy_refusal(
     cfg: &KickConfig,
     account: &str,
-    account_name: &Option<String>,
+    account_name: &Option<impl AsRef<str>>,
     user: &str,
-    user_name: &Option<String>,
+    user_name: &Option<impl AsRef<str>>,
 ) -> Option<&'static str> {
     if listed(&cfg.protect, account, account_name, user, user_name) {
         return Some("it is protected by kick.protect");
@@ -145,9 +145,9 @@ pub fn policy_refusal(
 fn listed(
     list: &[UserMatch],
     account: &str,
-    account_name: &Option<String>,
+    account_name: &Option<impl AsRef<str>>,
     user: &str,
-    user_name: &Option<String>,
+    user_name: &Option<impl AsRef<str>>,
 ) -> bool {
     list.iter()
         .any(|m| m.matches(account, account_name, user, user_name))
@@ -199,12 +199,20 @@ pub fn plan(inputs: &KickInputs) -> Vec<KickPlan> {
     if !complete {
         return Vec::new();
     }
-    let mut by_user: HashMap<(&str, &str), Vec<&Connection>> = HashMap::new();
+    // Only the connections of users over their threshold are looked at (often none).
+    let mut by_user: HashMap<(&str, &str), Vec<&Connection>> = census
+        .users
+        .iter()
+        .filter(|u| u.over_threshold && !u.system)
+        .map(|u| ((u.account.as_str(), u.user.as_str()), Vec::new()))
+        .collect();
+    if by_user.is_empty() {
+        return Vec::new();
+    }
     for c in connections {
-        by_user
-            .entry((c.account.as_str(), c.user.as_str()))
-            .or_default()
-            .push(c);
+        if let Some(mine) = by_user.get_mut(&(c.account.as_str(), c.user.as_str())) {
+            mine.push(c);
+        }
     }
     let mut out = Vec::new();
     for u in &census.users {

@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
+use crate::intern::{FxBuild, Interner, Str};
 use crate::snapshot::{Connection, ServerSeen, Snapshot};
 
 /// Deltas before a sync's start that it replays too (see the module docs): at 2,000 events a
@@ -52,15 +53,6 @@ pub enum Delta {
 enum Change {
     Open(Arc<Connection>),
     Close { server_id: String, cid: u64 },
-}
-
-impl From<Delta> for Change {
-    fn from(d: Delta) -> Self {
-        match d {
-            Delta::Open(c) => Change::Open(Arc::new(c)),
-            Delta::Close { server_id, cid } => Change::Close { server_id, cid },
-        }
-    }
 }
 
 impl Change {
@@ -110,12 +102,16 @@ pub type UserKey = (String, String);
 /// The live view (see the module docs).
 #[derive(Debug, Default)]
 pub struct LiveView {
-    conns: HashMap<(String, u64), Arc<Connection>>,
-    /// Open connections per user.
-    users: HashMap<UserKey, u64>,
+    /// Every open connection; its texts are shared through `texts`, so an entry owns no text
+    /// of its own and the view's memory beyond the entries grows with distinct values.
+    conns: HashMap<(Str, u64), Arc<Connection>, FxBuild>,
+    /// The texts of the connections held (pruned of the ones no longer used at each sync).
+    texts: Interner,
+    /// Open connections per user (account, user).
+    users: HashMap<(Str, Str), u64, FxBuild>,
     /// Open client connections (not leafnodes) per (server id, account): what each server
     /// announces (see [`super::crosscheck`]).
-    clients: HashMap<(String, String), u64>,
+    clients: HashMap<(Str, Str), u64, FxBuild>,
     /// Server id → name, of the servers reconciled by a sweep or heard from.
     servers: BTreeMap<String, String>,
     /// The last [`RECENT`] deltas, and all since the oldest sync under way began, with their
@@ -166,16 +162,38 @@ impl LiveView {
     /// Applies one event; returns the user it changed, if it changed anything.
     pub fn apply(&mut self, d: Delta) -> Option<UserKey> {
         self.applied += 1;
-        let change = Change::from(d);
+        let change = match d {
+            Delta::Open(c) => Change::Open(Arc::new(self.shared(c))),
+            Delta::Close { server_id, cid } => Change::Close { server_id, cid },
+        };
         self.journal.push((self.next, change.clone()));
         self.next += 1;
         if self.open_syncs.is_empty() && self.journal.len() as u64 > 2 * RECENT {
             self.trim();
         }
         self.apply_only(change)
+            .map(|(account, user)| (account.into(), user.into()))
     }
 
-    fn apply_only(&mut self, d: Change) -> Option<UserKey> {
+    /// `c` with its texts replaced by the view's shared ones.
+    fn shared(&mut self, c: Connection) -> Connection {
+        let t = &mut self.texts;
+        Connection {
+            server: t.get(&c.server),
+            server_id: t.get(&c.server_id),
+            kind: t.get(&c.kind),
+            ip: t.get(&c.ip),
+            name: t.get(&c.name),
+            account: t.get(&c.account),
+            account_name: c.account_name.as_deref().map(|n| t.get(n)),
+            user: t.get(&c.user),
+            user_name: c.user_name.as_deref().map(|n| t.get(n)),
+            tags: c.tags.iter().map(|tag| t.get(tag)).collect(),
+            ..c
+        }
+    }
+
+    fn apply_only(&mut self, d: Change) -> Option<(Str, Str)> {
         match d {
             Change::Open(c) => {
                 let key = (c.server_id.clone(), c.cid);
@@ -202,13 +220,34 @@ impl LiveView {
                 Some(user)
             }
             Change::Close { server_id, cid } => {
-                let c = self.conns.remove(&(server_id, cid))?;
+                let c = self.conns.remove(&(Str::from(server_id), cid))?;
                 Some(self.uncount(&c))
             }
         }
     }
 
-    fn count_in(&mut self, c: &Connection) -> UserKey {
+    /// Holds `c` (listed by a server) under `key`, in place of what was held.
+    fn replace(&mut self, key: (Str, u64), c: Connection) {
+        match self.conns.get_mut(&key) {
+            Some(held)
+                if held.account == c.account && held.user == c.user && held.kind == c.kind =>
+            {
+                *held = Arc::new(c);
+            }
+            Some(held) => {
+                let old = std::mem::replace(held, Arc::new(c));
+                self.uncount(&old);
+                let new = Arc::clone(&self.conns[&key]);
+                self.count_in(&new);
+            }
+            None => {
+                self.count_in(&c);
+                self.conns.insert(key, Arc::new(c));
+            }
+        }
+    }
+
+    fn count_in(&mut self, c: &Connection) -> (Str, Str) {
         if c.kind == "Client" {
             *self
                 .clients
@@ -220,7 +259,7 @@ impl LiveView {
         user
     }
 
-    fn uncount(&mut self, c: &Connection) -> UserKey {
+    fn uncount(&mut self, c: &Connection) -> (Str, Str) {
         if c.kind == "Client" {
             let key = (c.server_id.clone(), c.account.clone());
             if let Some(n) = self.clients.get_mut(&key) {
@@ -280,23 +319,32 @@ impl LiveView {
     ) {
         let answered: std::collections::HashSet<&str> =
             servers.iter().map(|(id, _)| id.as_str()).collect();
-        let stale: Vec<(String, u64)> = self
+        // Each listed connection replaces the one held in place (counts move only when its
+        // user or kind changed); then the ones held but not listed go.
+        let mut listed: std::collections::HashSet<(Str, u64), FxBuild> =
+            std::collections::HashSet::with_capacity_and_hasher(replies.len(), FxBuild::default());
+        for c in replies {
+            if answered.contains(c.server_id.as_str()) && scope.holds(&c) {
+                let c = self.shared(c);
+                let key = (c.server_id.clone(), c.cid);
+                listed.insert(key.clone());
+                self.replace(key, c);
+            }
+        }
+        let stale: Vec<(Str, u64)> = self
             .conns
             .iter()
-            .filter(|(_, c)| answered.contains(c.server_id.as_str()) && scope.holds(c))
+            .filter(|(k, c)| {
+                answered.contains(c.server_id.as_str()) && scope.holds(c) && !listed.contains(*k)
+            })
             .filter(|(_, c)| {
-                c.kind != "Leafnode" || !self.leafnodes_unlisted.contains(&c.server_id)
+                c.kind != "Leafnode" || !self.leafnodes_unlisted.contains(c.server_id.as_str())
             })
             .map(|(k, _)| k.clone())
             .collect();
         for k in stale {
             if let Some(c) = self.conns.remove(&k) {
                 self.uncount(&c);
-            }
-        }
-        for c in replies {
-            if answered.contains(c.server_id.as_str()) && scope.holds(&c) {
-                self.apply_only(Change::Open(Arc::new(c)));
             }
         }
         let replay: Vec<Change> = self
@@ -323,6 +371,7 @@ impl LiveView {
             self.open_syncs.remove(i);
         }
         self.trim();
+        self.texts.forget_unused();
     }
 
     /// Ends a sync that read nothing (its sweep failed): only its journal is let go.
@@ -339,6 +388,17 @@ impl LiveView {
     /// is not complete until a sweep that begins after it. Returns those servers (id, name);
     /// none on the first sweep, when the view held no server yet.
     pub fn reconcile(&mut self, id: SyncId, snap: &Snapshot) -> Vec<(String, String)> {
+        self.reconcile_with(id, snap, snap.connections.clone())
+    }
+
+    /// [`LiveView::reconcile`] with the sweep's connections given apart (moved, not copied;
+    /// `snap.connections` is not read).
+    pub fn reconcile_with(
+        &mut self,
+        id: SyncId,
+        snap: &Snapshot,
+        connections: Vec<Connection>,
+    ) -> Vec<(String, String)> {
         let servers: Vec<(String, String)> = snap
             .servers
             .iter()
@@ -356,7 +416,7 @@ impl LiveView {
             .filter(|(sid, _)| !self.servers.is_empty() && !self.servers.contains_key(sid))
             .cloned()
             .collect();
-        self.finish_sync(id, &Scope::All, &servers, snap.connections.clone());
+        self.finish_sync(id, &Scope::All, &servers, connections);
         if let Some((sid, name)) = appeared.first() {
             self.gap(format!("server {name} ({sid}) is new or restarted"));
         }
@@ -384,7 +444,7 @@ impl LiveView {
     fn forget_server(&mut self, server_id: &str) {
         self.servers.remove(server_id);
         self.leafnodes_unlisted.remove(server_id);
-        let keys: Vec<(String, u64)> = self
+        let keys: Vec<(Str, u64)> = self
             .conns
             .keys()
             .filter(|(sid, _)| sid == server_id)
@@ -440,7 +500,7 @@ impl LiveView {
     /// A user's open connections.
     pub fn count(&self, account: &str, user: &str) -> u64 {
         self.users
-            .get(&(account.to_string(), user.to_string()))
+            .get(&(Str::from(account), Str::from(user)))
             .copied()
             .unwrap_or(0)
     }
@@ -453,7 +513,7 @@ impl LiveView {
     /// A server's open client connections (not leafnodes) in an account.
     pub fn clients_of(&self, server_id: &str, account: &str) -> u64 {
         self.clients
-            .get(&(server_id.to_string(), account.to_string()))
+            .get(&(Str::from(server_id), Str::from(account)))
             .copied()
             .unwrap_or(0)
     }

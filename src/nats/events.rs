@@ -8,7 +8,7 @@ use chrono::{DateTime, FixedOffset, Utc};
 use serde::Deserialize;
 
 use super::wire::{jwt_name, ServerInfo};
-use crate::snapshot::Connection;
+use crate::snapshot::{Connection, Str};
 
 /// Every account's connect events.
 pub const CONNECT_EVENTS: &str = "$SYS.ACCOUNT.*.CONNECT";
@@ -104,23 +104,28 @@ impl ClientEvent {
         let (account, user) = self.user_key();
         let c = self.client;
         Some(Connection {
-            server: self.server.name,
-            server_id: self.server.id,
+            server: self.server.name.into(),
+            server_id: self.server.id.into(),
             cid: c.id,
-            kind: c.kind.unwrap_or_else(|| "Client".into()),
-            ip: c.host.unwrap_or_default(),
+            kind: c.kind.as_deref().unwrap_or("Client").into(),
+            ip: c.host.unwrap_or_default().into(),
             start: c.start.map(|t| t.with_timezone(&Utc)),
             idle: std::time::Duration::ZERO,
             in_msgs: 0,
             out_msgs: 0,
             last_activity: None,
             subscriptions: 0,
-            name: c.name.unwrap_or_default(),
-            account,
-            account_name: c.name_tag.filter(|n| !n.is_empty()),
-            user,
-            user_name: c.jwt.as_deref().and_then(jwt_name),
-            tags: c.tags.unwrap_or_default(),
+            name: c.name.unwrap_or_default().into(),
+            account: account.into(),
+            account_name: c.name_tag.filter(|n| !n.is_empty()).map(Str::from),
+            user: user.into(),
+            user_name: c.jwt.as_deref().and_then(jwt_name).map(Str::from),
+            tags: c
+                .tags
+                .unwrap_or_default()
+                .into_iter()
+                .map(Str::from)
+                .collect(),
         })
     }
 }

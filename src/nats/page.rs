@@ -6,6 +6,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
 use super::wire::{jwt_name, ApiError, ConnzRequest, Rfc3339, ServerInfo, SweepConn};
+use crate::intern::{FxBuild, Interner, Str};
 use crate::snapshot::Connection;
 
 /// Bytes a reply may hold per connection asked for (plus [`REPLY_SLACK`]): a real connection
@@ -63,6 +64,9 @@ struct PageStats {
     limit: usize,
     /// Reserve room for the reply's connections before the first one.
     reserve: bool,
+    /// Only a whole list is wanted: a reply whose `total` (read before its connections) is
+    /// above `limit` has its connections counted and checked, not converted.
+    whole_only: bool,
     /// `data` came before `server` (nats-server writes `server` first).
     server_late: bool,
     /// `data.server_id`, when given.
@@ -85,6 +89,28 @@ pub(crate) fn parse_page(
     limit: usize,
     reserve: bool,
 ) -> Result<PageHead, serde_json::Error> {
+    parse(payload, out, limit, reserve, false)
+}
+
+/// [`parse_page`] for a sweep, which keeps a server's connections only when one reply holds
+/// them all (its `total` is the server's count): a reply whose `total` is above `limit` cannot,
+/// so its connections are counted and checked but not converted (`out` is left as it was).
+/// Room for the reply's connections is reserved up front.
+pub(crate) fn parse_server_list(
+    payload: &[u8],
+    out: &mut Vec<Connection>,
+    limit: usize,
+) -> Result<PageHead, serde_json::Error> {
+    parse(payload, out, limit, true, true)
+}
+
+fn parse(
+    payload: &[u8],
+    out: &mut Vec<Connection>,
+    limit: usize,
+    reserve: bool,
+    whole_only: bool,
+) -> Result<PageHead, serde_json::Error> {
     use serde::de::DeserializeSeed;
     let max_bytes = limit
         .saturating_mul(MAX_BYTES_PER_CONNECTION)
@@ -99,6 +125,7 @@ pub(crate) fn parse_page(
     let mut stats = PageStats {
         limit,
         reserve,
+        whole_only,
         ..PageStats::default()
     };
     let mut de = serde_json::Deserializer::from_slice(payload);
@@ -120,9 +147,10 @@ pub(crate) fn parse_page(
         }
     };
     if stats.server_late {
+        let (name, id) = (Str::from(&head.server.name), Str::from(&head.server.id));
         for c in &mut out[start..] {
-            c.server.clone_from(&head.server.name);
-            c.server_id.clone_from(&head.server.id);
+            c.server.clone_from(&name);
+            c.server_id.clone_from(&id);
         }
     }
     Ok(head)
@@ -306,14 +334,17 @@ impl<'de> serde::de::Visitor<'de> for ConnzSeed<'_> {
                 }
                 ConnzKey::Connections if !connections_seen => {
                     connections_seen = true;
-                    if self.stats.reserve {
+                    // More than the reply may hold (nats-server writes `total` first): not the
+                    // whole list, which is all a sweep keeps ([`parse_server_list`]).
+                    let partial = self.stats.whole_only && total > self.stats.limit as u64;
+                    if self.stats.reserve && !partial {
                         // Never more than was asked for, whatever `total` claims.
                         let want = (total.min(self.stats.limit as u64)) as usize;
                         let spare = self.out.capacity() - self.out.len();
                         self.out.reserve_exact(want.saturating_sub(spare));
                     }
                     map.next_value_seed(ConnsSeed {
-                        out: &mut *self.out,
+                        out: (!partial).then_some(&mut *self.out),
                         stats: &mut *self.stats,
                         server: self.server,
                         // nats-server writes `now` before the connections.
@@ -332,9 +363,10 @@ impl<'de> serde::de::Visitor<'de> for ConnzSeed<'_> {
     }
 }
 
-/// The `connections` array (or `null`), each one converted as it is read.
+/// The `connections` array (or `null`), each one converted as it is read into `out`; with no
+/// `out`, only counted and checked.
 struct ConnsSeed<'s> {
-    out: &'s mut Vec<Connection>,
+    out: Option<&'s mut Vec<Connection>>,
     stats: &'s mut PageStats,
     server: Option<&'s ServerInfo>,
     now: DateTime<Utc>,
@@ -365,55 +397,103 @@ impl<'de> serde::de::Visitor<'de> for ConnsSeed<'_> {
         use serde::de::Error;
         let unknown = ServerInfo::default();
         let server = self.server.unwrap_or(&unknown);
+        let Some(out) = self.out else {
+            while let Some(c) = seq.next_element::<CidOnly>()? {
+                self.stats.check(c.cid).map_err(A::Error::custom)?;
+            }
+            return Ok(());
+        };
+        let mut texts = Texts::default();
         while let Some(c) = seq.next_element::<SweepConn<'de>>()? {
-            let stats = &mut *self.stats;
-            stats.count += 1;
-            if stats.count > stats.limit {
-                return Err(A::Error::custom(format!(
-                    "more connections than the {} asked for",
-                    stats.limit
-                )));
-            }
-            if stats.last_cid.is_some_and(|last| c.cid <= last) {
-                return Err(A::Error::custom(format!(
-                    "cid {} out of order or repeated",
-                    c.cid
-                )));
-            }
-            stats.last_cid = Some(c.cid);
-            self.out.push(to_connection_borrowed(server, self.now, c));
+            self.stats.check(c.cid).map_err(A::Error::custom)?;
+            out.push(to_connection_borrowed(server, self.now, &mut texts, c));
         }
         Ok(())
     }
 }
 
-fn to_connection_borrowed(server: &ServerInfo, now: DateTime<Utc>, c: SweepConn) -> Connection {
+/// A connection of a reply that is not kept: only its cid is read.
+#[derive(serde::Deserialize)]
+struct CidOnly {
+    #[serde(default)]
+    cid: u64,
+}
+
+impl PageStats {
+    /// Counts one more connection with `cid`: an error when there are more than the limit, or
+    /// its cid does not rise.
+    fn check(&mut self, cid: u64) -> Result<(), String> {
+        self.count += 1;
+        if self.count > self.limit {
+            return Err(format!(
+                "more connections than the {} asked for",
+                self.limit
+            ));
+        }
+        if self.last_cid.is_some_and(|last| cid <= last) {
+            return Err(format!("cid {cid} out of order or repeated"));
+        }
+        self.last_cid = Some(cid);
+        Ok(())
+    }
+}
+
+/// Converts one connection of a reply: its texts come from the reply's interner, so the
+/// connections of a reply share one copy of each account, user, name, IP and tag, and the
+/// JWT of a user is decoded once per reply, not once per connection.
+fn to_connection_borrowed(
+    server: &ServerInfo,
+    now: DateTime<Utc>,
+    texts: &mut Texts,
+    c: SweepConn,
+) -> Connection {
     let last = c.last_activity.map(|t| t.0.with_timezone(&Utc));
     let idle = last
         .and_then(|l| now.signed_duration_since(l).to_std().ok())
         .unwrap_or_default();
-    let user_name = c.jwt.as_deref().and_then(jwt_name);
+    let user_name = c.jwt.as_deref().and_then(|jwt| texts.jwt_name(jwt));
+    let t = &mut texts.strs;
     Connection {
-        server: server.name.clone(),
-        server_id: server.id.clone(),
+        server: t.get(&server.name),
+        server_id: t.get(&server.id),
         cid: c.cid,
-        kind: c.kind.map_or_else(|| "Client".into(), String::from),
-        ip: c.ip.into_owned(),
+        kind: t.get(c.kind.as_deref().unwrap_or("Client")),
+        ip: t.get(&c.ip),
         start: c.start.map(|t| t.0.with_timezone(&Utc)),
         idle,
         last_activity: last,
         subscriptions: c.subscriptions,
         in_msgs: c.in_msgs,
         out_msgs: c.out_msgs,
-        name: c.name.map(String::from).unwrap_or_default(),
-        account: c.account.map_or_else(|| "$G".into(), String::from),
-        account_name: c.name_tag.filter(|n| !n.is_empty()).map(String::from),
-        user: c.authorized_user.map(String::from).unwrap_or_default(),
+        name: t.get(c.name.as_deref().unwrap_or_default()),
+        account: t.get(c.account.as_deref().unwrap_or("$G")),
+        account_name: c.name_tag.filter(|n| !n.is_empty()).map(|n| t.get(&n)),
+        user: t.get(c.authorized_user.as_deref().unwrap_or_default()),
         user_name,
         tags: c
             .tags
-            .map(|t| t.into_iter().map(String::from).collect())
+            .map(|tags| tags.iter().map(|tag| t.get(tag)).collect())
             .unwrap_or_default(),
+    }
+}
+
+/// The texts of one reply: each distinct one allocated once, and each user JWT's `name` decoded
+/// once.
+#[derive(Default)]
+struct Texts {
+    strs: Interner,
+    /// Decoded JWT → its `name` claim.
+    jwt_names: std::collections::HashMap<Str, Option<Str>, FxBuild>,
+}
+
+impl Texts {
+    fn jwt_name(&mut self, jwt: &str) -> Option<Str> {
+        if let Some(n) = self.jwt_names.get(jwt) {
+            return n.clone();
+        }
+        let name = jwt_name(jwt).map(|n| self.strs.get(&n));
+        self.jwt_names.insert(Str::from(jwt), name.clone());
+        name
     }
 }
 
@@ -585,5 +665,29 @@ mod tests {
         .unwrap();
         assert_eq!(head.total, Some(u64::MAX));
         assert!(fresh.capacity() <= 5, "reserved {}", fresh.capacity());
+    }
+
+    #[test]
+    fn a_sweep_converts_no_connection_of_a_reply_that_cannot_be_whole() {
+        let page = |cids: &str| {
+            format!(
+                r#"{{"server":{{"name":"n1","id":"NID"}},"data":{{"total":9,"connections":[{cids}]}}}}"#
+            )
+        };
+        let mut out = vec![Connection::default()];
+        let h = parse_server_list(
+            page(r#"{"cid":1,"ip":"x"},{"cid":2}"#).as_bytes(),
+            &mut out,
+            2,
+        )
+        .unwrap();
+        assert_eq!((h.total, h.count, out.len()), (Some(9), 2, 1));
+        // Still checked: cids must rise, no more than asked for.
+        for bad in [r#"{"cid":2},{"cid":1}"#, r#"{"cid":1},{"cid":2},{"cid":3}"#] {
+            assert!(parse_server_list(page(bad).as_bytes(), &mut out, 2).is_err());
+        }
+        // A filtered reply's `total` is not its list's: parse_page converts whatever it holds.
+        parse_page(page(r#"{"cid":1}"#).as_bytes(), &mut out, 2, true).unwrap();
+        assert_eq!(out.len(), 2);
     }
 }

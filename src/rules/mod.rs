@@ -417,7 +417,7 @@ mod tests {
         (0..n)
             .map(|cid| Connection {
                 server: server.into(),
-                server_id: format!("ID{server}"),
+                server_id: format!("ID{server}").into(),
                 cid,
                 kind: "Client".into(),
                 ip: "10.1.1.1".into(),
@@ -475,7 +475,7 @@ mod tests {
         for i in 0..200u64 {
             let mut conn = conns("APP", "shared", 1 + (i == 7) as u64, "n1");
             for x in conn.iter_mut() {
-                x.ip = format!("10.0.{}.{}", i / 250, i % 250);
+                x.ip = format!("10.0.{}.{}", i / 250, i % 250).into();
                 x.cid += i * 10;
             }
             c.extend(conn);

@@ -115,7 +115,7 @@ impl Service {
                                 })
                         })
                         .map(|conns| {
-                            let u = (conns[0].account.clone(), conns[0].user.clone());
+                            let u = (conns[0].account.to_string(), conns[0].user.to_string());
                             (u, why.clone())
                         })
                         .collect::<Vec<_>>();
@@ -144,7 +144,7 @@ impl Service {
             let why = "a server did not answer or restarted (checked before closing): the live view is not complete".to_string();
             self.caps.enforcer.withdraw(&decided.closes);
             for c in std::mem::take(&mut decided.closes) {
-                let user = (c.conn.account, c.conn.user);
+                let user = (c.conn.account.to_string(), c.conn.user.to_string());
                 if !decided.held.iter().any(|(u, _)| u == &user) {
                     decided.held.push((user, why.clone()));
                 }

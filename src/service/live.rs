@@ -49,30 +49,30 @@ impl Service {
     /// snapshot (the sweep's servers, missing and errors; the live connections).
     pub(super) fn reconcile(&mut self, live: Live, sync: SyncId, mut snap: Snapshot) -> Snapshot {
         live.heard(snap.servers.iter().map(|s| s.id.as_str()));
-        let appeared = live
-            .view
-            .lock()
-            .expect("live view lock")
-            .reconcile(sync, &snap);
-        live.appeared(&self.metrics, &appeared);
-        let view = live.view.lock().expect("live view lock");
+        let mut view = live.view.lock().expect("live view lock");
         if view.paused() {
             // Not following the events: the round works as without the live census, from the
             // sweep alone (a complete sweep resolves and may kick, as sweeps do).
+            let appeared = view.reconcile(sync, &snap);
             drop(view);
+            live.appeared(&self.metrics, &appeared);
             let connections = std::mem::take(&mut snap.connections);
             self.last_sweep_meta = snap.clone();
             snap.connections = connections;
             return snap;
         }
+        // The view takes the sweep's connections over (moved, not copied).
+        let connections = std::mem::take(&mut snap.connections);
+        let appeared = view.reconcile_with(sync, &snap, connections);
         let now = snap.started.unwrap_or_else(Utc::now);
         let mut out = view.snapshot(&snap, now);
+        drop(view);
+        live.appeared(&self.metrics, &appeared);
         out.duration = snap.duration;
         out.requests = snap.requests;
         out.pages = snap.pages;
         out.bytes = snap.bytes;
         out.bad_replies = snap.bad_replies;
-        snap.connections = Vec::new();
         self.last_sweep_meta = snap;
         out
     }

@@ -11,7 +11,7 @@ use tracing::warn;
 use super::inflight::Span;
 use super::replies::error_reply;
 use super::{bounded_unordered, Sweeper};
-use crate::nats::page::{connz_body, parse_page, PageHead};
+use crate::nats::page::{connz_body, parse_server_list, PageHead};
 use crate::nats::wire::ServerInfo;
 use crate::nats::{server_subject, RequestError, System};
 use crate::snapshot::{Connection, ServerFailure};
@@ -187,7 +187,7 @@ async fn fetch_server(
         let parsed = {
             let mut conns = sink.lock().unwrap_or_else(|e| e.into_inner());
             let start = conns.len();
-            let parsed = parse_page(&reply.payload, &mut conns, limit, true);
+            let parsed = parse_server_list(&reply.payload, &mut conns, limit);
             let whole = parsed.as_ref().is_ok_and(|h| {
                 h.server.id == out.server.id
                     && h.error.is_none()

@@ -8,7 +8,7 @@ use tracing::warn;
 use super::discovery::{Discovery, Vouch};
 use super::display_name;
 use super::fetch::{Fetch, Fetched};
-use crate::nats::page::parse_page;
+use crate::nats::page::parse_server_list;
 use crate::nats::wire::{ApiError, ServerInfo};
 use crate::snapshot::{Connection, ServerError, ServerFailure, Snapshot};
 
@@ -47,7 +47,7 @@ impl FirstReplies {
     /// Parses one reply; a reply that is not a valid answer of some server is counted in `bad`.
     pub(super) fn add(&mut self, payload: &[u8], bad: &mut usize) {
         let mut conns = Vec::new();
-        let head = match parse_page(payload, &mut conns, self.page_size, true) {
+        let head = match parse_server_list(payload, &mut conns, self.page_size) {
             Ok(head) => head,
             Err(e) => {
                 *bad += 1;

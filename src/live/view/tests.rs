@@ -4,7 +4,7 @@ use super::*;
 fn conn(server: &str, cid: u64, user: &str) -> Connection {
     Connection {
         server: server.into(),
-        server_id: format!("ID-{server}"),
+        server_id: format!("ID-{server}").into(),
         cid,
         kind: "Client".into(),
         ip: "10.0.0.1".into(),
@@ -120,8 +120,8 @@ fn an_event_sent_just_before_its_server_lists_the_connection_is_not_lost() {
 fn a_connection_listed_before_it_authenticated_takes_its_connect_events_identity() {
     let unauthenticated = |cid| Connection {
         account: "$G".into(),
-        user: String::new(),
-        name: String::new(),
+        user: "".into(),
+        name: "".into(),
         idle: std::time::Duration::from_secs(3),
         ..conn("n1", cid, "")
     };
@@ -349,4 +349,27 @@ fn leafnode_connections_of_servers_whose_connz_omits_them_survive_reconciles() {
     let sync = v.begin_sync();
     v.reconcile(sync, &snap(&["n1", "n2"], vec![conn("n1", 1, "u")]));
     assert_eq!(v.count("APP", "leafuser"), 0);
+}
+
+#[test]
+fn entries_share_their_texts_and_unused_ones_are_let_go() {
+    let mut v = LiveView::new();
+    let s = v.begin_sync();
+    // 500 connections of two users from one process, each with its own copies of the texts.
+    let conns: Vec<Connection> = (0..500)
+        .map(|i| conn("n1", i, ["u", "v"][i as usize % 2]))
+        .collect();
+    v.finish_sync(s, &Scope::All, &[("ID-n1".into(), "n1".into())], conns);
+    assert_eq!(v.len(), 500);
+    // server, server id, kind, ip, name, account, two users: one copy each.
+    assert_eq!(v.texts.len(), 8);
+    let held: Vec<&Connection> = v.connections().collect();
+    assert!(held
+        .iter()
+        .all(|c| std::ptr::eq(c.account.as_str(), held[0].account.as_str())));
+    // User v gone (a sweep that no longer lists it): its name is let go at the sync.
+    let s = v.begin_sync();
+    let left: Vec<Connection> = (0..500).step_by(2).map(|i| conn("n1", i, "u")).collect();
+    v.finish_sync(s, &Scope::All, &[("ID-n1".into(), "n1".into())], left);
+    assert_eq!((v.len(), v.count("APP", "v"), v.texts.len()), (250, 0, 7));
 }

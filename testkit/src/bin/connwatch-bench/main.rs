@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Parser, Subcommand};
 use connwatch::config::{DetectConfig, NatsConfig, Secret, SweepConfig};
+use connwatch::live::{LiveView, SyncId};
+use connwatch::snapshot::Snapshot;
 use connwatch::state::KnownServers;
 use connwatch::sweep::Sweeper;
 use futures::StreamExt;
@@ -112,11 +114,16 @@ struct RunArgs {
     /// `sweep.max_in_flight` of the `connwatch` method and of `floor-bounded`.
     #[arg(long, default_value_t = 8)]
     max_in_flight: usize,
+    /// Another build of this bench (e.g. of the main branch, built by
+    /// `scripts/bench-aggregate.sh`): methods named `main:<kind>` run in its children, side by
+    /// side with this build's in the same run.
+    #[arg(long)]
+    baseline_bench: Option<PathBuf>,
 }
 
 #[derive(Debug, Args, Clone)]
 struct MethodArgs {
-    /// connwatch | floor | floor-gzip | floor-snappy | floor-overlap16 | paged1024
+    /// connwatch | connwatch-live | floor | floor-gzip | floor-snappy | floor-overlap16 | paged1024
     #[arg(long)]
     kind: String,
     #[arg(long, value_delimiter = ',')]
@@ -186,7 +193,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::LoadWorker { plan } => load_worker(&plan),
         Cmd::Method(args) => {
             let m = match args.kind.as_str() {
-                "connwatch" | "soak" | "connwatch-ping" => sweeper_method(&args)?,
+                "connwatch" | "connwatch-live" | "soak" | "connwatch-ping" => sweeper_method(&args)?,
                 "floor-bounded" => topology::floor_bounded(&args)?,
                 "floor" => floor_method(&args, args.page_size, Plan::Snapshot, None)?,
                 "floor-gzip" => floor_method(&args, args.page_size, Plan::Snapshot, Some("gzip"))?,
@@ -261,7 +268,9 @@ fn median(v: &[f64]) -> f64 {
 // ---------------------------------------------------------------------------------------------
 // Methods run in a child process.
 
-/// connwatch's real code path: `Sweeper::sweep`, then the census.
+/// connwatch's real code path: `Sweeper::sweep`, then the census. `connwatch-live` is a live
+/// round of `connwatch run` (the default mode): each sweep reconciles a live view, which holds
+/// every open connection between sweeps, and the census is built from the view's snapshot.
 fn sweeper_method(a: &MethodArgs) -> anyhow::Result<Measured> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
@@ -291,8 +300,12 @@ fn sweeper_method(a: &MethodArgs) -> anyhow::Result<Measured> {
         };
         let mut sweeper = Sweeper::new(system, &cfg);
         let mut known = KnownServers::default();
-        let _warm = sweeper.sweep(&mut known).await?;
-        drop(_warm);
+        let mut view = (a.kind == "connwatch-live").then(LiveView::new);
+        let sync = view.as_mut().map(LiveView::begin_sync);
+        let warm = sweeper.sweep(&mut known).await?;
+        if let (Some(view), Some(sync)) = (view.as_mut(), sync) {
+            reconcile(view, sync, warm);
+        }
         let mut m = Measured {
             kind: a.kind.clone(),
             ..Measured::default()
@@ -300,19 +313,28 @@ fn sweeper_method(a: &MethodArgs) -> anyhow::Result<Measured> {
         let (cpu0, srv0, t0) = (self_cpu(), servers_cpu_ms(&a.pids), Instant::now());
         let mut census_ms = Vec::new();
         for i in 0..a.runs {
+            let sync = view.as_mut().map(LiveView::begin_sync);
             let t = Instant::now();
             let snap = sweeper.sweep(&mut known).await?;
             m.wall_ms.push(t.elapsed().as_secs_f64() * 1000.0);
             if snap.partial() {
                 bail!("partial sweep: {:?} {:?}", snap.missing, snap.errors);
             }
-            let t = Instant::now();
-            let census = connwatch::census::build(&snap.connections, Some("SYS"), &detect);
-            census_ms.push(t.elapsed().as_secs_f64() * 1000.0);
             m.bytes += snap.bytes as f64;
             m.requests += snap.requests as f64;
             m.connections += snap.connections.len() as f64;
             m.peak_in_flight = m.peak_in_flight.max(snap.peak_bytes_in_flight as f64);
+            let t = Instant::now();
+            let snap = match (view.as_mut(), sync) {
+                (Some(view), Some(sync)) => {
+                    let now = chrono::Utc::now();
+                    let meta = reconcile(view, sync, snap);
+                    view.snapshot(&meta, now)
+                }
+                _ => snap,
+            };
+            let census = connwatch::census::build(&snap.connections, Some("SYS"), &detect);
+            census_ms.push(t.elapsed().as_secs_f64() * 1000.0);
             drop((census, snap));
             if i + 1 == 10 {
                 m.rss_after_10_kb = self_status_kb("VmRSS:");
@@ -333,6 +355,17 @@ fn sweeper_method(a: &MethodArgs) -> anyhow::Result<Measured> {
         m.rss_end_kb = self_status_kb("VmRSS:");
         Ok(m)
     })
+}
+
+/// What `connwatch run` does with a sweep in a live round: the view takes its connections.
+/// Returns the sweep without them (its servers, missing, errors).
+fn reconcile(view: &mut LiveView, sync: SyncId, mut snap: Snapshot) -> Snapshot {
+    // For builds of main, whose service reconciles with `view.reconcile(sync, &snap)` (a copy
+    // of the connections), scripts/bench-aggregate.sh makes the next two lines that call.
+    let connections = std::mem::take(&mut snap.connections);
+    view.reconcile_with(sync, &snap, connections);
+    snap.connections = Vec::new();
+    snap
 }
 
 /// A bare NATS client on a blocking socket that counts reply bytes and throws them away.
@@ -876,6 +909,18 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
                         Some((bytes, n_servers as f64)),
                     )?
                 }
+                kind if kind.starts_with("main:") => {
+                    let bench = args
+                        .baseline_bench
+                        .as_ref()
+                        .context("main:<method> needs --baseline-bench")?;
+                    let base = &kind["main:".len()..];
+                    let u = run_measured(Command::new(bench).args(method_args(base, args.runs)))?;
+                    let mut m: Measured = serde_json::from_str(u.stdout.trim())
+                        .with_context(|| format!("method {kind}: {}", u.stdout))?;
+                    m.kind = kind.to_string();
+                    m
+                }
                 kind => {
                     let mut cmd = match &args.wrap {
                         Some(w) => {
@@ -1175,16 +1220,22 @@ fn print_table(size: usize, rows: &[Measured]) {
         }
     };
     println!("\n### {size} connections\n");
-    println!("| method | sweep wall (median) | × floor | client CPU/sweep | peak RSS | bytes/sweep | peak in flight | requests | server CPU/sweep (raw) | × floor |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| method | sweep wall (median) | × floor | client CPU/sweep | µs/conn | peak RSS | bytes/sweep | peak in flight | requests | server CPU/sweep (raw) | × floor |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for m in rows {
         let w = median(&m.wall_ms);
+        let per_conn = if m.connections > 0.0 {
+            format!("{:.2}", m.cpu_ms * 1000.0 / m.connections)
+        } else {
+            "-".into()
+        };
         println!(
-            "| {} | {:.1} ms | {} | {:.1} ms | {:.1} MiB | {:.2} MB | {} | {:.0} | {:.1} ms ({:.0}) | {} |",
+            "| {} | {:.1} ms | {} | {:.1} ms | {} | {:.1} MiB | {:.2} MB | {} | {:.0} | {:.1} ms ({:.0}) | {} |",
             m.kind,
             w,
             ratio(w, fw),
             m.cpu_ms,
+            per_conn,
             m.peak_rss_kb as f64 / 1024.0,
             m.bytes / 1e6,
             if m.peak_in_flight > 0.0 {

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Issue 16 point 3: this tree's sweep, census and live view against the main branch's, side by
+# side in one run on one local 3-node cluster (BENCHMARKS.md, "Aggregate while parsing").
+# Builds main (or BASELINE_REF) from `git archive` with this tree's bench program, then runs
+# `connwatch-bench run` with both: `connwatch` / `connwatch-live` are this tree, `main:…` main.
+#
+#   scripts/bench-aggregate.sh                       # 45,000 connections, 7 sweeps per method
+#   scripts/bench-aggregate.sh --sizes 10000 --runs 5
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ref="${BASELINE_REF:-main}"
+root="$PWD"
+src="$root/target/bench/baseline-src"
+rm -rf "$src"
+mkdir -p "$src"
+git archive "$ref" | tar -x -C "$src"
+# The same bench program, so both builds are measured the same way; main's service reconciles
+# the live view with a copy of the sweep's connections (`reconcile`), this tree moves them.
+cp -r testkit/src/bin/connwatch-bench/. "$src/testkit/src/bin/connwatch-bench/"
+sed -i -e 's/^    let connections = std::mem::take(&mut snap.connections);$/    view.reconcile(sync, \&snap);/' \
+    -e '/^    view.reconcile_with(sync, &snap, connections);$/d' \
+    "$src/testkit/src/bin/connwatch-bench/main.rs"
+# One target directory: main's build reuses the compiled dependencies, then its bench is kept
+# aside and this tree's binaries are linked again over the ones main's build left.
+(cd "$src" && CARGO_TARGET_DIR="$root/target" cargo build --release --locked -p testkit --bin connwatch-bench)
+cp target/release/connwatch-bench target/bench/main-connwatch-bench
+rm -rf "$src"
+touch src/main.rs testkit/src/bin/connwatch-bench/main.rs
+
+# shellcheck source=scripts/bench-prelude.sh
+. scripts/bench-prelude.sh
+echo "- baseline: $ref at $(git rev-parse --short "$ref"); this tree: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' + changes')"
+echo "- load before: $(uptime)"
+# Arguments replace the default size and runs (clap appends repeated list options).
+args=("$@")
+[ $# -gt 0 ] || args=(--sizes 45000 --runs 7)
+target/release/connwatch-bench run --soak-sweeps 0 \
+    --methods floor,main:connwatch,connwatch,main:connwatch-live,connwatch-live \
+    --baseline-bench target/bench/main-connwatch-bench --out target/bench/aggregate.json "${args[@]}"
+echo "- load after: $(uptime)"

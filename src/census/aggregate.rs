@@ -1,0 +1,321 @@
+//! The census built one connection at a time: per user, counts by server, client name and IP,
+//! processes, oldest and newest start, and the longest-idle leak suspects. Nothing here holds a
+//! connection: memory grows with users, their distinct servers, names, IPs and processes, and
+//! at most `detect.max_suspects_per_user` suspects per user and process, not with connections.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::{
+    pattern_alone, threshold_for, Census, LeakPattern, ProcessCount, Signature, Spread, Suspect,
+    UserCensus, USED_ONCE_MIN_PER_PROCESS,
+};
+use crate::config::DetectConfig;
+use crate::intern::{FxBuild, Str};
+use crate::snapshot::Connection;
+
+/// Builds the census from a sweep's connections: [`Aggregate::add`] of each, then
+/// [`Aggregate::finish`].
+pub fn build(
+    connections: &[Connection],
+    system_account: Option<&str>,
+    detect: &DetectConfig,
+) -> Census {
+    let mut agg = Aggregate::new(system_account, detect);
+    for c in connections {
+        agg.add(c);
+    }
+    agg.finish()
+}
+
+/// A census under construction: feed it every connection of a sweep once ([`Aggregate::add`]),
+/// in any order, then [`Aggregate::finish`]. The result is the same as [`build`] over the
+/// same connections.
+#[derive(Debug)]
+pub struct Aggregate<'d> {
+    detect: &'d DetectConfig,
+    sig: Signature,
+    system_account: Option<String>,
+    connections: u64,
+    /// Account → user → counts (nested, so a connection is looked up by its borrowed texts,
+    /// without a key built per connection).
+    users: HashMap<Str, HashMap<Str, UserAgg, FxBuild>, FxBuild>,
+}
+
+/// One user's counts while the census is built.
+#[derive(Debug, Default)]
+struct UserAgg {
+    /// Identity, totals, starts and suspect counts; its maps stay empty until `finish`.
+    census: UserCensus,
+    by_server: HashMap<Str, u64, FxBuild>,
+    by_name: HashMap<Str, u64, FxBuild>,
+    by_ip: HashMap<Str, u64, FxBuild>,
+    /// IP → client name → counts.
+    processes: HashMap<Str, HashMap<Str, Process, FxBuild>, FxBuild>,
+    /// `zero_msgs` suspects, longest idle first once sorted: at most `2 × max` held.
+    zero_msgs: Vec<Candidate>,
+}
+
+/// One (IP, client name) of a user.
+#[derive(Debug, Default)]
+struct Process {
+    connections: u64,
+    /// Connections idle long enough whose every message came soon after connecting: suspects
+    /// of the `used_once` pattern once the process holds at least
+    /// [`USED_ONCE_MIN_PER_PROCESS`] of them.
+    used_once: u64,
+    /// The longest idle of them (at most `2 × max` held).
+    candidates: Vec<Candidate>,
+}
+
+/// What a suspect shows of its connection.
+#[derive(Debug, Clone)]
+struct Candidate {
+    /// Its place among the connections added: the final tie-break, as the input order was.
+    seq: u64,
+    server: Str,
+    server_id: Str,
+    cid: u64,
+    name: Str,
+    ip: Str,
+    start: Option<DateTime<Utc>>,
+    idle: Duration,
+    in_msgs: u64,
+    out_msgs: u64,
+    subscriptions: u32,
+    pattern: LeakPattern,
+}
+
+impl Candidate {
+    fn of(seq: u64, c: &Connection, pattern: LeakPattern) -> Self {
+        Self {
+            seq,
+            server: c.server.clone(),
+            server_id: c.server_id.clone(),
+            cid: c.cid,
+            name: c.name.clone(),
+            ip: c.ip.clone(),
+            start: c.start,
+            idle: c.idle,
+            in_msgs: c.in_msgs,
+            out_msgs: c.out_msgs,
+            subscriptions: c.subscriptions,
+            pattern,
+        }
+    }
+
+    fn into_suspect(self) -> Suspect {
+        Suspect {
+            server: self.server.into(),
+            server_id: self.server_id.into(),
+            cid: self.cid,
+            name: self.name.into(),
+            ip: self.ip.into(),
+            start: self.start,
+            idle: self.idle,
+            pattern: Some(self.pattern),
+            in_msgs: self.in_msgs,
+            out_msgs: self.out_msgs,
+            subscriptions: self.subscriptions,
+        }
+    }
+}
+
+/// Longest idle first, then lowest cid, then the order they came in: a total order, so
+/// trimming as connections arrive keeps the same ones as sorting all of them at the end.
+fn sort_suspects(list: &mut [Candidate]) {
+    list.sort_unstable_by(|a, b| {
+        b.idle
+            .cmp(&a.idle)
+            .then(a.cid.cmp(&b.cid))
+            .then(a.seq.cmp(&b.seq))
+    });
+}
+
+/// Adds `c` to a list that keeps the `max` first in [`sort_suspects`] order: sorted and cut
+/// back to `max` whenever it reaches `2 × max`, so each connection costs amortized O(log max).
+fn push_bounded(list: &mut Vec<Candidate>, c: Candidate, max: usize) {
+    list.push(c);
+    if list.len() >= max.saturating_mul(2).max(1) {
+        sort_suspects(list);
+        list.truncate(max);
+    }
+}
+
+fn bump(map: &mut HashMap<Str, u64, FxBuild>, key: &Str) {
+    *slot(map, key, u64::default) += 1;
+}
+
+/// The value of `key`, made by `new` when there is none: the key is cloned only then.
+fn slot<'m, V>(
+    map: &'m mut HashMap<Str, V, FxBuild>,
+    key: &Str,
+    new: impl FnOnce() -> V,
+) -> &'m mut V {
+    if !map.contains_key(key.as_str()) {
+        map.insert(key.clone(), new());
+    }
+    map.get_mut(key.as_str()).expect("inserted above")
+}
+
+fn sorted(map: HashMap<Str, u64, FxBuild>) -> BTreeMap<String, u64> {
+    map.into_iter().map(|(k, v)| (k.into(), v)).collect()
+}
+
+impl<'d> Aggregate<'d> {
+    /// An empty census with the thresholds and suspect signature of `detect`.
+    pub fn new(system_account: Option<&str>, detect: &'d DetectConfig) -> Self {
+        Self {
+            detect,
+            sig: Signature::of(detect),
+            system_account: system_account.map(str::to_string),
+            connections: 0,
+            users: HashMap::default(),
+        }
+    }
+
+    /// Counts one connection (each connection of the sweep exactly once).
+    pub fn add(&mut self, c: &Connection) {
+        self.connections += 1;
+        let system = self.system_account.as_deref() == Some(c.account.as_str());
+        let account = slot(&mut self.users, &c.account, HashMap::default);
+        let u = slot(account, &c.user, || UserAgg {
+            census: UserCensus {
+                account: c.account.to_string(),
+                account_name: c.account_name.as_ref().map(String::from),
+                user: c.user.to_string(),
+                user_name: c.user_name.as_ref().map(String::from),
+                tags: c.tags.iter().map(String::from).collect(),
+                system,
+                ..UserCensus::default()
+            },
+            ..UserAgg::default()
+        });
+        let uc = &mut u.census;
+        uc.connections += 1;
+        if uc.user_name.is_none() {
+            uc.user_name = c.user_name.as_ref().map(String::from);
+        }
+        if let Some(start) = c.start {
+            uc.oldest_start = Some(uc.oldest_start.map_or(start, |o| o.min(start)));
+            uc.newest_start = Some(uc.newest_start.map_or(start, |n| n.max(start)));
+        }
+        bump(&mut u.by_server, &c.server);
+        bump(&mut u.by_name, &c.name);
+        bump(&mut u.by_ip, &c.ip);
+        let process = slot(
+            slot(&mut u.processes, &c.ip, HashMap::default),
+            &c.name,
+            Process::default,
+        );
+        process.connections += 1;
+        let max = self.detect.max_suspects_per_user;
+        match pattern_alone(c, &self.sig) {
+            Some(LeakPattern::ZeroMsgs) => {
+                uc.idle_zero_msgs += 1;
+                push_bounded(
+                    &mut u.zero_msgs,
+                    Candidate::of(self.connections, c, LeakPattern::ZeroMsgs),
+                    max,
+                );
+            }
+            Some(LeakPattern::UsedOnce) => {
+                process.used_once += 1;
+                push_bounded(
+                    &mut process.candidates,
+                    Candidate::of(self.connections, c, LeakPattern::UsedOnce),
+                    max,
+                );
+            }
+            None => {}
+        }
+    }
+
+    /// The census: thresholds applied, suspects chosen, users most connections first.
+    pub fn finish(self) -> Census {
+        let detect = self.detect;
+        let mut out: Vec<UserCensus> = self
+            .users
+            .into_values()
+            .flat_map(HashMap::into_values)
+            .map(|u| finish_user(u, detect))
+            .collect();
+        out.sort_by(|a, b| {
+            b.connections
+                .cmp(&a.connections)
+                .then_with(|| a.account.cmp(&b.account))
+                .then_with(|| a.user.cmp(&b.user))
+        });
+        Census {
+            connections: self.connections,
+            users: out,
+        }
+    }
+}
+
+fn finish_user(u: UserAgg, detect: &DetectConfig) -> UserCensus {
+    let UserAgg {
+        census: mut uc,
+        by_server,
+        by_name,
+        by_ip,
+        processes,
+        zero_msgs: mut suspects,
+    } = u;
+    let max = detect.max_suspects_per_user;
+    let mut counts = Vec::new();
+    let processes = processes.into_iter().flat_map(|(ip, names)| {
+        names
+            .into_iter()
+            .map(move |(name, p)| (ip.clone(), name, p))
+    });
+    for (ip, name, mut p) in processes {
+        // Used once, but too few such connections in the process: a live client's start-up
+        // work, not the connection-per-request pattern; not suspects, not counted.
+        if p.used_once < USED_ONCE_MIN_PER_PROCESS as u64 {
+            p.used_once = 0;
+        }
+        uc.idle_used_once += p.used_once;
+        if p.used_once > 0 {
+            suspects.append(&mut p.candidates);
+        }
+        counts.push((ip, name, p.connections, p.used_once));
+    }
+    uc.leak_suspects = uc.idle_zero_msgs + uc.idle_used_once;
+    sort_suspects(&mut suspects);
+    suspects.truncate(max);
+    uc.suspects = suspects.into_iter().map(Candidate::into_suspect).collect();
+    uc.by_server = sorted(by_server);
+    uc.by_name = sorted(by_name);
+    uc.by_ip = sorted(by_ip);
+    uc.threshold = threshold_for(detect, &uc);
+    uc.over_threshold = uc.connections > uc.threshold;
+    uc.spread = spread(&uc, &counts);
+    uc
+}
+
+/// Summarises how a user's connections spread over processes (IP, client name, connections,
+/// `used_once` suspects) and IPs.
+fn spread(u: &UserCensus, processes: &[(Str, Str, u64, u64)]) -> Spread {
+    let top_process = processes
+        .iter()
+        .max_by(|a, b| a.2.cmp(&b.2).then_with(|| (&b.0, &b.1).cmp(&(&a.0, &a.1))))
+        .map(|(ip, name, n, used_once)| ProcessCount {
+            ip: ip.to_string(),
+            name: name.to_string(),
+            connections: *n,
+            used_once: *used_once,
+        });
+    let mut per_ip: Vec<u64> = u.by_ip.values().copied().collect();
+    per_ip.sort_unstable();
+    Spread {
+        processes: processes.len() as u64,
+        top_process,
+        ips: per_ip.len() as u64,
+        max_per_ip: per_ip.last().copied().unwrap_or(0),
+        median_per_ip: per_ip.get(per_ip.len() / 2).copied().unwrap_or(0),
+        unnamed: u.by_name.get("").copied().unwrap_or(0),
+    }
+}
