@@ -733,3 +733,80 @@ async fn what_a_dead_leader_decided_but_did_not_publish_the_next_leader_publishe
     assert_eq!(firing[0]["since"], decided["since"]);
     leak.close().await;
 }
+
+/// `leaky`'s open connections in every server's own `/connz`.
+fn leaky_open(cluster: &Cluster) -> usize {
+    (0..cluster.len())
+        .map(|i| {
+            connz_of_server(cluster, i)
+                .1
+                .iter()
+                .filter(|c| c["authorized_user"] == "leaky")
+                .count()
+        })
+        .sum()
+}
+
+/// `[enforce]` with replicas: only the leader closes and announces. 20 connections of a user
+/// capped at 8: the servers' own `/connz` shows 8, one `connection_cap_enforced` reaches core
+/// subscribers and the stream, and the follower, whose live census saw the same crossing,
+/// closed nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_enforces_a_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = jetstream_cluster(dir.path());
+    let config = format!(
+        "{}[sweep]\ninterval = \"500ms\"\ntimeout = \"1s\"\n\
+         [enforce]\nenabled = true\ndry_run = false\n\
+         [[enforce.caps]]\naccount = \"APP\"\nuser = \"leaky\"\nmax_connections = 8\n\
+         [advisory]\njetstream = true\n{}[ha]\nenabled = true\nlease = \"{}s\"\n",
+        cluster.connwatch_toml(),
+        cluster.jetstream_toml(),
+        LEASE.as_secs()
+    );
+    let path = write_config(dir.path(), &config);
+    let replicas = leader_and_follower(&path, dir.path()).await;
+    let (leader, follower) = (replicas[0].as_ref().unwrap(), replicas[1].as_ref().unwrap());
+    let (core, js, _reader) = jetstream_reader(&cluster.client_url(1)).await;
+    let events = |r: &Running| r.metric("connwatch_live_events_total").unwrap_or(0.0);
+    let follower_events = events(follower);
+    let leak = load::open(leaky_spec(&cluster, 20)).await.unwrap();
+
+    assert!(
+        wait_until_async(WAIT, || leaky_open(&cluster) == 8).await,
+        "not cut to the cap: {} open\n{}",
+        leaky_open(&cluster),
+        leader.log()
+    );
+    let is_cap = |b: &Value| b["type"] == "io.connwatch.advisory.v1.connection_cap_enforced";
+    assert!(
+        eventually(WAIT, || async { stored(&js).await.iter().any(is_cap) }).await,
+        "no connection_cap_enforced in the stream: {}",
+        leader.log()
+    );
+    // The follower followed the whole burst and its closes (20 connects, 12 disconnects), and
+    // runs a cap round after each: by then it would have closed and announced, had it acted.
+    assert!(
+        wait_until_async(WAIT, || events(follower) >= follower_events + 32.0).await,
+        "the follower did not see the burst: {}",
+        follower.log()
+    );
+    let closed = |r: &Running| {
+        r.metric("connwatch_cap_connections_closed_total{dry_run=\"false\"}")
+            .unwrap_or(0.0)
+    };
+    assert_eq!(closed(leader), 12.0, "{}", leader.log());
+    assert_eq!(closed(follower), 0.0, "{}", follower.log());
+    let enforced: Vec<_> = stored(&js).await.into_iter().filter(is_cap).collect();
+    assert_eq!(enforced.len(), 1, "{enforced:#?}");
+    assert_eq!(enforced[0]["closed"].as_array().map(Vec::len), Some(12));
+    assert!(
+        eventually(WAIT, || async {
+            !core.of("connection_cap_enforced").is_empty()
+        })
+        .await
+    );
+    assert_eq!(core.of("connection_cap_enforced").len(), 1);
+    assert_eq!(leaky_open(&cluster), 8);
+    drop(leak);
+}

@@ -73,10 +73,16 @@ impl Service {
     /// answers under a new id) the STATSZ asked just before the closes, it closes nothing and
     /// says why (log, `connwatch_cap_users_held`); bursts already made are still announced.
     pub(super) async fn enforce_caps(&mut self) {
-        let cfg = &self.config.enforce;
-        let Some(live) = self.live.as_ref().filter(|_| cfg.enabled) else {
+        let config = self.config.enforce.clone();
+        let cfg = &config;
+        let Some(live) = self.live.clone().filter(|_| cfg.enabled) else {
             return;
         };
+        // `[ha]`: only the replica that leads (and took its predecessor's state) closes and
+        // announces; the others keep their live census warm.
+        if self.gate.replicated() && !(self.led && self.gate.acting()) {
+            return;
+        }
         let now = Instant::now();
         let own = self.session.own();
         let guard = Guard {
@@ -140,7 +146,7 @@ impl Service {
         // The view says complete, but a server that died or restarted since the last probe
         // leaves its connections in it until a gap is noticed: ask every server first, as
         // before a resolve, and close nothing unless each answers under the id the view holds.
-        if !decided.closes.is_empty() && !self.servers_confirmed(live).await {
+        if !decided.closes.is_empty() && !self.servers_confirmed(&live).await {
             let why = "a server did not answer or restarted (checked before closing): the live view is not complete".to_string();
             self.caps.enforcer.withdraw(&decided.closes);
             for c in std::mem::take(&mut decided.closes) {
@@ -151,7 +157,8 @@ impl Service {
             }
             held_why = Some(why);
         }
-        let m = &self.metrics.caps;
+        let metrics = self.metrics.clone();
+        let m = &metrics.caps;
         m.held.set(decided.held.len() as i64);
         m.deferred.inc_by(decided.deferred as u64);
         if held_why != self.caps.held {
@@ -160,12 +167,12 @@ impl Service {
             }
             self.caps.held = held_why;
         }
-        let prefix = &self.config.advisory.subject_prefix;
+        let prefix = self.config.advisory.subject_prefix.clone();
         for f in &finished {
-            let a = announce::advisory(prefix, f, cfg.dry_run, &sweep, Utc::now());
+            let a = announce::advisory(&prefix, f, cfg.dry_run, &sweep, Utc::now());
             info!(account = %f.account, user = %f.user, cap = f.cap.max, closed = f.closed.len(), after = f.after, dry_run = cfg.dry_run, subject = %a.subject, "cap enforced");
             m.burst(cfg.dry_run, f.closed.len() as u64);
-            self.publisher.enqueue(a);
+            self.announce(a);
         }
         if !decided.closes.is_empty() {
             let wall = Utc::now();
@@ -177,24 +184,35 @@ impl Service {
                     .iter()
                     .map(|c| KickPlan::of(&c.conn, wall, 0, c.cap.max))
                     .collect();
+                // `[ha]`: recorded in the bucket before any is sent, as kicks are: a replica
+                // that takes over mid-batch never closes one of them a second time.
+                if self.gate.replicated() && !self.record_intents(&plans).await {
+                    self.caps.enforcer.withdraw(&decided.closes);
+                    m.set_churn(self.caps.enforcer.churn());
+                    return;
+                }
                 let k = &self.config.kick;
-                kick_until(
+                let outcomes = kick_until(
                     &self.session.system,
                     &plans,
                     k.timeout,
                     k.concurrency,
                     &self.stop,
                 )
-                .await
-                .into_iter()
-                .map(|o| match o {
-                    Some(Outcome::Kicked | Outcome::Gone) => Done::Closed,
-                    Some(Outcome::Failed(_)) | None => {
-                        m.failed.inc();
-                        Done::Failed
-                    }
-                })
-                .collect()
+                .await;
+                if self.gate.replicated() {
+                    self.state.kicked.finished(&plans);
+                }
+                outcomes
+                    .into_iter()
+                    .map(|o| match o {
+                        Some(Outcome::Kicked | Outcome::Gone) => Done::Closed,
+                        Some(Outcome::Failed(_)) | None => {
+                            m.failed.inc();
+                            Done::Failed
+                        }
+                    })
+                    .collect()
             };
             let n = decided.closes.len();
             self.caps
@@ -208,5 +226,9 @@ impl Service {
             );
         }
         m.set_churn(self.caps.enforcer.churn());
+        // `[ha]`: what this round announced goes out once saved in the bucket's outbox.
+        if self.gate.replicated() && !self.outbox.is_empty() && !self.save_and_release().await {
+            self.led = false;
+        }
     }
 }

@@ -82,6 +82,12 @@ impl Service {
         if self.config.kick.dry_run {
             return true;
         }
+        self.record_intents(plans).await
+    }
+
+    /// [`Service::intend`] whatever `kick.dry_run` says (closes for a per-user cap, which has
+    /// its own `enforce.dry_run`).
+    pub(super) async fn record_intents(&mut self, plans: &[kick::KickPlan]) -> bool {
         self.state.kicked.intend(plans);
         self.state.save_to(self.config.state.file.as_deref());
         if !self.save_and_release().await {

@@ -193,7 +193,9 @@ fn main() -> anyhow::Result<()> {
         Cmd::LoadWorker { plan } => load_worker(&plan),
         Cmd::Method(args) => {
             let m = match args.kind.as_str() {
-                "connwatch" | "connwatch-live" | "soak" | "connwatch-ping" => sweeper_method(&args)?,
+                "connwatch" | "connwatch-live" | "soak" | "connwatch-ping" => {
+                    sweeper_method(&args)?
+                }
                 "floor-bounded" => topology::floor_bounded(&args)?,
                 "floor" => floor_method(&args, args.page_size, Plan::Snapshot, None)?,
                 "floor-gzip" => floor_method(&args, args.page_size, Plan::Snapshot, Some("gzip"))?,
