@@ -42,7 +42,7 @@ async fn start(dir: &std::path::Path, enforce: &str) -> Capped {
     let path = write_config(
         dir,
         &format!(
-            "{toml}[sweep]\ninterval = \"1s\"\ntimeout = \"1s\"\n[live]\nreconcile_interval = \"1h\"\nprobe_interval = \"1s\"\n\
+            "{toml}[sweep]\ninterval = \"1s\"\ntimeout = \"1s\"\n[live]\nreconcile_interval = \"1h\"\nheartbeat_margin = \"1s\"\n\
              [metrics]\nlisten = \"{listen}\"\nuser_floor = 1\n\
              [enforce]\nenabled = true\n{enforce}"
         ),
