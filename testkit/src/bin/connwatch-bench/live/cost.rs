@@ -313,9 +313,8 @@ impl Churn {
                 load_auth(&format!("c{}", k % 4)),
                 1,
             );
-            pool.lock()
-                .expect("pool")
-                .push_back(load::open(spec).await?);
+            let l = load::open(spec).await?;
+            pool.lock().expect("pool").push_back(l);
         }
         let flag = stop.clone();
         let task = tokio::spawn(async move {
