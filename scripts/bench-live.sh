@@ -2,9 +2,10 @@
 # Measures the live census (issue 13) on a local 3-node nats-server cluster (loopback only),
 # each mode side by side with its baseline in the same run. See BENCHMARKS.md, "Live census".
 #
-#   scripts/bench-live.sh latency     # 50 trials live (reconcile 5m) vs sweeps alone every 30 s
+#   scripts/bench-live.sh latency     # 50 trials live vs sweeps alone every 30 s
 #   scripts/bench-live.sh churn       # 5 trials: random churn, then census vs every /connz
-#   scripts/bench-live.sh cost        # 45k connections, churn 1,10,100/s: added server CPU/bytes
+#   scripts/bench-live.sh cost        # 45k connections: server CPU/bytes per event pair and per sweep,
+#                                     # paired windows, medians + quartiles; per hour at 0,1,10,100/s
 #   scripts/bench-live.sh flood       # 2,000 connects/s for 10 s, then the disconnect flood
 #   scripts/bench-live.sh all         # the four, one after the other
 #

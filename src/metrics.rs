@@ -138,6 +138,9 @@ pub struct Metrics {
     pub live_events: Counter,
     /// Gaps in the live census (events may have been lost), by reason.
     pub live_gaps: Family<ReasonLabel, Counter>,
+    /// STATSZ requests the live census sent: `quiet` (one server, quiet past its heartbeat),
+    /// `resolve` (every server, before a resolve from the events).
+    pub live_statsz_requests: Family<ReasonLabel, Counter>,
     /// 1 while the live census is complete (reconciled by a complete sweep since the last gap).
     pub live_complete: Gauge,
     /// 1 while the events come faster than `live.max_event_rate` and are not followed.
@@ -208,6 +211,7 @@ impl Metrics {
             slow_consumers: Counter::default(),
             live_events: Counter::default(),
             live_gaps: Family::default(),
+            live_statsz_requests: Family::default(),
             connections_refused: Family::default(),
             live_complete: Gauge::default(),
             live_over_rate: Gauge::default(),
@@ -365,6 +369,11 @@ impl Metrics {
             m.live_gaps.clone(),
         );
         r.register(
+            "live_statsz_requests",
+            "STATSZ requests the live census sent: quiet (one server past its heartbeat), resolve (every server, before a resolve)",
+            m.live_statsz_requests.clone(),
+        );
+        r.register(
             "live_complete",
             "1 while the live census is complete: reconciled by a complete sweep since the last gap",
             m.live_complete.clone(),
@@ -466,6 +475,15 @@ impl Metrics {
     /// Counts a gap in the live census by reason.
     pub fn live_gap(&self, reason: &str) {
         self.live_gaps
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// Counts a STATSZ request of the live census by reason (`quiet`, `resolve`).
+    pub fn live_statsz_request(&self, reason: &str) {
+        self.live_statsz_requests
             .get_or_create(&ReasonLabel {
                 reason: reason.into(),
             })

@@ -219,7 +219,7 @@ pub async fn run(
         let (live, task) = crate::live::start(
             session.system.clone(),
             config.live.clone(),
-            config.sweep.timeout.min(config.live.probe_interval),
+            config.sweep.timeout.min(config.live.heartbeat_margin),
             metrics.clone(),
             helpers.clone(),
         )
@@ -310,6 +310,7 @@ pub async fn run(
                 svc.enforce_caps().await; // first: the reads below may take a while
                 if let Some(g) = svc.gather_live().await {
                     svc.act(g).await;
+                    due = svc.next_sweep(); // a finding that fired may want kicks sooner
                 }
                 continue;
             }
@@ -528,6 +529,12 @@ impl Service {
             &self.config.detect,
         ));
         let held = rules::held_keys(&census, &unknown_accounts, &unknown_servers);
+        // A live round that would resolve asks every server first (none asked otherwise).
+        let complete = if swept {
+            complete
+        } else {
+            self.confirm_resolves(complete, &findings, &held).await
+        };
         let events = self.state.findings.step_holding(
             &findings,
             complete,

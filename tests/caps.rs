@@ -52,7 +52,7 @@ fn spec(dir: &std::path::Path) -> ClusterSpec {
     )
 }
 
-/// [`start`] on a cluster of `spec`, with the STATSZ probe every `probe`. The `sweep` endpoint
+/// [`start`] on a cluster of `spec`, with `live.heartbeat_margin = probe`. The `sweep` endpoint
 /// always sweeps (a test's barrier: it answers once the round, its cap round included, is done).
 async fn start_with(
     spec: ClusterSpec,
@@ -67,7 +67,7 @@ async fn start_with(
     let path = write_config(
         dir,
         &format!(
-            "{toml}[sweep]\ninterval = \"1s\"\ntimeout = \"1s\"\n[live]\nreconcile_interval = \"1h\"\nprobe_interval = \"{probe}\"\n\
+            "{toml}[sweep]\ninterval = \"1s\"\ntimeout = \"1s\"\n[live]\nreconcile_interval = \"1h\"\nheartbeat_margin = \"{probe}\"\n\
              [metrics]\nlisten = \"{listen}\"\nuser_floor = 1\n[service]\nsweep_min_interval = \"0s\"\n\
              [enforce]\nenabled = true\n{enforce}"
         ),
@@ -463,11 +463,11 @@ async fn with_the_system_account_unknown_nothing_over_a_cap_is_closed_and_it_say
 
 /// n3 restarts while `leaky` holds its cap of 50, 30 of them on n3 (the oldest), and 30 more
 /// open on n1 at once. n3's 30 died with it (no disconnect events), so leaky really holds 50:
-/// a view that still counted them would close 30 live connections. The STATSZ probe is an
-/// hour apart, so the view still says complete when the burst comes (as it may for up to
-/// `live.probe_interval`): the servers asked just before the closes show the restart, which
-/// is a gap, and nothing is closed before the view is complete again; then nothing needs to
-/// be: leaky's 50 stay open, no advisory. Then 10 more: exactly those are closed.
+/// a view that still counted them would close 30 live connections. Whoever notices the
+/// restart first (n3's first heartbeat under its new id, or the servers asked just before the
+/// closes, with `live.heartbeat_margin` an hour so no quiet server is asked), it is a gap, and
+/// nothing is closed before the view is complete again; then nothing needs to be: leaky's 50
+/// stay open, no advisory. Then 10 more: exactly those are closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_servers_dead_connections_close_nothing() {
     let dir = tempfile::tempdir().unwrap();

@@ -183,6 +183,19 @@ fn the_old_kick_list_keys_are_refused_naming_their_new_names() {
 }
 
 #[test]
+fn the_old_live_probe_interval_is_refused_naming_the_heartbeat_margin() {
+    let out = run(Some("[live]\nprobe_interval = \"5s\"\n"), &[], &["run"]);
+    assert_config_error(
+        &out,
+        &[
+            "`live.probe_interval`",
+            "`live.heartbeat_margin`",
+            "renamed",
+        ],
+    );
+}
+
+#[test]
 fn forget_without_a_state_file_says_so() {
     let out = run(None, &[], &["kick", "--forget", "--all"]);
     assert_eq!(out.code, Some(1), "{}", out.stderr);

@@ -87,6 +87,11 @@ impl Live {
             "resolved while the view was incomplete"
         );
         self.cluster.resume(2).unwrap();
+        self.resolved_after(i).await;
+    }
+
+    /// Waits for the `excessive_user_connections` resolve after the firing at `i`.
+    async fn resolved_after(&self, i: usize) {
         self.seen
             .wait_for(
                 i + 1,
@@ -102,9 +107,10 @@ async fn start_reconciling(dir: &std::path::Path, reconcile: &str, extra: &str) 
     start_probing(dir, reconcile, "1s", extra).await
 }
 
-/// [`start_reconciling`] with the STATSZ probe every `probe`.
-async fn start_probing(dir: &std::path::Path, reconcile: &str, probe: &str, extra: &str) -> Live {
-    start_on(dir, 0, reconcile, probe, extra).await
+/// [`start_reconciling`] with `live.heartbeat_margin = margin`: a server is asked directly
+/// once quiet for its heartbeat period (10 s) plus `margin`.
+async fn start_probing(dir: &std::path::Path, reconcile: &str, margin: &str, extra: &str) -> Live {
+    start_on(dir, 0, reconcile, margin, extra).await
 }
 
 /// [`start_probing`] with connwatch attached to server `on` only.
@@ -112,7 +118,7 @@ async fn start_on(
     dir: &std::path::Path,
     on: usize,
     reconcile: &str,
-    probe: &str,
+    margin: &str,
     extra: &str,
 ) -> Live {
     let cluster = Cluster::start(
@@ -132,7 +138,7 @@ async fn start_on(
     let path = write_config(
         dir,
         &format!(
-            "{}[sweep]\ninterval = \"1h\"\ntimeout = \"1s\"\n[live]\nreconcile_interval = \"{reconcile}\"\nprobe_interval = \"{probe}\"\nmax_event_rate = 0\n\
+            "{}[sweep]\ninterval = \"1h\"\ntimeout = \"1s\"\n[live]\nreconcile_interval = \"{reconcile}\"\nheartbeat_margin = \"{margin}\"\nmax_event_rate = 0\n\
              [detect]\nidle_threshold = \"10ms\"\n[metrics]\nlisten = \"{listen}\"\nuser_floor = 1\n\
              [service]\nsweep_min_interval = \"0s\"\n{extra}",
             toml
@@ -270,13 +276,7 @@ async fn a_leak_fires_and_resolves_from_events_alone_with_its_details() {
         Some(120.0)
     );
     leak.close().await;
-    live.seen
-        .wait_for(
-            i + 1,
-            "resolved",
-            is("excessive_user_connections", "resolved"),
-        )
-        .await;
+    live.resolved_after(i).await;
     assert_eq!(metric(live.listen, "connwatch_sweeps_total"), Some(sweeps));
     assert_eq!(live.running.terminate(), Some(0));
 }
@@ -326,6 +326,25 @@ async fn a_silent_server_holds_resolves_until_a_complete_sweep() {
         live.running.log()
     );
     assert!(gaps().unwrap_or(0.0) >= 1.0);
+    // Noticed by listening: no heartbeat, then no answer to the one direct request (nothing
+    // could resolve yet, so no round asked every server).
+    assert!(
+        metric(
+            live.listen,
+            "connwatch_live_statsz_requests_total{reason=\"quiet\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{}",
+        live.running.log()
+    );
+    assert_eq!(
+        metric(
+            live.listen,
+            "connwatch_live_statsz_requests_total{reason=\"resolve\""
+        ),
+        None
+    );
     // The leak closes: the live census sees it go, but must not resolve.
     leak.close().await;
     assert!(
@@ -353,11 +372,11 @@ async fn a_silent_server_holds_resolves_until_a_complete_sweep() {
     assert_eq!(metric(live.listen, "connwatch_live_complete"), Some(1.0));
 }
 
-/// With no probe between (`live.probe_interval` an hour), a server that froze still holds the
-/// resolve: the live round that would resolve asks every server for STATSZ first, the frozen
-/// one does not answer, and that is a gap.
+/// With no direct request to a quiet server for an hour (`live.heartbeat_margin`), a server
+/// that froze still holds the resolve: the live round that would resolve asks every server for
+/// STATSZ first, the frozen one does not answer, and that is a gap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_resolve_asks_every_server_first_whatever_the_probe_interval() {
+async fn a_resolve_asks_every_server_first_whatever_the_heartbeat_margin() {
     let dir = tempfile::tempdir().unwrap();
     let mut live = start_probing(dir.path(), "1h", "1h", "").await;
     let (leak, i) = live.leak_fires().await;
@@ -379,6 +398,51 @@ async fn a_resolve_asks_every_server_first_whatever_the_probe_interval() {
             >= 1.0
     );
     live.resolves_only_after_resume(i).await;
+}
+
+/// While a finding fires, live rounds (here from another user's churn) ask the servers nothing:
+/// only the round that would resolve it asks every server for STATSZ, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_firing_finding_asks_the_servers_nothing_until_it_would_resolve() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut live = start(dir.path(), "").await;
+    let listen = live.listen;
+    let asked = |reason: &str| {
+        metric(
+            listen,
+            &format!("connwatch_live_statsz_requests_total{{reason=\"{reason}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    let (leak, i) = live.leak_fires().await;
+    let events = metric(live.listen, "connwatch_live_events_total").unwrap();
+    // Twenty rounds of churn by `app`, each applied by the live census (a live round each).
+    for round in 0..20 {
+        let server = live.cluster.client_url(round % 3);
+        let l = load::open(LoadSpec::new(server, auth("app"), 3).name("churn"))
+            .await
+            .unwrap();
+        l.close().await;
+    }
+    assert!(
+        wait_until_async(WAIT, || metric(live.listen, "connwatch_live_events_total")
+            .unwrap_or(0.0)
+            >= events + 120.0)
+        .await,
+        "the churn's events were not applied: {}",
+        live.running.log()
+    );
+    assert_eq!(
+        asked("resolve"),
+        0.0,
+        "a live round asked every server while nothing resolved"
+    );
+    leak.close().await;
+    live.resolved_after(i).await;
+    assert!(
+        asked("resolve") >= 1.0,
+        "resolved without asking every server first"
+    );
 }
 
 /// connwatch's own connection is closed (kicked by the server): a `reconnect` gap, a sweep after
@@ -426,7 +490,10 @@ async fn own_reconnect_resyncs_the_view() {
 }
 
 /// A restarted server (new id; its clients dropped) is a gap, and the sweep after it makes the
-/// view equal its own `/connz` again.
+/// view equal its own `/connz` again. By construction: the restarted server sends its STATSZ
+/// heartbeat 250 ms after it starts, under an id the view does not hold, a `server_new` gap at
+/// once. (It was ignored as an open bug while the gap depended on a probe every few seconds:
+/// in about one run in five no gap followed; 20 runs in a row green since.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_server_is_a_gap_and_the_view_resyncs() {
     restart_is_a_gap_and_the_view_resyncs(0).await;

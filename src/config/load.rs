@@ -271,8 +271,9 @@ fn from_figment(figment: &Figment, err: figment::Error) -> ConfigErrors {
     ConfigErrors(out)
 }
 
-/// Keys that were renamed because their old names read as the opposite of what they did.
-const RENAMED: [(&str, &str); 2] = [
+/// Keys that were renamed: their old names read as the opposite of what they did, or their
+/// meaning changed.
+const RENAMED: [(&str, &str); 3] = [
     (
         "kick.allow",
         "renamed to `kick.protect` (the users never kicked); `kick.allow` is no longer read",
@@ -280,6 +281,12 @@ const RENAMED: [(&str, &str); 2] = [
     (
         "kick.deny",
         "renamed to `kick.only` (when set, only these users may be kicked); `kick.deny` is no longer read",
+    ),
+    (
+        "live.probe_interval",
+        "renamed to `live.heartbeat_margin`: connwatch no longer asks every server for STATSZ this often, it \
+         listens to their heartbeats and asks a server only when it has been quiet for its heartbeat period \
+         (10 s) plus the margin; `live.probe_interval` is no longer read",
     ),
 ];
 

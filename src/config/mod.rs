@@ -482,11 +482,15 @@ pub struct LiveConfig {
     /// the `census` endpoint): under churn the census is rebuilt at most this often.
     #[serde(with = "humantime_serde")]
     pub evaluate_every: Duration,
-    /// How often every server is asked for STATSZ, to notice a server that went silent,
-    /// restarted (new id) or appeared: each is a gap in the live view. It delays only that
-    /// notice: a live round that could resolve a finding asks every server first.
+    /// Every server publishes its STATSZ as a heartbeat every 10 s; connwatch listens. A server
+    /// quiet for longer than its heartbeat period plus this margin is asked directly
+    /// (`$SYS.REQ.SERVER.<id>.STATSZ`, waiting at most this long or `sweep.timeout`), and only
+    /// if it does not answer is it silent (a gap). A heartbeat from a server id the view does
+    /// not hold (a new or restarted server) is a gap at once. The margin delays only the notice
+    /// of a silent server: a live round that would resolve a finding asks every server first.
+    /// (It replaced `probe_interval`, which is refused.)
     #[serde(with = "humantime_serde")]
-    pub probe_interval: Duration,
+    pub heartbeat_margin: Duration,
     /// Connect + disconnect events a second, averaged over a minute, above which following
     /// the events would cost the servers more than sweeping: connwatch stops following them
     /// (sweeps every `sweep.interval`, each round from its sweep alone; no cap acts) and tries
@@ -503,9 +507,9 @@ impl Default for LiveConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            reconcile_interval: Duration::from_secs(300),
+            reconcile_interval: Duration::from_secs(900),
             evaluate_every: Duration::from_millis(200),
-            probe_interval: Duration::from_secs(5),
+            heartbeat_margin: Duration::from_secs(5),
             max_event_rate: 200,
             refused_window: Duration::from_secs(60),
         }

@@ -115,7 +115,7 @@ fn sweep_deadline_defaults_to_four_timeouts_and_is_never_shorter_than_one() {
 #[test]
 fn full_sweeps_follow_the_reconcile_interval_with_the_live_census_else_the_sweep_interval() {
     let mut c = Config::default();
-    assert_eq!(c.sweep_cadence(), Duration::from_secs(300));
+    assert_eq!(c.sweep_cadence(), Duration::from_secs(900));
     c.live.enabled = false;
     assert_eq!(c.sweep_cadence(), Duration::from_secs(30));
 }

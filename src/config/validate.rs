@@ -76,7 +76,7 @@ pub(super) fn validate(c: &Config, figment: &Figment) -> Result<(), ConfigErrors
         ("detect.idle_threshold", c.detect.idle_threshold),
         ("live.reconcile_interval", c.live.reconcile_interval),
         ("live.evaluate_every", c.live.evaluate_every),
-        ("live.probe_interval", c.live.probe_interval),
+        ("live.heartbeat_margin", c.live.heartbeat_margin),
         ("live.refused_window", c.live.refused_window),
     ] {
         if d.is_zero() {

@@ -9,8 +9,11 @@
 //! Gaps, each counted in `connwatch_live_gaps_total{reason}` and followed by a sweep at once:
 //! - `reconnect`: connwatch's own connection dropped or came back (events were not delivered);
 //! - `slow_consumer`: connwatch's client dropped messages;
-//! - `server_silent`: a server the view holds stopped answering the STATSZ probe;
-//! - `server_new`: a server id the view does not hold answered (a new server, or a restart);
+//! - `server_silent`: a server the view holds sent no STATSZ heartbeat for longer than its
+//!   period plus `live.heartbeat_margin` and did not answer a direct STATSZ request either
+//!   ([`heartbeat`]), or did not answer the STATSZ request a resolve sends every server first;
+//! - `server_new`: a server id the view does not hold sent its heartbeat or answered (a new
+//!   server, or a restart: a restarted server has a new id and heartbeats 250 ms after start);
 //! - `count_mismatch`: a server's announced count of an account's connections disagreed with
 //!   the view for [`crosscheck::HOLD`] (also counted in `connwatch_live_mismatches_total`);
 //! - `over_rate`: the events came faster than `live.max_event_rate` ([`rate`]) and are no
@@ -21,6 +24,7 @@
 
 pub mod churn;
 pub mod crosscheck;
+pub mod heartbeat;
 pub mod rate;
 pub mod read;
 pub mod refused;
@@ -41,10 +45,11 @@ use crate::config::LiveConfig;
 use crate::metrics::{Metrics, ServerLabel};
 use crate::nats::events::{AccountConns, ClientEvent};
 use crate::nats::wire::StatszReply;
-use crate::nats::{parse, System, PING_STATSZ};
+use crate::nats::{parse, server_subject, System, PING_STATSZ};
 use crate::rules::refused::Refusals;
 use churn::ChurnTracker;
 use crosscheck::CrossCheck;
+use heartbeat::Heartbeats;
 pub use view::{Delta, LiveView, Scope, SyncId, UserKey};
 
 /// Every account event in ONE subscription (`$SYS.ACCOUNT.<acc>.CONNECT|DISCONNECT` and
@@ -54,6 +59,8 @@ pub use view::{Delta, LiveView, Scope, SyncId, UserKey};
 /// skipped: [`event_of`] and [`conns_of`] read the account from the payload, not from the
 /// subject's tokens (an account name may hold dots).
 const EVENTS: &str = "$SYS.ACCOUNT.>";
+/// Every server's STATSZ heartbeat (`$SYS.SERVER.<id>.STATSZ`, see [`heartbeat`]).
+const HEARTBEATS: &str = "$SYS.SERVER.*.STATSZ";
 /// How long a probe waits for servers beyond the known ones (a new server).
 const PROBE_LINGER: Duration = Duration::from_millis(50);
 /// How often the task looks at connwatch's own connection (reconnects, slow consumers).
@@ -68,8 +75,12 @@ pub struct Live {
     pub changed: Arc<Notify>,
     /// Woken on a gap: a sweep should start at once.
     pub resync: Arc<Notify>,
-    /// Servers of the view that did not answer the last probe.
+    /// Servers of the view that are silent (no heartbeat, no answer), until heard again.
     silent: Arc<Mutex<HashSet<String>>>,
+    /// Server ids heard that the view does not hold, each a gap once until the next sweep.
+    new_noted: Arc<Mutex<HashSet<String>>>,
+    /// When each server was last heard ([`heartbeat`]).
+    beats: Arc<Mutex<Heartbeats>>,
     /// Refused connections in the last `live.refused_window` ([`refused`]).
     pub refused: Arc<Mutex<Refusals>>,
     /// Connects and disconnects per user in the last minute ([`churn`]).
@@ -79,6 +90,7 @@ pub struct Live {
 impl Live {
     /// Asks every server for STATSZ now and notes the gaps it shows (a server silent, new or
     /// restarted, or answering again). Returns whether every server of the view answered.
+    /// Only a live round that would resolve a finding asks (see `gather_live`).
     pub async fn confirm_servers(
         &self,
         system: &System,
@@ -86,16 +98,116 @@ impl Live {
         timeout: Duration,
     ) -> bool {
         let known = self.view.lock().expect("live view lock").servers().len();
+        metrics.live_statsz_request("resolve");
         let answered = probe_servers(system, known, timeout).await;
         self.note_probe(metrics, &answered)
     }
 
     /// Servers a sweep heard answer are not silent any more: the sweep that reconciled them
     /// closed their gap, so their next silence is a new gap, whether or not a probe ran between.
+    /// A server id still not in the view after it is a gap again at its next heartbeat.
     pub fn heard<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        let now = Instant::now();
         let mut silent = self.silent.lock().expect("silent lock");
+        let mut beats = self.beats.lock().expect("heartbeats lock");
         for id in ids {
             silent.remove(id);
+            beats.heard(id, now);
+        }
+        self.new_noted.lock().expect("new servers lock").clear();
+    }
+
+    /// A heartbeat (or a direct answer, `beat` false) from server `id`: a gap if the view does
+    /// not hold it (new or restarted) or held it as silent (it answers again). Nothing before
+    /// the first sweep (the view holds no server yet).
+    fn heartbeat(&self, metrics: &Metrics, id: &str, name: &str, beat: bool) {
+        let now = Instant::now();
+        {
+            let mut beats = self.beats.lock().expect("heartbeats lock");
+            if beat {
+                beats.beat(id, now);
+            } else {
+                beats.heard(id, now);
+            }
+        }
+        let known = {
+            let view = self.view.lock().expect("live view lock");
+            let servers = view.servers();
+            if servers.is_empty() {
+                return;
+            }
+            servers.contains_key(id)
+        };
+        if !known {
+            if self
+                .new_noted
+                .lock()
+                .expect("new servers lock")
+                .insert(id.to_string())
+            {
+                self.gap(
+                    metrics,
+                    "server_new",
+                    format!("server {name} ({id}) is new or restarted"),
+                );
+            }
+        } else if self.silent.lock().expect("silent lock").remove(id) {
+            self.gap(
+                metrics,
+                "server_silent",
+                format!("server {name} answers again"),
+            );
+        }
+    }
+
+    /// The servers of the view, not silent yet, that have been quiet for longer than their
+    /// heartbeat period plus `margin`: to be asked directly.
+    fn quiet_servers(&self, margin: Duration) -> Vec<(String, String, Duration)> {
+        let known = self.view.lock().expect("live view lock").servers().clone();
+        let silent = self.silent.lock().expect("silent lock").clone();
+        let mut beats = self.beats.lock().expect("heartbeats lock");
+        beats.retain(|id| known.contains_key(id));
+        beats
+            .quiet(
+                known
+                    .keys()
+                    .map(String::as_str)
+                    .filter(|id| !silent.contains(*id)),
+                Instant::now(),
+                margin,
+            )
+            .into_iter()
+            .map(|(id, quiet)| {
+                let name = known.get(&id).cloned().unwrap_or_default();
+                (id, name, quiet)
+            })
+            .collect()
+    }
+
+    /// A quiet server that did not answer its direct request either: silent, a gap (once, until
+    /// it is heard again).
+    fn silent_now(&self, metrics: &Metrics, id: &str, name: &str, quiet: Duration) {
+        let known = self
+            .view
+            .lock()
+            .expect("live view lock")
+            .servers()
+            .contains_key(id);
+        if known
+            && self
+                .silent
+                .lock()
+                .expect("silent lock")
+                .insert(id.to_string())
+        {
+            self.gap(
+                metrics,
+                "server_silent",
+                format!(
+                    "server {name} sent no STATSZ heartbeat for {} and did not answer a direct STATSZ request",
+                    humantime::format_duration(Duration::from_secs(quiet.as_secs()))
+                ),
+            );
         }
     }
 
@@ -128,6 +240,13 @@ impl Live {
             }
         }
         let heard: HashSet<&str> = answered.iter().map(|(id, _)| id.as_str()).collect();
+        {
+            let now = Instant::now();
+            let mut beats = self.beats.lock().expect("heartbeats lock");
+            for id in &heard {
+                beats.heard(id, now);
+            }
+        }
         let mut silent = self.silent.lock().expect("silent lock");
         for (id, name) in &known {
             if !heard.contains(id.as_str()) {
@@ -227,24 +346,28 @@ impl Live {
     }
 }
 
-/// Subscribes to the events (flushed, so none is missed after this returns) and starts the
-/// task that applies them and probes the servers, until `stop`.
+/// Subscribes to the events and the servers' heartbeats (flushed, so none is missed after this
+/// returns) and starts the task that applies them and asks quiet servers directly, until `stop`.
+/// `ask_timeout`: how long a direct STATSZ request waits.
 pub async fn start(
     system: System,
     cfg: LiveConfig,
-    probe_timeout: Duration,
+    ask_timeout: Duration,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) -> Result<(Live, JoinHandle<()>), async_nats::Error> {
     let client = system.client().clone();
     let events = client.subscribe(EVENTS).await?;
     let mut auth_errors = client.subscribe(refused::AUTH_ERRORS).await?;
+    let mut heartbeats = client.subscribe(HEARTBEATS).await?;
     client.flush().await?;
     let live = Live {
         view: Arc::new(Mutex::new(LiveView::new())),
         changed: Arc::new(Notify::new()),
         resync: Arc::new(Notify::new()),
         silent: Arc::default(),
+        new_noted: Arc::default(),
+        beats: Arc::default(),
         refused: Arc::new(Mutex::new(Refusals::new(cfg.refused_window))),
         churn: Arc::default(),
     };
@@ -255,12 +378,11 @@ pub async fn start(
     let l = live.clone();
     let task = tokio::spawn(async move {
         let mut check = tokio::time::interval(CLIENT_CHECK);
-        let mut probe = tokio::time::interval(cfg.probe_interval);
-        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut reconnects = metrics.reconnects.get();
         let mut slow = metrics.slow_consumers.get();
         let mut connected = true;
-        let mut probing = None::<JoinHandle<Vec<(String, String)>>>;
+        // Direct STATSZ requests to quiet servers, under way: (id, name, quiet, answered).
+        let mut asking = None::<JoinHandle<Vec<(String, String, Duration, bool)>>>;
         let mut cross = CrossCheck::default();
         let mut shown = BTreeSet::new();
         // `None` while the events come too fast to follow, until `paused_until`.
@@ -288,6 +410,15 @@ pub async fn start(
                     rate.note(Instant::now());
                     if l.view.lock().expect("live view lock").apply(delta).is_some() {
                         l.changed.notify_one();
+                    }
+                }
+                Some(msg) = heartbeats.next() => {
+                    if events.is_some() {
+                        if let Ok(r) = parse::<StatszReply>(&msg.payload) {
+                            if !r.server.id.is_empty() {
+                                l.heartbeat(&metrics, &r.server.id, &r.server.name, true);
+                            }
+                        }
                     }
                 }
                 Some(msg) = auth_errors.next() => {
@@ -335,17 +466,26 @@ pub async fn start(
                         }
                         _ => {}
                     }
-                }
-                _ = probe.tick(), if probing.is_none() => {
-                    let (system, known) = (system.clone(), l.view.lock().expect("live view lock").servers().len());
-                    if known > 0 && connected && events.is_some() {
-                        probing = Some(tokio::spawn(async move { probe_servers(&system, known, probe_timeout).await }));
+                    if asking.is_none() && connected && events.is_some() {
+                        let quiet = l.quiet_servers(cfg.heartbeat_margin);
+                        if !quiet.is_empty() {
+                            for _ in &quiet {
+                                metrics.live_statsz_request("quiet");
+                            }
+                            asking = Some(tokio::spawn(ask_servers(system.clone(), quiet, ask_timeout)));
+                        }
                     }
                 }
-                done = async { probing.as_mut().expect("guarded").await }, if probing.is_some() => {
-                    probing = None;
-                    let Ok(answered) = done else { continue };
-                    l.note_probe(&metrics, &answered);
+                done = async { asking.as_mut().expect("guarded").await }, if asking.is_some() => {
+                    asking = None;
+                    let Ok(asked) = done else { continue };
+                    for (id, name, quiet, answered) in asked {
+                        if answered {
+                            l.heartbeat(&metrics, &id, &name, false);
+                        } else {
+                            l.silent_now(&metrics, &id, &name, quiet);
+                        }
+                    }
                 }
             }
         }
@@ -353,6 +493,7 @@ pub async fn start(
             let _ = events.unsubscribe().await;
         }
         let _ = auth_errors.unsubscribe().await;
+        let _ = heartbeats.unsubscribe().await;
     });
     Ok((live, task))
 }
@@ -413,6 +554,27 @@ pub fn delta(e: ClientEvent, closed: bool) -> Option<Delta> {
         server_id: e.server.id,
         cid: e.client.id,
     })
+}
+
+/// Asks each quiet server directly (`$SYS.REQ.SERVER.<id>.STATSZ`, all at once); returns each
+/// with whether it answered (as itself) within `timeout`.
+async fn ask_servers(
+    system: System,
+    quiet: Vec<(String, String, Duration)>,
+    timeout: Duration,
+) -> Vec<(String, String, Duration, bool)> {
+    let asks = quiet.into_iter().map(|(id, name, q)| {
+        let system = system.clone();
+        async move {
+            let reply = system
+                .request(server_subject(&id, "STATSZ"), Bytes::new(), timeout)
+                .await;
+            let answered = reply
+                .is_ok_and(|m| parse::<StatszReply>(&m.payload).is_ok_and(|r| r.server.id == id));
+            (id, name, q, answered)
+        }
+    });
+    futures::future::join_all(asks).await
 }
 
 /// Asks every server for STATSZ; returns (id, name) of those that answered within `timeout`

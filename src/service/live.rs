@@ -1,7 +1,7 @@
 //! The service's side of the live census: sweeps reconcile it, and live rounds evaluate it
 //! between sweeps (the events alone), reading a user's details before its finding fires.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -21,7 +21,9 @@ const MAX_READS_PER_ROUND: usize = 16;
 impl Service {
     /// The time from a sweep's start to the next: `live.reconcile_interval` while the live
     /// view is complete; `sweep.interval` without the live census, or while its view is not
-    /// complete (the pace of the retries).
+    /// complete (the pace of the retries), or while kicks are on and a user has too many
+    /// connections (kicks are decided after a sweep: they follow a leak as soon as without the
+    /// live census).
     pub(super) fn sweep_every(&self) -> Duration {
         let complete = self.live.as_ref().is_some_and(|l| {
             l.view
@@ -30,7 +32,14 @@ impl Service {
                 .incomplete()
                 .is_none()
         });
-        if complete {
+        let kicks_wait = self.config.kick.enabled
+            && self
+                .state
+                .findings
+                .active
+                .values()
+                .any(|a| a.kind() == Kind::ExcessiveUserConnections);
+        if complete && !kicks_wait {
             self.config.live.reconcile_interval
         } else {
             self.config.sweep.interval
@@ -121,14 +130,6 @@ impl Service {
             info!(users = crossing.len(), servers = ?answered, "live census: users over their threshold read in detail");
             (snap, census) = build(&live, &self.last_sweep_meta);
         }
-        // Before anything may resolve from the events, every server must still answer: a server
-        // frozen since the last probe could hold connections the events do not show.
-        if !self.state.findings.active.is_empty()
-            && snap.gap.is_none()
-            && !self.servers_confirmed(&live).await
-        {
-            (snap, census) = build(&live, &self.last_sweep_meta);
-        }
         let l = &self.last_lookups;
         Some(Gathered {
             snap,
@@ -141,16 +142,36 @@ impl Service {
         })
     }
 
-    /// Asks every server for STATSZ now, within the sweep timeout and the probe interval
+    /// Asks every server for STATSZ now, within the sweep timeout and the heartbeat margin
     /// ([`Live::confirm_servers`]): whether each answered under the id the view holds.
     pub(super) async fn servers_confirmed(&self, live: &Live) -> bool {
         let timeout = self
             .config
             .sweep
             .timeout
-            .min(self.config.live.probe_interval);
+            .min(self.config.live.heartbeat_margin);
         live.confirm_servers(&self.session.system, &self.metrics, timeout)
             .await
+    }
+
+    /// Whether a live round's view, `complete` so far, may resolve `active` findings absent from
+    /// `findings`: when one would resolve, every server must still answer STATSZ first (a
+    /// server frozen since its last heartbeat could hold connections the events do not show);
+    /// a server that does not is a gap, and nothing resolves. While nothing would resolve (the
+    /// findings that fire still fire), no request is sent.
+    pub(super) async fn confirm_resolves(
+        &self,
+        complete: bool,
+        findings: &[Finding],
+        held: &HashSet<String>,
+    ) -> bool {
+        let Some(live) = self.live.as_ref().filter(|_| complete) else {
+            return complete;
+        };
+        if !resolve_pending(self.state.findings.active.keys(), findings, held) {
+            return true;
+        }
+        self.servers_confirmed(live).await
     }
 
     /// The churn for a live round: the events' of the last minute, and for the accounts whose
@@ -189,6 +210,17 @@ impl Service {
     }
 }
 
+/// Whether one of the `active` findings' keys is neither among `findings` nor `held`: it would
+/// resolve in a complete round.
+pub(super) fn resolve_pending<'a>(
+    mut active: impl Iterator<Item = &'a String>,
+    findings: &[Finding],
+    held: &HashSet<String>,
+) -> bool {
+    let firing: HashSet<String> = findings.iter().map(Finding::key).collect();
+    active.any(|k| !firing.contains(k) && !held.contains(k))
+}
+
 /// The next start of a schedule every `every` from `started`: `started + every`, or when a
 /// sweep ran past it, the next start after `now` (the missed ones are skipped, not bunched).
 pub(super) fn next_start(started: Instant, every: Duration, now: Instant) -> Instant {
@@ -204,6 +236,36 @@ pub(super) fn next_start(started: Instant, every: Duration, now: Instant) -> Ins
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resolve_is_pending_only_for_a_firing_key_neither_found_again_nor_held() {
+        use crate::rules::ServerFinding;
+        let f = |server: &str| {
+            Finding::ServerConnectionPressure(ServerFinding {
+                server: server.into(),
+                server_id: format!("id-{server}"),
+                connections: 95,
+                max_connections: 100,
+                ratio: 0.95,
+            })
+        };
+        let (a, b) = (f("n1"), f("n2"));
+        let active = [a.key(), b.key()];
+        let none = HashSet::new();
+        assert!(!resolve_pending(
+            active.iter(),
+            &[a.clone(), b.clone()],
+            &none
+        ));
+        assert!(resolve_pending(
+            active.iter(),
+            std::slice::from_ref(&a),
+            &none
+        ));
+        let held = HashSet::from([b.key()]);
+        assert!(!resolve_pending(active.iter(), &[a], &held));
+        assert!(!resolve_pending([].iter(), &[], &none));
+    }
 
     #[test]
     fn the_next_sweep_is_every_after_the_last_start_and_skips_what_an_overrun_missed() {

@@ -1,5 +1,26 @@
-//! `live-cost`: the servers' CPU and bytes connwatch adds, live + reconciliation against
-//! full sweeps, by churn rate.
+//! `live-cost`: the servers' CPU and bytes connwatch adds, live + reconciliation against full
+//! sweeps, measured so that a shared 2-core machine's noise does not swamp it: short windows,
+//! each paired with a baseline taken right next to it (in alternating order), many of them,
+//! and medians with their quartiles.
+//!
+//! 1. **Per connect+close pair** (what following the events costs): batches of `--pairs`
+//!    connect+close pairs at `--pair-rate`, each batch measured once with a subscriber to
+//!    exactly connwatch's subjects (`$SYS.ACCOUNT.>`, `$SYS.SERVER.*.STATSZ`,
+//!    `$SYS.SERVER.*.CLIENT.AUTH.ERR`, on server 0, as connwatch) and once without, in ABBA
+//!    order, `--repeats` times. The servers cannot tell that subscriber from connwatch's: the
+//!    paired difference is the delivery cost per pair. Idle windows with and without the
+//!    subscriber give its fixed cost (heartbeats, account-count announcements).
+//! 2. **Per full sweep**: connwatch with the live census off, sweeping on request
+//!    (`connwatch.sweep`) `--sweeps` times, each sweep's window paired with an idle window
+//!    just before it (the servers' CPU rate then, times the sweep window's length, is
+//!    subtracted).
+//! 3. **connwatch itself, live**, at each rate of `--rates` for `--live-window`: what it asked
+//!    the servers (STATSZ requests, sweeps) besides following the events, to show the model
+//!    of 1 + 2 leaves nothing out.
+//!
+//! Per hour: sweeps every `--compare-interval` = (3600 / it) × sweep; live = (3600 /
+//! `--reconcile-interval`) × sweep + fixed + rate × 3600 × pair.
+use super::measure::{CostModel, Spread};
 use super::*;
 
 /// `live-cost`: what connwatch adds to the servers, live + reconciliation vs 30-s sweeps.
@@ -8,70 +29,268 @@ pub struct CostArgs {
     /// Connections held (spread like `run`'s load: 50 accounts × 10 users, 10% hot).
     #[arg(long, default_value_t = 45_000)]
     size: usize,
-    /// Churn rates: connects (and as many disconnects) a second; 0 is no churn.
+    /// Connect+close pairs in one measured batch.
+    #[arg(long, default_value_t = 1000)]
+    pairs: usize,
+    /// Pairs a second while a batch runs.
+    #[arg(long, default_value_t = 200.0)]
+    pair_rate: f64,
+    /// Batches with and without the subscriber (each an ABBA half); idle windows as many.
+    #[arg(long, default_value_t = 10)]
+    repeats: usize,
+    /// Length of each idle window (the subscriber's fixed cost).
+    #[arg(long, default_value = "5s")]
+    idle_window: humantime::Duration,
+    /// Full sweeps measured, each after an idle window of its own.
+    #[arg(long, default_value_t = 8)]
+    sweeps: usize,
+    /// Churn rates (connects, and as many disconnects, a second) of the per-hour table and of
+    /// connwatch's own live windows.
     #[arg(long, value_delimiter = ',', default_value = "0,1,10,100")]
     rates: Vec<f64>,
-    /// Measuring window of the no-connwatch and live phases (each repeated `--repeats` times,
-    /// interleaved, so a drift of the machine's load hits both alike).
-    #[arg(long, default_value = "20s")]
-    window: humantime::Duration,
-    /// Interleaved no-connwatch / live windows per rate.
-    #[arg(long, default_value_t = 2)]
-    repeats: usize,
-    /// `sweep.interval` of the sweeps phase (its window is two whole intervals); the cost of
-    /// one sweep does not depend on it.
+    /// Window of connwatch live at each rate (what it asks besides the events).
     #[arg(long, default_value = "15s")]
-    sweep_interval: humantime::Duration,
+    live_window: humantime::Duration,
     /// The sweep interval the live census is compared with: sweeps an hour = 1h / this.
     #[arg(long, default_value = "30s")]
     compare_interval: humantime::Duration,
-    /// `live.reconcile_interval` of the live phase (its sweeps are charged per hour from the
-    /// sweeps phase's measured cost per sweep).
-    #[arg(long, default_value = "5m")]
+    /// `live.reconcile_interval` (reconciling sweeps an hour = 1h / this).
+    #[arg(long, default_value = "15m")]
     reconcile_interval: humantime::Duration,
     /// Where the results go (JSON).
     #[arg(long, default_value = "target/bench/live-cost.json")]
     out: PathBuf,
 }
 
-/// Servers' CPU (ms) and VARZ bytes at one instant.
+/// Servers' CPU (ms, from `/proc/<pid>/stat` of the three nats-server processes) and VARZ
+/// `out_bytes` at one instant.
 #[derive(Debug, Clone, Copy)]
 struct Counters {
     at: Instant,
     cpu_ms: f64,
     out_bytes: f64,
-    in_bytes: f64,
 }
 
-fn counters(cluster: &Cluster, pids: &[u32]) -> Counters {
-    let (mut out_bytes, mut in_bytes) = (0.0, 0.0);
-    for i in 0..cluster.len() {
-        if let Ok(v) = cluster.monitor_get(i, "/varz") {
-            out_bytes += v["out_bytes"].as_f64().unwrap_or(0.0);
-            in_bytes += v["in_bytes"].as_f64().unwrap_or(0.0);
+impl Counters {
+    fn now(cluster: &Cluster, pids: &[u32]) -> Counters {
+        let out_bytes = (0..cluster.len())
+            .filter_map(|i| cluster.monitor_get(i, "/varz").ok())
+            .map(|v| v["out_bytes"].as_f64().unwrap_or(0.0))
+            .sum();
+        Counters {
+            at: Instant::now(),
+            cpu_ms: servers_cpu_ms(pids),
+            out_bytes,
         }
     }
-    Counters {
-        at: Instant::now(),
-        cpu_ms: servers_cpu_ms(pids),
-        out_bytes,
-        in_bytes,
+
+    /// (seconds, CPU ms, out bytes) from `self` to `later`.
+    fn to(self, later: Counters) -> (f64, f64, f64) {
+        (
+            later.at.duration_since(self.at).as_secs_f64(),
+            later.cpu_ms - self.cpu_ms,
+            later.out_bytes - self.out_bytes,
+        )
     }
 }
 
-/// Rates over a window: servers' CPU ms/s, out and in bytes/s.
-fn rates(a: Counters, b: Counters) -> measure::Rates {
-    let s = b.at.duration_since(a.at).as_secs_f64().max(1e-9);
-    measure::Rates {
-        seconds: s,
-        cpu_ms_per_s: (b.cpu_ms - a.cpu_ms) / s,
-        out_bytes_per_s: (b.out_bytes - a.out_bytes) / s,
-        in_bytes_per_s: (b.in_bytes - a.in_bytes) / s,
+/// A subscriber to the subjects connwatch's live census subscribes to, on server 0, draining
+/// what it gets.
+struct Listener {
+    subs: Vec<async_nats::Subscriber>,
+    client: async_nats::Client,
+    got: Arc<AtomicU64>,
+}
+
+/// connwatch's live subjects (`src/live/mod.rs`, `src/live/refused.rs`).
+const LIVE_SUBJECTS: [&str; 3] = [
+    "$SYS.ACCOUNT.>",
+    "$SYS.SERVER.*.STATSZ",
+    "$SYS.SERVER.*.CLIENT.AUTH.ERR",
+];
+
+impl Listener {
+    async fn start(client: &async_nats::Client, got: Arc<AtomicU64>) -> anyhow::Result<Self> {
+        let mut subs = Vec::new();
+        for s in LIVE_SUBJECTS {
+            subs.push(client.subscribe(s).await?);
+        }
+        client.flush().await?;
+        Ok(Self {
+            subs,
+            client: client.clone(),
+            got,
+        })
+    }
+
+    /// Drains until stopped; then unsubscribes (flushed).
+    async fn run_until(mut self, stop: Arc<tokio::sync::Notify>) -> anyhow::Result<()> {
+        let mut all = futures::stream::select_all(self.subs.iter_mut());
+        loop {
+            tokio::select! {
+                _ = stop.notified() => break,
+                Some(_) = all.next() => { self.got.fetch_add(1, Ordering::Relaxed); }
+            }
+        }
+        drop(all);
+        for s in &mut self.subs {
+            s.unsubscribe().await?;
+        }
+        self.client.flush().await?;
+        Ok(())
     }
 }
 
-/// Connects and disconnects at `rate` a second each, spread over the servers and four users
-/// of account `CHURN`, from a pool of open connections (the oldest closes).
+/// `n` connect+close pairs at `rate` a second, over the servers and the four users of
+/// account `CHURN`; returns when every close is done.
+async fn pairs(urls: &[String], n: usize, rate: f64) {
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    let mut tasks = Vec::with_capacity(n);
+    for k in 0..n {
+        tick.tick().await;
+        let url = urls[k % urls.len()].clone();
+        let user = format!("c{}", k % 4);
+        tasks.push(tokio::spawn(async move {
+            if let Ok(l) = load::open(LoadSpec::new(url, load_auth(&user), 1)).await {
+                l.close().await;
+            }
+        }));
+    }
+    futures::future::join_all(tasks).await;
+}
+
+/// Waits for delivery to finish after a measured stretch.
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// One measured stretch: `work` with (`listen`) or without the subscriber; returns (seconds,
+/// CPU ms, out bytes).
+async fn measured<F: std::future::Future<Output = ()>>(
+    cluster: &Cluster,
+    pids: &[u32],
+    client: &async_nats::Client,
+    listen: bool,
+    work: F,
+) -> anyhow::Result<(f64, f64, f64)> {
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let drain = if listen {
+        let l = Listener::start(client, Arc::default()).await?;
+        Some(tokio::spawn(l.run_until(stop.clone())))
+    } else {
+        None
+    };
+    let a = Counters::now(cluster, pids);
+    work.await;
+    tokio::time::sleep(SETTLE).await;
+    let m = a.to(Counters::now(cluster, pids));
+    if let Some(d) = drain {
+        stop.notify_one();
+        d.await??;
+    }
+    Ok(m)
+}
+
+/// Part 1: per pair and idle, with and without the subscriber, ABBA.
+async fn events_part(
+    args: &CostArgs,
+    cluster: &Cluster,
+    pids: &[u32],
+) -> anyhow::Result<(Spread, Spread, Spread, Spread, Spread)> {
+    let client = system_client(cluster, 0).await?;
+    let urls = cluster.client_urls();
+    let (mut pair_cpu, mut pair_bytes, mut base_pair_cpu) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut idle_cpu, mut idle_bytes) = (Vec::new(), Vec::new());
+    for r in 0..args.repeats {
+        let order = if r % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        let mut batch = [(0.0, 0.0, 0.0); 2];
+        let mut idle = [(0.0, 0.0, 0.0); 2];
+        for listen in order {
+            let i = usize::from(listen);
+            batch[i] = measured(
+                cluster,
+                pids,
+                &client,
+                listen,
+                pairs(&urls, args.pairs, args.pair_rate),
+            )
+            .await?;
+            idle[i] = measured(
+                cluster,
+                pids,
+                &client,
+                listen,
+                tokio::time::sleep(*args.idle_window),
+            )
+            .await?;
+        }
+        let n = args.pairs as f64;
+        // Per pair: the difference of the two batches (their lengths differ by milliseconds).
+        pair_cpu.push((batch[1].1 - batch[0].1) / n);
+        pair_bytes.push((batch[1].2 - batch[0].2) / n);
+        base_pair_cpu.push(batch[0].1 / n);
+        idle_cpu.push(idle[1].1 / idle[1].0 - idle[0].1 / idle[0].0);
+        idle_bytes.push(idle[1].2 / idle[1].0 - idle[0].2 / idle[0].0);
+        eprintln!(
+            "  repeat {r}: pair +{:.3} ms CPU, +{:.0} B (pair alone {:.3} ms); idle +{:.2} ms/s, +{:.0} B/s; load {}",
+            pair_cpu[r], pair_bytes[r], base_pair_cpu[r], idle_cpu[r], idle_bytes[r], loadavg()
+        );
+    }
+    Ok((
+        Spread::of(&pair_cpu),
+        Spread::of(&pair_bytes),
+        Spread::of(&base_pair_cpu),
+        Spread::of(&idle_cpu),
+        Spread::of(&idle_bytes),
+    ))
+}
+
+/// Part 2: full sweeps requested from connwatch (live off), each after an idle window.
+async fn sweeps_part(
+    args: &CostArgs,
+    cluster: &Cluster,
+    pids: &[u32],
+    dir: &Path,
+) -> anyhow::Result<(Spread, Spread)> {
+    let cfg = "[sweep]\ninterval = \"1h\"\ntimeout = \"10s\"\n[live]\nenabled = false\n";
+    let cw = Connwatch::start(cluster, dir, "cost-sweeps", cfg)?;
+    cw.wait("first sweep", Duration::from_secs(180), |c| {
+        c.sweeps() >= 1.0
+    })
+    .await?;
+    let client = system_client(cluster, 1).await?;
+    let (mut cpu, mut bytes) = (Vec::new(), Vec::new());
+    for k in 0..args.sweeps {
+        let a = Counters::now(cluster, pids);
+        tokio::time::sleep(*args.idle_window).await;
+        let b = Counters::now(cluster, pids);
+        let (idle_s, idle_cpu, idle_bytes) = a.to(b);
+        // A sweep of 45k connections on a busy machine can take longer than a request's
+        // default 10 s.
+        let req = async_nats::Request::new().timeout(Some(Duration::from_secs(120)));
+        client
+            .send_request("connwatch.sweep", req)
+            .await
+            .context("sweep request")?;
+        tokio::time::sleep(SETTLE).await;
+        let (s, c, o) = b.to(Counters::now(cluster, pids));
+        cpu.push(c - idle_cpu / idle_s * s);
+        bytes.push(o - idle_bytes / idle_s * s);
+        eprintln!(
+            "  sweep {k}: {:.0} ms CPU, {:.1} MB out over {s:.2} s; load {}",
+            cpu[k],
+            bytes[k] / 1e6,
+            loadavg()
+        );
+    }
+    cw.stop();
+    Ok((Spread::of(&cpu), Spread::of(&bytes)))
+}
+
+/// A churn generator: connects and disconnects at `rate` a second each, over the servers and
+/// four users of account `CHURN`, from a pool of open connections (the oldest closes).
 struct Churn {
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<u64>,
@@ -88,8 +307,7 @@ impl Churn {
         }
         let urls = cluster.client_urls();
         let pool: Arc<Mutex<VecDeque<load::Load>>> = Arc::default();
-        let size = ((rate * 2.0) as usize).max(12);
-        for k in 0..size {
+        for k in 0..((rate * 2.0) as usize).max(12) {
             let spec = LoadSpec::new(
                 urls[k % urls.len()].clone(),
                 load_auth(&format!("c{}", k % 4)),
@@ -131,6 +349,51 @@ impl Churn {
     }
 }
 
+/// Part 3: connwatch live at each rate: what it asks the servers besides the events.
+async fn live_part(args: &CostArgs, cluster: &Cluster, dir: &Path) -> anyhow::Result<Vec<Value>> {
+    let cfg = format!(
+        "[live]\nenabled = true\nreconcile_interval = \"{}\"\nmax_event_rate = 0\n",
+        args.reconcile_interval
+    );
+    let cw = Connwatch::start(cluster, dir, "cost-live", &cfg)?;
+    cw.wait_complete().await?;
+    let mut out = Vec::new();
+    for &rate in &args.rates {
+        let churn = Churn::start(cluster, rate).await?;
+        let read = |cw: &Connwatch| {
+            let m = cw.metrics();
+            [
+                measure::metric(&m, "connwatch_live_events_total").unwrap_or(0.0),
+                measure::metric_sum(&m, "connwatch_live_statsz_requests_total"),
+                measure::metric(&m, "connwatch_sweeps_total").unwrap_or(0.0),
+                measure::metric_sum(&m, "connwatch_live_gaps_total"),
+                measure::metric_sum(&m, "connwatch_findings_firing"),
+            ]
+        };
+        let a = read(&cw);
+        tokio::time::sleep(*args.live_window).await;
+        let b = read(&cw);
+        let ticks = churn.stop().await;
+        let d = |i: usize| b[i] - a[i];
+        eprintln!(
+            "  live at {rate}/s: {} events, {} STATSZ requests, {} sweeps, {} gaps in {}; {} findings firing",
+            d(0),
+            d(1),
+            d(2),
+            d(3),
+            args.live_window,
+            b[4]
+        );
+        out.push(
+            json!({"rate": rate, "ticks": ticks, "events": d(0), "statsz_requests": d(1),
+            "sweeps": d(2), "gaps": d(3), "firing": b[4],
+            "seconds": args.live_window.as_secs_f64()}),
+        );
+    }
+    cw.stop();
+    Ok(out)
+}
+
 pub fn cost(args: CostArgs) -> anyhow::Result<()> {
     let rt = runtime()?;
     rt.block_on(async {
@@ -144,82 +407,44 @@ pub fn cost(args: CostArgs) -> anyhow::Result<()> {
         let workers = grow_load(&cluster, &dir, 0, &BTreeMap::new(), &want, args.size)?;
         eprintln!("{} connections open; settling", args.size);
         tokio::time::sleep(Duration::from_secs(5)).await;
-        eprintln!("load average before: {}", loadavg());
-        let window = *args.window;
-        let live_cfg = format!(
-            "[sweep]\ninterval = \"{}\"\n[live]\nenabled = true\nreconcile_interval = \"{}\"\nmax_event_rate = 0\n",
-            args.sweep_interval, args.reconcile_interval
+        let load_before = loadavg();
+        eprintln!("load average before: {load_before}");
+        eprintln!(
+            "per pair: {} batches of {} pairs at {}/s, with and without the subscriber",
+            args.repeats, args.pairs, args.pair_rate
         );
-        let sweep_cfg = format!(
-            "[sweep]\ninterval = \"{}\"\n[live]\nenabled = false\n",
-            args.sweep_interval
-        );
-        let mut points = Vec::new();
-        for &rate in &args.rates {
-            eprintln!("churn {rate}/s");
-            let churn = Churn::start(&cluster, rate).await?;
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            let (mut none, mut live) = (measure::Rates::default(), measure::Rates::default());
-            let (mut events, mut live_sweeps, mut live_slow, mut live_rss) = (0.0, 0.0, 0.0, 0);
-            for r in 0..args.repeats.max(1) {
-                // No connwatch.
-                let a = counters(&cluster, &pids);
-                tokio::time::sleep(window).await;
-                none = none.merge(rates(a, counters(&cluster, &pids)));
-                // Live census, between reconciling sweeps (its first sweep is not measured).
-                let tag = format!("cost-live-{rate}-{r}");
-                let cw = Connwatch::start(&cluster, &dir, &tag, &live_cfg)?;
-                cw.wait_complete().await?;
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                let (e0, s0) = (cw.metric("connwatch_live_events_total").unwrap_or(0.0), cw.sweeps());
-                let a = counters(&cluster, &pids);
-                tokio::time::sleep(window).await;
-                live = live.merge(rates(a, counters(&cluster, &pids)));
-                events += cw.metric("connwatch_live_events_total").unwrap_or(0.0) - e0;
-                live_sweeps += cw.sweeps() - s0;
-                live_slow += cw.metric_sum("connwatch_nats_slow_consumers_total");
-                live_rss = live_rss.max(cw.memory_kb().0);
-                cw.stop();
-            }
-            // Sweeps alone: a window of exactly two sweeps (from one sweep's end to the end of
-            // the second after it).
-            let cw = Connwatch::start(&cluster, &dir, &format!("cost-sweeps-{rate}"), &sweep_cfg)?;
-            let deadline = Duration::from_secs(180);
-            cw.wait("first sweep", deadline, |c| c.sweeps() >= 1.0).await?;
-            let k = cw.sweeps();
-            cw.wait("second sweep", deadline, |c| c.sweeps() > k).await?;
-            let a = counters(&cluster, &pids);
-            cw.wait("fourth sweep", deadline, |c| c.sweeps() >= k + 3.0).await?;
-            let sweeps = rates(a, counters(&cluster, &pids));
-            let sweep_rss = cw.memory_kb().0;
-            cw.stop();
-            let done = churn.stop().await;
-            let p = measure::CostPoint {
-                rate,
-                none,
-                live,
-                sweeps,
-                sweeps_in_window: 2.0,
-                live_sweeps,
-                events,
-                reconciles_per_hour: 3600.0 / args.reconcile_interval.as_secs_f64(),
-                sweeps_per_hour: 3600.0 / args.compare_interval.as_secs_f64(),
-            };
-            eprintln!(
-                "  {done} churn ticks; live: {events} events, {live_sweeps} sweeps in the window, slow consumers {live_slow}; peak RSS live {live_rss} KiB, sweeps {sweep_rss} KiB"
-            );
-            points.push(p);
-        }
-        eprintln!("load average after: {}", loadavg());
-        let summary = measure::cost_summary(&points);
-        print!("{}", measure::cost_table(args.size, &points, &summary));
+        let (pair_cpu, pair_bytes, base_pair_cpu, idle_cpu, idle_bytes) =
+            events_part(&args, &cluster, &pids).await?;
+        eprintln!("full sweeps: {}", args.sweeps);
+        let (sweep_cpu, sweep_bytes) = sweeps_part(&args, &cluster, &pids, &dir).await?;
+        eprintln!("connwatch live at each rate");
+        let live = live_part(&args, &cluster, &dir).await?;
+        let load_after = loadavg();
+        eprintln!("load average after: {load_after}");
+        let model = CostModel {
+            pair_cpu_ms: pair_cpu,
+            pair_bytes,
+            idle_cpu_ms_per_s: idle_cpu,
+            idle_bytes_per_s: idle_bytes,
+            sweep_cpu_ms: sweep_cpu,
+            sweep_bytes,
+            reconciles_per_hour: 3600.0 / args.reconcile_interval.as_secs_f64(),
+            sweeps_per_hour: 3600.0 / args.compare_interval.as_secs_f64(),
+        };
+        print!("{}", model.table(args.size, &args.rates, base_pair_cpu));
+        let rows: Vec<Value> = args
+            .rates
+            .iter()
+            .map(|&r| serde_json::to_value(model.per_hour(r)).unwrap_or_default())
+            .collect();
         write_json(
             &args.out,
-            &json!({"size": args.size, "window": args.window.to_string(),
-                "sweep_interval": args.sweep_interval.to_string(), "repeats": args.repeats,
+            &json!({"size": args.size, "pairs": args.pairs, "pair_rate": args.pair_rate,
+                "repeats": args.repeats, "sweeps": args.sweeps,
                 "compare_interval": args.compare_interval.to_string(),
                 "reconcile_interval": args.reconcile_interval.to_string(),
-                "points": points, "summary": summary, "loadavg_end": loadavg()}),
+                "model": model, "pair_alone_cpu_ms": base_pair_cpu, "per_hour": rows,
+                "live": live, "loadavg_before": load_before, "loadavg_after": load_after}),
         )?;
         drop(workers);
         drop(cluster);

@@ -1,7 +1,6 @@
 //! The live benches' arithmetic: plain functions over plain data, unit tested.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -101,210 +100,176 @@ pub fn splitmix(seed: u64) -> f64 {
     (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// Least-squares line `y = a + b·x` through the points; `(a, b)`.
-pub fn fit_line(points: &[(f64, f64)]) -> (f64, f64) {
-    let n = points.len() as f64;
-    if points.is_empty() {
-        return (0.0, 0.0);
-    }
-    let mx = points.iter().map(|p| p.0).sum::<f64>() / n;
-    let my = points.iter().map(|p| p.1).sum::<f64>() / n;
-    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
-    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
-    let b = if sxx > 0.0 { sxy / sxx } else { 0.0 };
-    (my - b * mx, b)
-}
-
-/// The rate where `a + b·rate` reaches `flat`; `None` when it never does (b ≤ 0).
-pub fn crossover(a: f64, b: f64, flat: f64) -> Option<f64> {
-    (b > 0.0).then(|| ((flat - a) / b).max(0.0))
-}
-
-/// Servers' rates over one measuring window.
+/// The median and quartiles (nearest rank) of repeated measurements.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct Rates {
-    /// Length of the window.
-    pub seconds: f64,
-    /// The three servers' CPU, ms per second.
-    pub cpu_ms_per_s: f64,
-    /// VARZ `out_bytes` summed over the servers, per second.
-    pub out_bytes_per_s: f64,
-    /// VARZ `in_bytes` summed over the servers, per second.
-    pub in_bytes_per_s: f64,
+pub struct Spread {
+    /// First quartile.
+    pub q1: f64,
+    /// Median.
+    pub median: f64,
+    /// Third quartile.
+    pub q3: f64,
+    /// How many measurements.
+    pub n: usize,
 }
 
-impl Rates {
-    /// The rates over this window and `other` together (weighted by their lengths).
-    pub fn merge(self, other: Rates) -> Rates {
-        let s = self.seconds + other.seconds;
-        if s <= 0.0 {
-            return self;
+impl Spread {
+    /// The spread of `samples`.
+    pub fn of(samples: &[f64]) -> Spread {
+        let mut v = samples.to_vec();
+        v.sort_by(f64::total_cmp);
+        Spread {
+            q1: percentile(&v, 0.25),
+            median: percentile(&v, 0.5),
+            q3: percentile(&v, 0.75),
+            n: v.len(),
         }
-        let w = |a: f64, b: f64| (a * self.seconds + b * other.seconds) / s;
-        Rates {
-            seconds: s,
-            cpu_ms_per_s: w(self.cpu_ms_per_s, other.cpu_ms_per_s),
-            out_bytes_per_s: w(self.out_bytes_per_s, other.out_bytes_per_s),
-            in_bytes_per_s: w(self.in_bytes_per_s, other.in_bytes_per_s),
-        }
+    }
+
+    /// `(q1, median, q3)` through `f` (monotonic).
+    fn map(self, f: impl Fn(f64) -> f64) -> [f64; 3] {
+        [f(self.q1), f(self.median), f(self.q3)]
     }
 }
 
-/// One churn rate's three phases.
+/// What connwatch adds to the servers, from its measured parts: per connect+close pair
+/// delivered as events, the subscription's fixed cost, and one full sweep.
 #[derive(Debug, Clone, Serialize)]
-pub struct CostPoint {
-    /// Connects (and disconnects) a second.
-    pub rate: f64,
-    /// No connwatch.
-    pub none: Rates,
-    /// Live census between reconciling sweeps.
-    pub live: Rates,
-    /// Sweeps alone; its window holds `sweeps_in_window` whole intervals.
-    pub sweeps: Rates,
-    /// Sweeps in the sweeps phase's window.
-    pub sweeps_in_window: f64,
-    /// Sweeps that ran inside the live window (0 expected).
-    pub live_sweeps: f64,
-    /// Events the live census applied in its window.
-    pub events: f64,
+pub struct CostModel {
+    /// Servers' CPU per connect+close pair delivered to the live subscriber, ms.
+    pub pair_cpu_ms: Spread,
+    /// Servers' output per pair delivered, bytes.
+    pub pair_bytes: Spread,
+    /// The subscription's fixed cost with no churn, servers' CPU ms a second.
+    pub idle_cpu_ms_per_s: Spread,
+    /// Its fixed output, bytes a second.
+    pub idle_bytes_per_s: Spread,
+    /// One full sweep, servers' CPU ms.
+    pub sweep_cpu_ms: Spread,
+    /// One full sweep, servers' output bytes.
+    pub sweep_bytes: Spread,
     /// Reconciling sweeps an hour with the live census.
     pub reconciles_per_hour: f64,
-    /// Sweeps an hour of the sweep-only configuration compared with (120: every 30 s).
+    /// Sweeps an hour of the sweeps-only baseline.
     pub sweeps_per_hour: f64,
 }
 
-/// What one point costs per hour, added over no connwatch.
-#[derive(Debug, Clone, Copy, Serialize)]
+/// Costs an hour at one churn rate: `[low, median, high]` each (from the quartiles of the
+/// parts), ratios `[pessimistic, median, optimistic]`.
+#[derive(Debug, Clone, Serialize)]
 pub struct PerHour {
-    /// Churn rate.
+    /// Connects (and as many disconnects) a second.
     pub rate: f64,
-    /// Servers' CPU seconds an hour: live events and probes alone.
-    pub live_events_cpu_s: f64,
-    /// ... plus the reconciling sweeps (at the measured cost of one sweep).
-    pub live_cpu_s: f64,
-    /// Sweeps alone.
-    pub sweeps_cpu_s: f64,
-    /// Servers' CPU of one full sweep, ms.
-    pub per_sweep_cpu_ms: f64,
-    /// Servers' out bytes an hour (MB): live with reconciles, and sweeps alone.
-    pub live_out_mb: f64,
-    /// Sweeps alone, MB an hour.
-    pub sweeps_out_mb: f64,
+    /// Live + reconciles, servers' CPU seconds an hour.
+    pub live_cpu_s: [f64; 3],
+    /// Sweeps alone, servers' CPU seconds an hour.
+    pub sweeps_cpu_s: [f64; 3],
+    /// Sweeps ÷ live, CPU.
+    pub cpu_ratio: [f64; 3],
+    /// Live + reconciles, servers' output MB an hour.
+    pub live_out_mb: [f64; 3],
+    /// Sweeps alone, servers' output MB an hour.
+    pub sweeps_out_mb: [f64; 3],
+    /// Sweeps ÷ live, bytes.
+    pub bytes_ratio: [f64; 3],
 }
 
-impl CostPoint {
-    /// The per-hour costs connwatch adds at this point.
-    pub fn per_hour(&self) -> PerHour {
-        let sweep_window = self.sweeps.seconds / self.sweeps_in_window.max(1.0);
-        let per_sweep_cpu_ms = (self.sweeps.cpu_ms_per_s - self.none.cpu_ms_per_s) * sweep_window;
-        let per_sweep_bytes =
-            (self.sweeps.out_bytes_per_s - self.none.out_bytes_per_s) * sweep_window;
-        let live_events_cpu_s = (self.live.cpu_ms_per_s - self.none.cpu_ms_per_s) * 3.6;
+/// `[pessimistic, median, optimistic]` of `sweeps ÷ live` from their `[low, median, high]`.
+fn ratios(sweeps: [f64; 3], live: [f64; 3]) -> [f64; 3] {
+    let r = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::INFINITY };
+    [
+        r(sweeps[0], live[2]),
+        r(sweeps[1], live[1]),
+        r(sweeps[2], live[0]),
+    ]
+}
+
+impl CostModel {
+    /// The costs an hour at `rate` connects+disconnects a second.
+    pub fn per_hour(&self, rate: f64) -> PerHour {
+        let rec = self.reconciles_per_hour;
+        let pair = self.pair_cpu_ms.map(|x| x * rate * 3.6);
+        let idle = self.idle_cpu_ms_per_s.map(|x| x.max(0.0) * 3.6);
+        let sweep = self.sweep_cpu_ms.map(|x| x / 1000.0);
+        let live_cpu_s: [f64; 3] = std::array::from_fn(|i| rec * sweep[i] + idle[i] + pair[i]);
+        let sweeps_cpu_s = sweep.map(|x| x * self.sweeps_per_hour);
+        let pair_b = self.pair_bytes.map(|x| x * rate * 3600.0 / 1e6);
+        let idle_b = self.idle_bytes_per_s.map(|x| x.max(0.0) * 3600.0 / 1e6);
+        let sweep_b = self.sweep_bytes.map(|x| x / 1e6);
+        let live_out_mb: [f64; 3] =
+            std::array::from_fn(|i| rec * sweep_b[i] + idle_b[i] + pair_b[i]);
+        let sweeps_out_mb = sweep_b.map(|x| x * self.sweeps_per_hour);
         PerHour {
-            rate: self.rate,
-            live_events_cpu_s,
-            live_cpu_s: live_events_cpu_s + self.reconciles_per_hour * per_sweep_cpu_ms / 1000.0,
-            sweeps_cpu_s: self.sweeps_per_hour * per_sweep_cpu_ms / 1000.0,
-            per_sweep_cpu_ms,
-            live_out_mb: ((self.live.out_bytes_per_s - self.none.out_bytes_per_s) * 3600.0
-                + self.reconciles_per_hour * per_sweep_bytes)
-                / 1e6,
-            sweeps_out_mb: self.sweeps_per_hour * per_sweep_bytes / 1e6,
+            rate,
+            cpu_ratio: ratios(sweeps_cpu_s, live_cpu_s),
+            bytes_ratio: ratios(sweeps_out_mb, live_out_mb),
+            live_cpu_s,
+            sweeps_cpu_s,
+            live_out_mb,
+            sweeps_out_mb,
         }
     }
-}
 
-/// The fit over all points and the crossover.
-#[derive(Debug, Clone, Serialize)]
-pub struct CostSummary {
-    /// Per-hour costs of each point.
-    pub per_hour: Vec<PerHour>,
-    /// Live CPU s/h ≈ `a + b · rate`.
-    pub live_cpu_a: f64,
-    /// Servers' CPU seconds an hour per connect+disconnect a second.
-    pub live_cpu_b: f64,
-    /// Sweeps' CPU s/h, mean over the points (it does not depend on churn).
-    pub sweeps_cpu_s: f64,
-    /// Churn rate where live costs the servers as much CPU as the sweeps.
-    pub crossover_rate: Option<f64>,
-}
-
-/// Fits the live cost against the churn rate and finds where it meets the sweeps'.
-pub fn cost_summary(points: &[CostPoint]) -> CostSummary {
-    let per_hour: Vec<PerHour> = points.iter().map(CostPoint::per_hour).collect();
-    let (a, b) = fit_line(
-        &per_hour
-            .iter()
-            .map(|p| (p.rate, p.live_cpu_s))
-            .collect::<Vec<_>>(),
-    );
-    let sweeps =
-        per_hour.iter().map(|p| p.sweeps_cpu_s).sum::<f64>() / per_hour.len().max(1) as f64;
-    CostSummary {
-        live_cpu_a: a,
-        live_cpu_b: b,
-        sweeps_cpu_s: sweeps,
-        crossover_rate: crossover(a, b, sweeps),
-        per_hour,
+    /// The rate (connects a second) at which live + reconciles costs as much CPU as the
+    /// sweeps, from the medians; `None` when the pairs cost nothing measurable.
+    pub fn crossover(&self) -> Option<f64> {
+        let s = self.sweep_cpu_ms.median;
+        let fixed = self.reconciles_per_hour * s + self.idle_cpu_ms_per_s.median.max(0.0) * 3600.0;
+        let per_rate = self.pair_cpu_ms.median * 3600.0;
+        (per_rate > 0.0).then(|| ((self.sweeps_per_hour * s - fixed) / per_rate).max(0.0))
     }
-}
 
-/// The cost table (Markdown).
-pub fn cost_table(size: usize, points: &[CostPoint], s: &CostSummary) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "\n### Added server cost at {size} connections (per hour)\n"
-    );
-    let per_hour = points.first().map(|p| p.sweeps_per_hour).unwrap_or(0.0);
-    let _ = writeln!(out, "| churn (connects+disconnects/s) | servers' CPU, no connwatch (ms/s) | live: events + probes (CPU s/h) | live + reconciles (CPU s/h) | sweeps, {per_hour:.0}/h (CPU s/h) | one sweep (CPU ms) | sweeps ÷ live | live out bytes (MB/h) | sweeps out bytes (MB/h) | events in the live windows | sweeps in them |");
-    let _ = writeln!(
-        out,
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-    );
-    for (p, h) in points.iter().zip(&s.per_hour) {
-        let ratio = if h.live_cpu_s > 0.0 {
-            format!("{:.1}×", h.sweeps_cpu_s / h.live_cpu_s)
-        } else {
-            "∞ (live ≤ 0: below the noise)".into()
+    /// The markdown summary: the parts, then one row per rate.
+    pub fn table(&self, size: usize, rates: &[f64], pair_alone_ms: Spread) -> String {
+        let sp = |s: Spread, k: f64, d: usize| {
+            format!(
+                "{:.d$} [{:.d$}–{:.d$}] (n={})",
+                s.median * k,
+                s.q1 * k,
+                s.q3 * k,
+                s.n
+            )
         };
-        let _ = writeln!(
-            out,
-            "| {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.0} | {ratio} | {:.1} | {:.1} | {:.0} | {:.0} |",
-            p.rate,
-            p.none.cpu_ms_per_s,
-            h.live_events_cpu_s,
-            h.live_cpu_s,
-            h.sweeps_cpu_s,
-            h.per_sweep_cpu_ms,
-            h.live_out_mb,
-            h.sweeps_out_mb,
-            p.events,
-            p.live_sweeps
+        let mut out = format!(
+            "\nlive-cost at {size} connections: median [quartiles] of paired measurements\n\n\
+             - servers' CPU per connect+close pair delivered to the live subscriber: {} ms \
+             (the pair itself, without it: {} ms)\n\
+             - servers' output per pair delivered: {} bytes\n\
+             - the subscription's fixed cost with no churn: {} ms/s CPU, {} bytes/s\n\
+             - one full sweep: {} ms CPU, {} MB output\n\
+             - crossover (CPU, medians): {}\n\n",
+            sp(self.pair_cpu_ms, 1.0, 3),
+            sp(pair_alone_ms, 1.0, 3),
+            sp(self.pair_bytes, 1.0, 0),
+            sp(self.idle_cpu_ms_per_s, 1.0, 2),
+            sp(self.idle_bytes_per_s, 1.0, 0),
+            sp(self.sweep_cpu_ms, 1.0, 0),
+            sp(self.sweep_bytes, 1e-6, 1),
+            self.crossover()
+                .map(|r| format!("{r:.0} connects+disconnects/s"))
+                .unwrap_or_else(|| "none measured".into()),
         );
+        out.push_str(&format!(
+            "| churn (connects+disconnects/s) | live + {:.0} reconciles (CPU s/h) | sweeps, {:.0}/h (CPU s/h) | sweeps ÷ live (CPU) | live (MB/h) | sweeps (MB/h) | sweeps ÷ live (bytes) |\n\
+             | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+            self.reconciles_per_hour, self.sweeps_per_hour
+        ));
+        let range = |v: [f64; 3], d: usize| format!("{:.d$} [{:.d$}–{:.d$}]", v[1], v[0], v[2]);
+        let ratio = |v: [f64; 3]| format!("**{:.1}×** ({:.1}–{:.1}×)", v[1], v[0], v[2]);
+        for &rate in rates {
+            let h = self.per_hour(rate);
+            out.push_str(&format!(
+                "| {rate} | {} | {} | {} | {} | {} | {} |\n",
+                range(h.live_cpu_s, 1),
+                range(h.sweeps_cpu_s, 1),
+                ratio(h.cpu_ratio),
+                range(h.live_out_mb, 0),
+                range(h.sweeps_out_mb, 0),
+                ratio(h.bytes_ratio),
+            ));
+        }
+        out
     }
-    let _ = writeln!(
-        out,
-        "\nlive ≈ {:.1} + {:.2} × rate CPU s/h (least squares); sweeps {:.1} CPU s/h; crossover: {}",
-        s.live_cpu_a,
-        s.live_cpu_b,
-        s.sweeps_cpu_s,
-        s.crossover_rate
-            .map(|r| format!("{r:.0} connects+disconnects a second"))
-            .unwrap_or_else(|| "none (live does not grow with churn here)".into())
-    );
-    if size != 45_000 && size > 0 {
-        let k = 45_000.0 / size as f64;
-        let _ = writeln!(
-            out,
-            "at 45,000 (sweeps scale with connections, events do not): sweeps ≈ {:.1} CPU s/h, crossover ≈ {}",
-            s.sweeps_cpu_s * k,
-            crossover(s.live_cpu_a, s.live_cpu_b, s.sweeps_cpu_s * k)
-                .map(|r| format!("{r:.0}/s"))
-                .unwrap_or_else(|| "none".into())
-        );
-    }
-    out
 }
 
 #[cfg(test)]
@@ -342,27 +307,6 @@ mod tests {
     }
 
     #[test]
-    fn merged_rates_weigh_by_window_length() {
-        let a = Rates {
-            seconds: 10.0,
-            cpu_ms_per_s: 10.0,
-            out_bytes_per_s: 100.0,
-            in_bytes_per_s: 0.0,
-        };
-        let b = Rates {
-            seconds: 30.0,
-            cpu_ms_per_s: 30.0,
-            out_bytes_per_s: 0.0,
-            in_bytes_per_s: 4.0,
-        };
-        let m = Rates::default().merge(a).merge(b);
-        assert_eq!(m.seconds, 40.0);
-        assert_eq!(m.cpu_ms_per_s, 25.0);
-        assert_eq!(m.out_bytes_per_s, 25.0);
-        assert_eq!(m.in_bytes_per_s, 3.0);
-    }
-
-    #[test]
     fn percentiles_are_nearest_rank() {
         let v: Vec<f64> = (1..=100).map(f64::from).collect();
         assert_eq!(percentile(&v, 0.5), 50.0);
@@ -381,49 +325,36 @@ mod tests {
     }
 
     #[test]
-    fn line_fit_and_crossover() {
-        let (a, b) = fit_line(&[(1.0, 12.0), (10.0, 30.0), (100.0, 210.0)]);
-        assert!((a - 10.0).abs() < 1e-9 && (b - 2.0).abs() < 1e-9, "{a} {b}");
-        assert_eq!(crossover(a, b, 110.0), Some(50.0));
-        assert_eq!(crossover(10.0, 0.0, 110.0), None);
-        assert_eq!(crossover(200.0, 1.0, 110.0), Some(0.0));
-    }
-
-    #[test]
-    fn per_hour_costs_subtract_the_baseline_and_charge_reconciles() {
-        let r = |cpu: f64, out: f64| Rates {
-            seconds: 60.0,
-            cpu_ms_per_s: cpu,
-            out_bytes_per_s: out,
-            in_bytes_per_s: 0.0,
-        };
-        let p = CostPoint {
-            rate: 10.0,
-            none: r(100.0, 1000.0),
-            live: r(101.0, 1100.0),
-            // Two sweeps in 60 s adding 20 ms/s: 600 ms a sweep.
-            sweeps: r(120.0, 2000.0),
-            sweeps_in_window: 2.0,
-            live_sweeps: 0.0,
-            events: 1200.0,
-            reconciles_per_hour: 12.0,
+    fn costs_an_hour_combine_the_parts_and_ratios_span_their_quartiles() {
+        let exact = |x: f64| Spread::of(&[x, x, x]);
+        let m = CostModel {
+            pair_cpu_ms: Spread::of(&[0.1, 0.2, 0.3, 0.4]),
+            pair_bytes: exact(8000.0),
+            idle_cpu_ms_per_s: exact(-0.5),
+            idle_bytes_per_s: exact(100.0),
+            sweep_cpu_ms: exact(500.0),
+            sweep_bytes: exact(50e6),
+            reconciles_per_hour: 4.0,
             sweeps_per_hour: 120.0,
         };
-        let h = p.per_hour();
-        assert!((h.per_sweep_cpu_ms - 600.0).abs() < 1e-9);
-        assert!((h.live_events_cpu_s - 3.6).abs() < 1e-9);
-        assert!((h.live_cpu_s - (3.6 + 7.2)).abs() < 1e-9);
-        assert!((h.sweeps_cpu_s - 72.0).abs() < 1e-9);
-        assert!((h.sweeps_out_mb - 3.6).abs() < 1e-9);
-        assert!((h.live_out_mb - (0.36 + 12.0 * 30_000.0 / 1e6)).abs() < 1e-9);
-        let s = cost_summary(std::slice::from_ref(&p));
-        // One point: no slope, no crossover.
-        assert_eq!(s.crossover_rate, None);
-        let table = cost_table(15_000, &[p], &s);
+        let h = m.per_hour(10.0);
+        // Sweeps: 120 × 0.5 s; live: 4 × 0.5 s + 0 (a negative fixed part counts as 0) +
+        // 10/s × 3600 s × (0.1 | 0.2 | 0.3) ms.
+        assert_eq!(h.sweeps_cpu_s, [60.0, 60.0, 60.0]);
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        assert!(close(h.live_cpu_s[0], 2.0 + 3.6), "{h:?}");
+        assert!(close(h.live_cpu_s[1], 2.0 + 7.2), "{h:?}");
+        assert!(close(h.live_cpu_s[2], 2.0 + 10.8), "{h:?}");
+        assert!(close(h.cpu_ratio[0], 60.0 / 12.8) && close(h.cpu_ratio[2], 60.0 / 5.6));
+        // Bytes: 6,000 MB/h of sweeps; live 200 + 0.36 + 288 MB/h.
+        assert!(close(h.sweeps_out_mb[1], 6000.0));
+        assert!(close(h.live_out_mb[1], 200.0 + 0.36 + 288.0), "{h:?}");
+        // Crossover: 60 = 2 + r × 3.6 × 0.2.
+        assert!(close(m.crossover().unwrap(), 58.0 / 0.72));
+        let table = m.table(45_000, &[0.0, 10.0], exact(1.0));
         assert!(
-            table.contains("| 10 | 100 | 3.6 | 10.8 | 72.0 | 600 | 6.7× |"),
+            table.contains("| 10 | 9.2 [5.6–12.8] | 60.0 [60.0–60.0] | **6.5×** (4.7–10.7×) |"),
             "{table}"
         );
-        assert!(table.contains("at 45,000"), "{table}");
     }
 }
