@@ -1229,12 +1229,42 @@ pub fn find_nats_server() -> anyhow::Result<PathBuf> {
         })
 }
 
-/// Picks `n` distinct free loopback ports by binding them all at once.
+/// Picks `n` distinct free loopback ports by binding them all at once, below the kernel's
+/// ephemeral range when there is room: the kernel never hands those out as the local port of
+/// a client connection, so a server stopped for a restart finds its ports free again (with
+/// `127.0.0.1:0` a load generator's connection could take one meanwhile: "address already in
+/// use" at the restart).
 fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()
-        .context("failed to reserve loopback ports")?;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FLOOR: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(0);
+    let mut listeners = Vec::with_capacity(n);
+    if low > FLOOR + 1_000 {
+        let span = low - FLOOR;
+        // A start of its own for each process, so concurrent test binaries rarely meet.
+        let seed = std::process::id().wrapping_mul(7_919)
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+        let _ = NEXT.compare_exchange(0, seed % span + 1, Ordering::Relaxed, Ordering::Relaxed);
+        for _ in 0..span {
+            if listeners.len() == n {
+                break;
+            }
+            let port = FLOOR + NEXT.fetch_add(1, Ordering::Relaxed) % span;
+            if let Ok(l) = TcpListener::bind(("127.0.0.1", port as u16)) {
+                listeners.push(l);
+            }
+        }
+    }
+    while listeners.len() < n {
+        listeners
+            .push(TcpListener::bind("127.0.0.1:0").context("failed to reserve loopback ports")?);
+    }
     listeners
         .iter()
         .map(|l| Ok(l.local_addr()?.port()))
