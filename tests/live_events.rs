@@ -83,8 +83,11 @@ async fn refused_connections_fire_per_account_and_server_then_resolve() {
             .max_connections(5),
     );
     let running = run(&cluster, dir.path(), "refused_window = \"3s\"\n").await;
-    let (seen, sys) = Seen::subscribe(&cluster.client_url(1)).await;
-    // What the servers send about APP's clients, to check the facts the code relies on.
+    let (seen, _advisories) = Seen::subscribe(&cluster.client_url(1)).await;
+    // What the servers send about APP's clients, to check the facts the code relies on: read
+    // on n1, where the clients connect, so that the subscription is in place (flushed) before
+    // the first event (one on n2 could miss the first while its interest crosses the route).
+    let (_, sys) = Seen::subscribe(&cluster.client_url(0)).await;
     let mut events = sys.subscribe("$SYS.ACCOUNT.APP.*").await.unwrap();
     sys.flush().await.unwrap();
     let url = cluster.client_url(0);
