@@ -145,11 +145,7 @@ impl Live {
                 .expect("new servers lock")
                 .insert(id.to_string())
             {
-                self.gap(
-                    metrics,
-                    "server_new",
-                    format!("server {name} ({id}) is new or restarted"),
-                );
+                self.server_new(metrics, id, name, "its heartbeat");
             }
         } else if self.silent.lock().expect("silent lock").remove(id) {
             self.gap(
@@ -216,12 +212,17 @@ impl Live {
     /// by a sweep, as when the probe sees it first.
     pub fn appeared(&self, metrics: &Metrics, servers: &[(String, String)]) {
         for (id, name) in servers {
-            self.gap(
-                metrics,
-                "server_new",
-                format!("server {name} ({id}) is new or restarted: heard by a sweep"),
-            );
+            self.server_new(metrics, id, name, "a sweep");
         }
+    }
+
+    /// A server id the view does not hold, heard by `by`: a `server_new` gap.
+    fn server_new(&self, metrics: &Metrics, id: &str, name: &str, by: &str) {
+        self.gap(
+            metrics,
+            "server_new",
+            format!("server {name} ({id}) is new or restarted: heard by {by}"),
+        );
     }
 
     /// Compares a probe's answers with the view's servers; gaps for every difference that is
@@ -232,11 +233,7 @@ impl Live {
         for (id, name) in answered {
             if !known.contains_key(id) {
                 whole = false;
-                self.gap(
-                    metrics,
-                    "server_new",
-                    format!("server {name} ({id}) is new or restarted"),
-                );
+                self.server_new(metrics, id, name, "a STATSZ request");
             }
         }
         let heard: HashSet<&str> = answered.iter().map(|(id, _)| id.as_str()).collect();

@@ -73,9 +73,7 @@ impl Service {
     /// answers under a new id) the STATSZ asked just before the closes, it closes nothing and
     /// says why (log, `connwatch_cap_users_held`); bursts already made are still announced.
     pub(super) async fn enforce_caps(&mut self) {
-        let config = self.config.enforce.clone();
-        let cfg = &config;
-        let Some(live) = self.live.clone().filter(|_| cfg.enabled) else {
+        let Some(live) = self.live.clone().filter(|_| self.config.enforce.enabled) else {
             return;
         };
         // `[ha]`: only the replica that leads (and took its predecessor's state) closes and
@@ -83,6 +81,9 @@ impl Service {
         if self.gate.replicated() && !(self.led && self.gate.acting()) {
             return;
         }
+        // Owned: the round's saves below borrow the whole service.
+        let config = self.config.enforce.clone();
+        let cfg = &config;
         let now = Instant::now();
         let own = self.session.own();
         let guard = Guard {

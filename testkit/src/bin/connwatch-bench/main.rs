@@ -345,16 +345,9 @@ fn sweeper_method(a: &MethodArgs) -> anyhow::Result<Measured> {
                 m.rss_samples_kb.push((i + 1, self_status_kb("VmRSS:")));
             }
         }
-        let n = a.runs.max(1) as f64;
-        m.window_ms = t0.elapsed().as_secs_f64() * 1000.0;
-        m.server_cpu_ms_raw = (servers_cpu_ms(&a.pids) - srv0) / n;
-        m.cpu_ms = (self_cpu() - cpu0).as_secs_f64() * 1000.0 / n;
-        m.bytes /= n;
-        m.requests /= n;
-        m.connections /= n;
+        per_run(a, &mut m, (cpu0, srv0, t0));
+        m.connections /= a.runs.max(1) as f64;
         m.census_ms = median(&census_ms);
-        m.peak_rss_kb = self_status_kb("VmHWM:");
-        m.rss_end_kb = self_status_kb("VmRSS:");
         Ok(m)
     })
 }
@@ -608,6 +601,14 @@ fn time_floor(
         sweep(raw, &mut m)?;
         m.wall_ms.push(t.elapsed().as_secs_f64() * 1000.0);
     }
+    per_run(a, &mut m, (cpu0, srv0, t0));
+    Ok(m)
+}
+
+/// After `--runs` timed sweeps that began at `start` (own CPU, servers' CPU, instant): the
+/// window, the CPU, bytes and requests per sweep, and the RSS.
+fn per_run(a: &MethodArgs, m: &mut Measured, start: (Duration, f64, Instant)) {
+    let (cpu0, srv0, t0) = start;
     let n = a.runs.max(1) as f64;
     m.window_ms = t0.elapsed().as_secs_f64() * 1000.0;
     m.server_cpu_ms_raw = (servers_cpu_ms(&a.pids) - srv0) / n;
@@ -616,7 +617,6 @@ fn time_floor(
     m.requests /= n;
     m.peak_rss_kb = self_status_kb("VmHWM:");
     m.rss_end_kb = self_status_kb("VmRSS:");
-    Ok(m)
 }
 
 // ---------------------------------------------------------------------------------------------
