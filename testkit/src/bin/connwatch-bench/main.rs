@@ -494,8 +494,9 @@ enum Plan {
     Overlap(usize),
 }
 
-/// The floor: the same CONNZ requests as connwatch (a PING to all, then directed requests of
-/// each server in turn, all servers at once), every reply byte received and thrown away.
+/// The floor: the same CONNZ requests as connwatch (a PING to all, sized as a long-lived
+/// sweeper sizes it from its last sweep, then directed requests for the servers it did not
+/// hold whole, all servers at once), every reply byte received and thrown away.
 /// With `accept`, the replies are compressed by the servers (and not decompressed here).
 fn floor_method(
     a: &MethodArgs,
@@ -506,6 +507,20 @@ fn floor_method(
     let mut raw = Raw::connect(&a.servers[0], &a.user, &a.password)?;
     let servers = floor_probe(&mut raw, a.servers.len())?;
     // (limit, offset) of each request to one server.
+    // connwatch's PING after its first sweep: the largest server's count + headroom, if more
+    // than a page (`sweep::ping_limit`, written out so main's build of this bench compiles).
+    let page = match plan {
+        Plan::Snapshot => {
+            let largest = servers.iter().map(|(_, t)| *t).max().unwrap_or(0);
+            let sized = largest + connwatch::sweep::headroom(largest as u64) as usize;
+            if largest == 0 {
+                page
+            } else {
+                page.max(sized)
+            }
+        }
+        Plan::Overlap(_) => page,
+    };
     let pages_of = |total: usize| -> Vec<(usize, usize)> {
         let mut reqs = vec![(page, 0)];
         match plan {
