@@ -274,6 +274,8 @@ fn median(v: &[f64]) -> f64 {
 /// round of `connwatch run` (the default mode): each sweep reconciles a live view, which holds
 /// every open connection between sweeps, and the census is built from the view's snapshot.
 fn sweeper_method(a: &MethodArgs) -> anyhow::Result<Measured> {
+    // As `connwatch` does first thing (scripts/bench-aggregate.sh drops this line for main).
+    connwatch::alloc::tune();
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let nats = NatsConfig {
@@ -355,8 +357,6 @@ fn sweeper_method(a: &MethodArgs) -> anyhow::Result<Measured> {
 /// What `connwatch run` does with a sweep in a live round: the view takes its connections.
 /// Returns the sweep without them (its servers, missing, errors).
 fn reconcile(view: &mut LiveView, sync: SyncId, mut snap: Snapshot) -> Snapshot {
-    // For builds of main, whose service reconciles with `view.reconcile(sync, &snap)` (a copy
-    // of the connections), scripts/bench-aggregate.sh makes the next two lines that call.
     let connections = std::mem::take(&mut snap.connections);
     view.reconcile_with(sync, &snap, connections);
     snap.connections = Vec::new();
