@@ -257,7 +257,7 @@ impl Sweeper {
         ];
         snap.requests += requests.len();
         let mut finished = false;
-        let mut firsts = FirstReplies::new(limit);
+        let mut firsts = FirstReplies::new(limit, std::mem::take(&mut snap.connections));
         let sent = Instant::now();
         self.system
             .scatter_each(&requests, g.timeout, g.linger, |i, msg| {

@@ -161,7 +161,7 @@ fn connz(name: &str, id: &str, total: u64, cids: &[u64]) -> Vec<u8> {
 fn only_vouched_distinct_servers_count_and_impostors_never_replace_them() {
     let known = KnownServers::default();
     let mut d = Discovery::new(&known, Utc::now());
-    let mut firsts = FirstReplies::new(100);
+    let mut firsts = FirstReplies::new(100, Vec::new());
     let mut bad = 0;
     // Garbage and impostors arrive first.
     firsts.add(b"{not json", &mut bad);
