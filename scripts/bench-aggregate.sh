@@ -6,6 +6,7 @@
 #
 #   scripts/bench-aggregate.sh                       # 45,000 connections, 7 sweeps per method
 #   scripts/bench-aggregate.sh --sizes 10000 --runs 5
+#   ORDER=tree-first scripts/bench-aggregate.sh      # this tree's methods before main's
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,18 +16,21 @@ src="$root/target/bench/baseline-src"
 rm -rf "$src"
 mkdir -p "$src"
 git archive "$ref" | tar -x -C "$src"
-# The same bench program, so both builds are measured the same way; main's service reconciles
-# the live view with a copy of the sweep's connections (`reconcile`), this tree moves them.
+# Both builds share one fingerprint per package (cargo hashes a path package by its place in
+# its workspace): files with the commit's old mtimes would pass for fresh and link this tree's
+# library into main's bench. Newer mtimes on both sides make each build compile its own.
+find "$src" -type f -exec touch {} +
+# The same bench program, so both builds are measured the same way (main's sets no malloc
+# threshold: connwatch::alloc is this tree's).
 cp -r testkit/src/bin/connwatch-bench/. "$src/testkit/src/bin/connwatch-bench/"
-sed -i -e 's/^    let connections = std::mem::take(&mut snap.connections);$/    view.reconcile(sync, \&snap);/' \
-    -e '/^    view.reconcile_with(sync, &snap, connections);$/d' \
+sed -i -e '/^    connwatch::alloc::tune();$/d' \
     "$src/testkit/src/bin/connwatch-bench/main.rs"
 # One target directory: main's build reuses the compiled dependencies, then its bench is kept
 # aside and this tree's binaries are linked again over the ones main's build left.
 (cd "$src" && CARGO_TARGET_DIR="$root/target" cargo build --release --locked -p testkit --bin connwatch-bench)
 cp target/release/connwatch-bench target/bench/main-connwatch-bench
 rm -rf "$src"
-touch src/main.rs testkit/src/bin/connwatch-bench/main.rs
+git ls-files -z src testkit/src | xargs -0 touch
 
 # shellcheck source=scripts/bench-prelude.sh
 . scripts/bench-prelude.sh
@@ -35,7 +39,11 @@ echo "- load before: $(uptime)"
 # Arguments replace the default size and runs (clap appends repeated list options).
 args=("$@")
 [ $# -gt 0 ] || args=(--sizes 45000 --runs 7)
+# ORDER=tree-first runs this tree's methods before main's (the default: main's first).
+methods=floor,main:connwatch,connwatch,main:connwatch-live,connwatch-live
+[ "${ORDER:-}" != tree-first ] || methods=floor,connwatch,main:connwatch,connwatch-live,main:connwatch-live
+echo "- methods in this order: $methods"
 target/release/connwatch-bench run --soak-sweeps 0 \
-    --methods floor,main:connwatch,connwatch,main:connwatch-live,connwatch-live \
+    --methods "$methods" \
     --baseline-bench target/bench/main-connwatch-bench --out target/bench/aggregate.json "${args[@]}"
 echo "- load after: $(uptime)"

@@ -12,14 +12,20 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 /// An immutable string whose clones share one allocation. Compares, hashes, orders, prints and
-/// serializes as the `str` it holds.
+/// serializes as the `str` it holds. One pointer wide (the text's length sits with the text,
+/// not in every holder): a connection holds nine of them, 45,000 connections 3 MiB less than
+/// with `Arc<str>`'s two words.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Str(Arc<str>);
+pub struct Str(Arc<Box<str>>);
 
 impl Str {
     /// The text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    fn new(s: Box<str>) -> Self {
+        Self(Arc::new(s))
     }
 }
 
@@ -44,31 +50,31 @@ impl Borrow<str> for Str {
 
 impl fmt::Debug for Str {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
+        fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
 impl fmt::Display for Str {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&*self.0, f)
+        fmt::Display::fmt(self.as_str(), f)
     }
 }
 
 impl From<&str> for Str {
     fn from(s: &str) -> Self {
-        Self(Arc::from(s))
+        Self::new(Box::from(s))
     }
 }
 
 impl From<String> for Str {
     fn from(s: String) -> Self {
-        Self(Arc::from(s))
+        Self::new(s.into_boxed_str())
     }
 }
 
 impl From<&String> for Str {
     fn from(s: &String) -> Self {
-        Self(Arc::from(s.as_str()))
+        Self::new(Box::from(s.as_str()))
     }
 }
 
@@ -86,43 +92,43 @@ impl From<&Str> for String {
 
 impl PartialEq<str> for Str {
     fn eq(&self, other: &str) -> bool {
-        &*self.0 == other
+        self.as_str() == other
     }
 }
 
 impl PartialEq<&str> for Str {
     fn eq(&self, other: &&str) -> bool {
-        &*self.0 == *other
+        self.as_str() == *other
     }
 }
 
 impl PartialEq<String> for Str {
     fn eq(&self, other: &String) -> bool {
-        &*self.0 == other.as_str()
+        self.as_str() == other.as_str()
     }
 }
 
 impl PartialEq<Str> for str {
     fn eq(&self, other: &Str) -> bool {
-        self == &*other.0
+        self == other.as_str()
     }
 }
 
 impl PartialEq<Str> for &str {
     fn eq(&self, other: &Str) -> bool {
-        *self == &*other.0
+        *self == other.as_str()
     }
 }
 
 impl PartialEq<Str> for String {
     fn eq(&self, other: &Str) -> bool {
-        self.as_str() == &*other.0
+        self.as_str() == other.as_str()
     }
 }
 
 impl serde::Serialize for Str {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
+        s.serialize_str(self.as_str())
     }
 }
 
@@ -240,6 +246,15 @@ mod tests {
         drop(a);
         i.forget_unused();
         assert!(i.is_empty());
+    }
+
+    #[test]
+    fn a_str_is_one_pointer() {
+        assert_eq!(std::mem::size_of::<Str>(), std::mem::size_of::<usize>());
+        assert_eq!(
+            std::mem::size_of::<Option<Str>>(),
+            std::mem::size_of::<usize>()
+        );
     }
 
     #[test]

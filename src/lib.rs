@@ -1,6 +1,7 @@
 //! connwatch: finds leaked and excessive NATS connections per user across a cluster.
 
 pub mod advisory;
+pub mod alloc;
 pub mod api;
 pub mod app;
 pub mod census;

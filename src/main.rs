@@ -98,6 +98,7 @@ fn warn_about(loaded: &Loaded, env: &[(String, String)]) {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    connwatch::alloc::tune();
     let cli = Cli::parse();
     let env: Vec<(String, String)> = std::env::vars().collect();
     let loaded = match config::load(cli.config.as_deref(), &env, cli.overrides.to_flags()) {

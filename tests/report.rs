@@ -700,3 +700,74 @@ async fn a_slow_server_is_cut_at_the_deadline_and_the_others_are_kept() {
     assert_eq!(user(&report, "APP", "app")["connections"], 300);
     load.close().await;
 }
+
+/// A long-lived sweeper (`run`, `top --standalone`) asks its PING for as many connections as the
+/// largest server held in its last sweep (+ headroom): from the second sweep on, every server's
+/// list comes whole in its answer to the PING, each connection read once, no directed request.
+#[tokio::test]
+async fn a_long_lived_sweeper_reads_each_servers_list_once_from_its_second_sweep() {
+    use connwatch::config::{NatsConfig, Secret, SweepConfig};
+    use connwatch::state::KnownServers;
+    use connwatch::sweep::Sweeper;
+
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(
+        ClusterSpec::new(dir.path().join("cluster"))
+            .account(AccountSpec::new("APP").user("app", "app-pw")),
+    )
+    .unwrap();
+    let app = LoadAuth::user_password("app", "app-pw");
+    let mut loads = Vec::new();
+    for (i, n) in [(0, 60), (1, 25), (2, 5)] {
+        let spec = LoadSpec::new(cluster.client_url(i), app.clone(), n);
+        loads.push(load::open(spec).await.unwrap());
+    }
+    let sys = cluster.system_user();
+    let nats = NatsConfig {
+        servers: cluster.client_urls(),
+        user: Some(sys.name.clone()),
+        password: Some(Secret::new(sys.password.clone())),
+        ..NatsConfig::default()
+    };
+    let client = connwatch::nats::connect(&nats, None).await.unwrap();
+    let cfg = SweepConfig {
+        expected_servers: 3,
+        page_size: 20,
+        ..SweepConfig::default()
+    };
+    let mut sweeper = Sweeper::new(connwatch::nats::System::new(client), &cfg);
+    let mut known = KnownServers::default();
+    let app_conns = |s: &connwatch::snapshot::Snapshot| {
+        s.connections
+            .iter()
+            .filter(|c| &*c.account == "APP")
+            .count()
+    };
+
+    // First sweep: pages of 20, so the servers of 60 and 25 are read again whole.
+    let first = sweeper.sweep(&mut known).await.unwrap();
+    assert!(!first.partial(), "{:?}", first.errors);
+    assert_eq!(app_conns(&first), 90);
+    assert_eq!(
+        first.requests,
+        2 + 2,
+        "PING + STATSZ + two directed: {:?}",
+        first.servers
+    );
+
+    // Then the PING asks for 60 + headroom: every list whole in its first reply.
+    for _ in 0..2 {
+        let next = sweeper.sweep(&mut known).await.unwrap();
+        assert!(!next.partial(), "{:?}", next.errors);
+        assert_eq!(app_conns(&next), 90);
+        assert_eq!(next.requests, 2, "PING + STATSZ only");
+        assert_eq!(next.pages, 3, "one reply per server");
+        assert!(
+            next.bytes < first.bytes,
+            "{} bytes, {} the first time",
+            next.bytes,
+            first.bytes
+        );
+    }
+    drop(loads);
+}

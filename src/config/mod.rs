@@ -143,6 +143,8 @@ pub struct SweepConfig {
     /// Connections in each server's first CONNZ reply (the PING). Each request costs the server
     /// a sort of all its connections; a server with more is read again in one directed request
     /// for its whole list (its `total` plus headroom), so its connections are one snapshot.
+    /// A long-lived sweeper asks the PING for more once a sweep saw a server with more (the
+    /// most one server held, plus headroom), so each list is read once.
     pub page_size: usize,
     /// A server not seen for this long is no longer expected (it left the cluster).
     #[serde(with = "humantime_serde")]

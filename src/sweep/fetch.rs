@@ -43,6 +43,21 @@ pub fn headroom(total: u64) -> u64 {
     (total / 8).max(256)
 }
 
+/// The `limit` of a sweep's PING CONNZ (pure): `page_size`, or, once a sweep read a server with
+/// more connections than that (`largest_last`, the most one server held in the last sweep, 0
+/// when none), that count plus [`headroom`], so each server's list fits its answer to the PING
+/// and its connections are read once (not a first page thrown away, then the whole list);
+/// capped at `max_per_server`, never below `page_size`.
+pub fn ping_limit(page_size: usize, largest_last: u64, max_per_server: u64) -> usize {
+    if largest_last == 0 {
+        return page_size;
+    }
+    let sized = largest_last
+        .saturating_add(headroom(largest_last))
+        .min(max_per_server);
+    page_size.max(usize::try_from(sized).unwrap_or(usize::MAX))
+}
+
 /// The first request to a server that was not in a PING (a bounded sweep): its whole list, from
 /// the client connections its STATSZ reply counted plus [`headroom`] (pure); never one for more
 /// than `max_per_server` connections.

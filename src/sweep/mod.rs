@@ -44,7 +44,7 @@ use crate::state::KnownServers;
 use crate::topology::Place;
 
 pub use discovery::{expected_count, missing_servers, UNKNOWN_SERVER};
-pub use fetch::{first_fetch, headroom, next_fetch, NextFetch, MAX_DIRECTED};
+pub use fetch::{first_fetch, headroom, next_fetch, ping_limit, NextFetch, MAX_DIRECTED};
 pub use inflight::{peak, Span};
 
 use discovery::Discovery;
@@ -80,6 +80,9 @@ pub struct Sweeper {
     /// Connections of the last sweep: the next one allocates room for them once, up front,
     /// instead of growing (and copying) its largest allocation while replies are in flight.
     last_connections: usize,
+    /// The most connections one server held in the last sweep: the next PING asks for that
+    /// many plus headroom ([`ping_limit`]), so no server's first reply is thrown away.
+    last_largest_server: u64,
 }
 
 impl Sweeper {
@@ -89,6 +92,7 @@ impl Sweeper {
             system,
             cfg: config.clone(),
             last_connections: 0,
+            last_largest_server: 0,
         }
     }
 
@@ -201,6 +205,12 @@ impl Sweeper {
         );
         *known = seen;
         self.last_connections = snap.connections.len();
+        self.last_largest_server = snap
+            .servers
+            .iter()
+            .map(|s| s.connections)
+            .max()
+            .unwrap_or(0);
         snap.peak_bytes_in_flight = inflight::peak(&spans);
         snap.duration = t0.elapsed();
         info!(
@@ -236,13 +246,18 @@ impl Sweeper {
         snap: &mut Snapshot,
         spans: &mut Vec<Span>,
     ) -> Result<Vec<Fetched>, SweepError> {
+        let limit = ping_limit(
+            self.cfg.page_size,
+            self.last_largest_server,
+            self.cfg.max_connections_per_server,
+        );
         let requests = vec![
-            (PING_CONNZ, connz_body(self.cfg.page_size, 0)),
+            (PING_CONNZ, connz_body(limit, 0)),
             (PING_STATSZ, Bytes::new()),
         ];
         snap.requests += requests.len();
         let mut finished = false;
-        let mut firsts = FirstReplies::new(self.cfg.page_size);
+        let mut firsts = FirstReplies::new(limit, std::mem::take(&mut snap.connections));
         let sent = Instant::now();
         self.system
             .scatter_each(&requests, g.timeout, g.linger, |i, msg| {

@@ -2,6 +2,7 @@
 //! STATSZ reply is in: whole lists go to the snapshot, the rest are read again ([`super::fetch`]).
 
 use std::collections::{BTreeMap, HashSet};
+use std::ops::Range;
 
 use tracing::warn;
 
@@ -21,11 +22,12 @@ struct Candidate {
 enum FirstReply {
     /// The server answered with an error envelope.
     Error(ApiError),
-    /// Its connections; `conns` is empty unless the reply held all `total` of them.
+    /// Its connections, at `conns` in the replies' one list; empty unless the reply held all
+    /// `total` of them.
     Page {
         total: u64,
         returned: u64,
-        conns: Vec<Connection>,
+        conns: Range<usize>,
     },
 }
 
@@ -34,20 +36,26 @@ enum FirstReply {
 pub(super) struct FirstReplies {
     page_size: usize,
     candidates: Vec<Candidate>,
+    /// Every whole list, parsed straight into one vector (the sweep's, with its room): kept in
+    /// place for the servers that are vouched for, cut out for the rest at the end, so a
+    /// server's connections are never held twice.
+    conns: Vec<Connection>,
 }
 
 impl FirstReplies {
-    pub(super) fn new(page_size: usize) -> Self {
+    /// Replies of up to `page_size` connections, parsed into `room` (empty, with capacity).
+    pub(super) fn new(page_size: usize, room: Vec<Connection>) -> Self {
         Self {
             page_size,
             candidates: Vec::new(),
+            conns: room,
         }
     }
 
     /// Parses one reply; a reply that is not a valid answer of some server is counted in `bad`.
     pub(super) fn add(&mut self, payload: &[u8], bad: &mut usize) {
-        let mut conns = Vec::new();
-        let head = match parse_server_list(payload, &mut conns, self.page_size) {
+        let start = self.conns.len();
+        let head = match parse_server_list(payload, &mut self.conns, self.page_size) {
             Ok(head) => head,
             Err(e) => {
                 *bad += 1;
@@ -63,15 +71,12 @@ impl FirstReplies {
                 return;
             }
             (None, Some(total)) => {
-                let returned = head.count as u64;
-                if returned < total {
-                    // Not the whole list: it is read again in one directed request.
-                    conns = Vec::new();
-                }
+                // Not the whole list (`returned < total`): nothing was converted, it is read
+                // again in one directed request.
                 FirstReply::Page {
                     total,
-                    returned,
-                    conns,
+                    returned: head.count as u64,
+                    conns: start..self.conns.len(),
                 }
             }
         };
@@ -100,6 +105,8 @@ impl FirstReplies {
         discovery: &Discovery,
         snap: &mut Snapshot,
     ) -> (Vec<Fetched>, Vec<Fetch>) {
+        let mut conns = self.conns;
+        let mut kept = Vec::new();
         let mut by_id: BTreeMap<String, Vec<Candidate>> = BTreeMap::new();
         for c in self.candidates {
             if discovery.accepts(&c.server) {
@@ -136,10 +143,10 @@ impl FirstReplies {
                 FirstReply::Page {
                     total,
                     returned,
-                    mut conns,
+                    conns: range,
                 } => {
                     if returned >= total {
-                        snap.connections.append(&mut conns);
+                        kept.push(range);
                         let mut f = Fetched::new(c.server);
                         f.total = total;
                         f.pages = 1;
@@ -155,8 +162,40 @@ impl FirstReplies {
                 }
             }
         }
+        keep_only(&mut conns, &mut kept);
+        if snap.connections.is_empty() {
+            snap.connections = conns;
+        } else {
+            snap.connections.append(&mut conns);
+        }
         (done, fetches)
     }
+}
+
+/// Keeps only the connections at `ranges` (disjoint) of `conns`, in order: no work when they
+/// are all of it (every reply vouched for, the usual case).
+fn keep_only(conns: &mut Vec<Connection>, ranges: &mut [Range<usize>]) {
+    let kept: usize = ranges.iter().map(ExactSizeIterator::len).sum();
+    if kept == conns.len() {
+        return;
+    }
+    ranges.sort_by_key(|r| r.start);
+    let mut i = 0;
+    conns.retain(|_| {
+        let keep = ranges
+            .binary_search_by(|r| {
+                if r.end <= i {
+                    std::cmp::Ordering::Less
+                } else if r.start > i {
+                    std::cmp::Ordering::Greater
+                } else {
+                    std::cmp::Ordering::Equal
+                }
+            })
+            .is_ok();
+        i += 1;
+        keep
+    });
 }
 
 /// A server's error envelope as a failure.

@@ -134,6 +134,20 @@ fn one_reply_is_one_servers_whole_list_or_nothing() {
     );
 }
 
+#[test]
+fn the_ping_asks_for_the_largest_server_of_the_last_sweep() {
+    // Nothing known (first sweep), or every server fitting a page: the configured page.
+    assert_eq!(ping_limit(10_000, 0, 1_000_000), 10_000);
+    assert_eq!(ping_limit(20, 0, 1_000_000), 20);
+    assert_eq!(ping_limit(10_000, 8_000, 1_000_000), 10_000);
+    // A server of 15,000 last time: the next PING holds it whole, with the directed headroom.
+    assert_eq!(ping_limit(10_000, 15_000, 1_000_000), 15_000 + 1_875);
+    assert_eq!(ping_limit(10, 100, 1_000_000), 356);
+    // Never more than the ceiling per server (a server over it is an error, not read).
+    assert_eq!(ping_limit(10_000, 999_990, 1_000_000), 1_000_000);
+    assert_eq!(ping_limit(10_000, u64::MAX, 1_000_000), 1_000_000);
+}
+
 fn connz(name: &str, id: &str, total: u64, cids: &[u64]) -> Vec<u8> {
     let conns: Vec<_> = cids.iter().map(|c| serde_json::json!({"cid": c})).collect();
     serde_json::to_vec(&serde_json::json!({
@@ -147,7 +161,7 @@ fn connz(name: &str, id: &str, total: u64, cids: &[u64]) -> Vec<u8> {
 fn only_vouched_distinct_servers_count_and_impostors_never_replace_them() {
     let known = KnownServers::default();
     let mut d = Discovery::new(&known, Utc::now());
-    let mut firsts = FirstReplies::new(100);
+    let mut firsts = FirstReplies::new(100, Vec::new());
     let mut bad = 0;
     // Garbage and impostors arrive first.
     firsts.add(b"{not json", &mut bad);

@@ -156,6 +156,10 @@ struct Measured {
     cpu_ms: f64,
     /// Peak RSS of the collecting process (VmHWM, or the child's ru_maxrss).
     peak_rss_kb: u64,
+    /// Peak RSS over the timed sweeps only, after the warm-up (the first sweep of a process
+    /// knows no server's size yet): connwatch methods.
+    #[serde(default)]
+    later_peak_rss_kb: u64,
     /// RSS after the 10th sweep and after the last (soak).
     rss_after_10_kb: u64,
     rss_end_kb: u64,
@@ -274,6 +278,8 @@ fn median(v: &[f64]) -> f64 {
 /// round of `connwatch run` (the default mode): each sweep reconciles a live view, which holds
 /// every open connection between sweeps, and the census is built from the view's snapshot.
 fn sweeper_method(a: &MethodArgs) -> anyhow::Result<Measured> {
+    // As `connwatch` does first thing (scripts/bench-aggregate.sh drops this line for main).
+    connwatch::alloc::tune();
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let nats = NatsConfig {
@@ -308,6 +314,9 @@ fn sweeper_method(a: &MethodArgs) -> anyhow::Result<Measured> {
         if let (Some(view), Some(sync)) = (view.as_mut(), sync) {
             reconcile(view, sync, warm);
         }
+        let first_peak_kb = self_status_kb("VmHWM:");
+        // Restarts VmHWM from the current RSS (Linux: "5" to clear_refs).
+        let restarted = std::fs::write("/proc/self/clear_refs", "5").is_ok();
         let mut m = Measured {
             kind: a.kind.clone(),
             ..Measured::default()
@@ -346,6 +355,10 @@ fn sweeper_method(a: &MethodArgs) -> anyhow::Result<Measured> {
             }
         }
         per_run(a, &mut m, (cpu0, srv0, t0));
+        if restarted {
+            m.later_peak_rss_kb = m.peak_rss_kb;
+            m.peak_rss_kb = m.peak_rss_kb.max(first_peak_kb);
+        }
         m.connections /= a.runs.max(1) as f64;
         m.census_ms = median(&census_ms);
         Ok(m)
@@ -355,8 +368,6 @@ fn sweeper_method(a: &MethodArgs) -> anyhow::Result<Measured> {
 /// What `connwatch run` does with a sweep in a live round: the view takes its connections.
 /// Returns the sweep without them (its servers, missing, errors).
 fn reconcile(view: &mut LiveView, sync: SyncId, mut snap: Snapshot) -> Snapshot {
-    // For builds of main, whose service reconciles with `view.reconcile(sync, &snap)` (a copy
-    // of the connections), scripts/bench-aggregate.sh makes the next two lines that call.
     let connections = std::mem::take(&mut snap.connections);
     view.reconcile_with(sync, &snap, connections);
     snap.connections = Vec::new();
@@ -494,8 +505,9 @@ enum Plan {
     Overlap(usize),
 }
 
-/// The floor: the same CONNZ requests as connwatch (a PING to all, then directed requests of
-/// each server in turn, all servers at once), every reply byte received and thrown away.
+/// The floor: the same CONNZ requests as connwatch (a PING to all, sized as a long-lived
+/// sweeper sizes it from its last sweep, then directed requests for the servers it did not
+/// hold whole, all servers at once), every reply byte received and thrown away.
 /// With `accept`, the replies are compressed by the servers (and not decompressed here).
 fn floor_method(
     a: &MethodArgs,
@@ -506,6 +518,20 @@ fn floor_method(
     let mut raw = Raw::connect(&a.servers[0], &a.user, &a.password)?;
     let servers = floor_probe(&mut raw, a.servers.len())?;
     // (limit, offset) of each request to one server.
+    // connwatch's PING after its first sweep: the largest server's count + headroom, if more
+    // than a page (`sweep::ping_limit`, written out so main's build of this bench compiles).
+    let page = match plan {
+        Plan::Snapshot => {
+            let largest = servers.iter().map(|(_, t)| *t).max().unwrap_or(0);
+            let sized = largest + connwatch::sweep::headroom(largest as u64) as usize;
+            if largest == 0 {
+                page
+            } else {
+                page.max(sized)
+            }
+        }
+        Plan::Overlap(_) => page,
+    };
     let pages_of = |total: usize| -> Vec<(usize, usize)> {
         let mut reqs = vec![(page, 0)];
         match plan {
@@ -1222,8 +1248,10 @@ fn print_table(size: usize, rows: &[Measured]) {
         }
     };
     println!("\n### {size} connections\n");
-    println!("| method | sweep wall (median) | × floor | client CPU/sweep | µs/conn | peak RSS | bytes/sweep | peak in flight | requests | server CPU/sweep (raw) | × floor |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| method | sweep wall (median) | × floor | client CPU/sweep | µs/conn | peak RSS | of sweeps 2+ | bytes/sweep | peak in flight | requests | server CPU/sweep (raw) | × floor |");
+    println!(
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
     for m in rows {
         let w = median(&m.wall_ms);
         let per_conn = if m.connections > 0.0 {
@@ -1232,13 +1260,18 @@ fn print_table(size: usize, rows: &[Measured]) {
             "-".into()
         };
         println!(
-            "| {} | {:.1} ms | {} | {:.1} ms | {} | {:.1} MiB | {:.2} MB | {} | {:.0} | {:.1} ms ({:.0}) | {} |",
+            "| {} | {:.1} ms | {} | {:.1} ms | {} | {:.1} MiB | {} | {:.2} MB | {} | {:.0} | {:.1} ms ({:.0}) | {} |",
             m.kind,
             w,
             ratio(w, fw),
             m.cpu_ms,
             per_conn,
             m.peak_rss_kb as f64 / 1024.0,
+            if m.later_peak_rss_kb > 0 {
+                format!("{:.1} MiB", m.later_peak_rss_kb as f64 / 1024.0)
+            } else {
+                "-".into()
+            },
             m.bytes / 1e6,
             if m.peak_in_flight > 0.0 {
                 format!("{:.2} MB", m.peak_in_flight / 1e6)
