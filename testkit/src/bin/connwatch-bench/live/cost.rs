@@ -225,12 +225,12 @@ const SETTLE: Duration = Duration::from_millis(300);
 
 /// One measured stretch: `work` with a subscriber of `shape` or without (`None`); returns
 /// (seconds, CPU ms, out bytes, messages the subscriber got).
-async fn measured<F: std::future::Future<Output = ()>>(
+async fn measured(
     cluster: &Cluster,
     pids: &[u32],
     clients: &[async_nats::Client],
     shape: Option<Shape>,
-    work: F,
+    work: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>,
 ) -> anyhow::Result<(f64, f64, f64, u64)> {
     let stop = Arc::new(tokio::sync::Notify::new());
     let got = Arc::new(AtomicU64::new(0));
@@ -300,29 +300,12 @@ async fn events_part(
         let mut idle = BTreeMap::new();
         for shape in order {
             let key = shape.map(|s| s as usize + 1).unwrap_or(0);
-            batch.insert(
-                key,
-                measured(
-                    cluster,
-                    pids,
-                    &clients,
-                    shape,
-                    pairs(&urls, args.pairs, args.pair_rate),
-                )
-                .await?,
-            );
+            let m = |work| measured(cluster, pids, &clients, shape, work);
+            let pairs = pairs(&urls, args.pairs, args.pair_rate);
+            batch.insert(key, m(Box::pin(pairs)).await?);
             if shape.is_none() || shape == args.shapes.first().copied() {
-                idle.insert(
-                    key,
-                    measured(
-                        cluster,
-                        pids,
-                        &clients,
-                        shape,
-                        tokio::time::sleep(*args.idle_window),
-                    )
-                    .await?,
-                );
+                let sleep = tokio::time::sleep(*args.idle_window);
+                idle.insert(key, m(Box::pin(sleep)).await?);
             }
         }
         let none = batch[&0];
