@@ -157,7 +157,7 @@ pub struct ServerLabel {
 /// A label naming why the live census has a gap.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
-    /// `reconnect`, `slow_consumer`, `server_silent`, `server_new`, `count_mismatch`.
+    /// `reconnect`, `slow_consumer`, `server_silent`, `server_new`, `account_new`, `count_mismatch`.
     pub reason: String,
 }
 
@@ -382,7 +382,7 @@ impl Metrics {
         );
         r.register(
             "live_announced_connections",
-            "Client connections each server announced last ($SYS.ACCOUNT.*.SERVER.CONNS), summed over its accounts",
+            "Client connections each server announced last ($SYS.SERVER.ACCOUNT.*.CONNS), summed over its accounts",
             m.live_announced.clone(),
         );
         r.register(

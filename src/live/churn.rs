@@ -29,9 +29,10 @@ const BUCKET_SECS: i64 = WINDOW.as_secs() as i64 / BUCKETS;
 /// Whether the events of `account` reach the live census. A name with dots (`team.a`, allowed
 /// in config mode) is followed: its events are told apart by their payload
 /// ([`super::event_of`]). A name with whitespace or wildcards makes no valid subject (its
-/// event's protocol line splits at the space: on 2.15.1 a subscriber to `$SYS.ACCOUNT.>` loses
-/// its connection when such a user connects): its churn is read from the servers' closed
-/// connections instead.
+/// event's protocol line splits at the space: on 2.15.1 a subscriber to `$SYS.ACCOUNT.>` was
+/// seen to lose its connection when such a user connects; `$SYS.ACCOUNT.*.*` and the counts'
+/// `$SYS.SERVER.ACCOUNT.>`, which connwatch subscribes to now, match such subjects too): its
+/// churn is read from the servers' closed connections instead.
 pub fn followed(account: &str) -> bool {
     !account.is_empty()
         && !account

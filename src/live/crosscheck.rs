@@ -1,11 +1,12 @@
 //! The cross-check of the live view against the servers' own counts: every server announces
-//! its client connections per account (`$SYS.ACCOUNT.<acc>.SERVER.CONNS`, on every change and
+//! its client connections per account (`$SYS.SERVER.ACCOUNT.<acc>.CONNS`, on every change and
 //! every 30 s while not zero). A view that disagrees with an announcement for longer than
 //! [`HOLD`] has lost an event: a mismatch, treated as a gap. Plain data, no I/O.
 //!
 //! A server sends its count a moment *before* the connect or disconnect event that changed it
-//! (seen on nats-server 2.15.1, both in order on one subscription), so a disagreement is only
-//! a mismatch once it has lasted: the event that follows ends it within microseconds.
+//! (seen on nats-server 2.15.1), and the counts come on a subscription of their own (the old
+//! subject, see [`super::follow`]), so either may be handled first: a disagreement is only a
+//! mismatch once it has lasted; the event that goes with it ends it within milliseconds.
 //!
 //! After a mismatch the announcement is no longer compared until the server announces that
 //! account again (on its next change, or within 30 s): a count that stays different after the

@@ -4,6 +4,7 @@
 //!
 //! - [`view`]: the view itself, events → deltas, reconciliation, completeness (pure).
 //! - [`read`]: one user's connections from every server, before a finding fires (I/O).
+//! - [`follow`]: what it subscribes to, and why (the servers' cost), and the events' subjects.
 //! - this file: the task that follows the events and watches for gaps (I/O).
 //!
 //! Gaps, each counted in `connwatch_live_gaps_total{reason}` and followed by a sweep at once:
@@ -14,6 +15,8 @@
 //!   ([`heartbeat`]), or did not answer the STATSZ request a resolve sends every server first;
 //! - `server_new`: a server id the view does not hold sent its heartbeat or answered (a new
 //!   server, or a restart: a restarted server has a new id and heartbeats 250 ms after start);
+//! - `account_new`: an account whose name holds dots was heard for the first time (its count),
+//!   so its events, which need a subscription of their own ([`follow`]), may have been missed;
 //! - `count_mismatch`: a server's announced count of an account's connections disagreed with
 //!   the view for [`crosscheck::HOLD`] (also counted in `connwatch_live_mismatches_total`);
 //! - `over_rate`: the events came faster than `live.max_event_rate` ([`rate`]) and are no
@@ -24,6 +27,7 @@
 
 pub mod churn;
 pub mod crosscheck;
+pub mod follow;
 pub mod heartbeat;
 pub mod rate;
 pub mod read;
@@ -43,22 +47,16 @@ use tracing::{info, warn};
 
 use crate::config::LiveConfig;
 use crate::metrics::{Metrics, ServerLabel};
-use crate::nats::events::{AccountConns, ClientEvent};
 use crate::nats::wire::StatszReply;
 use crate::nats::{parse, server_subject, System, PING_STATSZ};
 use crate::rules::refused::Refusals;
 use churn::ChurnTracker;
 use crosscheck::CrossCheck;
+use follow::{conns_of, is_account_conns, Following};
+pub use follow::{delta, event_of};
 use heartbeat::Heartbeats;
 pub use view::{Delta, LiveView, Scope, SyncId, UserKey};
 
-/// Every account event in ONE subscription (`$SYS.ACCOUNT.<acc>.CONNECT|DISCONNECT` and
-/// `$SYS.ACCOUNT.<acc>.SERVER.CONNS`), so a server's events are handled in the order it sent
-/// them: a connection's connect before its disconnect, an account's count next to the events
-/// that changed it. Other subjects under it (claim updates, leafnode notices) are rare and
-/// skipped: [`event_of`] and [`conns_of`] read the account from the payload, not from the
-/// subject's tokens (an account name may hold dots).
-const EVENTS: &str = "$SYS.ACCOUNT.>";
 /// Every server's STATSZ heartbeat (`$SYS.SERVER.<id>.STATSZ`, see [`heartbeat`]).
 const HEARTBEATS: &str = "$SYS.SERVER.*.STATSZ";
 /// How long a probe waits for servers beyond the known ones (a new server).
@@ -354,7 +352,8 @@ pub async fn start(
     stop: CancellationToken,
 ) -> Result<(Live, JoinHandle<()>), async_nats::Error> {
     let client = system.client().clone();
-    let events = client.subscribe(EVENTS).await?;
+    let dotted = follow::dotted_accounts(&system, ask_timeout, PROBE_LINGER).await;
+    let events = Following::start(&client, &dotted).await?;
     let mut auth_errors = client.subscribe(refused::AUTH_ERRORS).await?;
     let mut heartbeats = client.subscribe(HEARTBEATS).await?;
     client.flush().await?;
@@ -369,7 +368,9 @@ pub async fn start(
         churn: Arc::default(),
     };
     info!(
-        subject = EVENTS,
+        events = follow::EVENTS,
+        counts = follow::COUNTS,
+        dotted = ?dotted,
         "live census following connect and disconnect events"
     );
     let l = live.clone();
@@ -384,6 +385,8 @@ pub async fn start(
         let mut shown = BTreeSet::new();
         // `None` while the events come too fast to follow, until `paused_until`.
         let mut events = Some(events);
+        // The dotted accounts followed before a pause, followed again on resuming.
+        let mut dotted = dotted;
         let mut rate = rate::EventRate::default();
         let mut paused_until = None::<Instant>;
         loop {
@@ -393,6 +396,14 @@ pub async fn start(
                     if is_account_conns(&msg.subject) {
                         if let Some(a) = conns_of(&msg.subject, &msg.payload) {
                             cross.announce(&a.server.id, &a.acc, a.conns);
+                            let following = events.as_mut().expect("guarded");
+                            match following.account(&client, &a.acc).await {
+                                Ok(false) => {}
+                                Ok(true) => l.gap(&metrics, "account_new", format!(
+                                    "account {} (a name with dots) was heard for the first time: its events are followed from now on", a.acc)),
+                                Err(e) => l.gap(&metrics, "account_new", format!(
+                                    "account {} (a name with dots) was heard, its events cannot be subscribed to: {e}", a.acc)),
+                            }
                         }
                         continue;
                     }
@@ -441,8 +452,9 @@ pub async fn start(
                     let now = Instant::now();
                     match paused_until {
                         None if rate.over(now, cfg.max_event_rate) => {
-                            if let Some(mut sub) = events.take() {
-                                let _ = sub.unsubscribe().await;
+                            if let Some(following) = events.take() {
+                                dotted = following.dotted().clone();
+                                following.stop().await;
                             }
                             cross = CrossCheck::default();
                             paused_until = Some(now + cfg.reconcile_interval);
@@ -452,13 +464,11 @@ pub async fn start(
                                 cfg.max_event_rate, humantime::format_duration(cfg.reconcile_interval)));
                         }
                         Some(until) if now >= until => {
-                            if let Ok(sub) = client.subscribe(EVENTS).await {
-                                if client.flush().await.is_ok() {
-                                    events = Some(sub);
-                                    rate.clear();
-                                    paused_until = None;
-                                    l.follow(&metrics, true, "following the connect and disconnect events again".into());
-                                }
+                            if let Ok(following) = Following::start(&client, &dotted).await {
+                                events = Some(following);
+                                rate.clear();
+                                paused_until = None;
+                                l.follow(&metrics, true, "following the connect and disconnect events again".into());
                             }
                         }
                         _ => {}
@@ -486,71 +496,13 @@ pub async fn start(
                 }
             }
         }
-        if let Some(mut events) = events {
-            let _ = events.unsubscribe().await;
+        if let Some(following) = events {
+            following.stop().await;
         }
         let _ = auth_errors.unsubscribe().await;
         let _ = heartbeats.unsubscribe().await;
     });
     Ok((live, task))
-}
-
-/// The account named by a subject `$SYS.ACCOUNT.<account>.<suffix>`, whatever its tokens.
-fn account_of<'a>(subject: &'a str, suffix: &str) -> Option<&'a str> {
-    subject
-        .strip_prefix("$SYS.ACCOUNT.")?
-        .strip_suffix(suffix)?
-        .strip_suffix('.')
-}
-
-/// Whether a subject may be an account's connection count (`$SYS.ACCOUNT.<acc>.SERVER.CONNS`);
-/// [`conns_of`] says whether it is.
-fn is_account_conns(subject: &str) -> bool {
-    account_of(subject, "SERVER.CONNS").is_some()
-}
-
-/// An account's connection count, when the subject is that account's: an account name may hold
-/// dots (config mode allows any name), so the payload's `acc` says which account the subject
-/// names, not its number of tokens.
-fn conns_of(subject: &str, payload: &[u8]) -> Option<AccountConns> {
-    let a: AccountConns = parse(payload).ok()?;
-    (account_of(subject, "SERVER.CONNS") == Some(a.acc.as_str())).then_some(a)
-}
-
-/// A connect or disconnect event message, parsed once, and whether it is a disconnect;
-/// `None` for other subjects and unreadable events.
-///
-/// The server publishes a client's events on `$SYS.ACCOUNT.<client.acc>.CONNECT|DISCONNECT`,
-/// and account names may hold dots (`team.a`, allowed in config mode): the event is one when
-/// the subject is exactly that of the payload's account. Other subjects under `$SYS.ACCOUNT.>`
-/// end the same way but are told apart by the same test: `<acc>.LEAFNODE.CONNECT` carries no
-/// client (`{server, acc}`), so it never names itself; `CLIENT.AUTH.ERR` ends otherwise.
-pub fn event_of(subject: &str, payload: &[u8]) -> Option<(ClientEvent, bool)> {
-    let last = subject.rsplit('.').next()?;
-    if last != "CONNECT" && last != "DISCONNECT" {
-        return None;
-    }
-    let unreadable = |err: serde_json::Error| {
-        warn!(subject, error = %err, "unreadable connection event ignored");
-    };
-    let e: ClientEvent = parse(payload).map_err(unreadable).ok()?;
-    let account = e.client.acc.as_deref()?;
-    (account_of(subject, last) == Some(account)).then_some((e, last == "DISCONNECT"))
-}
-
-/// The delta an event makes on the view: a disconnect closes its (server id, cid), a connect
-/// opens its connection (its strings moved, not copied). `None` when it cannot be keyed.
-pub fn delta(e: ClientEvent, closed: bool) -> Option<Delta> {
-    if !closed {
-        return Some(Delta::Open(e.into_connection()?));
-    }
-    if e.server.id.is_empty() || e.client.id == 0 {
-        return None;
-    }
-    Some(Delta::Close {
-        server_id: e.server.id,
-        cid: e.client.id,
-    })
 }
 
 /// Asks each quiet server directly (`$SYS.REQ.SERVER.<id>.STATSZ`, all at once); returns each
@@ -594,63 +546,4 @@ async fn probe_servers(system: &System, known: usize, timeout: Duration) -> Vec<
         )
         .await;
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn subjects_are_told_apart_by_their_tokens() {
-        assert!(is_account_conns("$SYS.ACCOUNT.APP.SERVER.CONNS"));
-        assert!(!is_account_conns("$SYS.ACCOUNT.APP.CONNECT"));
-        assert!(!is_account_conns("$SYS.SERVER.ACCOUNT.APP.CONNS"));
-        let event =
-            br#"{"server":{"id":"S","name":"n1"},"client":{"id":3,"acc":"APP","user":"u"}}"#;
-        let delta_of = |subject: &str| {
-            let (e, closed) = event_of(subject, event)?;
-            delta(e, closed)
-        };
-        assert!(matches!(
-            delta_of("$SYS.ACCOUNT.APP.CONNECT"),
-            Some(Delta::Open(_))
-        ));
-        assert!(matches!(
-            delta_of("$SYS.ACCOUNT.APP.DISCONNECT"),
-            Some(Delta::Close { cid: 3, .. })
-        ));
-        // Another event that ends the same way, under the one subscription.
-        assert_eq!(delta_of("$SYS.ACCOUNT.APP.LEAFNODE.CONNECT"), None);
-        assert_eq!(delta_of("$SYS.ACCOUNT.APP.SERVER.CONNS"), None);
-        // An event under another account's subject is not this one.
-        assert_eq!(delta_of("$SYS.ACCOUNT.OTHER.CONNECT"), None);
-    }
-
-    #[test]
-    fn account_names_with_dots_are_read_from_the_payload() {
-        let event = |acc: &str| {
-            format!(
-                r#"{{"server":{{"id":"S","name":"n1"}},"client":{{"id":3,"acc":"{acc}","user":"u"}}}}"#
-            )
-        };
-        let of = |subject: &str, acc: &str| event_of(subject, event(acc).as_bytes());
-        let (e, closed) = of("$SYS.ACCOUNT.team.a.CONNECT", "team.a").unwrap();
-        assert_eq!((e.user_key().0.as_str(), closed), ("team.a", false));
-        assert!(of("$SYS.ACCOUNT.team.a.DISCONNECT", "team.a").unwrap().1);
-        // An account named `A.LEAFNODE` connecting is told from account A's leafnode notice,
-        // which carries no client: the payload decides.
-        assert!(of("$SYS.ACCOUNT.A.LEAFNODE.CONNECT", "A.LEAFNODE").is_some());
-        let notice = br#"{"server":{"id":"S","name":"n1"},"acc":"A"}"#;
-        assert!(event_of("$SYS.ACCOUNT.A.LEAFNODE.CONNECT", notice).is_none());
-        // The auth-error feed is a disconnect event too, but not an account's.
-        assert!(of("$SYS.ACCOUNT.CLIENT.AUTH.ERR", "CLIENT").is_none());
-        // Account counts of a dotted account, and not another's.
-        let conns = br#"{"server":{"id":"S","name":"n1"},"acc":"team.a","conns":4}"#;
-        assert!(is_account_conns("$SYS.ACCOUNT.team.a.SERVER.CONNS"));
-        assert_eq!(
-            conns_of("$SYS.ACCOUNT.team.a.SERVER.CONNS", conns).map(|a| a.conns),
-            Some(4)
-        );
-        assert!(conns_of("$SYS.ACCOUNT.team.SERVER.CONNS", conns).is_none());
-    }
 }

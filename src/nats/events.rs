@@ -130,7 +130,7 @@ impl ClientEvent {
     }
 }
 
-/// An `account_connections` announcement (`$SYS.ACCOUNT.<acc>.SERVER.CONNS`): one server's
+/// An `account_connections` announcement (`$SYS.SERVER.ACCOUNT.<acc>.CONNS`; the same on `$SYS.ACCOUNT.<acc>.SERVER.CONNS`): one server's
 /// connections in one account, sent on every change and every 30 s while not zero.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct AccountConns {

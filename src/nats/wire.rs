@@ -345,6 +345,9 @@ pub struct Accountz {
     /// The account asked about.
     #[serde(default)]
     pub account_detail: Option<AccountDetail>,
+    /// The accounts the server knows (when no account was asked about).
+    #[serde(default)]
+    pub accounts: Vec<String>,
 }
 
 /// One account's details.

@@ -57,6 +57,18 @@ pub struct CostArgs {
     /// `live.reconcile_interval` (reconciling sweeps an hour = 1h / this).
     #[arg(long, default_value = "15m")]
     reconcile_interval: humantime::Duration,
+    /// The subscriber shapes compared per pair (each against no subscriber, in the same
+    /// repeats); the first is connwatch's and goes into the per-hour table.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "events-old,all"
+    )]
+    shapes: Vec<Shape>,
+    /// Which parts run: `pairs` (1), `sweeps` (2), `live` (3); the per-hour table needs all.
+    #[arg(long, value_delimiter = ',', default_value = "pairs,sweeps,live")]
+    parts: Vec<String>,
     /// Where the results go (JSON).
     #[arg(long, default_value = "target/bench/live-cost.json")]
     out: PathBuf,
@@ -94,31 +106,78 @@ impl Counters {
     }
 }
 
-/// A subscriber to the subjects connwatch's live census subscribes to, on server 0, draining
-/// what it gets.
+/// The shape of the subscriber of the per-pair part: which subjects, and on which servers.
+/// Each also subscribes to the servers' heartbeats and authentication errors on server 0, as
+/// connwatch does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Shape {
+    /// `$SYS.ACCOUNT.>` on server 0 (connwatch before branch live-cheap): the events and every
+    /// account's count on the new subject `$SYS.ACCOUNT.<acc>.SERVER.CONNS`.
+    All,
+    /// `$SYS.ACCOUNT.*.*` on server 0: only the connect and disconnect events (of accounts
+    /// without dots in their names).
+    Events,
+    /// [`Shape::Events`] + `$SYS.SERVER.ACCOUNT.>`, the old subject of the counts that the
+    /// servers already route to each other (connwatch since branch live-cheap).
+    EventsOld,
+    /// [`Shape::Events`] as queue subscriptions (one queue name), one connection per server.
+    Queue,
+}
+
+impl Shape {
+    /// (server index, subject, queue group) of each subscription.
+    fn subscriptions(self, servers: usize) -> Vec<(usize, &'static str, Option<&'static str>)> {
+        let mut subs = vec![(0, HEARTBEATS, None), (0, AUTH_ERRORS, None)];
+        match self {
+            Shape::All => subs.push((0, "$SYS.ACCOUNT.>", None)),
+            Shape::Events => subs.push((0, EVENTS, None)),
+            Shape::EventsOld => {
+                subs.push((0, EVENTS, None));
+                subs.push((0, "$SYS.SERVER.ACCOUNT.>", None));
+            }
+            Shape::Queue => {
+                subs.extend((0..servers).map(|i| (i, EVENTS, Some("connwatch-bench"))));
+            }
+        }
+        subs
+    }
+}
+
+/// connwatch's subjects besides the events (`src/live/mod.rs`, `src/live/refused.rs`).
+const HEARTBEATS: &str = "$SYS.SERVER.*.STATSZ";
+const AUTH_ERRORS: &str = "$SYS.SERVER.*.CLIENT.AUTH.ERR";
+/// The connect and disconnect events of accounts without dots (`src/live/mod.rs`).
+const EVENTS: &str = "$SYS.ACCOUNT.*.*";
+
+/// A subscriber of one [`Shape`], draining what it gets.
 struct Listener {
     subs: Vec<async_nats::Subscriber>,
-    client: async_nats::Client,
+    clients: Vec<async_nats::Client>,
     got: Arc<AtomicU64>,
 }
 
-/// connwatch's live subjects (`src/live/mod.rs`, `src/live/refused.rs`).
-const LIVE_SUBJECTS: [&str; 3] = [
-    "$SYS.ACCOUNT.>",
-    "$SYS.SERVER.*.STATSZ",
-    "$SYS.SERVER.*.CLIENT.AUTH.ERR",
-];
-
 impl Listener {
-    async fn start(client: &async_nats::Client, got: Arc<AtomicU64>) -> anyhow::Result<Self> {
+    /// `clients`: one system-account client per server.
+    async fn start(
+        clients: &[async_nats::Client],
+        shape: Shape,
+        got: Arc<AtomicU64>,
+    ) -> anyhow::Result<Self> {
         let mut subs = Vec::new();
-        for s in LIVE_SUBJECTS {
-            subs.push(client.subscribe(s).await?);
+        for (i, subject, queue) in shape.subscriptions(clients.len()) {
+            let c = &clients[i];
+            subs.push(match queue {
+                Some(q) => c.queue_subscribe(subject, q.to_string()).await?,
+                None => c.subscribe(subject).await?,
+            });
         }
-        client.flush().await?;
+        for c in clients {
+            c.flush().await?;
+        }
         Ok(Self {
             subs,
-            client: client.clone(),
+            clients: clients.to_vec(),
             got,
         })
     }
@@ -136,7 +195,9 @@ impl Listener {
         for s in &mut self.subs {
             s.unsubscribe().await?;
         }
-        self.client.flush().await?;
+        for c in &self.clients {
+            c.flush().await?;
+        }
         Ok(())
     }
 }
@@ -162,89 +223,144 @@ async fn pairs(urls: &[String], n: usize, rate: f64) {
 /// Waits for delivery to finish after a measured stretch.
 const SETTLE: Duration = Duration::from_millis(300);
 
-/// One measured stretch: `work` with (`listen`) or without the subscriber; returns (seconds,
-/// CPU ms, out bytes).
-async fn measured<F: std::future::Future<Output = ()>>(
+/// One measured stretch: `work` with a subscriber of `shape` or without (`None`); returns
+/// (seconds, CPU ms, out bytes, messages the subscriber got).
+async fn measured(
     cluster: &Cluster,
     pids: &[u32],
-    client: &async_nats::Client,
-    listen: bool,
-    work: F,
-) -> anyhow::Result<(f64, f64, f64)> {
+    clients: &[async_nats::Client],
+    shape: Option<Shape>,
+    work: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>,
+) -> anyhow::Result<(f64, f64, f64, u64)> {
     let stop = Arc::new(tokio::sync::Notify::new());
-    let drain = if listen {
-        let l = Listener::start(client, Arc::default()).await?;
-        Some(tokio::spawn(l.run_until(stop.clone())))
-    } else {
-        None
+    let got = Arc::new(AtomicU64::new(0));
+    let drain = match shape {
+        Some(shape) => {
+            let l = Listener::start(clients, shape, got.clone()).await?;
+            Some(tokio::spawn(l.run_until(stop.clone())))
+        }
+        None => None,
     };
     let a = Counters::now(cluster, pids);
     work.await;
     tokio::time::sleep(SETTLE).await;
-    let m = a.to(Counters::now(cluster, pids));
+    let (s, cpu, out) = a.to(Counters::now(cluster, pids));
     if let Some(d) = drain {
         stop.notify_one();
         d.await??;
     }
-    Ok(m)
+    Ok((s, cpu, out, got.load(Ordering::Relaxed)))
 }
 
-/// Part 1: per pair and idle, with and without the subscriber, ABBA.
+/// Per pair, for one shape: servers' CPU (ms) and output (bytes) it added, and messages it got.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+struct PerPair {
+    cpu_ms: Vec<f64>,
+    bytes: Vec<f64>,
+    msgs: Vec<f64>,
+}
+
+/// What part 1 measured: per pair for each shape (in `--shapes` order), the pair alone, and the
+/// first shape's fixed cost.
+struct EventsPart {
+    shapes: Vec<(Shape, PerPair)>,
+    base_pair_cpu: Spread,
+    idle_cpu: Spread,
+    idle_bytes: Spread,
+}
+
+/// Part 1: per pair, without a subscriber and with one of each shape, in an order reversed
+/// every other repeat (ABBA: `none, s1, s2 | s2, s1, none | …`); idle windows without and with
+/// the first shape.
 async fn events_part(
     args: &CostArgs,
     cluster: &Cluster,
     pids: &[u32],
-) -> anyhow::Result<(Spread, Spread, Spread, Spread, Spread)> {
-    let client = system_client(cluster, 0).await?;
+) -> anyhow::Result<EventsPart> {
+    let mut clients = Vec::new();
+    for i in 0..cluster.len() {
+        clients.push(system_client(cluster, i).await?);
+    }
     let urls = cluster.client_urls();
-    let (mut pair_cpu, mut pair_bytes, mut base_pair_cpu) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut idle_cpu, mut idle_bytes) = (Vec::new(), Vec::new());
+    let mut per: Vec<(Shape, PerPair)> = args
+        .shapes
+        .iter()
+        .map(|&s| (s, PerPair::default()))
+        .collect();
+    let (mut base_pair_cpu, mut idle_cpu, mut idle_bytes) = (Vec::new(), Vec::new(), Vec::new());
+    let n = args.pairs as f64;
     for r in 0..args.repeats {
-        let order = if r % 2 == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        };
-        let mut batch = [(0.0, 0.0, 0.0); 2];
-        let mut idle = [(0.0, 0.0, 0.0); 2];
-        for listen in order {
-            let i = usize::from(listen);
-            batch[i] = measured(
-                cluster,
-                pids,
-                &client,
-                listen,
-                pairs(&urls, args.pairs, args.pair_rate),
-            )
-            .await?;
-            idle[i] = measured(
-                cluster,
-                pids,
-                &client,
-                listen,
-                tokio::time::sleep(*args.idle_window),
-            )
-            .await?;
+        let mut order: Vec<Option<Shape>> = std::iter::once(None)
+            .chain(args.shapes.iter().copied().map(Some))
+            .collect();
+        if r % 2 == 1 {
+            order.reverse();
         }
-        let n = args.pairs as f64;
-        // Per pair: the difference of the two batches (their lengths differ by milliseconds).
-        pair_cpu.push((batch[1].1 - batch[0].1) / n);
-        pair_bytes.push((batch[1].2 - batch[0].2) / n);
-        base_pair_cpu.push(batch[0].1 / n);
-        idle_cpu.push(idle[1].1 / idle[1].0 - idle[0].1 / idle[0].0);
-        idle_bytes.push(idle[1].2 / idle[1].0 - idle[0].2 / idle[0].0);
-        eprintln!(
-            "  repeat {r}: pair +{:.3} ms CPU, +{:.0} B (pair alone {:.3} ms); idle +{:.2} ms/s, +{:.0} B/s; load {}",
-            pair_cpu[r], pair_bytes[r], base_pair_cpu[r], idle_cpu[r], idle_bytes[r], loadavg()
+        let mut batch = BTreeMap::new();
+        let mut idle = BTreeMap::new();
+        for shape in order {
+            let key = shape.map(|s| s as usize + 1).unwrap_or(0);
+            let m = |work| measured(cluster, pids, &clients, shape, work);
+            let pairs = pairs(&urls, args.pairs, args.pair_rate);
+            batch.insert(key, m(Box::pin(pairs)).await?);
+            if shape.is_none() || shape == args.shapes.first().copied() {
+                let sleep = tokio::time::sleep(*args.idle_window);
+                idle.insert(key, m(Box::pin(sleep)).await?);
+            }
+        }
+        let none = batch[&0];
+        base_pair_cpu.push(none.1 / n);
+        let mut line = format!("  repeat {r}: pair alone {:.3} ms;", none.1 / n);
+        for (shape, p) in &mut per {
+            let b = batch[&(*shape as usize + 1)];
+            // The difference of the two batches (their lengths differ by milliseconds).
+            p.cpu_ms.push((b.1 - none.1) / n);
+            p.bytes.push((b.2 - none.2) / n);
+            p.msgs.push(b.3 as f64 / n);
+            line += &format!(
+                " {shape:?} +{:.3} ms +{:.0} B {:.2} msgs;",
+                (b.1 - none.1) / n,
+                (b.2 - none.2) / n,
+                b.3 as f64 / n
+            );
+        }
+        if let (Some(i0), Some(first)) = (idle.get(&0), args.shapes.first()) {
+            let i1 = idle[&(*first as usize + 1)];
+            idle_cpu.push(i1.1 / i1.0 - i0.1 / i0.0);
+            idle_bytes.push(i1.2 / i1.0 - i0.2 / i0.0);
+        }
+        eprintln!("{line} load {}", loadavg());
+    }
+    Ok(EventsPart {
+        shapes: per,
+        base_pair_cpu: Spread::of(&base_pair_cpu),
+        idle_cpu: Spread::of(&idle_cpu),
+        idle_bytes: Spread::of(&idle_bytes),
+    })
+}
+
+/// The shapes side by side (markdown): per pair, servers' CPU and output, and messages got.
+fn shapes_table(part: &EventsPart) -> String {
+    let sp = |v: &[f64], d: usize| {
+        let s = Spread::of(v);
+        format!("{:.d$} [{:.d$}–{:.d$}]", s.median, s.q1, s.q3)
+    };
+    let mut out = format!(
+        "\nper connect+close pair, median [quartiles] of {} paired batches; no subscriber: {} ms CPU a pair\n\n\
+         | subscriber | servers' CPU added (ms/pair) | servers' output added (bytes/pair) | messages got a pair |\n\
+         | --- | ---: | ---: | ---: |\n",
+        part.base_pair_cpu.n,
+        sp(&[part.base_pair_cpu.q1, part.base_pair_cpu.median, part.base_pair_cpu.q3], 3)
+    );
+    for (shape, p) in &part.shapes {
+        out += &format!(
+            "| {shape:?} | {} | {} | {} |\n",
+            sp(&p.cpu_ms, 3),
+            sp(&p.bytes, 0),
+            sp(&p.msgs, 2)
         );
     }
-    Ok((
-        Spread::of(&pair_cpu),
-        Spread::of(&pair_bytes),
-        Spread::of(&base_pair_cpu),
-        Spread::of(&idle_cpu),
-        Spread::of(&idle_bytes),
-    ))
+    out
 }
 
 /// Part 2: full sweeps requested from connwatch (live off), each after an idle window.
@@ -409,43 +525,61 @@ pub fn cost(args: CostArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(5)).await;
         let load_before = loadavg();
         eprintln!("load average before: {load_before}");
-        eprintln!(
-            "per pair: {} batches of {} pairs at {}/s, with and without the subscriber",
-            args.repeats, args.pairs, args.pair_rate
-        );
-        let (pair_cpu, pair_bytes, base_pair_cpu, idle_cpu, idle_bytes) =
-            events_part(&args, &cluster, &pids).await?;
-        eprintln!("full sweeps: {}", args.sweeps);
-        let (sweep_cpu, sweep_bytes) = sweeps_part(&args, &cluster, &pids, &dir).await?;
-        eprintln!("connwatch live at each rate");
-        let live = live_part(&args, &cluster, &dir).await?;
+        let part = |name: &str| args.parts.iter().any(|p| p == name);
+        let mut results = json!({"size": args.size, "pairs": args.pairs, "pair_rate": args.pair_rate,
+            "repeats": args.repeats, "sweeps": args.sweeps, "shapes": args.shapes,
+            "compare_interval": args.compare_interval.to_string(),
+            "reconcile_interval": args.reconcile_interval.to_string(),
+            "loadavg_before": load_before});
+        let events = if part("pairs") {
+            eprintln!(
+                "per pair: {} repeats of batches of {} pairs at {}/s, without a subscriber and with each of {:?}",
+                args.repeats, args.pairs, args.pair_rate, args.shapes
+            );
+            let e = events_part(&args, &cluster, &pids).await?;
+            print!("{}", shapes_table(&e));
+            results["per_pair"] = json!(e.shapes.iter().map(|(s, p)| json!({"shape": s, "samples": p,
+                "cpu_ms": Spread::of(&p.cpu_ms), "bytes": Spread::of(&p.bytes), "msgs": Spread::of(&p.msgs)})).collect::<Vec<_>>());
+            results["pair_alone_cpu_ms"] = json!(e.base_pair_cpu);
+            Some(e)
+        } else {
+            None
+        };
+        let sweeps = if part("sweeps") {
+            eprintln!("full sweeps: {}", args.sweeps);
+            Some(sweeps_part(&args, &cluster, &pids, &dir).await?)
+        } else {
+            None
+        };
+        if part("live") {
+            eprintln!("connwatch live at each rate");
+            results["live"] = json!(live_part(&args, &cluster, &dir).await?);
+        }
         let load_after = loadavg();
         eprintln!("load average after: {load_after}");
-        let model = CostModel {
-            pair_cpu_ms: pair_cpu,
-            pair_bytes,
-            idle_cpu_ms_per_s: idle_cpu,
-            idle_bytes_per_s: idle_bytes,
-            sweep_cpu_ms: sweep_cpu,
-            sweep_bytes,
-            reconciles_per_hour: 3600.0 / args.reconcile_interval.as_secs_f64(),
-            sweeps_per_hour: 3600.0 / args.compare_interval.as_secs_f64(),
-        };
-        print!("{}", model.table(args.size, &args.rates, base_pair_cpu));
-        let rows: Vec<Value> = args
-            .rates
-            .iter()
-            .map(|&r| serde_json::to_value(model.per_hour(r)).unwrap_or_default())
-            .collect();
-        write_json(
-            &args.out,
-            &json!({"size": args.size, "pairs": args.pairs, "pair_rate": args.pair_rate,
-                "repeats": args.repeats, "sweeps": args.sweeps,
-                "compare_interval": args.compare_interval.to_string(),
-                "reconcile_interval": args.reconcile_interval.to_string(),
-                "model": model, "pair_alone_cpu_ms": base_pair_cpu, "per_hour": rows,
-                "live": live, "loadavg_before": load_before, "loadavg_after": load_after}),
-        )?;
+        results["loadavg_after"] = json!(load_after);
+        if let (Some(e), Some((sweep_cpu, sweep_bytes))) = (&events, sweeps) {
+            let first = &e.shapes[0].1;
+            let model = CostModel {
+                pair_cpu_ms: Spread::of(&first.cpu_ms),
+                pair_bytes: Spread::of(&first.bytes),
+                idle_cpu_ms_per_s: e.idle_cpu,
+                idle_bytes_per_s: e.idle_bytes,
+                sweep_cpu_ms: sweep_cpu,
+                sweep_bytes,
+                reconciles_per_hour: 3600.0 / args.reconcile_interval.as_secs_f64(),
+                sweeps_per_hour: 3600.0 / args.compare_interval.as_secs_f64(),
+            };
+            print!("{}", model.table(args.size, &args.rates, e.base_pair_cpu));
+            let rows: Vec<Value> = args
+                .rates
+                .iter()
+                .map(|&r| serde_json::to_value(model.per_hour(r)).unwrap_or_default())
+                .collect();
+            results["model"] = json!(model);
+            results["per_hour"] = json!(rows);
+        }
+        write_json(&args.out, &results)?;
         drop(workers);
         drop(cluster);
         cleanup(&dir);
