@@ -717,6 +717,93 @@ async fn a_client_given_up_on_stays_so_across_restarts_until_forgotten() {
     drop(comeback);
 }
 
+/// A by-hand kick while `connwatch run` holds `state.file`: its process cannot save it, so
+/// `run` follows its `connection_kicked` audit (`rule: manual`) into its kick memory: the
+/// client's return is reported (`kick_ineffective`) and the state file keeps the kick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_by_hand_kick_while_the_service_runs_is_in_its_kick_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path());
+    let comeback = load::open(
+        LoadSpec::new(cluster.client_url(0), leaky(), 1)
+            .name("worker")
+            .reconnect(Duration::from_millis(300)),
+    )
+    .await
+    .unwrap();
+    let (seen, _c) = Seen::subscribe(&cluster.client_url(1)).await;
+    let state = dir.path().join("state.json");
+    // Kicks on (one connection is far under the threshold: the policy kicks nothing itself).
+    let path = write_config(
+        dir.path(),
+        &format!(
+            "{}return_window = \"1m\"\n[state]\nfile = {:?}\n",
+            kick_config(&cluster, ""),
+            state.display().to_string()
+        ),
+    );
+    let running = Running::start(&path, dir.path().join("run.log"));
+    assert!(wait_until_async(WAIT, || running.rounds().0 >= 1).await);
+
+    let connz = cluster
+        .monitor_get(0, "/connz?auth=true&limit=1000")
+        .unwrap();
+    let cid = connz["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "worker")
+        .unwrap()["cid"]
+        .as_u64()
+        .unwrap()
+        .to_string();
+    let server_id = cluster.monitor_get(0, "/varz").unwrap()["server_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let kicked = kick_cmd(&path, &["--server-id", &server_id, "--cid", &cid, "--yes"]).await;
+    assert_eq!(kicked.code, Some(0), "{}", kicked.stderr);
+    assert!(kicked.stdout.contains("kicked"), "{}", kicked.stdout);
+
+    // Back 300 ms later: `run` reports it, though it never kicked it itself.
+    let back = seen
+        .wait_for(0, "kick_ineffective", |a| {
+            a["type"] == "io.connwatch.advisory.v1.kick_ineffective" && a["name"] == "worker"
+        })
+        .await
+        .2;
+    assert_valid(&back);
+    assert_eq!(
+        (back["kicks"].clone(), back["returns"].clone()),
+        (1.into(), 1.into())
+    );
+    assert!(comeback.reconnects() >= 1);
+    let own = seen
+        .of("connection_kicked")
+        .into_iter()
+        .filter(|k| k["rule"] != "manual")
+        .count();
+    assert_eq!(own, 0, "the service kicked on its own");
+    assert_eq!(running.terminate(), Some(0));
+
+    // Saved with the service's state.
+    let saved: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    let clients: Vec<&Value> = saved["kicked"]["clients"]
+        .as_object()
+        .unwrap()
+        .values()
+        .collect();
+    assert_eq!(clients.len(), 1, "{saved:#}");
+    assert_eq!(
+        (
+            clients[0]["name"].as_str(),
+            clients[0]["kicks"].as_u64(),
+            clients[0]["returns"].as_u64()
+        ),
+        (Some("worker"), Some(1), Some(1))
+    );
+}
+
 /// Every plan's outcome, never stopped: each kick must have been sent.
 async fn send_all(
     system: &connwatch::nats::System,
