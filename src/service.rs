@@ -204,14 +204,19 @@ pub async fn run(
     let helpers = CancellationToken::new();
     let mut tasks = Vec::new();
     if config.service.enabled {
-        let endpoints = api::start(&client, &config.service, &gate)
-            .await
-            .map_err(|e| AppError::Startup {
-                setting: "service.enabled",
-                value: format!("true, service.prefix = {:?}", config.service.prefix),
-                what: "the NATS micro service endpoints",
-                source: e,
-            })?;
+        let endpoints = api::start(
+            &session.system,
+            &config.service,
+            &gate,
+            config.sweep.timeout,
+        )
+        .await
+        .map_err(|e| AppError::Startup {
+            setting: "service.enabled",
+            value: format!("true, service.prefix = {:?}", config.service.prefix),
+            what: "the NATS micro service endpoints",
+            source: e,
+        })?;
         let (l, stop) = (latest.clone(), helpers.clone());
         let timeout = config.sweep.timeout;
         tasks.push(tokio::spawn(async move {
