@@ -206,17 +206,7 @@ async fn dry_run_and_by_hand_kick_nothing_until_asked() {
         .iter()
         .find(|s| s["name"] == "n2")
         .unwrap();
-    let sys_conns = cluster
-        .monitor_get(1, "/connz?auth=true&limit=1000")
-        .unwrap();
-    let cid = sys_conns["connections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "test-subscriber")
-        .unwrap()["cid"]
-        .as_u64()
-        .unwrap();
+    let cid = cid_named(&cluster, 1, "test-subscriber");
     assert!(sys["connections"].as_u64().unwrap() >= 1);
     let refused = tokio::task::spawn_blocking({
         let (p, id) = (path.clone(), server["id"].as_str().unwrap().to_string());
@@ -611,28 +601,64 @@ async fn kick_cmd(path: &Path, args: &[&str]) -> RunOutput {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_given_up_on_stays_so_across_restarts_until_forgotten() {
-    let dir = tempfile::tempdir().unwrap();
-    let cluster = cluster(dir.path());
+/// A cluster, `n` connections of client `worker` (APP/leaky) that connect again `delay` after
+/// a kick, an advisory subscriber, and connwatch's configuration: kicks on with `kick_extra`,
+/// `kick.return_window` 1 m, and a `state.file`.
+struct Comeback {
+    cluster: Cluster,
+    comeback: Load,
+    seen: Seen,
+    _c: async_nats::Client,
+    state: std::path::PathBuf,
+    path: std::path::PathBuf,
+}
+
+async fn comeback(dir: &Path, n: usize, delay: Duration, kick_extra: &str) -> Comeback {
+    let cluster = cluster(dir);
     let comeback = load::open(
-        LoadSpec::new(cluster.client_url(0), leaky(), 130)
+        LoadSpec::new(cluster.client_url(0), leaky(), n)
             .name("worker")
-            .reconnect(Duration::from_millis(100)),
+            .reconnect(delay),
     )
     .await
     .unwrap();
     let (seen, _c) = Seen::subscribe(&cluster.client_url(1)).await;
-    let state = dir.path().join("state.json");
+    let state = dir.join("state.json");
     let path = write_config(
-        dir.path(),
+        dir,
         &format!(
-            "{}max_per_user = 20\nmax_attempts = 1\nreturn_window = \"1m\"\ndry_run = false\n\
-             [state]\nfile = {:?}\n",
-            kick_config(&cluster, ""),
+            "{}return_window = \"1m\"\n[state]\nfile = {:?}\n",
+            kick_config(&cluster, kick_extra),
             state.display().to_string()
         ),
     );
+    Comeback {
+        cluster,
+        comeback,
+        seen,
+        _c,
+        state,
+        path,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_given_up_on_stays_so_across_restarts_until_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let Comeback {
+        cluster: _cluster,
+        comeback,
+        seen,
+        _c,
+        state,
+        path,
+    } = comeback(
+        dir.path(),
+        130,
+        Duration::from_millis(100),
+        "max_per_user = 20\nmax_attempts = 1\ndry_run = false\n",
+    )
+    .await;
     let log = |n: &str| dir.path().join(format!("{n}.log"));
 
     // Kicked once, back at once: given up on.
@@ -723,40 +749,19 @@ async fn a_client_given_up_on_stays_so_across_restarts_until_forgotten() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_by_hand_kick_while_the_service_runs_is_in_its_kick_memory() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = cluster(dir.path());
-    let comeback = load::open(
-        LoadSpec::new(cluster.client_url(0), leaky(), 1)
-            .name("worker")
-            .reconnect(Duration::from_millis(300)),
-    )
-    .await
-    .unwrap();
-    let (seen, _c) = Seen::subscribe(&cluster.client_url(1)).await;
-    let state = dir.path().join("state.json");
     // Kicks on (one connection is far under the threshold: the policy kicks nothing itself).
-    let path = write_config(
-        dir.path(),
-        &format!(
-            "{}return_window = \"1m\"\n[state]\nfile = {:?}\n",
-            kick_config(&cluster, ""),
-            state.display().to_string()
-        ),
-    );
+    let Comeback {
+        cluster,
+        comeback,
+        seen,
+        _c,
+        state,
+        path,
+    } = comeback(dir.path(), 1, Duration::from_millis(300), "").await;
     let running = Running::start(&path, dir.path().join("run.log"));
     assert!(wait_until_async(WAIT, || running.rounds().0 >= 1).await);
 
-    let connz = cluster
-        .monitor_get(0, "/connz?auth=true&limit=1000")
-        .unwrap();
-    let cid = connz["connections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "worker")
-        .unwrap()["cid"]
-        .as_u64()
-        .unwrap()
-        .to_string();
+    let cid = cid_named(&cluster, 0, "worker").to_string();
     let server_id = cluster.monitor_get(0, "/varz").unwrap()["server_id"]
         .as_str()
         .unwrap()
@@ -802,6 +807,21 @@ async fn a_by_hand_kick_while_the_service_runs_is_in_its_kick_memory() {
         ),
         (Some("worker"), Some(1), Some(1))
     );
+}
+
+/// The cid of the first connection named `name` on server `i`, from its own `/connz`.
+fn cid_named(cluster: &Cluster, i: usize, name: &str) -> u64 {
+    let connz = cluster
+        .monitor_get(i, "/connz?auth=true&limit=1000")
+        .unwrap();
+    connz["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap()["cid"]
+        .as_u64()
+        .unwrap()
 }
 
 /// Every plan's outcome, never stopped: each kick must have been sent.
