@@ -809,21 +809,6 @@ async fn a_by_hand_kick_while_the_service_runs_is_in_its_kick_memory() {
     );
 }
 
-/// The cid of the first connection named `name` on server `i`, from its own `/connz`.
-fn cid_named(cluster: &Cluster, i: usize, name: &str) -> u64 {
-    let connz = cluster
-        .monitor_get(i, "/connz?auth=true&limit=1000")
-        .unwrap();
-    connz["connections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .unwrap()["cid"]
-        .as_u64()
-        .unwrap()
-}
-
 /// Every plan's outcome, never stopped: each kick must have been sent.
 async fn send_all(
     system: &connwatch::nats::System,

@@ -593,3 +593,18 @@ pub fn report_user<'a>(
         .find(|u| u["account"] == account && u["user"] == user)
         .unwrap_or_else(|| panic!("{account}/{user} not in report: {report:#}"))
 }
+
+/// The cid of the first connection named `name` on server `i`, from its own `/connz`.
+pub fn cid_named(cluster: &Cluster, i: usize, name: &str) -> u64 {
+    let connz = cluster
+        .monitor_get(i, "/connz?auth=true&limit=1000")
+        .unwrap();
+    connz["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap()["cid"]
+        .as_u64()
+        .unwrap()
+}
