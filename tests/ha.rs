@@ -834,24 +834,8 @@ async fn a_by_hand_kick_is_in_the_bucket_and_its_return_noticed_by_the_next_lead
         .as_str()
         .unwrap()
         .to_string();
-    let path = dir.path().join("connwatch.toml").display().to_string();
-    let kicked = tokio::task::spawn_blocking(move || {
-        run_connwatch(
-            [
-                "--config",
-                &path,
-                "kick",
-                "--server-id",
-                &server_id,
-                "--cid",
-                &cid,
-                "--yes",
-            ],
-            WAIT,
-        )
-    })
-    .await
-    .unwrap();
+    let path = dir.path().join("connwatch.toml");
+    let kicked = kick_cmd(&path, &["--server-id", &server_id, "--cid", &cid, "--yes"]).await;
     assert_eq!(kicked.code, Some(0), "{}", kicked.stderr);
     assert!(wait_until_async(WAIT, || worker.alive() == 0).await);
     let remembered = |s: &Value| {

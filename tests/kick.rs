@@ -588,19 +588,6 @@ async fn a_frozen_server_times_out_only_its_own_kicks() {
     cluster.resume(2).unwrap();
 }
 
-/// `connwatch --config <path> kick <args...>`, off the async runtime.
-async fn kick_cmd(path: &Path, args: &[&str]) -> RunOutput {
-    let mut a = vec![
-        "--config".to_string(),
-        path.display().to_string(),
-        "kick".into(),
-    ];
-    a.extend(args.iter().map(|s| s.to_string()));
-    tokio::task::spawn_blocking(move || run_connwatch(&a, WAIT))
-        .await
-        .unwrap()
-}
-
 /// A cluster, `n` connections of client `worker` (APP/leaky) that connect again `delay` after
 /// a kick, an advisory subscriber, and connwatch's configuration: kicks on with `kick_extra`,
 /// `kick.return_window` 1 m, and a `state.file`.

@@ -608,3 +608,16 @@ pub fn cid_named(cluster: &Cluster, i: usize, name: &str) -> u64 {
         .as_u64()
         .unwrap()
 }
+
+/// `connwatch --config <path> kick <args...>`, off the async runtime (killed after 40 s).
+pub async fn kick_cmd(path: &Path, args: &[&str]) -> RunOutput {
+    let mut a = vec![
+        "--config".to_string(),
+        path.display().to_string(),
+        "kick".into(),
+    ];
+    a.extend(args.iter().map(|s| s.to_string()));
+    tokio::task::spawn_blocking(move || run_connwatch(&a, Duration::from_secs(40)))
+        .await
+        .unwrap()
+}
