@@ -130,11 +130,19 @@ pub struct Endpoints {
 /// With `[ha]`, each endpoint's `data` in `$SRV.STATS` is this replica's role and since when
 /// (`{"role": "leader", "since": "<RFC 3339>"}`): `$SRV.INFO` is fixed when the service
 /// starts, `$SRV.STATS` is asked anew each time, and every replica answers both.
+///
+/// The server refuses a subscription its user may not make (`-ERR 'Permissions Violation for
+/// Subscription'`) without the client failing, so the endpoints would look started and never
+/// answer: once they are subscribed, the server is asked (`CONNZ` of connwatch's own
+/// connection, within `timeout`) which subscriptions it holds, and any missing, or no answer,
+/// is an error (fail closed: nothing is started half).
 pub async fn start(
-    client: &async_nats::Client,
+    system: &crate::nats::System,
     cfg: &ServiceConfig,
     gate: &crate::ha::Gate,
+    timeout: Duration,
 ) -> Result<Endpoints, async_nats::Error> {
+    let client = system.client();
     let mut builder = client
         .service_builder()
         .description("Finds leaked and excessive NATS connections per user across a cluster");
@@ -156,6 +164,21 @@ pub async fn start(
     let sweep = group.endpoint("sweep").await?;
     // The endpoints subscribe asynchronously: confirm the server has them before "ready".
     client.flush().await?;
+    let expected = service_subjects(&cfg.prefix, &service.info().await.id);
+    let info = client.server_info();
+    let held = crate::nats::lookup::subscriptions(system, &info.server_id, info.client_id, timeout)
+        .await
+        .map_err(|e| format!("cannot confirm that the server holds its subscriptions: {e}"))?
+        .ok_or("cannot confirm that the server holds its subscriptions: its server does not list connwatch's own connection")?;
+    let refused = missing(&expected, &held);
+    if !refused.is_empty() {
+        return Err(format!(
+            "the server refused the subscriptions to {} (connwatch's user may not subscribe to them: allow `$SRV.>` and `{}.>`, or set service.enabled = false)",
+            refused.join(", "),
+            cfg.prefix
+        )
+        .into());
+    }
     info!(prefix = %cfg.prefix, "service endpoints ready");
     Ok(Endpoints {
         service,
@@ -163,6 +186,29 @@ pub async fn start(
         findings,
         sweep,
     })
+}
+
+/// The subjects the service subscribes to: `$SRV.<verb>`, `$SRV.<verb>.connwatch` and
+/// `$SRV.<verb>.connwatch.<id>` for `PING`, `INFO` and `STATS`, and its endpoints under
+/// `prefix`.
+fn service_subjects(prefix: &str, id: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for verb in ["PING", "INFO", "STATS"] {
+        out.push(format!("$SRV.{verb}"));
+        out.push(format!("$SRV.{verb}.connwatch"));
+        out.push(format!("$SRV.{verb}.connwatch.{id}"));
+    }
+    out.extend(["census", "findings", "sweep"].map(|e| format!("{prefix}.{e}")));
+    out
+}
+
+/// The subjects of `expected` the server does not hold (not in `held`), in order.
+fn missing(expected: &[String], held: &[String]) -> Vec<String> {
+    expected
+        .iter()
+        .filter(|s| !held.contains(s))
+        .cloned()
+        .collect()
 }
 
 impl Endpoints {
@@ -263,6 +309,29 @@ mod tests {
             assert!(e.status.starts_with("invalid request"));
             assert_eq!(findings_reply(&latest, body).unwrap_err().code, 400);
         }
+    }
+
+    #[test]
+    fn a_subscription_the_server_does_not_hold_is_named() {
+        let expected = service_subjects("cw", "ID1");
+        assert_eq!(expected.len(), 12);
+        assert!(expected.contains(&"$SRV.STATS.connwatch.ID1".to_string()));
+        assert!(expected.contains(&"cw.sweep".to_string()));
+        assert!(missing(&expected, &expected).is_empty());
+        let held: Vec<String> = expected
+            .iter()
+            .filter(|s| !s.starts_with("$SRV.PING") && *s != "cw.sweep")
+            .cloned()
+            .collect();
+        assert_eq!(
+            missing(&expected, &held),
+            [
+                "$SRV.PING",
+                "$SRV.PING.connwatch",
+                "$SRV.PING.connwatch.ID1",
+                "cw.sweep"
+            ]
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ mod ha;
 mod kicks;
 mod live;
 mod lookups;
+mod manual;
 mod reload;
 
 use std::collections::{HashMap, HashSet};
@@ -29,6 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -111,6 +113,8 @@ struct Service {
     last_history: Option<DateTime<Utc>>,
     /// Per-user caps between rounds.
     caps: enforce::Caps,
+    /// By-hand kicks already recorded from their audits.
+    heard: manual::Heard,
 }
 
 /// The churn and unknown limits a sweep round looked up, kept for the live rounds after it.
@@ -178,6 +182,17 @@ pub async fn run(
     // With `advisory.jetstream`, advisories go through the `[jetstream]` connection.
     let advisories = crate::jetstream::advisory_client(&config, None).await?;
     let advisories = advisories.unwrap_or_else(|| client.clone());
+    // By-hand kicks' audits, for the kick memory: on the connection the advisories go through.
+    let subject = manual::subject(&config.advisory.subject_prefix);
+    let mut by_hand = advisories
+        .subscribe(subject)
+        .await
+        .map_err(|e| AppError::Startup {
+            setting: "advisory.subject_prefix",
+            value: format!("{:?}", config.advisory.subject_prefix),
+            what: "the subscription to by-hand kicks' audits",
+            source: Box::new(e),
+        })?;
     let publisher = Publisher::spawn_gated(
         advisories,
         &config.advisory,
@@ -189,14 +204,19 @@ pub async fn run(
     let helpers = CancellationToken::new();
     let mut tasks = Vec::new();
     if config.service.enabled {
-        let endpoints = api::start(&client, &config.service, &gate)
-            .await
-            .map_err(|e| AppError::Startup {
-                setting: "service.enabled",
-                value: format!("true, service.prefix = {:?}", config.service.prefix),
-                what: "the NATS micro service endpoints",
-                source: e,
-            })?;
+        let endpoints = api::start(
+            &session.system,
+            &config.service,
+            &gate,
+            config.sweep.timeout,
+        )
+        .await
+        .map_err(|e| AppError::Startup {
+            setting: "service.enabled",
+            value: format!("true, service.prefix = {:?}", config.service.prefix),
+            what: "the NATS micro service endpoints",
+            source: e,
+        })?;
         let (l, stop) = (latest.clone(), helpers.clone());
         let timeout = config.sweep.timeout;
         tasks.push(tokio::spawn(async move {
@@ -262,6 +282,7 @@ pub async fn run(
         last_lookups: LookupResults::default(),
         last_history: None,
         caps: enforce::Caps::default(),
+        heard: manual::Heard::default(),
     };
     let (changed, resync) = match &svc.live {
         Some(l) => (l.changed.clone(), l.resync.clone()),
@@ -301,6 +322,7 @@ pub async fn run(
                 }
                 continue;
             }
+            Some(m) = by_hand.next() => { svc.heard_kick(&m.payload); continue; }
             _ = enforce::wake(svc.caps.next_wake(&svc.config.enforce)) => { svc.enforce_caps().await; continue; }
             _ = changed.notified(), if svc.live.is_some() => {
                 // Rounds from the events, at most every `live.evaluate_every`.

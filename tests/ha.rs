@@ -819,3 +819,55 @@ async fn only_the_leader_enforces_a_cap() {
     assert_eq!(leaky_open(&cluster), 8);
     drop(leak);
 }
+
+/// A by-hand kick under `[ha]`: the leader follows its audit into its kick memory and saves it
+/// in the bucket with its state; after a kill -9 the next leader still knows it and reports the
+/// client's return once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_by_hand_kick_is_in_the_bucket_and_its_return_noticed_by_the_next_leader() {
+    // One connection, far under the threshold: the policy kicks nothing itself.
+    let (dir, cluster, mut replicas) = kick_replicas("return_window = \"1m\"\n").await;
+    let (core, js, _reader) = jetstream_reader(&cluster.client_url(1)).await;
+    let worker = load::open(leaky_spec(&cluster, 1)).await.unwrap();
+    let cid = cid_named(&cluster, 0, "worker").to_string();
+    let server_id = cluster.monitor_get(0, "/varz").unwrap()["server_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = dir.path().join("connwatch.toml");
+    let kicked = kick_cmd(&path, &["--server-id", &server_id, "--cid", &cid, "--yes"]).await;
+    assert_eq!(kicked.code, Some(0), "{}", kicked.stderr);
+    assert!(wait_until_async(WAIT, || worker.alive() == 0).await);
+    let remembered = |s: &Value| {
+        s["kicked"]["clients"]
+            .as_object()
+            .is_some_and(|c| c.values().any(|r| r["name"] == "worker" && r["kicks"] == 1))
+    };
+    assert!(
+        wait_saved_state(&js, remembered).await.is_some(),
+        "the by-hand kick is not in the bucket: {}",
+        replicas[0].as_ref().unwrap().log()
+    );
+    fail_over(&mut replicas).await;
+
+    // The client comes back (same user, name and IP): the new leader reports it, once.
+    let _back = load::open(leaky_spec(&cluster, 1)).await.unwrap();
+    let ineffective = |b: &Value| {
+        b["type"] == "io.connwatch.advisory.v1.kick_ineffective" && b["name"] == "worker"
+    };
+    let found = core.wait_for(0, "kick_ineffective", ineffective).await.2;
+    assert_eq!(
+        (found["kicks"].clone(), found["returns"].clone()),
+        (1.into(), 1.into())
+    );
+    let next = replicas[1].as_ref().unwrap();
+    let rounds = next.rounds().0;
+    assert!(wait_until_async(WAIT, || next.rounds().0 >= rounds + 3).await);
+    let ids: BTreeSet<String> = core
+        .all()
+        .into_iter()
+        .filter(|(_, b)| ineffective(b))
+        .map(|(_, b)| b["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+}

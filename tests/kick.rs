@@ -206,17 +206,7 @@ async fn dry_run_and_by_hand_kick_nothing_until_asked() {
         .iter()
         .find(|s| s["name"] == "n2")
         .unwrap();
-    let sys_conns = cluster
-        .monitor_get(1, "/connz?auth=true&limit=1000")
-        .unwrap();
-    let cid = sys_conns["connections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "test-subscriber")
-        .unwrap()["cid"]
-        .as_u64()
-        .unwrap();
+    let cid = cid_named(&cluster, 1, "test-subscriber");
     assert!(sys["connections"].as_u64().unwrap() >= 1);
     let refused = tokio::task::spawn_blocking({
         let (p, id) = (path.clone(), server["id"].as_str().unwrap().to_string());
@@ -598,41 +588,64 @@ async fn a_frozen_server_times_out_only_its_own_kicks() {
     cluster.resume(2).unwrap();
 }
 
-/// `connwatch --config <path> kick <args...>`, off the async runtime.
-async fn kick_cmd(path: &Path, args: &[&str]) -> RunOutput {
-    let mut a = vec![
-        "--config".to_string(),
-        path.display().to_string(),
-        "kick".into(),
-    ];
-    a.extend(args.iter().map(|s| s.to_string()));
-    tokio::task::spawn_blocking(move || run_connwatch(&a, WAIT))
-        .await
-        .unwrap()
+/// A cluster, `n` connections of client `worker` (APP/leaky) that connect again `delay` after
+/// a kick, an advisory subscriber, and connwatch's configuration: kicks on with `kick_extra`,
+/// `kick.return_window` 1 m, and a `state.file`.
+struct Comeback {
+    cluster: Cluster,
+    comeback: Load,
+    seen: Seen,
+    _c: async_nats::Client,
+    state: std::path::PathBuf,
+    path: std::path::PathBuf,
+}
+
+async fn comeback(dir: &Path, n: usize, delay: Duration, kick_extra: &str) -> Comeback {
+    let cluster = cluster(dir);
+    let comeback = load::open(
+        LoadSpec::new(cluster.client_url(0), leaky(), n)
+            .name("worker")
+            .reconnect(delay),
+    )
+    .await
+    .unwrap();
+    let (seen, _c) = Seen::subscribe(&cluster.client_url(1)).await;
+    let state = dir.join("state.json");
+    let path = write_config(
+        dir,
+        &format!(
+            "{}return_window = \"1m\"\n[state]\nfile = {:?}\n",
+            kick_config(&cluster, kick_extra),
+            state.display().to_string()
+        ),
+    );
+    Comeback {
+        cluster,
+        comeback,
+        seen,
+        _c,
+        state,
+        path,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_given_up_on_stays_so_across_restarts_until_forgotten() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = cluster(dir.path());
-    let comeback = load::open(
-        LoadSpec::new(cluster.client_url(0), leaky(), 130)
-            .name("worker")
-            .reconnect(Duration::from_millis(100)),
-    )
-    .await
-    .unwrap();
-    let (seen, _c) = Seen::subscribe(&cluster.client_url(1)).await;
-    let state = dir.path().join("state.json");
-    let path = write_config(
+    let Comeback {
+        cluster: _cluster,
+        comeback,
+        seen,
+        _c,
+        state,
+        path,
+    } = comeback(
         dir.path(),
-        &format!(
-            "{}max_per_user = 20\nmax_attempts = 1\nreturn_window = \"1m\"\ndry_run = false\n\
-             [state]\nfile = {:?}\n",
-            kick_config(&cluster, ""),
-            state.display().to_string()
-        ),
-    );
+        130,
+        Duration::from_millis(100),
+        "max_per_user = 20\nmax_attempts = 1\ndry_run = false\n",
+    )
+    .await;
     let log = |n: &str| dir.path().join(format!("{n}.log"));
 
     // Kicked once, back at once: given up on.
@@ -715,6 +728,72 @@ async fn a_client_given_up_on_stays_so_across_restarts_until_forgotten() {
     let saved: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
     assert_eq!(saved["kicked"]["clients"], serde_json::json!({}));
     drop(comeback);
+}
+
+/// A by-hand kick while `connwatch run` holds `state.file`: its process cannot save it, so
+/// `run` follows its `connection_kicked` audit (`rule: manual`) into its kick memory: the
+/// client's return is reported (`kick_ineffective`) and the state file keeps the kick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_by_hand_kick_while_the_service_runs_is_in_its_kick_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    // Kicks on (one connection is far under the threshold: the policy kicks nothing itself).
+    let Comeback {
+        cluster,
+        comeback,
+        seen,
+        _c,
+        state,
+        path,
+    } = comeback(dir.path(), 1, Duration::from_millis(300), "").await;
+    let running = Running::start(&path, dir.path().join("run.log"));
+    assert!(wait_until_async(WAIT, || running.rounds().0 >= 1).await);
+
+    let cid = cid_named(&cluster, 0, "worker").to_string();
+    let server_id = cluster.monitor_get(0, "/varz").unwrap()["server_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let kicked = kick_cmd(&path, &["--server-id", &server_id, "--cid", &cid, "--yes"]).await;
+    assert_eq!(kicked.code, Some(0), "{}", kicked.stderr);
+    assert!(kicked.stdout.contains("kicked"), "{}", kicked.stdout);
+
+    // Back 300 ms later: `run` reports it, though it never kicked it itself.
+    let back = seen
+        .wait_for(0, "kick_ineffective", |a| {
+            a["type"] == "io.connwatch.advisory.v1.kick_ineffective" && a["name"] == "worker"
+        })
+        .await
+        .2;
+    assert_valid(&back);
+    assert_eq!(
+        (back["kicks"].clone(), back["returns"].clone()),
+        (1.into(), 1.into())
+    );
+    assert!(comeback.reconnects() >= 1);
+    let own = seen
+        .of("connection_kicked")
+        .into_iter()
+        .filter(|k| k["rule"] != "manual")
+        .count();
+    assert_eq!(own, 0, "the service kicked on its own");
+    assert_eq!(running.terminate(), Some(0));
+
+    // Saved with the service's state.
+    let saved: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    let clients: Vec<&Value> = saved["kicked"]["clients"]
+        .as_object()
+        .unwrap()
+        .values()
+        .collect();
+    assert_eq!(clients.len(), 1, "{saved:#}");
+    assert_eq!(
+        (
+            clients[0]["name"].as_str(),
+            clients[0]["kicks"].as_u64(),
+            clients[0]["returns"].as_u64()
+        ),
+        (Some("worker"), Some(1), Some(1))
+    );
 }
 
 /// Every plan's outcome, never stopped: each kick must have been sent.

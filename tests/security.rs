@@ -621,3 +621,87 @@ async fn with_the_system_account_unknown_nothing_is_kicked_and_it_says_why() {
     assert_eq!(leaky.alive(), 150);
     assert_eq!(running.terminate(), Some(0));
 }
+
+/// connwatch's user may not subscribe to `$SRV.>` nor `connwatch.sweep`: the server refuses the service's
+/// subscriptions without the client failing, so `run` asks the server which it holds and does
+/// not start (exit 6 naming `service.enabled` and the refused subjects) rather than run with
+/// endpoints that never answer. Nothing is half-started: no advisory, `/readyz` never 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_endpoints_the_server_refuses_stop_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(
+        ClusterSpec::new(dir.path().join("cluster"))
+            .account(AccountSpec::new("APP").user("leaky", "pw"))
+            .system_permissions(r#"{subscribe: {deny: ["$SRV.>", "connwatch.sweep"]}}"#),
+    )
+    .unwrap();
+    // A leak that would fire at the first round, had the service started.
+    let _leak = load::open(
+        LoadSpec::new(
+            cluster.client_url(0),
+            LoadAuth::user_password("leaky", "pw"),
+            130,
+        )
+        .name("idle"),
+    )
+    .await
+    .unwrap();
+    let (seen, _sub) = Seen::subscribe(&cluster.client_url(1)).await;
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let path = write_config(
+        dir.path(),
+        &format!(
+            "{}[sweep]\ninterval = \"300ms\"\n[detect]\nidle_threshold = \"1s\"\n[metrics]\nlisten = \"{listen}\"\n",
+            cluster.connwatch_toml()
+        ),
+    );
+    let run = tokio::task::spawn_blocking({
+        let p = path.display().to_string();
+        move || run_connwatch(["--config", &p, "run"], WAIT)
+    });
+    // `/readyz` asked until the process is gone: never ready.
+    let mut ready = Vec::new();
+    while !run.is_finished() {
+        if let Ok((code, body)) =
+            tokio::task::spawn_blocking(move || testkit::cluster::http_get(listen, "/readyz"))
+                .await
+                .unwrap()
+        {
+            ready.push((code, body));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let out = run.await.unwrap();
+    assert_eq!(out.code, Some(6), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("service.enabled")
+            && out
+                .stderr
+                .contains("refused the subscriptions to $SRV.PING")
+            && out.stderr.contains("connwatch.sweep")
+            && !out.stderr.contains("connwatch.census"),
+        "{}",
+        out.stderr
+    );
+    assert!(ready.iter().all(|(code, _)| *code != 200), "{ready:?}");
+    // The leak fires for a service that starts (the same cluster, the endpoints off).
+    let off = write_config(
+        dir.path(),
+        &format!(
+            "{}[sweep]\ninterval = \"300ms\"\n[detect]\nidle_threshold = \"1s\"\n[service]\nenabled = false\n",
+            cluster.connwatch_toml()
+        ),
+    );
+    assert!(seen.all().is_empty(), "published: {:#?}", seen.all());
+    let running = Running::start(&off, dir.path().join("off.log"));
+    seen.wait_for(
+        0,
+        "excessive_user_connections",
+        advisory_is("excessive_user_connections", "firing"),
+    )
+    .await;
+    assert_eq!(running.terminate(), Some(0));
+}

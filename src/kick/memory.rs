@@ -8,6 +8,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::KickPlan;
+use crate::advisory::types::Message;
+use crate::advisory::{KickResult, KickRule};
 use crate::config::{names_match, KickConfig};
 use crate::snapshot::Connection;
 
@@ -100,6 +102,21 @@ pub struct Returned {
     pub given_up: bool,
     /// What it means, in words.
     pub message: String,
+}
+
+/// A by-hand kick (`connwatch kick`, `connwatch top`) as its audit advisory tells it: the
+/// plan and when it was made, when `payload` is a `connection_kicked` advisory with `rule:
+/// manual` whose connection the server closed (`result: kicked`, not a dry run). Anything
+/// else (another type, another rule, `already_gone`, `failed`, unparseable) is `None`: only a
+/// kick that closed a connection can be followed by that client's return.
+pub fn manual_kick(payload: &[u8]) -> Option<(KickPlan, DateTime<Utc>)> {
+    let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    let Ok(Message::ConnectionKicked(e)) = Message::decode(value) else {
+        return None;
+    };
+    let k = e.body;
+    (k.rule == KickRule::Manual && k.result == KickResult::Kicked && !k.dry_run)
+        .then_some((k.plan, e.timestamp))
 }
 
 /// Kick records older than this are forgotten, unless connwatch gave up on the client.

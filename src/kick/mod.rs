@@ -25,7 +25,7 @@ use crate::config::{KickConfig, UserMatch};
 use crate::snapshot::Connection;
 
 use memory::client_key;
-pub use memory::{Client, Kicked, KickedClient, Returned};
+pub use memory::{manual_kick, Client, Kicked, KickedClient, Returned};
 
 /// A connection chosen for a kick.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

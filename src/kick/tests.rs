@@ -443,3 +443,40 @@ fn unfinished_kicks_are_audited_once_the_gone_returned_the_open_left_and_never_p
     let open: Vec<u64> = batch[25..].iter().map(|p| p.cid).collect();
     assert!(next.iter().all(|p| !open.contains(&p.cid)), "{next:?}");
 }
+
+#[test]
+fn a_by_hand_kick_is_followed_from_its_audit_and_its_return_noticed() {
+    use crate::advisory::{self, Completeness, KickResult, KickRule};
+    let sweep = Completeness::of(&crate::snapshot::Snapshot::default());
+    let conns = vec![conn(7, "leaky", 0, 0)];
+    let p = KickPlan::of(&conns[0], t(3600), 0, 0);
+    let audit = |rule, result| {
+        let a = advisory::kicked("connwatch", &p, rule, result, None, &sweep, t(3600));
+        serde_json::to_vec(&a.body).unwrap()
+    };
+    // Only a by-hand kick that closed the connection: not the policy's, a dry run, or a miss.
+    for (rule, result) in [
+        (KickRule::ExcessiveUserConnections, KickResult::Kicked),
+        (KickRule::Manual, KickResult::WouldKick),
+        (KickRule::Manual, KickResult::AlreadyGone),
+        (KickRule::Manual, KickResult::Failed),
+    ] {
+        assert_eq!(
+            manual_kick(&audit(rule, result)),
+            None,
+            "{rule:?} {result:?}"
+        );
+    }
+    assert_eq!(manual_kick(b"not json"), None);
+    let (heard, at) = manual_kick(&audit(KickRule::Manual, KickResult::Kicked)).unwrap();
+    assert_eq!((&heard, at), (&p, t(3600)));
+
+    // Recorded, the client's return within the window is noticed like any kick's.
+    let mut kicked = Kicked::default();
+    kicked.record(&[heard], at);
+    let mut back = conns.clone();
+    back[0].cid = 8;
+    back[0].start = Some(t(3601));
+    let r = kicked.observe(&back, t(3630), &cfg());
+    assert_eq!((r.len(), r[0].returns, r[0].kicks), (1, 1, 1));
+}

@@ -143,3 +143,37 @@ pub async fn varz_system_account(
         .await?;
     Ok(found)
 }
+
+/// The subjects one connection is subscribed to, as its server has them (`CONNZ` with
+/// `subscriptions`): `None` when the server has no such open connection. A subscription the
+/// server refused (permissions) is not among them.
+pub async fn subscriptions(
+    system: &System,
+    server_id: &str,
+    cid: u64,
+    timeout: Duration,
+) -> Result<Option<Vec<String>>, RequestError> {
+    let body = Bytes::from(serde_json::json!({ "cid": cid, "subscriptions": true }).to_string());
+    let msg = system
+        .request(server_subject(server_id, "CONNZ"), body, timeout)
+        .await?;
+    let reply = parse::<Reply<serde_json::Value>>(&msg.payload)
+        .map_err(|e| RequestError::Nats(Box::new(e)))?;
+    if let Some(e) = reply.error {
+        return Err(RequestError::Nats(e.description.into()));
+    }
+    let data = reply.data.unwrap_or_default();
+    let conn = data["connections"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["cid"].as_u64() == Some(cid));
+    Ok(conn.map(|c| {
+        c["subscriptions_list"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(str::to_string))
+            .collect()
+    }))
+}

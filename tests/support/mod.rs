@@ -593,3 +593,31 @@ pub fn report_user<'a>(
         .find(|u| u["account"] == account && u["user"] == user)
         .unwrap_or_else(|| panic!("{account}/{user} not in report: {report:#}"))
 }
+
+/// The cid of the first connection named `name` on server `i`, from its own `/connz`.
+pub fn cid_named(cluster: &Cluster, i: usize, name: &str) -> u64 {
+    let connz = cluster
+        .monitor_get(i, "/connz?auth=true&limit=1000")
+        .unwrap();
+    connz["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap()["cid"]
+        .as_u64()
+        .unwrap()
+}
+
+/// `connwatch --config <path> kick <args...>`, off the async runtime (killed after 40 s).
+pub async fn kick_cmd(path: &Path, args: &[&str]) -> RunOutput {
+    let mut a = vec![
+        "--config".to_string(),
+        path.display().to_string(),
+        "kick".into(),
+    ];
+    a.extend(args.iter().map(|s| s.to_string()));
+    tokio::task::spawn_blocking(move || run_connwatch(&a, Duration::from_secs(40)))
+        .await
+        .unwrap()
+}
