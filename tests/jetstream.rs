@@ -244,13 +244,7 @@ async fn a_by_hand_kick_is_followed_from_the_stream_by_the_least_privilege_user(
         (c.clone(), async_nats::jetstream::new(c))
     };
 
-    let cid = cid_named(&cluster, 0, "worker").to_string();
-    let server_id = cluster.monitor_get(0, "/varz").unwrap()["server_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let kicked = kick_cmd(&path, &["--server-id", &server_id, "--cid", &cid, "--yes"]).await;
-    assert_eq!(kicked.code, Some(0), "{}", kicked.stderr);
+    kick_by_hand(&cluster, 0, "worker", &path).await;
 
     // The client is back: `run` reports it into the stream, though it never kicked it itself.
     let ineffective = |b: &Value| {
@@ -277,18 +271,8 @@ async fn a_by_hand_kick_is_followed_from_the_stream_by_the_least_privilege_user(
         "{kicks:#?}"
     );
     assert_eq!(running.terminate(), Some(0));
-    let saved: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
-    let clients: Vec<&Value> = saved["kicked"]["clients"]
-        .as_object()
-        .unwrap()
-        .values()
-        .collect();
     assert_eq!(
-        clients
-            .iter()
-            .map(|c| (c["name"].as_str(), c["kicks"].as_u64()))
-            .collect::<Vec<_>>(),
-        vec![(Some("worker"), Some(1))],
-        "{saved:#}"
+        saved_kicked_clients(&state),
+        vec![("worker".to_string(), 1, 1)]
     );
 }
