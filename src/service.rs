@@ -183,16 +183,7 @@ pub async fn run(
     let advisories = crate::jetstream::advisory_client(&config, None).await?;
     let advisories = advisories.unwrap_or_else(|| client.clone());
     // By-hand kicks' audits, for the kick memory: on the connection the advisories go through.
-    let subject = manual::subject(&config.advisory.subject_prefix);
-    let mut by_hand = advisories
-        .subscribe(subject)
-        .await
-        .map_err(|e| AppError::Startup {
-            setting: "advisory.subject_prefix",
-            value: format!("{:?}", config.advisory.subject_prefix),
-            what: "the subscription to by-hand kicks' audits",
-            source: Box::new(e),
-        })?;
+    let mut by_hand = manual::follow(&config, &session.system, &advisories).await?;
     let publisher = Publisher::spawn_gated(
         advisories,
         &config.advisory,
@@ -322,7 +313,7 @@ pub async fn run(
                 }
                 continue;
             }
-            Some(m) = by_hand.next() => { svc.heard_kick(&m.payload); continue; }
+            Some(m) = by_hand.next() => { svc.heard_kick(&m); continue; }
             _ = enforce::wake(svc.caps.next_wake(&svc.config.enforce)) => { svc.enforce_caps().await; continue; }
             _ = changed.notified(), if svc.live.is_some() => {
                 // Rounds from the events, at most every `live.evaluate_every`.

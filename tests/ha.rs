@@ -829,14 +829,8 @@ async fn a_by_hand_kick_is_in_the_bucket_and_its_return_noticed_by_the_next_lead
     let (dir, cluster, mut replicas) = kick_replicas("return_window = \"1m\"\n").await;
     let (core, js, _reader) = jetstream_reader(&cluster.client_url(1)).await;
     let worker = load::open(leaky_spec(&cluster, 1)).await.unwrap();
-    let cid = cid_named(&cluster, 0, "worker").to_string();
-    let server_id = cluster.monitor_get(0, "/varz").unwrap()["server_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
     let path = dir.path().join("connwatch.toml");
-    let kicked = kick_cmd(&path, &["--server-id", &server_id, "--cid", &cid, "--yes"]).await;
-    assert_eq!(kicked.code, Some(0), "{}", kicked.stderr);
+    kick_by_hand(&cluster, 0, "worker", &path).await;
     assert!(wait_until_async(WAIT, || worker.alive() == 0).await);
     let remembered = |s: &Value| {
         s["kicked"]["clients"]

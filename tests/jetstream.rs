@@ -181,3 +181,98 @@ async fn each_advisory_is_stored_once_across_ack_timeouts_retries_and_a_reconnec
         assert_valid(b);
     }
 }
+
+/// The permissions of the least-privilege `[jetstream]` user of `creds/connwatch.creds`
+/// (testkit's `connwatch_jetstream_permissions`): publish on the JetStream API, the HA bucket
+/// and the advisory subjects, subscribe only on `_INBOX.>`.
+const LEAST_PRIVILEGE: &str = r#"{publish: ["$JS.API.>", "$KV.connwatch.>", "connwatch.advisory.>"], subscribe: ["_INBOX.>"]}"#;
+
+/// A by-hand kick while `run` publishes into the stream as the least-privilege user, who may
+/// not subscribe to the advisory subjects: `run` follows the kick's audit from the stream (an
+/// ordered consumer delivered on `_INBOX`), so the client's return is a `kick_ineffective` in
+/// the stream and the state file keeps the kick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_by_hand_kick_is_followed_from_the_stream_by_the_least_privilege_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(
+        ClusterSpec::new(dir.path().join("cluster"))
+            .jetstream()
+            .jetstream_permissions(LEAST_PRIVILEGE)
+            .account(AccountSpec::new("APP").user("leaky", "pw")),
+    )
+    .unwrap();
+    // One connection (the policy kicks nothing itself), back 300 ms after a kick.
+    let worker = load::open(
+        LoadSpec::new(
+            cluster.client_url(0),
+            LoadAuth::user_password("leaky", "pw"),
+            1,
+        )
+        .name("worker")
+        .reconnect(Duration::from_millis(300)),
+    )
+    .await
+    .unwrap();
+    let state = dir.path().join("state.json");
+    let path = write_config(
+        dir.path(),
+        &format!(
+            "{}[live]\nreconcile_interval = \"700ms\"\n[sweep]\ninterval = \"700ms\"\ntimeout = \"2s\"\n[detect]\nidle_threshold = \"1s\"\n\
+             [kick]\nenabled = true\nmin_idle = \"1s\"\nmin_age = \"1s\"\nreturn_window = \"1m\"\n\
+             [state]\nfile = {:?}\n[advisory]\njetstream = true\n{}",
+            cluster.connwatch_toml(),
+            state.display().to_string(),
+            cluster.jetstream_toml()
+        ),
+    );
+    let running = Running::start(&path, dir.path().join("run.log"));
+    assert!(
+        wait_until_async(WAIT, || running.rounds().0 >= 1).await,
+        "{}",
+        running.log()
+    );
+    // The stream read as that same user: the JetStream API and `_INBOX` replies only.
+    let (_reader, js) = {
+        use testkit::cluster::{JETSTREAM_PASSWORD, JETSTREAM_USER};
+        let c = async_nats::ConnectOptions::with_user_and_password(
+            JETSTREAM_USER.into(),
+            JETSTREAM_PASSWORD.into(),
+        )
+        .connect(cluster.client_url(1))
+        .await
+        .unwrap();
+        (c.clone(), async_nats::jetstream::new(c))
+    };
+
+    kick_by_hand(&cluster, 0, "worker", &path).await;
+
+    // The client is back: `run` reports it into the stream, though it never kicked it itself.
+    let ineffective = |b: &Value| {
+        b["type"] == "io.connwatch.advisory.v1.kick_ineffective" && b["name"] == "worker"
+    };
+    assert!(
+        eventually(WAIT, || async { stored(&js).await.iter().any(ineffective) }).await,
+        "no kick_ineffective in the stream: {}",
+        running.log()
+    );
+    assert!(worker.reconnects() >= 1);
+    let bodies = stored(&js).await;
+    let found = bodies.iter().find(|b| ineffective(b)).unwrap();
+    assert_eq!(
+        (found["kicks"].clone(), found["returns"].clone()),
+        (1.into(), 1.into())
+    );
+    let kicks: Vec<&Value> = bodies
+        .iter()
+        .filter(|b| b["type"] == "io.connwatch.advisory.v1.connection_kicked")
+        .collect();
+    assert!(
+        kicks.len() == 1 && kicks[0]["rule"] == "manual",
+        "{kicks:#?}"
+    );
+    assert_eq!(running.terminate(), Some(0));
+    assert_eq!(
+        saved_kicked_clients(&state),
+        vec![("worker".to_string(), 1, 1)]
+    );
+}

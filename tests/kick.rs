@@ -748,13 +748,7 @@ async fn a_by_hand_kick_while_the_service_runs_is_in_its_kick_memory() {
     let running = Running::start(&path, dir.path().join("run.log"));
     assert!(wait_until_async(WAIT, || running.rounds().0 >= 1).await);
 
-    let cid = cid_named(&cluster, 0, "worker").to_string();
-    let server_id = cluster.monitor_get(0, "/varz").unwrap()["server_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let kicked = kick_cmd(&path, &["--server-id", &server_id, "--cid", &cid, "--yes"]).await;
-    assert_eq!(kicked.code, Some(0), "{}", kicked.stderr);
+    let kicked = kick_by_hand(&cluster, 0, "worker", &path).await;
     assert!(kicked.stdout.contains("kicked"), "{}", kicked.stdout);
 
     // Back 300 ms later: `run` reports it, though it never kicked it itself.
@@ -779,20 +773,9 @@ async fn a_by_hand_kick_while_the_service_runs_is_in_its_kick_memory() {
     assert_eq!(running.terminate(), Some(0));
 
     // Saved with the service's state.
-    let saved: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
-    let clients: Vec<&Value> = saved["kicked"]["clients"]
-        .as_object()
-        .unwrap()
-        .values()
-        .collect();
-    assert_eq!(clients.len(), 1, "{saved:#}");
     assert_eq!(
-        (
-            clients[0]["name"].as_str(),
-            clients[0]["kicks"].as_u64(),
-            clients[0]["returns"].as_u64()
-        ),
-        (Some("worker"), Some(1), Some(1))
+        saved_kicked_clients(&state),
+        vec![("worker".to_string(), 1, 1)]
     );
 }
 

@@ -705,3 +705,32 @@ async fn service_endpoints_the_server_refuses_stop_the_start() {
     .await;
     assert_eq!(running.terminate(), Some(0));
 }
+
+/// connwatch's user may not subscribe to the kick audits: `run` would not follow by-hand kicks
+/// into its kick memory, so it does not start (exit 6 naming `advisory.subject_prefix` and the
+/// refused subject) rather than miss them silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_subscription_to_kick_audits_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(
+        ClusterSpec::new(dir.path().join("cluster")).system_permissions(
+            r#"{subscribe: {deny: ["connwatch.advisory.connection_kicked.>"]}}"#,
+        ),
+    )
+    .unwrap();
+    let path = write_config(dir.path(), &cluster.connwatch_toml());
+    let p = path.display().to_string();
+    let out = tokio::task::spawn_blocking(move || run_connwatch(["--config", &p, "run"], WAIT))
+        .await
+        .unwrap();
+    assert_eq!(out.code, Some(6), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("advisory.subject_prefix")
+            && out.stderr.contains("refused the subscription")
+            && out
+                .stderr
+                .contains("connwatch.advisory.connection_kicked.>"),
+        "{}",
+        out.stderr
+    );
+}

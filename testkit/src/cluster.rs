@@ -137,6 +137,9 @@ pub struct ClusterSpec {
     /// A `permissions` block for the system user in config mode (e.g.
     /// `{publish: {deny: ["$SYS.REQ.USER.INFO"]}}`); `None` for none.
     pub system_permissions: Option<String>,
+    /// A `permissions` block for [`JETSTREAM_USER`] (config mode, with
+    /// [`jetstream`](field@ClusterSpec::jetstream)); `None` for none.
+    pub jetstream_permissions: Option<String>,
     /// JetStream on every server (a store directory per server under `dir`, small limits)
     /// and an account [`JETSTREAM_ACCOUNT`] with JetStream enabled and the user
     /// [`JETSTREAM_USER`] (config mode only).
@@ -169,6 +172,7 @@ impl ClusterSpec {
             start_timeout: Duration::from_secs(20),
             tls: None,
             system_permissions: None,
+            jetstream_permissions: None,
             jetstream: false,
         }
     }
@@ -200,6 +204,12 @@ impl ClusterSpec {
     /// Gives the system user (config mode) a NATS `permissions` block.
     pub fn system_permissions(mut self, permissions: impl Into<String>) -> Self {
         self.system_permissions = Some(permissions.into());
+        self
+    }
+
+    /// Gives [`JETSTREAM_USER`] (config mode) a NATS `permissions` block.
+    pub fn jetstream_permissions(mut self, permissions: impl Into<String>) -> Self {
+        self.jetstream_permissions = Some(permissions.into());
         self
     }
 
@@ -496,8 +506,16 @@ impl Cluster {
                         .users
                         .iter()
                         .map(|u| {
-                            let permissions = match &self.spec.system_permissions {
-                                Some(p) if account.name == "SYS" => format!(", permissions: {p}"),
+                            let permissions = match (
+                                &self.spec.system_permissions,
+                                &self.spec.jetstream_permissions,
+                            ) {
+                                (Some(p), _) if account.name == "SYS" => {
+                                    format!(", permissions: {p}")
+                                }
+                                (_, Some(p)) if account.name == JETSTREAM_ACCOUNT => {
+                                    format!(", permissions: {p}")
+                                }
                                 _ => String::new(),
                             };
                             format!(

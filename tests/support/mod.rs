@@ -609,6 +609,37 @@ pub fn cid_named(cluster: &Cluster, i: usize, name: &str) -> u64 {
         .unwrap()
 }
 
+/// The clients in the kick memory of the state file at `state`, as (name, kicks, returns).
+pub fn saved_kicked_clients(state: &Path) -> Vec<(String, u64, u64)> {
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(state).unwrap()).unwrap();
+    saved["kicked"]["clients"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap().to_string(),
+                c["kicks"].as_u64().unwrap(),
+                c["returns"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// `connwatch kick --server-id --cid --yes` of the connection named `name` on server `i`,
+/// with the configuration at `path`: it must succeed.
+pub async fn kick_by_hand(cluster: &Cluster, i: usize, name: &str, path: &Path) -> RunOutput {
+    let cid = cid_named(cluster, i, name).to_string();
+    let server_id = cluster.monitor_get(i, "/varz").unwrap()["server_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let kicked = kick_cmd(path, &["--server-id", &server_id, "--cid", &cid, "--yes"]).await;
+    assert_eq!(kicked.code, Some(0), "{}", kicked.stderr);
+    kicked
+}
+
 /// `connwatch --config <path> kick <args...>`, off the async runtime (killed after 40 s).
 pub async fn kick_cmd(path: &Path, args: &[&str]) -> RunOutput {
     let mut a = vec![
