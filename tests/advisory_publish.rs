@@ -80,7 +80,7 @@ async fn an_advisory_too_large_to_publish_is_dropped_and_the_queue_goes_on() {
         .subscribe("connwatch.advisory.test.>")
         .await
         .unwrap();
-    watcher.flush().await.unwrap();
+    round_trip(&watcher).await;
     let stats = Arc::new(PublisherStats::default());
     let publisher = Publisher::spawn(client, &AdvisoryConfig::default(), stats.clone());
 

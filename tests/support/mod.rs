@@ -284,7 +284,7 @@ impl Seen {
     pub async fn on(client: &async_nats::Client) -> Self {
         use futures::StreamExt;
         let mut sub = client.subscribe("connwatch.advisory.>").await.unwrap();
-        client.flush().await.unwrap();
+        round_trip(client).await;
         let seen = Seen::default();
         let out = seen.clone();
         tokio::spawn(async move {
@@ -651,4 +651,18 @@ pub async fn kick_cmd(path: &Path, args: &[&str]) -> RunOutput {
     tokio::task::spawn_blocking(move || run_connwatch(&a, Duration::from_secs(40)))
         .await
         .unwrap()
+}
+
+/// Returns once the server has processed everything `client` sent before (its subscriptions
+/// included): a request nobody answers, whose "no responders" status comes back from the server
+/// after it. A flush only writes to the socket, so a publish on another connection right after
+/// it can still reach the server before the subscription does.
+pub async fn round_trip(client: &async_nats::Client) {
+    let answer = client
+        .request("connwatch.test.round_trip", bytes::Bytes::new())
+        .await;
+    assert!(
+        matches!(&answer, Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders),
+        "the server answers a request nobody serves with no responders: {answer:?}"
+    );
 }
