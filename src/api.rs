@@ -163,13 +163,8 @@ pub async fn start(
     let findings = group.endpoint("findings").await?;
     let sweep = group.endpoint("sweep").await?;
     // The endpoints subscribe asynchronously: confirm the server has them before "ready".
-    client.flush().await?;
     let expected = service_subjects(&cfg.prefix, &service.info().await.id);
-    let info = client.server_info();
-    let held = crate::nats::lookup::subscriptions(system, &info.server_id, info.client_id, timeout)
-        .await
-        .map_err(|e| format!("cannot confirm that the server holds its subscriptions: {e}"))?
-        .ok_or("cannot confirm that the server holds its subscriptions: its server does not list connwatch's own connection")?;
+    let held = crate::nats::lookup::held_by(system, client, timeout).await?;
     let refused = missing(&expected, &held);
     if !refused.is_empty() {
         return Err(format!(

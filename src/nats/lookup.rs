@@ -177,3 +177,22 @@ pub async fn subscriptions(
             .collect()
     }))
 }
+
+/// The subjects `client`'s own connection is subscribed to, as its server has them (asked
+/// through `system` after a flush, so what `client` just subscribed to has been sent), or why
+/// that cannot be known: the confirmation a start that subscribes needs before it trusts a
+/// subscription (the server refuses one its user may not make without the client failing).
+pub async fn held_by(
+    system: &System,
+    client: &async_nats::Client,
+    timeout: Duration,
+) -> Result<Vec<String>, String> {
+    client.flush().await.map_err(|e| e.to_string())?;
+    let info = client.server_info();
+    subscriptions(system, &info.server_id, info.client_id, timeout)
+        .await
+        .map_err(|e| format!("cannot confirm that the server holds the subscriptions: {e}"))?
+        .ok_or_else(|| {
+            "cannot confirm that the server holds the subscriptions: its server does not list connwatch's own connection".to_string()
+        })
+}

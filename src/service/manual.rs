@@ -24,6 +24,7 @@ use super::Service;
 use crate::config::Config;
 use crate::error::AppError;
 use crate::kick;
+use crate::nats::lookup::held_by;
 use crate::nats::System;
 
 /// The subject of every `connection_kicked` advisory under `prefix`.
@@ -73,7 +74,7 @@ pub(super) async fn follow(
         what: "the consumer of by-hand kicks' audits on the advisory stream",
         source: why.into(),
     };
-    let before = held(system, advisories, timeout).await.map_err(fail)?;
+    let before = held_by(system, advisories, timeout).await.map_err(fail)?;
     let js = async_nats::jetstream::new(advisories.clone());
     let stream = js
         .get_stream(&config.advisory.stream)
@@ -113,18 +114,6 @@ pub(super) async fn follow(
         .boxed())
 }
 
-/// The subjects `client`'s connection is subscribed to, as its server lists them.
-async fn held(system: &System, client: &Client, timeout: Duration) -> Result<Vec<String>, String> {
-    client.flush().await.map_err(|e| e.to_string())?;
-    let info = client.server_info();
-    crate::nats::lookup::subscriptions(system, &info.server_id, info.client_id, timeout)
-        .await
-        .map_err(|e| format!("cannot confirm that the server holds the subscription: {e}"))?
-        .ok_or_else(|| {
-            "cannot confirm that the server holds the subscription: its server does not list the connection".to_string()
-        })
-}
-
 /// Waits (up to `timeout`) until `ok` says the subjects `client` holds include the follow's.
 async fn confirm(
     system: &System,
@@ -134,7 +123,7 @@ async fn confirm(
 ) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if ok(&held(system, client, timeout).await?) {
+        if ok(&held_by(system, client, timeout).await?) {
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
