@@ -274,9 +274,11 @@ fn median(v: &[f64]) -> f64 {
 // ---------------------------------------------------------------------------------------------
 // Methods run in a child process.
 
-/// connwatch's real code path: `Sweeper::sweep`, then the census. `connwatch-live` is a live
-/// round of `connwatch run` (the default mode): each sweep reconciles a live view, which holds
-/// every open connection between sweeps, and the census is built from the view's snapshot.
+/// connwatch's real code path: `Sweeper::sweep`, then the census. `connwatch` is a sweep of
+/// `connwatch run` without the live view and kicks: the census is built while the replies are
+/// parsed. `connwatch-live` is a live round of `connwatch run` (the default mode): each sweep
+/// reconciles a live view, which holds every open connection between sweeps, and the census is
+/// counted from the view.
 fn sweeper_method(a: &MethodArgs) -> anyhow::Result<Measured> {
     // As `connwatch` does first thing (scripts/bench-aggregate.sh drops this line for main).
     connwatch::alloc::tune();
@@ -307,8 +309,14 @@ fn sweeper_method(a: &MethodArgs) -> anyhow::Result<Measured> {
             ..DetectConfig::default()
         };
         let mut sweeper = Sweeper::new(system, &cfg);
-        let mut known = KnownServers::default();
+        let rules = connwatch::census::Aggregate::new(Some("SYS"), &detect);
         let mut view = (a.kind == "connwatch-live").then(LiveView::new);
+        // As `connwatch run` without kicks: sweeps alone count while they parse; with the live
+        // view they list (the view takes the connections), and the census is counted from it.
+        if view.is_none() {
+            sweeper.count_only(Some(rules.clone()));
+        }
+        let mut known = KnownServers::default();
         let sync = view.as_mut().map(LiveView::begin_sync);
         let warm = sweeper.sweep(&mut known).await?;
         if let (Some(view), Some(sync)) = (view.as_mut(), sync) {
@@ -333,18 +341,18 @@ fn sweeper_method(a: &MethodArgs) -> anyhow::Result<Measured> {
             }
             m.bytes += snap.bytes as f64;
             m.requests += snap.requests as f64;
-            m.connections += snap.connections.len() as f64;
+            m.connections += snap.connection_count() as f64;
             m.peak_in_flight = m.peak_in_flight.max(snap.peak_bytes_in_flight as f64);
             let t = Instant::now();
             let snap = match (view.as_mut(), sync) {
                 (Some(view), Some(sync)) => {
                     let now = chrono::Utc::now();
                     let meta = reconcile(view, sync, snap);
-                    view.snapshot(&meta, now)
+                    view.counted(&meta, now, rules.fork())
                 }
                 _ => snap,
             };
-            let census = connwatch::census::build(&snap.connections, Some("SYS"), &detect);
+            let census = connwatch::topology::census_of(&snap, Some("SYS"), &detect);
             census_ms.push(t.elapsed().as_secs_f64() * 1000.0);
             drop((census, snap));
             if i + 1 == 10 {
