@@ -394,7 +394,7 @@ pub struct Snapshot {
     pub requests: usize,
     /// CONNZ pages received.
     pub pages: usize,
-    /// Reply bytes received.
+    /// Reply bytes received, as they came (compressed with `sweep.compression = "snappy"`).
     pub bytes: usize,
     /// The most reply bytes in flight at one time: asked for and not yet parsed (held for
     /// connwatch by the servers, the network and its client). A PING puts every server's first

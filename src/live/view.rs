@@ -233,7 +233,11 @@ impl LiveView {
             Some(held)
                 if held.account == c.account && held.user == c.user && held.kind == c.kind =>
             {
-                *held = Arc::new(c);
+                match Arc::get_mut(held) {
+                    // Not in the journal: overwritten where it is, no allocation.
+                    Some(h) => *h = c,
+                    None => *held = Arc::new(c),
+                }
             }
             Some(held) => {
                 let old = std::mem::replace(held, Arc::new(c));
@@ -324,9 +328,10 @@ impl LiveView {
         // user or kind changed); then the ones held but not listed go.
         let mut listed: std::collections::HashSet<(Str, u64), FxBuild> =
             std::collections::HashSet::with_capacity_and_hasher(replies.len(), FxBuild::default());
+        // A reply's connections already share their texts (one per distinct value of the
+        // reply): kept as they are, not looked up again.
         for c in replies {
             if answered.contains(c.server_id.as_str()) && scope.holds(&c) {
-                let c = self.shared(c);
                 let key = (c.server_id.clone(), c.cid);
                 listed.insert(key.clone());
                 self.replace(key, c);

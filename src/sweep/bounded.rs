@@ -43,7 +43,7 @@ impl Sweeper {
             let r = self
                 .system
                 .scatter_each(&requests, g.timeout, g.linger, |_, msg| {
-                    bytes += msg.payload.len();
+                    bytes += msg.length;
                     match discovery.add(&msg.payload) {
                         Added::New(server, connections) => {
                             // The receiver lives until this gather ends.
@@ -60,7 +60,7 @@ impl Sweeper {
                     spans.push(Span {
                         sent,
                         parsed: Instant::now(),
-                        bytes: msg.payload.len(),
+                        bytes: msg.length,
                     });
                     if !finished {
                         finished = g.settled(discovery, discovery.replies());

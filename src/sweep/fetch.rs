@@ -199,7 +199,7 @@ async fn fetch_server(
                 break;
             }
         };
-        out.bytes += reply.payload.len();
+        out.bytes += reply.length;
         let parsed = {
             let mut conns = sink.lock().unwrap_or_else(|e| e.into_inner());
             conns.parse(&reply.payload, limit).map(|(h, part)| {
@@ -217,7 +217,7 @@ async fn fetch_server(
         out.spans.push(Span {
             sent,
             parsed: Instant::now(),
-            bytes: reply.payload.len(),
+            bytes: reply.length,
         });
         drop(reply);
         match parsed {

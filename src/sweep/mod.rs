@@ -95,7 +95,7 @@ impl Sweeper {
     /// A sweeper over a connected client.
     pub fn new(system: System, config: &SweepConfig) -> Self {
         Self {
-            system,
+            system: system.compressed(config.compression),
             cfg: config.clone(),
             last_connections: 0,
             last_largest_server: 0,
@@ -113,6 +113,7 @@ impl Sweeper {
     /// Takes new settings (a reload).
     pub fn set_config(&mut self, config: &SweepConfig) {
         self.cfg = config.clone();
+        self.system = self.system.clone().compressed(config.compression);
     }
 
     /// Runs one sweep over the cluster, within `sweep.deadline`, expecting the servers in
@@ -287,7 +288,7 @@ impl Sweeper {
         let sent = Instant::now();
         self.system
             .scatter_each(&requests, g.timeout, g.linger, |i, msg| {
-                snap.bytes += msg.payload.len();
+                snap.bytes += msg.length;
                 if i == 0 {
                     firsts.add(&msg.payload, &mut snap.bad_replies);
                 } else {
@@ -296,7 +297,7 @@ impl Sweeper {
                 spans.push(Span {
                     sent,
                     parsed: Instant::now(),
-                    bytes: msg.payload.len(),
+                    bytes: msg.length,
                 });
                 if !finished {
                     let answered = firsts.answered(discovery);

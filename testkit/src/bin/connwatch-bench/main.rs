@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Parser, Subcommand};
-use connwatch::config::{DetectConfig, NatsConfig, Secret, SweepConfig};
+use connwatch::config::{Compression, DetectConfig, NatsConfig, Secret, SweepConfig};
 use connwatch::live::{LiveView, SyncId};
 use connwatch::snapshot::Snapshot;
 use connwatch::state::KnownServers;
@@ -123,7 +123,8 @@ struct RunArgs {
 
 #[derive(Debug, Args, Clone)]
 struct MethodArgs {
-    /// connwatch | connwatch-live | floor | floor-gzip | floor-snappy | floor-overlap16 | paged1024
+    /// connwatch | connwatch-live (`-plain`: `sweep.compression = "none"`) | floor | floor-gzip |
+    /// floor-snappy | floor-overlap16 | paged1024
     #[arg(long)]
     kind: String,
     #[arg(long, value_delimiter = ',')]
@@ -197,9 +198,12 @@ fn main() -> anyhow::Result<()> {
         Cmd::LoadWorker { plan } => load_worker(&plan),
         Cmd::Method(args) => {
             let m = match args.kind.as_str() {
-                "connwatch" | "connwatch-live" | "soak" | "connwatch-ping" => {
-                    sweeper_method(&args)?
-                }
+                "connwatch"
+                | "connwatch-live"
+                | "soak"
+                | "connwatch-ping"
+                | "connwatch-plain"
+                | "connwatch-live-plain" => sweeper_method(&args)?,
                 "floor-bounded" => topology::floor_bounded(&args)?,
                 "floor" => floor_method(&args, args.page_size, Plan::Snapshot, None)?,
                 "floor-gzip" => floor_method(&args, args.page_size, Plan::Snapshot, Some("gzip"))?,
@@ -302,6 +306,12 @@ fn sweeper_method(a: &MethodArgs) -> anyhow::Result<Measured> {
             } else {
                 a.max_in_flight
             },
+            // `-plain`: the replies uncompressed (`sweep.compression = "none"`).
+            compression: if a.kind.ends_with("-plain") {
+                Compression::None
+            } else {
+                SweepConfig::default().compression
+            },
             ..SweepConfig::default()
         };
         let detect = DetectConfig {
@@ -310,7 +320,7 @@ fn sweeper_method(a: &MethodArgs) -> anyhow::Result<Measured> {
         };
         let mut sweeper = Sweeper::new(system, &cfg);
         let rules = connwatch::census::Aggregate::new(Some("SYS"), &detect);
-        let mut view = (a.kind == "connwatch-live").then(LiveView::new);
+        let mut view = a.kind.starts_with("connwatch-live").then(LiveView::new);
         // As `connwatch run` without kicks: sweeps alone count while they parse; with the live
         // view they list (the view takes the connections), and the census is counted from it.
         if view.is_none() {
