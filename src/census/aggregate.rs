@@ -3,8 +3,10 @@
 //! connection: memory grows with users, their distinct servers, names, IPs and processes, and
 //! at most `detect.max_suspects_per_user` suspects per user and process, not with connections.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
+
+use hashbrown::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -47,7 +49,7 @@ pub struct Aggregate {
     /// Account → user → counts (nested, so a connection is looked up by its borrowed texts,
     /// without a key built per connection).
     users: HashMap<Str, HashMap<Str, UserAgg, FxBuild>, FxBuild>,
-    /// The texts the census holds, each once.
+    /// The texts of the suspects (server, name, IP), each held once.
     texts: Interner,
 }
 
@@ -164,8 +166,8 @@ fn join_candidates(list: &mut Vec<Candidate>, more: Vec<Candidate>, base: u64, m
     }
 }
 
-fn bump(map: &mut HashMap<Str, u64, FxBuild>, key: &str, texts: &mut Interner) {
-    *slot(map, key, texts, u64::default) += 1;
+fn bump(map: &mut HashMap<Str, u64, FxBuild>, key: &str) {
+    *slot(map, key, u64::default) += 1;
 }
 
 fn add_counts(into: &mut HashMap<Str, u64, FxBuild>, from: HashMap<Str, u64, FxBuild>) {
@@ -174,18 +176,14 @@ fn add_counts(into: &mut HashMap<Str, u64, FxBuild>, from: HashMap<Str, u64, FxB
     }
 }
 
-/// The value of `key`, made by `new` when there is none: the key's text is taken from `texts`
+/// The value of `key`, made by `new` when there is none: one lookup, the key's text copied
 /// only then.
 fn slot<'m, V>(
     map: &'m mut HashMap<Str, V, FxBuild>,
     key: &str,
-    texts: &mut Interner,
     new: impl FnOnce() -> V,
 ) -> &'m mut V {
-    if !map.contains_key(key) {
-        map.insert(texts.get(key), new());
-    }
-    map.get_mut(key).expect("inserted above")
+    map.entry_ref(key).or_insert_with(new)
 }
 
 fn sorted(map: HashMap<Str, u64, FxBuild>) -> BTreeMap<String, u64> {
@@ -248,8 +246,8 @@ impl Aggregate {
         self.connections += 1;
         let texts = &mut self.texts;
         let system = self.system_account.as_deref() == Some(c.account);
-        let account = slot(&mut self.users, c.account, texts, HashMap::default);
-        let u = slot(account, c.user, texts, || UserAgg {
+        let account = slot(&mut self.users, c.account, HashMap::default);
+        let u = slot(account, c.user, || UserAgg {
             census: UserCensus {
                 account: c.account.to_string(),
                 account_name: c.account_name.map(String::from),
@@ -270,13 +268,12 @@ impl Aggregate {
             uc.oldest_start = Some(uc.oldest_start.map_or(start, |o| o.min(start)));
             uc.newest_start = Some(uc.newest_start.map_or(start, |n| n.max(start)));
         }
-        bump(&mut u.by_server, c.server, texts);
-        bump(&mut u.by_name, c.name, texts);
-        bump(&mut u.by_ip, c.ip, texts);
+        bump(&mut u.by_server, c.server);
+        bump(&mut u.by_name, c.name);
+        bump(&mut u.by_ip, c.ip);
         let process = slot(
-            slot(&mut u.processes, c.ip, texts, HashMap::default),
+            slot(&mut u.processes, c.ip, HashMap::default),
             c.name,
-            texts,
             Process::default,
         );
         process.connections += 1;
