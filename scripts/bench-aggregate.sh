@@ -20,16 +20,19 @@ git archive "$ref" | tar -x -C "$src"
 # its workspace): files with the commit's old mtimes would pass for fresh and link this tree's
 # library into main's bench. Newer mtimes on both sides make each build compile its own.
 find "$src" -type f -exec touch {} +
-# The same bench program, so both builds are measured the same way (main's sets no malloc
-# threshold: connwatch::alloc is this tree's). When this tree's program uses what the baseline
+# The same bench program, so both builds are measured the same way. When this tree's program uses what the baseline
 # does not have (a changed API), the baseline's own program measures it (same measurements,
 # its own way of calling connwatch).
 own="$root/target/bench/baseline-own-bench"
 rm -rf "$own"
 cp -r "$src/testkit/src/bin/connwatch-bench" "$own"
 cp -r testkit/src/bin/connwatch-bench/. "$src/testkit/src/bin/connwatch-bench/"
-sed -i -e '/^    connwatch::alloc::tune();$/d' \
-    "$src/testkit/src/bin/connwatch-bench/main.rs"
+# A baseline without connwatch::alloc (before it existed) sets no malloc threshold.
+no_tune() {
+    [ -f "$src/src/alloc.rs" ] || sed -i -e '/^    connwatch::alloc::tune();$/d' \
+        "$src/testkit/src/bin/connwatch-bench/main.rs"
+}
+no_tune
 # One target directory: main's build reuses the compiled dependencies, then its bench is kept
 # aside and this tree's binaries are linked again over the ones main's build left.
 build_baseline() {
@@ -39,8 +42,7 @@ if ! build_baseline 2>/dev/null; then
     echo "- this tree's bench program does not build against $ref: the baseline runs its own"
     rm -rf "$src/testkit/src/bin/connwatch-bench"
     mv "$own" "$src/testkit/src/bin/connwatch-bench"
-    sed -i -e '/^    connwatch::alloc::tune();$/d' \
-        "$src/testkit/src/bin/connwatch-bench/main.rs"
+    no_tune
     find "$src" -type f -exec touch {} +
     build_baseline
 fi
