@@ -6,6 +6,7 @@
 //! STATSZ counted, plus headroom).
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 
 use bytes::Bytes;
 use tokio::time::Instant;
@@ -38,6 +39,7 @@ impl Sweeper {
         let mut again: BTreeMap<String, usize> = BTreeMap::new();
         let (mut bytes, mut bad, mut finished) = (0, 0, false);
         let sent = Instant::now();
+        let sink = Mutex::new(conns);
         let statsz = async {
             let tx = tx;
             let r = self
@@ -71,10 +73,17 @@ impl Sweeper {
                 .await;
             // No more servers: the reads end when the last one is done.
             drop(tx);
+            // No more STATSZ replies either: who answered twice is known for good. The
+            // others' censuses are joined from now on as they come.
+            let twice: Vec<String> = again.keys().cloned().collect();
+            sink.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .settle(&twice);
             r
         };
-        let reads = self.fetch_all(rx, g.deadline, conns);
-        let (asked, (mut fetched, mut conns)) = tokio::join!(statsz, reads);
+        let reads = self.fetch_all(rx, g.deadline, &sink);
+        let (asked, mut fetched) = tokio::join!(statsz, reads);
+        let mut conns = sink.into_inner().unwrap_or_else(|e| e.into_inner());
         snap.bytes += bytes;
         snap.bad_replies += bad;
         asked.map_err(sweep_error)?;

@@ -20,10 +20,16 @@ pub(super) enum Part {
 pub(super) struct Collect {
     /// Every kept connection (listing).
     pub(super) list: Vec<Connection>,
-    /// The rules of the census (counting), `None` when listing.
+    /// The census of the servers kept so far (counting), `None` when listing.
     census: Option<Aggregate>,
-    /// Each kept server's census (counting): server id, census.
+    /// Each kept server's census (counting) while who is who may still change: server id,
+    /// census. Once it cannot ([`Collect::settle`]) they are joined into `census` as they
+    /// come, so what is held grows with the users, not with the servers.
     counted: Vec<(String, Aggregate)>,
+    /// Whether who is who is settled.
+    settled: bool,
+    /// Servers whose connections are not counted, whenever they come (impostors).
+    refused: Vec<String>,
 }
 
 impl Collect {
@@ -34,6 +40,23 @@ impl Collect {
             list: room,
             census,
             counted: Vec::new(),
+            settled: false,
+            refused: Vec::new(),
+        }
+    }
+
+    /// Who is who is settled: the servers of `refused` are dropped (now and whenever their
+    /// connections come), the others' censuses joined, now and as they come.
+    pub(super) fn settle(&mut self, refused: &[String]) {
+        for id in refused {
+            self.drop_server(id);
+        }
+        self.refused.extend(refused.iter().cloned());
+        self.settled = true;
+        if let Some(all) = &mut self.census {
+            for (_, part) in self.counted.drain(..) {
+                all.absorb(part);
+            }
         }
     }
 
@@ -50,8 +73,8 @@ impl Collect {
                 let head = parse_server_list(payload, &mut self.list, limit)?;
                 Ok((head, Part::Listed(start..self.list.len())))
             }
-            Some(rules) => {
-                let mut census = rules.fork();
+            Some(all) => {
+                let mut census = all.fork();
                 let head = parse_server_census(payload, &mut census, limit)?;
                 Ok((head, Part::Counted(Box::new(census))))
             }
@@ -60,8 +83,13 @@ impl Collect {
 
     /// Keeps `part` as the list of server `id`.
     pub(super) fn keep(&mut self, id: &str, part: Part) {
-        if let Part::Counted(census) = part {
-            self.counted.push((id.to_string(), *census));
+        if self.refused.iter().any(|r| r == id) {
+            return self.drop_last(part);
+        }
+        match (part, &mut self.census) {
+            (Part::Counted(part), Some(all)) if self.settled => all.absorb(*part),
+            (Part::Counted(part), _) => self.counted.push((id.to_string(), *part)),
+            (Part::Listed(_), _) => {}
         }
     }
 
@@ -78,20 +106,20 @@ impl Collect {
         self.counted.retain(|(server, _)| server != id);
     }
 
+    /// Servers' censuses held apart (not joined yet).
+    #[cfg(test)]
+    pub(super) fn held(&self) -> usize {
+        self.counted.len()
+    }
+
     /// Whether connections are counted, not listed.
     pub(super) fn counting(&self) -> bool {
         self.census.is_some()
     }
 
     /// The list, and the census of the kept servers when counting.
-    pub(super) fn finish(self) -> (Vec<Connection>, Option<Aggregate>) {
-        let census = self.census.map(|rules| {
-            let mut all = rules.fork();
-            for (_, part) in self.counted {
-                all.absorb(part);
-            }
-            all
-        });
-        (self.list, census)
+    pub(super) fn finish(mut self) -> (Vec<Connection>, Option<Aggregate>) {
+        self.settle(&[]);
+        (self.list, self.census)
     }
 }

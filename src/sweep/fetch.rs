@@ -260,11 +260,10 @@ impl Sweeper {
         &self,
         fetches: impl Stream<Item = Fetch>,
         deadline: Instant,
-        conns: Collect,
-    ) -> (Vec<Fetched>, Collect) {
+        sink: &Mutex<Collect>,
+    ) -> Vec<Fetched> {
         // The replies of several servers are parsed in turn by this one task; the lock is never
         // held across an await.
-        let sink = Mutex::new(conns);
         let limits = FetchLimits {
             timeout: self.cfg.timeout,
             deadline,
@@ -274,15 +273,11 @@ impl Sweeper {
             0 => UNBOUNDED_FETCHES,
             n => n,
         };
-        let fetched = bounded_unordered(fetches, at_once, |f| {
-            fetch_server(&self.system, f, limits, &sink)
+        bounded_unordered(fetches, at_once, |f| {
+            fetch_server(&self.system, f, limits, sink)
         })
         .collect()
-        .await;
-        (
-            fetched,
-            sink.into_inner().unwrap_or_else(|e| e.into_inner()),
-        )
+        .await
     }
 }
 

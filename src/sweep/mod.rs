@@ -308,15 +308,21 @@ impl Sweeper {
             })
             .await
             .map_err(sweep_error)?;
-        let (done, fetches, conns) = firsts.resolve(discovery, snap);
+        let (done, fetches, mut conns) = firsts.resolve(discovery, snap);
         if done.is_empty() && fetches.is_empty() && snap.errors.is_empty() {
             return Err(SweepError::NoAnswer(g.timeout));
         }
-        let (mut fetched, conns) = self
-            .fetch_all(futures::stream::iter(fetches), g.deadline, conns)
+        // Every STATSZ reply is in: the servers read again are who they say.
+        conns.settle(&[]);
+        let sink = std::sync::Mutex::new(conns);
+        let mut fetched = self
+            .fetch_all(futures::stream::iter(fetches), g.deadline, &sink)
             .await;
         fetched.extend(done);
-        Ok((fetched, conns))
+        Ok((
+            fetched,
+            sink.into_inner().unwrap_or_else(|e| e.into_inner()),
+        ))
     }
 }
 

@@ -305,3 +305,30 @@ fn only_a_cluster_known_to_be_small_is_pinged_all_at_once() {
     assert!(pings_all(0, 0, 0));
     assert!(pings_all(0, 100, 0));
 }
+
+#[test]
+fn a_counting_sweep_holds_each_servers_census_only_until_who_is_who_is_settled() {
+    let rules = crate::census::Aggregate::new(None, &crate::config::DetectConfig::default());
+    let mut conns = Collect::new(Vec::new(), Some(rules));
+    let read = |conns: &mut Collect, name: &str, id: &str, cids: &[u64]| {
+        let (head, part) = conns
+            .parse(&connz(name, id, cids.len() as u64, cids), 100)
+            .unwrap();
+        conns.keep(&head.server.id, part);
+    };
+    read(&mut conns, "n1", "N1", &[1, 2]);
+    read(&mut conns, "n2", "N2", &[1, 2, 3]);
+    assert_eq!(conns.held(), 2, "before: one census per server");
+    // N2 turned out to answer as two servers: dropped, now and when it comes again.
+    conns.settle(&["N2".to_string()]);
+    assert_eq!(conns.held(), 0, "after: joined into one");
+    read(&mut conns, "n3", "N3", &[5]);
+    read(&mut conns, "n2", "N2", &[7, 8]);
+    assert_eq!(conns.held(), 0);
+    let census = conns.finish().1.unwrap().finish();
+    assert_eq!(census.connections, 3);
+    assert_eq!(
+        census.users[0].by_server,
+        [("n1".to_string(), 2), ("n3".to_string(), 1)].into()
+    );
+}
