@@ -1,0 +1,748 @@
+//! A hand-written parser of one CONNZ reply: the same results and the same refusals as the
+//! serde path of [`page`](super::page), several times faster.
+//!
+//! A reply is ~410 bytes of JSON per connection, most of which connwatch never reads (`rtt`,
+//! `lang`, `port`, byte counts, …). Going through serde, every key is decoded and UTF-8 checked
+//! and matched through a derived visitor, every skipped value through `IgnoredAny`; here one
+//! cursor walks the bytes, keys are matched as bytes, the strings of a reply are found eight
+//! bytes at a time, and skipped values are checked for syntax only, with no recursion.
+//!
+//! What it reads and refuses is serde_json's (`page`'s tests, and the differential test in
+//! `scan/tests.rs` holds both to it), with two deliberate differences, both refusals of
+//! what no nats-server writes: a connection, `server` or `error` written as a JSON array
+//! (serde accepts an array for a struct, field by field), and a skipped value nested deeper
+//! than [`MAX_DEPTH`] (serde skips any depth).
+
+use std::borrow::Cow;
+
+use super::wire::{parse_rfc3339, ApiError, Rfc3339, ServerInfo, SweepConn};
+
+/// Deepest nesting of a skipped value (an unknown key's array or object): deeper is refused,
+/// so a hostile reply costs no more than its length.
+pub(crate) const MAX_DEPTH: usize = 128;
+
+/// What a reply says besides its connections.
+#[derive(Debug, Default)]
+pub(crate) struct Head {
+    /// Who answered (default when the reply has no `server`).
+    pub server: ServerInfo,
+    /// The error envelope, if any.
+    pub error: Option<ApiError>,
+    /// `data.total` (0 when `data` has none); `None` when the reply has no `data` or it is null.
+    pub total: Option<u64>,
+    /// `data.now`, the server's clock when it wrote the reply.
+    pub now: Option<Rfc3339>,
+    /// `data.server_id`, when given.
+    pub data_server_id: Option<String>,
+    /// Connections in the reply, kept or not.
+    pub count: usize,
+    /// `data` came before `server` (nats-server writes `server` first): the connections were
+    /// read before the reply said whose they are ([`ListStart::server`] was `None`).
+    pub server_late: bool,
+}
+
+/// What the reply has said when its `connections` key is reached, before the first one.
+#[derive(Debug)]
+pub(crate) struct ListStart<'h> {
+    /// `data.total` so far (nats-server writes it before the connections; 0 when not yet).
+    pub total: u64,
+    /// `data.now` so far (nats-server writes it before the connections).
+    pub now: Option<Rfc3339>,
+    /// Who answered, when `server` came before `data`.
+    pub server: Option<&'h ServerInfo>,
+}
+
+/// What is done with the connections of a reply as [`reply`] reads them.
+pub(crate) trait Visit<'a> {
+    /// Asked once, when the reply's `connections` key is reached (even when it is `null`):
+    /// `true`, each connection is read whole and handed to [`Visit::conn`], in the reply's
+    /// order; `false`, only its `cid` is read and handed to [`Visit::cid`] (the rest checked for
+    /// syntax only, as serde's `IgnoredAny` does).
+    fn list(&mut self, start: &ListStart) -> bool;
+    /// One connection kept; an error stops the parse and is returned by [`reply`].
+    fn conn(&mut self, conn: SweepConn<'a>) -> Result<(), String>;
+    /// The cid of one connection not kept; an error stops the parse and is returned.
+    fn cid(&mut self, cid: u64) -> Result<(), String>;
+}
+
+/// Parses one CONNZ reply `payload`, handing its connections to `visit` as they are read.
+/// Checks of the reply's content (cid order, counts, server ids) are the caller's; this
+/// refuses what is not a well-formed CONNZ reply, as serde does.
+pub(crate) fn reply<'a>(payload: &'a [u8], visit: &mut impl Visit<'a>) -> Result<Head, String> {
+    let mut p = Cursor { b: payload, i: 0 };
+    let head = p.envelope(visit)?;
+    p.ws();
+    if p.i != p.b.len() {
+        return Err(p.err("trailing characters"));
+    }
+    Ok(head)
+}
+
+/// What `data` said.
+#[derive(Default)]
+struct Data {
+    total: u64,
+    now: Option<Rfc3339>,
+    server_id: Option<String>,
+    count: usize,
+}
+
+/// A position in a reply.
+struct Cursor<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+/// Bytes with their lowest bit set in every lane of a word.
+const ONES: u64 = 0x0101_0101_0101_0101;
+/// The high bit of every lane.
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// The first byte of the word `w` (little endian) that ends a run of plain string bytes (`"`,
+/// `\` or a control character), if any: the classic "has zero byte" trick per class, whose
+/// lowest flagged lane is always exact.
+#[inline]
+fn first_special(w: u64) -> Option<usize> {
+    let q = w ^ (ONES * u64::from(b'"'));
+    let s = w ^ (ONES * u64::from(b'\\'));
+    let hit = ((q.wrapping_sub(ONES) & !q)
+        | (s.wrapping_sub(ONES) & !s)
+        | (w.wrapping_sub(ONES * 0x20) & !w))
+        & HIGH;
+    (hit != 0).then(|| (hit.trailing_zeros() / 8) as usize)
+}
+
+impl<'a> Cursor<'a> {
+    #[cold]
+    #[inline(never)]
+    fn err(&self, what: &str) -> String {
+        format!("{what} at byte {} of the connz reply", self.i)
+    }
+
+    /// Skips JSON whitespace.
+    #[inline]
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.b.get(self.i) {
+            self.i += 1;
+        }
+    }
+
+    /// The next byte after whitespace (not consumed); an error at the end of the reply.
+    #[inline]
+    fn peek(&mut self) -> Result<u8, String> {
+        self.ws();
+        match self.b.get(self.i) {
+            Some(&c) => Ok(c),
+            None => Err(self.err("unexpected end")),
+        }
+    }
+
+    /// Consumes `c` after whitespace.
+    #[inline]
+    fn eat(&mut self, c: u8) -> Result<(), String> {
+        if self.peek()? == c {
+            self.i += 1;
+            Ok(())
+        } else {
+            Err(self.err(match c {
+                b'{' => "expected an object",
+                b'[' => "expected an array",
+                b':' => "expected ':'",
+                _ => "expected a string",
+            }))
+        }
+    }
+
+    /// After an opening bracket: whether the container is empty (its `close` consumed).
+    #[inline]
+    fn empty(&mut self, close: u8) -> Result<bool, String> {
+        let c = self.peek()?;
+        if c == close {
+            self.i += 1;
+        }
+        Ok(c == close)
+    }
+
+    /// After an element of a container: `true` at a comma (another element follows), `false`
+    /// at its `close` (consumed).
+    #[inline]
+    fn more(&mut self, close: u8) -> Result<bool, String> {
+        match self.peek()? {
+            b',' => {
+                self.i += 1;
+                Ok(true)
+            }
+            c if c == close => {
+                self.i += 1;
+                Ok(false)
+            }
+            _ => Err(self.err("expected ',' or the end of the container")),
+        }
+    }
+
+    /// Consumes `null` if it is next.
+    #[inline]
+    fn null(&mut self) -> Result<bool, String> {
+        if self.peek()? != b'n' {
+            return Ok(false);
+        }
+        self.literal(b"null")?;
+        Ok(true)
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Result<(), String> {
+        if self.b[self.i..].starts_with(word) {
+            self.i += word.len();
+            Ok(())
+        } else {
+            Err(self.err("invalid literal"))
+        }
+    }
+
+    /// From just after an opening quote to just after the closing one: the end of the string's
+    /// raw bytes and whether they hold escapes. Escapes and control characters are checked;
+    /// UTF-8 is not (the caller checks what it keeps).
+    #[inline]
+    fn string_end(&mut self) -> Result<(usize, bool), String> {
+        let b = self.b;
+        let mut escaped = false;
+        loop {
+            while let Some(chunk) = b.get(self.i..self.i + 8) {
+                let w = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+                match first_special(w) {
+                    Some(at) => {
+                        self.i += at;
+                        break;
+                    }
+                    None => self.i += 8,
+                }
+            }
+            while let Some(&c) = b.get(self.i) {
+                if matches!(c, b'"' | b'\\' | 0..=0x1f) {
+                    break;
+                }
+                self.i += 1;
+            }
+            match b.get(self.i) {
+                Some(b'"') => {
+                    self.i += 1;
+                    return Ok((self.i - 1, escaped));
+                }
+                Some(b'\\') => {
+                    escaped = true;
+                    self.escape()?;
+                }
+                Some(_) => return Err(self.err("control character in a string")),
+                None => return Err(self.err("unclosed string")),
+            }
+        }
+    }
+
+    /// Checks the escape at a backslash and steps over it.
+    fn escape(&mut self) -> Result<(), String> {
+        match self.b.get(self.i + 1) {
+            Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.i += 2,
+            Some(b'u') => {
+                let hex = self.b.get(self.i + 2..self.i + 6);
+                if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                    self.i += 2;
+                    return Err(self.err("invalid \\u escape"));
+                }
+                self.i += 6;
+            }
+            _ => return Err(self.err("invalid escape")),
+        }
+        Ok(())
+    }
+
+    /// A string value, borrowed when it has no escapes; must be UTF-8.
+    #[inline]
+    fn string(&mut self) -> Result<Cow<'a, str>, String> {
+        self.eat(b'"')?;
+        let start = self.i;
+        let (end, escaped) = self.string_end()?;
+        let raw = &self.b[start..end];
+        if escaped {
+            return unescape(raw)
+                .map(Cow::Owned)
+                .ok_or_else(|| self.err("invalid string"));
+        }
+        std::str::from_utf8(raw)
+            .map(Cow::Borrowed)
+            .map_err(|_| self.err("invalid UTF-8 in a string"))
+    }
+
+    /// An object key and its colon: the key's bytes (UTF-8, as serde checks a key it matches).
+    #[inline]
+    fn key(&mut self) -> Result<Cow<'a, [u8]>, String> {
+        self.eat(b'"')?;
+        let start = self.i;
+        let (end, escaped) = self.string_end()?;
+        let raw = &self.b[start..end];
+        let key = if escaped {
+            let s = unescape(raw).ok_or_else(|| self.err("invalid key"))?;
+            Cow::Owned(s.into_bytes())
+        } else if raw.is_ascii() || std::str::from_utf8(raw).is_ok() {
+            Cow::Borrowed(raw)
+        } else {
+            return Err(self.err("invalid UTF-8 in a key"));
+        };
+        self.eat(b':')?;
+        Ok(key)
+    }
+
+    /// An unsigned integer, as serde reads a `u64`: no sign, fraction or exponent, no leading
+    /// zero, no overflow.
+    #[inline]
+    fn u64(&mut self) -> Result<u64, String> {
+        let first = self.peek()?;
+        if !first.is_ascii_digit() {
+            return Err(self.err("expected an unsigned integer"));
+        }
+        self.i += 1;
+        let mut n = u64::from(first - b'0');
+        while let Some(&c @ b'0'..=b'9') = self.b.get(self.i) {
+            if first == b'0' {
+                return Err(self.err("leading zero"));
+            }
+            n = n
+                .checked_mul(10)
+                .and_then(|n| n.checked_add(u64::from(c - b'0')))
+                .ok_or_else(|| self.err("integer out of range"))?;
+            self.i += 1;
+        }
+        if let Some(b'.' | b'e' | b'E') = self.b.get(self.i) {
+            return Err(self.err("expected an integer"));
+        }
+        Ok(n)
+    }
+
+    /// A number, checked for syntax only.
+    fn skip_number(&mut self) -> Result<(), String> {
+        let b = self.b;
+        let digits = |i: &mut usize| {
+            let from = *i;
+            while b.get(*i).is_some_and(u8::is_ascii_digit) {
+                *i += 1;
+            }
+            *i - from
+        };
+        let mut i = self.i;
+        if b.get(i) == Some(&b'-') {
+            i += 1;
+        }
+        let int_from = i;
+        let n = digits(&mut i);
+        let ok = n > 0 && (b[int_from] != b'0' || n == 1) && {
+            let frac = b.get(i) != Some(&b'.') || {
+                i += 1;
+                digits(&mut i) > 0
+            };
+            frac && (!matches!(b.get(i), Some(b'e' | b'E')) || {
+                i += 1;
+                if let Some(b'+' | b'-') = b.get(i) {
+                    i += 1;
+                }
+                digits(&mut i) > 0
+            })
+        };
+        self.i = i;
+        if ok {
+            Ok(())
+        } else {
+            Err(self.err("invalid number"))
+        }
+    }
+
+    /// Steps over one value after checking its syntax (not its strings' UTF-8). Nested values
+    /// are walked with a stack of bits, one per level (1 = object), not recursion: at most
+    /// [`MAX_DEPTH`] levels.
+    fn skip(&mut self) -> Result<(), String> {
+        let mut stack: u128 = 0;
+        let mut depth = 0usize;
+        loop {
+            // A value.
+            match self.peek()? {
+                b'"' => {
+                    self.i += 1;
+                    self.string_end()?;
+                }
+                b'{' | b'[' => {
+                    let object = self.b[self.i] == b'{';
+                    if depth == MAX_DEPTH {
+                        return Err(self.err("nested too deep"));
+                    }
+                    self.i += 1;
+                    stack = (stack << 1) | u128::from(object);
+                    depth += 1;
+                    let close = if object { b'}' } else { b']' };
+                    if !self.empty(close)? {
+                        if object {
+                            self.skip_key()?;
+                        }
+                        continue;
+                    }
+                    stack >>= 1;
+                    depth -= 1;
+                }
+                b'n' => self.literal(b"null")?,
+                b't' => self.literal(b"true")?,
+                b'f' => self.literal(b"false")?,
+                b'-' | b'0'..=b'9' => self.skip_number()?,
+                _ => return Err(self.err("expected a value")),
+            }
+            // After a value: the next element of its container, or the container's end (and
+            // then after the container, the same again).
+            loop {
+                if depth == 0 {
+                    return Ok(());
+                }
+                let object = stack & 1 == 1;
+                if self.more(if object { b'}' } else { b']' })? {
+                    if object {
+                        self.skip_key()?;
+                    }
+                    break;
+                }
+                stack >>= 1;
+                depth -= 1;
+            }
+        }
+    }
+
+    /// A key of a skipped object and its colon (not UTF-8 checked, as serde's `IgnoredAny`).
+    fn skip_key(&mut self) -> Result<(), String> {
+        self.eat(b'"')?;
+        self.string_end()?;
+        self.eat(b':')
+    }
+
+    /// The raw bytes of the next value (checked for syntax).
+    fn raw_value(&mut self) -> Result<&'a [u8], String> {
+        self.ws();
+        let start = self.i;
+        self.skip()?;
+        Ok(&self.b[start..self.i])
+    }
+
+    /// `null` or a string.
+    #[inline]
+    fn opt_string(&mut self) -> Result<Option<Cow<'a, str>>, String> {
+        if self.null()? {
+            return Ok(None);
+        }
+        self.string().map(Some)
+    }
+
+    /// `null` or a timestamp.
+    #[inline]
+    fn opt_time(&mut self) -> Result<Option<Rfc3339>, String> {
+        match self.opt_string()? {
+            None => Ok(None),
+            Some(s) => match parse_rfc3339(&s) {
+                Some(t) => Ok(Some(Rfc3339(t))),
+                None => Err(self.err("invalid timestamp")),
+            },
+        }
+    }
+
+    /// `null` or an array of strings.
+    fn opt_strings(&mut self) -> Result<Option<Vec<Cow<'a, str>>>, String> {
+        if self.null()? {
+            return Ok(None);
+        }
+        self.eat(b'[')?;
+        let mut out = Vec::new();
+        if self.empty(b']')? {
+            return Ok(Some(out));
+        }
+        loop {
+            out.push(self.string()?);
+            if !self.more(b']')? {
+                return Ok(Some(out));
+            }
+        }
+    }
+
+    /// The envelope: `{"server":…,"data":…,"error":…}` in any order, each at most once.
+    fn envelope(&mut self, visit: &mut impl Visit<'a>) -> Result<Head, String> {
+        let mut head = Head::default();
+        let (mut server_seen, mut data_seen, mut error_seen) = (false, false, false);
+        self.eat(b'{')?;
+        if self.empty(b'}')? {
+            return Ok(head);
+        }
+        loop {
+            let key = self.key()?;
+            let seen = match &*key {
+                b"server" => &mut server_seen,
+                b"data" => &mut data_seen,
+                b"error" => &mut error_seen,
+                _ => {
+                    self.skip()?;
+                    if self.more(b'}')? {
+                        continue;
+                    }
+                    return Ok(head);
+                }
+            };
+            // A key given twice would let one reply speak for two.
+            if std::mem::replace(seen, true) {
+                return Err(self.err("duplicate key in connz reply"));
+            }
+            match &*key {
+                b"server" => head.server = self.serde()?,
+                b"error" => head.error = self.serde()?,
+                _ => {
+                    head.server_late = !server_seen;
+                    let server = server_seen.then_some(&head.server);
+                    if let Some(data) = self.data(server, visit)? {
+                        head.total = Some(data.total);
+                        head.now = data.now;
+                        head.data_server_id = data.server_id;
+                        head.count = data.count;
+                    }
+                }
+            }
+            if !self.more(b'}')? {
+                return Ok(head);
+            }
+        }
+    }
+
+    /// A small value read with serde from its raw bytes (`server`, `error`: once a reply).
+    /// Refused when written as an array, which serde would take field by field.
+    fn serde<T: serde::de::DeserializeOwned>(&mut self) -> Result<T, String> {
+        if self.peek()? == b'[' {
+            return Err(self.err("expected an object"));
+        }
+        let raw = self.raw_value()?;
+        serde_json::from_slice(raw).map_err(|e| self.err(&e.to_string()))
+    }
+
+    /// `data`: `null` or the CONNZ object, its connections handed to `visit` as they are read.
+    fn data(
+        &mut self,
+        server: Option<&ServerInfo>,
+        visit: &mut impl Visit<'a>,
+    ) -> Result<Option<Data>, String> {
+        if self.null()? {
+            return Ok(None);
+        }
+        let mut d = Data::default();
+        let mut connections_seen = false;
+        self.eat(b'{')?;
+        if self.empty(b'}')? {
+            return Ok(Some(d));
+        }
+        loop {
+            let key = self.key()?;
+            match &*key {
+                b"now" => d.now = self.opt_time()?,
+                b"total" => d.total = self.u64()?,
+                b"offset" => {
+                    // Every request of a sweep asks from offset 0 (serde reads an i64: any
+                    // other integer, or a number that is not one, is refused as well).
+                    if self.u64()? != 0 {
+                        return Err(self.err("connz reply at an offset, asked 0"));
+                    }
+                }
+                b"server_id" => d.server_id = self.opt_string()?.map(Cow::into_owned),
+                b"connections" => {
+                    if std::mem::replace(&mut connections_seen, true) {
+                        return Err(self.err("duplicate connections in connz reply"));
+                    }
+                    let start = ListStart {
+                        total: d.total,
+                        now: d.now,
+                        server,
+                    };
+                    let keep = visit.list(&start);
+                    d.count = self.connections(keep, visit)?;
+                }
+                _ => self.skip()?,
+            }
+            if !self.more(b'}')? {
+                return Ok(Some(d));
+            }
+        }
+    }
+
+    /// `connections`: `null` or an array of connection objects. Returns how many there were.
+    fn connections(&mut self, keep: bool, visit: &mut impl Visit<'a>) -> Result<usize, String> {
+        if self.null()? {
+            return Ok(0);
+        }
+        self.eat(b'[')?;
+        if self.empty(b']')? {
+            return Ok(0);
+        }
+        let mut count = 0;
+        loop {
+            count += 1;
+            if keep {
+                let c = self.conn()?;
+                visit.conn(c).map_err(|e| self.err(&e))?;
+            } else {
+                let cid = self.cid_only()?;
+                visit.cid(cid).map_err(|e| self.err(&e))?;
+            }
+            if !self.more(b']')? {
+                return Ok(count);
+            }
+        }
+    }
+
+    /// One connection, the fields of [`SweepConn`] read, the others skipped.
+    fn conn(&mut self) -> Result<SweepConn<'a>, String> {
+        let mut c = SweepConn {
+            cid: 0,
+            kind: None,
+            ip: Cow::Borrowed(""),
+            start: None,
+            last_activity: None,
+            in_msgs: 0,
+            out_msgs: 0,
+            subscriptions: 0,
+            name: None,
+            authorized_user: None,
+            account: None,
+            name_tag: None,
+            tags: None,
+            jwt: None,
+        };
+        self.eat(b'{')?;
+        if self.empty(b'}')? {
+            return Ok(c);
+        }
+        // The fields read so far, one bit each (serde refuses a field given twice).
+        let mut seen = 0u16;
+        loop {
+            let key = self.key()?;
+            let field = match &*key {
+                b"cid" => 0,
+                b"kind" => 1,
+                b"ip" => 2,
+                b"start" => 3,
+                b"last_activity" => 4,
+                b"in_msgs" => 5,
+                b"out_msgs" => 6,
+                b"subscriptions" => 7,
+                b"name" => 8,
+                b"authorized_user" => 9,
+                b"account" => 10,
+                b"name_tag" => 11,
+                b"tags" => 12,
+                b"jwt" => 13,
+                _ => 16,
+            };
+            if field < 16 {
+                if seen & (1 << field) != 0 {
+                    return Err(self.err("duplicate field in a connection"));
+                }
+                seen |= 1 << field;
+            }
+            match field {
+                0 => c.cid = self.u64()?,
+                1 => c.kind = self.opt_string()?,
+                2 => c.ip = self.string()?,
+                3 => c.start = self.opt_time()?,
+                4 => c.last_activity = self.opt_time()?,
+                5 => c.in_msgs = self.u64()?,
+                6 => c.out_msgs = self.u64()?,
+                7 => {
+                    c.subscriptions = u32::try_from(self.u64()?)
+                        .map_err(|_| self.err("subscriptions out of range"))?;
+                }
+                8 => c.name = self.opt_string()?,
+                9 => c.authorized_user = self.opt_string()?,
+                10 => c.account = self.opt_string()?,
+                11 => c.name_tag = self.opt_string()?,
+                12 => c.tags = self.opt_strings()?,
+                13 => c.jwt = self.opt_string()?,
+                _ => self.skip()?,
+            }
+            if !self.more(b'}')? {
+                return Ok(c);
+            }
+        }
+    }
+
+    /// One connection that is not kept: its `cid` read (given at most once), the rest skipped.
+    fn cid_only(&mut self) -> Result<u64, String> {
+        self.eat(b'{')?;
+        let mut cid = None;
+        if self.empty(b'}')? {
+            return Ok(0);
+        }
+        loop {
+            if &*self.key()? == b"cid" {
+                if cid.is_some() {
+                    return Err(self.err("duplicate field in a connection"));
+                }
+                cid = Some(self.u64()?);
+            } else {
+                self.skip()?;
+            }
+            if !self.more(b'}')? {
+                return Ok(cid.unwrap_or_default());
+            }
+        }
+    }
+}
+
+/// The text of a string's raw bytes (between its quotes, escapes already checked for syntax),
+/// unescaped as serde does for a `str`: a surrogate must be half of a pair, and the result
+/// must be UTF-8. `None` when it is not.
+#[cold]
+fn unescape(raw: &[u8]) -> Option<String> {
+    let hex = |at: usize| -> Option<u32> {
+        let h = std::str::from_utf8(raw.get(at..at + 4)?).ok()?;
+        u32::from_str_radix(h, 16).ok()
+    };
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] != b'\\' {
+            out.push(raw[i]);
+            i += 1;
+            continue;
+        }
+        let c = match raw[i + 1] {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\x08',
+            b'f' => '\x0c',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            _ => {
+                let n = hex(i + 2)?;
+                i += 4;
+                match n {
+                    0xD800..=0xDBFF => {
+                        // A leading surrogate: its trailing half must follow at once.
+                        if raw.get(i + 2..i + 4) != Some(b"\\u") {
+                            return None;
+                        }
+                        let n2 = hex(i + 4)?;
+                        if !(0xDC00..=0xDFFF).contains(&n2) {
+                            return None;
+                        }
+                        i += 6;
+                        char::from_u32(0x1_0000 + ((n - 0xD800) << 10) + (n2 - 0xDC00))?
+                    }
+                    _ => char::from_u32(n)?,
+                }
+            }
+        };
+        let mut buf = [0; 4];
+        out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+        i += 2;
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests;
