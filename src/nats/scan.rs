@@ -69,13 +69,19 @@ pub(crate) trait Visit<'a> {
 /// Checks of the reply's content (cid order, counts, server ids) are the caller's; this
 /// refuses what is not a well-formed CONNZ reply, as serde does.
 pub(crate) fn reply<'a>(payload: &'a [u8], visit: &mut impl Visit<'a>) -> Result<Head, String> {
-    let mut p = Cursor { b: payload, i: 0 };
-    let head = p.envelope(visit)?;
-    p.ws();
-    if p.i != p.b.len() {
-        return Err(p.err("trailing characters"));
-    }
-    Ok(head)
+    let mut p = Cursor {
+        b: payload,
+        i: 0,
+        why: String::new(),
+    };
+    let head = p.envelope(visit).and_then(|head| {
+        p.ws();
+        match p.i == p.b.len() {
+            true => Ok(head),
+            false => Err(p.err("trailing characters")),
+        }
+    });
+    head.map_err(|Stop| p.why)
 }
 
 /// What `data` said.
@@ -91,7 +97,16 @@ struct Data {
 struct Cursor<'a> {
     b: &'a [u8],
     i: usize,
+    /// Why the parse stopped, once it has.
+    why: String,
 }
+
+/// A refusal: what and where are in [`Cursor::why`] (a result this small costs the hot path
+/// less than one that carries its message).
+#[derive(Debug)]
+struct Stop;
+
+type Res<T> = Result<T, Stop>;
 
 /// Bytes with their lowest bit set in every lane of a word.
 const ONES: u64 = 0x0101_0101_0101_0101;
@@ -115,8 +130,9 @@ fn first_special(w: u64) -> Option<usize> {
 impl<'a> Cursor<'a> {
     #[cold]
     #[inline(never)]
-    fn err(&self, what: &str) -> String {
-        format!("{what} at byte {} of the connz reply", self.i)
+    fn err(&mut self, what: &str) -> Stop {
+        self.why = format!("{what} at byte {} of the connz reply", self.i);
+        Stop
     }
 
     /// Skips JSON whitespace.
@@ -129,7 +145,7 @@ impl<'a> Cursor<'a> {
 
     /// The next byte after whitespace (not consumed); an error at the end of the reply.
     #[inline]
-    fn peek(&mut self) -> Result<u8, String> {
+    fn peek(&mut self) -> Res<u8> {
         self.ws();
         match self.b.get(self.i) {
             Some(&c) => Ok(c),
@@ -139,7 +155,7 @@ impl<'a> Cursor<'a> {
 
     /// Consumes `c` after whitespace.
     #[inline]
-    fn eat(&mut self, c: u8) -> Result<(), String> {
+    fn eat(&mut self, c: u8) -> Res<()> {
         if self.peek()? == c {
             self.i += 1;
             Ok(())
@@ -155,7 +171,7 @@ impl<'a> Cursor<'a> {
 
     /// After an opening bracket: whether the container is empty (its `close` consumed).
     #[inline]
-    fn empty(&mut self, close: u8) -> Result<bool, String> {
+    fn empty(&mut self, close: u8) -> Res<bool> {
         let c = self.peek()?;
         if c == close {
             self.i += 1;
@@ -166,7 +182,7 @@ impl<'a> Cursor<'a> {
     /// After an element of a container: `true` at a comma (another element follows), `false`
     /// at its `close` (consumed).
     #[inline]
-    fn more(&mut self, close: u8) -> Result<bool, String> {
+    fn more(&mut self, close: u8) -> Res<bool> {
         match self.peek()? {
             b',' => {
                 self.i += 1;
@@ -182,7 +198,7 @@ impl<'a> Cursor<'a> {
 
     /// Consumes `null` if it is next.
     #[inline]
-    fn null(&mut self) -> Result<bool, String> {
+    fn null(&mut self) -> Res<bool> {
         if self.peek()? != b'n' {
             return Ok(false);
         }
@@ -190,7 +206,7 @@ impl<'a> Cursor<'a> {
         Ok(true)
     }
 
-    fn literal(&mut self, word: &[u8]) -> Result<(), String> {
+    fn literal(&mut self, word: &[u8]) -> Res<()> {
         if self.b[self.i..].starts_with(word) {
             self.i += word.len();
             Ok(())
@@ -203,7 +219,7 @@ impl<'a> Cursor<'a> {
     /// raw bytes and whether they hold escapes. Escapes and control characters are checked;
     /// UTF-8 is not (the caller checks what it keeps).
     #[inline]
-    fn string_end(&mut self) -> Result<(usize, bool), String> {
+    fn string_end(&mut self) -> Res<(usize, bool)> {
         let b = self.b;
         let mut escaped = false;
         loop {
@@ -239,7 +255,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// Checks the escape at a backslash and steps over it.
-    fn escape(&mut self) -> Result<(), String> {
+    fn escape(&mut self) -> Res<()> {
         match self.b.get(self.i + 1) {
             Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.i += 2,
             Some(b'u') => {
@@ -257,7 +273,7 @@ impl<'a> Cursor<'a> {
 
     /// A string value, borrowed when it has no escapes; must be UTF-8.
     #[inline]
-    fn string(&mut self) -> Result<Cow<'a, str>, String> {
+    fn string(&mut self) -> Res<Cow<'a, str>> {
         self.eat(b'"')?;
         let start = self.i;
         let (end, escaped) = self.string_end()?;
@@ -274,7 +290,7 @@ impl<'a> Cursor<'a> {
 
     /// An object key and its colon: the key's bytes (UTF-8, as serde checks a key it matches).
     #[inline]
-    fn key(&mut self) -> Result<Cow<'a, [u8]>, String> {
+    fn key(&mut self) -> Res<Cow<'a, [u8]>> {
         self.eat(b'"')?;
         let start = self.i;
         let (end, escaped) = self.string_end()?;
@@ -291,10 +307,45 @@ impl<'a> Cursor<'a> {
         Ok(key)
     }
 
+    /// A key of a connection and its colon: the index of the [`SweepConn`] field it names
+    /// ([`field_of`]). The common case (no escapes, at least 16 bytes left) packs the key
+    /// with one load.
+    #[inline]
+    fn conn_key(&mut self) -> Res<u32> {
+        self.ws();
+        let (b, start) = (self.b, self.i + 1);
+        let window = b.get(start..start + 16).filter(|_| b[self.i] == b'"');
+        // The key's end among the next 16 bytes (two words), if it is there and plain.
+        let plain = window.and_then(|w| {
+            let (lo, hi) = w.split_at(8);
+            let lo = first_special(u64::from_le_bytes(lo.try_into().expect("8 bytes")));
+            let at = lo.or_else(|| {
+                first_special(u64::from_le_bytes(hi.try_into().expect("8 bytes"))).map(|a| a + 8)
+            })?;
+            (w[at] == b'"').then(|| (u128::from_le_bytes(w.try_into().expect("16 bytes")), at))
+        });
+        let Some((word, len)) = plain else {
+            // Escaped, long, or near the end of the reply: the general path.
+            return Ok(field_of(&self.key()?));
+        };
+        self.i = start + len + 1;
+        let field = field_of_packed(word & ((1 << (8 * len)) - 1) | (len as u128) << 120);
+        // A known key is ASCII; another must be UTF-8, as serde reads every key it is given.
+        let raw = &b[start..start + len];
+        if field == OTHER && !raw.is_ascii() && std::str::from_utf8(raw).is_err() {
+            return Err(self.err("invalid UTF-8 in a key"));
+        }
+        match b.get(self.i) {
+            Some(b':') => self.i += 1,
+            _ => self.eat(b':')?,
+        }
+        Ok(field)
+    }
+
     /// An unsigned integer, as serde reads a `u64`: no sign, fraction or exponent, no leading
     /// zero, no overflow.
     #[inline]
-    fn u64(&mut self) -> Result<u64, String> {
+    fn u64(&mut self) -> Res<u64> {
         let first = self.peek()?;
         if !first.is_ascii_digit() {
             return Err(self.err("expected an unsigned integer"));
@@ -318,7 +369,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// A number, checked for syntax only.
-    fn skip_number(&mut self) -> Result<(), String> {
+    fn skip_number(&mut self) -> Res<()> {
         let b = self.b;
         let digits = |i: &mut usize| {
             let from = *i;
@@ -357,7 +408,7 @@ impl<'a> Cursor<'a> {
     /// Steps over one value after checking its syntax (not its strings' UTF-8). Nested values
     /// are walked with a stack of bits, one per level (1 = object), not recursion: at most
     /// [`MAX_DEPTH`] levels.
-    fn skip(&mut self) -> Result<(), String> {
+    fn skip(&mut self) -> Res<()> {
         let mut stack: u128 = 0;
         let mut depth = 0usize;
         loop {
@@ -411,14 +462,14 @@ impl<'a> Cursor<'a> {
     }
 
     /// A key of a skipped object and its colon (not UTF-8 checked, as serde's `IgnoredAny`).
-    fn skip_key(&mut self) -> Result<(), String> {
+    fn skip_key(&mut self) -> Res<()> {
         self.eat(b'"')?;
         self.string_end()?;
         self.eat(b':')
     }
 
     /// The raw bytes of the next value (checked for syntax).
-    fn raw_value(&mut self) -> Result<&'a [u8], String> {
+    fn raw_value(&mut self) -> Res<&'a [u8]> {
         self.ws();
         let start = self.i;
         self.skip()?;
@@ -427,7 +478,7 @@ impl<'a> Cursor<'a> {
 
     /// `null` or a string.
     #[inline]
-    fn opt_string(&mut self) -> Result<Option<Cow<'a, str>>, String> {
+    fn opt_string(&mut self) -> Res<Option<Cow<'a, str>>> {
         if self.null()? {
             return Ok(None);
         }
@@ -436,7 +487,7 @@ impl<'a> Cursor<'a> {
 
     /// `null` or a timestamp.
     #[inline]
-    fn opt_time(&mut self) -> Result<Option<Rfc3339>, String> {
+    fn opt_time(&mut self) -> Res<Option<Rfc3339>> {
         match self.opt_string()? {
             None => Ok(None),
             Some(s) => match parse_rfc3339(&s) {
@@ -447,7 +498,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// `null` or an array of strings.
-    fn opt_strings(&mut self) -> Result<Option<Vec<Cow<'a, str>>>, String> {
+    fn opt_strings(&mut self) -> Res<Option<Vec<Cow<'a, str>>>> {
         if self.null()? {
             return Ok(None);
         }
@@ -465,7 +516,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// The envelope: `{"server":…,"data":…,"error":…}` in any order, each at most once.
-    fn envelope(&mut self, visit: &mut impl Visit<'a>) -> Result<Head, String> {
+    fn envelope(&mut self, visit: &mut impl Visit<'a>) -> Res<Head> {
         let mut head = Head::default();
         let (mut server_seen, mut data_seen, mut error_seen) = (false, false, false);
         self.eat(b'{')?;
@@ -512,7 +563,7 @@ impl<'a> Cursor<'a> {
 
     /// A small value read with serde from its raw bytes (`server`, `error`: once a reply).
     /// Refused when written as an array, which serde would take field by field.
-    fn serde<T: serde::de::DeserializeOwned>(&mut self) -> Result<T, String> {
+    fn serde<T: serde::de::DeserializeOwned>(&mut self) -> Res<T> {
         if self.peek()? == b'[' {
             return Err(self.err("expected an object"));
         }
@@ -525,7 +576,7 @@ impl<'a> Cursor<'a> {
         &mut self,
         server: Option<&ServerInfo>,
         visit: &mut impl Visit<'a>,
-    ) -> Result<Option<Data>, String> {
+    ) -> Res<Option<Data>> {
         if self.null()? {
             return Ok(None);
         }
@@ -569,7 +620,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// `connections`: `null` or an array of connection objects. Returns how many there were.
-    fn connections(&mut self, keep: bool, visit: &mut impl Visit<'a>) -> Result<usize, String> {
+    fn connections(&mut self, keep: bool, visit: &mut impl Visit<'a>) -> Res<usize> {
         if self.null()? {
             return Ok(0);
         }
@@ -594,7 +645,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// One connection, the fields of [`SweepConn`] read, the others skipped.
-    fn conn(&mut self) -> Result<SweepConn<'a>, String> {
+    fn conn(&mut self) -> Res<SweepConn<'a>> {
         let mut c = SweepConn {
             cid: 0,
             kind: None,
@@ -618,25 +669,8 @@ impl<'a> Cursor<'a> {
         // The fields read so far, one bit each (serde refuses a field given twice).
         let mut seen = 0u16;
         loop {
-            let key = self.key()?;
-            let field = match &*key {
-                b"cid" => 0,
-                b"kind" => 1,
-                b"ip" => 2,
-                b"start" => 3,
-                b"last_activity" => 4,
-                b"in_msgs" => 5,
-                b"out_msgs" => 6,
-                b"subscriptions" => 7,
-                b"name" => 8,
-                b"authorized_user" => 9,
-                b"account" => 10,
-                b"name_tag" => 11,
-                b"tags" => 12,
-                b"jwt" => 13,
-                _ => 16,
-            };
-            if field < 16 {
+            let field = self.conn_key()?;
+            if field < OTHER {
                 if seen & (1 << field) != 0 {
                     return Err(self.err("duplicate field in a connection"));
                 }
@@ -669,14 +703,14 @@ impl<'a> Cursor<'a> {
     }
 
     /// One connection that is not kept: its `cid` read (given at most once), the rest skipped.
-    fn cid_only(&mut self) -> Result<u64, String> {
+    fn cid_only(&mut self) -> Res<u64> {
         self.eat(b'{')?;
         let mut cid = None;
         if self.empty(b'}')? {
             return Ok(0);
         }
         loop {
-            if &*self.key()? == b"cid" {
+            if self.conn_key()? == 0 {
                 if cid.is_some() {
                     return Err(self.err("duplicate field in a connection"));
                 }
@@ -688,6 +722,66 @@ impl<'a> Cursor<'a> {
                 return Ok(cid.unwrap_or_default());
             }
         }
+    }
+}
+
+/// What [`field_of`] says of a key that names no field of [`SweepConn`].
+const OTHER: u32 = 16;
+
+/// A key of at most 15 bytes as a number: its bytes, and its length in the top byte.
+const fn pack(key: &[u8]) -> u128 {
+    let mut n = (key.len() as u128) << 120;
+    let mut i = 0;
+    while i < key.len() && i < 15 {
+        n |= (key[i] as u128) << (8 * i);
+        i += 1;
+    }
+    n
+}
+
+/// The index of the field of [`SweepConn`] a connection's key names, in its order, or
+/// [`OTHER`]. Keys are compared as numbers ([`pack`]), not byte by byte: a connection has
+/// some twenty keys.
+fn field_of(key: &[u8]) -> u32 {
+    if key.len() > 15 {
+        return OTHER;
+    }
+    field_of_packed(pack(key))
+}
+
+/// [`field_of`] a [`pack`]ed key.
+#[inline]
+fn field_of_packed(key: u128) -> u32 {
+    const CID: u128 = pack(b"cid");
+    const KIND: u128 = pack(b"kind");
+    const IP: u128 = pack(b"ip");
+    const START: u128 = pack(b"start");
+    const LAST_ACTIVITY: u128 = pack(b"last_activity");
+    const IN_MSGS: u128 = pack(b"in_msgs");
+    const OUT_MSGS: u128 = pack(b"out_msgs");
+    const SUBSCRIPTIONS: u128 = pack(b"subscriptions");
+    const NAME: u128 = pack(b"name");
+    const AUTHORIZED_USER: u128 = pack(b"authorized_user");
+    const ACCOUNT: u128 = pack(b"account");
+    const NAME_TAG: u128 = pack(b"name_tag");
+    const TAGS: u128 = pack(b"tags");
+    const JWT: u128 = pack(b"jwt");
+    match key {
+        CID => 0,
+        KIND => 1,
+        IP => 2,
+        START => 3,
+        LAST_ACTIVITY => 4,
+        IN_MSGS => 5,
+        OUT_MSGS => 6,
+        SUBSCRIPTIONS => 7,
+        NAME => 8,
+        AUTHORIZED_USER => 9,
+        ACCOUNT => 10,
+        NAME_TAG => 11,
+        TAGS => 12,
+        JWT => 13,
+        _ => OTHER,
     }
 }
 
@@ -746,3 +840,6 @@ fn unescape(raw: &[u8]) -> Option<String> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod bench;
