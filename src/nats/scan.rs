@@ -274,6 +274,16 @@ impl<'a> Cursor<'a> {
     /// A string value, borrowed when it has no escapes; must be UTF-8.
     #[inline]
     fn string(&mut self) -> Res<Cow<'a, str>> {
+        self.ws();
+        if let Some((_, len)) = self.short_string() {
+            let start = self.i + 1;
+            self.i = start + len + 1;
+            let raw = &self.b[start..start + len];
+            return match std::str::from_utf8(raw) {
+                Ok(s) => Ok(Cow::Borrowed(s)),
+                Err(_) => Err(self.err("invalid UTF-8 in a string")),
+            };
+        }
         self.eat(b'"')?;
         let start = self.i;
         let (end, escaped) = self.string_end()?;
@@ -313,33 +323,40 @@ impl<'a> Cursor<'a> {
     #[inline]
     fn conn_key(&mut self) -> Res<u32> {
         self.ws();
-        let (b, start) = (self.b, self.i + 1);
-        let window = b.get(start..start + 16).filter(|_| b[self.i] == b'"');
-        // The key's end among the next 16 bytes (two words), if it is there and plain.
-        let plain = window.and_then(|w| {
-            let (lo, hi) = w.split_at(8);
-            let lo = first_special(u64::from_le_bytes(lo.try_into().expect("8 bytes")));
-            let at = lo.or_else(|| {
-                first_special(u64::from_le_bytes(hi.try_into().expect("8 bytes"))).map(|a| a + 8)
-            })?;
-            (w[at] == b'"').then(|| (u128::from_le_bytes(w.try_into().expect("16 bytes")), at))
-        });
-        let Some((word, len)) = plain else {
+        let Some((word, len)) = self.short_string() else {
             // Escaped, long, or near the end of the reply: the general path.
             return Ok(field_of(&self.key()?));
         };
+        let start = self.i + 1;
         self.i = start + len + 1;
         let field = field_of_packed(word & ((1 << (8 * len)) - 1) | (len as u128) << 120);
         // A known key is ASCII; another must be UTF-8, as serde reads every key it is given.
-        let raw = &b[start..start + len];
+        let raw = &self.b[start..start + len];
         if field == OTHER && !raw.is_ascii() && std::str::from_utf8(raw).is_err() {
             return Err(self.err("invalid UTF-8 in a key"));
         }
-        match b.get(self.i) {
+        match self.b.get(self.i) {
             Some(b':') => self.i += 1,
             _ => self.eat(b':')?,
         }
         Ok(field)
+    }
+
+    /// At an opening quote: the next 16 bytes and the length of the string, when it closes
+    /// among them with no escape or control character (most keys and values of a reply).
+    #[inline]
+    fn short_string(&self) -> Option<(u128, usize)> {
+        let start = self.i + 1;
+        let w = self
+            .b
+            .get(start..start + 16)
+            .filter(|_| self.b[self.i] == b'"')?;
+        let (lo, hi) = w.split_at(8);
+        let lo = first_special(u64::from_le_bytes(lo.try_into().expect("8 bytes")));
+        let at = lo.or_else(|| {
+            first_special(u64::from_le_bytes(hi.try_into().expect("8 bytes"))).map(|a| a + 8)
+        })?;
+        (w[at] == b'"').then(|| (u128::from_le_bytes(w.try_into().expect("16 bytes")), at))
     }
 
     /// An unsigned integer, as serde reads a `u64`: no sign, fraction or exponent, no leading
@@ -414,10 +431,13 @@ impl<'a> Cursor<'a> {
         loop {
             // A value.
             match self.peek()? {
-                b'"' => {
-                    self.i += 1;
-                    self.string_end()?;
-                }
+                b'"' => match self.short_string() {
+                    Some((_, len)) => self.i += len + 2,
+                    None => {
+                        self.i += 1;
+                        self.string_end()?;
+                    }
+                },
                 b'{' | b'[' => {
                     let object = self.b[self.i] == b'{';
                     if depth == MAX_DEPTH {

@@ -196,11 +196,11 @@ pub fn parse_rfc3339(s: &str) -> Option<DateTime<FixedOffset>> {
 }
 
 fn fast_rfc3339(b: &[u8]) -> Option<DateTime<FixedOffset>> {
-    let num = |r: std::ops::Range<usize>| -> Option<u32> {
-        b.get(r)?.iter().try_fold(0u32, |n, c| {
-            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
-        })
+    let digit = |i: usize| {
+        let d = b.get(i)?.wrapping_sub(b'0');
+        (d < 10).then_some(u32::from(d))
     };
+    let two = |i: usize| Some(digit(i)? * 10 + digit(i + 1)?);
     if b.len() < 20
         || b[4] != b'-'
         || b[7] != b'-'
@@ -210,8 +210,8 @@ fn fast_rfc3339(b: &[u8]) -> Option<DateTime<FixedOffset>> {
     {
         return None;
     }
-    let (year, month, day) = (i64::from(num(0..4)?), num(5..7)?, num(8..10)?);
-    let (hour, min, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let (year, month, day) = (i64::from(two(0)? * 100 + two(2)?), two(5)?, two(8)?);
+    let (hour, min, sec) = (two(11)?, two(14)?, two(17)?);
     let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
     let month_days = match month {
         1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
@@ -235,12 +235,13 @@ fn fast_rfc3339(b: &[u8]) -> Option<DateTime<FixedOffset>> {
         if digits == 0 || digits > 9 {
             return None;
         }
-        nanos = num(start..i)? * 10u32.pow(9 - digits as u32);
+        nanos = (start..i).try_fold(0, |n, at| Some(n * 10 + digit(at)?))?;
+        nanos *= 10u32.pow(9 - digits as u32);
     }
     let offset = match b.get(i..)? {
         [b'Z'] => 0,
         [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
-            let secs = (num(i + 1..i + 3)? * 3600 + num(i + 4..i + 6)? * 60) as i32;
+            let secs = (two(i + 1)? * 3600 + two(i + 4)? * 60) as i32;
             if *sign == b'-' {
                 -secs
             } else {
