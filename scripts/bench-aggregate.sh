@@ -21,13 +21,30 @@ git archive "$ref" | tar -x -C "$src"
 # library into main's bench. Newer mtimes on both sides make each build compile its own.
 find "$src" -type f -exec touch {} +
 # The same bench program, so both builds are measured the same way (main's sets no malloc
-# threshold: connwatch::alloc is this tree's).
+# threshold: connwatch::alloc is this tree's). When this tree's program uses what the baseline
+# does not have (a changed API), the baseline's own program measures it (same measurements,
+# its own way of calling connwatch).
+own="$root/target/bench/baseline-own-bench"
+rm -rf "$own"
+cp -r "$src/testkit/src/bin/connwatch-bench" "$own"
 cp -r testkit/src/bin/connwatch-bench/. "$src/testkit/src/bin/connwatch-bench/"
 sed -i -e '/^    connwatch::alloc::tune();$/d' \
     "$src/testkit/src/bin/connwatch-bench/main.rs"
 # One target directory: main's build reuses the compiled dependencies, then its bench is kept
 # aside and this tree's binaries are linked again over the ones main's build left.
-(cd "$src" && CARGO_TARGET_DIR="$root/target" cargo build --release --locked -p testkit --bin connwatch-bench)
+build_baseline() {
+    (cd "$src" && CARGO_TARGET_DIR="$root/target" cargo build --release --locked -p testkit --bin connwatch-bench)
+}
+if ! build_baseline 2>/dev/null; then
+    echo "- this tree's bench program does not build against $ref: the baseline runs its own"
+    rm -rf "$src/testkit/src/bin/connwatch-bench"
+    mv "$own" "$src/testkit/src/bin/connwatch-bench"
+    sed -i -e '/^    connwatch::alloc::tune();$/d' \
+        "$src/testkit/src/bin/connwatch-bench/main.rs"
+    find "$src" -type f -exec touch {} +
+    build_baseline
+fi
+rm -rf "$own"
 cp target/release/connwatch-bench target/bench/main-connwatch-bench
 rm -rf "$src"
 git ls-files -z src testkit/src | xargs -0 touch

@@ -190,7 +190,7 @@ pub type FxBuild = BuildHasherDefault<FxHasher>;
 /// Hands out one [`Str`] per distinct text: equal texts share one allocation. One interner per
 /// reply (or per batch of work): it holds a reference to every text it handed out until it is
 /// dropped, so it is not kept across sweeps.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Interner {
     texts: HashSet<Str, FxBuild>,
 }

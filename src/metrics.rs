@@ -432,7 +432,7 @@ impl Metrics {
         findings: &Lifecycle,
         cfg: &MetricsConfig,
     ) {
-        self.connections.set(snap.connections.len() as i64);
+        self.connections.set(snap.connection_count() as i64);
         self.observe_clusters(snap);
         self.user_connections.clear();
         for u in user_series(census, cfg) {

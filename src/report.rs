@@ -75,7 +75,7 @@ impl SweepSummary {
             missing: s.missing.clone(),
             errors: s.errors.clone(),
             servers: s.servers.clone(),
-            connections: s.connections.len(),
+            connections: s.connection_count() as usize,
             requests: s.requests,
             pages: s.pages,
             bytes: s.bytes,

@@ -411,6 +411,17 @@ fn note_identity(session: &Session, config: &Config, metrics: &Metrics, health: 
 }
 
 impl Service {
+    /// Whether the round needs every connection one by one, not only the census: to kick, or
+    /// to audit the kicks a dead leader left without an outcome.
+    fn needs_connections(&self) -> bool {
+        self.config.kick.enabled || !self.state.kicked.unfinished.is_empty()
+    }
+
+    /// An empty census with this round's rules (system account, `[detect]`).
+    fn rules(&self) -> crate::census::Aggregate {
+        crate::census::Aggregate::new(self.session.system_account.as_deref(), &self.config.detect)
+    }
+
     /// The answer to a `sweep` request when the last sweep started less than
     /// `service.sweep_min_interval` ago: its summary, or when the next sweep is allowed.
     fn too_recent(&self) -> Option<Result<SweepSummary, api::SweepRefused>> {
@@ -438,6 +449,10 @@ impl Service {
             .live
             .as_ref()
             .map(|l| l.view.lock().expect("live view lock").begin_sync());
+        // Without the live view, a sweep lists every connection only for what needs them one
+        // by one (kicks, and the audit of a dead leader's kicks); otherwise it counts them.
+        let count_only = (self.live.is_none() && !self.needs_connections()).then(|| self.rules());
+        self.sweeper.count_only(count_only);
         let snap = match self.sweeper.sweep(&mut self.state.servers).await {
             Ok(s) => s,
             Err(e) => {
@@ -569,11 +584,16 @@ impl Service {
             self.announce(a);
         }
         // Kicks a dead predecessor recorded without an outcome: audited once, on a complete sweep.
-        if acting && swept && complete {
+        if acting && swept && complete && snap.census.is_none() {
             self.recover_kicks(&snap.connections, now, &sweep);
         }
         // Kicks only after a sweep: their idle times and message counts come from it.
-        if self.config.kick.enabled && swept && acting && self.gate.acting() {
+        if self.config.kick.enabled
+            && swept
+            && acting
+            && self.gate.acting()
+            && snap.census.is_none()
+        {
             self.kicks(&snap, &census, complete, now, &sweep).await;
         }
         if swept || !events.is_empty() {
@@ -620,7 +640,7 @@ impl Service {
             info!(
                 events = events.len(),
                 firing = self.state.findings.active.len(),
-                connections = snap.connections.len(),
+                connections = snap.connection_count(),
                 partial = !complete,
                 "live census: findings changed"
             );

@@ -49,7 +49,130 @@ pub struct Connection {
     pub tags: Vec<Str>,
 }
 
+/// One connection as the census reads it, its texts borrowed: from a [`Connection`]
+/// ([`Connection::view`]) or straight from a reply being parsed, so a sweep that only needs
+/// the census builds no [`Connection`] at all.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConnRef<'a> {
+    /// Name of the server holding it.
+    pub server: &'a str,
+    /// Id of that server.
+    pub server_id: &'a str,
+    /// Connection id on that server.
+    pub cid: u64,
+    /// `Client` or `Leafnode`.
+    pub kind: &'a str,
+    /// Remote IP.
+    pub ip: &'a str,
+    /// When it was made.
+    pub start: Option<DateTime<Utc>>,
+    /// Time since the server last saw traffic on it.
+    pub idle: Duration,
+    /// When the server last saw a message on it.
+    pub last_activity: Option<DateTime<Utc>>,
+    /// Subscriptions it holds.
+    pub subscriptions: u32,
+    /// Messages from the client.
+    pub in_msgs: u64,
+    /// Messages to the client.
+    pub out_msgs: u64,
+    /// Client name; empty when none.
+    pub name: &'a str,
+    /// Account.
+    pub account: &'a str,
+    /// The account's human name, when known.
+    pub account_name: Option<&'a str>,
+    /// Authenticated user.
+    pub user: &'a str,
+    /// The user's human name, when known.
+    pub user_name: Option<&'a str>,
+    /// Tags of the user.
+    pub tags: Tags<'a>,
+}
+
+/// The tags of a [`ConnRef`]: a [`Connection`]'s, or as a reply gave them.
+#[derive(Debug, Clone, Copy)]
+pub enum Tags<'a> {
+    /// A connection's shared texts.
+    Shared(&'a [Str]),
+    /// A reply's texts.
+    Read(&'a [std::borrow::Cow<'a, str>]),
+}
+
+impl Default for Tags<'_> {
+    fn default() -> Self {
+        Self::Shared(&[])
+    }
+}
+
+impl<'a> Tags<'a> {
+    /// The tags, in order.
+    pub fn iter(self) -> impl Iterator<Item = &'a str> {
+        let (shared, read) = match self {
+            Self::Shared(t) => (t, &[][..]),
+            Self::Read(t) => (&[][..], t),
+        };
+        shared
+            .iter()
+            .map(Str::as_str)
+            .chain(read.iter().map(|t| t.as_ref()))
+    }
+}
+
+impl<'a> ConnRef<'a> {
+    /// Whether a server listed it before it authenticated ([`Connection::pending`]).
+    pub fn pending(&self, auth_required: bool) -> bool {
+        auth_required && self.kind == "Client" && self.user.is_empty() && self.account == "$G"
+    }
+
+    /// An owned connection, its texts from `texts`.
+    pub fn to_connection(&self, texts: &mut crate::intern::Interner) -> Connection {
+        Connection {
+            server: texts.get(self.server),
+            server_id: texts.get(self.server_id),
+            cid: self.cid,
+            kind: texts.get(self.kind),
+            ip: texts.get(self.ip),
+            start: self.start,
+            idle: self.idle,
+            last_activity: self.last_activity,
+            subscriptions: self.subscriptions,
+            in_msgs: self.in_msgs,
+            out_msgs: self.out_msgs,
+            name: texts.get(self.name),
+            account: texts.get(self.account),
+            account_name: self.account_name.map(|n| texts.get(n)),
+            user: texts.get(self.user),
+            user_name: self.user_name.map(|n| texts.get(n)),
+            tags: self.tags.iter().map(|t| texts.get(t)).collect(),
+        }
+    }
+}
+
 impl Connection {
+    /// The connection as the census reads it.
+    pub fn view(&self) -> ConnRef<'_> {
+        ConnRef {
+            server: &self.server,
+            server_id: &self.server_id,
+            cid: self.cid,
+            kind: &self.kind,
+            ip: &self.ip,
+            start: self.start,
+            idle: self.idle,
+            last_activity: self.last_activity,
+            subscriptions: self.subscriptions,
+            in_msgs: self.in_msgs,
+            out_msgs: self.out_msgs,
+            name: &self.name,
+            account: &self.account,
+            account_name: self.account_name.as_deref(),
+            user: &self.user,
+            user_name: self.user_name.as_deref(),
+            tags: Tags::Shared(&self.tags),
+        }
+    }
+
     /// Whether a server listed it before it authenticated, when the servers require auth: a
     /// server lists a connection from the moment it accepts it, in the global account with no
     /// user, until its CONNECT is authorized (up to the server's `auth_timeout`, 2 s by
@@ -57,7 +180,7 @@ impl Connection {
     /// finding for `$G`/""). Without auth every client is `$G`/"", and counted. Leafnodes are
     /// never taken for pending: a leafnode port without auth has real user-less connections.
     pub fn pending(&self, auth_required: bool) -> bool {
-        auth_required && self.kind == "Client" && self.user.is_empty() && self.account == "$G"
+        self.view().pending(auth_required)
     }
 }
 
@@ -271,15 +394,19 @@ pub struct Snapshot {
     pub requests: usize,
     /// CONNZ pages received.
     pub pages: usize,
-    /// Reply bytes received.
+    /// Reply bytes received, as they came (compressed with `sweep.compression = "snappy"`).
     pub bytes: usize,
     /// The most reply bytes in flight at one time: asked for and not yet parsed (held for
     /// connwatch by the servers, the network and its client). A PING puts every server's first
     /// reply in flight at once; a bounded sweep (`sweep.max_in_flight`) a few servers' replies.
     pub peak_bytes_in_flight: usize,
     /// The connections of the servers in `servers`, each exactly once: every server's from one
-    /// reply (one snapshot of it).
+    /// reply (one snapshot of it). Empty when the sweep only counted them (`census`).
     pub connections: Vec<Connection>,
+    /// The census of the servers in `servers`, built while their replies were parsed, when the
+    /// sweep counted connections instead of listing them
+    /// ([`crate::sweep::Sweeper::count_only`]); not yet finished (thresholds, suspects).
+    pub census: Option<crate::census::Aggregate>,
     /// For a view of the live census: why it is not complete (a gap since the last complete
     /// sweep: events may have been lost); `None` for a sweep, or a complete live view.
     pub gap: Option<String>,
@@ -295,6 +422,14 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Connections counted: listed, or in the census.
+    pub fn connection_count(&self) -> u64 {
+        match &self.census {
+            Some(census) => census.connections(),
+            None => self.connections.len() as u64,
+        }
+    }
+
     /// Whether some of the cluster's connections may be missing from this sweep.
     pub fn partial(&self) -> bool {
         self.servers.len() < self.servers_expected

@@ -119,14 +119,20 @@ pub fn fill_by_cluster(census: &mut Census, topology: &Topology) {
     }
 }
 
-/// The census of a sweep: [`crate::census::build`] over its connections, with every user's
+/// The census of a sweep: the one it counted while parsing ([`Snapshot::census`], built with
+/// the same rules), else [`crate::census::build`] over its connections; with every user's
 /// `by_cluster` from the sweep's topology.
+///
+/// [`Snapshot::census`]: crate::snapshot::Snapshot::census
 pub fn census_of(
     snap: &crate::snapshot::Snapshot,
     system_account: Option<&str>,
     detect: &crate::config::DetectConfig,
 ) -> Census {
-    let mut census = crate::census::build(&snap.connections, system_account, detect);
+    let mut census = match &snap.census {
+        Some(counted) => counted.clone().finish(),
+        None => crate::census::build(&snap.connections, system_account, detect),
+    };
     fill_by_cluster(&mut census, &snap.topology);
     census
 }

@@ -663,7 +663,7 @@ async fn sigterm_during_kicks_loses_no_audit_and_no_kick_memory() {
     let answered = tokio::time::timeout(WAIT, async {
         let (mut connz, mut statsz) = (false, false);
         while let Some(m) = replies.next().await {
-            let Ok(v) = serde_json::from_slice::<Value>(&m.payload) else {
+            let Ok(v) = serde_json::from_slice::<Value>(&plain_payload(&m)) else {
                 continue;
             };
             if v["server"]["name"] != frozen_name.as_str() {

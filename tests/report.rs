@@ -706,7 +706,7 @@ async fn a_slow_server_is_cut_at_the_deadline_and_the_others_are_kept() {
 /// list comes whole in its answer to the PING, each connection read once, no directed request.
 #[tokio::test]
 async fn a_long_lived_sweeper_reads_each_servers_list_once_from_its_second_sweep() {
-    use connwatch::config::{NatsConfig, Secret, SweepConfig};
+    use connwatch::config::SweepConfig;
     use connwatch::state::KnownServers;
     use connwatch::sweep::Sweeper;
 
@@ -722,14 +722,7 @@ async fn a_long_lived_sweeper_reads_each_servers_list_once_from_its_second_sweep
         let spec = LoadSpec::new(cluster.client_url(i), app.clone(), n);
         loads.push(load::open(spec).await.unwrap());
     }
-    let sys = cluster.system_user();
-    let nats = NatsConfig {
-        servers: cluster.client_urls(),
-        user: Some(sys.name.clone()),
-        password: Some(Secret::new(sys.password.clone())),
-        ..NatsConfig::default()
-    };
-    let client = connwatch::nats::connect(&nats, None).await.unwrap();
+    let client = system_client(&cluster).await;
     let cfg = SweepConfig {
         expected_servers: 3,
         page_size: 20,
@@ -770,4 +763,83 @@ async fn a_long_lived_sweeper_reads_each_servers_list_once_from_its_second_sweep
         );
     }
     drop(loads);
+}
+
+/// The four ways a sweep can read the same cluster give one census, equal to the servers' own
+/// `/connz`: connections listed or counted while parsing (`Sweeper::count_only`, as `report`
+/// and `run` without kicks do), replies plain or snappy-compressed (`sweep.compression`), the
+/// compressed ones several times fewer bytes. Pages of 20 make the bigger servers' lists come
+/// from directed requests, so both the PING and the directed path decompress and count.
+#[tokio::test]
+async fn listed_or_counted_plain_or_compressed_a_sweep_counts_the_same() {
+    use connwatch::census::Aggregate;
+    use connwatch::config::{Compression, DetectConfig, SweepConfig};
+    use connwatch::state::KnownServers;
+    use connwatch::sweep::Sweeper;
+
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(
+        ClusterSpec::new(dir.path().join("cluster"))
+            .account(AccountSpec::new("APP").user("app", "app-pw"))
+            .account(AccountSpec::new("OPS").user("ops", "ops-pw")),
+    )
+    .unwrap();
+    let mut loads = Vec::new();
+    for (i, user, n) in [
+        (0, "app", 60),
+        (1, "app", 25),
+        (2, "ops", 30),
+        (1, "ops", 4),
+    ] {
+        let auth = LoadAuth::user_password(user, format!("{user}-pw"));
+        let spec = LoadSpec::new(cluster.client_url(i), auth, n).name(user);
+        loads.push(load::open(spec).await.unwrap());
+    }
+    let client = system_client(&cluster).await;
+    let detect = DetectConfig::default();
+    let truth = without_system(ground_truth(&cluster, &[0, 1, 2]));
+    let mut bytes = BTreeMap::new();
+    for compression in [Compression::None, Compression::Snappy] {
+        for counting in [false, true] {
+            let cfg = SweepConfig {
+                expected_servers: 3,
+                page_size: 20,
+                compression,
+                ..SweepConfig::default()
+            };
+            let system = connwatch::nats::System::new(client.clone());
+            let mut sweeper = Sweeper::new(system, &cfg);
+            if counting {
+                sweeper.count_only(Some(Aggregate::new(Some("SYS"), &detect)));
+            }
+            let snap = sweeper.sweep(&mut KnownServers::default()).await.unwrap();
+            let how = format!("{compression:?}, counting {counting}");
+            assert!(!snap.partial(), "{how}: {:?}", snap.errors);
+            assert_eq!(snap.connections.is_empty(), counting, "{how}");
+            assert_eq!(snap.census.is_some(), counting, "{how}");
+            assert!(snap.requests > 2, "{how}: the directed path was not taken");
+            let census = connwatch::topology::census_of(&snap, Some("SYS"), &detect);
+            let report = serde_json::to_value(&census).unwrap();
+            assert_eq!(without_system(reported(&report)), truth, "{how}");
+            bytes.insert((compression == Compression::Snappy, counting), snap.bytes);
+        }
+    }
+    for counting in [false, true] {
+        let (plain, snappy) = (bytes[&(false, counting)], bytes[&(true, counting)]);
+        assert!(snappy * 3 < plain, "snappy {snappy} bytes, plain {plain}");
+    }
+    drop(loads);
+}
+
+/// A client of the cluster's system user, as connwatch connects.
+async fn system_client(cluster: &Cluster) -> async_nats::Client {
+    use connwatch::config::{NatsConfig, Secret};
+    let sys = cluster.system_user();
+    let nats = NatsConfig {
+        servers: cluster.client_urls(),
+        user: Some(sys.name.clone()),
+        password: Some(Secret::new(sys.password.clone())),
+        ..NatsConfig::default()
+    };
+    connwatch::nats::connect(&nats, None).await.unwrap()
 }

@@ -3,7 +3,10 @@
 //! connection: memory grows with users, their distinct servers, names, IPs and processes, and
 //! at most `detect.max_suspects_per_user` suspects per user and process, not with connections.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use hashbrown::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -13,8 +16,8 @@ use super::{
     UserCensus, USED_ONCE_MIN_PER_PROCESS,
 };
 use crate::config::DetectConfig;
-use crate::intern::{FxBuild, Str};
-use crate::snapshot::Connection;
+use crate::intern::{FxBuild, Interner, Str};
+use crate::snapshot::{ConnRef, Connection};
 
 /// Builds the census from a sweep's connections: [`Aggregate::add`] of each, then
 /// [`Aggregate::finish`].
@@ -25,27 +28,33 @@ pub fn build(
 ) -> Census {
     let mut agg = Aggregate::new(system_account, detect);
     for c in connections {
-        agg.add(c);
+        agg.add(&c.view());
     }
     agg.finish()
 }
 
 /// A census under construction: feed it every connection of a sweep once ([`Aggregate::add`]),
 /// in any order, then [`Aggregate::finish`]. The result is the same as [`build`] over the
-/// same connections.
-#[derive(Debug)]
-pub struct Aggregate<'d> {
-    detect: &'d DetectConfig,
+/// same connections. Censuses of parts of a sweep (one per server reply) are joined with
+/// [`Aggregate::absorb`].
+#[derive(Debug, Clone)]
+pub struct Aggregate {
+    detect: Arc<DetectConfig>,
     sig: Signature,
-    system_account: Option<String>,
+    system_account: Option<Arc<str>>,
+    /// Connections listed before they authenticated are counted in `pending`, not added.
+    skip_pending: bool,
     connections: u64,
+    pending: u64,
     /// Account → user → counts (nested, so a connection is looked up by its borrowed texts,
     /// without a key built per connection).
     users: HashMap<Str, HashMap<Str, UserAgg, FxBuild>, FxBuild>,
+    /// The texts of the suspects (server, name, IP), each held once.
+    texts: Interner,
 }
 
 /// One user's counts while the census is built.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct UserAgg {
     /// Identity, totals, starts and suspect counts; its maps stay empty until `finish`.
     census: UserCensus,
@@ -59,7 +68,7 @@ struct UserAgg {
 }
 
 /// One (IP, client name) of a user.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Process {
     connections: u64,
     /// Connections idle long enough whose every message came soon after connecting: suspects
@@ -89,14 +98,14 @@ struct Candidate {
 }
 
 impl Candidate {
-    fn of(seq: u64, c: &Connection, pattern: LeakPattern) -> Self {
+    fn of(seq: u64, c: &ConnRef, texts: &mut Interner, pattern: LeakPattern) -> Self {
         Self {
             seq,
-            server: c.server.clone(),
-            server_id: c.server_id.clone(),
+            server: texts.get(c.server),
+            server_id: texts.get(c.server_id),
             cid: c.cid,
-            name: c.name.clone(),
-            ip: c.ip.clone(),
+            name: texts.get(c.name),
+            ip: texts.get(c.ip),
             start: c.start,
             idle: c.idle,
             in_msgs: c.in_msgs,
@@ -138,55 +147,112 @@ fn sort_suspects(list: &mut [Candidate]) {
 /// back to `max` whenever it reaches `2 × max`, so each connection costs amortized O(log max).
 fn push_bounded(list: &mut Vec<Candidate>, c: Candidate, max: usize) {
     list.push(c);
+    trim(list, max);
+}
+
+/// Cuts `list` back to its `max` first once it holds `2 × max` or more.
+fn trim(list: &mut Vec<Candidate>, max: usize) {
     if list.len() >= max.saturating_mul(2).max(1) {
         sort_suspects(list);
         list.truncate(max);
     }
 }
 
-fn bump(map: &mut HashMap<Str, u64, FxBuild>, key: &Str) {
+/// Joins `more` (of a later part of the sweep: its places come after `base`) into `list`.
+fn join_candidates(list: &mut Vec<Candidate>, more: Vec<Candidate>, base: u64, max: usize) {
+    for mut c in more {
+        c.seq += base;
+        push_bounded(list, c, max);
+    }
+}
+
+fn bump(map: &mut HashMap<Str, u64, FxBuild>, key: &str) {
     *slot(map, key, u64::default) += 1;
 }
 
-/// The value of `key`, made by `new` when there is none: the key is cloned only then.
+fn add_counts(into: &mut HashMap<Str, u64, FxBuild>, from: HashMap<Str, u64, FxBuild>) {
+    for (k, n) in from {
+        *into.entry(k).or_default() += n;
+    }
+}
+
+/// The value of `key`, made by `new` when there is none: one lookup, the key's text copied
+/// only then.
 fn slot<'m, V>(
     map: &'m mut HashMap<Str, V, FxBuild>,
-    key: &Str,
+    key: &str,
     new: impl FnOnce() -> V,
 ) -> &'m mut V {
-    if !map.contains_key(key.as_str()) {
-        map.insert(key.clone(), new());
-    }
-    map.get_mut(key.as_str()).expect("inserted above")
+    map.entry_ref(key).or_insert_with(new)
 }
 
 fn sorted(map: HashMap<Str, u64, FxBuild>) -> BTreeMap<String, u64> {
     map.into_iter().map(|(k, v)| (k.into(), v)).collect()
 }
 
-impl<'d> Aggregate<'d> {
+impl Aggregate {
     /// An empty census with the thresholds and suspect signature of `detect`.
-    pub fn new(system_account: Option<&str>, detect: &'d DetectConfig) -> Self {
+    pub fn new(system_account: Option<&str>, detect: &DetectConfig) -> Self {
         Self {
-            detect,
+            detect: Arc::new(detect.clone()),
             sig: Signature::of(detect),
-            system_account: system_account.map(str::to_string),
+            system_account: system_account.map(Arc::from),
+            skip_pending: false,
             connections: 0,
+            pending: 0,
             users: HashMap::default(),
+            texts: Interner::default(),
         }
     }
 
+    /// Counts connections listed before they authenticated ([`ConnRef::pending`]) apart, when
+    /// the servers require auth: nobody's yet.
+    pub fn skipping_pending(mut self, auth_required: bool) -> Self {
+        self.skip_pending = auth_required;
+        self
+    }
+
+    /// An empty census with the same rules (for one part of a sweep, joined later with
+    /// [`Aggregate::absorb`]).
+    pub fn fork(&self) -> Self {
+        Self {
+            detect: Arc::clone(&self.detect),
+            sig: self.sig,
+            system_account: self.system_account.clone(),
+            skip_pending: self.skip_pending,
+            connections: 0,
+            pending: 0,
+            users: HashMap::default(),
+            texts: Interner::default(),
+        }
+    }
+
+    /// Connections counted.
+    pub fn connections(&self) -> u64 {
+        self.connections
+    }
+
+    /// Connections left out as not yet authenticated ([`Aggregate::skipping_pending`]).
+    pub fn pending(&self) -> u64 {
+        self.pending
+    }
+
     /// Counts one connection (each connection of the sweep exactly once).
-    pub fn add(&mut self, c: &Connection) {
+    pub fn add(&mut self, c: &ConnRef) {
+        if self.skip_pending && c.pending(true) {
+            self.pending += 1;
+            return;
+        }
         self.connections += 1;
-        let system = self.system_account.as_deref() == Some(c.account.as_str());
-        let account = slot(&mut self.users, &c.account, HashMap::default);
-        let u = slot(account, &c.user, || UserAgg {
+        let texts = &mut self.texts;
+        let system = self.system_account.as_deref() == Some(c.account);
+        let account = slot(&mut self.users, c.account, HashMap::default);
+        let u = slot(account, c.user, || UserAgg {
             census: UserCensus {
                 account: c.account.to_string(),
-                account_name: c.account_name.as_ref().map(String::from),
+                account_name: c.account_name.map(String::from),
                 user: c.user.to_string(),
-                user_name: c.user_name.as_ref().map(String::from),
+                user_name: c.user_name.map(String::from),
                 tags: c.tags.iter().map(String::from).collect(),
                 system,
                 ..UserCensus::default()
@@ -196,18 +262,18 @@ impl<'d> Aggregate<'d> {
         let uc = &mut u.census;
         uc.connections += 1;
         if uc.user_name.is_none() {
-            uc.user_name = c.user_name.as_ref().map(String::from);
+            uc.user_name = c.user_name.map(String::from);
         }
         if let Some(start) = c.start {
             uc.oldest_start = Some(uc.oldest_start.map_or(start, |o| o.min(start)));
             uc.newest_start = Some(uc.newest_start.map_or(start, |n| n.max(start)));
         }
-        bump(&mut u.by_server, &c.server);
-        bump(&mut u.by_name, &c.name);
-        bump(&mut u.by_ip, &c.ip);
+        bump(&mut u.by_server, c.server);
+        bump(&mut u.by_name, c.name);
+        bump(&mut u.by_ip, c.ip);
         let process = slot(
-            slot(&mut u.processes, &c.ip, HashMap::default),
-            &c.name,
+            slot(&mut u.processes, c.ip, HashMap::default),
+            c.name,
             Process::default,
         );
         process.connections += 1;
@@ -215,27 +281,43 @@ impl<'d> Aggregate<'d> {
         match pattern_alone(c, &self.sig) {
             Some(LeakPattern::ZeroMsgs) => {
                 uc.idle_zero_msgs += 1;
-                push_bounded(
-                    &mut u.zero_msgs,
-                    Candidate::of(self.connections, c, LeakPattern::ZeroMsgs),
-                    max,
-                );
+                let cand = Candidate::of(self.connections, c, texts, LeakPattern::ZeroMsgs);
+                push_bounded(&mut u.zero_msgs, cand, max);
             }
             Some(LeakPattern::UsedOnce) => {
                 process.used_once += 1;
-                push_bounded(
-                    &mut process.candidates,
-                    Candidate::of(self.connections, c, LeakPattern::UsedOnce),
-                    max,
-                );
+                let cand = Candidate::of(self.connections, c, texts, LeakPattern::UsedOnce);
+                push_bounded(&mut process.candidates, cand, max);
             }
             None => {}
         }
     }
 
+    /// Joins the census of another part of the sweep (made by [`Aggregate::fork`]): the same as
+    /// if its connections had been added here after these.
+    pub fn absorb(&mut self, other: Aggregate) {
+        let base = self.connections;
+        let max = self.detect.max_suspects_per_user;
+        self.connections += other.connections;
+        self.pending += other.pending;
+        for (account, users) in other.users {
+            let mine = self.users.entry(account).or_default();
+            for (user, theirs) in users {
+                match mine.get_mut(user.as_str()) {
+                    Some(u) => u.absorb(theirs, base, max),
+                    None => {
+                        let mut u = theirs;
+                        u.rebase(base);
+                        mine.insert(user, u);
+                    }
+                }
+            }
+        }
+    }
+
     /// The census: thresholds applied, suspects chosen, users most connections first.
     pub fn finish(self) -> Census {
-        let detect = self.detect;
+        let detect = &*self.detect;
         let mut out: Vec<UserCensus> = self
             .users
             .into_values()
@@ -252,6 +334,49 @@ impl<'d> Aggregate<'d> {
             connections: self.connections,
             users: out,
         }
+    }
+}
+
+impl UserAgg {
+    /// Joins the same user's counts from a later part of the sweep.
+    fn absorb(&mut self, other: UserAgg, base: u64, max: usize) {
+        let (mine, theirs) = (&mut self.census, other.census);
+        mine.connections += theirs.connections;
+        mine.idle_zero_msgs += theirs.idle_zero_msgs;
+        if mine.user_name.is_none() {
+            mine.user_name = theirs.user_name;
+        }
+        mine.oldest_start = min_some(mine.oldest_start, theirs.oldest_start);
+        mine.newest_start = mine.newest_start.max(theirs.newest_start);
+        add_counts(&mut self.by_server, other.by_server);
+        add_counts(&mut self.by_name, other.by_name);
+        add_counts(&mut self.by_ip, other.by_ip);
+        join_candidates(&mut self.zero_msgs, other.zero_msgs, base, max);
+        for (ip, names) in other.processes {
+            let by_name = self.processes.entry(ip).or_default();
+            for (name, p) in names {
+                let mine = by_name.entry(name).or_default();
+                mine.connections += p.connections;
+                mine.used_once += p.used_once;
+                join_candidates(&mut mine.candidates, p.candidates, base, max);
+            }
+        }
+    }
+
+    /// Moves its suspects' places after `base` (a later part of the sweep).
+    fn rebase(&mut self, base: u64) {
+        let processes = self.processes.values_mut().flat_map(HashMap::values_mut);
+        let candidates = processes.flat_map(|p| p.candidates.iter_mut());
+        for c in self.zero_msgs.iter_mut().chain(candidates) {
+            c.seq += base;
+        }
+    }
+}
+
+fn min_some<T: Ord>(a: Option<T>, b: Option<T>) -> Option<T> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

@@ -193,7 +193,7 @@ impl Signature {
 
 /// The pattern one connection matches by itself; `used_once` still needs its process's
 /// siblings ([`classify`]).
-fn pattern_alone(c: &Connection, sig: &Signature) -> Option<LeakPattern> {
+fn pattern_alone(c: &crate::snapshot::ConnRef, sig: &Signature) -> Option<LeakPattern> {
     if c.idle < sig.min_idle {
         return None;
     }
@@ -219,7 +219,7 @@ pub fn classify<'a>(
 ) -> Vec<(&'a Connection, LeakPattern)> {
     let alone: Vec<(&Connection, LeakPattern)> = connections
         .into_iter()
-        .filter_map(|c| pattern_alone(c, sig).map(|p| (c, p)))
+        .filter_map(|c| pattern_alone(&c.view(), sig).map(|p| (c, p)))
         .collect();
     let process = |c: &'a Connection| (&c.account, &c.user, &c.ip, &c.name);
     let mut used_once: HashMap<_, usize> = HashMap::new();

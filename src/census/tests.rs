@@ -317,7 +317,7 @@ fn the_aggregate_counts_the_same_whatever_the_order_connections_come_in() {
     let forward = build(&conns, Some("A"), &detect);
     let mut agg = Aggregate::new(Some("A"), &detect);
     for c in conns.iter().rev() {
-        agg.add(c);
+        agg.add(&c.view());
     }
     let backward = agg.finish();
     assert_eq!(forward.connections, 600);
@@ -370,4 +370,53 @@ fn used_once_needs_three_in_its_process_wherever_they_are_in_the_sweep() {
         (w.name.as_str(), w.connections, w.used_once),
         ("busy", 40, 0)
     );
+}
+
+#[test]
+fn censuses_of_parts_joined_equal_the_census_of_the_whole() {
+    let detect = DetectConfig {
+        idle_threshold: Duration::from_secs(300),
+        max_suspects_per_user: 3,
+        ..DetectConfig::default()
+    };
+    let mut conns = mixed(600);
+    // Used-once connections of one process spread over the parts: suspects only together.
+    conns.insert(10, used(9001, "w", 0, 3600, 1));
+    conns.insert(300, used(9002, "w", 0, 3600, 1));
+    conns.push(used(9003, "w", 0, 3600, 1));
+    let whole = build(&conns, Some("A"), &detect);
+    let all = Aggregate::new(Some("A"), &detect);
+    let mut joined = all.fork();
+    for part in conns.chunks(170) {
+        let mut agg = all.fork();
+        for c in part {
+            agg.add(&c.view());
+        }
+        joined.absorb(agg);
+    }
+    assert_eq!(joined.connections(), conns.len() as u64);
+    let joined = joined.finish();
+    assert_eq!(joined.users, whole.users);
+    assert!(whole.users.iter().any(|u| u.idle_used_once == 3));
+    assert!(whole.users.iter().all(|u| u.suspects.len() <= 3));
+}
+
+#[test]
+fn an_aggregate_skipping_pending_counts_them_apart() {
+    let detect = DetectConfig::default();
+    let pending = Connection {
+        kind: "Client".into(),
+        account: "$G".into(),
+        ..Connection::default()
+    };
+    let alice = Connection {
+        user: "alice".into(),
+        ..pending.clone()
+    };
+    for (auth, counted, apart) in [(true, 1, 1), (false, 2, 0)] {
+        let mut agg = Aggregate::new(None, &detect).skipping_pending(auth);
+        agg.add(&pending.view());
+        agg.add(&alice.view());
+        assert_eq!((agg.connections(), agg.pending()), (counted, apart));
+    }
 }

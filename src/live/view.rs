@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
+use crate::census::Aggregate;
 use crate::intern::{FxBuild, Interner, Str};
 use crate::snapshot::{Connection, ServerSeen, Snapshot};
 
@@ -232,7 +233,11 @@ impl LiveView {
             Some(held)
                 if held.account == c.account && held.user == c.user && held.kind == c.kind =>
             {
-                *held = Arc::new(c);
+                match Arc::get_mut(held) {
+                    // Not in the journal: overwritten where it is, no allocation.
+                    Some(h) => *h = c,
+                    None => *held = Arc::new(c),
+                }
             }
             Some(held) => {
                 let old = std::mem::replace(held, Arc::new(c));
@@ -323,9 +328,10 @@ impl LiveView {
         // user or kind changed); then the ones held but not listed go.
         let mut listed: std::collections::HashSet<(Str, u64), FxBuild> =
             std::collections::HashSet::with_capacity_and_hasher(replies.len(), FxBuild::default());
+        // A reply's connections already share their texts (one per distinct value of the
+        // reply): kept as they are, not looked up again.
         for c in replies {
             if answered.contains(c.server_id.as_str()) && scope.holds(&c) {
-                let c = self.shared(c);
                 let key = (c.server_id.clone(), c.cid);
                 listed.insert(key.clone());
                 self.replace(key, c);
@@ -542,6 +548,26 @@ impl LiveView {
     /// per server; `sweep` (the last sweep) gives who was expected, missing and in error.
     /// Partial when the view is not complete.
     pub fn snapshot(&self, sweep: &Snapshot, now: DateTime<Utc>) -> Snapshot {
+        Snapshot {
+            connections: self.conns.values().map(|c| Connection::clone(c)).collect(),
+            ..self.without_connections(sweep, now)
+        }
+    }
+
+    /// [`LiveView::snapshot`] with the census instead of the connections: each one counted into
+    /// `census` (empty, with its rules), none copied.
+    pub fn counted(&self, sweep: &Snapshot, now: DateTime<Utc>, census: Aggregate) -> Snapshot {
+        let mut census = census;
+        for c in self.conns.values() {
+            census.add(&c.view());
+        }
+        Snapshot {
+            census: Some(census),
+            ..self.without_connections(sweep, now)
+        }
+    }
+
+    fn without_connections(&self, sweep: &Snapshot, now: DateTime<Utc>) -> Snapshot {
         let mut per_server: BTreeMap<&str, u64> = BTreeMap::new();
         for c in self.conns.values() {
             *per_server.entry(c.server_id.as_str()).or_default() += 1;
@@ -570,7 +596,8 @@ impl LiveView {
             pages: 0,
             bytes: 0,
             peak_bytes_in_flight: 0,
-            connections: self.conns.values().map(|c| Connection::clone(c)).collect(),
+            connections: Vec::new(),
+            census: None,
             gap: self.incomplete.clone(),
             topology: sweep.topology.clone(),
             pending: sweep.pending,

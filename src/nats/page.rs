@@ -6,8 +6,9 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
 use super::wire::{jwt_name, ApiError, ConnzRequest, Rfc3339, ServerInfo, SweepConn};
+use crate::census::Aggregate;
 use crate::intern::{FxBuild, Interner, Str};
-use crate::snapshot::Connection;
+use crate::snapshot::{ConnRef, Connection, Tags};
 
 /// Bytes a reply may hold per connection asked for (plus [`REPLY_SLACK`]): a real connection
 /// with a JWT and tags takes a few KiB; a bigger reply is refused unparsed.
@@ -71,6 +72,9 @@ struct PageStats {
     server_late: bool,
     /// `data.server_id`, when given.
     data_server_id: Option<String>,
+    /// For a census, the connections read before `server` (converted, to be counted once the
+    /// server is known).
+    late: Vec<Connection>,
 }
 
 fn invalid(msg: impl std::fmt::Display) -> serde_json::Error {
@@ -89,7 +93,7 @@ pub(crate) fn parse_page(
     limit: usize,
     reserve: bool,
 ) -> Result<PageHead, serde_json::Error> {
-    parse(payload, out, limit, reserve, false)
+    parse(payload, Sink::List(out), limit, reserve, false)
 }
 
 /// [`parse_page`] for a sweep, which keeps a server's connections only when one reply holds
@@ -101,12 +105,39 @@ pub(crate) fn parse_server_list(
     out: &mut Vec<Connection>,
     limit: usize,
 ) -> Result<PageHead, serde_json::Error> {
-    parse(payload, out, limit, true, true)
+    parse(payload, Sink::List(out), limit, true, true)
+}
+
+/// [`parse_server_list`] into a census instead of a list: no connection is built. On an error
+/// `census` holds part of the reply: the caller throws it away (one census per reply).
+pub(crate) fn parse_server_census(
+    payload: &[u8],
+    census: &mut Aggregate,
+    limit: usize,
+) -> Result<PageHead, serde_json::Error> {
+    parse(payload, Sink::Census(census), limit, false, true)
+}
+
+/// Where a reply's connections go.
+enum Sink<'s> {
+    /// Converted into connections, their texts shared within the reply.
+    List(&'s mut Vec<Connection>),
+    /// Counted into a census, read from the reply's own texts.
+    Census(&'s mut Aggregate),
+}
+
+impl Sink<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Self::List(out) => out.len(),
+            Self::Census(_) => 0,
+        }
+    }
 }
 
 fn parse(
     payload: &[u8],
-    out: &mut Vec<Connection>,
+    mut sink: Sink,
     limit: usize,
     reserve: bool,
     whole_only: bool,
@@ -121,7 +152,7 @@ fn parse(
             payload.len()
         )));
     }
-    let start = out.len();
+    let start = sink.len();
     let mut stats = PageStats {
         limit,
         reserve,
@@ -130,7 +161,7 @@ fn parse(
     };
     let mut de = serde_json::Deserializer::from_slice(payload);
     let parsed = EnvelopeSeed {
-        out: &mut *out,
+        out: &mut sink,
         stats: &mut stats,
     }
     .deserialize(&mut de)
@@ -139,18 +170,28 @@ fn parse(
         head.count = stats.count;
         check_page(&head, &stats).map(|()| head)
     });
-    let head = match parsed {
-        Ok(head) => head,
-        Err(e) => {
+    let head = match (parsed, &mut sink) {
+        (Ok(head), _) => head,
+        (Err(e), Sink::List(out)) => {
             out.truncate(start);
             return Err(e);
         }
+        (Err(e), Sink::Census(_)) => return Err(e),
     };
     if stats.server_late {
         let (name, id) = (Str::from(&head.server.name), Str::from(&head.server.id));
-        for c in &mut out[start..] {
+        let late = match &mut sink {
+            Sink::List(out) => &mut out[start..],
+            Sink::Census(_) => &mut stats.late[..],
+        };
+        for c in late.iter_mut() {
             c.server.clone_from(&name);
             c.server_id.clone_from(&id);
+        }
+        if let Sink::Census(census) = sink {
+            for c in &stats.late {
+                census.add(&c.view());
+            }
         }
     }
     Ok(head)
@@ -228,19 +269,19 @@ enum ConnzKey {
     Other,
 }
 
-struct EnvelopeSeed<'s> {
-    out: &'s mut Vec<Connection>,
+struct EnvelopeSeed<'s, 'o> {
+    out: &'s mut Sink<'o>,
     stats: &'s mut PageStats,
 }
 
-impl<'de> serde::de::DeserializeSeed<'de> for EnvelopeSeed<'_> {
+impl<'de> serde::de::DeserializeSeed<'de> for EnvelopeSeed<'_, '_> {
     type Value = PageHead;
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<PageHead, D::Error> {
         d.deserialize_map(self)
     }
 }
 
-impl<'de> serde::de::Visitor<'de> for EnvelopeSeed<'_> {
+impl<'de> serde::de::Visitor<'de> for EnvelopeSeed<'_, '_> {
     type Value = PageHead;
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("a CONNZ reply")
@@ -283,20 +324,20 @@ impl<'de> serde::de::Visitor<'de> for EnvelopeSeed<'_> {
 }
 
 /// `data` of a CONNZ reply (or `null`): returns its `total`.
-struct ConnzSeed<'s> {
-    out: &'s mut Vec<Connection>,
+struct ConnzSeed<'s, 'o> {
+    out: &'s mut Sink<'o>,
     stats: &'s mut PageStats,
     server: Option<&'s ServerInfo>,
 }
 
-impl<'de> serde::de::DeserializeSeed<'de> for ConnzSeed<'_> {
+impl<'de> serde::de::DeserializeSeed<'de> for ConnzSeed<'_, '_> {
     type Value = Option<u64>;
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Option<u64>, D::Error> {
         d.deserialize_option(self)
     }
 }
 
-impl<'de> serde::de::Visitor<'de> for ConnzSeed<'_> {
+impl<'de> serde::de::Visitor<'de> for ConnzSeed<'_, '_> {
     type Value = Option<u64>;
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("CONNZ data")
@@ -337,11 +378,13 @@ impl<'de> serde::de::Visitor<'de> for ConnzSeed<'_> {
                     // More than the reply may hold (nats-server writes `total` first): not the
                     // whole list, which is all a sweep keeps ([`parse_server_list`]).
                     let partial = self.stats.whole_only && total > self.stats.limit as u64;
-                    if self.stats.reserve && !partial {
+                    if let (Sink::List(out), true, false) =
+                        (&mut *self.out, self.stats.reserve, partial)
+                    {
                         // Never more than was asked for, whatever `total` claims.
                         let want = (total.min(self.stats.limit as u64)) as usize;
-                        let spare = self.out.capacity() - self.out.len();
-                        self.out.reserve_exact(want.saturating_sub(spare));
+                        let spare = out.capacity() - out.len();
+                        out.reserve_exact(want.saturating_sub(spare));
                     }
                     map.next_value_seed(ConnsSeed {
                         out: (!partial).then_some(&mut *self.out),
@@ -365,21 +408,21 @@ impl<'de> serde::de::Visitor<'de> for ConnzSeed<'_> {
 
 /// The `connections` array (or `null`), each one converted as it is read into `out`; with no
 /// `out`, only counted and checked.
-struct ConnsSeed<'s> {
-    out: Option<&'s mut Vec<Connection>>,
+struct ConnsSeed<'s, 'o> {
+    out: Option<&'s mut Sink<'o>>,
     stats: &'s mut PageStats,
     server: Option<&'s ServerInfo>,
     now: DateTime<Utc>,
 }
 
-impl<'de> serde::de::DeserializeSeed<'de> for ConnsSeed<'_> {
+impl<'de> serde::de::DeserializeSeed<'de> for ConnsSeed<'_, '_> {
     type Value = ();
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_option(self)
     }
 }
 
-impl<'de> serde::de::Visitor<'de> for ConnsSeed<'_> {
+impl<'de> serde::de::Visitor<'de> for ConnsSeed<'_, '_> {
     type Value = ();
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("a list of connections")
@@ -404,9 +447,16 @@ impl<'de> serde::de::Visitor<'de> for ConnsSeed<'_> {
             return Ok(());
         };
         let mut texts = Texts::default();
+        let late = self.server.is_none();
         while let Some(c) = seq.next_element::<SweepConn<'de>>()? {
             self.stats.check(c.cid).map_err(A::Error::custom)?;
-            out.push(to_connection_borrowed(server, self.now, &mut texts, c));
+            let user_name = c.jwt.as_deref().and_then(|jwt| texts.jwt_name(jwt));
+            let c = conn_ref(server, self.now, &c, user_name.as_deref());
+            match out {
+                Sink::List(out) => out.push(c.to_connection(&mut texts.strs)),
+                Sink::Census(_) if late => self.stats.late.push(c.to_connection(&mut texts.strs)),
+                Sink::Census(census) => census.add(&c),
+            }
         }
         Ok(())
     }
@@ -438,42 +488,35 @@ impl PageStats {
     }
 }
 
-/// Converts one connection of a reply: its texts come from the reply's interner, so the
-/// connections of a reply share one copy of each account, user, name, IP and tag, and the
-/// JWT of a user is decoded once per reply, not once per connection.
-fn to_connection_borrowed(
-    server: &ServerInfo,
+/// One connection of a reply as the census reads it, its texts borrowed from the reply.
+fn conn_ref<'a>(
+    server: &'a ServerInfo,
     now: DateTime<Utc>,
-    texts: &mut Texts,
-    c: SweepConn,
-) -> Connection {
+    c: &'a SweepConn,
+    user_name: Option<&'a str>,
+) -> ConnRef<'a> {
     let last = c.last_activity.map(|t| t.0.with_timezone(&Utc));
     let idle = last
         .and_then(|l| now.signed_duration_since(l).to_std().ok())
         .unwrap_or_default();
-    let user_name = c.jwt.as_deref().and_then(|jwt| texts.jwt_name(jwt));
-    let t = &mut texts.strs;
-    Connection {
-        server: t.get(&server.name),
-        server_id: t.get(&server.id),
+    ConnRef {
+        server: &server.name,
+        server_id: &server.id,
         cid: c.cid,
-        kind: t.get(c.kind.as_deref().unwrap_or("Client")),
-        ip: t.get(&c.ip),
+        kind: c.kind.as_deref().unwrap_or("Client"),
+        ip: &c.ip,
         start: c.start.map(|t| t.0.with_timezone(&Utc)),
         idle,
         last_activity: last,
         subscriptions: c.subscriptions,
         in_msgs: c.in_msgs,
         out_msgs: c.out_msgs,
-        name: t.get(c.name.as_deref().unwrap_or_default()),
-        account: t.get(c.account.as_deref().unwrap_or("$G")),
-        account_name: c.name_tag.filter(|n| !n.is_empty()).map(|n| t.get(&n)),
-        user: t.get(c.authorized_user.as_deref().unwrap_or_default()),
+        name: c.name.as_deref().unwrap_or_default(),
+        account: c.account.as_deref().unwrap_or("$G"),
+        account_name: c.name_tag.as_deref().filter(|n| !n.is_empty()),
+        user: c.authorized_user.as_deref().unwrap_or_default(),
         user_name,
-        tags: c
-            .tags
-            .map(|tags| tags.iter().map(|tag| t.get(tag)).collect())
-            .unwrap_or_default(),
+        tags: c.tags.as_deref().map_or(Tags::default(), Tags::Read),
     }
 }
 

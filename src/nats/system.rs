@@ -2,13 +2,17 @@
 
 use std::time::Duration;
 
-use async_nats::{Client, Message, StatusCode};
+use std::io::Read;
+
+use async_nats::{Client, HeaderMap, Message, StatusCode};
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
 use super::wire::{Reply, UserInfo};
+use crate::config::Compression;
+use tracing::warn;
 
 /// `$SYS.REQ.SERVER.PING.CONNZ`: every server answers with its connections.
 pub const PING_CONNZ: &str = "$SYS.REQ.SERVER.PING.CONNZ";
@@ -39,12 +43,31 @@ pub enum RequestError {
 #[derive(Clone, Debug)]
 pub struct System {
     client: Client,
+    /// The `Accept-Encoding` header its requests carry, when it asks for compressed replies.
+    accept: Option<HeaderMap>,
 }
 
 impl System {
     /// Wraps a connected client.
     pub fn new(client: Client) -> Self {
-        Self { client }
+        Self {
+            client,
+            accept: None,
+        }
+    }
+
+    /// The same client, asking for replies compressed as `compression` says. Compressed replies
+    /// are decompressed before anyone sees them, whoever asked.
+    pub fn compressed(mut self, compression: Compression) -> Self {
+        self.accept = match compression {
+            Compression::None => None,
+            Compression::Snappy => {
+                let mut h = HeaderMap::new();
+                h.insert("Accept-Encoding", "snappy");
+                Some(h)
+            }
+        };
+        self
     }
 
     /// The underlying client.
@@ -110,10 +133,20 @@ impl System {
             .await
             .map_err(boxed)?;
         for (i, (subject, body)) in requests.iter().enumerate() {
-            self.client
-                .publish_with_reply(subject.to_string(), format!("{inbox}.{i}"), body.clone())
-                .await
-                .map_err(boxed)?;
+            let (subject, reply) = (subject.to_string(), format!("{inbox}.{i}"));
+            match &self.accept {
+                None => {
+                    self.client
+                        .publish_with_reply(subject, reply, body.clone())
+                        .await
+                }
+                Some(h) => {
+                    self.client
+                        .publish_with_reply_and_headers(subject, reply, h.clone(), body.clone())
+                        .await
+                }
+            }
+            .map_err(boxed)?;
         }
         let mut deadline = Instant::now() + timeout;
         let mut finished = false;
@@ -134,7 +167,7 @@ impl System {
                 continue;
             }
             count += 1;
-            let stop = each(i, msg) && !finished;
+            let stop = each(i, decoded(msg)) && !finished;
             if stop {
                 if linger.is_zero() {
                     break;
@@ -154,12 +187,16 @@ impl System {
         body: Bytes,
         timeout: Duration,
     ) -> Result<Message, RequestError> {
-        let req = async_nats::Request::new()
+        let mut req = async_nats::Request::new()
             .payload(body)
             .timeout(Some(timeout));
+        if let Some(h) = &self.accept {
+            req = req.headers(h.clone());
+        }
         self.client
             .send_request(subject, req)
             .await
+            .map(decoded)
             .map_err(|e| match e.kind() {
                 async_nats::RequestErrorKind::NoResponders => RequestError::NoResponders,
                 async_nats::RequestErrorKind::TimedOut => RequestError::TimedOut(timeout),
@@ -177,6 +214,51 @@ impl System {
     }
 }
 
+/// `msg` with its payload decompressed when a `Content-Encoding: snappy` header says it is
+/// compressed. A payload that does not decompress is left as it came (it then fails to parse,
+/// and counts as a bad reply).
+fn decoded(mut msg: Message) -> Message {
+    let snappy = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Content-Encoding"))
+        .is_some_and(|v| v.as_str().eq_ignore_ascii_case("snappy"));
+    if !snappy {
+        return msg;
+    }
+    // Room for exactly what the frames hold: no doubling to the next power of two, and no
+    // spare capacity zeroed (both would be resident for a reply of megabytes).
+    let mut out = Vec::with_capacity(framed_len(&msg.payload).unwrap_or(0));
+    match snap::read::FrameDecoder::new(&msg.payload[..]).read_to_end(&mut out) {
+        Ok(_) => msg.payload = Bytes::from(out),
+        Err(e) => warn!(error = %e, subject = %msg.subject, "a snappy reply does not decompress"),
+    }
+    msg
+}
+
+/// The decompressed length of a framed snappy stream, from its chunk headers (the checks are
+/// the decoder's); `None` when it is not one.
+fn framed_len(mut data: &[u8]) -> Option<usize> {
+    let mut total = 0usize;
+    while !data.is_empty() {
+        let kind = *data.first()?;
+        let len = usize::from(*data.get(1)?)
+            | usize::from(*data.get(2)?) << 8
+            | usize::from(*data.get(3)?) << 16;
+        let body = data.get(4..4 + len)?;
+        total += match kind {
+            // Compressed: a 4-byte checksum, then the block, whose header says its length.
+            0x00 => snap::raw::decompress_len(body.get(4..)?).ok()?,
+            // Uncompressed: a 4-byte checksum, then the bytes.
+            0x01 => len.checked_sub(4)?,
+            // The stream identifier, padding, skippable chunks.
+            _ => 0,
+        };
+        data = &data[4 + len..];
+    }
+    Some(total)
+}
+
 /// Parses a JSON reply.
 pub fn parse<T: DeserializeOwned>(payload: &[u8]) -> Result<T, serde_json::Error> {
     serde_json::from_slice(payload)
@@ -189,4 +271,57 @@ fn boxed(e: impl std::error::Error + Send + Sync + 'static) -> RequestError {
 /// `$SYS.REQ.SERVER.<id>.<endpoint>`: a request to one server, by id.
 pub fn server_subject(server_id: &str, endpoint: &str) -> String {
     format!("$SYS.REQ.SERVER.{server_id}.{endpoint}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snappy_streams_length_is_read_from_its_frames() {
+        let text = b"{\"connections\":[{\"cid\":1}]}".repeat(5_000);
+        let mut framed = Vec::new();
+        {
+            use std::io::Write;
+            let mut w = snap::write::FrameEncoder::new(&mut framed);
+            w.write_all(&text).unwrap();
+        }
+        assert!(framed.len() * 4 < text.len());
+        assert_eq!(framed_len(&framed), Some(text.len()));
+        assert_eq!(framed_len(&framed[..framed.len() - 1]), None);
+        assert_eq!(framed_len(b"not snappy at all"), None);
+        assert_eq!(framed_len(b""), Some(0));
+    }
+
+    #[test]
+    fn a_snappy_reply_is_decompressed_and_a_broken_one_left_to_fail_its_parse() {
+        let reply = |payload: Vec<u8>| {
+            let mut h = HeaderMap::new();
+            h.insert("Content-Encoding", "snappy");
+            Message {
+                subject: "_INBOX.x.0".into(),
+                reply: None,
+                payload: payload.into(),
+                headers: Some(h),
+                status: None,
+                description: None,
+                length: 0,
+            }
+        };
+        let text = br#"{"server":{"name":"n1","id":"N1"},"data":{"total":0}}"#.to_vec();
+        let mut framed = Vec::new();
+        {
+            use std::io::Write;
+            let mut w = snap::write::FrameEncoder::new(&mut framed);
+            w.write_all(&text).unwrap();
+        }
+        assert_eq!(decoded(reply(framed.clone())).payload, text);
+        // One byte of the block changed: its checksum fails, the bytes stay as they came, and
+        // the sweep's parser refuses them (a bad reply).
+        let last = framed.len() - 1;
+        framed[last] ^= 0x55;
+        let broken = decoded(reply(framed.clone()));
+        assert_eq!(broken.payload, framed);
+        assert!(crate::nats::page::parse_reply(&broken.payload, 10).is_err());
+    }
 }

@@ -74,7 +74,11 @@ impl Service {
         let connections = std::mem::take(&mut snap.connections);
         let appeared = view.reconcile_with(sync, &snap, connections);
         let now = snap.started.unwrap_or_else(Utc::now);
-        let mut out = view.snapshot(&snap, now);
+        let mut out = if self.needs_connections() {
+            view.snapshot(&snap, now)
+        } else {
+            view.counted(&snap, now, self.rules())
+        };
         drop(view);
         live.appeared(&self.metrics, &appeared);
         out.duration = snap.duration;
@@ -93,12 +97,14 @@ impl Service {
         let live = self.live.clone()?;
         self.last_started.as_ref()?;
         let system_account = self.session.system_account.clone();
+        // A live round never kicks: its census is counted from the view, nothing copied.
+        let rules = self.rules();
         let build = |live: &Live, meta: &Snapshot| {
-            let snap = live
-                .view
-                .lock()
-                .expect("live view lock")
-                .snapshot(meta, Utc::now());
+            let snap =
+                live.view
+                    .lock()
+                    .expect("live view lock")
+                    .counted(meta, Utc::now(), rules.fork());
             let census = topology::census_of(&snap, system_account.as_deref(), &self.config.detect);
             (snap, census)
         };

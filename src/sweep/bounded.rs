@@ -11,6 +11,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 use tracing::warn;
 
+use super::collect::Collect;
 use super::discovery::{Added, Discovery};
 use super::fetch::{Fetch, Fetched};
 use super::inflight::Span;
@@ -28,21 +29,21 @@ impl Sweeper {
         discovery: &mut Discovery<'_>,
         snap: &mut Snapshot,
         spans: &mut Vec<Span>,
-    ) -> Result<Vec<Fetched>, SweepError> {
+        conns: Collect,
+    ) -> Result<(Vec<Fetched>, Collect), SweepError> {
         let requests = [(PING_STATSZ, Bytes::new())];
         snap.requests += requests.len();
         let (tx, rx) = futures::channel::mpsc::unbounded::<Fetch>();
         // Replies per id that answered more than once.
         let mut again: BTreeMap<String, usize> = BTreeMap::new();
         let (mut bytes, mut bad, mut finished) = (0, 0, false);
-        let mut conns = std::mem::take(&mut snap.connections);
         let sent = Instant::now();
         let statsz = async {
             let tx = tx;
             let r = self
                 .system
                 .scatter_each(&requests, g.timeout, g.linger, |_, msg| {
-                    bytes += msg.payload.len();
+                    bytes += msg.length;
                     match discovery.add(&msg.payload) {
                         Added::New(server, connections) => {
                             // The receiver lives until this gather ends.
@@ -59,7 +60,7 @@ impl Sweeper {
                     spans.push(Span {
                         sent,
                         parsed: Instant::now(),
-                        bytes: msg.payload.len(),
+                        bytes: msg.length,
                     });
                     if !finished {
                         finished = g.settled(discovery, discovery.replies());
@@ -72,9 +73,8 @@ impl Sweeper {
             drop(tx);
             r
         };
-        let reads = self.fetch_all(rx, g.deadline, &mut conns);
-        let (asked, mut fetched) = tokio::join!(statsz, reads);
-        snap.connections = conns;
+        let reads = self.fetch_all(rx, g.deadline, conns);
+        let (asked, (mut fetched, mut conns)) = tokio::join!(statsz, reads);
         snap.bytes += bytes;
         snap.bad_replies += bad;
         asked.map_err(sweep_error)?;
@@ -88,8 +88,7 @@ impl Sweeper {
             warn!(server = %display_name(&f.server), id = %f.server.id, replies, "conflicting statsz replies for one server id");
             snap.bad_replies += replies - 1;
             if f.error.is_none() {
-                let id = f.server.id.as_str();
-                snap.connections.retain(|c| c.server_id != id);
+                conns.drop_server(&f.server.id);
             }
             f.total = 0;
             f.error = Some(ServerFailure::Impostors {
@@ -97,6 +96,6 @@ impl Sweeper {
                 id: f.server.id.clone(),
             });
         }
-        Ok(fetched)
+        Ok((fetched, conns))
     }
 }

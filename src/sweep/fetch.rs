@@ -8,13 +8,14 @@ use futures::{Stream, StreamExt};
 use tokio::time::Instant;
 use tracing::warn;
 
+use super::collect::Collect;
 use super::inflight::Span;
 use super::replies::error_reply;
 use super::{bounded_unordered, Sweeper};
-use crate::nats::page::{connz_body, parse_server_list, PageHead};
+use crate::nats::page::{connz_body, PageHead};
 use crate::nats::wire::ServerInfo;
 use crate::nats::{server_subject, RequestError, System};
-use crate::snapshot::{Connection, ServerFailure};
+use crate::snapshot::ServerFailure;
 
 /// Servers read at once after a PING when `sweep.max_in_flight` is 0 (no bound on the PING).
 const UNBOUNDED_FETCHES: usize = 8;
@@ -149,7 +150,7 @@ async fn fetch_server(
     system: &System,
     f: Fetch,
     limits: FetchLimits,
-    sink: &Mutex<Vec<Connection>>,
+    sink: &Mutex<Collect>,
 ) -> Fetched {
     let subject = server_subject(&f.server.id, "CONNZ");
     let mut out = Fetched::new(f.server);
@@ -198,25 +199,25 @@ async fn fetch_server(
                 break;
             }
         };
-        out.bytes += reply.payload.len();
+        out.bytes += reply.length;
         let parsed = {
             let mut conns = sink.lock().unwrap_or_else(|e| e.into_inner());
-            let start = conns.len();
-            let parsed = parse_server_list(&reply.payload, &mut conns, limit);
-            let whole = parsed.as_ref().is_ok_and(|h| {
-                h.server.id == out.server.id
+            conns.parse(&reply.payload, limit).map(|(h, part)| {
+                let whole = h.server.id == out.server.id
                     && h.error.is_none()
-                    && h.total.is_some_and(|t| h.count as u64 >= t)
-            });
-            if !whole {
-                conns.truncate(start);
-            }
-            parsed
+                    && h.total.is_some_and(|t| h.count as u64 >= t);
+                if whole {
+                    conns.keep(&h.server.id, part);
+                } else {
+                    conns.drop_last(part);
+                }
+                h
+            })
         };
         out.spans.push(Span {
             sent,
             parsed: Instant::now(),
-            bytes: reply.payload.len(),
+            bytes: reply.length,
         });
         drop(reply);
         match parsed {
@@ -259,11 +260,11 @@ impl Sweeper {
         &self,
         fetches: impl Stream<Item = Fetch>,
         deadline: Instant,
-        conns: &mut Vec<Connection>,
-    ) -> Vec<Fetched> {
+        conns: Collect,
+    ) -> (Vec<Fetched>, Collect) {
         // The replies of several servers are parsed in turn by this one task; the lock is never
         // held across an await.
-        let sink = Mutex::new(std::mem::take(conns));
+        let sink = Mutex::new(conns);
         let limits = FetchLimits {
             timeout: self.cfg.timeout,
             deadline,
@@ -278,8 +279,10 @@ impl Sweeper {
         })
         .collect()
         .await;
-        *conns = sink.into_inner().unwrap_or_else(|e| e.into_inner());
-        fetched
+        (
+            fetched,
+            sink.into_inner().unwrap_or_else(|e| e.into_inner()),
+        )
     }
 }
 

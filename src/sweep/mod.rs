@@ -19,6 +19,7 @@
 //! - [`inflight`]: the reply bytes in flight at the peak (pure).
 
 mod bounded;
+mod collect;
 mod discovery;
 mod fetch;
 mod inflight;
@@ -35,6 +36,7 @@ use futures::{Stream, StreamExt};
 use tokio::time::Instant;
 use tracing::info;
 
+use crate::census::Aggregate;
 use crate::config::SweepConfig;
 use crate::nats::page::connz_body;
 use crate::nats::wire::ServerInfo;
@@ -47,6 +49,7 @@ pub use discovery::{expected_count, missing_servers, UNKNOWN_SERVER};
 pub use fetch::{first_fetch, headroom, next_fetch, ping_limit, NextFetch, MAX_DIRECTED};
 pub use inflight::{peak, Span};
 
+use collect::Collect;
 use discovery::Discovery;
 use fetch::Fetched;
 use replies::FirstReplies;
@@ -83,22 +86,34 @@ pub struct Sweeper {
     /// The most connections one server held in the last sweep: the next PING asks for that
     /// many plus headroom ([`ping_limit`]), so no server's first reply is thrown away.
     last_largest_server: u64,
+    /// The rules of the census, when the sweeps count connections instead of listing them
+    /// ([`Sweeper::count_only`]).
+    census: Option<Aggregate>,
 }
 
 impl Sweeper {
     /// A sweeper over a connected client.
     pub fn new(system: System, config: &SweepConfig) -> Self {
         Self {
-            system,
+            system: system.compressed(config.compression),
             cfg: config.clone(),
             last_connections: 0,
             last_largest_server: 0,
+            census: None,
         }
+    }
+
+    /// With `Some(census)` (empty, with its rules), the next sweeps build the census while they
+    /// parse, into [`Snapshot::census`], and list no connection; with `None`, they list every
+    /// connection (for what needs them one by one: the live view, kicks).
+    pub fn count_only(&mut self, census: Option<Aggregate>) {
+        self.census = census;
     }
 
     /// Takes new settings (a reload).
     pub fn set_config(&mut self, config: &SweepConfig) {
         self.cfg = config.clone();
+        self.system = self.system.clone().compressed(config.compression);
     }
 
     /// Runs one sweep over the cluster, within `sweep.deadline`, expecting the servers in
@@ -115,8 +130,15 @@ impl Sweeper {
         let started = Utc::now();
         let mut snap = Snapshot {
             started: Some(started),
-            connections: Vec::with_capacity(self.last_connections + self.last_connections / 32),
             ..Snapshot::default()
+        };
+        let auth = self.system.client().server_info().auth_required;
+        let conns = match &self.census {
+            None => {
+                let room = self.last_connections + self.last_connections / 32;
+                Collect::new(Vec::with_capacity(room), None)
+            }
+            Some(rules) => Collect::new(Vec::new(), Some(rules.fork().skipping_pending(auth))),
         };
         let mut seen = known.clone();
         seen.forget_old(started, self.cfg.forget_servers_after);
@@ -139,13 +161,14 @@ impl Sweeper {
             deadline,
         };
         let ping = pings_all(self.cfg.max_in_flight, configured, known_count);
-        let fetched = if ping {
-            self.gather_ping(&gather, &mut discovery, &mut snap, &mut spans)
+        let (fetched, conns) = if ping {
+            self.gather_ping(&gather, &mut discovery, &mut snap, &mut spans, conns)
                 .await?
         } else {
-            self.gather_bounded(&gather, &mut discovery, &mut snap, &mut spans)
+            self.gather_bounded(&gather, &mut discovery, &mut snap, &mut spans, conns)
                 .await?
         };
+        (snap.connections, snap.census) = conns.finish();
         snap.servers_expected =
             expected_count(configured, discovery.count(), known_count).unwrap_or(0);
         for mut p in fetched {
@@ -175,8 +198,10 @@ impl Sweeper {
         }
         snap.servers.sort_by(|a, b| a.name.cmp(&b.name));
         snap.errors.sort_by(|a, b| a.server.cmp(&b.server));
-        let auth = self.system.client().server_info().auth_required;
-        snap.pending = crate::snapshot::drop_pending(&mut snap.connections, auth);
+        snap.pending = match &snap.census {
+            Some(census) => census.pending(),
+            None => crate::snapshot::drop_pending(&mut snap.connections, auth),
+        };
 
         let answered: Vec<&str> = snap
             .servers
@@ -205,6 +230,7 @@ impl Sweeper {
         );
         *known = seen;
         self.last_connections = snap.connections.len();
+        let counted = snap.connection_count();
         self.last_largest_server = snap
             .servers
             .iter()
@@ -222,7 +248,7 @@ impl Sweeper {
             errors = snap.errors.len(),
             error_kinds = ?snap.errors.iter().map(|e| e.error.kind()).collect::<Vec<_>>(),
             bad_replies = snap.bad_replies,
-            connections = snap.connections.len(),
+            connections = counted,
             pending = snap.pending,
             requests = snap.requests,
             pages = snap.pages,
@@ -245,7 +271,8 @@ impl Sweeper {
         discovery: &mut Discovery<'_>,
         snap: &mut Snapshot,
         spans: &mut Vec<Span>,
-    ) -> Result<Vec<Fetched>, SweepError> {
+        conns: Collect,
+    ) -> Result<(Vec<Fetched>, Collect), SweepError> {
         let limit = ping_limit(
             self.cfg.page_size,
             self.last_largest_server,
@@ -257,11 +284,11 @@ impl Sweeper {
         ];
         snap.requests += requests.len();
         let mut finished = false;
-        let mut firsts = FirstReplies::new(limit, std::mem::take(&mut snap.connections));
+        let mut firsts = FirstReplies::new(limit, conns);
         let sent = Instant::now();
         self.system
             .scatter_each(&requests, g.timeout, g.linger, |i, msg| {
-                snap.bytes += msg.payload.len();
+                snap.bytes += msg.length;
                 if i == 0 {
                     firsts.add(&msg.payload, &mut snap.bad_replies);
                 } else {
@@ -270,7 +297,7 @@ impl Sweeper {
                 spans.push(Span {
                     sent,
                     parsed: Instant::now(),
-                    bytes: msg.payload.len(),
+                    bytes: msg.length,
                 });
                 if !finished {
                     let answered = firsts.answered(discovery);
@@ -281,19 +308,15 @@ impl Sweeper {
             })
             .await
             .map_err(sweep_error)?;
-        let (done, fetches) = firsts.resolve(discovery, snap);
+        let (done, fetches, conns) = firsts.resolve(discovery, snap);
         if done.is_empty() && fetches.is_empty() && snap.errors.is_empty() {
             return Err(SweepError::NoAnswer(g.timeout));
         }
-        let mut fetched = self
-            .fetch_all(
-                futures::stream::iter(fetches),
-                g.deadline,
-                &mut snap.connections,
-            )
+        let (mut fetched, conns) = self
+            .fetch_all(futures::stream::iter(fetches), g.deadline, conns)
             .await;
         fetched.extend(done);
-        Ok(fetched)
+        Ok((fetched, conns))
     }
 }
 

@@ -4,12 +4,13 @@
 use std::collections::{BTreeMap, HashSet};
 use std::ops::Range;
 
+use super::collect::{Collect, Part};
+
 use tracing::warn;
 
 use super::discovery::{Discovery, Vouch};
 use super::display_name;
 use super::fetch::{Fetch, Fetched};
-use crate::nats::page::parse_server_list;
 use crate::nats::wire::{ApiError, ServerInfo};
 use crate::snapshot::{Connection, ServerError, ServerFailure, Snapshot};
 
@@ -22,12 +23,12 @@ struct Candidate {
 enum FirstReply {
     /// The server answered with an error envelope.
     Error(ApiError),
-    /// Its connections, at `conns` in the replies' one list; empty unless the reply held all
+    /// Its connections (in the replies' one list, or counted); none unless the reply held all
     /// `total` of them.
     Page {
         total: u64,
         returned: u64,
-        conns: Range<usize>,
+        conns: Part,
     },
 }
 
@@ -36,27 +37,26 @@ enum FirstReply {
 pub(super) struct FirstReplies {
     page_size: usize,
     candidates: Vec<Candidate>,
-    /// Every whole list, parsed straight into one vector (the sweep's, with its room): kept in
-    /// place for the servers that are vouched for, cut out for the rest at the end, so a
-    /// server's connections are never held twice.
-    conns: Vec<Connection>,
+    /// Every whole list, parsed straight into one vector (the sweep's, with its room), or
+    /// counted: kept in place for the servers that are vouched for, cut out for the rest at
+    /// the end, so a server's connections are never held twice.
+    conns: Collect,
 }
 
 impl FirstReplies {
-    /// Replies of up to `page_size` connections, parsed into `room` (empty, with capacity).
-    pub(super) fn new(page_size: usize, room: Vec<Connection>) -> Self {
+    /// Replies of up to `page_size` connections, parsed into `conns`.
+    pub(super) fn new(page_size: usize, conns: Collect) -> Self {
         Self {
             page_size,
             candidates: Vec::new(),
-            conns: room,
+            conns,
         }
     }
 
     /// Parses one reply; a reply that is not a valid answer of some server is counted in `bad`.
     pub(super) fn add(&mut self, payload: &[u8], bad: &mut usize) {
-        let start = self.conns.len();
-        let head = match parse_server_list(payload, &mut self.conns, self.page_size) {
-            Ok(head) => head,
+        let (head, part) = match self.conns.parse(payload, self.page_size) {
+            Ok(parsed) => parsed,
             Err(e) => {
                 *bad += 1;
                 warn!(error = %e, bytes = payload.len(), "bad connz reply ignored");
@@ -76,7 +76,7 @@ impl FirstReplies {
                 FirstReply::Page {
                     total,
                     returned: head.count as u64,
-                    conns: start..self.conns.len(),
+                    conns: part,
                 }
             }
         };
@@ -99,12 +99,13 @@ impl FirstReplies {
     /// Decides who answered: replies claiming an id under another name (or an id nobody knows,
     /// when STATSZ answered) are bad; two acceptable replies for one id make that server an
     /// error (something else answers as it: neither is believed). Whole lists go to the
-    /// snapshot and come back as done; the rest come back as directed fetches to make.
+    /// snapshot and come back as done (with what was collected); the rest come back as
+    /// directed fetches to make.
     pub(super) fn resolve(
         self,
         discovery: &Discovery,
         snap: &mut Snapshot,
-    ) -> (Vec<Fetched>, Vec<Fetch>) {
+    ) -> (Vec<Fetched>, Vec<Fetch>, Collect) {
         let mut conns = self.conns;
         let mut kept = Vec::new();
         let mut by_id: BTreeMap<String, Vec<Candidate>> = BTreeMap::new();
@@ -143,10 +144,13 @@ impl FirstReplies {
                 FirstReply::Page {
                     total,
                     returned,
-                    conns: range,
+                    conns: part,
                 } => {
                     if returned >= total {
-                        kept.push(range);
+                        match part {
+                            Part::Listed(range) => kept.push(range),
+                            counted => conns.keep(&c.server.id, counted),
+                        }
                         let mut f = Fetched::new(c.server);
                         f.total = total;
                         f.pages = 1;
@@ -162,13 +166,10 @@ impl FirstReplies {
                 }
             }
         }
-        keep_only(&mut conns, &mut kept);
-        if snap.connections.is_empty() {
-            snap.connections = conns;
-        } else {
-            snap.connections.append(&mut conns);
+        if !conns.counting() {
+            keep_only(&mut conns.list, &mut kept);
         }
-        (done, fetches)
+        (done, fetches, conns)
     }
 }
 

@@ -8,7 +8,7 @@ use futures::StreamExt;
 use super::discovery::Discovery;
 use super::replies::FirstReplies;
 use super::*;
-use crate::snapshot::ServerFailure;
+use crate::snapshot::{Connection, ServerFailure};
 
 #[test]
 fn configured_count_wins() {
@@ -159,9 +159,26 @@ fn connz(name: &str, id: &str, total: u64, cids: &[u64]) -> Vec<u8> {
 
 #[test]
 fn only_vouched_distinct_servers_count_and_impostors_never_replace_them() {
+    let listed = vouched_and_impostors(Collect::new(Vec::new(), None));
+    assert_eq!(
+        listed.0.iter().map(|c| c.cid).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert!(listed.1.is_none());
+    // Counted while parsing: the same servers kept, the others' counts dropped whole.
+    let rules = crate::census::Aggregate::new(None, &crate::config::DetectConfig::default());
+    let (list, counted) = vouched_and_impostors(Collect::new(Vec::new(), Some(rules)));
+    assert!(list.is_empty());
+    let census = counted.unwrap().finish();
+    assert_eq!(census.connections, 2);
+    assert_eq!(census.users[0].by_server, [("n1".to_string(), 2)].into());
+}
+
+/// The PING replies of the test above sorted out into `conns`: what was kept.
+fn vouched_and_impostors(conns: Collect) -> (Vec<Connection>, Option<crate::census::Aggregate>) {
     let known = KnownServers::default();
     let mut d = Discovery::new(&known, Utc::now());
-    let mut firsts = FirstReplies::new(100, Vec::new());
+    let mut firsts = FirstReplies::new(100, conns);
     let mut bad = 0;
     // Garbage and impostors arrive first.
     firsts.add(b"{not json", &mut bad);
@@ -183,7 +200,7 @@ fn only_vouched_distinct_servers_count_and_impostors_never_replace_them() {
         bad_replies: bad,
         ..Snapshot::default()
     };
-    let (done, fetches) = firsts.resolve(&d, &mut snap);
+    let (done, fetches, conns) = firsts.resolve(&d, &mut snap);
     // "fake" (unknown id) and "evil" (n1's id under another name) are bad; n2 answered
     // twice with different lists: an error, counted nowhere.
     assert_eq!(snap.bad_replies, 1 + 2 + 1);
@@ -192,10 +209,6 @@ fn only_vouched_distinct_servers_count_and_impostors_never_replace_them() {
             .map(|f| f.server.name.as_str())
             .collect::<Vec<_>>(),
         vec!["n1"]
-    );
-    assert_eq!(
-        snap.connections.iter().map(|c| c.cid).collect::<Vec<_>>(),
-        vec![1, 2]
     );
     assert_eq!(fetches.len(), 1, "n3 is read again in one request");
     assert_eq!((fetches[0].total, fetches[0].returned), (3, 1));
@@ -208,6 +221,7 @@ fn only_vouched_distinct_servers_count_and_impostors_never_replace_them() {
             id: "N2".into()
         }
     );
+    conns.finish()
 }
 
 #[tokio::test]

@@ -111,6 +111,10 @@ pub async fn sweep_standalone(
     stop: CancellationToken,
 ) {
     let mut sweeper = Sweeper::new(system, &config.sweep);
+    sweeper.count_only(Some(crate::census::Aggregate::new(
+        system_account.as_deref(),
+        &config.detect,
+    )));
     let mut known = KnownServers::default();
     let mut history = History::default();
     let mut lifecycle = Lifecycle::default();

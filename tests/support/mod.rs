@@ -666,3 +666,22 @@ pub async fn round_trip(client: &async_nats::Client) {
         "the server answers a request nobody serves with no responders: {answer:?}"
     );
 }
+
+/// The payload of a reply connwatch's sweep asked for, decompressed when the server sent it
+/// snappy-compressed (`sweep.compression`, `Content-Encoding: snappy`).
+pub fn plain_payload(m: &async_nats::Message) -> Vec<u8> {
+    use std::io::Read;
+    let snappy = m
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Content-Encoding"))
+        .is_some_and(|v| v.as_str() == "snappy");
+    if !snappy {
+        return m.payload.to_vec();
+    }
+    let mut out = Vec::new();
+    snap::read::FrameDecoder::new(&m.payload[..])
+        .read_to_end(&mut out)
+        .expect("a snappy reply decompresses");
+    out
+}

@@ -354,22 +354,41 @@ fn leafnode_connections_of_servers_whose_connz_omits_them_survive_reconciles() {
 #[test]
 fn entries_share_their_texts_and_unused_ones_are_let_go() {
     let mut v = LiveView::new();
-    let s = v.begin_sync();
-    // 500 connections of two users from one process, each with its own copies of the texts.
+    // A reply's connections share their texts already (one per distinct value of the reply,
+    // as its parser hands them out): kept as they are, nothing looked up again.
+    let mut reply = crate::intern::Interner::default();
     let conns: Vec<Connection> = (0..500)
-        .map(|i| conn("n1", i, ["u", "v"][i as usize % 2]))
+        .map(|i| {
+            conn("n1", i, ["u", "v"][i as usize % 2])
+                .view()
+                .to_connection(&mut reply)
+        })
         .collect();
+    let account = conns[0].account.clone();
+    let s = v.begin_sync();
     v.finish_sync(s, &Scope::All, &[("ID-n1".into(), "n1".into())], conns);
-    assert_eq!(v.len(), 500);
-    // server, server id, kind, ip, name, account, two users: one copy each.
-    assert_eq!(v.texts.len(), 8);
-    let held: Vec<&Connection> = v.connections().collect();
-    assert!(held
-        .iter()
-        .all(|c| std::ptr::eq(c.account.as_str(), held[0].account.as_str())));
-    // User v gone (a sweep that no longer lists it): its name is let go at the sync.
+    assert_eq!((v.len(), v.texts.len()), (500, 0));
+    assert!(v
+        .connections()
+        .all(|c| std::ptr::eq(c.account.as_str(), account.as_str())));
+    // User v gone (a sweep that no longer lists it).
     let s = v.begin_sync();
     let left: Vec<Connection> = (0..500).step_by(2).map(|i| conn("n1", i, "u")).collect();
     v.finish_sync(s, &Scope::All, &[("ID-n1".into(), "n1".into())], left);
-    assert_eq!((v.len(), v.count("APP", "v"), v.texts.len()), (250, 0, 7));
+    assert_eq!((v.len(), v.count("APP", "v")), (250, 0));
+    // Connect events, each with its own copies of the texts, share the view's: server, server
+    // id, kind, ip, account, and "w" (name and user), one copy each.
+    for cid in [900, 901] {
+        v.apply(Delta::Open(conn("n2", cid, "w")));
+    }
+    assert_eq!(v.texts.len(), 6);
+    let w: Vec<&Connection> = v.connections().filter(|c| c.user == "w").collect();
+    assert!(std::ptr::eq(w[0].user.as_str(), w[1].user.as_str()));
+    // Once the events are out of the journal and their connections closed, their texts go.
+    for cid in [900, 901] {
+        v.apply(close("n2", cid));
+    }
+    v.journal.clear();
+    v.texts.forget_unused();
+    assert_eq!(v.texts.len(), 0);
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Parser, Subcommand};
-use connwatch::config::{DetectConfig, NatsConfig, Secret, SweepConfig};
+use connwatch::config::{Compression, DetectConfig, NatsConfig, Secret, SweepConfig};
 use connwatch::live::{LiveView, SyncId};
 use connwatch::snapshot::Snapshot;
 use connwatch::state::KnownServers;
@@ -123,7 +123,8 @@ struct RunArgs {
 
 #[derive(Debug, Args, Clone)]
 struct MethodArgs {
-    /// connwatch | connwatch-live | floor | floor-gzip | floor-snappy | floor-overlap16 | paged1024
+    /// connwatch | connwatch-live (`-plain`: `sweep.compression = "none"`) | floor | floor-gzip |
+    /// floor-snappy | floor-overlap16 | paged1024
     #[arg(long)]
     kind: String,
     #[arg(long, value_delimiter = ',')]
@@ -197,9 +198,12 @@ fn main() -> anyhow::Result<()> {
         Cmd::LoadWorker { plan } => load_worker(&plan),
         Cmd::Method(args) => {
             let m = match args.kind.as_str() {
-                "connwatch" | "connwatch-live" | "soak" | "connwatch-ping" => {
-                    sweeper_method(&args)?
-                }
+                "connwatch"
+                | "connwatch-live"
+                | "soak"
+                | "connwatch-ping"
+                | "connwatch-plain"
+                | "connwatch-live-plain" => sweeper_method(&args)?,
                 "floor-bounded" => topology::floor_bounded(&args)?,
                 "floor" => floor_method(&args, args.page_size, Plan::Snapshot, None)?,
                 "floor-gzip" => floor_method(&args, args.page_size, Plan::Snapshot, Some("gzip"))?,
@@ -274,9 +278,11 @@ fn median(v: &[f64]) -> f64 {
 // ---------------------------------------------------------------------------------------------
 // Methods run in a child process.
 
-/// connwatch's real code path: `Sweeper::sweep`, then the census. `connwatch-live` is a live
-/// round of `connwatch run` (the default mode): each sweep reconciles a live view, which holds
-/// every open connection between sweeps, and the census is built from the view's snapshot.
+/// connwatch's real code path: `Sweeper::sweep`, then the census. `connwatch` is a sweep of
+/// `connwatch run` without the live view and kicks: the census is built while the replies are
+/// parsed. `connwatch-live` is a live round of `connwatch run` (the default mode): each sweep
+/// reconciles a live view, which holds every open connection between sweeps, and the census is
+/// counted from the view.
 fn sweeper_method(a: &MethodArgs) -> anyhow::Result<Measured> {
     // As `connwatch` does first thing (scripts/bench-aggregate.sh drops this line for main).
     connwatch::alloc::tune();
@@ -300,6 +306,12 @@ fn sweeper_method(a: &MethodArgs) -> anyhow::Result<Measured> {
             } else {
                 a.max_in_flight
             },
+            // `-plain`: the replies uncompressed (`sweep.compression = "none"`).
+            compression: if a.kind.ends_with("-plain") {
+                Compression::None
+            } else {
+                SweepConfig::default().compression
+            },
             ..SweepConfig::default()
         };
         let detect = DetectConfig {
@@ -307,8 +319,14 @@ fn sweeper_method(a: &MethodArgs) -> anyhow::Result<Measured> {
             ..DetectConfig::default()
         };
         let mut sweeper = Sweeper::new(system, &cfg);
+        let rules = connwatch::census::Aggregate::new(Some("SYS"), &detect);
+        let mut view = a.kind.starts_with("connwatch-live").then(LiveView::new);
+        // As `connwatch run` without kicks: sweeps alone count while they parse; with the live
+        // view they list (the view takes the connections), and the census is counted from it.
+        if view.is_none() {
+            sweeper.count_only(Some(rules.clone()));
+        }
         let mut known = KnownServers::default();
-        let mut view = (a.kind == "connwatch-live").then(LiveView::new);
         let sync = view.as_mut().map(LiveView::begin_sync);
         let warm = sweeper.sweep(&mut known).await?;
         if let (Some(view), Some(sync)) = (view.as_mut(), sync) {
@@ -333,18 +351,18 @@ fn sweeper_method(a: &MethodArgs) -> anyhow::Result<Measured> {
             }
             m.bytes += snap.bytes as f64;
             m.requests += snap.requests as f64;
-            m.connections += snap.connections.len() as f64;
+            m.connections += snap.connection_count() as f64;
             m.peak_in_flight = m.peak_in_flight.max(snap.peak_bytes_in_flight as f64);
             let t = Instant::now();
             let snap = match (view.as_mut(), sync) {
                 (Some(view), Some(sync)) => {
                     let now = chrono::Utc::now();
                     let meta = reconcile(view, sync, snap);
-                    view.snapshot(&meta, now)
+                    view.counted(&meta, now, rules.fork())
                 }
                 _ => snap,
             };
-            let census = connwatch::census::build(&snap.connections, Some("SYS"), &detect);
+            let census = connwatch::topology::census_of(&snap, Some("SYS"), &detect);
             census_ms.push(t.elapsed().as_secs_f64() * 1000.0);
             drop((census, snap));
             if i + 1 == 10 {
