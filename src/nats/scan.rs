@@ -16,6 +16,10 @@
 use std::borrow::Cow;
 
 use super::wire::{parse_rfc3339, ApiError, Rfc3339, ServerInfo, SweepConn};
+use text::{field_of, field_of_packed, first_special, unescape, OTHER};
+
+mod skip;
+mod text;
 
 /// Deepest nesting of a skipped value (an unknown key's array or object): deeper is refused,
 /// so a hostile reply costs no more than its length.
@@ -107,25 +111,6 @@ struct Cursor<'a> {
 struct Stop;
 
 type Res<T> = Result<T, Stop>;
-
-/// Bytes with their lowest bit set in every lane of a word.
-const ONES: u64 = 0x0101_0101_0101_0101;
-/// The high bit of every lane.
-const HIGH: u64 = 0x8080_8080_8080_8080;
-
-/// The first byte of the word `w` (little endian) that ends a run of plain string bytes (`"`,
-/// `\` or a control character), if any: the classic "has zero byte" trick per class, whose
-/// lowest flagged lane is always exact.
-#[inline]
-fn first_special(w: u64) -> Option<usize> {
-    let q = w ^ (ONES * u64::from(b'"'));
-    let s = w ^ (ONES * u64::from(b'\\'));
-    let hit = ((q.wrapping_sub(ONES) & !q)
-        | (s.wrapping_sub(ONES) & !s)
-        | (w.wrapping_sub(ONES * 0x20) & !w))
-        & HIGH;
-    (hit != 0).then(|| (hit.trailing_zeros() / 8) as usize)
-}
 
 impl<'a> Cursor<'a> {
     #[cold]
@@ -385,117 +370,6 @@ impl<'a> Cursor<'a> {
         Ok(n)
     }
 
-    /// A number, checked for syntax only.
-    fn skip_number(&mut self) -> Res<()> {
-        let b = self.b;
-        let digits = |i: &mut usize| {
-            let from = *i;
-            while b.get(*i).is_some_and(u8::is_ascii_digit) {
-                *i += 1;
-            }
-            *i - from
-        };
-        let mut i = self.i;
-        if b.get(i) == Some(&b'-') {
-            i += 1;
-        }
-        let int_from = i;
-        let n = digits(&mut i);
-        let ok = n > 0 && (b[int_from] != b'0' || n == 1) && {
-            let frac = b.get(i) != Some(&b'.') || {
-                i += 1;
-                digits(&mut i) > 0
-            };
-            frac && (!matches!(b.get(i), Some(b'e' | b'E')) || {
-                i += 1;
-                if let Some(b'+' | b'-') = b.get(i) {
-                    i += 1;
-                }
-                digits(&mut i) > 0
-            })
-        };
-        self.i = i;
-        if ok {
-            Ok(())
-        } else {
-            Err(self.err("invalid number"))
-        }
-    }
-
-    /// Steps over one value after checking its syntax (not its strings' UTF-8). Nested values
-    /// are walked with a stack of bits, one per level (1 = object), not recursion: at most
-    /// [`MAX_DEPTH`] levels.
-    fn skip(&mut self) -> Res<()> {
-        let mut stack: u128 = 0;
-        let mut depth = 0usize;
-        loop {
-            // A value.
-            match self.peek()? {
-                b'"' => match self.short_string() {
-                    Some((_, len)) => self.i += len + 2,
-                    None => {
-                        self.i += 1;
-                        self.string_end()?;
-                    }
-                },
-                b'{' | b'[' => {
-                    let object = self.b[self.i] == b'{';
-                    if depth == MAX_DEPTH {
-                        return Err(self.err("nested too deep"));
-                    }
-                    self.i += 1;
-                    stack = (stack << 1) | u128::from(object);
-                    depth += 1;
-                    let close = if object { b'}' } else { b']' };
-                    if !self.empty(close)? {
-                        if object {
-                            self.skip_key()?;
-                        }
-                        continue;
-                    }
-                    stack >>= 1;
-                    depth -= 1;
-                }
-                b'n' => self.literal(b"null")?,
-                b't' => self.literal(b"true")?,
-                b'f' => self.literal(b"false")?,
-                b'-' | b'0'..=b'9' => self.skip_number()?,
-                _ => return Err(self.err("expected a value")),
-            }
-            // After a value: the next element of its container, or the container's end (and
-            // then after the container, the same again).
-            loop {
-                if depth == 0 {
-                    return Ok(());
-                }
-                let object = stack & 1 == 1;
-                if self.more(if object { b'}' } else { b']' })? {
-                    if object {
-                        self.skip_key()?;
-                    }
-                    break;
-                }
-                stack >>= 1;
-                depth -= 1;
-            }
-        }
-    }
-
-    /// A key of a skipped object and its colon (not UTF-8 checked, as serde's `IgnoredAny`).
-    fn skip_key(&mut self) -> Res<()> {
-        self.eat(b'"')?;
-        self.string_end()?;
-        self.eat(b':')
-    }
-
-    /// The raw bytes of the next value (checked for syntax).
-    fn raw_value(&mut self) -> Res<&'a [u8]> {
-        self.ws();
-        let start = self.i;
-        self.skip()?;
-        Ok(&self.b[start..self.i])
-    }
-
     /// `null` or a string.
     #[inline]
     fn opt_string(&mut self) -> Res<Option<Cow<'a, str>>> {
@@ -743,119 +617,6 @@ impl<'a> Cursor<'a> {
             }
         }
     }
-}
-
-/// What [`field_of`] says of a key that names no field of [`SweepConn`].
-const OTHER: u32 = 16;
-
-/// A key of at most 15 bytes as a number: its bytes, and its length in the top byte.
-const fn pack(key: &[u8]) -> u128 {
-    let mut n = (key.len() as u128) << 120;
-    let mut i = 0;
-    while i < key.len() && i < 15 {
-        n |= (key[i] as u128) << (8 * i);
-        i += 1;
-    }
-    n
-}
-
-/// The index of the field of [`SweepConn`] a connection's key names, in its order, or
-/// [`OTHER`]. Keys are compared as numbers ([`pack`]), not byte by byte: a connection has
-/// some twenty keys.
-fn field_of(key: &[u8]) -> u32 {
-    if key.len() > 15 {
-        return OTHER;
-    }
-    field_of_packed(pack(key))
-}
-
-/// [`field_of`] a [`pack`]ed key.
-#[inline]
-fn field_of_packed(key: u128) -> u32 {
-    const CID: u128 = pack(b"cid");
-    const KIND: u128 = pack(b"kind");
-    const IP: u128 = pack(b"ip");
-    const START: u128 = pack(b"start");
-    const LAST_ACTIVITY: u128 = pack(b"last_activity");
-    const IN_MSGS: u128 = pack(b"in_msgs");
-    const OUT_MSGS: u128 = pack(b"out_msgs");
-    const SUBSCRIPTIONS: u128 = pack(b"subscriptions");
-    const NAME: u128 = pack(b"name");
-    const AUTHORIZED_USER: u128 = pack(b"authorized_user");
-    const ACCOUNT: u128 = pack(b"account");
-    const NAME_TAG: u128 = pack(b"name_tag");
-    const TAGS: u128 = pack(b"tags");
-    const JWT: u128 = pack(b"jwt");
-    match key {
-        CID => 0,
-        KIND => 1,
-        IP => 2,
-        START => 3,
-        LAST_ACTIVITY => 4,
-        IN_MSGS => 5,
-        OUT_MSGS => 6,
-        SUBSCRIPTIONS => 7,
-        NAME => 8,
-        AUTHORIZED_USER => 9,
-        ACCOUNT => 10,
-        NAME_TAG => 11,
-        TAGS => 12,
-        JWT => 13,
-        _ => OTHER,
-    }
-}
-
-/// The text of a string's raw bytes (between its quotes, escapes already checked for syntax),
-/// unescaped as serde does for a `str`: a surrogate must be half of a pair, and the result
-/// must be UTF-8. `None` when it is not.
-#[cold]
-fn unescape(raw: &[u8]) -> Option<String> {
-    let hex = |at: usize| -> Option<u32> {
-        let h = std::str::from_utf8(raw.get(at..at + 4)?).ok()?;
-        u32::from_str_radix(h, 16).ok()
-    };
-    let mut out = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while i < raw.len() {
-        if raw[i] != b'\\' {
-            out.push(raw[i]);
-            i += 1;
-            continue;
-        }
-        let c = match raw[i + 1] {
-            b'"' => '"',
-            b'\\' => '\\',
-            b'/' => '/',
-            b'b' => '\x08',
-            b'f' => '\x0c',
-            b'n' => '\n',
-            b'r' => '\r',
-            b't' => '\t',
-            _ => {
-                let n = hex(i + 2)?;
-                i += 4;
-                match n {
-                    0xD800..=0xDBFF => {
-                        // A leading surrogate: its trailing half must follow at once.
-                        if raw.get(i + 2..i + 4) != Some(b"\\u") {
-                            return None;
-                        }
-                        let n2 = hex(i + 4)?;
-                        if !(0xDC00..=0xDFFF).contains(&n2) {
-                            return None;
-                        }
-                        i += 6;
-                        char::from_u32(0x1_0000 + ((n - 0xD800) << 10) + (n2 - 0xDC00))?
-                    }
-                    _ => char::from_u32(n)?,
-                }
-            }
-        };
-        let mut buf = [0; 4];
-        out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-        i += 2;
-    }
-    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]
