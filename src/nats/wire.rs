@@ -196,12 +196,11 @@ pub fn parse_rfc3339(s: &str) -> Option<DateTime<FixedOffset>> {
 }
 
 fn fast_rfc3339(b: &[u8]) -> Option<DateTime<FixedOffset>> {
-    use chrono::{NaiveDate, TimeZone};
-    let num = |r: std::ops::Range<usize>| -> Option<u32> {
-        b.get(r)?.iter().try_fold(0u32, |n, c| {
-            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
-        })
+    let digit = |i: usize| {
+        let d = b.get(i)?.wrapping_sub(b'0');
+        (d < 10).then_some(u32::from(d))
     };
+    let two = |i: usize| Some(digit(i)? * 10 + digit(i + 1)?);
     if b.len() < 20
         || b[4] != b'-'
         || b[7] != b'-'
@@ -211,7 +210,19 @@ fn fast_rfc3339(b: &[u8]) -> Option<DateTime<FixedOffset>> {
     {
         return None;
     }
-    let date = NaiveDate::from_ymd_opt(num(0..4)? as i32, num(5..7)?, num(8..10)?)?;
+    let (year, month, day) = (i64::from(two(0)? * 100 + two(2)?), two(5)?, two(8)?);
+    let (hour, min, sec) = (two(11)?, two(14)?, two(17)?);
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let month_days = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 => 28 + u32::from(leap),
+        _ => return None,
+    };
+    // A leap second (60) is chrono's to read.
+    if day == 0 || day > month_days || hour > 23 || min > 59 || sec > 59 {
+        return None;
+    }
     let mut i = 19;
     let mut nanos = 0u32;
     if b.get(i) == Some(&b'.') {
@@ -224,12 +235,13 @@ fn fast_rfc3339(b: &[u8]) -> Option<DateTime<FixedOffset>> {
         if digits == 0 || digits > 9 {
             return None;
         }
-        nanos = num(start..i)? * 10u32.pow(9 - digits as u32);
+        nanos = (start..i).try_fold(0, |n, at| Some(n * 10 + digit(at)?))?;
+        nanos *= 10u32.pow(9 - digits as u32);
     }
     let offset = match b.get(i..)? {
         [b'Z'] => 0,
         [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
-            let secs = (num(i + 1..i + 3)? * 3600 + num(i + 4..i + 6)? * 60) as i32;
+            let secs = (two(i + 1)? * 3600 + two(i + 4)? * 60) as i32;
             if *sign == b'-' {
                 -secs
             } else {
@@ -238,10 +250,17 @@ fn fast_rfc3339(b: &[u8]) -> Option<DateTime<FixedOffset>> {
         }
         _ => return None,
     };
-    let naive = date.and_hms_nano_opt(num(11..13)?, num(14..16)?, num(17..19)?, nanos)?;
-    FixedOffset::east_opt(offset)?
-        .from_local_datetime(&naive)
-        .single()
+    // Days from 1970-01-01 to the (proleptic Gregorian) date, by eras of 400 years from a
+    // year that starts in March (H. Hinnant's `days_from_civil`): no calendar lookups.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let year_of_era = y - era * 400;
+    let day_of_year = (153 * ((i64::from(month) + 9) % 12) + 2) / 5 + i64::from(day) - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = era * 146_097 + day_of_era - 719_468;
+    let local = days * 86_400 + i64::from(hour * 3600 + min * 60 + sec);
+    let zone = FixedOffset::east_opt(offset)?;
+    Some(DateTime::from_timestamp(local - i64::from(offset), nanos)?.with_timezone(&zone))
 }
 
 /// The `data` of a `$SYS.REQ.ACCOUNT.PING.STATZ` reply.
@@ -446,6 +465,35 @@ mod tests {
                 DateTime::parse_from_rfc3339(s).ok(),
                 "{s}"
             );
+        }
+        // Every day of four years around a century (leap and not), days that do not exist,
+        // times at the edges, offsets: the same instant and offset as chrono, or both refuse.
+        for year in [1969, 1970, 1999, 2000, 2024, 2100, 2400, 9999, 0] {
+            for month in 0..=13 {
+                for day in 0..=32 {
+                    for (time, zone) in [
+                        ("00:00:00", "Z"),
+                        ("23:59:59.999999999", "+14:00"),
+                        ("12:30:01.5", "-05:30"),
+                        ("23:59:60", "Z"),
+                        ("24:00:00", "Z"),
+                    ] {
+                        let s = format!("{year:04}-{month:02}-{day:02}T{time}{zone}");
+                        let chrono = DateTime::parse_from_rfc3339(&s).ok();
+                        let fast = fast_rfc3339(s.as_bytes());
+                        // A leap second is left to chrono: `parse_rfc3339` falls back.
+                        if fast.is_some() || !time.starts_with("23:59:60") {
+                            assert_eq!(fast, chrono, "{s}");
+                            assert_eq!(
+                                fast.map(|t| t.offset().local_minus_utc()),
+                                chrono.map(|t| t.offset().local_minus_utc()),
+                                "{s}"
+                            );
+                        }
+                        assert_eq!(parse_rfc3339(&s), chrono, "{s}");
+                    }
+                }
+            }
         }
         assert_eq!(fast_rfc3339(b"2026-13-02T03:04:05Z"), None);
         assert_eq!(fast_rfc3339(b"2026-01-02T03:04:05.Z"), None);
