@@ -7,8 +7,6 @@ mod connect;
 pub mod events;
 pub mod lookup;
 pub mod page;
-// Not called yet: `page::parse` switches to it from serde (issue 16 point 3, the lead's wiring).
-#[allow(dead_code)]
 pub(crate) mod scan;
 mod system;
 pub mod wire;

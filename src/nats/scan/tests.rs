@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::*;
-use crate::nats::page::{parse_page, parse_server_list};
+use crate::nats::page::serde_reference::{parse_page, parse_server_list};
 use crate::nats::wire::jwt_name;
 use crate::snapshot::Connection;
 
