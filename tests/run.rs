@@ -436,3 +436,79 @@ async fn an_unknown_server_limit_holds_its_pressure_finding() {
     );
     assert_eq!(running.terminate(), Some(0));
 }
+
+/// `run` without the live census counts each sweep while parsing when nothing needs the
+/// connections one by one, and lists them when `[kick]` is on (dry run here): either way every
+/// user's `connwatch_user_connections` is what the servers' own `/connz` say, and the kick
+/// policy still sees the leaked connections (the dry run announces them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweeps_alone_count_while_parsing_or_list_for_kicks_with_the_same_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(
+        ClusterSpec::new(dir.path().join("cluster")).account(
+            AccountSpec::new("APP")
+                .user("app", "pw")
+                .user("leaky", "pw"),
+        ),
+    )
+    .unwrap();
+    let mut loads = Vec::new();
+    for (i, user, n) in [(0, "app", 7), (1, "leaky", 40), (2, "leaky", 25)] {
+        let spec = LoadSpec::new(
+            cluster.client_url(i),
+            LoadAuth::user_password(user, "pw"),
+            n,
+        );
+        loads.push(load::open(spec).await.unwrap());
+    }
+    let truth = |user: &str| -> f64 {
+        (0..3)
+            .filter_map(|i| {
+                let counts = cluster.connz_counts(i).unwrap();
+                counts.get(&("APP".to_string(), user.to_string())).copied()
+            })
+            .sum::<u64>() as f64
+    };
+    let (seen, _sub) = Seen::subscribe(&cluster.client_url(1)).await;
+    for (name, extra) in [
+        ("counted", ""),
+        (
+            "listed",
+            "[detect]\nidle_threshold = \"1s\"\nmax_connections_per_user = 50\n\
+             [kick]\nenabled = true\ndry_run = true\nmin_idle = \"1s\"\nmin_age = \"1s\"\n",
+        ),
+    ] {
+        let listen = free_addr();
+        std::fs::create_dir_all(dir.path().join(name)).unwrap();
+        let path = write_config(
+            &dir.path().join(name),
+            &format!(
+                "{}[live]\nenabled = false\n[sweep]\ninterval = \"300ms\"\n\
+                 [metrics]\nlisten = \"{listen}\"\nuser_floor = 1\n{extra}",
+                cluster.connwatch_toml()
+            ),
+        );
+        let running = Running::start(&path, dir.path().join(format!("{name}.log")));
+        for user in ["app", "leaky"] {
+            let series = format!("connwatch_user_connections{{account=\"APP\",user=\"{user}\"}}");
+            let want = truth(user);
+            assert!(
+                wait_until_async(WAIT, || running.metric(&series) == Some(want)).await,
+                "{name}: {series} is {:?}, the servers say {want}: {}",
+                running.metric(&series),
+                running.log()
+            );
+        }
+        if name == "listed" {
+            // The listing run's dry-run kicks name leaky's connections.
+            seen.wait_for(0, "a dry-run kick of leaky", |b: &Value| {
+                b["type"] == "io.connwatch.advisory.v1.connection_kicked"
+                    && b["user"] == "leaky"
+                    && b["dry_run"] == true
+            })
+            .await;
+        }
+        assert_eq!(running.terminate(), Some(0), "{name}");
+    }
+    drop(loads);
+}
