@@ -7,6 +7,7 @@ pub mod app;
 pub mod census;
 pub mod cli;
 pub mod config;
+pub mod connlist;
 pub mod enforce;
 pub mod error;
 pub mod ha;

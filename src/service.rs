@@ -451,8 +451,10 @@ impl Service {
             .map(|l| l.view.lock().expect("live view lock").begin_sync());
         // Without the live view, a sweep lists every connection only for what needs them one
         // by one (kicks, and the audit of a dead leader's kicks); otherwise it counts them.
+        // With it, they list compactly: the view takes them over one at a time.
         let count_only = (self.live.is_none() && !self.needs_connections()).then(|| self.rules());
         self.sweeper.count_only(count_only);
+        self.sweeper.compact(self.live.is_some());
         let snap = match self.sweeper.sweep(&mut self.state.servers).await {
             Ok(s) => s,
             Err(e) => {

@@ -403,6 +403,10 @@ pub struct Snapshot {
     /// The connections of the servers in `servers`, each exactly once: every server's from one
     /// reply (one snapshot of it). Empty when the sweep only counted them (`census`).
     pub connections: Vec<Connection>,
+    /// The same, listed compactly instead ([`crate::sweep::Sweeper::compact`]: for the live
+    /// view, which takes them over one at a time); empty otherwise. A sweep fills one of
+    /// `connections`, `compact` and `census`.
+    pub compact: crate::connlist::ConnList,
     /// The census of the servers in `servers`, built while their replies were parsed, when the
     /// sweep counted connections instead of listing them
     /// ([`crate::sweep::Sweeper::count_only`]); not yet finished (thresholds, suspects).
@@ -426,7 +430,7 @@ impl Snapshot {
     pub fn connection_count(&self) -> u64 {
         match &self.census {
             Some(census) => census.connections(),
-            None => self.connections.len() as u64,
+            None => (self.connections.len() + self.compact.len()) as u64,
         }
     }
 

@@ -320,14 +320,18 @@ impl LiveView {
         id: SyncId,
         scope: &Scope,
         servers: &[(String, String)],
-        replies: Vec<Connection>,
+        replies: impl IntoIterator<Item = Connection>,
     ) {
+        let replies = replies.into_iter();
         let answered: std::collections::HashSet<&str> =
             servers.iter().map(|(id, _)| id.as_str()).collect();
         // Each listed connection replaces the one held in place (counts move only when its
         // user or kind changed); then the ones held but not listed go.
         let mut listed: std::collections::HashSet<(Str, u64), FxBuild> =
-            std::collections::HashSet::with_capacity_and_hasher(replies.len(), FxBuild::default());
+            std::collections::HashSet::with_capacity_and_hasher(
+                replies.size_hint().0,
+                FxBuild::default(),
+            );
         // A reply's connections already share their texts (one per distinct value of the
         // reply): kept as they are, not looked up again.
         for c in replies {
@@ -394,16 +398,18 @@ impl LiveView {
     /// is not complete until a sweep that begins after it. Returns those servers (id, name);
     /// none on the first sweep, when the view held no server yet.
     pub fn reconcile(&mut self, id: SyncId, snap: &Snapshot) -> Vec<(String, String)> {
-        self.reconcile_with(id, snap, snap.connections.clone())
+        let compact = snap.compact.clone();
+        self.reconcile_with(id, snap, snap.connections.iter().cloned().chain(compact))
     }
 
-    /// [`LiveView::reconcile`] with the sweep's connections given apart (moved, not copied;
-    /// `snap.connections` is not read).
+    /// [`LiveView::reconcile`] with the sweep's connections given apart, taken one at a time
+    /// (moved, not copied: a `Vec`, or the sweep's compact list; `snap.connections` is not
+    /// read).
     pub fn reconcile_with(
         &mut self,
         id: SyncId,
         snap: &Snapshot,
-        connections: Vec<Connection>,
+        connections: impl IntoIterator<Item = Connection>,
     ) -> Vec<(String, String)> {
         let servers: Vec<(String, String)> = snap
             .servers
@@ -597,6 +603,7 @@ impl LiveView {
             bytes: 0,
             peak_bytes_in_flight: 0,
             connections: Vec::new(),
+            compact: Default::default(),
             census: None,
             gap: self.incomplete.clone(),
             topology: sweep.topology.clone(),

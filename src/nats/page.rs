@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use super::scan;
 use super::wire::{jwt_name, ApiError, ConnzRequest, ServerInfo, SweepConn};
 use crate::census::Aggregate;
+use crate::connlist::ConnList;
 use crate::intern::{FxBuild, Interner, Str};
 use crate::snapshot::{ConnRef, Connection, Tags};
 
@@ -119,10 +120,22 @@ pub(crate) fn parse_server_census(
     parse(payload, Sink::Census(census), limit, false, true, scan_read)
 }
 
+/// [`parse_server_list`] into a compact list ([`ConnList`]): each connection goes in as it is
+/// read, its texts looked up in the list's table, so no [`Connection`] is built.
+pub(crate) fn parse_server_compact(
+    payload: &[u8],
+    out: &mut ConnList,
+    limit: usize,
+) -> Result<PageHead, serde_json::Error> {
+    parse(payload, Sink::Compact(out), limit, true, true, scan_read)
+}
+
 /// Where a reply's connections go.
 enum Sink<'s> {
     /// Converted into connections, their texts shared within the reply.
     List(&'s mut Vec<Connection>),
+    /// Into a compact list, its texts shared within the list.
+    Compact(&'s mut ConnList),
     /// Counted into a census, read from the reply's own texts.
     Census(&'s mut Aggregate),
 }
@@ -131,6 +144,7 @@ impl Sink<'_> {
     fn len(&self) -> usize {
         match self {
             Self::List(out) => out.len(),
+            Self::Compact(out) => out.len(),
             Self::Census(_) => 0,
         }
     }
@@ -170,13 +184,21 @@ fn parse(
             out.truncate(start);
             return Err(e);
         }
+        (Err(e), Sink::Compact(out)) => {
+            out.truncate(start);
+            return Err(e);
+        }
         (Err(e), Sink::Census(_)) => return Err(e),
     };
     if stats.server_late {
+        if let Sink::Compact(out) = &mut sink {
+            out.set_server(start, &head.server.name, &head.server.id);
+            return Ok(head);
+        }
         let (name, id) = (Str::from(&head.server.name), Str::from(&head.server.id));
         let late = match &mut sink {
             Sink::List(out) => &mut out[start..],
-            Sink::Census(_) => &mut stats.late[..],
+            Sink::Compact(_) | Sink::Census(_) => &mut stats.late[..],
         };
         for c in late.iter_mut() {
             c.server.clone_from(&name);
@@ -286,11 +308,20 @@ impl<'a> scan::Visit<'a> for Fill<'_, '_> {
         // More than the reply may hold (nats-server writes `total` first): not the whole
         // list, which is all a sweep keeps ([`parse_server_list`]).
         let partial = self.stats.whole_only && start.total > self.stats.limit as u64;
-        if let (Sink::List(out), true, false) = (&mut *self.sink, self.stats.reserve, partial) {
+        if self.stats.reserve && !partial {
             // Never more than was asked for, whatever `total` claims.
             let want = (start.total.min(self.stats.limit as u64)) as usize;
-            let spare = out.capacity() - out.len();
-            out.reserve_exact(want.saturating_sub(spare));
+            match &mut *self.sink {
+                Sink::List(out) => {
+                    let spare = out.capacity() - out.len();
+                    out.reserve_exact(want.saturating_sub(spare));
+                }
+                Sink::Compact(out) => {
+                    let spare = out.spare();
+                    out.reserve_exact(want.saturating_sub(spare));
+                }
+                Sink::Census(_) => {}
+            }
         }
         self.server = start.server.cloned().unwrap_or_default();
         self.late = start.server.is_none();
@@ -304,6 +335,7 @@ impl<'a> scan::Visit<'a> for Fill<'_, '_> {
         let c = conn_ref(&self.server, self.now, &c, user_name.as_deref());
         match &mut *self.sink {
             Sink::List(out) => out.push(c.to_connection(&mut self.texts.strs)),
+            Sink::Compact(out) => out.push(&c),
             Sink::Census(_) if self.late => {
                 self.stats.late.push(c.to_connection(&mut self.texts.strs));
             }
@@ -583,5 +615,25 @@ mod tests {
         // A filtered reply's `total` is not its list's: parse_page converts whatever it holds.
         parse_page(page(r#"{"cid":1}"#).as_bytes(), &mut out, 2, true).unwrap();
         assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn a_compact_list_reads_a_reply_as_the_list_does() {
+        let server_last = br#"{"data":{"now":"2026-01-02T03:04:10.5Z","total":2,"connections":[
+            {"cid":1,"ip":"10.0.0.1","account":"APP","authorized_user":"u","name":"w",
+             "name_tag":"App","last_activity":"2026-01-02T03:04:05.25Z","start":"0001-01-01T00:00:00Z"},
+            {"cid":2,"ip":"10.0.0.2","authorized_user":"v","tags":["t","s"],"kind":"Leafnode"}]},
+            "server":{"name":"n1","id":"NID"}}"#;
+        let (mut list, mut compact) = (Vec::new(), ConnList::default());
+        let a = parse_server_list(server_last, &mut list, 5).unwrap();
+        let b = parse_server_compact(server_last, &mut compact, 5).unwrap();
+        assert_eq!((a.total, a.count), (b.total, b.count));
+        assert_eq!(compact.get(0).unwrap().server_id, "NID");
+        assert_eq!(compact.to_vec(), list);
+        // A refused reply leaves it as it was.
+        let bad = br#"{"server":{"name":"n2","id":"N2"},"data":{"total":2,"connections":[
+            {"cid":2},{"cid":1}]}}"#;
+        assert!(parse_server_compact(bad, &mut compact, 5).is_err());
+        assert_eq!(compact.to_vec(), list);
     }
 }

@@ -61,7 +61,10 @@ impl Service {
         let mut view = live.view.lock().expect("live view lock");
         if view.paused() {
             // Not following the events: the round works as without the live census, from the
-            // sweep alone (a complete sweep resolves and may kick, as sweeps do).
+            // sweep alone (a complete sweep resolves and may kick, as sweeps do), its
+            // connections built from the compact list.
+            let compact = std::mem::take(&mut snap.compact);
+            snap.connections.extend(compact);
             let appeared = view.reconcile(sync, &snap);
             drop(view);
             live.appeared(&self.metrics, &appeared);
@@ -70,9 +73,10 @@ impl Service {
             snap.connections = connections;
             return snap;
         }
-        // The view takes the sweep's connections over (moved, not copied).
+        // The view takes the sweep's connections over (moved, not copied), one at a time.
         let connections = std::mem::take(&mut snap.connections);
-        let appeared = view.reconcile_with(sync, &snap, connections);
+        let compact = std::mem::take(&mut snap.compact);
+        let appeared = view.reconcile_with(sync, &snap, connections.into_iter().chain(compact));
         let now = snap.started.unwrap_or_else(Utc::now);
         let mut out = if self.needs_connections() {
             view.snapshot(&snap, now)

@@ -1,12 +1,46 @@
-//! Where a sweep puts what it reads: every connection in one list, or, when only the census is
-//! wanted, one census per server built while its reply is parsed (no connection is held). Either
-//! way a server's connections are kept whole or dropped whole.
+//! Where a sweep puts what it reads: every connection in one list (of [`Connection`]s, or
+//! compact: [`ConnList`]), or, when only the census is wanted, one census per server built
+//! while its reply is parsed (no connection is held). Either way a server's connections are
+//! kept whole or dropped whole.
 
 use std::ops::Range;
 
 use crate::census::Aggregate;
-use crate::nats::page::{parse_server_census, parse_server_list, PageHead};
+use crate::connlist::ConnList;
+use crate::nats::page::{parse_server_census, parse_server_compact, parse_server_list, PageHead};
 use crate::snapshot::Connection;
+
+/// Where a listing sweep lists its connections.
+pub(super) enum List {
+    /// As [`Connection`]s.
+    Full(Vec<Connection>),
+    /// Compact (about 100 bytes a connection instead of 168).
+    Compact(ConnList),
+}
+
+impl List {
+    fn len(&self) -> usize {
+        match self {
+            Self::Full(l) => l.len(),
+            Self::Compact(l) => l.len(),
+        }
+    }
+
+    fn truncate(&mut self, len: usize) {
+        match self {
+            Self::Full(l) => l.truncate(len),
+            Self::Compact(l) => l.truncate(len),
+        }
+    }
+
+    /// Keeps the connections for which `keep` (given each one's server id, in order) is true.
+    fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        match self {
+            Self::Full(l) => l.retain(|c| keep(&c.server_id)),
+            Self::Compact(l) => l.retain(|c| keep(c.server_id)),
+        }
+    }
+}
 
 /// What one reply added: its connections in the list, or its census.
 pub(super) enum Part {
@@ -19,7 +53,7 @@ pub(super) enum Part {
 /// A sweep's connections as they are read.
 pub(super) struct Collect {
     /// Every kept connection (listing).
-    pub(super) list: Vec<Connection>,
+    list: List,
     /// The census of the servers kept so far (counting), `None` when listing.
     census: Option<Aggregate>,
     /// Each kept server's census (counting) while who is who may still change: server id,
@@ -35,7 +69,7 @@ pub(super) struct Collect {
 impl Collect {
     /// Lists connections into `room` (empty, with capacity), or, with `census` (an empty one
     /// with its rules), counts them instead.
-    pub(super) fn new(room: Vec<Connection>, census: Option<Aggregate>) -> Self {
+    pub(super) fn new(room: List, census: Option<Aggregate>) -> Self {
         Self {
             list: room,
             census,
@@ -70,7 +104,10 @@ impl Collect {
         match &self.census {
             None => {
                 let start = self.list.len();
-                let head = parse_server_list(payload, &mut self.list, limit)?;
+                let head = match &mut self.list {
+                    List::Full(list) => parse_server_list(payload, list, limit)?,
+                    List::Compact(list) => parse_server_compact(payload, list, limit)?,
+                };
                 Ok((head, Part::Listed(start..self.list.len())))
             }
             Some(all) => {
@@ -102,7 +139,7 @@ impl Collect {
 
     /// Drops every connection of server `id`.
     pub(super) fn drop_server(&mut self, id: &str) {
-        self.list.retain(|c| c.server_id != id);
+        self.list.retain(|server| server != id);
         self.counted.retain(|(server, _)| server != id);
     }
 
@@ -117,8 +154,34 @@ impl Collect {
         self.census.is_some()
     }
 
+    /// Keeps only the connections at `ranges` (disjoint) of the list, in order: no work when
+    /// they are all of it (every reply vouched for, the usual case).
+    pub(super) fn keep_only(&mut self, ranges: &mut [Range<usize>]) {
+        let kept: usize = ranges.iter().map(ExactSizeIterator::len).sum();
+        if kept == self.list.len() {
+            return;
+        }
+        ranges.sort_by_key(|r| r.start);
+        let mut i = 0;
+        self.list.retain(|_| {
+            let keep = ranges
+                .binary_search_by(|r| {
+                    if r.end <= i {
+                        std::cmp::Ordering::Less
+                    } else if r.start > i {
+                        std::cmp::Ordering::Greater
+                    } else {
+                        std::cmp::Ordering::Equal
+                    }
+                })
+                .is_ok();
+            i += 1;
+            keep
+        });
+    }
+
     /// The list, and the census of the kept servers when counting.
-    pub(super) fn finish(mut self) -> (Vec<Connection>, Option<Aggregate>) {
+    pub(super) fn finish(mut self) -> (List, Option<Aggregate>) {
         self.settle(&[]);
         (self.list, self.census)
     }

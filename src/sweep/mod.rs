@@ -38,6 +38,7 @@ use tracing::info;
 
 use crate::census::Aggregate;
 use crate::config::SweepConfig;
+use crate::connlist::ConnList;
 use crate::nats::page::connz_body;
 use crate::nats::wire::ServerInfo;
 use crate::nats::{RequestError, System, PING_CONNZ, PING_STATSZ};
@@ -49,7 +50,7 @@ pub use discovery::{expected_count, missing_servers, UNKNOWN_SERVER};
 pub use fetch::{first_fetch, headroom, next_fetch, ping_limit, NextFetch, MAX_DIRECTED};
 pub use inflight::{peak, Span};
 
-use collect::Collect;
+use collect::{Collect, List};
 use discovery::Discovery;
 use fetch::Fetched;
 use replies::FirstReplies;
@@ -89,6 +90,8 @@ pub struct Sweeper {
     /// The rules of the census, when the sweeps count connections instead of listing them
     /// ([`Sweeper::count_only`]).
     census: Option<Aggregate>,
+    /// Whether listing sweeps list compactly, into [`Snapshot::compact`] ([`Sweeper::compact`]).
+    compact: bool,
 }
 
 impl Sweeper {
@@ -100,6 +103,7 @@ impl Sweeper {
             last_connections: 0,
             last_largest_server: 0,
             census: None,
+            compact: false,
         }
     }
 
@@ -108,6 +112,14 @@ impl Sweeper {
     /// connection (for what needs them one by one: the live view, kicks).
     pub fn count_only(&mut self, census: Option<Aggregate>) {
         self.census = census;
+    }
+
+    /// With `true`, the next sweeps that list connections (not [`Sweeper::count_only`]) list
+    /// them compactly, into [`Snapshot::compact`] (about 100 bytes a connection instead of
+    /// 168, for the live view, which takes them over one at a time); with `false`, into
+    /// [`Snapshot::connections`].
+    pub fn compact(&mut self, compact: bool) {
+        self.compact = compact;
     }
 
     /// Takes new settings (a reload).
@@ -136,9 +148,19 @@ impl Sweeper {
         let conns = match &self.census {
             None => {
                 let room = self.last_connections + self.last_connections / 32;
-                Collect::new(Vec::with_capacity(room), None)
+                let list = if self.compact {
+                    let mut list = ConnList::default();
+                    list.reserve_exact(room);
+                    List::Compact(list)
+                } else {
+                    List::Full(Vec::with_capacity(room))
+                };
+                Collect::new(list, None)
             }
-            Some(rules) => Collect::new(Vec::new(), Some(rules.fork().skipping_pending(auth))),
+            Some(rules) => Collect::new(
+                List::Full(Vec::new()),
+                Some(rules.fork().skipping_pending(auth)),
+            ),
         };
         let mut seen = known.clone();
         seen.forget_old(started, self.cfg.forget_servers_after);
@@ -168,7 +190,12 @@ impl Sweeper {
             self.gather_bounded(&gather, &mut discovery, &mut snap, &mut spans, conns)
                 .await?
         };
-        (snap.connections, snap.census) = conns.finish();
+        let (list, census) = conns.finish();
+        snap.census = census;
+        match list {
+            List::Full(list) => snap.connections = list,
+            List::Compact(list) => snap.compact = list,
+        }
         snap.servers_expected =
             expected_count(configured, discovery.count(), known_count).unwrap_or(0);
         for mut p in fetched {
@@ -200,7 +227,10 @@ impl Sweeper {
         snap.errors.sort_by(|a, b| a.server.cmp(&b.server));
         snap.pending = match &snap.census {
             Some(census) => census.pending(),
-            None => crate::snapshot::drop_pending(&mut snap.connections, auth),
+            None => {
+                crate::snapshot::drop_pending(&mut snap.connections, auth)
+                    + snap.compact.drop_pending(auth)
+            }
         };
 
         let answered: Vec<&str> = snap
@@ -229,7 +259,7 @@ impl Sweeper {
                 .filter_map(|(name, place)| Some((name.as_str(), place.cluster.as_deref()?))),
         );
         *known = seen;
-        self.last_connections = snap.connections.len();
+        self.last_connections = snap.connections.len() + snap.compact.len();
         let counted = snap.connection_count();
         self.last_largest_server = snap
             .servers

@@ -1,10 +1,8 @@
 //! The answers to a sweep's PING, parsed as they arrive and sorted out by server id once every
 //! STATSZ reply is in: whole lists go to the snapshot, the rest are read again ([`super::fetch`]).
 
-use std::collections::{BTreeMap, HashSet};
-use std::ops::Range;
-
 use super::collect::{Collect, Part};
+use std::collections::{BTreeMap, HashSet};
 
 use tracing::warn;
 
@@ -12,7 +10,7 @@ use super::discovery::{Discovery, Vouch};
 use super::display_name;
 use super::fetch::{Fetch, Fetched};
 use crate::nats::wire::{ApiError, ServerInfo};
-use crate::snapshot::{Connection, ServerError, ServerFailure, Snapshot};
+use crate::snapshot::{ServerError, ServerFailure, Snapshot};
 
 /// One server's answer to a PING CONNZ.
 struct Candidate {
@@ -167,36 +165,10 @@ impl FirstReplies {
             }
         }
         if !conns.counting() {
-            keep_only(&mut conns.list, &mut kept);
+            conns.keep_only(&mut kept);
         }
         (done, fetches, conns)
     }
-}
-
-/// Keeps only the connections at `ranges` (disjoint) of `conns`, in order: no work when they
-/// are all of it (every reply vouched for, the usual case).
-fn keep_only(conns: &mut Vec<Connection>, ranges: &mut [Range<usize>]) {
-    let kept: usize = ranges.iter().map(ExactSizeIterator::len).sum();
-    if kept == conns.len() {
-        return;
-    }
-    ranges.sort_by_key(|r| r.start);
-    let mut i = 0;
-    conns.retain(|_| {
-        let keep = ranges
-            .binary_search_by(|r| {
-                if r.end <= i {
-                    std::cmp::Ordering::Less
-                } else if r.start > i {
-                    std::cmp::Ordering::Greater
-                } else {
-                    std::cmp::Ordering::Equal
-                }
-            })
-            .is_ok();
-        i += 1;
-        keep
-    });
 }
 
 /// A server's error envelope as a failure.

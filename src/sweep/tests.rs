@@ -5,9 +5,11 @@ use std::time::Duration;
 use chrono::Utc;
 use futures::StreamExt;
 
+use super::collect::List;
 use super::discovery::Discovery;
 use super::replies::FirstReplies;
 use super::*;
+use crate::connlist::ConnList;
 use crate::snapshot::{Connection, ServerFailure};
 
 #[test]
@@ -159,23 +161,62 @@ fn connz(name: &str, id: &str, total: u64, cids: &[u64]) -> Vec<u8> {
 
 #[test]
 fn only_vouched_distinct_servers_count_and_impostors_never_replace_them() {
-    let listed = vouched_and_impostors(Collect::new(Vec::new(), None));
-    assert_eq!(
-        listed.0.iter().map(|c| c.cid).collect::<Vec<_>>(),
-        vec![1, 2]
-    );
+    let listed = vouched_and_impostors(Collect::new(List::Full(Vec::new()), None));
+    let full = connections(listed.0);
+    assert_eq!(full.iter().map(|c| c.cid).collect::<Vec<_>>(), vec![1, 2]);
     assert!(listed.1.is_none());
+    // Listed compactly: the same connections, every field equal.
+    let compact = vouched_and_impostors(Collect::new(List::Compact(ConnList::default()), None));
+    assert!(matches!(compact.0, List::Compact(_)));
+    assert_eq!(connections(compact.0), full);
+    assert!(compact.1.is_none());
     // Counted while parsing: the same servers kept, the others' counts dropped whole.
     let rules = crate::census::Aggregate::new(None, &crate::config::DetectConfig::default());
-    let (list, counted) = vouched_and_impostors(Collect::new(Vec::new(), Some(rules)));
-    assert!(list.is_empty());
+    let (list, counted) = vouched_and_impostors(Collect::new(List::Full(Vec::new()), Some(rules)));
+    assert!(connections(list).is_empty());
     let census = counted.unwrap().finish();
     assert_eq!(census.connections, 2);
     assert_eq!(census.users[0].by_server, [("n1".to_string(), 2)].into());
 }
 
+/// The connections of a sweep's list.
+fn connections(list: List) -> Vec<Connection> {
+    match list {
+        List::Full(list) => list,
+        List::Compact(list) => list.into_iter().collect(),
+    }
+}
+
+#[test]
+fn a_compact_list_keeps_or_drops_each_servers_connections_whole() {
+    let read = |conns: &mut Collect, name: &str, id: &str, total: u64, cids: &[u64]| {
+        let (head, part) = conns.parse(&connz(name, id, total, cids), 100).unwrap();
+        conns.keep(&head.server.id, part);
+    };
+    for room in [List::Full(Vec::new()), List::Compact(ConnList::default())] {
+        let mut conns = Collect::new(room, None);
+        read(&mut conns, "n1", "N1", 2, &[1, 2]);
+        read(&mut conns, "n2", "N2", 3, &[1, 2, 3]);
+        read(&mut conns, "n3", "N3", 1, &[4]);
+        // A bad reply (cids out of order) leaves the list as it was.
+        assert!(conns.parse(&connz("n4", "N4", 2, &[5, 5]), 100).is_err());
+        // A reply that is not the whole list is read but not kept.
+        let (_, part) = conns.parse(&connz("n5", "N5", 300, &[1]), 100).unwrap();
+        conns.drop_last(part);
+        // A server found out (impostors, or too slow) is dropped whole, now and later.
+        conns.drop_server("N2");
+        conns.settle(&["N3".to_string()]);
+        read(&mut conns, "n3", "N3", 1, &[9]);
+        let got: Vec<(String, u64)> = connections(conns.finish().0)
+            .into_iter()
+            .map(|c| (c.server.to_string(), c.cid))
+            .collect();
+        assert_eq!(got, [("n1".to_string(), 1), ("n1".to_string(), 2)]);
+    }
+}
+
 /// The PING replies of the test above sorted out into `conns`: what was kept.
-fn vouched_and_impostors(conns: Collect) -> (Vec<Connection>, Option<crate::census::Aggregate>) {
+fn vouched_and_impostors(conns: Collect) -> (List, Option<crate::census::Aggregate>) {
     let known = KnownServers::default();
     let mut d = Discovery::new(&known, Utc::now());
     let mut firsts = FirstReplies::new(100, conns);
@@ -309,7 +350,7 @@ fn only_a_cluster_known_to_be_small_is_pinged_all_at_once() {
 #[test]
 fn a_counting_sweep_holds_each_servers_census_only_until_who_is_who_is_settled() {
     let rules = crate::census::Aggregate::new(None, &crate::config::DetectConfig::default());
-    let mut conns = Collect::new(Vec::new(), Some(rules));
+    let mut conns = Collect::new(List::Full(Vec::new()), Some(rules));
     let read = |conns: &mut Collect, name: &str, id: &str, cids: &[u64]| {
         let (head, part) = conns
             .parse(&connz(name, id, cids.len() as u64, cids), 100)

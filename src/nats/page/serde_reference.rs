@@ -246,6 +246,7 @@ impl<'de> serde::de::Visitor<'de> for ConnsSeed<'_, '_> {
             let c = conn_ref(server, self.now, &c, user_name.as_deref());
             match out {
                 Sink::List(out) => out.push(c.to_connection(&mut texts.strs)),
+                Sink::Compact(out) => out.push(&c),
                 Sink::Census(_) if late => self.stats.late.push(c.to_connection(&mut texts.strs)),
                 Sink::Census(census) => census.add(&c),
             }

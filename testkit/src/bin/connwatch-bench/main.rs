@@ -323,8 +323,11 @@ fn sweeper_method(a: &MethodArgs) -> anyhow::Result<Measured> {
         let mut view = a.kind.starts_with("connwatch-live").then(LiveView::new);
         // As `connwatch run` without kicks: sweeps alone count while they parse; with the live
         // view they list (the view takes the connections), and the census is counted from it.
+        // (compactly, as `run` does: the view takes them over one at a time).
         if view.is_none() {
             sweeper.count_only(Some(rules.clone()));
+        } else {
+            sweeper.compact(true);
         }
         let mut known = KnownServers::default();
         let sync = view.as_mut().map(LiveView::begin_sync);
@@ -387,8 +390,8 @@ fn sweeper_method(a: &MethodArgs) -> anyhow::Result<Measured> {
 /// Returns the sweep without them (its servers, missing, errors).
 fn reconcile(view: &mut LiveView, sync: SyncId, mut snap: Snapshot) -> Snapshot {
     let connections = std::mem::take(&mut snap.connections);
-    view.reconcile_with(sync, &snap, connections);
-    snap.connections = Vec::new();
+    let compact = std::mem::take(&mut snap.compact);
+    view.reconcile_with(sync, &snap, connections.into_iter().chain(compact));
     snap
 }
 

@@ -1,0 +1,313 @@
+//! A sweep's connections held compactly while its replies are parsed: each text a `u32` index
+//! into one table of shared [`Str`]s (one entry per distinct value for the whole sweep), times
+//! as whole seconds and nanoseconds, so a connection takes about 100 bytes instead of a
+//! [`Connection`]'s 168. The live view takes them over one at a time ([`ConnList::into_iter`]):
+//! each [`Connection`] is rebuilt by cloning the table's [`Str`]s (reference counts, no text
+//! copied).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::intern::{FxBuild, Str};
+use crate::snapshot::{ConnRef, Connection, Tags};
+
+/// No text (`None`), in a text index.
+const NONE: u32 = u32::MAX;
+/// No time (`None`), in a time's nanoseconds (never above 1,999,999,999, leap seconds included).
+const NO_TIME: u32 = u32::MAX;
+
+/// One connection, its texts as indexes into the list's table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Row {
+    cid: u64,
+    in_msgs: u64,
+    out_msgs: u64,
+    start_secs: i64,
+    last_secs: i64,
+    idle_secs: u64,
+    start_nanos: u32,
+    last_nanos: u32,
+    idle_nanos: u32,
+    subscriptions: u32,
+    server: u32,
+    server_id: u32,
+    kind: u32,
+    ip: u32,
+    name: u32,
+    account: u32,
+    account_name: u32,
+    user: u32,
+    user_name: u32,
+    /// Index into the list's tag lists (0: no tags).
+    tags: u32,
+}
+
+/// A sweep's connections, compact (see the module). Its order is the order they were pushed.
+#[derive(Debug, Clone)]
+pub struct ConnList {
+    rows: Vec<Row>,
+    texts: Vec<Str>,
+    index: HashMap<Str, u32, FxBuild>,
+    /// Distinct tag lists; the first is the empty one.
+    tag_lists: Vec<Vec<Str>>,
+    tag_index: HashMap<Vec<Str>, u32, FxBuild>,
+}
+
+impl Default for ConnList {
+    fn default() -> Self {
+        Self {
+            rows: Vec::new(),
+            texts: Vec::new(),
+            index: HashMap::default(),
+            tag_lists: vec![Vec::new()],
+            tag_index: HashMap::default(),
+        }
+    }
+}
+
+fn split_time(t: Option<DateTime<Utc>>) -> (i64, u32) {
+    t.map_or((0, NO_TIME), |t| {
+        (t.timestamp(), t.timestamp_subsec_nanos())
+    })
+}
+
+fn join_time(secs: i64, nanos: u32) -> Option<DateTime<Utc>> {
+    if nanos == NO_TIME {
+        return None;
+    }
+    DateTime::from_timestamp(secs, nanos)
+}
+
+impl ConnList {
+    /// Connections held.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Makes room for `more` connections.
+    pub fn reserve_exact(&mut self, more: usize) {
+        self.rows.reserve_exact(more);
+    }
+
+    /// Room for connections without growing.
+    pub fn spare(&self) -> usize {
+        self.rows.capacity() - self.rows.len()
+    }
+
+    /// Distinct texts held (each once, however many connections hold it).
+    pub fn distinct_texts(&self) -> usize {
+        self.texts.len()
+    }
+
+    fn text(&mut self, s: &str) -> u32 {
+        if let Some(&i) = self.index.get(s) {
+            return i;
+        }
+        let i = u32::try_from(self.texts.len()).expect("fewer than 2^32 - 1 distinct texts");
+        assert!(i != NONE, "fewer than 2^32 - 1 distinct texts");
+        let s = Str::from(s);
+        self.texts.push(s.clone());
+        self.index.insert(s, i);
+        i
+    }
+
+    fn tag_list(&mut self, tags: Tags<'_>) -> u32 {
+        let list: Vec<Str> = tags
+            .iter()
+            .map(|t| {
+                let i = self.text(t);
+                self.texts[i as usize].clone()
+            })
+            .collect();
+        if list.is_empty() {
+            return 0;
+        }
+        if let Some(&i) = self.tag_index.get(&list) {
+            return i;
+        }
+        let i = u32::try_from(self.tag_lists.len()).expect("fewer than 2^32 tag lists");
+        self.tag_lists.push(list.clone());
+        self.tag_index.insert(list, i);
+        i
+    }
+
+    /// Adds `c` at the end, its texts looked up in (or added to) the table.
+    pub fn push(&mut self, c: &ConnRef<'_>) {
+        let (start_secs, start_nanos) = split_time(c.start);
+        let (last_secs, last_nanos) = split_time(c.last_activity);
+        let row = Row {
+            cid: c.cid,
+            in_msgs: c.in_msgs,
+            out_msgs: c.out_msgs,
+            start_secs,
+            last_secs,
+            idle_secs: c.idle.as_secs(),
+            start_nanos,
+            last_nanos,
+            idle_nanos: c.idle.subsec_nanos(),
+            subscriptions: c.subscriptions,
+            server: self.text(c.server),
+            server_id: self.text(c.server_id),
+            kind: self.text(c.kind),
+            ip: self.text(c.ip),
+            name: self.text(c.name),
+            account: self.text(c.account),
+            account_name: c.account_name.map_or(NONE, |n| self.text(n)),
+            user: self.text(c.user),
+            user_name: c.user_name.map_or(NONE, |n| self.text(n)),
+            tags: self.tag_list(c.tags),
+        };
+        self.rows.push(row);
+    }
+
+    /// Keeps the first `len` connections.
+    pub fn truncate(&mut self, len: usize) {
+        self.rows.truncate(len);
+    }
+
+    /// Sets the server (name and id) of the connections from `from` on (a reply that named its
+    /// server after its connections).
+    pub fn set_server(&mut self, from: usize, name: &str, id: &str) {
+        let (name, id) = (self.text(name), self.text(id));
+        for r in &mut self.rows[from..] {
+            r.server = name;
+            r.server_id = id;
+        }
+    }
+
+    /// Takes out those listed before they authenticated ([`ConnRef::pending`]); returns how
+    /// many ([`crate::snapshot::drop_pending`]).
+    pub fn drop_pending(&mut self, auth_required: bool) -> u64 {
+        if !auth_required {
+            return 0;
+        }
+        let before = self.len();
+        self.retain(|c| !c.pending(true));
+        (before - self.len()) as u64
+    }
+
+    /// Keeps only the connections for which `keep` is true, in order.
+    pub fn retain(&mut self, mut keep: impl FnMut(ConnRef<'_>) -> bool) {
+        let Self {
+            rows,
+            texts,
+            tag_lists,
+            ..
+        } = self;
+        rows.retain(|r| keep(view(texts, tag_lists, r)));
+    }
+
+    /// The connection at `i`, its texts borrowed from the table.
+    pub fn get(&self, i: usize) -> Option<ConnRef<'_>> {
+        self.rows
+            .get(i)
+            .map(|r| view(&self.texts, &self.tag_lists, r))
+    }
+
+    /// Every connection, in order, as the census reads them.
+    pub fn iter(&self) -> impl Iterator<Item = ConnRef<'_>> {
+        self.rows
+            .iter()
+            .map(|r| view(&self.texts, &self.tag_lists, r))
+    }
+
+    /// Builds every connection into a list (for what needs a `Vec<Connection>`).
+    pub fn to_vec(&self) -> Vec<Connection> {
+        self.rows.iter().map(|r| self.connection(r)).collect()
+    }
+
+    fn connection(&self, r: &Row) -> Connection {
+        let t = |i: u32| self.texts[i as usize].clone();
+        let opt = |i: u32| (i != NONE).then(|| t(i));
+        Connection {
+            server: t(r.server),
+            server_id: t(r.server_id),
+            cid: r.cid,
+            kind: t(r.kind),
+            ip: t(r.ip),
+            start: join_time(r.start_secs, r.start_nanos),
+            idle: Duration::new(r.idle_secs, r.idle_nanos),
+            last_activity: join_time(r.last_secs, r.last_nanos),
+            subscriptions: r.subscriptions,
+            in_msgs: r.in_msgs,
+            out_msgs: r.out_msgs,
+            name: t(r.name),
+            account: t(r.account),
+            account_name: opt(r.account_name),
+            user: t(r.user),
+            user_name: opt(r.user_name),
+            tags: self.tag_lists[r.tags as usize].clone(),
+        }
+    }
+}
+
+fn view<'a>(texts: &'a [Str], tag_lists: &'a [Vec<Str>], r: &Row) -> ConnRef<'a> {
+    let t = |i: u32| texts[i as usize].as_str();
+    let opt = |i: u32| (i != NONE).then(|| t(i));
+    ConnRef {
+        server: t(r.server),
+        server_id: t(r.server_id),
+        cid: r.cid,
+        kind: t(r.kind),
+        ip: t(r.ip),
+        start: join_time(r.start_secs, r.start_nanos),
+        idle: Duration::new(r.idle_secs, r.idle_nanos),
+        last_activity: join_time(r.last_secs, r.last_nanos),
+        subscriptions: r.subscriptions,
+        in_msgs: r.in_msgs,
+        out_msgs: r.out_msgs,
+        name: t(r.name),
+        account: t(r.account),
+        account_name: opt(r.account_name),
+        user: t(r.user),
+        user_name: opt(r.user_name),
+        tags: Tags::Shared(&tag_lists[r.tags as usize]),
+    }
+}
+
+/// The connections one at a time, in order ([`ConnList::into_iter`]).
+pub struct IntoIter {
+    list: ConnList,
+    next: usize,
+}
+
+impl Iterator for IntoIter {
+    type Item = Connection;
+
+    fn next(&mut self) -> Option<Connection> {
+        let r = *self.list.rows.get(self.next)?;
+        self.next += 1;
+        Some(self.list.connection(&r))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.list.rows.len() - self.next;
+        (left, Some(left))
+    }
+}
+
+impl ExactSizeIterator for IntoIter {}
+
+impl IntoIterator for ConnList {
+    type Item = Connection;
+    type IntoIter = IntoIter;
+
+    /// The connections one at a time: each built as it is taken (its texts shared with the
+    /// table), so they are never all held as [`Connection`]s at once.
+    fn into_iter(self) -> IntoIter {
+        IntoIter {
+            list: self,
+            next: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,106 @@
+use super::*;
+use crate::intern::Interner;
+
+fn full(cid: u64) -> Connection {
+    Connection {
+        server: "n1".into(),
+        server_id: "NID1".into(),
+        cid,
+        kind: "Client".into(),
+        ip: "10.0.0.1".into(),
+        start: DateTime::from_timestamp(1_767_323_045, 123_456_789),
+        idle: Duration::new(5, 7),
+        last_activity: DateTime::from_timestamp(1_767_323_050, 999_999_999),
+        subscriptions: 3,
+        in_msgs: u64::MAX,
+        out_msgs: 9,
+        name: "worker".into(),
+        account: "APP".into(),
+        account_name: Some("App".into()),
+        user: "UABC".into(),
+        user_name: Some("alice".into()),
+        tags: vec!["a".into(), "b".into()],
+    }
+}
+
+fn bare(cid: u64) -> Connection {
+    Connection {
+        server: "n2".into(),
+        server_id: "NID2".into(),
+        cid,
+        kind: "Leafnode".into(),
+        ip: String::new().into(),
+        start: None,
+        idle: Duration::ZERO,
+        last_activity: None,
+        subscriptions: 0,
+        in_msgs: 0,
+        out_msgs: 0,
+        name: String::new().into(),
+        account: "$G".into(),
+        account_name: None,
+        user: String::new().into(),
+        user_name: None,
+        tags: Vec::new(),
+    }
+}
+
+fn list_of(conns: &[Connection]) -> ConnList {
+    let mut list = ConnList::default();
+    for c in conns {
+        list.push(&c.view());
+    }
+    list
+}
+
+#[test]
+fn every_field_comes_back_equal_nones_and_tags_included() {
+    let mut odd = full(3);
+    // Times far from now (Go's zero time, a leap second) and an idle time beyond u64 nanos.
+    odd.start = DateTime::from_timestamp(-62_135_596_800, 0);
+    odd.last_activity = DateTime::from_timestamp(1_483_228_799, 1_500_000_000);
+    odd.idle = Duration::new(u64::MAX / 2, 999_999_999);
+    odd.tags = vec!["b".into(), "a".into()];
+    let conns = vec![full(1), bare(2), odd, full(4)];
+    let list = list_of(&conns);
+    assert_eq!(list.len(), 4);
+    assert_eq!(list.to_vec(), conns);
+    let back: Vec<Connection> = list.clone().into_iter().collect();
+    assert_eq!(back, conns);
+    let viewed: Vec<Connection> = list
+        .iter()
+        .map(|c| c.to_connection(&mut Interner::default()))
+        .collect();
+    assert_eq!(viewed, conns);
+}
+
+#[test]
+fn texts_are_held_once_and_shared_by_the_connections_built() {
+    let conns: Vec<Connection> = (1..=100).map(full).collect();
+    let list = list_of(&conns);
+    // n1, NID1, Client, 10.0.0.1, worker, APP, App, UABC, alice, a, b.
+    assert_eq!(list.distinct_texts(), 11);
+    let back: Vec<Connection> = list.into_iter().collect();
+    assert_eq!(back.len(), 100);
+    assert!(std::ptr::eq(back[0].user.as_str(), back[99].user.as_str()));
+    assert!(std::ptr::eq(
+        back[0].tags[1].as_str(),
+        back[99].tags[1].as_str()
+    ));
+}
+
+#[test]
+fn truncate_retain_and_set_server_work_on_rows() {
+    let conns = vec![full(1), bare(2), full(3), bare(4)];
+    let mut list = list_of(&conns);
+    list.retain(|c| c.server_id != "NID2");
+    assert_eq!(list.to_vec(), vec![full(1), full(3)]);
+    list.truncate(1);
+    assert_eq!(list.to_vec(), vec![full(1)]);
+    list.push(&bare(5).view());
+    list.set_server(1, "n9", "NID9");
+    let got = list.get(1).unwrap();
+    assert_eq!((got.server, got.server_id, got.cid), ("n9", "NID9", 5));
+    assert_eq!(list.get(0).unwrap().server, "n1");
+    assert!(list.get(2).is_none());
+}
