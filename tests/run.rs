@@ -101,19 +101,22 @@ async fn a_leak_fires_renotifies_survives_a_partial_sweep_and_resolves() {
     );
     assert_eq!(fired["account"], account);
     assert_eq!(fired["user"], user);
-    assert_eq!(fired["connections"], 130);
+    // A sweep may catch n2 while the 80 are still connecting (the account's name cannot be
+    // followed by events, so sweeps count it): past the threshold, at most 130, all exact.
+    let n = fired["connections"].as_u64().unwrap();
+    assert!((101..=130).contains(&n), "{fired:#}");
     assert_eq!(fired["threshold"], 100);
     assert_eq!(fired["renotify"], false);
-    assert_eq!(fired["by_server"], serde_json::json!({"n1": 50, "n2": 80}));
-    assert_eq!(fired["by_name"], serde_json::json!({"invoice-worker": 130}));
-    assert_eq!(fired["by_ip"], serde_json::json!({"127.0.0.1": 130}));
+    assert_eq!(fired["by_server"], serde_json::json!({"n1": 50, "n2": n - 50}));
+    assert_eq!(fired["by_name"], serde_json::json!({"invoice-worker": n}));
+    assert_eq!(fired["by_ip"], serde_json::json!({"127.0.0.1": n}));
     assert_eq!(fired["sweep"]["partial"], false);
     let causes = causes(&fired);
     assert!(causes.contains(&"one_process_leak".into()), "{causes:?}");
     assert!(fired["diagnosis"]["summary"]
         .as_str()
         .unwrap()
-        .contains("130 of 130 connections come from one process"));
+        .contains(&format!("{n} of {n} connections come from one process")));
     assert!(
         fired["growth"]["per_hour"].as_f64().unwrap() > 0.0,
         "{fired:#}"
