@@ -107,7 +107,10 @@ async fn a_leak_fires_renotifies_survives_a_partial_sweep_and_resolves() {
     assert!((101..=130).contains(&n), "{fired:#}");
     assert_eq!(fired["threshold"], 100);
     assert_eq!(fired["renotify"], false);
-    assert_eq!(fired["by_server"], serde_json::json!({"n1": 50, "n2": n - 50}));
+    assert_eq!(
+        fired["by_server"],
+        serde_json::json!({"n1": 50, "n2": n - 50})
+    );
     assert_eq!(fired["by_name"], serde_json::json!({"invoice-worker": n}));
     assert_eq!(fired["by_ip"], serde_json::json!({"127.0.0.1": n}));
     assert_eq!(fired["sweep"]["partial"], false);
