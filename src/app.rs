@@ -31,10 +31,9 @@ pub async fn report(config: &Config, args: &ReportArgs) -> Result<String, AppErr
     let state_file = config.state.file.as_deref();
     let mut state = State::load_or_default(state_file);
     let mut sweeper = Sweeper::new(session.system.clone(), &config.sweep);
-    sweeper.count_only(Some(crate::census::Aggregate::new(
-        session.system_account.as_deref(),
-        &config.detect,
-    )));
+    sweeper.collect(crate::sweep::Collecting::Census(
+        crate::census::Aggregate::new(session.system_account.as_deref(), &config.detect),
+    ));
     let snap: Snapshot = sweeper.sweep(&mut state.servers).await?;
     state.save_to(state_file);
     let census =

@@ -51,7 +51,7 @@ use crate::rules::{self, Context, ServerLoad};
 use crate::session::{self, Session};
 use crate::snapshot::Snapshot;
 use crate::state::State;
-use crate::sweep::Sweeper;
+use crate::sweep::{Collecting, Sweeper};
 use crate::topology;
 
 /// How long shutdown waits for queued advisories.
@@ -449,12 +449,17 @@ impl Service {
             .live
             .as_ref()
             .map(|l| l.view.lock().expect("live view lock").begin_sync());
-        // Without the live view, a sweep lists every connection only for what needs them one
-        // by one (kicks, and the audit of a dead leader's kicks); otherwise it counts them.
-        // With it, they list compactly: the view takes them over one at a time.
-        let count_only = (self.live.is_none() && !self.needs_connections()).then(|| self.rules());
-        self.sweeper.count_only(count_only);
-        self.sweeper.compact(self.live.is_some());
+        // With the live view, a sweep lists compactly: the view takes the connections over one
+        // at a time. Without it, it lists every connection only for what needs them one by one
+        // (kicks, and the audit of a dead leader's kicks); otherwise it counts them.
+        let collecting = if self.live.is_some() {
+            Collecting::Compact
+        } else if self.needs_connections() {
+            Collecting::List
+        } else {
+            Collecting::Census(self.rules())
+        };
+        self.sweeper.collect(collecting);
         let snap = match self.sweeper.sweep(&mut self.state.servers).await {
             Ok(s) => s,
             Err(e) => {

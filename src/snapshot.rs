@@ -403,13 +403,13 @@ pub struct Snapshot {
     /// The connections of the servers in `servers`, each exactly once: every server's from one
     /// reply (one snapshot of it). Empty when the sweep only counted them (`census`).
     pub connections: Vec<Connection>,
-    /// The same, listed compactly instead ([`crate::sweep::Sweeper::compact`]: for the live
+    /// The same, listed compactly instead ([`crate::sweep::Collecting::Compact`]: for the live
     /// view, which takes them over one at a time); empty otherwise. A sweep fills one of
     /// `connections`, `compact` and `census`.
     pub compact: crate::connlist::ConnList,
     /// The census of the servers in `servers`, built while their replies were parsed, when the
     /// sweep counted connections instead of listing them
-    /// ([`crate::sweep::Sweeper::count_only`]); not yet finished (thresholds, suspects).
+    /// ([`crate::sweep::Collecting::Census`]); not yet finished (thresholds, suspects).
     pub census: Option<crate::census::Aggregate>,
     /// For a view of the live census: why it is not complete (a gap since the last complete
     /// sweep: events may have been lost); `None` for a sweep, or a complete live view.

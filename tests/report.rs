@@ -766,7 +766,7 @@ async fn a_long_lived_sweeper_reads_each_servers_list_once_from_its_second_sweep
 }
 
 /// The four ways a sweep can read the same cluster give one census, equal to the servers' own
-/// `/connz`: connections listed or counted while parsing (`Sweeper::count_only`, as `report`
+/// `/connz`: connections listed or counted while parsing (`Collecting::Census`, as `report`
 /// and `run` without kicks do), replies plain or snappy-compressed (`sweep.compression`), the
 /// compressed ones several times fewer bytes. Pages of 20 make the bigger servers' lists come
 /// from directed requests, so both the PING and the directed path decompress and count.
@@ -810,7 +810,10 @@ async fn listed_or_counted_plain_or_compressed_a_sweep_counts_the_same() {
             let system = connwatch::nats::System::new(client.clone());
             let mut sweeper = Sweeper::new(system, &cfg);
             if counting {
-                sweeper.count_only(Some(Aggregate::new(Some("SYS"), &detect)));
+                sweeper.collect(connwatch::sweep::Collecting::Census(Aggregate::new(
+                    Some("SYS"),
+                    &detect,
+                )));
             }
             let snap = sweeper.sweep(&mut KnownServers::default()).await.unwrap();
             let how = format!("{compression:?}, counting {counting}");

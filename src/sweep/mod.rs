@@ -87,11 +87,23 @@ pub struct Sweeper {
     /// The most connections one server held in the last sweep: the next PING asks for that
     /// many plus headroom ([`ping_limit`]), so no server's first reply is thrown away.
     last_largest_server: u64,
-    /// The rules of the census, when the sweeps count connections instead of listing them
-    /// ([`Sweeper::count_only`]).
-    census: Option<Aggregate>,
-    /// Whether listing sweeps list compactly, into [`Snapshot::compact`] ([`Sweeper::compact`]).
-    compact: bool,
+    /// What the sweeps make of the connections ([`Sweeper::collect`]).
+    collecting: Collecting,
+}
+
+/// What a sweep makes of the connections it reads ([`Sweeper::collect`]).
+#[derive(Debug, Clone, Default)]
+pub enum Collecting {
+    /// Every connection, into [`Snapshot::connections`] (for what needs them one by one:
+    /// kicks, the audit of a dead leader's kicks).
+    #[default]
+    List,
+    /// Every connection, compactly, into [`Snapshot::compact`] (about 100 bytes a connection
+    /// instead of 168, for the live view, which takes them over one at a time).
+    Compact,
+    /// Only the census, built while the replies are parsed into [`Snapshot::census`], with the
+    /// rules of this one (empty); no connection is held.
+    Census(Aggregate),
 }
 
 impl Sweeper {
@@ -102,24 +114,13 @@ impl Sweeper {
             cfg: config.clone(),
             last_connections: 0,
             last_largest_server: 0,
-            census: None,
-            compact: false,
+            collecting: Collecting::List,
         }
     }
 
-    /// With `Some(census)` (empty, with its rules), the next sweeps build the census while they
-    /// parse, into [`Snapshot::census`], and list no connection; with `None`, they list every
-    /// connection (for what needs them one by one: the live view, kicks).
-    pub fn count_only(&mut self, census: Option<Aggregate>) {
-        self.census = census;
-    }
-
-    /// With `true`, the next sweeps that list connections (not [`Sweeper::count_only`]) list
-    /// them compactly, into [`Snapshot::compact`] (about 100 bytes a connection instead of
-    /// 168, for the live view, which takes them over one at a time); with `false`, into
-    /// [`Snapshot::connections`].
-    pub fn compact(&mut self, compact: bool) {
-        self.compact = compact;
+    /// What the next sweeps make of the connections they read.
+    pub fn collect(&mut self, collecting: Collecting) {
+        self.collecting = collecting;
     }
 
     /// Takes new settings (a reload).
@@ -145,19 +146,15 @@ impl Sweeper {
             ..Snapshot::default()
         };
         let auth = self.system.client().server_info().auth_required;
-        let conns = match &self.census {
-            None => {
-                let room = self.last_connections + self.last_connections / 32;
-                let list = if self.compact {
-                    let mut list = ConnList::default();
-                    list.reserve_exact(room);
-                    List::Compact(list)
-                } else {
-                    List::Full(Vec::with_capacity(room))
-                };
-                Collect::new(list, None)
+        let room = self.last_connections + self.last_connections / 32;
+        let conns = match &self.collecting {
+            Collecting::List => Collect::new(List::Full(Vec::with_capacity(room)), None),
+            Collecting::Compact => {
+                let mut list = ConnList::default();
+                list.reserve_exact(room);
+                Collect::new(List::Compact(list), None)
             }
-            Some(rules) => Collect::new(
+            Collecting::Census(rules) => Collect::new(
                 List::Full(Vec::new()),
                 Some(rules.fork().skipping_pending(auth)),
             ),

@@ -111,10 +111,9 @@ pub async fn sweep_standalone(
     stop: CancellationToken,
 ) {
     let mut sweeper = Sweeper::new(system, &config.sweep);
-    sweeper.count_only(Some(crate::census::Aggregate::new(
-        system_account.as_deref(),
-        &config.detect,
-    )));
+    sweeper.collect(crate::sweep::Collecting::Census(
+        crate::census::Aggregate::new(system_account.as_deref(), &config.detect),
+    ));
     let mut known = KnownServers::default();
     let mut history = History::default();
     let mut lifecycle = Lifecycle::default();

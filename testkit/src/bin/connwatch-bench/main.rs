@@ -21,7 +21,7 @@ use connwatch::config::{Compression, DetectConfig, NatsConfig, Secret, SweepConf
 use connwatch::live::{LiveView, SyncId};
 use connwatch::snapshot::Snapshot;
 use connwatch::state::KnownServers;
-use connwatch::sweep::Sweeper;
+use connwatch::sweep::{Collecting, Sweeper};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -322,13 +322,12 @@ fn sweeper_method(a: &MethodArgs) -> anyhow::Result<Measured> {
         let rules = connwatch::census::Aggregate::new(Some("SYS"), &detect);
         let mut view = a.kind.starts_with("connwatch-live").then(LiveView::new);
         // As `connwatch run` without kicks: sweeps alone count while they parse; with the live
-        // view they list (the view takes the connections), and the census is counted from it.
-        // (compactly, as `run` does: the view takes them over one at a time).
-        if view.is_none() {
-            sweeper.count_only(Some(rules.clone()));
-        } else {
-            sweeper.compact(true);
-        }
+        // view they list compactly (the view takes the connections over one at a time), and the
+        // census is counted from it.
+        sweeper.collect(match view {
+            None => Collecting::Census(rules.clone()),
+            Some(_) => Collecting::Compact,
+        });
         let mut known = KnownServers::default();
         let sync = view.as_mut().map(LiveView::begin_sync);
         let warm = sweeper.sweep(&mut known).await?;
