@@ -8,6 +8,7 @@ pub mod events;
 pub mod lookup;
 pub mod page;
 pub(crate) mod scan;
+mod snappy;
 mod system;
 pub mod wire;
 

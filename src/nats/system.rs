@@ -2,14 +2,13 @@
 
 use std::time::Duration;
 
-use std::io::Read;
-
 use async_nats::{Client, HeaderMap, Message, StatusCode};
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
+use super::snappy::Inflater;
 use super::wire::{Reply, UserInfo};
 use crate::config::Compression;
 use tracing::warn;
@@ -151,6 +150,8 @@ impl System {
         let mut deadline = Instant::now() + timeout;
         let mut finished = false;
         let mut count = 0;
+        // One buffer for the replies, each dropped by `each` before the next (as a sweep does).
+        let inflater = Inflater::default();
         while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, sub.next()).await {
             let Some(i) = msg
                 .subject
@@ -167,7 +168,7 @@ impl System {
                 continue;
             }
             count += 1;
-            let stop = each(i, decoded(msg)) && !finished;
+            let stop = each(i, decoded(msg, &inflater)) && !finished;
             if stop {
                 if linger.is_zero() {
                     break;
@@ -196,7 +197,7 @@ impl System {
         self.client
             .send_request(subject, req)
             .await
-            .map(decoded)
+            .map(|msg| decoded(msg, &Inflater::default()))
             .map_err(|e| match e.kind() {
                 async_nats::RequestErrorKind::NoResponders => RequestError::NoResponders,
                 async_nats::RequestErrorKind::TimedOut => RequestError::TimedOut(timeout),
@@ -214,10 +215,10 @@ impl System {
     }
 }
 
-/// `msg` with its payload decompressed when a `Content-Encoding: snappy` header says it is
-/// compressed. A payload that does not decompress is left as it came (it then fails to parse,
-/// and counts as a bad reply).
-fn decoded(mut msg: Message) -> Message {
+/// `msg` with its payload decompressed by `inflater` when a `Content-Encoding: snappy` header
+/// says it is compressed. A payload that does not decompress is left as it came (it then fails
+/// to parse, and counts as a bad reply).
+fn decoded(mut msg: Message, inflater: &Inflater) -> Message {
     let snappy = msg
         .headers
         .as_ref()
@@ -226,37 +227,11 @@ fn decoded(mut msg: Message) -> Message {
     if !snappy {
         return msg;
     }
-    // Room for exactly what the frames hold: no doubling to the next power of two, and no
-    // spare capacity zeroed (both would be resident for a reply of megabytes).
-    let mut out = Vec::with_capacity(framed_len(&msg.payload).unwrap_or(0));
-    match snap::read::FrameDecoder::new(&msg.payload[..]).read_to_end(&mut out) {
-        Ok(_) => msg.payload = Bytes::from(out),
+    match inflater.inflate(&msg.payload) {
+        Ok(payload) => msg.payload = payload,
         Err(e) => warn!(error = %e, subject = %msg.subject, "a snappy reply does not decompress"),
     }
     msg
-}
-
-/// The decompressed length of a framed snappy stream, from its chunk headers (the checks are
-/// the decoder's); `None` when it is not one.
-fn framed_len(mut data: &[u8]) -> Option<usize> {
-    let mut total = 0usize;
-    while !data.is_empty() {
-        let kind = *data.first()?;
-        let len = usize::from(*data.get(1)?)
-            | usize::from(*data.get(2)?) << 8
-            | usize::from(*data.get(3)?) << 16;
-        let body = data.get(4..4 + len)?;
-        total += match kind {
-            // Compressed: a 4-byte checksum, then the block, whose header says its length.
-            0x00 => snap::raw::decompress_len(body.get(4..)?).ok()?,
-            // Uncompressed: a 4-byte checksum, then the bytes.
-            0x01 => len.checked_sub(4)?,
-            // The stream identifier, padding, skippable chunks.
-            _ => 0,
-        };
-        data = &data[4 + len..];
-    }
-    Some(total)
 }
 
 /// Parses a JSON reply.
@@ -276,22 +251,6 @@ pub fn server_subject(server_id: &str, endpoint: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_snappy_streams_length_is_read_from_its_frames() {
-        let text = b"{\"connections\":[{\"cid\":1}]}".repeat(5_000);
-        let mut framed = Vec::new();
-        {
-            use std::io::Write;
-            let mut w = snap::write::FrameEncoder::new(&mut framed);
-            w.write_all(&text).unwrap();
-        }
-        assert!(framed.len() * 4 < text.len());
-        assert_eq!(framed_len(&framed), Some(text.len()));
-        assert_eq!(framed_len(&framed[..framed.len() - 1]), None);
-        assert_eq!(framed_len(b"not snappy at all"), None);
-        assert_eq!(framed_len(b""), Some(0));
-    }
 
     #[test]
     fn a_snappy_reply_is_decompressed_and_a_broken_one_left_to_fail_its_parse() {
@@ -315,12 +274,15 @@ mod tests {
             let mut w = snap::write::FrameEncoder::new(&mut framed);
             w.write_all(&text).unwrap();
         }
-        assert_eq!(decoded(reply(framed.clone())).payload, text);
+        assert_eq!(
+            decoded(reply(framed.clone()), &Inflater::default()).payload,
+            text
+        );
         // One byte of the block changed: its checksum fails, the bytes stay as they came, and
         // the sweep's parser refuses them (a bad reply).
         let last = framed.len() - 1;
         framed[last] ^= 0x55;
-        let broken = decoded(reply(framed.clone()));
+        let broken = decoded(reply(framed.clone()), &Inflater::default());
         assert_eq!(broken.payload, framed);
         assert!(crate::nats::page::parse_reply(&broken.payload, 10).is_err());
     }
