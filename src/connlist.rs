@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use crate::stamp::Stamp;
 
 use crate::intern::{FxBuild, Str};
 use crate::snapshot::{ConnRef, Connection, Tags};
@@ -67,17 +67,12 @@ impl Default for ConnList {
     }
 }
 
-fn split_time(t: Option<DateTime<Utc>>) -> (i64, u32) {
-    t.map_or((0, NO_TIME), |t| {
-        (t.timestamp(), t.timestamp_subsec_nanos())
-    })
+fn split_time(t: Option<Stamp>) -> (i64, u32) {
+    t.map_or((0, NO_TIME), |t| (t.secs(), t.nanos()))
 }
 
-fn join_time(secs: i64, nanos: u32) -> Option<DateTime<Utc>> {
-    if nanos == NO_TIME {
-        return None;
-    }
-    DateTime::from_timestamp(secs, nanos)
+fn join_time(secs: i64, nanos: u32) -> Option<Stamp> {
+    (nanos != NO_TIME).then(|| Stamp::new(secs, nanos))
 }
 
 impl ConnList {
@@ -232,9 +227,9 @@ impl ConnList {
             cid: r.cid,
             kind: t(r.kind),
             ip: t(r.ip),
-            start: join_time(r.start_secs, r.start_nanos),
+            start: join_time(r.start_secs, r.start_nanos).and_then(Stamp::time),
             idle: Duration::new(r.idle_secs, r.idle_nanos),
-            last_activity: join_time(r.last_secs, r.last_nanos),
+            last_activity: join_time(r.last_secs, r.last_nanos).and_then(Stamp::time),
             subscriptions: r.subscriptions,
             in_msgs: r.in_msgs,
             out_msgs: r.out_msgs,

@@ -24,6 +24,7 @@ pub mod rules;
 pub mod service;
 pub mod session;
 pub mod snapshot;
+pub mod stamp;
 pub mod state;
 pub mod sweep;
 pub mod tail;

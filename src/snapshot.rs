@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 pub use crate::intern::Str;
+use crate::stamp::Stamp;
 
 /// One open connection, as a server reported it. Its texts are [`Str`]s: shared by every
 /// connection of a reply with the same value (see [`crate::intern`]), so a connection owns
@@ -65,11 +66,11 @@ pub struct ConnRef<'a> {
     /// Remote IP.
     pub ip: &'a str,
     /// When it was made.
-    pub start: Option<DateTime<Utc>>,
+    pub start: Option<Stamp>,
     /// Time since the server last saw traffic on it.
     pub idle: Duration,
     /// When the server last saw a message on it.
-    pub last_activity: Option<DateTime<Utc>>,
+    pub last_activity: Option<Stamp>,
     /// Subscriptions it holds.
     pub subscriptions: u32,
     /// Messages from the client.
@@ -133,9 +134,9 @@ impl<'a> ConnRef<'a> {
             cid: self.cid,
             kind: texts.get(self.kind),
             ip: texts.get(self.ip),
-            start: self.start,
+            start: self.start.and_then(Stamp::time),
             idle: self.idle,
-            last_activity: self.last_activity,
+            last_activity: self.last_activity.and_then(Stamp::time),
             subscriptions: self.subscriptions,
             in_msgs: self.in_msgs,
             out_msgs: self.out_msgs,
@@ -158,9 +159,9 @@ impl Connection {
             cid: self.cid,
             kind: &self.kind,
             ip: &self.ip,
-            start: self.start,
+            start: self.start.map(Stamp::of),
             idle: self.idle,
-            last_activity: self.last_activity,
+            last_activity: self.last_activity.map(Stamp::of),
             subscriptions: self.subscriptions,
             in_msgs: self.in_msgs,
             out_msgs: self.out_msgs,

@@ -9,8 +9,6 @@ use std::sync::Arc;
 use hashbrown::HashMap;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-
 use super::{
     pattern_alone, threshold_for, Census, LeakPattern, ProcessCount, Signature, Spread, Suspect,
     UserCensus, USED_ONCE_MIN_PER_PROCESS,
@@ -18,6 +16,7 @@ use super::{
 use crate::config::DetectConfig;
 use crate::intern::{FxBuild, Interner, Str};
 use crate::snapshot::{ConnRef, Connection};
+use crate::stamp::Stamp;
 
 /// Builds the census from a sweep's connections: [`Aggregate::add`] of each, then
 /// [`Aggregate::finish`].
@@ -56,8 +55,10 @@ pub struct Aggregate {
 /// One user's counts while the census is built.
 #[derive(Debug, Default, Clone)]
 struct UserAgg {
-    /// Identity, totals, starts and suspect counts; its maps stay empty until `finish`.
+    /// Identity, totals and suspect counts; its maps and starts stay empty until `finish`.
     census: UserCensus,
+    oldest_start: Option<Stamp>,
+    newest_start: Option<Stamp>,
     by_server: HashMap<Str, u64, FxBuild>,
     by_name: HashMap<Str, u64, FxBuild>,
     by_ip: HashMap<Str, u64, FxBuild>,
@@ -89,7 +90,7 @@ struct Candidate {
     cid: u64,
     name: Str,
     ip: Str,
-    start: Option<DateTime<Utc>>,
+    start: Option<Stamp>,
     idle: Duration,
     in_msgs: u64,
     out_msgs: u64,
@@ -122,7 +123,7 @@ impl Candidate {
             cid: self.cid,
             name: self.name.into(),
             ip: self.ip.into(),
-            start: self.start,
+            start: self.start.and_then(Stamp::time),
             idle: self.idle,
             pattern: Some(self.pattern),
             in_msgs: self.in_msgs,
@@ -265,8 +266,8 @@ impl Aggregate {
             uc.user_name = c.user_name.map(String::from);
         }
         if let Some(start) = c.start {
-            uc.oldest_start = Some(uc.oldest_start.map_or(start, |o| o.min(start)));
-            uc.newest_start = Some(uc.newest_start.map_or(start, |n| n.max(start)));
+            u.oldest_start = Some(u.oldest_start.map_or(start, |o| o.min(start)));
+            u.newest_start = Some(u.newest_start.map_or(start, |n| n.max(start)));
         }
         bump(&mut u.by_server, c.server);
         bump(&mut u.by_name, c.name);
@@ -346,8 +347,8 @@ impl UserAgg {
         if mine.user_name.is_none() {
             mine.user_name = theirs.user_name;
         }
-        mine.oldest_start = min_some(mine.oldest_start, theirs.oldest_start);
-        mine.newest_start = mine.newest_start.max(theirs.newest_start);
+        self.oldest_start = min_some(self.oldest_start, other.oldest_start);
+        self.newest_start = self.newest_start.max(other.newest_start);
         add_counts(&mut self.by_server, other.by_server);
         add_counts(&mut self.by_name, other.by_name);
         add_counts(&mut self.by_ip, other.by_ip);
@@ -383,6 +384,8 @@ fn min_some<T: Ord>(a: Option<T>, b: Option<T>) -> Option<T> {
 fn finish_user(u: UserAgg, detect: &DetectConfig) -> UserCensus {
     let UserAgg {
         census: mut uc,
+        oldest_start,
+        newest_start,
         by_server,
         by_name,
         by_ip,
@@ -408,6 +411,8 @@ fn finish_user(u: UserAgg, detect: &DetectConfig) -> UserCensus {
         }
         counts.push((ip, name, p.connections, p.used_once));
     }
+    uc.oldest_start = oldest_start.and_then(Stamp::time);
+    uc.newest_start = newest_start.and_then(Stamp::time);
     uc.leak_suspects = uc.idle_zero_msgs + uc.idle_used_once;
     sort_suspects(&mut suspects);
     suspects.truncate(max);

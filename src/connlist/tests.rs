@@ -1,5 +1,6 @@
 use super::*;
 use crate::intern::Interner;
+use chrono::DateTime;
 
 fn full(cid: u64) -> Connection {
     Connection {

@@ -3,7 +3,7 @@
 //! bad reply leaves the list as it was.
 
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 
 use super::scan;
 use super::wire::{jwt_name, ApiError, ConnzRequest, ServerInfo, SweepConn};
@@ -11,6 +11,7 @@ use crate::census::Aggregate;
 use crate::connlist::ConnList;
 use crate::intern::{FxBuild, Interner, Str};
 use crate::snapshot::{ConnRef, Connection, Tags};
+use crate::stamp::Stamp;
 
 /// Bytes a reply may hold per connection asked for (plus [`REPLY_SLACK`]): a real connection
 /// with a JWT and tags takes a few KiB; a bigger reply is refused unparsed.
@@ -276,7 +277,7 @@ fn scan_read(
         texts: Texts::default(),
         server: ServerInfo::default(),
         late: false,
-        now: DateTime::UNIX_EPOCH,
+        now: Stamp::default(),
     };
     let head = scan::reply(payload, &mut fill).map_err(invalid)?;
     stats.server_late = head.server_late;
@@ -300,7 +301,7 @@ struct Fill<'s, 'o> {
     /// `server` came after the connections (nats-server writes it first).
     late: bool,
     /// The server's clock (`data.now`, written before the connections), for idle times.
-    now: DateTime<Utc>,
+    now: Stamp,
 }
 
 impl<'a> scan::Visit<'a> for Fill<'_, '_> {
@@ -325,7 +326,7 @@ impl<'a> scan::Visit<'a> for Fill<'_, '_> {
         }
         self.server = start.server.cloned().unwrap_or_default();
         self.late = start.server.is_none();
-        self.now = start.now.map_or_else(Utc::now, |t| t.0.with_timezone(&Utc));
+        self.now = start.now.map_or_else(|| Stamp::of(Utc::now()), |t| t.0);
         !partial
     }
 
@@ -371,21 +372,19 @@ impl PageStats {
 /// One connection of a reply as the census reads it, its texts borrowed from the reply.
 fn conn_ref<'a>(
     server: &'a ServerInfo,
-    now: DateTime<Utc>,
+    now: Stamp,
     c: &'a SweepConn,
     user_name: Option<&'a str>,
 ) -> ConnRef<'a> {
-    let last = c.last_activity.map(|t| t.0.with_timezone(&Utc));
-    let idle = last
-        .and_then(|l| now.signed_duration_since(l).to_std().ok())
-        .unwrap_or_default();
+    let last = c.last_activity.map(|t| t.0);
+    let idle = last.map(|l| now.since(l)).unwrap_or_default();
     ConnRef {
         server: &server.name,
         server_id: &server.id,
         cid: c.cid,
         kind: c.kind.as_deref().unwrap_or("Client"),
         ip: &c.ip,
-        start: c.start.map(|t| t.0.with_timezone(&Utc)),
+        start: c.start.map(|t| t.0),
         idle,
         last_activity: last,
         subscriptions: c.subscriptions,
@@ -445,7 +444,7 @@ mod tests {
         assert_eq!(out[0].idle, Duration::from_secs(5));
         assert_eq!(
             (out[0].last_activity, out[0].subscriptions),
-            (DateTime::from_timestamp(1_767_323_045, 0), 2)
+            (chrono::DateTime::from_timestamp(1_767_323_045, 0), 2)
         );
         assert_eq!(
             (out[0].account.as_str(), out[1].account.as_str()),

@@ -8,6 +8,8 @@ use std::borrow::Cow;
 use chrono::{DateTime, FixedOffset};
 use serde::{Deserialize, Serialize};
 
+use crate::stamp::Stamp;
+
 /// The envelope of every `$SYS.REQ.SERVER.*` reply.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Reply<T> {
@@ -176,10 +178,10 @@ pub struct SweepConn<'a> {
     pub jwt: Option<Cow<'a, str>>,
 }
 
-/// A server timestamp (RFC 3339 with nanoseconds), parsed by a fast path for the exact shape
+/// A server timestamp (RFC 3339 with nanoseconds), as the instant it names, parsed by a fast path for the exact shape
 /// nats-server writes and by chrono otherwise: CONNZ has two per connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rfc3339(pub DateTime<FixedOffset>);
+pub struct Rfc3339(pub Stamp);
 
 impl<'de> Deserialize<'de> for Rfc3339 {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -191,11 +193,12 @@ impl<'de> Deserialize<'de> for Rfc3339 {
 }
 
 /// Parses `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`; anything else goes to chrono.
-pub fn parse_rfc3339(s: &str) -> Option<DateTime<FixedOffset>> {
-    fast_rfc3339(s.as_bytes()).or_else(|| DateTime::parse_from_rfc3339(s).ok())
+pub fn parse_rfc3339(s: &str) -> Option<Stamp> {
+    fast_rfc3339(s.as_bytes())
+        .or_else(|| Some(Stamp::of(DateTime::parse_from_rfc3339(s).ok()?.to_utc())))
 }
 
-fn fast_rfc3339(b: &[u8]) -> Option<DateTime<FixedOffset>> {
+fn fast_rfc3339(b: &[u8]) -> Option<Stamp> {
     let digit = |i: usize| {
         let d = b.get(i)?.wrapping_sub(b'0');
         (d < 10).then_some(u32::from(d))
@@ -259,8 +262,7 @@ fn fast_rfc3339(b: &[u8]) -> Option<DateTime<FixedOffset>> {
     let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
     let days = era * 146_097 + day_of_era - 719_468;
     let local = days * 86_400 + i64::from(hour * 3600 + min * 60 + sec);
-    let zone = FixedOffset::east_opt(offset)?;
-    Some(DateTime::from_timestamp(local - i64::from(offset), nanos)?.with_timezone(&zone))
+    Some(Stamp::new(local - i64::from(offset), nanos))
 }
 
 /// The `data` of a `$SYS.REQ.ACCOUNT.PING.STATZ` reply.
@@ -462,7 +464,9 @@ mod tests {
         ] {
             assert_eq!(
                 fast_rfc3339(s.as_bytes()),
-                DateTime::parse_from_rfc3339(s).ok(),
+                DateTime::parse_from_rfc3339(s)
+                    .ok()
+                    .map(|t| Stamp::of(t.to_utc())),
                 "{s}"
             );
         }
@@ -479,16 +483,13 @@ mod tests {
                         ("24:00:00", "Z"),
                     ] {
                         let s = format!("{year:04}-{month:02}-{day:02}T{time}{zone}");
-                        let chrono = DateTime::parse_from_rfc3339(&s).ok();
+                        let chrono = DateTime::parse_from_rfc3339(&s)
+                            .ok()
+                            .map(|t| Stamp::of(t.to_utc()));
                         let fast = fast_rfc3339(s.as_bytes());
                         // A leap second is left to chrono: `parse_rfc3339` falls back.
                         if fast.is_some() || !time.starts_with("23:59:60") {
                             assert_eq!(fast, chrono, "{s}");
-                            assert_eq!(
-                                fast.map(|t| t.offset().local_minus_utc()),
-                                chrono.map(|t| t.offset().local_minus_utc()),
-                                "{s}"
-                            );
                         }
                         assert_eq!(parse_rfc3339(&s), chrono, "{s}");
                     }

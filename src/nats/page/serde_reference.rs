@@ -2,11 +2,12 @@
 //! reference its differential tests hold it to (`scan/tests.rs`): the same results and the
 //! same refusals, through the same checks of [`parse`](super::parse).
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 
 use super::{conn_ref, parse, PageHead, PageStats, Sink, Texts};
 use crate::nats::wire::{Rfc3339, ServerInfo, SweepConn};
 use crate::snapshot::Connection;
+use crate::stamp::Stamp;
 
 /// [`super::parse_page`] through serde.
 pub(crate) fn parse_page(
@@ -183,7 +184,7 @@ impl<'de> serde::de::Visitor<'de> for ConnzSeed<'_, '_> {
                         stats: &mut *self.stats,
                         server: self.server,
                         // nats-server writes `now` before the connections.
-                        now: now.map_or_else(Utc::now, |t| t.0.with_timezone(&Utc)),
+                        now: now.map_or_else(|| Stamp::of(Utc::now()), |t| t.0),
                     })?;
                 }
                 ConnzKey::Connections => {
@@ -204,7 +205,7 @@ struct ConnsSeed<'s, 'o> {
     out: Option<&'s mut Sink<'o>>,
     stats: &'s mut PageStats,
     server: Option<&'s ServerInfo>,
-    now: DateTime<Utc>,
+    now: Stamp,
 }
 
 impl<'de> serde::de::DeserializeSeed<'de> for ConnsSeed<'_, '_> {

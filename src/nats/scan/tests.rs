@@ -59,7 +59,7 @@ fn serde_view(c: &Connection, with_idle: bool) -> View {
 }
 
 fn scan_view(head: &Head, now: Option<Rfc3339>, c: &SweepConn) -> View {
-    let utc = |t: Option<Rfc3339>| t.map(|t| t.0.with_timezone(&Utc));
+    let utc = |t: Option<Rfc3339>| t.and_then(|t| t.0.time());
     let last = utc(c.last_activity);
     let own = |s: &Option<Cow<str>>, or: &str| s.as_deref().unwrap_or(or).to_string();
     View {
