@@ -60,9 +60,7 @@ struct UserAgg {
     oldest_start: Option<Stamp>,
     newest_start: Option<Stamp>,
     by_server: HashMap<Str, u64, FxBuild>,
-    by_name: HashMap<Str, u64, FxBuild>,
-    by_ip: HashMap<Str, u64, FxBuild>,
-    /// IP → client name → counts.
+    /// IP → client name → counts (by name and by IP are summed from it at `finish`).
     processes: HashMap<Str, HashMap<Str, Process, FxBuild>, FxBuild>,
     /// `zero_msgs` suspects, longest idle first once sorted: at most `2 × max` held.
     zero_msgs: Vec<Candidate>,
@@ -270,8 +268,6 @@ impl Aggregate {
             u.newest_start = Some(u.newest_start.map_or(start, |n| n.max(start)));
         }
         bump(&mut u.by_server, c.server);
-        bump(&mut u.by_name, c.name);
-        bump(&mut u.by_ip, c.ip);
         let process = slot(
             slot(&mut u.processes, c.ip, HashMap::default),
             c.name,
@@ -350,8 +346,6 @@ impl UserAgg {
         self.oldest_start = min_some(self.oldest_start, other.oldest_start);
         self.newest_start = self.newest_start.max(other.newest_start);
         add_counts(&mut self.by_server, other.by_server);
-        add_counts(&mut self.by_name, other.by_name);
-        add_counts(&mut self.by_ip, other.by_ip);
         join_candidates(&mut self.zero_msgs, other.zero_msgs, base, max);
         for (ip, names) in other.processes {
             let by_name = self.processes.entry(ip).or_default();
@@ -387,13 +381,12 @@ fn finish_user(u: UserAgg, detect: &DetectConfig) -> UserCensus {
         oldest_start,
         newest_start,
         by_server,
-        by_name,
-        by_ip,
         processes,
         zero_msgs: mut suspects,
     } = u;
     let max = detect.max_suspects_per_user;
     let mut counts = Vec::new();
+    let (mut by_name, mut by_ip) = (BTreeMap::new(), BTreeMap::new());
     let processes = processes.into_iter().flat_map(|(ip, names)| {
         names
             .into_iter()
@@ -409,6 +402,8 @@ fn finish_user(u: UserAgg, detect: &DetectConfig) -> UserCensus {
         if p.used_once > 0 {
             suspects.append(&mut p.candidates);
         }
+        *by_ip.entry(ip.to_string()).or_default() += p.connections;
+        *by_name.entry(name.to_string()).or_default() += p.connections;
         counts.push((ip, name, p.connections, p.used_once));
     }
     uc.oldest_start = oldest_start.and_then(Stamp::time);
@@ -418,8 +413,8 @@ fn finish_user(u: UserAgg, detect: &DetectConfig) -> UserCensus {
     suspects.truncate(max);
     uc.suspects = suspects.into_iter().map(Candidate::into_suspect).collect();
     uc.by_server = sorted(by_server);
-    uc.by_name = sorted(by_name);
-    uc.by_ip = sorted(by_ip);
+    uc.by_name = by_name;
+    uc.by_ip = by_ip;
     uc.threshold = threshold_for(detect, &uc);
     uc.over_threshold = uc.connections > uc.threshold;
     uc.spread = spread(&uc, &counts);

@@ -420,3 +420,35 @@ fn an_aggregate_skipping_pending_counts_them_apart() {
         assert_eq!((agg.connections(), agg.pending()), (counted, apart));
     }
 }
+
+#[test]
+fn counts_by_server_name_and_ip_are_each_users_connections_counted_directly() {
+    let mut conns = Vec::new();
+    for i in 0..997u64 {
+        let user = ["a", "b", "c", "d"][(i % 4) as usize];
+        conns.push(conn(
+            ["n1", "n2", "n3"][(i * 7 % 3) as usize],
+            i,
+            "APP",
+            user,
+            ["", "web", "worker", "cron", "web"][(i * 11 % 5) as usize],
+            &format!("10.0.0.{}", i * 13 % 7),
+        ));
+    }
+    let census = build(&conns, None, &DetectConfig::default());
+    for u in &census.users {
+        let mine = || conns.iter().filter(|c| *c.user == u.user);
+        let count = |key: fn(&Connection) -> &str| {
+            let mut m = BTreeMap::new();
+            for c in mine() {
+                *m.entry(key(c).to_string()).or_default() += 1u64;
+            }
+            m
+        };
+        assert_eq!(u.connections, mine().count() as u64);
+        assert_eq!(u.by_server, count(|c| &c.server));
+        assert_eq!(u.by_name, count(|c| &c.name));
+        assert_eq!(u.by_ip, count(|c| &c.ip));
+    }
+    assert_eq!(census.users.len(), 4);
+}
