@@ -50,6 +50,9 @@ pub struct Aggregate {
     users: HashMap<Str, HashMap<Str, UserAgg, FxBuild>, FxBuild>,
     /// The texts of the suspects (server, name, IP), each held once.
     texts: Interner,
+    /// The server of the first connection added. Its connections are counted per user apart
+    /// from `by_server` (one comparison instead of a lookup: a reply's are all one server's).
+    first_server: Option<Str>,
 }
 
 /// One user's counts while the census is built.
@@ -60,6 +63,8 @@ struct UserAgg {
     oldest_start: Option<Stamp>,
     newest_start: Option<Stamp>,
     by_server: HashMap<Str, u64, FxBuild>,
+    /// Connections at the census's `first_server`, not in `by_server` until joined or finished.
+    at_first_server: u64,
     /// IP → client name → counts (by name and by IP are summed from it at `finish`).
     processes: HashMap<Str, HashMap<Str, Process, FxBuild>, FxBuild>,
     /// `zero_msgs` suspects, longest idle first once sorted: at most `2 × max` held.
@@ -201,6 +206,7 @@ impl Aggregate {
             pending: 0,
             users: HashMap::default(),
             texts: Interner::default(),
+            first_server: None,
         }
     }
 
@@ -223,6 +229,7 @@ impl Aggregate {
             pending: 0,
             users: HashMap::default(),
             texts: Interner::default(),
+            first_server: None,
         }
     }
 
@@ -267,7 +274,14 @@ impl Aggregate {
             u.oldest_start = Some(u.oldest_start.map_or(start, |o| o.min(start)));
             u.newest_start = Some(u.newest_start.map_or(start, |n| n.max(start)));
         }
-        bump(&mut u.by_server, c.server);
+        let first = self
+            .first_server
+            .get_or_insert_with(|| texts.get(c.server));
+        if **first == *c.server {
+            u.at_first_server += 1;
+        } else {
+            bump(&mut u.by_server, c.server);
+        }
         let process = slot(
             slot(&mut u.processes, c.ip, HashMap::default),
             c.name,
@@ -297,9 +311,11 @@ impl Aggregate {
         let max = self.detect.max_suspects_per_user;
         self.connections += other.connections;
         self.pending += other.pending;
+        let theirs_first = other.first_server;
         for (account, users) in other.users {
             let mine = self.users.entry(account).or_default();
-            for (user, theirs) in users {
+            for (user, mut theirs) in users {
+                theirs.count_first_server(theirs_first.as_ref());
                 match mine.get_mut(user.as_str()) {
                     Some(u) => u.absorb(theirs, base, max),
                     None => {
@@ -315,11 +331,15 @@ impl Aggregate {
     /// The census: thresholds applied, suspects chosen, users most connections first.
     pub fn finish(self) -> Census {
         let detect = &*self.detect;
+        let first = self.first_server;
         let mut out: Vec<UserCensus> = self
             .users
             .into_values()
             .flat_map(HashMap::into_values)
-            .map(|u| finish_user(u, detect))
+            .map(|mut u| {
+                u.count_first_server(first.as_ref());
+                finish_user(u, detect)
+            })
             .collect();
         out.sort_by(|a, b| {
             b.connections
@@ -335,6 +355,13 @@ impl Aggregate {
 }
 
 impl UserAgg {
+    /// Moves the count at the census's first server into `by_server`.
+    fn count_first_server(&mut self, first: Option<&Str>) {
+        if let (Some(server), n @ 1..) = (first, std::mem::take(&mut self.at_first_server)) {
+            *self.by_server.entry(server.clone()).or_default() += n;
+        }
+    }
+
     /// Joins the same user's counts from a later part of the sweep.
     fn absorb(&mut self, other: UserAgg, base: u64, max: usize) {
         let (mine, theirs) = (&mut self.census, other.census);
@@ -381,6 +408,7 @@ fn finish_user(u: UserAgg, detect: &DetectConfig) -> UserCensus {
         oldest_start,
         newest_start,
         by_server,
+        at_first_server: _,
         processes,
         zero_msgs: mut suspects,
     } = u;
