@@ -330,10 +330,10 @@ impl<'a> scan::Visit<'a> for Fill<'_, '_> {
         !partial
     }
 
-    fn conn(&mut self, c: SweepConn<'a>) -> Result<(), String> {
+    fn conn(&mut self, c: &SweepConn<'a>) -> Result<(), String> {
         self.stats.check(c.cid)?;
         let user_name = c.jwt.as_deref().and_then(|jwt| self.texts.jwt_name(jwt));
-        let c = conn_ref(&self.server, self.now, &c, user_name.as_deref());
+        let c = conn_ref(&self.server, self.now, c, user_name.as_deref());
         match &mut *self.sink {
             Sink::List(out) => out.push(c.to_connection(&mut self.texts.strs)),
             Sink::Compact(out) => out.push(&c),

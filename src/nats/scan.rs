@@ -64,7 +64,7 @@ pub(crate) trait Visit<'a> {
     /// syntax only, as serde's `IgnoredAny` does).
     fn list(&mut self, start: &ListStart) -> bool;
     /// One connection kept; an error stops the parse and is returned by [`reply`].
-    fn conn(&mut self, conn: SweepConn<'a>) -> Result<(), String>;
+    fn conn(&mut self, conn: &SweepConn<'a>) -> Result<(), String>;
     /// The cid of one connection not kept; an error stops the parse and is returned.
     fn cid(&mut self, cid: u64) -> Result<(), String>;
 }
@@ -527,7 +527,7 @@ impl<'a> Cursor<'a> {
             count += 1;
             if keep {
                 let c = self.conn()?;
-                visit.conn(c).map_err(|e| self.err(&e))?;
+                visit.conn(&c).map_err(|e| self.err(&e))?;
             } else {
                 let cid = self.cid_only()?;
                 visit.cid(cid).map_err(|e| self.err(&e))?;

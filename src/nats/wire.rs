@@ -145,7 +145,7 @@ pub struct ConnInfo {
 /// only the fields the census uses, strings borrowed from the reply wherever they need no
 /// unescaping (most of them), so a page costs one copy per string (into the snapshot), and
 /// fields nobody reads are skipped instead of allocated.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[allow(missing_docs)]
 pub struct SweepConn<'a> {
     #[serde(default)]

@@ -120,8 +120,8 @@ impl<'a> Visit<'a> for Gather<'a> {
     fn list(&mut self, _: &ListStart) -> bool {
         self.keep
     }
-    fn conn(&mut self, c: SweepConn<'a>) -> Result<(), String> {
-        self.conns.push(c);
+    fn conn(&mut self, c: &SweepConn<'a>) -> Result<(), String> {
+        self.conns.push(c.clone());
         Ok(())
     }
     fn cid(&mut self, cid: u64) -> Result<(), String> {
@@ -229,5 +229,15 @@ fn scan_against_serde_on_15k_connections() {
         "| page::parse_server_list (+ conversion into Connection) | {:.0} | {:.0} | |",
         ns_per_conn(runs, serde_page),
         ns_per_conn(runs, page)
+    );
+    let census = || {
+        let detect = crate::config::DetectConfig::default();
+        let mut agg = crate::census::Aggregate::new(None, &detect);
+        crate::nats::page::parse_server_census(&payload, &mut agg, CONNS).expect("parses");
+        agg.finish().connections as usize
+    };
+    println!(
+        "| page::parse_server_census (the census while parsing, finished) | | {:.0} | |",
+        ns_per_conn(runs, census)
     );
 }

@@ -131,9 +131,9 @@ impl<'a> Visit<'a> for Collect<'a> {
         let partial = self.whole_only && s.total > self.limit as u64;
         !(self.skip_all || partial)
     }
-    fn conn(&mut self, c: SweepConn<'a>) -> Result<(), String> {
+    fn conn(&mut self, c: &SweepConn<'a>) -> Result<(), String> {
         self.check(c.cid)?;
-        self.conns.push(c);
+        self.conns.push(c.clone());
         Ok(())
     }
     fn cid(&mut self, cid: u64) -> Result<(), String> {
