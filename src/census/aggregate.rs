@@ -274,9 +274,7 @@ impl Aggregate {
             u.oldest_start = Some(u.oldest_start.map_or(start, |o| o.min(start)));
             u.newest_start = Some(u.newest_start.map_or(start, |n| n.max(start)));
         }
-        let first = self
-            .first_server
-            .get_or_insert_with(|| texts.get(c.server));
+        let first = self.first_server.get_or_insert_with(|| texts.get(c.server));
         if **first == *c.server {
             u.at_first_server += 1;
         } else {

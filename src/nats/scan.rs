@@ -15,7 +15,7 @@
 
 use std::borrow::Cow;
 
-use super::wire::{parse_rfc3339, ApiError, Rfc3339, ServerInfo, SweepConn};
+use super::wire::{fast_rfc3339, parse_rfc3339, ApiError, Rfc3339, ServerInfo, SweepConn};
 use text::{field_of, field_of_packed, first_special, unescape, OTHER};
 
 mod skip;
@@ -24,6 +24,9 @@ mod text;
 /// Deepest nesting of a skipped value (an unknown key's array or object): deeper is refused,
 /// so a hostile reply costs no more than its length.
 pub(crate) const MAX_DEPTH: usize = 128;
+
+/// The high bit of each byte of a 16-byte word: none set is ASCII.
+const HIGH_BITS: u128 = 0x8080_8080_8080_8080_8080_8080_8080_8080;
 
 /// What a reply says besides its connections.
 #[derive(Debug, Default)]
@@ -77,6 +80,7 @@ pub(crate) fn reply<'a>(payload: &'a [u8], visit: &mut impl Visit<'a>) -> Result
         b: payload,
         i: 0,
         why: String::new(),
+        guesses: [Guess::default(); GUESSES],
     };
     let head = p.envelope(visit).and_then(|head| {
         p.ws();
@@ -103,6 +107,22 @@ struct Cursor<'a> {
     i: usize,
     /// Why the parse stopped, once it has.
     why: String,
+    /// The keys of the last connection read, by place ([`Cursor::conn_key`]).
+    guesses: [Guess; GUESSES],
+}
+
+/// Places of a connection's keys that are guessed ([`Cursor::conn_key`]).
+const GUESSES: usize = 32;
+
+/// The key at one place of the last connection: its bytes with their quotes, as the 16 bytes
+/// at a key are compared to them (`mask` keeps those bytes; zero when there is no guess).
+#[derive(Clone, Copy, Default)]
+struct Guess {
+    word: u128,
+    mask: u128,
+    field: u32,
+    /// The key's length with its quotes.
+    len: usize,
 }
 
 /// A refusal: what and where are in [`Cursor::why`] (a result this small costs the hot path
@@ -260,10 +280,14 @@ impl<'a> Cursor<'a> {
     #[inline]
     fn string(&mut self) -> Res<Cow<'a, str>> {
         self.ws();
-        if let Some((_, len)) = self.short_string() {
+        if let Some((word, len)) = self.short_string() {
             let start = self.i + 1;
             self.i = start + len + 1;
             let raw = &self.b[start..start + len];
+            if word & ((1 << (8 * len)) - 1) & HIGH_BITS == 0 {
+                // SAFETY: no byte has its high bit set: ASCII, which is UTF-8.
+                return Ok(Cow::Borrowed(unsafe { std::str::from_utf8_unchecked(raw) }));
+            }
             return match std::str::from_utf8(raw) {
                 Ok(s) => Ok(Cow::Borrowed(s)),
                 Err(_) => Err(self.err("invalid UTF-8 in a string")),
@@ -302,15 +326,53 @@ impl<'a> Cursor<'a> {
         Ok(key)
     }
 
-    /// A key of a connection and its colon: the index of the [`SweepConn`] field it names
-    /// ([`field_of`]). The common case (no escapes, at least 16 bytes left) packs the key
-    /// with one load.
+    /// The key at `place` in a connection and its colon: the index of the [`SweepConn`] field
+    /// it names ([`field_of`]). nats-server writes every connection's keys in one order, so
+    /// the key is first compared with the one at the same place in the last connection: one
+    /// masked compare of 16 bytes. Otherwise the common case (no escapes, at least 16 bytes
+    /// left) packs the key with one load, and it becomes the guess for its place.
     #[inline]
-    fn conn_key(&mut self) -> Res<u32> {
+    fn conn_key(&mut self, place: usize) -> Res<u32> {
         self.ws();
+        let next = self.b.get(self.i..self.i + 16);
+        let next = next.map(|w| u128::from_le_bytes(w.try_into().expect("16 bytes")));
+        if let (Some(&g), Some(w)) = (self.guesses.get(place), next) {
+            if w & g.mask == g.word && g.mask != 0 {
+                self.i += g.len;
+                match self.b.get(self.i) {
+                    Some(b':') => self.i += 1,
+                    _ => self.eat(b':')?,
+                }
+                return Ok(g.field);
+            }
+        }
+        let (field, short) = self.key_field()?;
+        if let Some(g) = self.guesses.get_mut(place) {
+            // The key and its quotes when they fit the 16 bytes (a key of at most 14 bytes, no
+            // escape); no guess otherwise.
+            *g = match (next, short) {
+                (Some(w), Some(len)) if len <= 14 => {
+                    let mask = u128::MAX >> (8 * (14 - len));
+                    Guess {
+                        word: w & mask,
+                        mask,
+                        field,
+                        len: len + 2,
+                    }
+                }
+                _ => Guess::default(),
+            };
+        }
+        Ok(field)
+    }
+
+    /// [`Cursor::conn_key`] without a guess: the field, and the key's length when it was read
+    /// by the common case.
+    #[inline]
+    fn key_field(&mut self) -> Res<(u32, Option<usize>)> {
         let Some((word, len)) = self.short_string() else {
             // Escaped, long, or near the end of the reply: the general path.
-            return Ok(field_of(&self.key()?));
+            return Ok((field_of(&self.key()?), None));
         };
         let start = self.i + 1;
         self.i = start + len + 1;
@@ -324,7 +386,7 @@ impl<'a> Cursor<'a> {
             Some(b':') => self.i += 1,
             _ => self.eat(b':')?,
         }
-        Ok(field)
+        Ok((field, Some(len)))
     }
 
     /// At an opening quote: the next 16 bytes and the length of the string, when it closes
@@ -382,6 +444,17 @@ impl<'a> Cursor<'a> {
     /// `null` or a timestamp.
     #[inline]
     fn opt_time(&mut self) -> Res<Option<Rfc3339>> {
+        // The shape nats-server writes, read from the bytes: no UTF-8 check, no copy.
+        if self.peek()? == b'"' {
+            let at = self.i;
+            self.i += 1;
+            if let (end, false) = self.string_end()? {
+                if let Some(t) = fast_rfc3339(&self.b[at + 1..end]) {
+                    return Ok(Some(Rfc3339(t)));
+                }
+            }
+            self.i = at;
+        }
         match self.opt_string()? {
             None => Ok(None),
             Some(s) => match parse_rfc3339(&s) {
@@ -562,8 +635,10 @@ impl<'a> Cursor<'a> {
         }
         // The fields read so far, one bit each (serde refuses a field given twice).
         let mut seen = 0u16;
+        let mut place = 0;
         loop {
-            let field = self.conn_key()?;
+            let field = self.conn_key(place)?;
+            place += 1;
             if field < OTHER {
                 if seen & (1 << field) != 0 {
                     return Err(self.err("duplicate field in a connection"));
@@ -603,8 +678,10 @@ impl<'a> Cursor<'a> {
         if self.empty(b'}')? {
             return Ok(0);
         }
+        let mut place = 0;
         loop {
-            if self.conn_key()? == 0 {
+            place += 1;
+            if self.conn_key(place - 1)? == 0 {
                 if cid.is_some() {
                     return Err(self.err("duplicate field in a connection"));
                 }

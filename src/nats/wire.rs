@@ -198,7 +198,9 @@ pub fn parse_rfc3339(s: &str) -> Option<Stamp> {
         .or_else(|| Some(Stamp::of(DateTime::parse_from_rfc3339(s).ok()?.to_utc())))
 }
 
-fn fast_rfc3339(b: &[u8]) -> Option<Stamp> {
+/// The fast path of [`parse_rfc3339`], on the bytes: `None` for any other shape (chrono's to
+/// read, then).
+pub(crate) fn fast_rfc3339(b: &[u8]) -> Option<Stamp> {
     let digit = |i: usize| {
         let d = b.get(i)?.wrapping_sub(b'0');
         (d < 10).then_some(u32::from(d))

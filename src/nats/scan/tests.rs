@@ -685,3 +685,58 @@ fn the_visitor_sees_the_list_start_and_can_stop_the_parse() {
     assert!(err.contains("refused 2"), "{err}");
     assert_eq!(stop.conns.len(), 1);
 }
+
+#[test]
+fn keys_out_of_the_last_connections_order_are_read_as_they_are() {
+    // Each connection after the first breaks the guess from the one before at some place: keys
+    // swapped, a key sharing a prefix with the guessed one, the guessed key escaped or given
+    // with spaces, a key too long to guess, a missing key, an unknown one.
+    let conns = [
+        r#"{"cid":1,"name":"a","name_tag":"T","ip":"10.0.0.1","account":"A","authorized_user":"u"}"#,
+        r#"{"cid":2,"name_tag":"T","name":"b","ip":"10.0.0.2","account":"A","authorized_user":"u"}"#,
+        r#"{"cid":3,"name":"c","name_tagx":"T","ip":"10.0.0.3","account":"A","authorized_user":"u"}"#,
+        r#"{"c\u0069d":4,"name":"d","name_tag":"T","ip":"10.0.0.4","account":"B","authorized_user":"v"}"#,
+        r#"{ "cid" :5,"name":"e","name_tag":"T","ip" : "10.0.0.5","account":"B","authorized_user":"v"}"#,
+        r#"{"cid":6,"name":"f","ip":"10.0.0.6","account":"B","authorized_user":"v","name_tag":"T"}"#,
+        r#"{"cid":7,"nam":"g","name":"g","ip":"10.0.0.7","account":"B"}"#,
+        r#"{"cid":8,"name":"h","name_tag":"T","ip":"10.0.0.8","account":"A","authorized_user":"u"}"#,
+    ];
+    let payload = format!(
+        r#"{{"server":{{"name":"n1","id":"NID"}},"data":{{"server_id":"NID","now":"2026-01-02T03:04:10Z","total":{},"connections":[{}]}}}}"#,
+        conns.len(),
+        conns.join(",")
+    );
+    agree(payload.as_bytes(), "keys out of order");
+    let (head, c) = collect(payload.as_bytes(), 100, true);
+    assert_eq!(head.unwrap().count, conns.len());
+    let got: Vec<(u64, &str, Option<&str>, &str)> = c
+        .conns
+        .iter()
+        .map(|c| {
+            let name = c.name.as_deref().unwrap_or_default();
+            (
+                c.cid,
+                name,
+                c.name_tag.as_deref(),
+                c.account.as_deref().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (1, "a", Some("T"), "A"),
+            (2, "b", Some("T"), "A"),
+            (3, "c", None, "A"),
+            (4, "d", Some("T"), "B"),
+            (5, "e", Some("T"), "B"),
+            (6, "f", Some("T"), "B"),
+            (7, "g", None, "B"),
+            (8, "h", Some("T"), "A"),
+        ]
+    );
+    // The same key twice is refused even when the second is read by a guess.
+    let twice = payload.replace(r#""cid":8,"name":"h""#, r#""cid":8,"cid":9"#);
+    assert!(collect(twice.as_bytes(), 100, true).0.is_err());
+    agree(twice.as_bytes(), "a key given twice");
+}
