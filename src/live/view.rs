@@ -323,7 +323,7 @@ impl LiveView {
         replies: impl IntoIterator<Item = Connection>,
     ) {
         let replies = replies.into_iter();
-        let answered: std::collections::HashSet<&str> =
+        let answered: std::collections::HashSet<&str, FxBuild> =
             servers.iter().map(|(id, _)| id.as_str()).collect();
         // Each listed connection replaces the one held in place (counts move only when its
         // user or kind changed); then the ones held but not listed go.
@@ -574,7 +574,7 @@ impl LiveView {
     }
 
     fn without_connections(&self, sweep: &Snapshot, now: DateTime<Utc>) -> Snapshot {
-        let mut per_server: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut per_server: HashMap<&str, u64, FxBuild> = HashMap::default();
         for c in self.conns.values() {
             *per_server.entry(c.server_id.as_str()).or_default() += 1;
         }
