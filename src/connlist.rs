@@ -113,6 +113,15 @@ impl ConnList {
         i
     }
 
+    /// [`ConnList::text`], first compared with the text at `before` (the row before's: a
+    /// reply's connections share their server and mostly their kind).
+    fn text_as_before(&mut self, s: &str, before: Option<u32>) -> u32 {
+        match before {
+            Some(i) if *self.texts[i as usize] == *s => i,
+            _ => self.text(s),
+        }
+    }
+
     fn tag_list(&mut self, tags: Tags<'_>) -> u32 {
         let list: Vec<Str> = tags
             .iter()
@@ -137,6 +146,7 @@ impl ConnList {
     pub fn push(&mut self, c: &ConnRef<'_>) {
         let (start_secs, start_nanos) = split_time(c.start);
         let (last_secs, last_nanos) = split_time(c.last_activity);
+        let last = self.rows.last().copied();
         let row = Row {
             cid: c.cid,
             in_msgs: c.in_msgs,
@@ -148,9 +158,9 @@ impl ConnList {
             last_nanos,
             idle_nanos: c.idle.subsec_nanos(),
             subscriptions: c.subscriptions,
-            server: self.text(c.server),
-            server_id: self.text(c.server_id),
-            kind: self.text(c.kind),
+            server: self.text_as_before(c.server, last.map(|r| r.server)),
+            server_id: self.text_as_before(c.server_id, last.map(|r| r.server_id)),
+            kind: self.text_as_before(c.kind, last.map(|r| r.kind)),
             ip: self.text(c.ip),
             name: self.text(c.name),
             account: self.text(c.account),
