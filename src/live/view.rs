@@ -334,8 +334,19 @@ impl LiveView {
             );
         // A reply's connections already share their texts (one per distinct value of the
         // reply): kept as they are, not looked up again.
+        // Whether the last connection's server answered: a reply's connections share one
+        // server id text, so most are asked once (the same text, compared by address).
+        let mut last: Option<(Str, bool)> = None;
         for c in replies {
-            if answered.contains(c.server_id.as_str()) && scope.holds(&c) {
+            let heard = match &last {
+                Some((id, heard)) if std::ptr::eq(id.as_str(), c.server_id.as_str()) => *heard,
+                _ => {
+                    let heard = answered.contains(c.server_id.as_str());
+                    last = Some((c.server_id.clone(), heard));
+                    heard
+                }
+            };
+            if heard && scope.holds(&c) {
                 let key = (c.server_id.clone(), c.cid);
                 listed.insert(key.clone());
                 self.replace(key, c);
