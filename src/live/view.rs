@@ -333,9 +333,8 @@ impl LiveView {
                 FxBuild::default(),
             );
         // A reply's connections already share their texts (one per distinct value of the
-        // reply): kept as they are, not looked up again.
-        // Whether the last connection's server answered: a reply's connections share one
-        // server id text, so most are asked once (the same text, compared by address).
+        // reply): kept as they are, not looked up again. They share one server id text, so
+        // whether their server answered is asked once per text (compared by address).
         let mut last: Option<(Str, bool)> = None;
         for c in replies {
             let heard = match &last {

@@ -680,8 +680,9 @@ impl<'a> Cursor<'a> {
         }
         let mut place = 0;
         loop {
+            let field = self.conn_key(place)?;
             place += 1;
-            if self.conn_key(place - 1)? == 0 {
+            if field == 0 {
                 if cid.is_some() {
                     return Err(self.err("duplicate field in a connection"));
                 }

@@ -102,7 +102,7 @@ fn unframe(mut framed: &[u8], out: &mut [u8]) -> Result<(), String> {
         let dst = out
             .get_mut(at..at + n)
             .filter(|_| n <= MAX_BLOCK)
-            .ok_or("a chunk longer than the stream")?;
+            .ok_or("a chunk longer than a block or than the stream")?;
         match kind {
             0x00 => {
                 let got = decoder.decompress(data, dst).map_err(|e| e.to_string())?;

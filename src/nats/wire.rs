@@ -178,8 +178,9 @@ pub struct SweepConn<'a> {
     pub jwt: Option<Cow<'a, str>>,
 }
 
-/// A server timestamp (RFC 3339 with nanoseconds), as the instant it names, parsed by a fast path for the exact shape
-/// nats-server writes and by chrono otherwise: CONNZ has two per connection.
+/// A server timestamp (RFC 3339 with nanoseconds), as the instant it names, parsed by a fast
+/// path for the exact shape nats-server writes and by chrono otherwise: CONNZ has two per
+/// connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rfc3339(pub Stamp);
 
