@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::stamp::Stamp;
 
-use crate::intern::{FxBuild, Str};
+use crate::intern::{FxBuild, Interner, Str};
 use crate::snapshot::{ConnRef, Connection, Tags};
 
 /// No text (`None`), in a text index.
@@ -172,6 +172,19 @@ impl ConnList {
         self.rows.push(row);
     }
 
+    /// Takes each text from `texts` instead (the same text, shared with what else holds it):
+    /// one look-up per distinct text, however many connections hold it.
+    pub fn share_texts(&mut self, texts: &mut Interner) {
+        for t in &mut self.texts {
+            *t = texts.get(t);
+        }
+        for list in &mut self.tag_lists {
+            for t in list {
+                *t = texts.get(t);
+            }
+        }
+    }
+
     /// Keeps the first `len` connections.
     pub fn truncate(&mut self, len: usize) {
         self.rows.truncate(len);
@@ -237,9 +250,9 @@ impl ConnList {
             cid: r.cid,
             kind: t(r.kind),
             ip: t(r.ip),
-            start: join_time(r.start_secs, r.start_nanos).and_then(Stamp::time),
+            start: join_time(r.start_secs, r.start_nanos),
             idle: Duration::new(r.idle_secs, r.idle_nanos),
-            last_activity: join_time(r.last_secs, r.last_nanos).and_then(Stamp::time),
+            last_activity: join_time(r.last_secs, r.last_nanos),
             subscriptions: r.subscriptions,
             in_msgs: r.in_msgs,
             out_msgs: r.out_msgs,

@@ -24,12 +24,12 @@ pub struct Connection {
     /// Remote IP.
     pub ip: Str,
     /// When it was made.
-    pub start: Option<DateTime<Utc>>,
+    pub start: Option<Stamp>,
     /// Time since the server last saw traffic on it, by the server's own clock.
     pub idle: Duration,
     /// When the server last saw a message on it, in (published) or out (delivered to it);
     /// PINGs and PONGs do not count. Equal to `start` until its first message.
-    pub last_activity: Option<DateTime<Utc>>,
+    pub last_activity: Option<Stamp>,
     /// Subscriptions it holds.
     pub subscriptions: u32,
     /// Messages from the client.
@@ -134,9 +134,9 @@ impl<'a> ConnRef<'a> {
             cid: self.cid,
             kind: texts.get(self.kind),
             ip: texts.get(self.ip),
-            start: self.start.and_then(Stamp::time),
+            start: self.start,
             idle: self.idle,
-            last_activity: self.last_activity.and_then(Stamp::time),
+            last_activity: self.last_activity,
             subscriptions: self.subscriptions,
             in_msgs: self.in_msgs,
             out_msgs: self.out_msgs,
@@ -159,9 +159,9 @@ impl Connection {
             cid: self.cid,
             kind: &self.kind,
             ip: &self.ip,
-            start: self.start.map(Stamp::of),
+            start: self.start,
             idle: self.idle,
-            last_activity: self.last_activity.map(Stamp::of),
+            last_activity: self.last_activity,
             subscriptions: self.subscriptions,
             in_msgs: self.in_msgs,
             out_msgs: self.out_msgs,
@@ -497,8 +497,8 @@ mod tests {
 
     #[test]
     fn a_connection_holds_no_text_of_its_own() {
-        // The size a sweep pays per connection (it was 296 bytes plus nine owned strings, then
-        // 240 with two-word shared texts).
+        // The size the live view pays per connection (it was 296 bytes plus nine owned strings,
+        // then 240 with two-word shared texts).
         assert!(std::mem::size_of::<Connection>() <= 168);
         let mut texts = crate::intern::Interner::default();
         let a = Connection {

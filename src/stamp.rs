@@ -2,23 +2,31 @@
 //! compared and subtracted without a calendar. A sweep reads two per connection; a
 //! `DateTime` is made only of the few that are shown.
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
 /// An instant in UTC, ordered as time is.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+///
+/// Twelve bytes (aligned to four): two in a connection take 24 bytes, as `DateTime`s would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(C, packed(4))]
 pub struct Stamp {
     secs: i64,
-    /// Below 1e9, or up to 2e9 in a leap second, as chrono has it (the order of the fields is
-    /// the order of time either way).
-    nanos: u32,
+    /// The nanoseconds plus one (so `Option<Stamp>` takes no more room than a stamp): below
+    /// 1e9, or up to 2e9 in a leap second, as chrono has it (the order of the fields is the
+    /// order of time either way).
+    nanos_1: NonZeroU32,
 }
 
 impl Stamp {
     /// The instant `secs` + `nanos` after 1970-01-01T00:00:00Z (`nanos` ≥ 1e9: a leap second).
     pub fn new(secs: i64, nanos: u32) -> Self {
-        Self { secs, nanos }
+        Self {
+            secs,
+            nanos_1: NonZeroU32::MIN.saturating_add(nanos),
+        }
     }
 
     /// The same instant as a stamp.
@@ -33,12 +41,12 @@ impl Stamp {
 
     /// Nanoseconds past [`Stamp::secs`].
     pub fn nanos(self) -> u32 {
-        self.nanos
+        self.nanos_1.get() - 1
     }
 
     /// The same instant as a `DateTime` (`None` past chrono's range, ±262,000 years).
     pub fn time(self) -> Option<DateTime<Utc>> {
-        DateTime::from_timestamp(self.secs, self.nanos)
+        DateTime::from_timestamp(self.secs, self.nanos())
     }
 
     /// How long after `earlier` this is; zero when it is not after.
@@ -47,12 +55,32 @@ impl Stamp {
     }
 }
 
+impl Default for Stamp {
+    /// 1970-01-01T00:00:00Z.
+    fn default() -> Self {
+        Self::new(0, 0)
+    }
+}
+
+impl std::ops::Add<TimeDelta> for Stamp {
+    type Output = Stamp;
+
+    /// The instant `rhs` after this one.
+    fn add(self, rhs: TimeDelta) -> Stamp {
+        let nanos = i64::from(self.nanos()) + i64::from(rhs.subsec_nanos());
+        Stamp::new(
+            self.secs + rhs.num_seconds() + nanos.div_euclid(1_000_000_000),
+            nanos.rem_euclid(1_000_000_000) as u32,
+        )
+    }
+}
+
 impl std::ops::Sub for Stamp {
     type Output = TimeDelta;
 
     /// The signed time from `rhs` to `self`.
     fn sub(self, rhs: Stamp) -> TimeDelta {
-        let nanos = i64::from(self.nanos) - i64::from(rhs.nanos);
+        let nanos = i64::from(self.nanos()) - i64::from(rhs.nanos());
         TimeDelta::seconds(self.secs - rhs.secs) + TimeDelta::nanoseconds(nanos)
     }
 }
@@ -78,6 +106,7 @@ mod tests {
                 assert_eq!(sa.cmp(&sb), a.cmp(&b), "{a} {b}");
                 assert_eq!(sa - sb, a - b, "{a} - {b}");
                 assert_eq!(sa.since(sb), (a - b).to_std().unwrap_or_default());
+                assert_eq!(sb + (a - b), sa, "{b} + ({a} - {b})");
             }
         }
         // A leap second comes back as one, between the seconds around it.
@@ -85,5 +114,7 @@ mod tests {
         assert_eq!(Stamp::of(leap).time(), Some(leap));
         assert!(Stamp::new(1_483_228_799, 999_999_999) < Stamp::of(leap));
         assert!(Stamp::of(leap) < Stamp::new(1_483_228_800, 0));
+        // No room taken by `None`, none by padding.
+        assert_eq!(size_of::<Option<Stamp>>(), 12);
     }
 }

@@ -6,6 +6,7 @@
 
 mod support;
 
+use connwatch::stamp::Stamp;
 use support::key;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -122,7 +123,9 @@ impl Conns {
             .map(|i| {
                 let server = self.servers[i as usize % self.servers.len()];
                 let start = self.with_start.then(|| {
-                    DateTime::from_timestamp(1_799_990_000 + i as i64, 5_000_000).unwrap()
+                    Stamp::of(
+                        DateTime::from_timestamp(1_799_990_000 + i as i64, 5_000_000).unwrap(),
+                    )
                 });
                 let once = self.used_once && i % 3 != 0;
                 Connection {

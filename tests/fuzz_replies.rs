@@ -1,6 +1,7 @@
 //! Bad input never panics: property tests over server replies, the pager, subject tokens, and
 //! hostile names carried from the census through the rules into advisories and report JSON.
 
+use connwatch::stamp::Stamp;
 use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
@@ -376,7 +377,9 @@ fn conn(server: usize, cid: u64, account: &str, user: &str, name: &str) -> Conne
         cid,
         kind: "Client".into(),
         ip: "127.0.0.1".into(),
-        start: Some(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()),
+        start: Some(Stamp::of(
+            Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
+        )),
         idle: Duration::from_secs(3600),
         in_msgs: 0,
         out_msgs: 0,

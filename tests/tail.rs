@@ -4,6 +4,7 @@
 
 mod support;
 
+use connwatch::stamp::Stamp;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -76,7 +77,7 @@ fn conns(account: &str, user: &str, n: u64, servers: &[&str], name: &str) -> Vec
                 cid: i + 1,
                 kind: "Client".into(),
                 ip: "127.0.0.1".into(),
-                start: DateTime::from_timestamp(1_799_990_000 + i as i64, 0),
+                start: DateTime::from_timestamp(1_799_990_000 + i as i64, 0).map(Stamp::of),
                 idle: Duration::from_secs(600),
                 in_msgs: 0,
                 out_msgs: 0,

@@ -1,5 +1,6 @@
 use super::*;
 use crate::config::ThresholdOverride;
+use crate::stamp::Stamp;
 
 fn conn(server: &str, cid: u64, account: &str, user: &str, name: &str, ip: &str) -> Connection {
     Connection {
@@ -8,7 +9,7 @@ fn conn(server: &str, cid: u64, account: &str, user: &str, name: &str, ip: &str)
         cid,
         kind: "Client".into(),
         ip: ip.into(),
-        start: DateTime::from_timestamp(1_700_000_000 + cid as i64, 0),
+        start: DateTime::from_timestamp(1_700_000_000 + cid as i64, 0).map(Stamp::of),
         idle: Duration::from_secs(1),
         in_msgs: 1,
         out_msgs: 0,
@@ -110,8 +111,8 @@ fn suspects_are_idle_without_messages_longest_first_and_bounded() {
 fn used(cid: u64, name: &str, active: i64, idle_secs: u64, msgs: u64) -> Connection {
     let start = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
     Connection {
-        start: Some(start),
-        last_activity: Some(start + chrono::Duration::seconds(active)),
+        start: Some(Stamp::of(start)),
+        last_activity: Some(Stamp::of(start + chrono::Duration::seconds(active))),
         idle: Duration::from_secs(idle_secs),
         in_msgs: msgs,
         ..conn("n1", cid, "A", "u", name, "10.0.0.1")

@@ -1,5 +1,6 @@
 use super::*;
 use crate::intern::Interner;
+use crate::stamp::Stamp;
 use chrono::DateTime;
 
 fn full(cid: u64) -> Connection {
@@ -9,9 +10,9 @@ fn full(cid: u64) -> Connection {
         cid,
         kind: "Client".into(),
         ip: "10.0.0.1".into(),
-        start: DateTime::from_timestamp(1_767_323_045, 123_456_789),
+        start: DateTime::from_timestamp(1_767_323_045, 123_456_789).map(Stamp::of),
         idle: Duration::new(5, 7),
-        last_activity: DateTime::from_timestamp(1_767_323_050, 999_999_999),
+        last_activity: DateTime::from_timestamp(1_767_323_050, 999_999_999).map(Stamp::of),
         subscriptions: 3,
         in_msgs: u64::MAX,
         out_msgs: 9,
@@ -58,8 +59,8 @@ fn list_of(conns: &[Connection]) -> ConnList {
 fn every_field_comes_back_equal_nones_and_tags_included() {
     let mut odd = full(3);
     // Times far from now (Go's zero time, a leap second) and an idle time beyond u64 nanos.
-    odd.start = DateTime::from_timestamp(-62_135_596_800, 0);
-    odd.last_activity = DateTime::from_timestamp(1_483_228_799, 1_500_000_000);
+    odd.start = DateTime::from_timestamp(-62_135_596_800, 0).map(Stamp::of);
+    odd.last_activity = DateTime::from_timestamp(1_483_228_799, 1_500_000_000).map(Stamp::of);
     odd.idle = Duration::new(u64::MAX / 2, 999_999_999);
     odd.tags = vec!["b".into(), "a".into()];
     let conns = vec![full(1), bare(2), odd, full(4)];

@@ -7,6 +7,7 @@ use super::rounds::Finished;
 use crate::advisory::{
     Advisory, CapChurn, CappedConnection, Completeness, ConnectionCapEnforced, Envelope, Message,
 };
+use crate::stamp::Stamp;
 
 /// The setting a cap comes from, in words.
 fn source_text(source: CapSource) -> &'static str {
@@ -63,7 +64,7 @@ pub fn body(f: &Finished, dry_run: bool) -> ConnectionCapEnforced {
                 cid: c.cid,
                 name: c.name.to_string(),
                 ip: c.ip.to_string(),
-                start: c.start.unwrap_or_default(),
+                start: c.start.and_then(Stamp::time).unwrap_or_default(),
             })
             .collect(),
         failed: f.failed,
@@ -113,7 +114,7 @@ mod tests {
             after: 50,
             closed: vec![
                 Connection {
-                    start: Some(Utc::now()),
+                    start: Some(Stamp::of(Utc::now())),
                     ..Connection::default()
                 };
                 closed

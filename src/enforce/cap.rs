@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{names_match, EnforceConfig, KickConfig};
 use crate::kick::{policy_refusal, Own};
 use crate::snapshot::Connection;
+use crate::stamp::Stamp;
 
 /// A user's key: (account, user).
 pub type UserKey = (String, String);
@@ -111,7 +112,7 @@ pub enum Verdict<'a> {
 
 /// The order of "newest": start time, then server id, then cid, so two views of the same
 /// connections always agree on which are beyond the cap.
-fn order_key(c: &Connection) -> (chrono::DateTime<chrono::Utc>, &str, u64) {
+fn order_key(c: &Connection) -> (Stamp, &str, u64) {
     (c.start.unwrap_or_default(), c.server_id.as_str(), c.cid)
 }
 
@@ -185,7 +186,7 @@ pub(crate) mod tests {
             server_id: format!("ID-{server}").into(),
             cid,
             kind: "Client".into(),
-            start: Some(Utc.timestamp_millis_opt(start_ms).unwrap()),
+            start: Some(Stamp::of(Utc.timestamp_millis_opt(start_ms).unwrap())),
             account: "APP".into(),
             user: "u".into(),
             ..Connection::default()

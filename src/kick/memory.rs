@@ -12,6 +12,7 @@ use crate::advisory::types::Message;
 use crate::advisory::{KickResult, KickRule};
 use crate::config::{names_match, KickConfig};
 use crate::snapshot::Connection;
+use crate::stamp::Stamp;
 
 /// The identity of a client across its connections: user, client name and IP.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
@@ -273,7 +274,8 @@ impl Kicked {
         for c in connections {
             let key = client_key(&c.account, &c.user, &c.name, &c.ip);
             if let (Some(r), Some(start)) = (self.clients.get(&key), c.start) {
-                if !r.return_seen && start > r.last_kick && start - r.last_kick <= window {
+                let last_kick = Stamp::of(r.last_kick);
+                if !r.return_seen && start > last_kick && start - last_kick <= window {
                     *new.entry(key).or_default() += 1;
                 }
             }

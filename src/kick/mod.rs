@@ -24,6 +24,7 @@ use crate::census::{classify, Census, LeakPattern, Signature};
 use crate::config::{KickConfig, UserMatch};
 use crate::snapshot::Connection;
 
+use crate::stamp::Stamp;
 use memory::client_key;
 pub use memory::{manual_kick, Client, Kicked, KickedClient, Returned};
 
@@ -88,7 +89,7 @@ impl KickPlan {
             idle: c.idle,
             age: c
                 .start
-                .and_then(|s| (now - s).to_std().ok())
+                .and_then(|s| (Stamp::of(now) - s).to_std().ok())
                 .unwrap_or_default(),
             user_connections,
             threshold,
@@ -242,7 +243,7 @@ pub fn plan(inputs: &KickInputs) -> Vec<KickPlan> {
             })
             .filter(|(c, _)| {
                 c.start
-                    .and_then(|s| (now - s).to_std().ok())
+                    .and_then(|s| (Stamp::of(now) - s).to_std().ok())
                     .is_some_and(|age| age >= cfg.min_age)
             })
             .collect();

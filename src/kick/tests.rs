@@ -3,6 +3,7 @@
 use super::*;
 use crate::census::build;
 use crate::config::DetectConfig;
+use crate::stamp::Stamp;
 
 fn t(secs: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(1_700_000_000 + secs, 0).unwrap()
@@ -15,7 +16,7 @@ fn conn(cid: u64, user: &str, idle_secs: u64, msgs: u64) -> Connection {
         cid,
         kind: "Client".into(),
         ip: "10.0.0.1".into(),
-        start: Some(t(0)),
+        start: Some(Stamp::of(t(0))),
         idle: Duration::from_secs(idle_secs),
         in_msgs: msgs,
         out_msgs: 0,
@@ -111,19 +112,19 @@ fn used_once_connections_are_kicked_quiet_live_ones_are_not() {
     // idle since; a live subscriber whose last delivery came a day after it connected; a
     // connection that publishes every minute.
     let once = |i: u64| Connection {
-        last_activity: Some(t(1)),
+        last_activity: Some(Stamp::of(t(1))),
         in_msgs: 1,
         ..conn(i, "leaky", 2000 - i, 0)
     };
     let mut conns: Vec<_> = (0..110).map(once).collect();
     conns.push(Connection {
-        last_activity: Some(t(86_400)),
+        last_activity: Some(Stamp::of(t(86_400))),
         out_msgs: 5000,
         name: "subscriber".into(),
         ..conn(500, "leaky", 5000, 0)
     });
     conns.push(Connection {
-        last_activity: Some(t(3590)),
+        last_activity: Some(Stamp::of(t(3590))),
         name: "ticker".into(),
         ..conn(501, "leaky", 10, 60)
     });
@@ -192,7 +193,7 @@ fn users_under_threshold_system_and_protected_users_are_spared() {
 fn young_leafnode_and_own_connections_are_spared() {
     let mut conns = leak("leaky");
     for c in conns.iter_mut().take(100) {
-        c.start = Some(t(3590));
+        c.start = Some(Stamp::of(t(3590)));
     }
     conns[100].kind = "Leafnode".into();
     let census = build(&conns, None, &DetectConfig::default());
@@ -229,7 +230,7 @@ fn a_client_coming_back_is_reported_and_then_left_alone() {
     let mut back = conns.clone();
     for (i, c) in back.iter_mut().take(50).enumerate() {
         c.cid = 1000 + i as u64;
-        c.start = Some(t(3601));
+        c.start = Some(Stamp::of(t(3601)));
     }
     let r = kicked.observe(&back, t(3630), &cfg);
     assert_eq!(r.len(), 1);
@@ -244,7 +245,7 @@ fn a_client_coming_back_is_reported_and_then_left_alone() {
     );
     kicked.record(&first, t(3700));
     for c in back.iter_mut().take(50) {
-        c.start = Some(t(3701));
+        c.start = Some(Stamp::of(t(3701)));
     }
     let r = kicked.observe(&back, t(3730), &cfg);
     assert!(r[0].given_up);
@@ -260,7 +261,7 @@ fn a_return_after_the_window_is_not_the_kicked_client() {
     let first = plan(&inputs(&conns, &census, &cfg(), None, &kicked, t(3600)));
     kicked.record(&first, t(3600));
     let mut late = conns.clone();
-    late[0].start = Some(t(3600 + 601));
+    late[0].start = Some(Stamp::of(t(3600 + 601)));
     assert!(kicked.observe(&late, t(4300), &cfg()).is_empty());
 }
 
@@ -274,7 +275,7 @@ fn given_up_on(cfg: &KickConfig) -> (Kicked, Vec<Connection>, Census) {
     for i in 0..cfg.max_attempts as i64 {
         kicked.record(&first, t(3600 + 100 * i));
         for c in back.iter_mut().take(50) {
-            c.start = Some(t(3601 + 100 * i));
+            c.start = Some(Stamp::of(t(3601 + 100 * i)));
         }
         kicked.observe(&back, t(3630 + 100 * i), cfg);
     }
@@ -476,7 +477,7 @@ fn a_by_hand_kick_is_followed_from_its_audit_and_its_return_noticed() {
     kicked.record(&[heard], at);
     let mut back = conns.clone();
     back[0].cid = 8;
-    back[0].start = Some(t(3601));
+    back[0].start = Some(Stamp::of(t(3601)));
     let r = kicked.observe(&back, t(3630), &cfg());
     assert_eq!((r.len(), r[0].returns, r[0].kicks), (1, 1, 1));
 }

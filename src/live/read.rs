@@ -11,6 +11,7 @@ use tracing::debug;
 use super::view::{LiveView, Scope};
 use crate::nats::page::{connz_user_body, parse_reply};
 use crate::nats::{System, PING_CONNZ};
+use crate::snapshot::Connection;
 
 /// Reads `account`/`user`'s connections on every server the view holds and puts them in the
 /// view (a sync of that user). A server that does not answer in `timeout`, answers with an
@@ -61,8 +62,11 @@ pub async fn read_user(
         user: user.to_string(),
     };
     let answered = servers.len();
-    view.lock()
-        .expect("live view lock")
-        .finish_sync(sync, &scope, &servers, conns);
+    view.lock().expect("live view lock").finish_sync(
+        sync,
+        &scope,
+        &servers,
+        conns.iter().map(Connection::view),
+    );
     answered
 }

@@ -20,14 +20,14 @@
 //! last gap ([`LiveView::gap`]: connwatch's reconnect, a slow consumer, a server silent,
 //! restarted or new) has reconciled it. While it is not, nothing resolves and nothing is kicked.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
 use crate::census::Aggregate;
 use crate::intern::{FxBuild, Interner, Str};
-use crate::snapshot::{Connection, ServerSeen, Snapshot};
+use crate::snapshot::{ConnRef, Connection, ServerSeen, Snapshot};
 
 /// Deltas before a sync's start that it replays too (see the module docs): at 2,000 events a
 /// second, the last 5 seconds; a few MiB at most.
@@ -80,10 +80,10 @@ pub enum Scope {
 }
 
 impl Scope {
-    fn holds(&self, c: &Connection) -> bool {
+    fn holds(&self, c_account: &str, c_user: &str) -> bool {
         match self {
             Scope::All => true,
-            Scope::User { account, user } => &c.account == account && &c.user == user,
+            Scope::User { account, user } => c_account == account && c_user == user,
         }
     }
 }
@@ -100,19 +100,30 @@ pub struct SyncId {
 /// A user's key: (account, user).
 pub type UserKey = (String, String);
 
-/// The live view (see the module docs).
+/// One server's open connections, by cid.
+type ServerConns = HashMap<u64, Arc<Connection>, FxBuild>;
+
+/// Open connections counted per user and per (server, account).
 #[derive(Debug, Default)]
-pub struct LiveView {
-    /// Every open connection; its texts are shared through `texts`, so an entry owns no text
-    /// of its own and the view's memory beyond the entries grows with distinct values.
-    conns: HashMap<(Str, u64), Arc<Connection>, FxBuild>,
-    /// The texts of the connections held (pruned of the ones no longer used at each sync).
-    texts: Interner,
+struct Counts {
     /// Open connections per user (account, user).
     users: HashMap<(Str, Str), u64, FxBuild>,
     /// Open client connections (not leafnodes) per (server id, account): what each server
     /// announces (see [`super::crosscheck`]).
     clients: HashMap<(Str, Str), u64, FxBuild>,
+}
+
+/// The live view (see the module docs).
+#[derive(Debug, Default)]
+pub struct LiveView {
+    /// Every open connection, by server id and cid; its texts are shared through `texts`, so
+    /// an entry owns no text of its own and the view's memory beyond the entries grows with
+    /// distinct values.
+    conns: HashMap<Str, ServerConns, FxBuild>,
+    /// The texts of the connections held (pruned of the ones no longer used at each sync).
+    texts: Interner,
+    /// Open connections per user and per (server, account).
+    counts: Counts,
     /// Server id → name, of the servers reconciled by a sweep or heard from.
     servers: BTreeMap<String, String>,
     /// The last [`RECENT`] deltas, and all since the oldest sync under way began, with their
@@ -133,7 +144,101 @@ pub struct LiveView {
     applied: u64,
     /// Servers whose CONNZ does not list leafnode connections (older than 2.12): their
     /// `Leafnode` connections come from events only, and no reply replaces them.
-    leafnodes_unlisted: std::collections::HashSet<String>,
+    leafnodes_unlisted: HashSet<String>,
+}
+
+/// Whether two texts are equal; the same text (shared from one table) is told at once.
+fn same(a: &str, b: &str) -> bool {
+    std::ptr::eq(a, b) || a == b
+}
+
+/// Holds `c` (listed by its server) in `server` in place of what was held. The same
+/// connection is updated where it is: only what changed is written, each text from `texts`.
+fn list(server: &mut ServerConns, counts: &mut Counts, texts: &mut Interner, c: &ConnRef<'_>) {
+    let held = match server.get_mut(&c.cid) {
+        Some(held)
+            if same(&held.account, c.account)
+                && same(&held.user, c.user)
+                && same(&held.kind, c.kind) =>
+        {
+            held
+        }
+        Some(held) => {
+            counts.remove(held);
+            let new = c.to_connection(texts);
+            counts.add(&new);
+            *held = Arc::new(new);
+            return;
+        }
+        None => {
+            let new = c.to_connection(texts);
+            counts.add(&new);
+            server.insert(c.cid, Arc::new(new));
+            return;
+        }
+    };
+    // Not in the journal: updated where it is, no allocation.
+    let h = Arc::make_mut(held);
+    let text = |held: &mut Str, now: &str, texts: &mut Interner| {
+        if !same(held, now) {
+            *held = texts.get(now);
+        }
+    };
+    let opt_text = |held: &mut Option<Str>, now: Option<&str>, texts: &mut Interner| {
+        if held.as_deref() != now {
+            *held = now.map(|n| texts.get(n));
+        }
+    };
+    text(&mut h.server, c.server, texts);
+    text(&mut h.ip, c.ip, texts);
+    text(&mut h.name, c.name, texts);
+    opt_text(&mut h.account_name, c.account_name, texts);
+    opt_text(&mut h.user_name, c.user_name, texts);
+    if !h.tags.iter().map(|t| t.as_str()).eq(c.tags.iter()) {
+        h.tags = c.tags.iter().map(|t| texts.get(t)).collect();
+    }
+    h.start = c.start;
+    h.idle = c.idle;
+    h.last_activity = c.last_activity;
+    h.subscriptions = c.subscriptions;
+    h.in_msgs = c.in_msgs;
+    h.out_msgs = c.out_msgs;
+}
+
+impl Counts {
+    /// Counts `c` in; returns its user.
+    fn add(&mut self, c: &Connection) -> (Str, Str) {
+        if c.kind == "Client" {
+            *self
+                .clients
+                .entry((c.server_id.clone(), c.account.clone()))
+                .or_default() += 1;
+        }
+        let user = (c.account.clone(), c.user.clone());
+        *self.users.entry(user.clone()).or_default() += 1;
+        user
+    }
+
+    /// Counts `c` out; returns its user.
+    fn remove(&mut self, c: &Connection) -> (Str, Str) {
+        if c.kind == "Client" {
+            let key = (c.server_id.clone(), c.account.clone());
+            if let Some(n) = self.clients.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    self.clients.remove(&key);
+                }
+            }
+        }
+        let user = (c.account.clone(), c.user.clone());
+        if let Some(n) = self.users.get_mut(&user) {
+            *n -= 1;
+            if *n == 0 {
+                self.users.remove(&user);
+            }
+        }
+        user
+    }
 }
 
 /// `held` (listed by a server before it authenticated) with the identity of `event` (its
@@ -197,8 +302,11 @@ impl LiveView {
     fn apply_only(&mut self, d: Change) -> Option<(Str, Str)> {
         match d {
             Change::Open(c) => {
-                let key = (c.server_id.clone(), c.cid);
-                if let Some(held) = self.conns.get_mut(&key) {
+                let server = match self.conns.get_mut(c.server_id.as_str()) {
+                    Some(server) => server,
+                    None => self.conns.entry(c.server_id.clone()).or_default(),
+                };
+                if let Some(held) = server.get_mut(&c.cid) {
                     // Known already (from a reply): its counters and idle time are the better
                     // ones. But a server lists a connection from the moment it is accepted,
                     // before its CONNECT authenticates it (in `$G`, no user, no name), while its
@@ -209,79 +317,25 @@ impl LiveView {
                         }
                         return None;
                     }
-                    let held = Connection::clone(held);
-                    self.uncount(&held);
-                    let c = adopt_identity(held, Connection::clone(&c));
-                    let user = self.count_in(&c);
-                    self.conns.insert(key, Arc::new(c));
+                    self.counts.remove(held);
+                    let c = adopt_identity(Connection::clone(held), Connection::clone(&c));
+                    let user = self.counts.add(&c);
+                    *held = Arc::new(c);
                     return Some(user);
                 }
-                let user = self.count_in(&c);
-                self.conns.insert(key, c);
+                let user = self.counts.add(&c);
+                server.insert(c.cid, c);
                 Some(user)
             }
             Change::Close { server_id, cid } => {
-                let c = self.conns.remove(&(Str::from(server_id), cid))?;
-                Some(self.uncount(&c))
-            }
-        }
-    }
-
-    /// Holds `c` (listed by a server) under `key`, in place of what was held.
-    fn replace(&mut self, key: (Str, u64), c: Connection) {
-        match self.conns.get_mut(&key) {
-            Some(held)
-                if held.account == c.account && held.user == c.user && held.kind == c.kind =>
-            {
-                match Arc::get_mut(held) {
-                    // Not in the journal: overwritten where it is, no allocation.
-                    Some(h) => *h = c,
-                    None => *held = Arc::new(c),
+                let server = self.conns.get_mut(server_id.as_str())?;
+                let held = server.remove(&cid)?;
+                if server.is_empty() {
+                    self.conns.remove(server_id.as_str());
                 }
-            }
-            Some(held) => {
-                let old = std::mem::replace(held, Arc::new(c));
-                self.uncount(&old);
-                let new = Arc::clone(&self.conns[&key]);
-                self.count_in(&new);
-            }
-            None => {
-                self.count_in(&c);
-                self.conns.insert(key, Arc::new(c));
+                Some(self.counts.remove(&held))
             }
         }
-    }
-
-    fn count_in(&mut self, c: &Connection) -> (Str, Str) {
-        if c.kind == "Client" {
-            *self
-                .clients
-                .entry((c.server_id.clone(), c.account.clone()))
-                .or_default() += 1;
-        }
-        let user = (c.account.clone(), c.user.clone());
-        *self.users.entry(user.clone()).or_default() += 1;
-        user
-    }
-
-    fn uncount(&mut self, c: &Connection) -> (Str, Str) {
-        if c.kind == "Client" {
-            let key = (c.server_id.clone(), c.account.clone());
-            if let Some(n) = self.clients.get_mut(&key) {
-                *n -= 1;
-                if *n == 0 {
-                    self.clients.remove(&key);
-                }
-            }
-        }
-        let user = (c.account.clone(), c.user.clone());
-        if let Some(n) = self.users.get_mut(&user) {
-            *n -= 1;
-            if *n == 0 {
-                self.users.remove(&user);
-            }
-        }
-        user
     }
 
     /// Starts a sync: events from now on are journalled until it finishes.
@@ -315,57 +369,61 @@ impl LiveView {
     /// become those of `replies` (the connections those servers listed), then the events
     /// journalled since the sync began for that server and scope are applied again.
     /// Connections of other servers are left as they are.
-    pub fn finish_sync(
+    pub fn finish_sync<'a>(
         &mut self,
         id: SyncId,
         scope: &Scope,
         servers: &[(String, String)],
-        replies: impl IntoIterator<Item = Connection>,
+        replies: impl IntoIterator<Item = ConnRef<'a>>,
     ) {
-        let replies = replies.into_iter();
-        let answered: std::collections::HashSet<&str, FxBuild> =
-            servers.iter().map(|(id, _)| id.as_str()).collect();
-        // Each listed connection replaces the one held in place (counts move only when its
-        // user or kind changed); then the ones held but not listed go.
-        let mut listed: std::collections::HashSet<(Str, u64), FxBuild> =
-            std::collections::HashSet::with_capacity_and_hasher(
-                replies.size_hint().0,
-                FxBuild::default(),
-            );
-        // A reply's connections already share their texts (one per distinct value of the
-        // reply): kept as they are, not looked up again. They share one server id text, so
-        // whether their server answered is asked once per text (compared by address).
-        let mut last: Option<(Str, bool)> = None;
-        for c in replies {
-            let heard = match &last {
-                Some((id, heard)) if std::ptr::eq(id.as_str(), c.server_id.as_str()) => *heard,
-                _ => {
-                    let heard = answered.contains(c.server_id.as_str());
-                    last = Some((c.server_id.clone(), heard));
-                    heard
+        let answered: HashSet<&str, FxBuild> = servers.iter().map(|(id, _)| id.as_str()).collect();
+        // Each listed connection is held in place of what was (counts move only when its user
+        // or kind changed); then the ones held but not listed go. A reply's connections come
+        // together: its server is looked up once for them.
+        let mut listed: HashMap<&str, HashSet<u64, FxBuild>, FxBuild> = HashMap::default();
+        let Self {
+            conns,
+            texts,
+            counts,
+            ..
+        } = self;
+        let mut replies = replies.into_iter().peekable();
+        while let Some(first) = replies.next() {
+            let server_id = first.server_id;
+            let mut server = answered.get(server_id).map(|sid| {
+                if !conns.contains_key(server_id) {
+                    conns.insert(texts.get(server_id), ServerConns::default());
                 }
-            };
-            if heard && scope.holds(&c) {
-                let key = (c.server_id.clone(), c.cid);
-                listed.insert(key.clone());
-                self.replace(key, c);
+                let server = conns.get_mut(server_id).expect("just made");
+                (server, listed.entry(*sid).or_default())
+            });
+            let mut next = Some(first);
+            while let Some(c) = next {
+                if let Some((server, listed)) = server.as_mut() {
+                    if scope.holds(c.account, c.user) {
+                        listed.insert(c.cid);
+                        list(server, counts, texts, &c);
+                    }
+                }
+                next = replies.next_if(|c| same(c.server_id, server_id));
             }
         }
-        let stale: Vec<(Str, u64)> = self
-            .conns
-            .iter()
-            .filter(|(k, c)| {
-                answered.contains(c.server_id.as_str()) && scope.holds(c) && !listed.contains(*k)
-            })
-            .filter(|(_, c)| {
-                c.kind != "Leafnode" || !self.leafnodes_unlisted.contains(c.server_id.as_str())
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in stale {
-            if let Some(c) = self.conns.remove(&k) {
-                self.uncount(&c);
-            }
+        for sid in &answered {
+            let Some(server) = self.conns.get_mut(*sid) else {
+                continue;
+            };
+            let leafnodes_kept = self.leafnodes_unlisted.contains(*sid);
+            let listed = listed.get(sid);
+            let counts = &mut self.counts;
+            server.retain(|cid, c| {
+                let stale = !listed.is_some_and(|l| l.contains(cid))
+                    && scope.holds(&c.account, &c.user)
+                    && !(leafnodes_kept && c.kind == "Leafnode");
+                if stale {
+                    counts.remove(c);
+                }
+                !stale
+            });
         }
         let replay: Vec<Change> = self
             .journal
@@ -374,7 +432,7 @@ impl LiveView {
                 *pos >= id.start
                     && answered.contains(d.server_id())
                     && match d {
-                        Change::Open(c) => scope.holds(c),
+                        Change::Open(c) => scope.holds(&c.account, &c.user),
                         // A close is applied whatever its user: it only removes that key.
                         Change::Close { .. } => true,
                     }
@@ -396,31 +454,19 @@ impl LiveView {
 
     /// Ends a sync that read nothing (its sweep failed): only its journal is let go.
     pub fn abandon(&mut self, id: SyncId) {
-        self.finish_sync(id, &Scope::All, &[], Vec::new());
+        self.finish_sync(id, &Scope::All, &[], std::iter::empty());
     }
 
-    /// Finishes a full sweep's sync with its snapshot. A complete sweep that began after the
-    /// last gap makes the view complete, and drops the servers it did not hear from (gone, or
-    /// restarted under a new id); a partial one leaves their connections as they were.
+    /// Finishes a full sweep's sync with its snapshot (its connections, and its compact list,
+    /// whose texts become the view's). A complete sweep that began after the last gap makes
+    /// the view complete, and drops the servers it did not hear from (gone, or restarted under
+    /// a new id); a partial one leaves their connections as they were.
     ///
     /// A server id the view did not hold (a server restarted or added), heard by this sweep
     /// before any probe saw it, is a gap like the probe's `server_new` (fail closed): the view
     /// is not complete until a sweep that begins after it. Returns those servers (id, name);
     /// none on the first sweep, when the view held no server yet.
-    pub fn reconcile(&mut self, id: SyncId, snap: &Snapshot) -> Vec<(String, String)> {
-        let compact = snap.compact.clone();
-        self.reconcile_with(id, snap, snap.connections.iter().cloned().chain(compact))
-    }
-
-    /// [`LiveView::reconcile`] with the sweep's connections given apart, taken one at a time
-    /// (moved, not copied: a `Vec`, or the sweep's compact list; `snap.connections` is not
-    /// read).
-    pub fn reconcile_with(
-        &mut self,
-        id: SyncId,
-        snap: &Snapshot,
-        connections: impl IntoIterator<Item = Connection>,
-    ) -> Vec<(String, String)> {
+    pub fn reconcile(&mut self, id: SyncId, snap: &mut Snapshot) -> Vec<(String, String)> {
         let servers: Vec<(String, String)> = snap
             .servers
             .iter()
@@ -438,7 +484,14 @@ impl LiveView {
             .filter(|(sid, _)| !self.servers.is_empty() && !self.servers.contains_key(sid))
             .cloned()
             .collect();
-        self.finish_sync(id, &Scope::All, &servers, connections);
+        snap.compact.share_texts(&mut self.texts);
+        let connections = snap.connections.iter().map(Connection::view);
+        self.finish_sync(
+            id,
+            &Scope::All,
+            &servers,
+            connections.chain(snap.compact.iter()),
+        );
         if let Some((sid, name)) = appeared.first() {
             self.gap(format!("server {name} ({sid}) is new or restarted"));
         }
@@ -466,16 +519,13 @@ impl LiveView {
     fn forget_server(&mut self, server_id: &str) {
         self.servers.remove(server_id);
         self.leafnodes_unlisted.remove(server_id);
-        let keys: Vec<(Str, u64)> = self
+        for held in self
             .conns
-            .keys()
-            .filter(|(sid, _)| sid == server_id)
-            .cloned()
-            .collect();
-        for k in keys {
-            if let Some(c) = self.conns.remove(&k) {
-                self.uncount(&c);
-            }
+            .remove(server_id)
+            .into_iter()
+            .flat_map(|s| s.into_values())
+        {
+            self.counts.remove(&held);
         }
     }
 
@@ -521,7 +571,8 @@ impl LiveView {
 
     /// A user's open connections.
     pub fn count(&self, account: &str, user: &str) -> u64 {
-        self.users
+        self.counts
+            .users
             .get(&(Str::from(account), Str::from(user)))
             .copied()
             .unwrap_or(0)
@@ -529,12 +580,13 @@ impl LiveView {
 
     /// Every open connection of the view.
     pub fn connections(&self) -> impl Iterator<Item = &Connection> {
-        self.conns.values().map(|c| &**c)
+        self.conns.values().flat_map(|s| s.values()).map(|c| &**c)
     }
 
     /// A server's open client connections (not leafnodes) in an account.
     pub fn clients_of(&self, server_id: &str, account: &str) -> u64 {
-        self.clients
+        self.counts
+            .clients
             .get(&(Str::from(server_id), Str::from(account)))
             .copied()
             .unwrap_or(0)
@@ -542,12 +594,12 @@ impl LiveView {
 
     /// Open connections in all.
     pub fn len(&self) -> usize {
-        self.conns.len()
+        self.conns.values().map(HashMap::len).sum()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.conns.is_empty()
+        self.len() == 0
     }
 
     /// Deltas applied since the view was made.
@@ -565,7 +617,7 @@ impl LiveView {
     /// Partial when the view is not complete.
     pub fn snapshot(&self, sweep: &Snapshot, now: DateTime<Utc>) -> Snapshot {
         Snapshot {
-            connections: self.conns.values().map(|c| Connection::clone(c)).collect(),
+            connections: self.connections().cloned().collect(),
             ..self.without_connections(sweep, now)
         }
     }
@@ -574,7 +626,7 @@ impl LiveView {
     /// `census` (empty, with its rules), none copied.
     pub fn counted(&self, sweep: &Snapshot, now: DateTime<Utc>, census: Aggregate) -> Snapshot {
         let mut census = census;
-        for c in self.conns.values() {
+        for c in self.connections() {
             census.add(&c.view());
         }
         Snapshot {
@@ -584,10 +636,6 @@ impl LiveView {
     }
 
     fn without_connections(&self, sweep: &Snapshot, now: DateTime<Utc>) -> Snapshot {
-        let mut per_server: HashMap<&str, u64, FxBuild> = HashMap::default();
-        for c in self.conns.values() {
-            *per_server.entry(c.server_id.as_str()).or_default() += 1;
-        }
         let mut servers: Vec<ServerSeen> = self
             .servers
             .iter()
@@ -595,7 +643,7 @@ impl LiveView {
             .map(|(id, name)| ServerSeen {
                 name: name.clone(),
                 id: id.clone(),
-                connections: per_server.get(id.as_str()).copied().unwrap_or(0),
+                connections: self.conns.get(id.as_str()).map_or(0, |s| s.len() as u64),
                 pages: 0,
             })
             .collect();

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::wire::{jwt_name, ServerInfo};
 use crate::snapshot::{Connection, Str};
+use crate::stamp::Stamp;
 
 /// Every account's connect events.
 pub const CONNECT_EVENTS: &str = "$SYS.ACCOUNT.*.CONNECT";
@@ -109,7 +110,7 @@ impl ClientEvent {
             cid: c.id,
             kind: c.kind.as_deref().unwrap_or("Client").into(),
             ip: c.host.unwrap_or_default().into(),
-            start: c.start.map(|t| t.with_timezone(&Utc)),
+            start: c.start.map(|t| Stamp::of(t.with_timezone(&Utc))),
             idle: std::time::Duration::ZERO,
             in_msgs: 0,
             out_msgs: 0,

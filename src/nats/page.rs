@@ -444,7 +444,7 @@ mod tests {
         assert_eq!(out[0].idle, Duration::from_secs(5));
         assert_eq!(
             (out[0].last_activity, out[0].subscriptions),
-            (chrono::DateTime::from_timestamp(1_767_323_045, 0), 2)
+            (Some(crate::stamp::Stamp::new(1_767_323_045, 0)), 2)
         );
         assert_eq!(
             (out[0].account.as_str(), out[1].account.as_str()),

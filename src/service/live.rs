@@ -63,20 +63,20 @@ impl Service {
             // Not following the events: the round works as without the live census, from the
             // sweep alone (a complete sweep resolves and may kick, as sweeps do), its
             // connections built from the compact list.
+            let appeared = view.reconcile(sync, &mut snap);
+            drop(view);
             let compact = std::mem::take(&mut snap.compact);
             snap.connections.extend(compact);
-            let appeared = view.reconcile(sync, &snap);
-            drop(view);
             live.appeared(&self.metrics, &appeared);
             let connections = std::mem::take(&mut snap.connections);
             self.last_sweep_meta = snap.clone();
             snap.connections = connections;
             return snap;
         }
-        // The view takes the sweep's connections over (moved, not copied), one at a time.
-        let connections = std::mem::take(&mut snap.connections);
-        let compact = std::mem::take(&mut snap.compact);
-        let appeared = view.reconcile_with(sync, &snap, connections.into_iter().chain(compact));
+        // The view takes the sweep's connections over, then the sweep lets them go.
+        let appeared = view.reconcile(sync, &mut snap);
+        snap.connections = Vec::new();
+        snap.compact = Default::default();
         let now = snap.started.unwrap_or_else(Utc::now);
         let mut out = if self.needs_connections() {
             view.snapshot(&snap, now)

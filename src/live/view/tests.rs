@@ -1,5 +1,6 @@
 //! The live view's tests, as plain data.
 use super::*;
+use crate::stamp::Stamp;
 
 fn conn(server: &str, cid: u64, user: &str) -> Connection {
     Connection {
@@ -23,6 +24,11 @@ fn conn(server: &str, cid: u64, user: &str) -> Connection {
     }
 }
 
+/// The connection held for (server id, cid).
+fn held<'a>(v: &'a LiveView, server_id: &str, cid: u64) -> &'a Connection {
+    &v.conns[server_id][&cid]
+}
+
 fn close(server: &str, cid: u64) -> Delta {
     Delta::Close {
         server_id: format!("ID-{server}"),
@@ -44,6 +50,70 @@ fn snap(servers: &[&str], conns: Vec<Connection>) -> Snapshot {
             .collect(),
         connections: conns,
         ..Snapshot::default()
+    }
+}
+
+/// [`snap`] with its connections in the compact list, as a live sweep gives them.
+fn compact_snap(servers: &[&str], conns: Vec<Connection>) -> Snapshot {
+    let mut list = crate::connlist::ConnList::default();
+    for c in &conns {
+        list.push(&c.view());
+    }
+    Snapshot {
+        compact: list,
+        ..snap(servers, vec![])
+    }
+}
+
+#[test]
+fn a_listed_connection_is_held_as_its_server_lists_it_now() {
+    for make in [snap, compact_snap] {
+        let mut v = LiveView::new();
+        let s = v.begin_sync();
+        let before = vec![conn("n1", 1, "u"), conn("n1", 2, "u"), conn("n1", 3, "u")];
+        v.reconcile(s, &mut make(&["n1"], before));
+        // Listed again: every field of 1 changed but its identity (updated in place), 2 now
+        // another user's in another account (counts move), 3 the same.
+        let now = Connection {
+            server: "n1-renamed".into(),
+            ip: "10.0.0.9".into(),
+            start: Some(Stamp::new(1_767_323_045, 5)),
+            idle: std::time::Duration::from_millis(9_500),
+            last_activity: Some(Stamp::new(1_767_323_050, 7)),
+            subscriptions: 3,
+            in_msgs: 4,
+            out_msgs: 5,
+            name: "renamed".into(),
+            account_name: Some("App".into()),
+            user_name: Some("U".into()),
+            tags: vec!["t1".into(), "t2".into()],
+            ..conn("n1", 1, "u")
+        };
+        let moved = Connection {
+            account: "OTHER".into(),
+            ..conn("n1", 2, "x")
+        };
+        let s = v.begin_sync();
+        v.reconcile(
+            s,
+            &mut make(
+                &["n1"],
+                vec![now.clone(), moved.clone(), conn("n1", 3, "u")],
+            ),
+        );
+        assert_eq!(held(&v, "ID-n1", 1), &now);
+        assert_eq!(held(&v, "ID-n1", 2), &moved);
+        assert_eq!(held(&v, "ID-n1", 3), &conn("n1", 3, "u"));
+        assert_eq!((v.count("APP", "u"), v.count("OTHER", "x")), (2, 1));
+        assert_eq!(
+            (v.clients_of("ID-n1", "APP"), v.clients_of("ID-n1", "OTHER")),
+            (2, 1)
+        );
+        // And back: texts that went are taken again, tags and names cleared.
+        let s = v.begin_sync();
+        v.reconcile(s, &mut make(&["n1"], vec![conn("n1", 1, "u")]));
+        assert_eq!(held(&v, "ID-n1", 1), &conn("n1", 1, "u"));
+        assert_eq!((v.len(), v.count("OTHER", "x")), (1, 0));
     }
 }
 
@@ -83,8 +153,8 @@ fn events_during_a_sweep_are_neither_lost_nor_counted_twice() {
     v.apply(Delta::Open(conn("n1", 4, "u")));
     v.apply(close("n1", 2));
     let reply = vec![conn("n1", 2, "u"), conn("n1", 3, "u")];
-    v.reconcile(s, &snap(&["n1"], reply));
-    let mut cids: Vec<u64> = v.conns.keys().map(|(_, c)| *c).collect();
+    v.reconcile(s, &mut snap(&["n1"], reply));
+    let mut cids: Vec<u64> = v.connections().map(|c| c.cid).collect();
     cids.sort_unstable();
     assert_eq!(cids, vec![3, 4]);
     assert_eq!(v.count("APP", "u"), 2);
@@ -103,12 +173,12 @@ fn an_event_sent_just_before_its_server_lists_the_connection_is_not_lost() {
     // list, taken a moment later, does not show the connection yet.
     v.apply(Delta::Open(conn("n1", 1, "u")));
     let s = v.begin_sync();
-    v.reconcile(s, &snap(&["n1"], vec![]));
+    v.reconcile(s, &mut snap(&["n1"], vec![]));
     assert_eq!(v.count("APP", "u"), 1);
     // Likewise a disconnect sent before the list stops showing the connection.
     v.apply(close("n1", 1));
     let s = v.begin_sync();
-    v.reconcile(s, &snap(&["n1"], vec![conn("n1", 1, "u")]));
+    v.reconcile(s, &mut snap(&["n1"], vec![conn("n1", 1, "u")]));
     assert_eq!(v.count("APP", "u"), 0);
 }
 
@@ -131,7 +201,7 @@ fn a_connection_listed_before_it_authenticated_takes_its_connect_events_identity
         if event_during_the_sweep {
             v.apply(Delta::Open(conn("n1", 5, "app")));
         }
-        v.reconcile(s, &snap(&["n1"], vec![unauthenticated(5)]));
+        v.reconcile(s, &mut snap(&["n1"], vec![unauthenticated(5)]));
         if !event_during_the_sweep {
             assert_eq!(v.count("$G", ""), 1);
             assert_eq!(
@@ -141,9 +211,9 @@ fn a_connection_listed_before_it_authenticated_takes_its_connect_events_identity
         }
         assert_eq!(v.count("APP", "app"), 1, "during: {event_during_the_sweep}");
         assert_eq!(v.count("$G", ""), 0, "during: {event_during_the_sweep}");
-        let held = &v.conns[&("ID-n1".into(), 5)];
+        let held = held(&v, "ID-n1", 5);
         assert_eq!((held.name.as_str(), held.idle.as_secs()), ("w", 3));
-        assert_eq!(v.users.len(), 1);
+        assert_eq!(v.counts.users.len(), 1);
         assert_eq!(v.clients_of("ID-n1", "APP"), 1);
         assert_eq!(v.clients_of("ID-n1", "$G"), 0);
     }
@@ -165,7 +235,7 @@ fn a_reply_replaces_what_events_got_wrong() {
     v.apply(Delta::Open(conn("n1", 9, "ghost")));
     v.gap("slow consumer");
     let s = v.begin_sync();
-    v.reconcile(s, &snap(&["n1"], vec![conn("n1", 1, "u")]));
+    v.reconcile(s, &mut snap(&["n1"], vec![conn("n1", 1, "u")]));
     assert_eq!(v.count("APP", "ghost"), 0);
     assert_eq!(v.count("APP", "u"), 1);
 }
@@ -175,10 +245,10 @@ fn a_gap_during_a_sweep_keeps_the_view_incomplete() {
     let mut v = LiveView::new();
     let s = v.begin_sync();
     v.gap("reconnected");
-    v.reconcile(s, &snap(&["n1"], vec![]));
+    v.reconcile(s, &mut snap(&["n1"], vec![]));
     assert_eq!(v.incomplete(), Some("reconnected"));
     let s = v.begin_sync();
-    v.reconcile(s, &snap(&["n1"], vec![]));
+    v.reconcile(s, &mut snap(&["n1"], vec![]));
     assert!(v.incomplete().is_none());
 }
 
@@ -186,19 +256,19 @@ fn a_gap_during_a_sweep_keeps_the_view_incomplete() {
 fn while_paused_sweeps_keep_the_view_current_but_never_complete() {
     let mut v = LiveView::new();
     let s = v.begin_sync();
-    v.reconcile(s, &snap(&["n1"], vec![]));
+    v.reconcile(s, &mut snap(&["n1"], vec![]));
     assert!(v.incomplete().is_none());
     v.pause("over the rate");
     // Sweeps alone keep the counts (what every sweep reads), not the completeness.
     let s = v.begin_sync();
-    v.reconcile(s, &snap(&["n1"], vec![conn("n1", 1, "u")]));
+    v.reconcile(s, &mut snap(&["n1"], vec![conn("n1", 1, "u")]));
     assert_eq!(v.count("APP", "u"), 1);
     assert_eq!(v.incomplete(), Some("over the rate"));
     // Following again: complete after the next complete sweep, not before.
     v.resume("following again");
     assert_eq!(v.incomplete(), Some("following again"));
     let s = v.begin_sync();
-    v.reconcile(s, &snap(&["n1"], vec![]));
+    v.reconcile(s, &mut snap(&["n1"], vec![]));
     assert!(v.incomplete().is_none());
     assert_eq!(v.count("APP", "u"), 0);
 }
@@ -209,7 +279,7 @@ fn two_servers_reconciled() -> LiveView {
     let s = v.begin_sync();
     v.reconcile(
         s,
-        &snap(&["n1", "n2"], vec![conn("n1", 1, "u"), conn("n2", 1, "u")]),
+        &mut snap(&["n1", "n2"], vec![conn("n1", 1, "u"), conn("n2", 1, "u")]),
     );
     v
 }
@@ -222,7 +292,7 @@ fn a_partial_sweep_keeps_the_silent_servers_connections_and_is_incomplete() {
     let mut partial = snap(&["n1"], vec![conn("n1", 1, "u")]);
     partial.servers_expected = 2;
     partial.missing = vec!["n2".into()];
-    v.reconcile(s, &partial);
+    v.reconcile(s, &mut partial);
     assert_eq!(v.count("APP", "u"), 2);
     assert!(v.incomplete().is_some());
 }
@@ -232,7 +302,7 @@ fn a_complete_sweep_drops_a_restarted_servers_old_id() {
     let mut v = two_servers_reconciled();
     v.gap("n2 restarted");
     let s = v.begin_sync();
-    v.reconcile(s, &snap(&["n1"], vec![conn("n1", 1, "u")]));
+    v.reconcile(s, &mut snap(&["n1"], vec![conn("n1", 1, "u")]));
     assert_eq!(v.count("APP", "u"), 1);
     assert!(!v.servers().contains_key("ID-n2"));
 }
@@ -250,7 +320,7 @@ fn a_sweep_that_hears_a_new_server_id_first_is_a_gap() {
     let mut sweep = snap(&["n1", "n2"], vec![conn("n1", 1, "u"), restarted]);
     sweep.servers[1].id = "ID-n2-restarted".into();
     assert_eq!(
-        v.reconcile(s, &sweep),
+        v.reconcile(s, &mut sweep),
         vec![("ID-n2-restarted".to_string(), "n2".to_string())]
     );
     assert!(v.incomplete().unwrap().contains("new or restarted"));
@@ -259,7 +329,7 @@ fn a_sweep_that_hears_a_new_server_id_first_is_a_gap() {
     assert_eq!(v.count("APP", "u"), 2);
     // The next complete sweep holds the new id already: complete, nothing new.
     let s = v.begin_sync();
-    assert!(v.reconcile(s, &sweep).is_empty());
+    assert!(v.reconcile(s, &mut sweep).is_empty());
     assert!(v.incomplete().is_none());
 }
 
@@ -267,7 +337,7 @@ fn a_sweep_that_hears_a_new_server_id_first_is_a_gap() {
 fn the_first_sweep_hears_no_new_server() {
     let mut v = LiveView::new();
     let s = v.begin_sync();
-    assert!(v.reconcile(s, &snap(&["n1", "n2"], vec![])).is_empty());
+    assert!(v.reconcile(s, &mut snap(&["n1", "n2"], vec![])).is_empty());
     assert!(v.incomplete().is_none());
 }
 
@@ -288,19 +358,19 @@ fn a_user_read_replaces_only_that_users_connections() {
         s,
         &scope,
         &[("ID-n1".into(), "n1".into())],
-        vec![detailed.clone()],
+        [detailed.view()],
     );
     assert_eq!(v.count("APP", "u"), 2);
     assert_eq!(v.count("APP", "other"), 1);
-    assert_eq!(v.conns[&("ID-n1".into(), 1)].idle, detailed.idle);
+    assert_eq!(held(&v, "ID-n1", 1).idle, detailed.idle);
 }
 
 #[test]
 fn the_view_as_a_snapshot_counts_per_server_and_says_when_incomplete() {
     let mut v = LiveView::new();
     let s = v.begin_sync();
-    let sweep = snap(&["n1", "n2"], vec![conn("n1", 1, "u")]);
-    v.reconcile(s, &sweep);
+    let mut sweep = snap(&["n1", "n2"], vec![conn("n1", 1, "u")]);
+    v.reconcile(s, &mut sweep);
     v.apply(Delta::Open(conn("n2", 7, "u")));
     let now = Utc::now();
     let live = v.snapshot(&sweep, now);
@@ -334,7 +404,7 @@ fn leafnode_connections_of_servers_whose_connz_omits_them_survive_reconciles() {
     let mut sweep = snap(&["n1", "n2"], vec![conn("n1", 1, "u")]);
     sweep.leafnodes_unlisted = vec!["ID-n1".into()];
     let sync = v.begin_sync();
-    v.reconcile(sync, &sweep);
+    v.reconcile(sync, &mut sweep);
     assert_eq!(v.count("APP", "leafuser"), 1);
     assert!(v.connections().any(|c| c.cid == 7 && c.server == "n1"));
     // Its disconnect event still closes it.
@@ -347,41 +417,40 @@ fn leafnode_connections_of_servers_whose_connz_omits_them_survive_reconciles() {
         v.apply(Delta::Open(conn("n1", 1, "u")));
     }
     let sync = v.begin_sync();
-    v.reconcile(sync, &snap(&["n1", "n2"], vec![conn("n1", 1, "u")]));
+    v.reconcile(sync, &mut snap(&["n1", "n2"], vec![conn("n1", 1, "u")]));
     assert_eq!(v.count("APP", "leafuser"), 0);
 }
 
 #[test]
 fn entries_share_their_texts_and_unused_ones_are_let_go() {
     let mut v = LiveView::new();
-    // A reply's connections share their texts already (one per distinct value of the reply,
-    // as its parser hands them out): kept as they are, nothing looked up again.
-    let mut reply = crate::intern::Interner::default();
+    // A reply's connections, each with its own copies of the texts, take the view's: server,
+    // server id, kind, ip, name ("w"), account, users u and v, one copy each.
     let conns: Vec<Connection> = (0..500)
-        .map(|i| {
-            conn("n1", i, ["u", "v"][i as usize % 2])
-                .view()
-                .to_connection(&mut reply)
-        })
+        .map(|i| conn("n1", i, ["u", "v"][i as usize % 2]))
         .collect();
-    let account = conns[0].account.clone();
     let s = v.begin_sync();
-    v.finish_sync(s, &Scope::All, &[("ID-n1".into(), "n1".into())], conns);
-    assert_eq!((v.len(), v.texts.len()), (500, 0));
+    let n1 = [("ID-n1".into(), "n1".into())];
+    v.finish_sync(s, &Scope::All, &n1, conns.iter().map(Connection::view));
+    assert_eq!((v.len(), v.texts.len()), (500, 8));
+    let account = held(&v, "ID-n1", 0).account.clone();
     assert!(v
         .connections()
         .all(|c| std::ptr::eq(c.account.as_str(), account.as_str())));
-    // User v gone (a sweep that no longer lists it).
+    // User v gone (a sweep that no longer lists it): its text goes with it. The connections
+    // listed again keep the view's texts.
     let s = v.begin_sync();
     let left: Vec<Connection> = (0..500).step_by(2).map(|i| conn("n1", i, "u")).collect();
-    v.finish_sync(s, &Scope::All, &[("ID-n1".into(), "n1".into())], left);
-    assert_eq!((v.len(), v.count("APP", "v")), (250, 0));
-    // Connect events, each with its own copies of the texts, share the view's: server, server
-    // id, kind, ip, account, and "w" (name and user), one copy each.
+    v.finish_sync(s, &Scope::All, &n1, left.iter().map(Connection::view));
+    assert_eq!((v.len(), v.count("APP", "v"), v.texts.len()), (250, 0, 7));
+    assert!(v
+        .connections()
+        .all(|c| std::ptr::eq(c.account.as_str(), account.as_str())));
+    // Connect events share the view's texts too: only n2 and its id are new.
     for cid in [900, 901] {
         v.apply(Delta::Open(conn("n2", cid, "w")));
     }
-    assert_eq!(v.texts.len(), 6);
+    assert_eq!(v.texts.len(), 9);
     let w: Vec<&Connection> = v.connections().filter(|c| c.user == "w").collect();
     assert!(std::ptr::eq(w[0].user.as_str(), w[1].user.as_str()));
     // Once the events are out of the journal and their connections closed, their texts go.
@@ -390,5 +459,5 @@ fn entries_share_their_texts_and_unused_ones_are_let_go() {
     }
     v.journal.clear();
     v.texts.forget_unused();
-    assert_eq!(v.texts.len(), 0);
+    assert_eq!(v.texts.len(), 7);
 }

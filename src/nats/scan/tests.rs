@@ -1,6 +1,7 @@
 //! The scanner against the serde path of `page`: the same connections, heads and refusals over
 //! page's own cases, generated replies, their truncations and single-byte corruptions.
 
+use crate::stamp::Stamp;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -43,8 +44,8 @@ fn serde_view(c: &Connection, with_idle: bool) -> View {
         cid: c.cid,
         kind: c.kind.to_string(),
         ip: c.ip.to_string(),
-        start: c.start,
-        last_activity: c.last_activity,
+        start: c.start.and_then(Stamp::time),
+        last_activity: c.last_activity.and_then(Stamp::time),
         idle: with_idle.then_some(c.idle),
         subscriptions: c.subscriptions,
         in_msgs: c.in_msgs,

@@ -388,9 +388,9 @@ fn sweeper_method(a: &MethodArgs) -> anyhow::Result<Measured> {
 /// What `connwatch run` does with a sweep in a live round: the view takes its connections.
 /// Returns the sweep without them (its servers, missing, errors).
 fn reconcile(view: &mut LiveView, sync: SyncId, mut snap: Snapshot) -> Snapshot {
-    let connections = std::mem::take(&mut snap.connections);
-    let compact = std::mem::take(&mut snap.compact);
-    view.reconcile_with(sync, &snap, connections.into_iter().chain(compact));
+    view.reconcile(sync, &mut snap);
+    snap.connections = Vec::new();
+    snap.compact = Default::default();
     snap
 }
 
