@@ -74,6 +74,11 @@ struct RunArgs {
     /// Timed sweeps per method and size (the median is reported).
     #[arg(long, default_value_t = 5)]
     runs: usize,
+    /// Split each method's sweeps into this many blocks, the methods taking turns block by
+    /// block (each block a process of its own, with its own warm-up sweep), so a burst of load
+    /// on the machine falls on several methods' sweeps instead of one method's.
+    #[arg(long, default_value_t = 1)]
+    blocks: usize,
     /// Application accounts (A00 is the hot one).
     #[arg(long, default_value_t = 50)]
     accounts: usize,
@@ -186,6 +191,34 @@ struct Measured {
     /// over the timed sweeps (connwatch methods, `report`).
     #[serde(default)]
     peak_in_flight: f64,
+}
+
+impl Measured {
+    /// Adds another block's measurements of the same method: the sweeps of both, per-sweep
+    /// figures weighted by their sweeps, peaks the higher.
+    fn join(&mut self, o: Measured) {
+        let (a, b) = (self.wall_ms.len() as f64, o.wall_ms.len() as f64);
+        let mean = |x: f64, y: f64| {
+            if a + b > 0.0 {
+                (x * a + y * b) / (a + b)
+            } else {
+                x
+            }
+        };
+        self.cpu_ms = mean(self.cpu_ms, o.cpu_ms);
+        self.bytes = mean(self.bytes, o.bytes);
+        self.requests = mean(self.requests, o.requests);
+        self.connections = mean(self.connections, o.connections);
+        self.server_cpu_ms_raw = mean(self.server_cpu_ms_raw, o.server_cpu_ms_raw);
+        self.census_ms = mean(self.census_ms, o.census_ms);
+        self.window_ms += o.window_ms;
+        self.peak_rss_kb = self.peak_rss_kb.max(o.peak_rss_kb);
+        self.later_peak_rss_kb = self.later_peak_rss_kb.max(o.later_peak_rss_kb);
+        self.rss_after_10_kb = self.rss_after_10_kb.max(o.rss_after_10_kb);
+        self.rss_end_kb = o.rss_end_kb;
+        self.peak_in_flight = self.peak_in_flight.max(o.peak_in_flight);
+        self.wall_ms.extend(o.wall_ms);
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -921,12 +954,22 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
         }
 
         let mut rows: Vec<Measured> = Vec::new();
-        for method in &methods {
-            eprintln!("  {method}");
+        let blocks = args.blocks.clamp(1, args.runs.max(1));
+        for (block, method) in (0..blocks).flat_map(|b| methods.iter().map(move |m| (b, m))) {
+            // This block's share of the sweeps (the first blocks take the odd ones).
+            let runs = args.runs / blocks + usize::from(block < args.runs % blocks);
+            if blocks > 1 {
+                eprintln!(
+                    "  {method} (block {} of {blocks}, {runs} sweeps)",
+                    block + 1
+                );
+            } else {
+                eprintln!("  {method}");
+            }
             let m = match method.as_str() {
                 "report" => external(
                     method,
-                    args.runs,
+                    runs,
                     &pids,
                     || {
                         let mut c = Command::new(&connwatch_bin);
@@ -947,7 +990,7 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
                     let bytes = curl_bytes(&cluster)?;
                     external(
                         method,
-                        args.runs,
+                        runs,
                         &pids,
                         || {
                             let mut c = Command::new("sh");
@@ -963,7 +1006,7 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
                         .as_ref()
                         .context("main:<method> needs --baseline-bench")?;
                     let base = &kind["main:".len()..];
-                    let u = run_measured(Command::new(bench).args(method_args(base, args.runs)))?;
+                    let u = run_measured(Command::new(bench).args(method_args(base, runs)))?;
                     let mut m: Measured = serde_json::from_str(u.stdout.trim())
                         .with_context(|| format!("method {kind}: {}", u.stdout))?;
                     m.kind = kind.to_string();
@@ -979,12 +1022,15 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
                         }
                         None => Command::new(&exe),
                     };
-                    let u = run_measured(cmd.args(method_args(kind, args.runs)))?;
+                    let u = run_measured(cmd.args(method_args(kind, runs)))?;
                     serde_json::from_str(u.stdout.trim())
                         .with_context(|| format!("method {kind}: {}", u.stdout))?
                 }
             };
-            rows.push(m);
+            match rows.iter_mut().find(|r| r.kind == m.kind) {
+                Some(r) => r.join(m),
+                None => rows.push(m),
+            }
         }
         for m in &mut rows {
             m.server_cpu_ms = (m.server_cpu_ms_raw
