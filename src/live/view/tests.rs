@@ -1,6 +1,8 @@
 //! The live view's tests, as plain data.
 use super::*;
 use crate::stamp::Stamp;
+use proptest::prelude::*;
+use std::collections::BTreeMap;
 
 fn conn(server: &str, cid: u64, user: &str) -> Connection {
     Connection {
@@ -70,10 +72,11 @@ fn a_listed_connection_is_held_as_its_server_lists_it_now() {
     for make in [snap, compact_snap] {
         let mut v = LiveView::new();
         let s = v.begin_sync();
-        let before = vec![conn("n1", 1, "u"), conn("n1", 2, "u"), conn("n1", 3, "u")];
+        let before = (1..=4).map(|cid| conn("n1", cid, "u")).collect();
         v.reconcile(s, &mut make(&["n1"], before));
         // Listed again: every field of 1 changed but its identity (updated in place), 2 now
-        // another user's in another account (counts move), 3 the same.
+        // another user's in another account, 4 another user's in the same account (counts
+        // move), 3 the same.
         let now = Connection {
             server: "n1-renamed".into(),
             ip: "10.0.0.9".into(),
@@ -98,22 +101,32 @@ fn a_listed_connection_is_held_as_its_server_lists_it_now() {
             s,
             &mut make(
                 &["n1"],
-                vec![now.clone(), moved.clone(), conn("n1", 3, "u")],
+                vec![
+                    now.clone(),
+                    moved.clone(),
+                    conn("n1", 3, "u"),
+                    conn("n1", 4, "y"),
+                ],
             ),
         );
         assert_eq!(held(&v, "ID-n1", 1), &now);
         assert_eq!(held(&v, "ID-n1", 2), &moved);
         assert_eq!(held(&v, "ID-n1", 3), &conn("n1", 3, "u"));
-        assert_eq!((v.count("APP", "u"), v.count("OTHER", "x")), (2, 1));
+        assert_eq!(held(&v, "ID-n1", 4), &conn("n1", 4, "y"));
+        let counts = ["u", "y"].map(|u| v.count("APP", u));
+        assert_eq!((counts, v.count("OTHER", "x")), ([2, 1], 1));
         assert_eq!(
             (v.clients_of("ID-n1", "APP"), v.clients_of("ID-n1", "OTHER")),
-            (2, 1)
+            (3, 1)
         );
         // And back: texts that went are taken again, tags and names cleared.
         let s = v.begin_sync();
         v.reconcile(s, &mut make(&["n1"], vec![conn("n1", 1, "u")]));
         assert_eq!(held(&v, "ID-n1", 1), &conn("n1", 1, "u"));
-        assert_eq!((v.len(), v.count("OTHER", "x")), (1, 0));
+        assert_eq!(
+            (v.len(), v.count("OTHER", "x"), v.count("APP", "y")),
+            (1, 0, 0)
+        );
     }
 }
 
@@ -460,4 +473,193 @@ fn entries_share_their_texts_and_unused_ones_are_let_go() {
     v.journal.clear();
     v.texts.forget_unused();
     assert_eq!(v.texts.len(), 7);
+}
+
+/// What happens on the servers in [`the_view_equals_the_servers_after_every_complete_sweep`]:
+/// a connection opens (server, user), one closes (an index into those open), or one's
+/// counters move (no event: only a listing shows it).
+#[derive(Debug, Clone)]
+enum Happening {
+    Open(usize, usize),
+    Close(usize),
+    Bump(usize),
+}
+
+fn happening() -> impl Strategy<Value = Happening> {
+    prop_oneof![
+        (0..3usize, 0..3usize).prop_map(|(s, u)| Happening::Open(s, u)),
+        any::<usize>().prop_map(Happening::Close),
+        any::<usize>().prop_map(Happening::Bump),
+    ]
+}
+
+/// A step: something happens (its event applied at once), or happens with its event lost (a
+/// gap, as connwatch's slow-consumer drop or reconnect is), or a sweep: things happen after it
+/// begins, then the servers list (but `missing`), then more happens, then it is reconciled
+/// (through the compact list or not).
+#[derive(Debug, Clone)]
+enum Step {
+    Happen(Happening),
+    Lost(Happening),
+    Sweep {
+        before: Vec<Happening>,
+        after: Vec<Happening>,
+        missing: Option<usize>,
+        compact: bool,
+    },
+}
+
+/// The servers' own connections: (server, cid) → connection.
+#[derive(Default)]
+struct Servers {
+    open: BTreeMap<(usize, u64), Connection>,
+    next_cid: u64,
+}
+
+impl Servers {
+    /// Makes `h` happen; returns its event, if it has one.
+    fn happen(&mut self, h: &Happening) -> Option<Delta> {
+        let pick = |i: usize, open: &BTreeMap<(usize, u64), Connection>| {
+            (!open.is_empty()).then(|| *open.keys().nth(i % open.len()).expect("in range"))
+        };
+        match *h {
+            Happening::Open(s, u) => {
+                self.next_cid += 1;
+                let c = conn(&format!("n{s}"), self.next_cid, ["u0", "u1", "u2"][u]);
+                self.open.insert((s, self.next_cid), c.clone());
+                Some(Delta::Open(c))
+            }
+            Happening::Close(i) => {
+                let key = pick(i, &self.open)?;
+                let c = self.open.remove(&key).expect("picked");
+                Some(Delta::Close {
+                    server_id: c.server_id.to_string(),
+                    cid: c.cid,
+                })
+            }
+            Happening::Bump(i) => {
+                let key = pick(i, &self.open)?;
+                let c = self.open.get_mut(&key).expect("picked");
+                c.in_msgs += 1;
+                c.idle += std::time::Duration::from_secs(1);
+                None
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// Whatever happens between and during sweeps, after each sweep every answering server's
+    /// connections in the view are the server's own (users, counts per user and per server and
+    /// account, and the counters its listing showed), and a complete sweep leaves the view
+    /// complete.
+    #[test]
+    fn the_view_equals_the_servers_after_every_complete_sweep(
+        steps in proptest::collection::vec(
+            prop_oneof![
+                3 => happening().prop_map(Step::Happen),
+                1 => happening().prop_map(Step::Lost),
+                1 => (
+                    proptest::collection::vec(happening(), 0..6),
+                    proptest::collection::vec(happening(), 0..6),
+                    proptest::option::weighted(0.2, 0..3usize),
+                    proptest::bool::ANY,
+                ).prop_map(|(before, after, missing, compact)| Step::Sweep { before, after, missing, compact }),
+            ],
+            1..40,
+        )
+    ) {
+        let mut v = LiveView::new();
+        let mut servers = Servers::default();
+        // Servers some sweep heard: one heard first by a later sweep is a gap (new, or
+        // restarted), which the next complete sweep closes.
+        let mut heard = std::collections::BTreeSet::new();
+        for step in steps {
+            let (before, after, missing, compact) = match step {
+                Step::Happen(h) => {
+                    if let Some(d) = servers.happen(&h) {
+                        v.apply(d);
+                    }
+                    continue;
+                }
+                Step::Lost(h) => {
+                    servers.happen(&h);
+                    v.gap("events lost");
+                    continue;
+                }
+                Step::Sweep { before, after, missing, compact } => (before, after, missing, compact),
+            };
+            let s = v.begin_sync();
+            for h in &before {
+                if let Some(d) = servers.happen(h) {
+                    v.apply(d);
+                }
+            }
+            let answering: Vec<usize> = (0..3).filter(|s| Some(*s) != missing).collect();
+            let listed: Vec<Connection> = servers
+                .open
+                .iter()
+                .filter(|((s, _), _)| answering.contains(s))
+                .map(|(_, c)| c.clone())
+                .collect();
+            for h in &after {
+                if let Some(d) = servers.happen(h) {
+                    v.apply(d);
+                }
+            }
+            let names: Vec<String> = answering.iter().map(|s| format!("n{s}")).collect();
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let mut sweep = if compact {
+                compact_snap(&names, listed.clone())
+            } else {
+                snap(&names, listed.clone())
+            };
+            sweep.servers_expected = 3;
+            v.reconcile(s, &mut sweep);
+            // Each answering server's connections are its own: keys and users.
+            for server in &answering {
+                let sid = format!("ID-n{server}");
+                let mut held: Vec<(u64, String)> = v
+                    .connections()
+                    .filter(|c| c.server_id == sid)
+                    .map(|c| (c.cid, c.user.to_string()))
+                    .collect();
+                held.sort();
+                let own: Vec<(u64, String)> = servers
+                    .open
+                    .iter()
+                    .filter(|((s, _), _)| s == server)
+                    .map(|((_, cid), c)| (*cid, c.user.to_string()))
+                    .collect();
+                prop_assert_eq!(held, own, "server n{}", server);
+                let clients = servers.open.keys().filter(|(s, _)| s == server).count() as u64;
+                prop_assert_eq!(v.clients_of(&sid, "APP"), clients);
+            }
+            // Counts per user agree with the connections held.
+            for user in ["u0", "u1", "u2"] {
+                let held = v.connections().filter(|c| c.user == user).count() as u64;
+                prop_assert_eq!(v.count("APP", user), held, "user {}", user);
+            }
+            // A connection listed and still open holds the counters its listing showed.
+            for c in &listed {
+                if servers.open.contains_key(&(c.server.as_str()[1..].parse().unwrap(), c.cid)) {
+                    prop_assert_eq!(held(&v, &c.server_id, c.cid), c);
+                }
+            }
+            let new_server = !heard.is_empty() && answering.iter().any(|s| !heard.contains(s));
+            heard.extend(answering.iter().copied());
+            if missing.is_none() {
+                prop_assert_eq!(v.len(), servers.open.len());
+                prop_assert_eq!(v.incomplete().is_none(), !new_server);
+            } else {
+                prop_assert!(v.incomplete().is_some());
+            }
+        }
+    }
 }
