@@ -1,9 +1,10 @@
 //! A sweep's connections held compactly while its replies are parsed: each text a `u32` index
 //! into one table of shared [`Str`]s (one entry per distinct value for the whole sweep), times
 //! as whole seconds and nanoseconds, so a connection takes about 100 bytes instead of a
-//! [`Connection`]'s 168. The live view takes them over one at a time ([`ConnList::into_iter`]):
-//! each [`Connection`] is rebuilt by cloning the table's [`Str`]s (reference counts, no text
-//! copied).
+//! [`Connection`]'s 168. The live view reads them in place ([`ConnList::iter`]), its table's
+//! texts first taken from the view's own ([`ConnList::share_texts`]); what needs
+//! [`Connection`]s builds each one by cloning the table's [`Str`]s ([`ConnList::into_iter`]:
+//! reference counts, no text copied).
 
 use std::collections::HashMap;
 use std::time::Duration;

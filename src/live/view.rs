@@ -80,10 +80,11 @@ pub enum Scope {
 }
 
 impl Scope {
-    fn holds(&self, c_account: &str, c_user: &str) -> bool {
+    /// Whether a connection of `conn_account` and `conn_user` is in the scope.
+    fn holds(&self, conn_account: &str, conn_user: &str) -> bool {
         match self {
             Scope::All => true,
-            Scope::User { account, user } => c_account == account && c_user == user,
+            Scope::User { account, user } => conn_account == account && conn_user == user,
         }
     }
 }
@@ -177,7 +178,7 @@ fn list(server: &mut ServerConns, counts: &mut Counts, texts: &mut Interner, c: 
             return;
         }
     };
-    // Not in the journal: updated where it is, no allocation.
+    // Updated where it is (copied first only while the journal shares it).
     let h = Arc::make_mut(held);
     let text = |held: &mut Str, now: &str, texts: &mut Interner| {
         if !same(held, now) {
