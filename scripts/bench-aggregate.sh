@@ -7,6 +7,8 @@
 #   scripts/bench-aggregate.sh                       # 45,000 connections, 7 sweeps per method
 #   scripts/bench-aggregate.sh --sizes 10000 --runs 5
 #   ORDER=tree-first scripts/bench-aggregate.sh      # this tree's methods before main's
+#   PIN=1 scripts/bench-aggregate.sh --sizes 45000 --runs 60 --blocks 10
+#                                   # servers and load on core 0, each method on core 1
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -62,7 +64,12 @@ args=("$@")
 methods=floor,main:connwatch,connwatch,main:connwatch-live,connwatch-live
 [ "${ORDER:-}" != tree-first ] || methods=floor,connwatch,main:connwatch,connwatch-live,main:connwatch-live
 echo "- methods in this order: $methods"
-target/release/connwatch-bench run --soak-sweeps 0 \
+# PIN=1: the servers and their load on core 0, the method measured on core 1 (as when the
+# servers run on hosts of their own: the client's CPU is not taken from them).
+pin=()
+[ "${PIN:-}" != 1 ] || pin=(taskset -c 0)
+[ "${PIN:-}" != 1 ] || args+=(--wrap "taskset -c 1")
+"${pin[@]}" target/release/connwatch-bench run --soak-sweeps 0 \
     --methods "$methods" \
     --baseline-bench target/bench/main-connwatch-bench --out target/bench/aggregate.json "${args[@]}"
 echo "- load after: $(uptime)"

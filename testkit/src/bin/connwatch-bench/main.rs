@@ -103,8 +103,9 @@ struct RunArgs {
     /// Where the results go (JSON).
     #[arg(long, default_value = "target/bench/results.json")]
     out: PathBuf,
-    /// Run the in-process methods under this command, e.g. `perf record -g -o perf.data --`
-    /// (profiling; the numbers then include the wrapper).
+    /// Run the in-process methods (and `main:` ones) under this command: `perf record -g -o
+    /// perf.data --` (profiling; the numbers then include the wrapper), or `taskset -c 1` (the
+    /// method on a core of its own, the bench and its servers started under `taskset -c 0`).
     #[arg(long)]
     wrap: Option<String>,
     /// The connwatch binary for the end-to-end `report` method [default: next to this one].
@@ -953,6 +954,16 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
             soak = Some(serde_json::from_str(u.stdout.trim())?);
         }
 
+        // A method's process, under `--wrap` when given.
+        let wrapped = |program: &Path| match &args.wrap {
+            Some(w) => {
+                let mut w = w.split_whitespace();
+                let mut c = Command::new(w.next().unwrap_or("env"));
+                c.args(w).arg(program);
+                c
+            }
+            None => Command::new(program),
+        };
         let mut rows: Vec<Measured> = Vec::new();
         let blocks = args.blocks.clamp(1, args.runs.max(1));
         for (block, method) in (0..blocks).flat_map(|b| methods.iter().map(move |m| (b, m))) {
@@ -1006,23 +1017,14 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
                         .as_ref()
                         .context("main:<method> needs --baseline-bench")?;
                     let base = &kind["main:".len()..];
-                    let u = run_measured(Command::new(bench).args(method_args(base, runs)))?;
+                    let u = run_measured(wrapped(bench).args(method_args(base, runs)))?;
                     let mut m: Measured = serde_json::from_str(u.stdout.trim())
                         .with_context(|| format!("method {kind}: {}", u.stdout))?;
                     m.kind = kind.to_string();
                     m
                 }
                 kind => {
-                    let mut cmd = match &args.wrap {
-                        Some(w) => {
-                            let mut w = w.split_whitespace();
-                            let mut c = Command::new(w.next().unwrap_or("env"));
-                            c.args(w).arg(&exe);
-                            c
-                        }
-                        None => Command::new(&exe),
-                    };
-                    let u = run_measured(cmd.args(method_args(kind, runs)))?;
+                    let u = run_measured(wrapped(&exe).args(method_args(kind, runs)))?;
                     serde_json::from_str(u.stdout.trim())
                         .with_context(|| format!("method {kind}: {}", u.stdout))?
                 }
