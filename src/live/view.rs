@@ -425,6 +425,9 @@ impl LiveView {
                 }
                 !stale
             });
+            if server.is_empty() {
+                self.conns.remove(*sid);
+            }
         }
         let replay: Vec<Change> = self
             .journal

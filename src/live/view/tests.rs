@@ -641,6 +641,8 @@ proptest! {
                 let clients = servers.open.keys().filter(|(s, _)| s == server).count() as u64;
                 prop_assert_eq!(v.clients_of(&sid, "APP"), clients);
             }
+            // No server is held without connections.
+            prop_assert!(v.conns.values().all(|s| !s.is_empty()));
             // Counts per user agree with the connections held.
             for user in ["u0", "u1", "u2"] {
                 let held = v.connections().filter(|c| c.user == user).count() as u64;
