@@ -405,7 +405,7 @@ pub struct Snapshot {
     /// reply (one snapshot of it). Empty when the sweep only counted them (`census`).
     pub connections: Vec<Connection>,
     /// The same, listed compactly instead ([`crate::sweep::Collecting::Compact`]: for the live
-    /// view, which takes them over one at a time); empty otherwise. A sweep fills one of
+    /// view, which reads them in place); empty otherwise. A sweep fills one of
     /// `connections`, `compact` and `census`.
     pub compact: crate::connlist::ConnList,
     /// The census of the servers in `servers`, built while their replies were parsed, when the

@@ -99,7 +99,7 @@ pub enum Collecting {
     #[default]
     List,
     /// Every connection, compactly, into [`Snapshot::compact`] (about 100 bytes a connection
-    /// instead of 168, for the live view, which takes them over one at a time).
+    /// instead of 168, for the live view, which reads them in place).
     Compact,
     /// Only the census, built while the replies are parsed into [`Snapshot::census`], with the
     /// rules of this one (empty); no connection is held.
