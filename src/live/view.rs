@@ -148,6 +148,23 @@ pub struct LiveView {
     leafnodes_unlisted: HashSet<String>,
 }
 
+/// Asks the processor to load `c` into its cache (a hint; nothing where there is none).
+fn prefetch(c: &Connection) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let p = (c as *const Connection).cast::<i8>();
+        let size = std::mem::size_of::<Connection>();
+        // Every cache line it touches: one per 64 bytes, and the one of its last byte.
+        for at in (0..size).step_by(64).chain([size - 1]) {
+            // SAFETY: a prefetch reads nothing and faults on nothing; `p + at` is inside `c`.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.add(at)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = c;
+}
+
 /// Whether two texts are equal; the same text (shared from one table) is told at once.
 fn same(a: &str, b: &str) -> bool {
     std::ptr::eq(a, b) || a == b
@@ -630,7 +647,17 @@ impl LiveView {
     /// `census` (empty, with its rules), none copied.
     pub fn counted(&self, sweep: &Snapshot, now: DateTime<Utc>, census: Aggregate) -> Snapshot {
         let mut census = census;
-        for c in self.connections() {
+        // Each connection is an allocation of its own, in no order: ask for the ones a few
+        // ahead while counting this one.
+        const AHEAD: usize = 8;
+        let mut all = self.connections();
+        let mut next: std::collections::VecDeque<&Connection> = all.by_ref().take(AHEAD).collect();
+        next.iter().for_each(|c| prefetch(c));
+        while let Some(c) = next.pop_front() {
+            if let Some(n) = all.next() {
+                prefetch(n);
+                next.push_back(n);
+            }
             census.add(&c.view());
         }
         Snapshot {
