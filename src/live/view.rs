@@ -165,6 +165,19 @@ fn prefetch(c: &Connection) {
     let _ = c;
 }
 
+/// The connections held for server `id`, an empty map (keyed by `key()`) made when there is
+/// none.
+fn server_conns<'m>(
+    conns: &'m mut HashMap<Str, ServerConns, FxBuild>,
+    id: &str,
+    key: impl FnOnce() -> Str,
+) -> &'m mut ServerConns {
+    if !conns.contains_key(id) {
+        conns.insert(key(), ServerConns::default());
+    }
+    conns.get_mut(id).expect("just made")
+}
+
 /// Whether two texts are equal; the same text (shared from one table) is told at once.
 fn same(a: &str, b: &str) -> bool {
     std::ptr::eq(a, b) || a == b
@@ -320,10 +333,7 @@ impl LiveView {
     fn apply_only(&mut self, d: Change) -> Option<(Str, Str)> {
         match d {
             Change::Open(c) => {
-                let server = match self.conns.get_mut(c.server_id.as_str()) {
-                    Some(server) => server,
-                    None => self.conns.entry(c.server_id.clone()).or_default(),
-                };
+                let server = server_conns(&mut self.conns, &c.server_id, || c.server_id.clone());
                 if let Some(held) = server.get_mut(&c.cid) {
                     // Known already (from a reply): its counters and idle time are the better
                     // ones. But a server lists a connection from the moment it is accepted,
@@ -409,10 +419,7 @@ impl LiveView {
         while let Some(first) = replies.next() {
             let server_id = first.server_id;
             let mut server = answered.get(server_id).map(|sid| {
-                if !conns.contains_key(server_id) {
-                    conns.insert(texts.get(server_id), ServerConns::default());
-                }
-                let server = conns.get_mut(server_id).expect("just made");
+                let server = server_conns(conns, server_id, || texts.get(server_id));
                 (server, listed.entry(*sid).or_default())
             });
             let mut next = Some(first);

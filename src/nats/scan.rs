@@ -158,6 +158,18 @@ impl<'a> Cursor<'a> {
         }
     }
 
+    /// The colon after a key: at once when it follows the key, else after whitespace.
+    #[inline]
+    fn colon(&mut self) -> Res<()> {
+        match self.b.get(self.i) {
+            Some(b':') => {
+                self.i += 1;
+                Ok(())
+            }
+            _ => self.eat(b':'),
+        }
+    }
+
     /// Consumes `c` after whitespace.
     #[inline]
     fn eat(&mut self, c: u8) -> Res<()> {
@@ -339,10 +351,7 @@ impl<'a> Cursor<'a> {
         if let (Some(&g), Some(w)) = (self.guesses.get(place), next) {
             if w & g.mask == g.word && g.mask != 0 {
                 self.i += g.len;
-                match self.b.get(self.i) {
-                    Some(b':') => self.i += 1,
-                    _ => self.eat(b':')?,
-                }
+                self.colon()?;
                 return Ok(g.field);
             }
         }
@@ -382,10 +391,7 @@ impl<'a> Cursor<'a> {
         if field == OTHER && !raw.is_ascii() && std::str::from_utf8(raw).is_err() {
             return Err(self.err("invalid UTF-8 in a key"));
         }
-        match self.b.get(self.i) {
-            Some(b':') => self.i += 1,
-            _ => self.eat(b':')?,
-        }
+        self.colon()?;
         Ok((field, Some(len)))
     }
 
