@@ -54,6 +54,8 @@ pub struct ConnList {
     /// Distinct tag lists; the first is the empty one.
     tag_lists: Vec<Vec<Str>>,
     tag_index: HashMap<Vec<Str>, u32, FxBuild>,
+    /// Texts and tag lists taken from an [`Interner`] already ([`ConnList::share_texts`]).
+    shared: (usize, usize),
 }
 
 impl Default for ConnList {
@@ -64,6 +66,7 @@ impl Default for ConnList {
             index: HashMap::default(),
             tag_lists: vec![Vec::new()],
             tag_index: HashMap::default(),
+            shared: (0, 0),
         }
     }
 }
@@ -175,15 +178,19 @@ impl ConnList {
 
     /// Takes each text from `texts` instead (the same text, shared with what else holds it):
     /// one look-up per distinct text, however many connections hold it.
+    /// Only the texts added since the last call are looked up (a live sweep shares them server
+    /// by server as it hands each list over).
     pub fn share_texts(&mut self, texts: &mut Interner) {
-        for t in &mut self.texts {
+        let (from_text, from_list) = self.shared;
+        for t in &mut self.texts[from_text..] {
             *t = texts.get(t);
         }
-        for list in &mut self.tag_lists {
+        for list in &mut self.tag_lists[from_list..] {
             for t in list {
                 *t = texts.get(t);
             }
         }
+        self.shared = (self.texts.len(), self.tag_lists.len());
     }
 
     /// Keeps the first `len` connections.
@@ -204,11 +211,20 @@ impl ConnList {
     /// Takes out those listed before they authenticated ([`ConnRef::pending`]); returns how
     /// many ([`crate::snapshot::drop_pending`]).
     pub fn drop_pending(&mut self, auth_required: bool) -> u64 {
+        self.drop_pending_from(0, auth_required)
+    }
+
+    /// [`ConnList::drop_pending`] of the connections from `from` on only.
+    pub fn drop_pending_from(&mut self, from: usize, auth_required: bool) -> u64 {
         if !auth_required {
             return 0;
         }
         let before = self.len();
-        self.retain(|c| !c.pending(true));
+        let mut at = 0;
+        self.retain(|c| {
+            at += 1;
+            at <= from || !c.pending(true)
+        });
         (before - self.len()) as u64
     }
 
@@ -232,7 +248,12 @@ impl ConnList {
 
     /// Every connection, in order, as the census reads them.
     pub fn iter(&self) -> impl Iterator<Item = ConnRef<'_>> {
-        self.rows
+        self.iter_from(0)
+    }
+
+    /// The connections from `from` on, in order.
+    pub fn iter_from(&self, from: usize) -> impl Iterator<Item = ConnRef<'_>> {
+        self.rows[from.min(self.rows.len())..]
             .iter()
             .map(|r| view(&self.texts, &self.tag_lists, r))
     }

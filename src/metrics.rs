@@ -141,6 +141,8 @@ pub struct Metrics {
     pub live_mismatches: Counter,
     /// Client connections each server announced last, summed over its accounts, by server.
     pub live_announced: Family<ServerLabel, Gauge>,
+    /// Servers' lists the live census took as each came, while its sweep still ran.
+    pub live_lists_taken: Counter,
     /// Connections refused (account or server limit, failed authentication), by reason.
     pub connections_refused: Family<ReasonLabel, Counter>,
     /// Per-user connection caps (`[enforce]`).
@@ -209,6 +211,7 @@ impl Metrics {
             live_over_rate: Gauge::default(),
             live_mismatches: Counter::default(),
             live_announced: Family::default(),
+            live_lists_taken: Counter::default(),
             caps: Default::default(),
             registry: Registry::default(),
         };
@@ -386,6 +389,11 @@ impl Metrics {
             m.live_announced.clone(),
         );
         r.register(
+            "live_lists_taken",
+            "Servers' lists the live census took as each came, while its sweep still ran (read with directed requests once who is who was settled)",
+            m.live_lists_taken.clone(),
+        );
+        r.register(
             "connections_refused",
             "Connections refused, from the servers' events, by reason (account_limit, server_limit, auth)",
             m.connections_refused.clone(),
@@ -409,6 +417,7 @@ impl Metrics {
         self.servers_responded.set(snap.servers.len() as i64);
         self.bad_replies.inc_by(snap.bad_replies as u64);
         self.pending_connections.set(snap.pending as i64);
+        self.live_lists_taken.inc_by(snap.handed.len() as u64);
         for e in &snap.errors {
             self.server_errors
                 .get_or_create(&KindLabel {

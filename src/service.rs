@@ -44,6 +44,7 @@ use crate::config::Config;
 use crate::config::ConfigErrors;
 use crate::error::AppError;
 use crate::lifecycle::State as FindingState;
+use crate::live::TakeLists;
 use crate::metrics;
 use crate::metrics::{Health, Metrics};
 use crate::report::SweepSummary;
@@ -452,8 +453,8 @@ impl Service {
         // With the live view, a sweep lists compactly: the view takes the connections over one
         // at a time. Without it, it lists every connection only for what needs them one by one
         // (kicks, and the audit of a dead leader's kicks); otherwise it counts them.
-        let collecting = if self.live.is_some() {
-            Collecting::Compact
+        let collecting = if let (Some(l), Some(sync)) = (&self.live, sync) {
+            Collecting::Live(Arc::new(TakeLists::new(l.view.clone(), sync)))
         } else if self.needs_connections() {
             Collecting::List
         } else {

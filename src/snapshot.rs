@@ -424,14 +424,19 @@ pub struct Snapshot {
     /// Ids of the servers that answered but whose CONNZ does not list leafnode connections
     /// ([`lists_leafnodes`]): the live census keeps their `Leafnode` connections from events.
     pub leafnodes_unlisted: Vec<String>,
+    /// Ids of the servers whose whole lists a live sweep handed to the live view as they came
+    /// ([`crate::sweep::Collecting::Live`]), not in `compact`.
+    pub handed: Vec<String>,
+    /// The connections those lists held.
+    pub handed_connections: u64,
 }
 
 impl Snapshot {
-    /// Connections counted: listed, or in the census.
+    /// Connections counted: listed (or handed to the live view), or in the census.
     pub fn connection_count(&self) -> u64 {
         match &self.census {
             Some(census) => census.connections(),
-            None => (self.connections.len() + self.compact.len()) as u64,
+            None => (self.connections.len() + self.compact.len()) as u64 + self.handed_connections,
         }
     }
 

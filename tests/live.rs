@@ -121,6 +121,18 @@ async fn start_on(
     margin: &str,
     extra: &str,
 ) -> Live {
+    start_with(dir, on, "", reconcile, margin, extra).await
+}
+
+/// [`start_on`] with `sweep` more lines in `[sweep]`.
+async fn start_with(
+    dir: &std::path::Path,
+    on: usize,
+    sweep: &str,
+    reconcile: &str,
+    margin: &str,
+    extra: &str,
+) -> Live {
     let cluster = Cluster::start(
         ClusterSpec::new(dir.join("cluster")).account(
             AccountSpec::new("APP")
@@ -138,7 +150,7 @@ async fn start_on(
     let path = write_config(
         dir,
         &format!(
-            "{}[sweep]\ninterval = \"1h\"\ntimeout = \"1s\"\n[live]\nreconcile_interval = \"{reconcile}\"\nheartbeat_margin = \"{margin}\"\nmax_event_rate = 0\n\
+            "{}[sweep]\ninterval = \"1h\"\ntimeout = \"1s\"\n{sweep}[live]\nreconcile_interval = \"{reconcile}\"\nheartbeat_margin = \"{margin}\"\nmax_event_rate = 0\n\
              [detect]\nidle_threshold = \"10ms\"\n[metrics]\nlisten = \"{listen}\"\nuser_floor = 1\n\
              [service]\nsweep_min_interval = \"0s\"\n{extra}",
             toml
@@ -569,6 +581,39 @@ async fn restart_is_a_gap_and_the_view_resyncs(on: usize) {
 async fn counts_stay_exact_under_churn_with_sweeps_in_between() {
     let dir = tempfile::tempdir().unwrap();
     let live = start(dir.path(), "").await;
+    let summaries = churn_with_sweeps_stays_exact(&live).await;
+    // One PING (and its STATSZ) per sweep: nothing taken before the sweep ends.
+    assert!(
+        summaries.iter().all(|s| s["requests"] == 2),
+        "{summaries:#?}"
+    );
+    assert_eq!(
+        metric(live.listen, "connwatch_live_lists_taken_total"),
+        Some(0.0)
+    );
+}
+
+/// The same with bounded sweeps (`sweep.max_in_flight = 1`: one STATSZ, then a directed read
+/// of each server in turn): the view takes each server's list as it comes, while the events
+/// keep coming and the other servers are still read, and the counts are as exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_stay_exact_under_churn_when_the_view_takes_each_list_as_it_comes() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = start_with(dir.path(), 0, "max_in_flight = 1\n", "1h", "1s", "").await;
+    let summaries = churn_with_sweeps_stays_exact(&live).await;
+    assert!(
+        summaries.iter().all(|s| s["requests"] == 4),
+        "{summaries:#?}"
+    );
+    // Three sweeps under churn (and the first): at least one list a sweep taken as it came.
+    let taken = metric(live.listen, "connwatch_live_lists_taken_total").unwrap_or(0.0);
+    assert!(taken >= 4.0, "lists taken as they came: {taken}");
+}
+
+/// Churn on every server while three sweeps run (requested through the `sweep` endpoint):
+/// afterwards the live census equals every server's own `/connz`. Returns the sweeps'
+/// summaries.
+async fn churn_with_sweeps_stays_exact(live: &Live) -> Vec<Value> {
     // A system-account connection to every server, so each announces its system account too
     // (servers announce an account's count on a change, else every 30 s).
     let mut sys = Vec::new();
@@ -609,6 +654,7 @@ async fn counts_stay_exact_under_churn_with_sweeps_in_between() {
             held
         }));
     }
+    let mut summaries = Vec::new();
     for _ in 0..3 {
         // Each sweep with events arriving before, during and after it.
         let events = metric(live.listen, "connwatch_live_events_total").unwrap_or(0.0);
@@ -623,6 +669,7 @@ async fn counts_stay_exact_under_churn_with_sweeps_in_between() {
             summary["servers_expected"].as_u64().is_some(),
             "{summary:#}"
         );
+        summaries.push(summary);
     }
     stop.store(true, Ordering::Relaxed);
     let mut held = Vec::new();
@@ -688,6 +735,7 @@ async fn counts_stay_exact_under_churn_with_sweeps_in_between() {
     );
     drop(held);
     drop(sys);
+    summaries
 }
 
 /// An event flood: ~4,200 connections opened and closed as fast as the load generator can, on

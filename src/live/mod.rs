@@ -46,10 +46,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::LiveConfig;
+use crate::connlist::ConnList;
 use crate::metrics::{Metrics, ServerLabel};
-use crate::nats::wire::StatszReply;
+use crate::nats::wire::{ServerInfo, StatszReply};
 use crate::nats::{parse, server_subject, System, PING_STATSZ};
 use crate::rules::refused::Refusals;
+use crate::sweep::Handover;
 use churn::ChurnTracker;
 use crosscheck::CrossCheck;
 use follow::{conns_of, is_account_conns, Following};
@@ -63,6 +65,34 @@ const HEARTBEATS: &str = "$SYS.SERVER.*.STATSZ";
 const PROBE_LINGER: Duration = Duration::from_millis(50);
 /// How often the task looks at connwatch's own connection (reconnects, slow consumers).
 const CLIENT_CHECK: Duration = Duration::from_millis(100);
+
+/// Hands a live sweep's whole lists to the view as they come ([`crate::sweep::Handover`]),
+/// for the sync the sweep began. A paused view takes none: its round works from the sweep
+/// alone, which then holds them all.
+#[derive(Debug)]
+pub struct TakeLists {
+    view: Arc<Mutex<LiveView>>,
+    sync: SyncId,
+}
+
+impl TakeLists {
+    /// Hands lists to `view`, for the sync `sync`.
+    pub fn new(view: Arc<Mutex<LiveView>>, sync: SyncId) -> Self {
+        Self { view, sync }
+    }
+}
+
+impl Handover for TakeLists {
+    fn take(&self, server: &ServerInfo, list: &mut ConnList, from: usize) -> bool {
+        let mut view = self.view.lock().expect("live view lock");
+        if view.paused() {
+            return false;
+        }
+        let leafnodes_listed = crate::snapshot::lists_leafnodes(&server.ver);
+        view.take_server(self.sync, &server.id, leafnodes_listed, list, from);
+        true
+    }
+}
 
 /// What the service shares with the live task.
 #[derive(Clone)]

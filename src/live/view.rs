@@ -26,6 +26,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use crate::census::Aggregate;
+use crate::connlist::ConnList;
 use crate::intern::{FxBuild, Interner, Str};
 use crate::snapshot::{ConnRef, Connection, ServerSeen, Snapshot};
 
@@ -404,7 +405,49 @@ impl LiveView {
         servers: &[(String, String)],
         replies: impl IntoIterator<Item = ConnRef<'a>>,
     ) {
-        let answered: HashSet<&str, FxBuild> = servers.iter().map(|(id, _)| id.as_str()).collect();
+        let ids: Vec<&str> = servers.iter().map(|(id, _)| id.as_str()).collect();
+        self.sync_servers(id, scope, &ids, replies);
+        self.end_sync(id, servers);
+    }
+
+    /// Takes one server's whole list while the sweep begun at `id` still runs (a bounded sweep
+    /// hands each server's over as it comes: [`crate::sweep::Handover`]), so the sweep never
+    /// holds every server's list at once. As at [`LiveView::reconcile`]: its connections
+    /// become those listed (`list` from `from` on), then its journalled events are applied
+    /// again. The reconcile at the sweep's end leaves it alone (`Snapshot::handed`).
+    pub fn take_server(
+        &mut self,
+        id: SyncId,
+        server_id: &str,
+        leafnodes_listed: bool,
+        list: &mut ConnList,
+        from: usize,
+    ) {
+        self.note_leafnodes(server_id, leafnodes_listed);
+        list.share_texts(&mut self.texts);
+        self.sync_servers(id, &Scope::All, &[server_id], list.iter_from(from));
+    }
+
+    /// Whether server `id`'s CONNZ lists its leafnode connections (else its `Leafnode`
+    /// connections come from events only, and no reply replaces them).
+    fn note_leafnodes(&mut self, id: &str, listed: bool) {
+        if listed {
+            self.leafnodes_unlisted.remove(id);
+        } else {
+            self.leafnodes_unlisted.insert(id.to_string());
+        }
+    }
+
+    /// For each server of `answered`: its connections in `scope` become those of `replies`,
+    /// then its journalled events since the sync began are applied again.
+    fn sync_servers<'a>(
+        &mut self,
+        id: SyncId,
+        scope: &Scope,
+        answered: &[&str],
+        replies: impl IntoIterator<Item = ConnRef<'a>>,
+    ) {
+        let answered: HashSet<&str, FxBuild> = answered.iter().copied().collect();
         // Each listed connection is held in place of what was (counts move only when its user
         // or kind changed); then the ones held but not listed go. A reply's connections come
         // together: its server is looked up once for them.
@@ -470,6 +513,11 @@ impl LiveView {
         for d in replay {
             self.apply_only(d);
         }
+    }
+
+    /// Ends the sync `id` that read `servers` (id, name): they are known by name, and what was
+    /// journalled for it only is let go.
+    fn end_sync(&mut self, id: SyncId, servers: &[(String, String)]) {
         for (sid, name) in servers {
             self.servers.insert(sid.clone(), name.clone());
         }
@@ -501,11 +549,7 @@ impl LiveView {
             .map(|s| (s.id.clone(), s.name.clone()))
             .collect();
         for (sid, _) in &servers {
-            if snap.leafnodes_unlisted.contains(sid) {
-                self.leafnodes_unlisted.insert(sid.clone());
-            } else {
-                self.leafnodes_unlisted.remove(sid);
-            }
+            self.note_leafnodes(sid, !snap.leafnodes_unlisted.contains(sid));
         }
         let appeared: Vec<(String, String)> = servers
             .iter()
@@ -514,12 +558,19 @@ impl LiveView {
             .collect();
         snap.compact.share_texts(&mut self.texts);
         let connections = snap.connections.iter().map(Connection::view);
-        self.finish_sync(
+        // The servers whose lists the view took during the sweep are reconciled already.
+        let rest: Vec<&str> = servers
+            .iter()
+            .map(|(sid, _)| sid.as_str())
+            .filter(|sid| !snap.handed.iter().any(|h| h == sid))
+            .collect();
+        self.sync_servers(
             id,
             &Scope::All,
-            &servers,
+            &rest,
             connections.chain(snap.compact.iter()),
         );
+        self.end_sync(id, &servers);
         if let Some((sid, name)) = appeared.first() {
             self.gap(format!("server {name} ({sid}) is new or restarted"));
         }
@@ -609,6 +660,26 @@ impl LiveView {
     /// Every open connection of the view.
     pub fn connections(&self) -> impl Iterator<Item = &Connection> {
         self.conns.values().flat_map(|s| s.values()).map(|c| &**c)
+    }
+
+    /// Makes `snap` (a sweep this view reconciled) hold all its connections, for a round that
+    /// works from the sweep alone (a paused view): those of its compact list, and those of
+    /// the lists the view took from it as they came, copied back.
+    pub fn sweep_alone(&self, snap: &mut Snapshot) {
+        let compact = std::mem::take(&mut snap.compact);
+        snap.connections.extend(compact);
+        snap.connections
+            .extend(self.connections_of(&snap.handed).cloned());
+        snap.handed.clear();
+        snap.handed_connections = 0;
+    }
+
+    /// The open connections of the servers `ids`.
+    fn connections_of<'a>(&'a self, ids: &'a [String]) -> impl Iterator<Item = &'a Connection> {
+        ids.iter()
+            .filter_map(|id| self.conns.get(id.as_str()))
+            .flat_map(|s| s.values())
+            .map(|c| &**c)
     }
 
     /// A server's open client connections (not leafnodes) in an account.
@@ -705,6 +776,8 @@ impl LiveView {
             topology: sweep.topology.clone(),
             pending: sweep.pending,
             leafnodes_unlisted: sweep.leafnodes_unlisted.clone(),
+            handed: Vec::new(),
+            handed_connections: 0,
         }
     }
 }

@@ -64,9 +64,8 @@ impl Service {
             // sweep alone (a complete sweep resolves and may kick, as sweeps do), its
             // connections built from the compact list.
             let appeared = view.reconcile(sync, &mut snap);
+            view.sweep_alone(&mut snap);
             drop(view);
-            let compact = std::mem::take(&mut snap.compact);
-            snap.connections.extend(compact);
             live.appeared(&self.metrics, &appeared);
             let connections = std::mem::take(&mut snap.connections);
             self.last_sweep_meta = snap.clone();

@@ -4,11 +4,15 @@
 //! kept whole or dropped whole.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use crate::census::Aggregate;
 use crate::connlist::ConnList;
 use crate::nats::page::{parse_server_census, parse_server_compact, parse_server_list, PageHead};
+use crate::nats::wire::ServerInfo;
 use crate::snapshot::Connection;
+
+use super::Handover;
 
 /// Where a listing sweep lists its connections.
 pub(super) enum List {
@@ -64,6 +68,26 @@ pub(super) struct Collect {
     settled: bool,
     /// Servers whose connections are not counted, whenever they come (impostors).
     refused: Vec<String>,
+    /// Where each whole list goes once who is who is settled (a live sweep), instead of
+    /// staying in the list.
+    handing: Option<Handing>,
+}
+
+/// A live sweep's lists handed over as they come ([`Handover`]).
+struct Handing {
+    to: Arc<dyn Handover>,
+    /// Whether the servers require auth (connections listed before it are nobody's yet).
+    auth_required: bool,
+    /// What went: server ids, their connections, and those left out as not authenticated.
+    handed: Handed,
+}
+
+/// What a sweep handed over ([`Collect::finish`]).
+#[derive(Debug, Default)]
+pub(super) struct Handed {
+    pub servers: Vec<String>,
+    pub connections: u64,
+    pub pending: u64,
 }
 
 impl Collect {
@@ -76,7 +100,18 @@ impl Collect {
             counted: Vec::new(),
             settled: false,
             refused: Vec::new(),
+            handing: None,
         }
+    }
+
+    /// Hands each whole list kept once who is who is settled to `to` (a live sweep's lists,
+    /// compact), leaving out the connections listed before they authenticated.
+    pub(super) fn hand_to(&mut self, to: Arc<dyn Handover>, auth_required: bool) {
+        self.handing = Some(Handing {
+            to,
+            auth_required,
+            handed: Handed::default(),
+        });
     }
 
     /// Who is who is settled: the servers of `refused` are dropped (now and whenever their
@@ -118,15 +153,35 @@ impl Collect {
         }
     }
 
-    /// Keeps `part` as the list of server `id`.
-    pub(super) fn keep(&mut self, id: &str, part: Part) {
+    /// Keeps `part` as the list of `server`.
+    pub(super) fn keep(&mut self, server: &ServerInfo, part: Part) {
+        let id = server.id.as_str();
         if self.refused.iter().any(|r| r == id) {
             return self.drop_last(part);
         }
         match (part, &mut self.census) {
             (Part::Counted(part), Some(all)) if self.settled => all.absorb(*part),
             (Part::Counted(part), _) => self.counted.push((id.to_string(), *part)),
+            (Part::Listed(range), _) if self.settled => self.hand_over(server, range.start),
             (Part::Listed(_), _) => {}
+        }
+    }
+
+    /// Hands `server`'s list, the last one parsed (from `from` on), over, when handing.
+    fn hand_over(&mut self, server: &ServerInfo, from: usize) {
+        let (Some(h), List::Compact(list)) = (&mut self.handing, &mut self.list) else {
+            return;
+        };
+        let pending = list.drop_pending_from(from, h.auth_required);
+        let listed = (list.len() - from) as u64;
+        if h.to.take(server, list, from) {
+            list.truncate(from);
+            h.handed.servers.push(server.id.clone());
+            h.handed.connections += listed;
+            h.handed.pending += pending;
+        } else {
+            // Kept in the list: left out again, and counted, when the sweep ends.
+            h.handed.pending += pending;
         }
     }
 
@@ -180,9 +235,10 @@ impl Collect {
         });
     }
 
-    /// The list, and the census of the kept servers when counting.
-    pub(super) fn finish(mut self) -> (List, Option<Aggregate>) {
+    /// The list, the census of the kept servers when counting, and what was handed over.
+    pub(super) fn finish(mut self) -> (List, Option<Aggregate>, Handed) {
         self.settle(&[]);
-        (self.list, self.census)
+        let handed = self.handing.map(|h| h.handed).unwrap_or_default();
+        (self.list, self.census, handed)
     }
 }

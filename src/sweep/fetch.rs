@@ -207,7 +207,7 @@ async fn fetch_server(
                     && h.error.is_none()
                     && h.total.is_some_and(|t| h.count as u64 >= t);
                 if whole {
-                    conns.keep(&h.server.id, part);
+                    conns.keep(&h.server, part);
                 } else {
                     conns.drop_last(part);
                 }

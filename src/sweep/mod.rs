@@ -28,6 +28,7 @@ mod replies;
 mod tests;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -104,6 +105,19 @@ pub enum Collecting {
     /// Only the census, built while the replies are parsed into [`Snapshot::census`], with the
     /// rules of this one (empty); no connection is held.
     Census(Aggregate),
+    /// As [`Collecting::Compact`], but each server's whole list read once who is who is
+    /// settled (a bounded sweep's directed reads, or a re-read after the PING) goes to the
+    /// [`Handover`] at once, and is let go: the sweep never holds every server's list.
+    /// [`Snapshot::handed`] names those servers.
+    Live(Arc<dyn Handover>),
+}
+
+/// Where a live sweep hands each whole list as it comes (the live view).
+pub trait Handover: Send + Sync + std::fmt::Debug {
+    /// Takes `server`'s whole list: the connections of `list` from `from` on (who `server` is
+    /// is settled; those listed before they authenticated are left out already). Returns
+    /// whether it took them; if not, they stay in the sweep's list.
+    fn take(&self, server: &ServerInfo, list: &mut ConnList, from: usize) -> bool;
 }
 
 impl Sweeper {
@@ -149,10 +163,14 @@ impl Sweeper {
         let room = self.last_connections + self.last_connections / 32;
         let conns = match &self.collecting {
             Collecting::List => Collect::new(List::Full(Vec::with_capacity(room)), None),
-            Collecting::Compact => {
+            Collecting::Compact | Collecting::Live(_) => {
                 let mut list = ConnList::default();
                 list.reserve_exact(room);
-                Collect::new(List::Compact(list), None)
+                let mut conns = Collect::new(List::Compact(list), None);
+                if let Collecting::Live(to) = &self.collecting {
+                    conns.hand_to(Arc::clone(to), auth);
+                }
+                conns
             }
             Collecting::Census(rules) => Collect::new(
                 List::Full(Vec::new()),
@@ -187,8 +205,10 @@ impl Sweeper {
             self.gather_bounded(&gather, &mut discovery, &mut snap, &mut spans, conns)
                 .await?
         };
-        let (list, census) = conns.finish();
+        let (list, census, handed) = conns.finish();
         snap.census = census;
+        snap.handed = handed.servers;
+        snap.handed_connections = handed.connections;
         match list {
             List::Full(list) => snap.connections = list,
             List::Compact(list) => snap.compact = list,
@@ -227,6 +247,7 @@ impl Sweeper {
             None => {
                 crate::snapshot::drop_pending(&mut snap.connections, auth)
                     + snap.compact.drop_pending(auth)
+                    + handed.pending
             }
         };
 

@@ -147,7 +147,7 @@ impl FirstReplies {
                     if returned >= total {
                         match part {
                             Part::Listed(range) => kept.push(range),
-                            counted => conns.keep(&c.server.id, counted),
+                            counted => conns.keep(&c.server, counted),
                         }
                         let mut f = Fetched::new(c.server);
                         f.total = total;

@@ -191,7 +191,7 @@ fn connections(list: List) -> Vec<Connection> {
 fn a_compact_list_keeps_or_drops_each_servers_connections_whole() {
     let read = |conns: &mut Collect, name: &str, id: &str, total: u64, cids: &[u64]| {
         let (head, part) = conns.parse(&connz(name, id, total, cids), 100).unwrap();
-        conns.keep(&head.server.id, part);
+        conns.keep(&head.server, part);
     };
     for room in [List::Full(Vec::new()), List::Compact(ConnList::default())] {
         let mut conns = Collect::new(room, None);
@@ -262,7 +262,8 @@ fn vouched_and_impostors(conns: Collect) -> (List, Option<crate::census::Aggrega
             id: "N2".into()
         }
     );
-    conns.finish()
+    let (list, census, _) = conns.finish();
+    (list, census)
 }
 
 #[tokio::test]
@@ -347,6 +348,73 @@ fn only_a_cluster_known_to_be_small_is_pinged_all_at_once() {
     assert!(pings_all(0, 100, 0));
 }
 
+/// Records what a live sweep hands over; refuses the servers of `refuse`.
+#[derive(Debug, Default)]
+struct Taker {
+    refuse: Vec<String>,
+    taken: std::sync::Mutex<Vec<(String, Vec<u64>)>>,
+}
+
+impl super::Handover for Taker {
+    fn take(&self, server: &ServerInfo, list: &mut ConnList, from: usize) -> bool {
+        if self.refuse.contains(&server.id) {
+            return false;
+        }
+        let cids = list.iter_from(from).map(|c| c.cid).collect();
+        self.taken.lock().unwrap().push((server.id.clone(), cids));
+        true
+    }
+}
+
+#[test]
+fn a_live_sweep_hands_each_whole_list_over_once_who_is_who_is_settled() {
+    let to = Arc::new(Taker {
+        refuse: vec!["N5".into()],
+        ..Taker::default()
+    });
+    let mut conns = Collect::new(List::Compact(ConnList::default()), None);
+    conns.hand_to(to.clone(), true);
+    let read = |conns: &mut Collect, reply: Vec<u8>| {
+        let (head, part) = conns.parse(&reply, 100).unwrap();
+        conns.keep(&head.server, part);
+    };
+    // One listed before it authenticated (nobody's yet), one of a user.
+    let authed = |name: &str, id: &str, cids: [u64; 2]| {
+        serde_json::to_vec(&serde_json::json!({
+            "server": {"name": name, "id": id},
+            "data": {"server_id": id, "total": 2, "offset": 0, "connections": [
+                {"cid": cids[0], "kind": "Client", "account": "$G"},
+                {"cid": cids[1], "kind": "Client", "account": "A", "user": "u"},
+            ]}
+        }))
+        .unwrap()
+    };
+    // Before who is who is settled: held (n1 may yet turn out to be two servers).
+    read(&mut conns, authed("n1", "N1", [1, 2]));
+    assert!(to.taken.lock().unwrap().is_empty());
+    conns.settle(&["N3".to_string()]);
+    // After: each whole list goes at once, without the unauthenticated one; an impostor's
+    // never; one the view does not take stays in the list.
+    read(&mut conns, authed("n2", "N2", [3, 4]));
+    read(&mut conns, connz("n3", "N3", 1, &[5]));
+    read(&mut conns, authed("n4", "N4", [6, 7]));
+    read(&mut conns, authed("n5", "N5", [8, 9]));
+    assert_eq!(
+        *to.taken.lock().unwrap(),
+        [("N2".to_string(), vec![4]), ("N4".to_string(), vec![7])]
+    );
+    let (list, _, handed) = conns.finish();
+    assert_eq!(handed.servers, ["N2", "N4"]);
+    assert_eq!((handed.connections, handed.pending), (2, 3));
+    let List::Compact(mut list) = list else {
+        panic!("compact")
+    };
+    // n1's and n5's remain (n5's pending one already left out and counted).
+    assert_eq!(list.drop_pending(true), 1);
+    let left: Vec<u64> = list.iter().map(|c| c.cid).collect();
+    assert_eq!(left, [2, 9]);
+}
+
 #[test]
 fn a_counting_sweep_holds_each_servers_census_only_until_who_is_who_is_settled() {
     let rules = crate::census::Aggregate::new(None, &crate::config::DetectConfig::default());
@@ -355,7 +423,7 @@ fn a_counting_sweep_holds_each_servers_census_only_until_who_is_who_is_settled()
         let (head, part) = conns
             .parse(&connz(name, id, cids.len() as u64, cids), 100)
             .unwrap();
-        conns.keep(&head.server.id, part);
+        conns.keep(&head.server, part);
     };
     read(&mut conns, "n1", "N1", &[1, 2]);
     read(&mut conns, "n2", "N2", &[1, 2, 3]);

@@ -68,6 +68,62 @@ fn compact_snap(servers: &[&str], conns: Vec<Connection>) -> Snapshot {
 }
 
 #[test]
+fn a_list_taken_while_the_sweep_runs_is_the_views_and_a_paused_round_still_has_it() {
+    let mut v = LiveView::new();
+    let s = v.begin_sync();
+    // n1's list is taken while the sweep still reads n2; n1's cid 2 closes meanwhile.
+    let mut list = crate::connlist::ConnList::default();
+    list.push(&conn("n2", 9, "u").view()); // an earlier server's, not taken: left alone
+    for cid in [1, 2] {
+        list.push(&conn("n1", cid, "u").view());
+    }
+    v.take_server(s, "ID-n1", true, &mut list, 1);
+    v.apply(close("n1", 2));
+    let taken: Vec<u64> = v
+        .connections_of(&["ID-n1".to_string()])
+        .map(|c| c.cid)
+        .collect();
+    assert_eq!(taken, [1]);
+    assert_eq!(v.connections_of(&["ID-n2".to_string()]).count(), 0);
+    // The sweep ends with n2's list only: n1 is not replaced by nothing.
+    let mut sweep = snap(&["n1", "n2"], vec![conn("n2", 9, "u")]);
+    sweep.handed = vec!["ID-n1".into()];
+    v.reconcile(s, &mut sweep);
+    let mut all: Vec<(String, u64)> = v
+        .connections()
+        .map(|c| (c.server.to_string(), c.cid))
+        .collect();
+    all.sort();
+    assert_eq!(all, [("n1".to_string(), 1), ("n2".to_string(), 9)]);
+    assert_eq!(v.count("APP", "u"), 2);
+    assert!(v.incomplete().is_none());
+
+    // Paused over the event rate after n1's list was taken: the round from the sweep alone
+    // holds every server's connections, n1's copied back from the view.
+    let s = v.begin_sync();
+    let mut list = crate::connlist::ConnList::default();
+    list.push(&conn("n1", 1, "u").view());
+    v.take_server(s, "ID-n1", true, &mut list, 0);
+    v.pause("over the event rate");
+    let mut sweep = compact_snap(&["n1", "n2"], vec![conn("n2", 9, "u"), conn("n2", 10, "u")]);
+    sweep.handed = vec!["ID-n1".into()];
+    sweep.handed_connections = 1;
+    v.reconcile(s, &mut sweep);
+    v.sweep_alone(&mut sweep);
+    let mut alone: Vec<(String, u64)> = sweep
+        .connections
+        .iter()
+        .map(|c| (c.server.to_string(), c.cid))
+        .collect();
+    alone.sort();
+    assert_eq!(
+        alone,
+        [("n1".into(), 1), ("n2".into(), 9), ("n2".into(), 10)]
+    );
+    assert_eq!(sweep.connection_count(), 3);
+}
+
+#[test]
 fn a_listed_connection_is_held_as_its_server_lists_it_now() {
     for make in [snap, compact_snap] {
         let mut v = LiveView::new();
@@ -506,6 +562,10 @@ enum Step {
         after: Vec<Happening>,
         missing: Option<usize>,
         compact: bool,
+        /// Servers (bits) whose lists the view takes while the sweep runs, after `at` of the
+        /// events that follow the listing.
+        hand: u8,
+        at: usize,
     },
 }
 
@@ -570,7 +630,11 @@ proptest! {
                     proptest::collection::vec(happening(), 0..6),
                     proptest::option::weighted(0.2, 0..3usize),
                     proptest::bool::ANY,
-                ).prop_map(|(before, after, missing, compact)| Step::Sweep { before, after, missing, compact }),
+                    0u8..8,
+                    0usize..6,
+                ).prop_map(|(before, after, missing, compact, hand, at)| {
+                    Step::Sweep { before, after, missing, compact, hand, at }
+                }),
             ],
             1..40,
         )
@@ -581,7 +645,7 @@ proptest! {
         // restarted), which the next complete sweep closes.
         let mut heard = std::collections::BTreeSet::new();
         for step in steps {
-            let (before, after, missing, compact) = match step {
+            let (before, after, missing, compact, hand, at) = match step {
                 Step::Happen(h) => {
                     if let Some(d) = servers.happen(&h) {
                         v.apply(d);
@@ -593,7 +657,9 @@ proptest! {
                     v.gap("events lost");
                     continue;
                 }
-                Step::Sweep { before, after, missing, compact } => (before, after, missing, compact),
+                Step::Sweep { before, after, missing, compact, hand, at } => {
+                    (before, after, missing, compact, hand, at)
+                }
             };
             let s = v.begin_sync();
             for h in &before {
@@ -608,18 +674,47 @@ proptest! {
                 .filter(|((s, _), _)| answering.contains(s))
                 .map(|(_, c)| c.clone())
                 .collect();
-            for h in &after {
+            // The lists handed over while the sweep runs, as a live sweep does: in the middle
+            // of the events that follow them.
+            let handed: Vec<usize> =
+                answering.iter().copied().filter(|s| hand & (1 << s) != 0).collect();
+            let of = |c: &Connection, s: usize| *c.server == *format!("n{s}");
+            let take = |v: &mut LiveView| {
+                let mut list = crate::connlist::ConnList::default();
+                for &server in &handed {
+                    let from = list.len();
+                    for c in listed.iter().filter(|c| of(c, server)) {
+                        list.push(&c.view());
+                    }
+                    v.take_server(s, &format!("ID-n{server}"), true, &mut list, from);
+                    list.truncate(from);
+                }
+            };
+            let split = at.min(after.len());
+            for (i, h) in after.iter().enumerate() {
+                if i == split {
+                    take(&mut v);
+                }
                 if let Some(d) = servers.happen(h) {
                     v.apply(d);
                 }
             }
+            if split == after.len() {
+                take(&mut v);
+            }
             let names: Vec<String> = answering.iter().map(|s| format!("n{s}")).collect();
             let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let rest: Vec<Connection> = listed
+                .iter()
+                .filter(|c| !handed.iter().any(|&h| of(c, h)))
+                .cloned()
+                .collect();
             let mut sweep = if compact {
-                compact_snap(&names, listed.clone())
+                compact_snap(&names, rest)
             } else {
-                snap(&names, listed.clone())
+                snap(&names, rest)
             };
+            sweep.handed = handed.iter().map(|h| format!("ID-n{h}")).collect();
             sweep.servers_expected = 3;
             v.reconcile(s, &mut sweep);
             // Each answering server's connections are its own: keys and users.

@@ -13,12 +13,13 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Parser, Subcommand};
 use connwatch::config::{Compression, DetectConfig, NatsConfig, Secret, SweepConfig};
-use connwatch::live::{LiveView, SyncId};
+use connwatch::live::{LiveView, SyncId, TakeLists};
 use connwatch::snapshot::Snapshot;
 use connwatch::state::KnownServers;
 use connwatch::sweep::{Collecting, Sweeper};
@@ -354,19 +355,28 @@ fn sweeper_method(a: &MethodArgs) -> anyhow::Result<Measured> {
         };
         let mut sweeper = Sweeper::new(system, &cfg);
         let rules = connwatch::census::Aggregate::new(Some("SYS"), &detect);
-        let mut view = a.kind.starts_with("connwatch-live").then(LiveView::new);
+        let view = a
+            .kind
+            .starts_with("connwatch-live")
+            .then(|| Arc::new(Mutex::new(LiveView::new())));
         // As `connwatch run` without kicks: sweeps alone count while they parse; with the live
-        // view they list compactly (the view takes the connections over one at a time), and the
-        // census is counted from it.
-        sweeper.collect(match view {
-            None => Collecting::Census(rules.clone()),
-            Some(_) => Collecting::Compact,
-        });
+        // view they list compactly (the view takes each server's list as it comes, or at the
+        // end), and the census is counted from it.
+        let begin = |sweeper: &mut Sweeper| {
+            let view = view.as_ref()?;
+            let sync = view.lock().expect("view").begin_sync();
+            let to = TakeLists::new(Arc::clone(view), sync);
+            sweeper.collect(Collecting::Live(Arc::new(to)));
+            Some(sync)
+        };
+        if view.is_none() {
+            sweeper.collect(Collecting::Census(rules.clone()));
+        }
         let mut known = KnownServers::default();
-        let sync = view.as_mut().map(LiveView::begin_sync);
+        let sync = begin(&mut sweeper);
         let warm = sweeper.sweep(&mut known).await?;
-        if let (Some(view), Some(sync)) = (view.as_mut(), sync) {
-            reconcile(view, sync, warm);
+        if let (Some(view), Some(sync)) = (view.as_ref(), sync) {
+            reconcile(&mut view.lock().expect("view"), sync, warm);
         }
         let first_peak_kb = self_status_kb("VmHWM:");
         // Restarts VmHWM from the current RSS (Linux: "5" to clear_refs).
@@ -378,7 +388,7 @@ fn sweeper_method(a: &MethodArgs) -> anyhow::Result<Measured> {
         let (cpu0, srv0, t0) = (self_cpu(), servers_cpu_ms(&a.pids), Instant::now());
         let mut census_ms = Vec::new();
         for i in 0..a.runs {
-            let sync = view.as_mut().map(LiveView::begin_sync);
+            let sync = begin(&mut sweeper);
             let t = Instant::now();
             let snap = sweeper.sweep(&mut known).await?;
             m.wall_ms.push(t.elapsed().as_secs_f64() * 1000.0);
@@ -390,10 +400,11 @@ fn sweeper_method(a: &MethodArgs) -> anyhow::Result<Measured> {
             m.connections += snap.connection_count() as f64;
             m.peak_in_flight = m.peak_in_flight.max(snap.peak_bytes_in_flight as f64);
             let t = Instant::now();
-            let snap = match (view.as_mut(), sync) {
+            let snap = match (view.as_ref(), sync) {
                 (Some(view), Some(sync)) => {
                     let now = chrono::Utc::now();
-                    let meta = reconcile(view, sync, snap);
+                    let mut view = view.lock().expect("view");
+                    let meta = reconcile(&mut view, sync, snap);
                     view.counted(&meta, now, rules.fork())
                 }
                 _ => snap,
