@@ -449,7 +449,7 @@ impl Service {
         let sync = self
             .live
             .as_ref()
-            .map(|l| l.view.lock().expect("live view lock").begin_sync());
+            .map(|l| l.view.lock().expect("live view lock").begin_sweep());
         // With the live view, a sweep lists compactly: the view takes the connections over one
         // at a time. Without it, it lists every connection only for what needs them one by one
         // (kicks, and the audit of a dead leader's kicks); otherwise it counts them.

@@ -233,6 +233,36 @@ impl Aggregate {
         }
     }
 
+    /// Whether `other` counts by the same rules (thresholds, system account, pending).
+    pub fn same_rules(&self, other: &Aggregate) -> bool {
+        (Arc::ptr_eq(&self.detect, &other.detect) || self.detect == other.detect)
+            && self.system_account == other.system_account
+            && self.skip_pending == other.skip_pending
+    }
+
+    /// Takes a user's connections out, as if none had been added (to count them again).
+    pub fn forget_user(&mut self, account: &str, user: &str) {
+        let Some(users) = self.users.get_mut(account) else {
+            return;
+        };
+        if let Some(u) = users.remove(user) {
+            self.connections -= u.census.connections;
+        }
+        if users.is_empty() {
+            self.users.remove(account);
+        }
+    }
+
+    /// Lets go of the suspects' texts no user holds any more.
+    pub fn forget_unused_texts(&mut self) {
+        self.texts.forget_unused();
+    }
+
+    /// Users counted.
+    pub fn users(&self) -> usize {
+        self.users.values().map(HashMap::len).sum()
+    }
+
     /// Connections counted.
     pub fn connections(&self) -> u64 {
         self.connections

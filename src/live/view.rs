@@ -113,6 +113,10 @@ struct Counts {
     /// Open client connections (not leafnodes) per (server id, account): what each server
     /// announces (see [`super::crosscheck`]).
     clients: HashMap<(Str, Str), u64, FxBuild>,
+    /// Users whose connections changed since the last census, account → users (see
+    /// [`LiveView::counted`]); `all`: every user (a sweep listed them all).
+    changed: HashMap<Str, HashSet<Str, FxBuild>, FxBuild>,
+    all: bool,
 }
 
 /// The live view (see the module docs).
@@ -147,6 +151,8 @@ pub struct LiveView {
     /// Servers whose CONNZ does not list leafnode connections (older than 2.12): their
     /// `Leafnode` connections come from events only, and no reply replaces them.
     leafnodes_unlisted: HashSet<String>,
+    /// The last census ([`LiveView::counted`]), for the next one's unchanged users.
+    last_census: Option<Aggregate>,
 }
 
 /// Asks the processor to load `c` into its cache (a hint; nothing where there is none).
@@ -164,6 +170,25 @@ fn prefetch(c: &Connection) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = c;
+}
+
+/// Calls `f` on each of `conns`, asking the processor for the ones a few ahead meanwhile:
+/// each connection is an allocation of its own, met in no order.
+fn each_prefetched<'a>(
+    conns: impl Iterator<Item = &'a Connection>,
+    mut f: impl FnMut(&'a Connection),
+) {
+    const AHEAD: usize = 8;
+    let mut conns = conns;
+    let mut next: std::collections::VecDeque<&Connection> = conns.by_ref().take(AHEAD).collect();
+    next.iter().for_each(|c| prefetch(c));
+    while let Some(c) = next.pop_front() {
+        if let Some(n) = conns.next() {
+            prefetch(n);
+            next.push_back(n);
+        }
+        f(c);
+    }
 }
 
 /// The connections held for server `id`, an empty map (keyed by `key()`) made when there is
@@ -238,8 +263,26 @@ fn list(server: &mut ServerConns, counts: &mut Counts, texts: &mut Interner, c: 
 }
 
 impl Counts {
+    /// Notes that a user's connections changed (for the next census).
+    fn mark(&mut self, account: &Str, user: &Str) {
+        if self.all {
+            return;
+        }
+        match self.changed.get_mut(&**account) {
+            Some(users) if users.contains(&**user) => {}
+            Some(users) => {
+                users.insert(user.clone());
+            }
+            None => {
+                let users = HashSet::from_iter([user.clone()]);
+                self.changed.insert(account.clone(), users);
+            }
+        }
+    }
+
     /// Counts `c` in; returns its user.
     fn add(&mut self, c: &Connection) -> (Str, Str) {
+        self.mark(&c.account, &c.user);
         if c.kind == "Client" {
             *self
                 .clients
@@ -253,6 +296,7 @@ impl Counts {
 
     /// Counts `c` out; returns its user.
     fn remove(&mut self, c: &Connection) -> (Str, Str) {
+        self.mark(&c.account, &c.user);
         if c.kind == "Client" {
             let key = (c.server_id.clone(), c.account.clone());
             if let Some(n) = self.clients.get_mut(&key) {
@@ -343,6 +387,7 @@ impl LiveView {
                     if held.account == c.account && held.user == c.user {
                         if held.name.is_empty() && !c.name.is_empty() {
                             Arc::make_mut(held).name = c.name.clone();
+                            self.counts.mark(&c.account, &c.user);
                         }
                         return None;
                     }
@@ -380,6 +425,14 @@ impl LiveView {
             start,
             begun: self.next,
         }
+    }
+
+    /// [`LiveView::begin_sync`] for a full sweep: the last round's census is let go at once
+    /// (the sweep lists every connection again, so none of it would be used), so it is not
+    /// held while the sweep reads.
+    pub fn begin_sweep(&mut self) -> SyncId {
+        self.last_census = None;
+        self.begin_sync()
     }
 
     /// Keeps the last [`RECENT`] deltas and those the syncs under way need.
@@ -448,6 +501,14 @@ impl LiveView {
         replies: impl IntoIterator<Item = ConnRef<'a>>,
     ) {
         let answered: HashSet<&str, FxBuild> = answered.iter().copied().collect();
+        // What a list changes in place (counters, times, texts) is its scope's to count again.
+        match scope {
+            _ if answered.is_empty() => {}
+            Scope::All => self.counts.all = true,
+            Scope::User { account, user } => self
+                .counts
+                .mark(&account.as_str().into(), &user.as_str().into()),
+        }
         // Each listed connection is held in place of what was (counts move only when its user
         // or kind changed); then the ones held but not listed go. A reply's connections come
         // together: its server is looked up once for them.
@@ -723,25 +784,66 @@ impl LiveView {
 
     /// [`LiveView::snapshot`] with the census instead of the connections: each one counted into
     /// `census` (empty, with its rules), none copied.
-    pub fn counted(&self, sweep: &Snapshot, now: DateTime<Utc>, census: Aggregate) -> Snapshot {
-        let mut census = census;
-        // Each connection is an allocation of its own, in no order: ask for the ones a few
-        // ahead while counting this one.
-        const AHEAD: usize = 8;
-        let mut all = self.connections();
-        let mut next: std::collections::VecDeque<&Connection> = all.by_ref().take(AHEAD).collect();
-        next.iter().for_each(|c| prefetch(c));
-        while let Some(c) = next.pop_front() {
-            if let Some(n) = all.next() {
-                prefetch(n);
-                next.push_back(n);
-            }
-            census.add(&c.view());
-        }
+    ///
+    /// Between sweeps only the users whose connections changed since the last census are
+    /// counted again (events change a few users at a time; the others are the last census's).
+    /// Everything is counted when a sweep listed the connections (it moved every counter) and
+    /// at the first round after it, when the rules are not the last census's, or when most
+    /// users changed.
+    pub fn counted(&mut self, sweep: &Snapshot, now: DateTime<Utc>, census: Aggregate) -> Snapshot {
+        let census = self.recount(census);
         Snapshot {
             census: Some(census),
             ..self.without_connections(sweep, now)
         }
+    }
+
+    fn recount(&mut self, rules: Aggregate) -> Aggregate {
+        let changed = std::mem::take(&mut self.counts.changed);
+        let all = std::mem::take(&mut self.counts.all);
+        let users_changed: usize = changed.values().map(HashSet::len).sum();
+        let census = match self.last_census.take() {
+            Some(mut last)
+                if !all && last.same_rules(&rules) && users_changed * 2 <= last.users() =>
+            {
+                for (account, users) in &changed {
+                    for user in users {
+                        last.forget_user(account, user);
+                    }
+                }
+                last.forget_unused_texts();
+                let pairs: Vec<(&str, &str)> = changed
+                    .iter()
+                    .flat_map(|(a, us)| us.iter().map(move |u| (&**a, &**u)))
+                    .collect();
+                let of_changed = |c: &Connection| {
+                    if pairs.len() <= 8 {
+                        pairs
+                            .iter()
+                            .any(|(a, u)| same(a, &c.account) && same(u, &c.user))
+                    } else {
+                        changed
+                            .get(&*c.account)
+                            .is_some_and(|us| us.contains(&*c.user))
+                    }
+                };
+                each_prefetched(self.connections(), |c| {
+                    if of_changed(c) {
+                        last.add(&c.view());
+                    }
+                });
+                last
+            }
+            _ => {
+                let mut census = rules;
+                each_prefetched(self.connections(), |c| census.add(&c.view()));
+                census
+            }
+        };
+        // Kept for the rounds between sweeps, not after a sweep's census (the first round
+        // after it counts everything once more): a sweep's peak memory holds no second census.
+        self.last_census = (!all).then(|| census.clone());
+        census
     }
 
     fn without_connections(&self, sweep: &Snapshot, now: DateTime<Utc>) -> Snapshot {

@@ -759,4 +759,164 @@ proptest! {
             }
         }
     }
+
+
+    /// A live round counts again only the users whose connections changed since the last one
+    /// (opened, closed, renamed, read again, listed by a sweep; all after new rules), and its
+    /// census is the census of every connection counted anew.
+    #[test]
+    fn a_round_counts_again_only_the_users_that_changed(
+        steps in proptest::collection::vec(
+            prop_oneof![
+                4 => (0..3usize, 0..4usize, proptest::bool::ANY)
+                    .prop_map(|(s, u, m)| Round::Open(s, u, m)),
+                2 => (0..64usize).prop_map(Round::Close),
+                1 => (0..64usize).prop_map(Round::Named),
+                1 => (0..4usize).prop_map(Round::Read),
+                1 => Just(Round::Sweep),
+                3 => Just(Round::Count),
+                1 => Just(Round::Rules),
+            ],
+            1..60,
+        )
+    ) {
+        let strict = crate::config::DetectConfig::default();
+        let loose = crate::config::DetectConfig {
+            max_connections_per_user: 3,
+            max_suspects_per_user: 2,
+            ..strict.clone()
+        };
+        let mut detect = strict.clone();
+        let mut v = LiveView::new();
+        let servers = ["n0", "n1", "n2"];
+        let all = || snap(&servers, vec![]);
+        let mut next = 0u64;
+        let nth = |v: &LiveView, i: usize| {
+            let mut keys: Vec<(String, u64)> =
+                v.connections().map(|c| (c.server.to_string(), c.cid)).collect();
+            keys.sort();
+            (!keys.is_empty()).then(|| keys[i % keys.len()].clone())
+        };
+        for step in steps {
+            match step {
+                Round::Open(s, u, msg) => {
+                    next += 1;
+                    let mut c = conn(servers[s], next, ROUND_USERS[u]);
+                    // Idle long enough to be a suspect, and never tied with another.
+                    c.idle = std::time::Duration::from_secs(300 + 7 * next);
+                    c.in_msgs = u64::from(msg);
+                    c.name = if next % 3 == 0 { "".into() } else { format!("w{s}").into() };
+                    c.ip = format!("10.0.0.{}", next % 2).into();
+                    v.apply(Delta::Open(c));
+                }
+                Round::Close(i) => {
+                    if let Some((server, cid)) = nth(&v, i) {
+                        v.apply(close(&server, cid));
+                    }
+                }
+                Round::Named(i) => {
+                    if let Some((server, cid)) = nth(&v, i) {
+                        let held = held(&v, &format!("ID-{server}"), cid).clone();
+                        v.apply(Delta::Open(Connection { name: "late".into(), ..held }));
+                    }
+                }
+                Round::Read(u) => {
+                    let s = v.begin_sync();
+                    let scope = Scope::User { account: "APP".into(), user: ROUND_USERS[u].into() };
+                    let read = relisted(&v, Some(ROUND_USERS[u]));
+                    let answered: Vec<(String, String)> = servers
+                        .iter()
+                        .map(|n| (format!("ID-{n}"), n.to_string()))
+                        .collect();
+                    v.finish_sync(s, &scope, &answered, read.iter().map(Connection::view));
+                }
+                Round::Sweep => {
+                    let s = v.begin_sync();
+                    let mut sweep = snap(&servers, relisted(&v, None));
+                    v.reconcile(s, &mut sweep);
+                }
+                Round::Rules => {
+                    detect = if detect == strict { loose.clone() } else { strict.clone() };
+                }
+                Round::Count => {
+                    let rules = Aggregate::new(Some("SYS"), &detect);
+                    let got = v.counted(&all(), Utc::now(), rules.fork()).census.unwrap();
+                    let mut anew = rules;
+                    for c in v.connections() {
+                        anew.add(&c.view());
+                    }
+                    let (got, anew) = (got.finish(), anew.finish());
+                    prop_assert_eq!(
+                        serde_json::to_value(&got).unwrap(),
+                        serde_json::to_value(&anew).unwrap()
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A step of [`a_round_counts_again_only_the_users_that_changed`].
+#[derive(Debug, Clone)]
+enum Round {
+    /// A connection of user `.1` opens on server `.0`; `.2`: it sent a message.
+    Open(usize, usize, bool),
+    /// The `.0`-th open connection closes.
+    Close(usize),
+    /// The `.0`-th open connection's connect event comes again with a name, when it had none.
+    Named(usize),
+    /// One user's connections read again (counters moved).
+    Read(usize),
+    /// A sweep lists every connection again (counters moved).
+    Sweep,
+    /// A live round's census.
+    Count,
+    /// The thresholds change (a reload).
+    Rules,
+}
+
+const ROUND_USERS: [&str; 4] = ["u0", "u1", "u2", "u3"];
+
+/// The view's connections of `user` (all when `None`), their idle times one second longer.
+fn relisted(v: &LiveView, user: Option<&str>) -> Vec<Connection> {
+    v.connections()
+        .filter(|c| user.is_none_or(|u| c.user == u))
+        .map(|c| Connection {
+            idle: c.idle + std::time::Duration::from_secs(1),
+            ..c.clone()
+        })
+        .collect()
+}
+
+#[test]
+fn a_round_with_many_users_changed_counts_them_again_and_only_them() {
+    let detect = crate::config::DetectConfig::default();
+    let rules = Aggregate::new(None, &detect);
+    let mut v = LiveView::new();
+    let open = |v: &mut LiveView, cid: u64, user: &str| {
+        let mut c = conn("n1", cid, user);
+        c.idle = std::time::Duration::from_secs(300 + cid);
+        v.apply(Delta::Open(c));
+    };
+    for u in 0..30 {
+        open(&mut v, u, &format!("u{u}"));
+    }
+    let count = |v: &mut LiveView| {
+        let census = v.counted(&snap(&["n1"], vec![]), Utc::now(), rules.fork());
+        serde_json::to_value(census.census.unwrap().finish()).unwrap()
+    };
+    count(&mut v);
+    // Ten users changed (one more connection each; one of them closed one too): more than a
+    // short list is compared with, fewer than half of all.
+    for u in 0..10 {
+        open(&mut v, 100 + u, &format!("u{u}"));
+    }
+    v.apply(close("n1", 3));
+    let got = count(&mut v);
+    let mut anew = rules.fork();
+    for c in v.connections() {
+        anew.add(&c.view());
+    }
+    assert_eq!(got, serde_json::to_value(anew.finish()).unwrap());
+    assert_eq!(got["connections"], 39);
 }

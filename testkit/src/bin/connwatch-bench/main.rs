@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Parser, Subcommand};
 use connwatch::config::{Compression, DetectConfig, NatsConfig, Secret, SweepConfig};
-use connwatch::live::{LiveView, SyncId, TakeLists};
+use connwatch::live::{Delta, LiveView, SyncId, TakeLists};
 use connwatch::snapshot::Snapshot;
 use connwatch::state::KnownServers;
 use connwatch::sweep::{Collecting, Sweeper};
@@ -193,6 +193,14 @@ struct Measured {
     /// over the timed sweeps (connwatch methods, `report`).
     #[serde(default)]
     peak_in_flight: f64,
+    /// A live round's census after one connection opened (`connwatch-live`, after the timed
+    /// sweeps), median.
+    #[serde(default)]
+    round_ms: f64,
+    /// The same census counting every connection of the view, as each round did before the
+    /// rounds counted only the users that changed, median.
+    #[serde(default)]
+    round_all_ms: f64,
 }
 
 impl Measured {
@@ -219,6 +227,8 @@ impl Measured {
         self.rss_after_10_kb = self.rss_after_10_kb.max(o.rss_after_10_kb);
         self.rss_end_kb = o.rss_end_kb;
         self.peak_in_flight = self.peak_in_flight.max(o.peak_in_flight);
+        self.round_ms = mean(self.round_ms, o.round_ms);
+        self.round_all_ms = mean(self.round_all_ms, o.round_all_ms);
         self.wall_ms.extend(o.wall_ms);
     }
 }
@@ -364,7 +374,7 @@ fn sweeper_method(a: &MethodArgs) -> anyhow::Result<Measured> {
         // end), and the census is counted from it.
         let begin = |sweeper: &mut Sweeper| {
             let view = view.as_ref()?;
-            let sync = view.lock().expect("view").begin_sync();
+            let sync = view.lock().expect("view").begin_sweep();
             let to = TakeLists::new(Arc::clone(view), sync);
             sweeper.collect(Collecting::Live(Arc::new(to)));
             Some(sync)
@@ -420,6 +430,9 @@ fn sweeper_method(a: &MethodArgs) -> anyhow::Result<Measured> {
             }
         }
         per_run(a, &mut m, (cpu0, srv0, t0));
+        if let Some(view) = &view {
+            (m.round_ms, m.round_all_ms) = live_rounds(&mut view.lock().expect("view"), &detect);
+        }
         if restarted {
             m.later_peak_rss_kb = m.peak_rss_kb;
             m.peak_rss_kb = m.peak_rss_kb.max(first_peak_kb);
@@ -428,6 +441,44 @@ fn sweeper_method(a: &MethodArgs) -> anyhow::Result<Measured> {
         m.census_ms = median(&census_ms);
         Ok(m)
     })
+}
+
+/// Live rounds between sweeps (outside the timed sweeps): one connection opens, the round's
+/// census is counted, it closes again, 21 times. Returns the medians of the round's census
+/// and of one counting every connection of the view, as each round did before it counted
+/// only the users that changed (forced by other rules: one more suspect a user).
+fn live_rounds(view: &mut LiveView, detect: &DetectConfig) -> (f64, f64) {
+    let meta = Snapshot::default();
+    let rules = connwatch::census::Aggregate::new(Some("SYS"), detect);
+    let other = connwatch::census::Aggregate::new(
+        Some("SYS"),
+        &DetectConfig {
+            max_suspects_per_user: detect.max_suspects_per_user + 1,
+            ..detect.clone()
+        },
+    );
+    let Some(mut c) = view.connections().next().cloned() else {
+        return (0.0, 0.0);
+    };
+    let census = |view: &mut LiveView, rules: &connwatch::census::Aggregate| {
+        let t = Instant::now();
+        let snap = view.counted(&meta, chrono::Utc::now(), rules.fork());
+        drop(snap.census.map(|c| c.finish()));
+        t.elapsed().as_secs_f64() * 1000.0
+    };
+    let (mut round, mut all) = (Vec::new(), Vec::new());
+    for i in 0..21u64 {
+        c.cid = u64::MAX - i;
+        view.apply(Delta::Open(c.clone()));
+        round.push(census(view, &rules));
+        all.push(census(view, &other));
+        census(view, &rules);
+        view.apply(Delta::Close {
+            server_id: c.server_id.to_string(),
+            cid: c.cid,
+        });
+    }
+    (median(&round), median(&all))
 }
 
 /// What `connwatch run` does with a sweep in a live round: the view takes its connections.
@@ -1361,6 +1412,12 @@ fn print_table(size: usize, rows: &[Measured]) {
             m.server_cpu_ms,
             m.server_cpu_ms_raw,
             ratio(m.server_cpu_ms, fs)
+        );
+    }
+    for m in rows.iter().filter(|m| m.round_ms > 0.0) {
+        println!(
+            "\n{}: a live round's census, one connection opened: {:.2} ms; counting every connection: {:.2} ms",
+            m.kind, m.round_ms, m.round_all_ms
         );
     }
     let _ = std::io::stdout().flush();
