@@ -8,7 +8,7 @@ pub mod events;
 pub mod lookup;
 pub mod page;
 pub(crate) mod scan;
-mod snappy;
+pub(crate) mod snappy;
 mod system;
 pub mod wire;
 

@@ -188,6 +188,19 @@ impl System {
         body: Bytes,
         timeout: Duration,
     ) -> Result<Message, RequestError> {
+        self.request_inflating(subject, body, timeout, &Inflater::default())
+            .await
+    }
+
+    /// [`System::request`], a compressed reply decompressed by `inflater`: requests made one
+    /// after another, each reply dropped before the next, share its one buffer.
+    pub(crate) async fn request_inflating(
+        &self,
+        subject: String,
+        body: Bytes,
+        timeout: Duration,
+        inflater: &Inflater,
+    ) -> Result<Message, RequestError> {
         let mut req = async_nats::Request::new()
             .payload(body)
             .timeout(Some(timeout));
@@ -197,7 +210,7 @@ impl System {
         self.client
             .send_request(subject, req)
             .await
-            .map(|msg| decoded(msg, &Inflater::default()))
+            .map(|msg| decoded(msg, inflater))
             .map_err(|e| match e.kind() {
                 async_nats::RequestErrorKind::NoResponders => RequestError::NoResponders,
                 async_nats::RequestErrorKind::TimedOut => RequestError::TimedOut(timeout),

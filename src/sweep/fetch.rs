@@ -13,6 +13,7 @@ use super::inflight::Span;
 use super::replies::error_reply;
 use super::{bounded_unordered, Sweeper};
 use crate::nats::page::{connz_body, PageHead};
+use crate::nats::snappy::Inflater;
 use crate::nats::wire::ServerInfo;
 use crate::nats::{server_subject, RequestError, System};
 use crate::snapshot::ServerFailure;
@@ -151,6 +152,7 @@ async fn fetch_server(
     f: Fetch,
     limits: FetchLimits,
     sink: &Mutex<Collect>,
+    inflater: &Inflater,
 ) -> Fetched {
     let subject = server_subject(&f.server.id, "CONNZ");
     let mut out = Fetched::new(f.server);
@@ -185,7 +187,7 @@ async fn fetch_server(
         let wait = limits.timeout.min(limits.deadline - now);
         let sent = Instant::now();
         let reply = match system
-            .request(subject.clone(), connz_body(limit, 0), wait)
+            .request_inflating(subject.clone(), connz_body(limit, 0), wait, inflater)
             .await
         {
             Ok(m) => m,
@@ -273,8 +275,11 @@ impl Sweeper {
             0 => UNBOUNDED_FETCHES,
             n => n,
         };
+        // One decompression buffer for every reply: each is parsed and dropped before this
+        // task reads the next, so they take turns with it (no fresh mapping per server).
+        let inflater = Inflater::default();
         bounded_unordered(fetches, at_once, |f| {
-            fetch_server(&self.system, f, limits, sink)
+            fetch_server(&self.system, f, limits, sink, &inflater)
         })
         .collect()
         .await
