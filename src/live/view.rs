@@ -827,11 +827,13 @@ impl LiveView {
                             .is_some_and(|us| us.contains(&*c.user))
                     }
                 };
-                each_prefetched(self.connections(), |c| {
-                    if of_changed(c) {
-                        last.add(&c.view());
-                    }
-                });
+                if !pairs.is_empty() {
+                    each_prefetched(self.connections(), |c| {
+                        if of_changed(c) {
+                            last.add(&c.view());
+                        }
+                    });
+                }
                 last
             }
             _ => {
