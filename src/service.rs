@@ -437,8 +437,10 @@ impl Service {
     }
 
     /// The first phase of a round: the identity retry, the sweep, the census, the limit and
-    /// churn lookups; `None` when the sweep failed. Cancel-safe: it only reads and caches
-    /// lookups, so cancelling it anywhere (shutdown) loses nothing but the round.
+    /// churn lookups; `None` when the sweep failed. Cancel-safe: it reads, caches lookups and
+    /// hands servers' lists to the live view (each taken whole, its events since the sweep
+    /// began applied again: a state the view may be in), so cancelling it anywhere (shutdown)
+    /// loses nothing but the round.
     async fn gather(&mut self) -> Option<Gathered> {
         self.metrics.sweeps.inc();
         let generation = self.health.generation();
