@@ -85,8 +85,11 @@ struct Handing {
 /// What a sweep handed over ([`Collect::finish`]).
 #[derive(Debug, Default)]
 pub(super) struct Handed {
+    /// Ids of the servers whose lists were taken.
     pub servers: Vec<String>,
+    /// The connections those lists held.
     pub connections: u64,
+    /// Connections left out of the lists handed over (or offered) as not authenticated.
     pub pending: u64,
 }
 
@@ -172,16 +175,13 @@ impl Collect {
         let (Some(h), List::Compact(list)) = (&mut self.handing, &mut self.list) else {
             return;
         };
-        let pending = list.drop_pending_from(from, h.auth_required);
+        // Its unauthenticated ones are left out (and counted) now, whether taken or not.
+        h.handed.pending += list.drop_pending_from(from, h.auth_required);
         let listed = (list.len() - from) as u64;
         if h.to.take(server, list, from) {
             list.truncate(from);
             h.handed.servers.push(server.id.clone());
             h.handed.connections += listed;
-            h.handed.pending += pending;
-        } else {
-            // Kept in the list: left out again, and counted, when the sweep ends.
-            h.handed.pending += pending;
         }
     }
 
