@@ -577,3 +577,46 @@ async fn probe_servers(system: &System, known: usize, timeout: Duration) -> Vec<
         .await;
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::Connection;
+
+    fn listed(cids: &[u64]) -> ConnList {
+        let mut list = ConnList::default();
+        for &cid in cids {
+            let c = Connection {
+                server: "n1".into(),
+                server_id: "ID-n1".into(),
+                cid,
+                kind: "Client".into(),
+                account: "APP".into(),
+                user: "u".into(),
+                ..Connection::default()
+            };
+            list.push(&c.view());
+        }
+        list
+    }
+
+    #[test]
+    fn a_paused_view_takes_no_list_and_a_following_one_takes_it_whole() {
+        let server = ServerInfo {
+            name: "n1".into(),
+            id: "ID-n1".into(),
+            ver: "2.12.0".into(),
+            ..ServerInfo::default()
+        };
+        let view = Arc::new(Mutex::new(LiveView::new()));
+        let sync = view.lock().unwrap().begin_sweep();
+        let take = TakeLists::new(Arc::clone(&view), sync);
+        view.lock().unwrap().pause("over the event rate");
+        let mut list = listed(&[1, 2]);
+        assert!(!take.take(&server, &mut list, 0));
+        assert_eq!((list.len(), view.lock().unwrap().len()), (2, 0));
+        view.lock().unwrap().resume("under the rate again");
+        assert!(take.take(&server, &mut list, 0));
+        assert_eq!(view.lock().unwrap().count("APP", "u"), 2);
+    }
+}
