@@ -582,14 +582,16 @@ async fn counts_stay_exact_under_churn_with_sweeps_in_between() {
     let dir = tempfile::tempdir().unwrap();
     let live = start(dir.path(), "").await;
     let summaries = churn_with_sweeps_stays_exact(&live).await;
-    // One PING (and its STATSZ) per sweep: nothing taken before the sweep ends.
-    assert!(
-        summaries.iter().all(|s| s["requests"] == 2),
-        "{summaries:#?}"
-    );
+    // One PING (and its STATSZ) per sweep: no list is taken before the sweep ends, but a server
+    // read again (its list grew past the PING's headroom) after who is who was settled.
+    let rereads: u64 = summaries
+        .iter()
+        .map(|s| s["requests"].as_u64().unwrap() - 2)
+        .sum();
     assert_eq!(
         metric(live.listen, "connwatch_live_lists_taken_total"),
-        Some(0.0)
+        Some(rereads as f64),
+        "{summaries:#?}"
     );
 }
 
@@ -601,8 +603,10 @@ async fn counts_stay_exact_under_churn_when_the_view_takes_each_list_as_it_comes
     let dir = tempfile::tempdir().unwrap();
     let live = start_with(dir.path(), 0, "max_in_flight = 1\n", "1h", "1s", "").await;
     let summaries = churn_with_sweeps_stays_exact(&live).await;
+    // One STATSZ, then a directed read of each server (and another if its list grew past
+    // the headroom).
     assert!(
-        summaries.iter().all(|s| s["requests"] == 4),
+        summaries.iter().all(|s| s["requests"].as_u64() >= Some(4)),
         "{summaries:#?}"
     );
     // Three sweeps under churn (and the first): at least one list a sweep taken as it came.
