@@ -404,9 +404,9 @@ pub struct Snapshot {
     /// The connections of the servers in `servers`, each exactly once: every server's from one
     /// reply (one snapshot of it). Empty when the sweep only counted them (`census`).
     pub connections: Vec<Connection>,
-    /// The same, listed compactly instead ([`crate::sweep::Collecting::Compact`]: for the live
-    /// view, which reads them in place); empty otherwise. A sweep fills one of
-    /// `connections`, `compact` and `census`.
+    /// The same, listed compactly instead ([`crate::sweep::Collecting::Live`]: for the live
+    /// view, which reads them in place), less the lists it took as they came (`handed`); empty
+    /// otherwise. A sweep fills one of `connections`, `compact` and `census`.
     pub compact: crate::connlist::ConnList,
     /// The census of the servers in `servers`, built while their replies were parsed, when the
     /// sweep counted connections instead of listing them

@@ -99,16 +99,15 @@ pub enum Collecting {
     /// kicks, the audit of a dead leader's kicks).
     #[default]
     List,
-    /// Every connection, compactly, into [`Snapshot::compact`] (about 100 bytes a connection
-    /// instead of 168, for the live view, which reads them in place).
-    Compact,
     /// Only the census, built while the replies are parsed into [`Snapshot::census`], with the
     /// rules of this one (empty); no connection is held.
     Census(Aggregate),
-    /// As [`Collecting::Compact`], but each server's whole list read once who is who is
-    /// settled (a bounded sweep's directed reads, or a re-read after the PING) goes to the
-    /// [`Handover`] at once, and is let go: the sweep never holds every server's list.
-    /// [`Snapshot::handed`] names those servers.
+    /// For the live view: each server's whole list read once who is who is settled (a bounded
+    /// sweep's directed reads, or a re-read after the PING) goes to the [`Handover`] at once,
+    /// and is let go, so the sweep never holds every server's list ([`Snapshot::handed`] names
+    /// those servers). The others (the PING's, or those it did not take) go compactly into
+    /// [`Snapshot::compact`] (about 100 bytes a connection instead of 168; the view reads them
+    /// in place).
     Live(Arc<dyn Handover>),
 }
 
@@ -163,13 +162,11 @@ impl Sweeper {
         let room = self.last_connections + self.last_connections / 32;
         let conns = match &self.collecting {
             Collecting::List => Collect::new(List::Full(Vec::with_capacity(room)), None),
-            Collecting::Compact | Collecting::Live(_) => {
+            Collecting::Live(to) => {
                 let mut list = ConnList::default();
                 list.reserve_exact(room);
                 let mut conns = Collect::new(List::Compact(list), None);
-                if let Collecting::Live(to) = &self.collecting {
-                    conns.hand_to(Arc::clone(to), auth);
-                }
+                conns.hand_to(Arc::clone(to), auth);
                 conns
             }
             Collecting::Census(rules) => Collect::new(
