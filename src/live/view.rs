@@ -801,21 +801,18 @@ impl LiveView {
     fn recount(&mut self, rules: Aggregate) -> Aggregate {
         let changed = std::mem::take(&mut self.counts.changed);
         let all = std::mem::take(&mut self.counts.all);
-        let users_changed: usize = changed.values().map(HashSet::len).sum();
+        let pairs: Vec<(&str, &str)> = changed
+            .iter()
+            .flat_map(|(a, us)| us.iter().map(move |u| (&**a, &**u)))
+            .collect();
         let census = match self.last_census.take() {
             Some(mut last)
-                if !all && last.same_rules(&rules) && users_changed * 2 <= last.users() =>
+                if !all && last.same_rules(&rules) && pairs.len() * 2 <= last.users() =>
             {
-                for (account, users) in &changed {
-                    for user in users {
-                        last.forget_user(account, user);
-                    }
+                for (account, user) in &pairs {
+                    last.forget_user(account, user);
                 }
                 last.forget_unused_texts();
-                let pairs: Vec<(&str, &str)> = changed
-                    .iter()
-                    .flat_map(|(a, us)| us.iter().map(move |u| (&**a, &**u)))
-                    .collect();
                 let of_changed = |c: &Connection| {
                     if pairs.len() <= 8 {
                         pairs
