@@ -4,15 +4,15 @@
 //! mapping whose every page faults in (it was ~14% of a sweep's CPU), and `snap`'s reader
 //! copies each block once more through its own buffer. Here each block is decompressed where
 //! it belongs in the output, and the output is lent to the reply: when the reply is dropped,
-//! its buffer comes back for the next one (while the [`Inflater`] lives: one request's
-//! replies).
+//! its buffer comes back for the next one, while the [`Inflater`] lives (a sweeper keeps one
+//! from sweep to sweep).
 
 use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
 
-/// Decompresses the replies of one request, reusing one buffer while each reply is dropped
-/// before the next arrives.
+/// Decompresses replies, reusing one buffer while each reply is dropped before the next
+/// arrives.
 #[derive(Debug, Default)]
 pub(crate) struct Inflater {
     spare: Arc<Mutex<Option<Vec<u8>>>>,

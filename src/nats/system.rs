@@ -123,6 +123,21 @@ impl System {
         requests: &[(&str, Bytes)],
         timeout: Duration,
         linger: Duration,
+        each: impl FnMut(usize, Message) -> bool,
+    ) -> Result<usize, RequestError> {
+        let inflater = Inflater::default();
+        self.scatter_inflating(requests, timeout, linger, &inflater, each)
+            .await
+    }
+
+    /// [`System::scatter_each`], compressed replies decompressed by `inflater` (each into its
+    /// buffer while the one before was dropped).
+    pub(crate) async fn scatter_inflating(
+        &self,
+        requests: &[(&str, Bytes)],
+        timeout: Duration,
+        linger: Duration,
+        inflater: &Inflater,
         mut each: impl FnMut(usize, Message) -> bool,
     ) -> Result<usize, RequestError> {
         let inbox = self.client.new_inbox();
@@ -150,8 +165,6 @@ impl System {
         let mut deadline = Instant::now() + timeout;
         let mut finished = false;
         let mut count = 0;
-        // One buffer for the replies, each dropped by `each` before the next (as a sweep does).
-        let inflater = Inflater::default();
         while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, sub.next()).await {
             let Some(i) = msg
                 .subject
@@ -168,7 +181,7 @@ impl System {
                 continue;
             }
             count += 1;
-            let stop = each(i, decoded(msg, &inflater)) && !finished;
+            let stop = each(i, decoded(msg, inflater)) && !finished;
             if stop {
                 if linger.is_zero() {
                     break;

@@ -275,11 +275,10 @@ impl Sweeper {
             0 => UNBOUNDED_FETCHES,
             n => n,
         };
-        // One decompression buffer for every reply: each is parsed and dropped before this
-        // task reads the next, so they take turns with it (no fresh mapping per server).
-        let inflater = Inflater::default();
+        // One decompression buffer for every reply (the sweeper's): each is parsed and dropped
+        // before this task reads the next, so they take turns with it.
         bounded_unordered(fetches, at_once, |f| {
-            fetch_server(&self.system, f, limits, sink, &inflater)
+            fetch_server(&self.system, f, limits, sink, &self.inflater)
         })
         .collect()
         .await

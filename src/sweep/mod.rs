@@ -41,6 +41,7 @@ use crate::census::Aggregate;
 use crate::config::SweepConfig;
 use crate::connlist::ConnList;
 use crate::nats::page::connz_body;
+use crate::nats::snappy::Inflater;
 use crate::nats::wire::ServerInfo;
 use crate::nats::{RequestError, System, PING_CONNZ, PING_STATSZ};
 use crate::snapshot::{ServerError, ServerSeen, Snapshot};
@@ -90,6 +91,10 @@ pub struct Sweeper {
     last_largest_server: u64,
     /// What the sweeps make of the connections ([`Sweeper::collect`]).
     collecting: Collecting,
+    /// The buffer each reply is decompressed into, kept from one counting sweep to the next: a
+    /// fresh one is a fresh mapping, faulted in page by page (~2 ms a sweep at 45,000
+    /// connections). It holds the largest reply's bytes between sweeps.
+    inflater: Inflater,
 }
 
 /// What a sweep makes of the connections it reads ([`Sweeper::collect`]).
@@ -128,6 +133,7 @@ impl Sweeper {
             last_connections: 0,
             last_largest_server: 0,
             collecting: Collecting::List,
+            inflater: Inflater::default(),
         }
     }
 
@@ -203,6 +209,12 @@ impl Sweeper {
                 .await?
         };
         let (list, census, handed) = conns.finish();
+        if census.is_none() {
+            // A sweep that lists its connections (for the live view, or to act on them) keeps
+            // no reply's bytes past its end: its peak, the connections and the view they go to,
+            // holds them already.
+            self.inflater = Inflater::default();
+        }
         snap.census = census;
         snap.handed = handed.servers;
         snap.handed_connections = handed.connections;
@@ -332,7 +344,7 @@ impl Sweeper {
         let mut firsts = FirstReplies::new(limit, conns);
         let sent = Instant::now();
         self.system
-            .scatter_each(&requests, g.timeout, g.linger, |i, msg| {
+            .scatter_inflating(&requests, g.timeout, g.linger, &self.inflater, |i, msg| {
                 snap.bytes += msg.length;
                 if i == 0 {
                     firsts.add(&msg.payload, &mut snap.bad_replies);
