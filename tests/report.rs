@@ -708,27 +708,14 @@ async fn a_slow_server_is_cut_at_the_deadline_and_the_others_are_kept() {
 async fn a_long_lived_sweeper_reads_each_servers_list_once_from_its_second_sweep() {
     use connwatch::config::SweepConfig;
     use connwatch::state::KnownServers;
-    use connwatch::sweep::Sweeper;
 
     let dir = tempfile::tempdir().unwrap();
-    let cluster = Cluster::start(
-        ClusterSpec::new(dir.path().join("cluster"))
-            .account(AccountSpec::new("APP").user("app", "app-pw")),
-    )
-    .unwrap();
-    let app = LoadAuth::user_password("app", "app-pw");
-    let mut loads = Vec::new();
-    for (i, n) in [(0, 60), (1, 25), (2, 5)] {
-        let spec = LoadSpec::new(cluster.client_url(i), app.clone(), n);
-        loads.push(load::open(spec).await.unwrap());
-    }
-    let client = system_client(&cluster).await;
     let cfg = SweepConfig {
         expected_servers: 3,
         page_size: 20,
         ..SweepConfig::default()
     };
-    let mut sweeper = Sweeper::new(connwatch::nats::System::new(client), &cfg);
+    let (_cluster, loads, mut sweeper) = app_sweeper(dir.path(), [60, 25, 5], &cfg).await;
     let mut known = KnownServers::default();
     let app_conns = |s: &connwatch::snapshot::Snapshot| {
         s.connections
@@ -834,6 +821,29 @@ async fn listed_or_counted_plain_or_compressed_a_sweep_counts_the_same() {
     drop(loads);
 }
 
+/// A cluster with APP's user `app` holding `per_server[i]` connections on server `i`, and a
+/// sweeper of `cfg` on a client of its system user.
+async fn app_sweeper(
+    dir: &std::path::Path,
+    per_server: [usize; 3],
+    cfg: &connwatch::config::SweepConfig,
+) -> (Cluster, Vec<load::Load>, connwatch::sweep::Sweeper) {
+    let cluster = Cluster::start(
+        ClusterSpec::new(dir.join("cluster"))
+            .account(AccountSpec::new("APP").user("app", "app-pw")),
+    )
+    .unwrap();
+    let app = LoadAuth::user_password("app", "app-pw");
+    let mut loads = Vec::new();
+    for (i, n) in per_server.into_iter().enumerate() {
+        let spec = LoadSpec::new(cluster.client_url(i), app.clone(), n);
+        loads.push(load::open(spec).await.unwrap());
+    }
+    let system = connwatch::nats::System::new(system_client(&cluster).await);
+    let sweeper = connwatch::sweep::Sweeper::new(system, cfg);
+    (cluster, loads, sweeper)
+}
+
 /// A client of the cluster's system user, as connwatch connects.
 async fn system_client(cluster: &Cluster) -> async_nats::Client {
     use connwatch::config::{NatsConfig, Secret};
@@ -845,4 +855,69 @@ async fn system_client(cluster: &Cluster) -> async_nats::Client {
         ..NatsConfig::default()
     };
     connwatch::nats::connect(&nats, None).await.unwrap()
+}
+
+/// Records when each list was handed over.
+#[derive(Debug, Default)]
+struct TakenAt(std::sync::Mutex<Vec<(String, std::time::Instant)>>);
+
+impl connwatch::sweep::Handover for TakenAt {
+    fn take(
+        &self,
+        server: &connwatch::nats::wire::ServerInfo,
+        list: &mut connwatch::connlist::ConnList,
+        from: usize,
+    ) -> bool {
+        assert!(list.len() > from, "a whole list, not empty here");
+        let at = std::time::Instant::now();
+        self.0.lock().unwrap().push((server.id.clone(), at));
+        true
+    }
+}
+
+/// A bounded sweep (more servers than `sweep.max_in_flight`) waits for a silent server's STATSZ
+/// reply until its timeout; once the other servers' replies went quiet, who is who is settled
+/// for the lists, so each answering server's list goes to the live view long before the
+/// timeout instead of every list being held until then.
+#[tokio::test]
+async fn a_bounded_sweep_with_a_server_silent_hands_each_list_over_long_before_its_timeout() {
+    use connwatch::config::SweepConfig;
+    use connwatch::state::KnownServers;
+    use connwatch::sweep::Collecting;
+
+    let dir = tempfile::tempdir().unwrap();
+    // A fourth server is expected and never answers: the sweep waits for it until the timeout.
+    let timeout = Duration::from_secs(4);
+    let cfg = SweepConfig {
+        expected_servers: 4,
+        max_in_flight: 1,
+        timeout,
+        ..SweepConfig::default()
+    };
+    let (_cluster, loads, mut sweeper) = app_sweeper(dir.path(), [10, 10, 10], &cfg).await;
+    let taken = std::sync::Arc::new(TakenAt::default());
+    sweeper.collect(Collecting::Live(taken.clone()));
+    let begun = std::time::Instant::now();
+    let snap = sweeper.sweep(&mut KnownServers::default()).await.unwrap();
+    let ended = begun.elapsed();
+    assert!(snap.partial(), "one server silent");
+    assert!(ended >= timeout, "waited for the silent server: {ended:?}");
+    let taken = taken.0.lock().unwrap().clone();
+    assert_eq!(taken.len(), 3, "{taken:?}");
+    assert_eq!(snap.handed.len(), 3);
+    assert_eq!(
+        snap.handed_connections,
+        3 * 10 + 1,
+        "the loads and connwatch's own"
+    );
+    for (server, at) in &taken {
+        assert!(
+            at.duration_since(begun) < timeout / 2,
+            "{server}'s list taken {:?} into a sweep of {ended:?}",
+            at.duration_since(begun)
+        );
+    }
+    for l in loads {
+        l.close().await;
+    }
 }

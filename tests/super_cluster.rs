@@ -322,8 +322,9 @@ async fn super_cluster_counts_every_server_once_and_a_silent_cluster_stops_resol
     // 4. The same with bounded sweeps (2 servers at a time, the same state: c3's servers are
     // remembered). The sweep is partial, so the live view is not complete: app (back at 56 of
     // 50) stays firing, nothing is kicked, and it does not resolve when it drops below again.
-    // (Who is who settles only when c3's STATSZ replies are given up on, at the timeout: the
-    // lists read before are reconciled at the sweep's end, none taken as it came.)
+    // c3's STATSZ replies never come, but once the others' went quiet who is who is settled
+    // for the lists: each answering server's list goes to the view then, not held until the
+    // timeout (so the sweep's memory does not grow with the servers while a cluster is down).
     let again = load::open(LoadSpec::new(cluster.client_url(0), app(), 40).name("worker"))
         .await
         .unwrap();
@@ -341,6 +342,14 @@ async fn super_cluster_counts_every_server_once_and_a_silent_cluster_stops_resol
     assert!(more, "no further rounds: {}", running.log());
     assert_eq!(running.metric(firing), Some(1.0), "{}", running.metrics());
     assert_eq!(running.metric("connwatch_live_complete"), Some(0.0));
+    assert!(
+        running
+            .metric("connwatch_live_lists_taken_total")
+            .unwrap_or(0.0)
+            >= 4.0,
+        "{}",
+        running.metrics()
+    );
     assert_eq!(
         running
             .metric("connwatch_kicks_total{result=\"sent\"}")

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::time::Instant;
@@ -19,6 +20,15 @@ use super::inflight::Span;
 use super::{display_name, sweep_error, Gather, SweepError, Sweeper};
 use crate::nats::PING_STATSZ;
 use crate::snapshot::{ServerFailure, Snapshot};
+
+/// How long a bounded sweep's STATSZ replies are quiet before who is who is settled for the
+/// lists while a server is still silent ([`super::collect::Collect::settle_lists`]).
+const SETTLE_QUIET: Duration = Duration::from_millis(250);
+
+/// What `m` holds (a lock never held across an await).
+fn held<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 impl Sweeper {
     /// Pings STATSZ and reads each server that answers with directed requests, a few at a time,
@@ -36,53 +46,72 @@ impl Sweeper {
         snap.requests += requests.len();
         let (tx, rx) = futures::channel::mpsc::unbounded::<Fetch>();
         // Replies per id that answered more than once.
-        let mut again: BTreeMap<String, usize> = BTreeMap::new();
+        let again: Mutex<BTreeMap<String, usize>> = Mutex::default();
+        let twice = || held(&again).keys().cloned().collect::<Vec<String>>();
         let (mut bytes, mut bad, mut finished) = (0, 0, false);
         let sent = Instant::now();
+        // When the last STATSZ reply came.
+        let last = Mutex::new(sent);
         let sink = Mutex::new(conns);
         let statsz = async {
             let tx = tx;
-            let r = self
-                .system
-                .scatter_each(&requests, g.timeout, g.linger, |_, msg| {
-                    bytes += msg.length;
-                    match discovery.add(&msg.payload) {
-                        Added::New(server, connections) => {
-                            // The receiver lives until this gather ends.
-                            let _ = tx.unbounded_send(Fetch {
-                                server,
-                                total: connections,
-                                returned: 0,
-                                pinged: false,
-                            });
+            let r = {
+                let ask = self
+                    .system
+                    .scatter_each(&requests, g.timeout, g.linger, |_, msg| {
+                        *held(&last) = Instant::now();
+                        bytes += msg.length;
+                        match discovery.add(&msg.payload) {
+                            Added::New(server, connections) => {
+                                // The receiver lives until this gather ends.
+                                let _ = tx.unbounded_send(Fetch {
+                                    server,
+                                    total: connections,
+                                    returned: 0,
+                                    pinged: false,
+                                });
+                            }
+                            Added::Again(id) => *held(&again).entry(id).or_insert(1) += 1,
+                            Added::Bad => bad += 1,
                         }
-                        Added::Again(id) => *again.entry(id).or_insert(1) += 1,
-                        Added::Bad => bad += 1,
-                    }
-                    spans.push(Span {
-                        sent,
-                        parsed: Instant::now(),
-                        bytes: msg.length,
+                        spans.push(Span {
+                            sent,
+                            parsed: Instant::now(),
+                            bytes: msg.length,
+                        });
+                        if !finished {
+                            finished = g.settled(discovery, discovery.replies());
+                            return finished;
+                        }
+                        false
                     });
-                    if !finished {
-                        finished = g.settled(discovery, discovery.replies());
-                        return finished;
+                tokio::pin!(ask);
+                // A silent server keeps the replies coming until the timeout. Once they went
+                // quiet, who is who is settled for the lists: each is handed over (a live sweep)
+                // instead of being held until then. A later reply for an id that answered already
+                // still makes it an error at the end (the sweep partial).
+                loop {
+                    let quiet = tokio::time::sleep_until(*held(&last) + SETTLE_QUIET);
+                    tokio::select! {
+                        r = &mut ask => break r,
+                        () = quiet, if !held(&sink).lists_settled() => {
+                            if held(&last).elapsed() >= SETTLE_QUIET {
+                                held(&sink).settle_lists(&twice());
+                            }
+                        }
                     }
-                    false
-                })
-                .await;
+                }
+            };
             // No more servers: the reads end when the last one is done.
             drop(tx);
             // No more STATSZ replies either: who answered twice is known for good. The
             // others' censuses are joined from now on as they come.
-            let twice: Vec<String> = again.keys().cloned().collect();
-            sink.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .settle(&twice);
+            held(&sink).settle(&twice());
             r
         };
         let reads = self.fetch_all(rx, g.deadline, &sink);
         let (asked, mut fetched) = tokio::join!(statsz, reads);
+        let again = again.into_inner().unwrap_or_else(|e| e.into_inner());
         let mut conns = sink.into_inner().unwrap_or_else(|e| e.into_inner());
         snap.bytes += bytes;
         snap.bad_replies += bad;

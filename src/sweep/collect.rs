@@ -66,6 +66,12 @@ pub(super) struct Collect {
     counted: Vec<(String, Aggregate)>,
     /// Whether who is who is settled.
     settled: bool,
+    /// Whether it is settled enough for lists to be handed over: at [`Collect::settle`], or
+    /// earlier ([`Collect::settle_lists`]) while a server stays silent.
+    lists_settled: bool,
+    /// The lists kept before that, to hand over then (server, where its list starts), in the
+    /// order they were read.
+    waiting: Vec<(ServerInfo, usize)>,
     /// Servers whose connections are not counted, whenever they come (impostors).
     refused: Vec<String>,
     /// Where each whole list goes once who is who is settled (a live sweep), instead of
@@ -102,6 +108,8 @@ impl Collect {
             census,
             counted: Vec::new(),
             settled: false,
+            lists_settled: false,
+            waiting: Vec::new(),
             refused: Vec::new(),
             handing: None,
         }
@@ -118,18 +126,42 @@ impl Collect {
     }
 
     /// Who is who is settled: the servers of `refused` are dropped (now and whenever their
-    /// connections come), the others' censuses joined, now and as they come.
+    /// connections come), the others' censuses joined and lists handed over, now and as they
+    /// come.
     pub(super) fn settle(&mut self, refused: &[String]) {
-        for id in refused {
-            self.drop_server(id);
-        }
-        self.refused.extend(refused.iter().cloned());
+        self.settle_lists(refused);
         self.settled = true;
         if let Some(all) = &mut self.census {
             for (_, part) in self.counted.drain(..) {
                 all.absorb(part);
             }
         }
+    }
+
+    /// Who is who is settled for the lists (a bounded sweep whose STATSZ replies went quiet
+    /// while a server stays silent): the servers of `refused` are dropped, the lists kept so
+    /// far handed over, and those that come later as they come. Censuses are still held apart
+    /// until [`Collect::settle`], so a server found answering twice later is counted in none.
+    pub(super) fn settle_lists(&mut self, refused: &[String]) {
+        // From the last list kept back: each is then the list's end, where a list is taken.
+        while let Some((server, from)) = self.waiting.pop() {
+            if refused.contains(&server.id) {
+                self.list.truncate(from);
+            } else if !self.hand_over(&server, from) {
+                break;
+            }
+        }
+        self.waiting.clear();
+        for id in refused {
+            self.drop_server(id);
+        }
+        self.refused.extend(refused.iter().cloned());
+        self.lists_settled = true;
+    }
+
+    /// Whether lists are handed over as they come ([`Collect::settle_lists`]).
+    pub(super) fn lists_settled(&self) -> bool {
+        self.lists_settled
     }
 
     /// Parses one reply of up to `limit` connections, kept only when it holds the server's whole
@@ -165,24 +197,32 @@ impl Collect {
         match (part, &mut self.census) {
             (Part::Counted(part), Some(all)) if self.settled => all.absorb(*part),
             (Part::Counted(part), _) => self.counted.push((id.to_string(), *part)),
-            (Part::Listed(range), _) if self.settled => self.hand_over(server, range.start),
+            (Part::Listed(range), _) if self.lists_settled => {
+                self.hand_over(server, range.start);
+            }
+            (Part::Listed(range), _) if self.handing.is_some() => {
+                self.waiting.push((server.clone(), range.start));
+            }
             (Part::Listed(_), _) => {}
         }
     }
 
-    /// Hands `server`'s list, the last one parsed (from `from` on), over, when handing.
-    fn hand_over(&mut self, server: &ServerInfo, from: usize) {
+    /// Hands `server`'s list, the last one in the list (from `from` on), over, when handing.
+    /// Returns whether it was taken.
+    fn hand_over(&mut self, server: &ServerInfo, from: usize) -> bool {
         let (Some(h), List::Compact(list)) = (&mut self.handing, &mut self.list) else {
-            return;
+            return false;
         };
         // Its unauthenticated ones are left out (and counted) now, whether taken or not.
         h.handed.pending += list.drop_pending_from(from, h.auth_required);
         let listed = (list.len() - from) as u64;
-        if h.to.take(server, list, from) {
+        let taken = h.to.take(server, list, from);
+        if taken {
             list.truncate(from);
             h.handed.servers.push(server.id.clone());
             h.handed.connections += listed;
         }
+        taken
     }
 
     /// Drops `part`, the last one parsed.

@@ -108,7 +108,8 @@ pub enum Collecting {
     /// rules of this one (empty); no connection is held.
     Census(Aggregate),
     /// For the live view: each server's whole list read once who is who is settled (a bounded
-    /// sweep's directed reads, or a re-read after the PING) goes to the [`Handover`] at once,
+    /// sweep's directed reads, or a re-read after the PING; those read before, at the
+    /// settling) goes to the [`Handover`] at once,
     /// and is let go, so the sweep never holds every server's list ([`Snapshot::handed`] names
     /// those servers). The others (the PING's, or those it did not take) go compactly into
     /// [`Snapshot::compact`] (about 100 bytes a connection instead of 168; the view reads them

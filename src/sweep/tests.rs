@@ -366,18 +366,26 @@ impl super::Handover for Taker {
     }
 }
 
-#[test]
-fn a_live_sweep_hands_each_whole_list_over_once_who_is_who_is_settled() {
+/// Parses `reply` into `conns` and keeps it (a whole list, as a sweep does).
+fn read(conns: &mut Collect, reply: &[u8]) {
+    let (head, part) = conns.parse(reply, 100).unwrap();
+    conns.keep(&head.server, part);
+}
+
+/// A live sweep's lists, handed to a [`Taker`] that refuses server `refuse`.
+fn handing(refuse: &str, auth_required: bool) -> (Arc<Taker>, Collect) {
     let to = Arc::new(Taker {
-        refuse: vec!["N5".into()],
+        refuse: vec![refuse.into()],
         ..Taker::default()
     });
     let mut conns = Collect::new(List::Compact(ConnList::default()), None);
-    conns.hand_to(to.clone(), true);
-    let read = |conns: &mut Collect, reply: Vec<u8>| {
-        let (head, part) = conns.parse(&reply, 100).unwrap();
-        conns.keep(&head.server, part);
-    };
+    conns.hand_to(to.clone(), auth_required);
+    (to, conns)
+}
+
+#[test]
+fn a_live_sweep_hands_each_whole_list_over_once_who_is_who_is_settled() {
+    let (to, mut conns) = handing("N5", true);
     // One listed before it authenticated (nobody's yet), one of a user.
     let authed = |name: &str, id: &str, cids: [u64; 2]| {
         serde_json::to_vec(&serde_json::json!({
@@ -389,30 +397,78 @@ fn a_live_sweep_hands_each_whole_list_over_once_who_is_who_is_settled() {
         }))
         .unwrap()
     };
-    // Before who is who is settled: held (n1 may yet turn out to be two servers).
-    read(&mut conns, authed("n1", "N1", [1, 2]));
+    // Before who is who is settled: held (n1 may yet turn out to be two servers); at the
+    // settling, handed over.
+    read(&mut conns, &authed("n1", "N1", [1, 2]));
     assert!(to.taken.lock().unwrap().is_empty());
     conns.settle(&["N3".to_string()]);
+    assert_eq!(*to.taken.lock().unwrap(), [("N1".to_string(), vec![2])]);
     // After: each whole list goes at once, without the unauthenticated one; an impostor's
     // never; one the view does not take stays in the list.
-    read(&mut conns, authed("n2", "N2", [3, 4]));
-    read(&mut conns, connz("n3", "N3", 1, &[5]));
-    read(&mut conns, authed("n4", "N4", [6, 7]));
-    read(&mut conns, authed("n5", "N5", [8, 9]));
+    read(&mut conns, &authed("n2", "N2", [3, 4]));
+    read(&mut conns, &connz("n3", "N3", 1, &[5]));
+    read(&mut conns, &authed("n4", "N4", [6, 7]));
+    read(&mut conns, &authed("n5", "N5", [8, 9]));
     assert_eq!(
         *to.taken.lock().unwrap(),
-        [("N2".to_string(), vec![4]), ("N4".to_string(), vec![7])]
+        [
+            ("N1".to_string(), vec![2]),
+            ("N2".to_string(), vec![4]),
+            ("N4".to_string(), vec![7])
+        ]
     );
     let (list, _, handed) = conns.finish();
-    assert_eq!(handed.servers, ["N2", "N4"]);
-    assert_eq!((handed.connections, handed.pending), (2, 3));
+    assert_eq!(handed.servers, ["N1", "N2", "N4"]);
+    assert_eq!((handed.connections, handed.pending), (3, 4));
     let List::Compact(mut list) = list else {
         panic!("compact")
     };
-    // n1's and n5's remain (n5's pending one already left out and counted).
-    assert_eq!(list.drop_pending(true), 1);
+    // n5's remains (its pending one already left out and counted).
+    assert_eq!(list.drop_pending(true), 0);
     let left: Vec<u64> = list.iter().map(|c| c.cid).collect();
-    assert_eq!(left, [2, 9]);
+    assert_eq!(left, [9]);
+}
+
+#[test]
+fn lists_read_before_who_is_who_is_settled_for_them_go_over_then_and_censuses_wait_longer() {
+    // A bounded sweep with a server silent: its STATSZ replies went quiet, so who is who is
+    // settled for the lists (`settle_lists`) before the timeout settles it for good.
+    let (to, mut conns) = handing("N1", false);
+    let read = |conns: &mut Collect, name: &str, id: &str, cids: &[u64]| {
+        read(conns, &connz(name, id, cids.len() as u64, cids));
+    };
+    read(&mut conns, "n1", "N1", &[1, 2]);
+    read(&mut conns, "n2", "N2", &[3]);
+    read(&mut conns, "n3", "N3", &[4, 5]);
+    assert!(to.taken.lock().unwrap().is_empty());
+    assert!(!conns.lists_settled());
+    // N2 answered twice: dropped. The others go from the last back; the view refusing n1's
+    // (paused) leaves it, and what is before it, in the list.
+    conns.settle_lists(&["N2".to_string()]);
+    assert!(conns.lists_settled());
+    assert_eq!(*to.taken.lock().unwrap(), [("N3".to_string(), vec![4, 5])]);
+    // Later lists go as they come; N2's, when it comes again, never.
+    read(&mut conns, "n4", "N4", &[6]);
+    read(&mut conns, "n2", "N2", &[7]);
+    conns.settle(&["N2".to_string()]);
+    let (list, _, handed) = conns.finish();
+    assert_eq!(handed.servers, ["N3", "N4"]);
+    let List::Compact(list) = list else {
+        panic!("compact")
+    };
+    let left: Vec<u64> = list.iter().map(|c| c.cid).collect();
+    assert_eq!(left, [1, 2]);
+
+    // Counting: the censuses are still held apart until `settle` (a server found answering
+    // twice by then is counted in none).
+    let rules = crate::census::Aggregate::new(None, &crate::config::DetectConfig::default());
+    let mut conns = Collect::new(List::Full(Vec::new()), Some(rules));
+    read(&mut conns, "n1", "N1", &[1, 2]);
+    conns.settle_lists(&[]);
+    read(&mut conns, "n2", "N2", &[3]);
+    assert_eq!(conns.held(), 2);
+    conns.settle(&["N2".to_string()]);
+    assert_eq!(conns.finish().1.unwrap().finish().connections, 2);
 }
 
 #[test]
@@ -420,10 +476,7 @@ fn a_counting_sweep_holds_each_servers_census_only_until_who_is_who_is_settled()
     let rules = crate::census::Aggregate::new(None, &crate::config::DetectConfig::default());
     let mut conns = Collect::new(List::Full(Vec::new()), Some(rules));
     let read = |conns: &mut Collect, name: &str, id: &str, cids: &[u64]| {
-        let (head, part) = conns
-            .parse(&connz(name, id, cids.len() as u64, cids), 100)
-            .unwrap();
-        conns.keep(&head.server, part);
+        read(conns, &connz(name, id, cids.len() as u64, cids));
     };
     read(&mut conns, "n1", "N1", &[1, 2]);
     read(&mut conns, "n2", "N2", &[1, 2, 3]);
