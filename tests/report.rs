@@ -857,9 +857,10 @@ async fn system_client(cluster: &Cluster) -> async_nats::Client {
     connwatch::nats::connect(&nats, None).await.unwrap()
 }
 
-/// Records when each list was handed over.
+/// Records when each list was handed over, and how many connections of other lists the sweep
+/// held then (before it in the sweep's list).
 #[derive(Debug, Default)]
-struct TakenAt(std::sync::Mutex<Vec<(String, std::time::Instant)>>);
+struct TakenAt(std::sync::Mutex<Vec<(String, std::time::Instant, usize)>>);
 
 impl connwatch::sweep::Handover for TakenAt {
     fn take(
@@ -870,7 +871,7 @@ impl connwatch::sweep::Handover for TakenAt {
     ) -> bool {
         assert!(list.len() > from, "a whole list, not empty here");
         let at = std::time::Instant::now();
-        self.0.lock().unwrap().push((server.id.clone(), at));
+        self.0.lock().unwrap().push((server.id.clone(), at, from));
         true
     }
 }
@@ -878,7 +879,8 @@ impl connwatch::sweep::Handover for TakenAt {
 /// A bounded sweep (more servers than `sweep.max_in_flight`) waits for a silent server's STATSZ
 /// reply until its timeout; once the other servers' replies went quiet, who is who is settled
 /// for the lists, so each answering server's list goes to the live view long before the
-/// timeout instead of every list being held until then.
+/// timeout instead of every list being held until then; and no more servers are read while
+/// `max_in_flight` lists wait for that, so the lists held stay that few.
 #[tokio::test]
 async fn a_bounded_sweep_with_a_server_silent_hands_each_list_over_long_before_its_timeout() {
     use connwatch::config::SweepConfig;
@@ -910,12 +912,14 @@ async fn a_bounded_sweep_with_a_server_silent_hands_each_list_over_long_before_i
         3 * 10 + 1,
         "the loads and connwatch's own"
     );
-    for (server, at) in &taken {
+    for (server, at, others) in &taken {
         assert!(
             at.duration_since(begun) < timeout / 2,
             "{server}'s list taken {:?} into a sweep of {ended:?}",
             at.duration_since(begun)
         );
+        // max_in_flight = 1: no other server's list (10 or 11 connections) held beside it.
+        assert!(*others < 10, "{server}'s list taken beside {others} others: {taken:?}");
     }
     for l in loads {
         l.close().await;

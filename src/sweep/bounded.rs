@@ -10,6 +10,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::warn;
 
@@ -24,6 +26,15 @@ use crate::snapshot::{ServerFailure, Snapshot};
 /// How long a bounded sweep's STATSZ replies are quiet before who is who is settled for the
 /// lists while a server is still silent ([`super::collect::Collect::settle_lists`]).
 const SETTLE_QUIET: Duration = Duration::from_millis(250);
+
+/// `f`, at once, or when `wait`, once who is who is settled for the lists.
+async fn when_settled(f: Fetch, wait: bool, mut settled: watch::Receiver<bool>) -> Fetch {
+    if wait {
+        // An error: the gather is over, nothing to wait for.
+        let _ = settled.wait_for(|s| *s).await;
+    }
+    f
+}
 
 /// What `m` holds (a lock never held across an await).
 fn held<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -53,6 +64,8 @@ impl Sweeper {
         // When the last STATSZ reply came.
         let last = Mutex::new(sent);
         let sink = Mutex::new(conns);
+        // Whether who is who is settled for the lists (the reads wait on it, below).
+        let (settled_tx, settled) = watch::channel(false);
         let statsz = async {
             let tx = tx;
             let r = {
@@ -97,6 +110,7 @@ impl Sweeper {
                         () = quiet, if !held(&sink).lists_settled() => {
                             if held(&last).elapsed() >= SETTLE_QUIET {
                                 held(&sink).settle_lists(&twice());
+                                let _ = settled_tx.send(true);
                             }
                         }
                     }
@@ -107,9 +121,19 @@ impl Sweeper {
             // No more STATSZ replies either: who answered twice is known for good. The
             // others' censuses are joined from now on as they come.
             held(&sink).settle(&twice());
+            let _ = settled_tx.send(true);
             r
         };
-        let reads = self.fetch_all(rx, g.deadline, &sink);
+        // A live sweep's lists read before the settling are held until it: no more servers are
+        // read once as many lists as `sweep.max_in_flight` wait, so what is held stays a few
+        // lists whatever the number of servers (while one is silent, until the replies go
+        // quiet).
+        let room = self.cfg.max_in_flight.max(1);
+        let fetches = rx.then(|f| {
+            let full = held(&sink).lists_waiting() >= room;
+            when_settled(f, full, settled.clone())
+        });
+        let reads = self.fetch_all(fetches, g.deadline, &sink);
         let (asked, mut fetched) = tokio::join!(statsz, reads);
         let again = again.into_inner().unwrap_or_else(|e| e.into_inner());
         let mut conns = sink.into_inner().unwrap_or_else(|e| e.into_inner());

@@ -159,6 +159,11 @@ impl Collect {
         self.lists_settled = true;
     }
 
+    /// Lists read and held until who is who is settled for them, to be handed over then.
+    pub(super) fn lists_waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
     /// Whether lists are handed over as they come ([`Collect::settle_lists`]).
     pub(super) fn lists_settled(&self) -> bool {
         self.lists_settled
