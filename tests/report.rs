@@ -919,8 +919,85 @@ async fn a_bounded_sweep_with_a_server_silent_hands_each_list_over_long_before_i
             at.duration_since(begun)
         );
         // max_in_flight = 1: no other server's list (10 or 11 connections) held beside it.
-        assert!(*others < 10, "{server}'s list taken beside {others} others: {taken:?}");
+        assert!(
+            *others < 10,
+            "{server}'s list taken beside {others} others: {taken:?}"
+        );
     }
+    for l in loads {
+        l.close().await;
+    }
+}
+
+/// A bounded counting sweep (`report`, `run` without the live census) with a server silent
+/// settles who is who once its STATSZ replies went quiet, and counts each census as it comes.
+/// A server found answering twice after that (its census counted already) makes the sweep an
+/// error: its counts would hold what one of the two said, so none is used. Without the late
+/// reply the same sweep is partial and counts every answering server exactly.
+#[tokio::test]
+async fn a_server_found_answering_twice_after_its_census_was_counted_fails_the_sweep() {
+    use connwatch::census::Aggregate;
+    use connwatch::config::{DetectConfig, SweepConfig};
+    use connwatch::state::KnownServers;
+    use connwatch::sweep::{Collecting, SweepError};
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SweepConfig {
+        expected_servers: 4,
+        max_in_flight: 1,
+        timeout: Duration::from_secs(3),
+        ..SweepConfig::default()
+    };
+    let (cluster, loads, mut sweeper) = app_sweeper(dir.path(), [10, 20, 30], &cfg).await;
+    let rules = Aggregate::new(Some("SYS"), &DetectConfig::default());
+    sweeper.collect(Collecting::Census(rules));
+    let mut known = KnownServers::default();
+    let snap = sweeper.sweep(&mut known).await.unwrap();
+    assert!(snap.partial(), "a fourth server expected");
+    let census = snap.census.clone().unwrap().finish();
+    let app = census.users.iter().find(|u| u.user == "app").unwrap();
+    assert_eq!(app.connections, 60);
+
+    // Something else answers STATSZ as the server of 30, a second after the others.
+    let third = snap.servers.iter().find(|s| s.connections >= 30).unwrap();
+    let statsz = serde_json::json!({
+        "server": {"name": "impostor", "id": third.id}, "statsz": {"active_servers": 3}
+    });
+    let replies = std::sync::Arc::new(std::sync::Mutex::new(vec![
+        serde_json::to_vec(&statsz).unwrap()
+    ]));
+    let subject = "$SYS.REQ.SERVER.PING.STATSZ";
+    let late = Duration::from_secs(1);
+    let _impostor = responder(&cluster.client_url(1), subject, replies, late).await;
+    // Its subscription reaches every server before the sweep asks.
+    let asker = system_client(&cluster).await;
+    let answers = |client: async_nats::Client| async move {
+        use futures::StreamExt;
+        let inbox = client.new_inbox();
+        let mut sub = client.subscribe(inbox.clone()).await.unwrap();
+        client
+            .publish_with_reply(subject, inbox, "".into())
+            .await
+            .unwrap();
+        let mut names = Vec::new();
+        let until = tokio::time::Instant::now() + late * 2;
+        while let Ok(Some(m)) = tokio::time::timeout_at(until, sub.next()).await {
+            let v: Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+            names.push(v["server"]["name"].as_str().unwrap_or_default().to_string());
+        }
+        names
+    };
+    let heard = eventually(Duration::from_secs(20), || {
+        let asker = asker.clone();
+        async move { answers(asker).await.iter().any(|n| n == "impostor") }
+    })
+    .await;
+    assert!(heard, "the impostor never answered");
+    let err = sweeper.sweep(&mut known).await.unwrap_err();
+    assert!(
+        matches!(&err, SweepError::CountedImpostors(ids) if *ids == [third.id.clone()]),
+        "{err}"
+    );
     for l in loads {
         l.close().await;
     }

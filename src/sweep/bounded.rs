@@ -23,11 +23,11 @@ use super::{display_name, sweep_error, Gather, SweepError, Sweeper};
 use crate::nats::PING_STATSZ;
 use crate::snapshot::{ServerFailure, Snapshot};
 
-/// How long a bounded sweep's STATSZ replies are quiet before who is who is settled for the
-/// lists while a server is still silent ([`super::collect::Collect::settle_lists`]).
+/// How long a bounded sweep's STATSZ replies are quiet before who is who is settled while a
+/// server is still silent ([`super::collect::Collect::settle`]).
 const SETTLE_QUIET: Duration = Duration::from_millis(250);
 
-/// `f`, at once, or when `wait`, once who is who is settled for the lists.
+/// `f`, at once, or when `wait`, once who is who is settled.
 async fn when_settled(f: Fetch, wait: bool, mut settled: watch::Receiver<bool>) -> Fetch {
     if wait {
         // An error: the gather is over, nothing to wait for.
@@ -64,7 +64,7 @@ impl Sweeper {
         // When the last STATSZ reply came.
         let last = Mutex::new(sent);
         let sink = Mutex::new(conns);
-        // Whether who is who is settled for the lists (the reads wait on it, below).
+        // Whether who is who is settled (the reads may wait for it, below).
         let (settled_tx, settled) = watch::channel(false);
         let statsz = async {
             let tx = tx;
@@ -107,9 +107,9 @@ impl Sweeper {
                     let quiet = tokio::time::sleep_until(*held(&last) + SETTLE_QUIET);
                     tokio::select! {
                         r = &mut ask => break r,
-                        () = quiet, if !held(&sink).lists_settled() => {
+                        () = quiet, if !held(&sink).settled() => {
                             if held(&last).elapsed() >= SETTLE_QUIET {
-                                held(&sink).settle_lists(&twice());
+                                let _ = held(&sink).settle(&twice());
                                 let _ = settled_tx.send(true);
                             }
                         }
@@ -120,21 +120,21 @@ impl Sweeper {
             drop(tx);
             // No more STATSZ replies either: who answered twice is known for good. The
             // others' censuses are joined from now on as they come.
-            held(&sink).settle(&twice());
+            let late = held(&sink).settle(&twice());
             let _ = settled_tx.send(true);
-            r
+            (r, late)
         };
-        // A live sweep's lists read before the settling are held until it: no more servers are
-        // read once as many lists as `sweep.max_in_flight` wait, so what is held stays a few
-        // lists whatever the number of servers (while one is silent, until the replies go
-        // quiet).
+        // What is read before the settling (lists for the live view, censuses) is held until
+        // it: no more servers are read once as many as `sweep.max_in_flight` wait, so what is
+        // held stays a few servers' whatever their number (while one is silent, until the
+        // replies go quiet).
         let room = self.cfg.max_in_flight.max(1);
         let fetches = rx.then(|f| {
-            let full = held(&sink).lists_waiting() >= room;
+            let full = held(&sink).waiting() >= room;
             when_settled(f, full, settled.clone())
         });
         let reads = self.fetch_all(fetches, g.deadline, &sink);
-        let (asked, mut fetched) = tokio::join!(statsz, reads);
+        let ((asked, late), mut fetched) = tokio::join!(statsz, reads);
         let again = again.into_inner().unwrap_or_else(|e| e.into_inner());
         let mut conns = sink.into_inner().unwrap_or_else(|e| e.into_inner());
         snap.bytes += bytes;
@@ -142,6 +142,12 @@ impl Sweeper {
         asked.map_err(sweep_error)?;
         if discovery.replies() == 0 {
             return Err(SweepError::NoAnswer(g.timeout));
+        }
+        // Counted before they were found answering twice: the census holds what one of them
+        // said, and cannot be had without it. (A live view's list is the view's already: the
+        // sweep is partial below, so the view is not complete.)
+        if conns.counting() && !late.is_empty() {
+            return Err(SweepError::CountedImpostors(late));
         }
         for f in &mut fetched {
             let Some(&replies) = again.get(&f.server.id) else {

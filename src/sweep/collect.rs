@@ -66,12 +66,11 @@ pub(super) struct Collect {
     counted: Vec<(String, Aggregate)>,
     /// Whether who is who is settled.
     settled: bool,
-    /// Whether it is settled enough for lists to be handed over: at [`Collect::settle`], or
-    /// earlier ([`Collect::settle_lists`]) while a server stays silent.
-    lists_settled: bool,
     /// The lists kept before that, to hand over then (server, where its list starts), in the
     /// order they were read.
     waiting: Vec<(ServerInfo, usize)>,
+    /// Servers whose census was joined into `census` (counting).
+    joined: Vec<String>,
     /// Servers whose connections are not counted, whenever they come (impostors).
     refused: Vec<String>,
     /// Where each whole list goes once who is who is settled (a live sweep), instead of
@@ -108,8 +107,8 @@ impl Collect {
             census,
             counted: Vec::new(),
             settled: false,
-            lists_settled: false,
             waiting: Vec::new(),
+            joined: Vec::new(),
             refused: Vec::new(),
             handing: None,
         }
@@ -127,22 +126,17 @@ impl Collect {
 
     /// Who is who is settled: the servers of `refused` are dropped (now and whenever their
     /// connections come), the others' censuses joined and lists handed over, now and as they
-    /// come.
-    pub(super) fn settle(&mut self, refused: &[String]) {
-        self.settle_lists(refused);
-        self.settled = true;
-        if let Some(all) = &mut self.census {
-            for (_, part) in self.counted.drain(..) {
-                all.absorb(part);
-            }
-        }
-    }
-
-    /// Who is who is settled for the lists (a bounded sweep whose STATSZ replies went quiet
-    /// while a server stays silent): the servers of `refused` are dropped, the lists kept so
-    /// far handed over, and those that come later as they come. Censuses are still held apart
-    /// until [`Collect::settle`], so a server found answering twice later is counted in none.
-    pub(super) fn settle_lists(&mut self, refused: &[String]) {
+    /// come. Settled again later (a bounded sweep settles once its STATSZ replies went quiet
+    /// while a server stays silent, and for good at the timeout), it returns the servers of
+    /// `refused` whose connections were counted or handed over already: what was taken of
+    /// them cannot be taken back.
+    pub(super) fn settle(&mut self, refused: &[String]) -> Vec<String> {
+        let handed = self.handing.as_ref().map(|h| &h.handed.servers);
+        let taken: Vec<String> = refused
+            .iter()
+            .filter(|id| self.joined.contains(id) || handed.is_some_and(|h| h.contains(id)))
+            .cloned()
+            .collect();
         // From the last list kept back: each is then the list's end, where a list is taken.
         while let Some((server, from)) = self.waiting.pop() {
             if refused.contains(&server.id) {
@@ -156,17 +150,25 @@ impl Collect {
             self.drop_server(id);
         }
         self.refused.extend(refused.iter().cloned());
-        self.lists_settled = true;
+        self.settled = true;
+        if let Some(all) = &mut self.census {
+            for (id, part) in self.counted.drain(..) {
+                all.absorb(part);
+                self.joined.push(id);
+            }
+        }
+        taken
     }
 
-    /// Lists read and held until who is who is settled for them, to be handed over then.
-    pub(super) fn lists_waiting(&self) -> usize {
-        self.waiting.len()
+    /// Servers whose list or census is held until who is who is settled (to be handed over
+    /// or joined then).
+    pub(super) fn waiting(&self) -> usize {
+        self.waiting.len() + self.counted.len()
     }
 
-    /// Whether lists are handed over as they come ([`Collect::settle_lists`]).
-    pub(super) fn lists_settled(&self) -> bool {
-        self.lists_settled
+    /// Whether who is who is settled ([`Collect::settle`]).
+    pub(super) fn settled(&self) -> bool {
+        self.settled
     }
 
     /// Parses one reply of up to `limit` connections, kept only when it holds the server's whole
@@ -200,9 +202,12 @@ impl Collect {
             return self.drop_last(part);
         }
         match (part, &mut self.census) {
-            (Part::Counted(part), Some(all)) if self.settled => all.absorb(*part),
+            (Part::Counted(part), Some(all)) if self.settled => {
+                all.absorb(*part);
+                self.joined.push(id.to_string());
+            }
             (Part::Counted(part), _) => self.counted.push((id.to_string(), *part)),
-            (Part::Listed(range), _) if self.lists_settled => {
+            (Part::Listed(range), _) if self.settled => {
                 self.hand_over(server, range.start);
             }
             (Part::Listed(range), _) if self.handing.is_some() => {
@@ -282,7 +287,7 @@ impl Collect {
 
     /// The list, the census of the kept servers when counting, and what was handed over.
     pub(super) fn finish(mut self) -> (List, Option<Aggregate>, Handed) {
-        self.settle(&[]);
+        let _ = self.settle(&[]);
         let handed = self.handing.map(|h| h.handed).unwrap_or_default();
         (self.list, self.census, handed)
     }

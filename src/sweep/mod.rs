@@ -76,6 +76,11 @@ pub enum SweepError {
     /// The request itself failed.
     #[error("sweep request failed")]
     Request(#[source] RequestError),
+    /// Servers found answering twice (something else answers as them) after their census was
+    /// counted (a bounded sweep settles who is who before its timeout while a server is
+    /// silent): the counts hold what one of them said, so none of the sweep's is used.
+    #[error("servers {0:?} answered STATSZ twice after their connections were counted: this sweep's counts are not used")]
+    CountedImpostors(Vec<String>),
 }
 
 /// Sweeps a cluster. The servers seen before are not its own: each sweep borrows them
@@ -371,7 +376,7 @@ impl Sweeper {
             return Err(SweepError::NoAnswer(g.timeout));
         }
         // Every STATSZ reply is in: the servers read again are who they say.
-        conns.settle(&[]);
+        let _ = conns.settle(&[]);
         let sink = std::sync::Mutex::new(conns);
         let mut fetched = self
             .fetch_all(futures::stream::iter(fetches), g.deadline, &sink)

@@ -430,9 +430,9 @@ fn a_live_sweep_hands_each_whole_list_over_once_who_is_who_is_settled() {
 }
 
 #[test]
-fn lists_read_before_who_is_who_is_settled_for_them_go_over_then_and_censuses_wait_longer() {
+fn lists_read_before_the_settling_go_over_at_it_and_a_later_one_says_what_it_cannot_take_back() {
     // A bounded sweep with a server silent: its STATSZ replies went quiet, so who is who is
-    // settled for the lists (`settle_lists`) before the timeout settles it for good.
+    // settled before the timeout settles it for good.
     let (to, mut conns) = handing("N1", false);
     let read = |conns: &mut Collect, name: &str, id: &str, cids: &[u64]| {
         read(conns, &connz(name, id, cids.len() as u64, cids));
@@ -441,34 +441,36 @@ fn lists_read_before_who_is_who_is_settled_for_them_go_over_then_and_censuses_wa
     read(&mut conns, "n2", "N2", &[3]);
     read(&mut conns, "n3", "N3", &[4, 5]);
     assert!(to.taken.lock().unwrap().is_empty());
-    assert!(!conns.lists_settled());
+    assert_eq!((conns.settled(), conns.waiting()), (false, 3));
     // N2 answered twice: dropped. The others go from the last back; the view refusing n1's
     // (paused) leaves it, and what is before it, in the list.
-    conns.settle_lists(&["N2".to_string()]);
-    assert!(conns.lists_settled());
+    assert!(conns.settle(&["N2".to_string()]).is_empty());
+    assert_eq!((conns.settled(), conns.waiting()), (true, 0));
     assert_eq!(*to.taken.lock().unwrap(), [("N3".to_string(), vec![4, 5])]);
-    // Later lists go as they come; N2's, when it comes again, never.
+    // Later lists go as they come; N2's, when it comes again, never. At the timeout N4 and N1
+    // turn out to answer twice too: N4's list is the view's already, N1's is dropped.
     read(&mut conns, "n4", "N4", &[6]);
     read(&mut conns, "n2", "N2", &[7]);
-    conns.settle(&["N2".to_string()]);
+    let late = ["N2", "N4", "N1"].map(String::from);
+    assert_eq!(conns.settle(&late), ["N4"]);
     let (list, _, handed) = conns.finish();
     assert_eq!(handed.servers, ["N3", "N4"]);
     let List::Compact(list) = list else {
         panic!("compact")
     };
-    let left: Vec<u64> = list.iter().map(|c| c.cid).collect();
-    assert_eq!(left, [1, 2]);
+    assert_eq!(list.len(), 0);
 
-    // Counting: the censuses are still held apart until `settle` (a server found answering
-    // twice by then is counted in none).
+    // Counting: the censuses held apart are joined at the first settling, and one joined
+    // before its server is found answering twice is said.
     let rules = crate::census::Aggregate::new(None, &crate::config::DetectConfig::default());
     let mut conns = Collect::new(List::Full(Vec::new()), Some(rules));
     read(&mut conns, "n1", "N1", &[1, 2]);
-    conns.settle_lists(&[]);
+    assert_eq!((conns.held(), conns.waiting()), (1, 1));
+    assert!(conns.settle(&[]).is_empty());
+    assert_eq!(conns.held(), 0);
     read(&mut conns, "n2", "N2", &[3]);
-    assert_eq!(conns.held(), 2);
-    conns.settle(&["N2".to_string()]);
-    assert_eq!(conns.finish().1.unwrap().finish().connections, 2);
+    read(&mut conns, "n3", "N3", &[4]);
+    assert_eq!(conns.settle(&["N3".to_string(), "N9".to_string()]), ["N3"]);
 }
 
 #[test]
