@@ -44,7 +44,9 @@ fn held<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Sweeper {
     /// Pings STATSZ and reads each server that answers with directed requests, a few at a time,
     /// while the other STATSZ replies still arrive. An id that answered STATSZ twice is an error
-    /// (something else answers as it: neither is believed, none of its connections counted).
+    /// (something else answers as it: neither is believed, none of its connections counted);
+    /// found only after its connections were counted (while a server was silent), the whole
+    /// counting sweep is ([`SweepError::CountedImpostors`]).
     pub(super) async fn gather_bounded(
         &self,
         g: &Gather,
@@ -99,10 +101,10 @@ impl Sweeper {
                         false
                     });
                 tokio::pin!(ask);
-                // A silent server keeps the replies coming until the timeout. Once they went
-                // quiet, who is who is settled for the lists: each is handed over (a live sweep)
-                // instead of being held until then. A later reply for an id that answered already
-                // still makes it an error at the end (the sweep partial).
+                // A silent server keeps the gather waiting until the timeout. Once the replies
+                // went quiet, who is who is settled: each list is handed over (a live sweep), or
+                // each census joined, instead of being held until then. A later reply for an id
+                // that answered already still makes it an error at the end.
                 loop {
                     let quiet = tokio::time::sleep_until(*held(&last) + SETTLE_QUIET);
                     tokio::select! {
