@@ -945,7 +945,7 @@ async fn a_server_found_answering_twice_after_its_census_was_counted_fails_the_s
     let cfg = SweepConfig {
         expected_servers: 4,
         max_in_flight: 1,
-        timeout: Duration::from_secs(3),
+        timeout: Duration::from_secs(4),
         ..SweepConfig::default()
     };
     let (cluster, loads, mut sweeper) = app_sweeper(dir.path(), [10, 20, 30], &cfg).await;
@@ -958,7 +958,8 @@ async fn a_server_found_answering_twice_after_its_census_was_counted_fails_the_s
     let app = census.users.iter().find(|u| u.user == "app").unwrap();
     assert_eq!(app.connections, 60);
 
-    // Something else answers STATSZ as the server of 30, a second after the others.
+    // Something else answers STATSZ as the server of 30, 2 s after the others: long after
+    // they went quiet (250 ms), before the 4 s timeout.
     let third = snap.servers.iter().find(|s| s.connections >= 30).unwrap();
     let statsz = serde_json::json!({
         "server": {"name": "impostor", "id": third.id}, "statsz": {"active_servers": 3}
@@ -967,7 +968,7 @@ async fn a_server_found_answering_twice_after_its_census_was_counted_fails_the_s
         serde_json::to_vec(&statsz).unwrap()
     ]));
     let subject = "$SYS.REQ.SERVER.PING.STATSZ";
-    let late = Duration::from_secs(1);
+    let late = Duration::from_secs(2);
     let _impostor = responder(&cluster.client_url(1), subject, replies, late).await;
     // Its subscription reaches every server before the sweep asks.
     let asker = system_client(&cluster).await;
