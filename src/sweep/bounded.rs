@@ -19,7 +19,7 @@ use super::collect::Collect;
 use super::discovery::{Added, Discovery};
 use super::fetch::{Fetch, Fetched};
 use super::inflight::Span;
-use super::{display_name, sweep_error, Gather, SweepError, Sweeper};
+use super::{display_name, locked, sweep_error, Gather, SweepError, Sweeper};
 use crate::nats::PING_STATSZ;
 use crate::snapshot::{ServerFailure, Snapshot};
 
@@ -34,11 +34,6 @@ async fn when_settled(f: Fetch, wait: bool, mut settled: watch::Receiver<bool>) 
         let _ = settled.wait_for(|s| *s).await;
     }
     f
-}
-
-/// What `m` holds (a lock never held across an await).
-fn held<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Sweeper {
@@ -60,7 +55,7 @@ impl Sweeper {
         let (tx, rx) = futures::channel::mpsc::unbounded::<Fetch>();
         // Replies per id that answered more than once.
         let again: Mutex<BTreeMap<String, usize>> = Mutex::default();
-        let twice = || held(&again).keys().cloned().collect::<Vec<String>>();
+        let twice = || locked(&again).keys().cloned().collect::<Vec<String>>();
         let (mut bytes, mut bad, mut finished) = (0, 0, false);
         let sent = Instant::now();
         // When the last STATSZ reply came.
@@ -74,7 +69,7 @@ impl Sweeper {
                 let ask = self
                     .system
                     .scatter_each(&requests, g.timeout, g.linger, |_, msg| {
-                        *held(&last) = Instant::now();
+                        *locked(&last) = Instant::now();
                         bytes += msg.length;
                         match discovery.add(&msg.payload) {
                             Added::New(server, connections) => {
@@ -86,7 +81,7 @@ impl Sweeper {
                                     pinged: false,
                                 });
                             }
-                            Added::Again(id) => *held(&again).entry(id).or_insert(1) += 1,
+                            Added::Again(id) => *locked(&again).entry(id).or_insert(1) += 1,
                             Added::Bad => bad += 1,
                         }
                         spans.push(Span {
@@ -106,12 +101,12 @@ impl Sweeper {
                 // each census joined, instead of being held until then. A later reply for an id
                 // that answered already still makes it an error at the end.
                 loop {
-                    let quiet = tokio::time::sleep_until(*held(&last) + SETTLE_QUIET);
+                    let quiet = tokio::time::sleep_until(*locked(&last) + SETTLE_QUIET);
                     tokio::select! {
                         r = &mut ask => break r,
-                        () = quiet, if !held(&sink).settled() => {
-                            if held(&last).elapsed() >= SETTLE_QUIET {
-                                let _ = held(&sink).settle(&twice());
+                        () = quiet, if !locked(&sink).settled() => {
+                            if locked(&last).elapsed() >= SETTLE_QUIET {
+                                let _ = locked(&sink).settle(&twice());
                                 let _ = settled_tx.send(true);
                             }
                         }
@@ -122,7 +117,7 @@ impl Sweeper {
             drop(tx);
             // No more STATSZ replies either: who answered twice is known for good. The
             // others' censuses are joined from now on as they come.
-            let late = held(&sink).settle(&twice());
+            let late = locked(&sink).settle(&twice());
             let _ = settled_tx.send(true);
             (r, late)
         };
@@ -132,7 +127,7 @@ impl Sweeper {
         // replies go quiet).
         let room = self.cfg.max_in_flight.max(1);
         let fetches = rx.then(|f| {
-            let full = held(&sink).waiting() >= room;
+            let full = locked(&sink).waiting() >= room;
             when_settled(f, full, settled.clone())
         });
         let reads = self.fetch_all(fetches, g.deadline, &sink);

@@ -11,7 +11,7 @@ use tracing::warn;
 use super::collect::Collect;
 use super::inflight::Span;
 use super::replies::error_reply;
-use super::{bounded_unordered, Sweeper};
+use super::{bounded_unordered, locked, Sweeper};
 use crate::nats::page::{connz_body, PageHead};
 use crate::nats::snappy::Inflater;
 use crate::nats::wire::ServerInfo;
@@ -203,7 +203,7 @@ async fn fetch_server(
         };
         out.bytes += reply.length;
         let parsed = {
-            let mut conns = sink.lock().unwrap_or_else(|e| e.into_inner());
+            let mut conns = locked(sink);
             conns.parse(&reply.payload, limit).map(|(h, part)| {
                 let whole = h.server.id == out.server.id
                     && h.error.is_none()

@@ -114,11 +114,10 @@ pub enum Collecting {
     Census(Aggregate),
     /// For the live view: each server's whole list read once who is who is settled (a bounded
     /// sweep's directed reads, or a re-read after the PING; those read before, at the
-    /// settling) goes to the [`Handover`] at once,
-    /// and is let go, so the sweep never holds every server's list ([`Snapshot::handed`] names
-    /// those servers). The others (the PING's, or those it did not take) go compactly into
-    /// [`Snapshot::compact`] (about 100 bytes a connection instead of 168; the view reads them
-    /// in place).
+    /// settling) goes to the [`Handover`] at once, and is let go, so the sweep never holds
+    /// every server's list ([`Snapshot::handed`] names those servers). The others (the
+    /// PING's, or those it did not take) go compactly into [`Snapshot::compact`] (about 100
+    /// bytes a connection instead of 168; the view reads them in place).
     Live(Arc<dyn Handover>),
 }
 
@@ -428,6 +427,12 @@ where
     Fut: Future,
 {
     items.map(f).buffer_unordered(concurrency.max(1))
+}
+
+/// What `m` holds, also after a panic elsewhere held it (the gather's locks are never held
+/// across an await).
+fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn sweep_error(e: RequestError) -> SweepError {
