@@ -410,8 +410,9 @@ pub struct Snapshot {
     pub compact: crate::connlist::ConnList,
     /// The census of the servers in `servers`, built while their replies were parsed, when the
     /// sweep counted connections instead of listing them
-    /// ([`crate::sweep::Collecting::Census`]); not yet finished (thresholds, suspects).
-    pub census: Option<crate::census::Aggregate>,
+    /// ([`crate::sweep::Collecting::Census`]), or the live view's census (shared with the
+    /// view, which keeps it for its next round); not yet finished (thresholds, suspects).
+    pub census: Option<std::sync::Arc<crate::census::Aggregate>>,
     /// For a view of the live census: why it is not complete (a gap since the last complete
     /// sweep: events may have been lost); `None` for a sweep, or a complete live view.
     pub gap: Option<String>,

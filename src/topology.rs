@@ -130,7 +130,7 @@ pub fn census_of(
     detect: &crate::config::DetectConfig,
 ) -> Census {
     let mut census = match &snap.census {
-        Some(counted) => counted.clone().finish(),
+        Some(counted) => counted.finish(),
         None => crate::census::build(&snap.connections, system_account, detect),
     };
     fill_by_cluster(&mut census, &snap.topology);

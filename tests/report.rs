@@ -954,7 +954,7 @@ async fn a_server_found_answering_twice_after_its_census_was_counted_fails_the_s
     let mut known = KnownServers::default();
     let snap = sweeper.sweep(&mut known).await.unwrap();
     assert!(snap.partial(), "a fourth server expected");
-    let census = snap.census.clone().unwrap().finish();
+    let census = snap.census.as_ref().unwrap().finish();
     let app = census.users.iter().find(|u| u.user == "app").unwrap();
     assert_eq!(app.connections, 60);
 

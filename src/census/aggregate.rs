@@ -119,13 +119,13 @@ impl Candidate {
         }
     }
 
-    fn into_suspect(self) -> Suspect {
+    fn to_suspect(&self) -> Suspect {
         Suspect {
-            server: self.server.into(),
-            server_id: self.server_id.into(),
+            server: self.server.to_string(),
+            server_id: self.server_id.to_string(),
             cid: self.cid,
-            name: self.name.into(),
-            ip: self.ip.into(),
+            name: self.name.to_string(),
+            ip: self.ip.to_string(),
             start: self.start.and_then(Stamp::time),
             idle: self.idle,
             pattern: Some(self.pattern),
@@ -139,12 +139,15 @@ impl Candidate {
 /// Longest idle first, then lowest cid, then the order they came in: a total order, so
 /// trimming as connections arrive keeps the same ones as sorting all of them at the end.
 fn sort_suspects(list: &mut [Candidate]) {
-    list.sort_unstable_by(|a, b| {
-        b.idle
-            .cmp(&a.idle)
-            .then(a.cid.cmp(&b.cid))
-            .then(a.seq.cmp(&b.seq))
-    });
+    list.sort_unstable_by(suspect_order);
+}
+
+/// The order of [`sort_suspects`].
+fn suspect_order(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
+    b.idle
+        .cmp(&a.idle)
+        .then(a.cid.cmp(&b.cid))
+        .then(a.seq.cmp(&b.seq))
 }
 
 /// Adds `c` to a list that keeps the `max` first in [`sort_suspects`] order: sorted and cut
@@ -188,10 +191,6 @@ fn slot<'m, V>(
     new: impl FnOnce() -> V,
 ) -> &'m mut V {
     map.entry_ref(key).or_insert_with(new)
-}
-
-fn sorted(map: HashMap<Str, u64, FxBuild>) -> BTreeMap<String, u64> {
-    map.into_iter().map(|(k, v)| (k.into(), v)).collect()
 }
 
 impl Aggregate {
@@ -357,17 +356,14 @@ impl Aggregate {
     }
 
     /// The census: thresholds applied, suspects chosen, users most connections first.
-    pub fn finish(self) -> Census {
+    pub fn finish(&self) -> Census {
         let detect = &*self.detect;
-        let first = self.first_server;
+        let first = self.first_server.as_ref();
         let mut out: Vec<UserCensus> = self
             .users
-            .into_values()
-            .flat_map(HashMap::into_values)
-            .map(|mut u| {
-                u.count_first_server(first.as_ref());
-                finish_user(u, detect)
-            })
+            .values()
+            .flat_map(HashMap::values)
+            .map(|u| finish_user(u, first, detect))
             .collect();
         out.sort_by(|a, b| {
             b.connections
@@ -430,45 +426,49 @@ fn min_some<T: Ord>(a: Option<T>, b: Option<T>) -> Option<T> {
     }
 }
 
-fn finish_user(u: UserAgg, detect: &DetectConfig) -> UserCensus {
-    let UserAgg {
-        census: mut uc,
-        oldest_start,
-        newest_start,
-        by_server,
-        at_first_server: _,
-        processes,
-        zero_msgs: mut suspects,
-    } = u;
+/// A user's census: `u` finished, its connections at `first` (the census's first server)
+/// counted in `by_server`. Nothing of `u` is taken (a live view keeps its census).
+fn finish_user(u: &UserAgg, first: Option<&Str>, detect: &DetectConfig) -> UserCensus {
+    let mut uc = u.census.clone();
     let max = detect.max_suspects_per_user;
     let mut counts = Vec::new();
     let (mut by_name, mut by_ip) = (BTreeMap::new(), BTreeMap::new());
-    let processes = processes.into_iter().flat_map(|(ip, names)| {
-        names
-            .into_iter()
-            .map(move |(name, p)| (ip.clone(), name, p))
-    });
-    for (ip, name, mut p) in processes {
+    let mut suspects: Vec<&Candidate> = u.zero_msgs.iter().collect();
+    let processes = u
+        .processes
+        .iter()
+        .flat_map(|(ip, names)| names.iter().map(move |(name, p)| (ip, name, p)));
+    for (ip, name, p) in processes {
         // Used once, but too few such connections in the process: a live client's start-up
         // work, not the connection-per-request pattern; not suspects, not counted.
-        if p.used_once < USED_ONCE_MIN_PER_PROCESS as u64 {
-            p.used_once = 0;
-        }
-        uc.idle_used_once += p.used_once;
-        if p.used_once > 0 {
-            suspects.append(&mut p.candidates);
+        let used_once = if p.used_once < USED_ONCE_MIN_PER_PROCESS as u64 {
+            0
+        } else {
+            p.used_once
+        };
+        uc.idle_used_once += used_once;
+        if used_once > 0 {
+            suspects.extend(&p.candidates);
         }
         *by_ip.entry(ip.to_string()).or_default() += p.connections;
         *by_name.entry(name.to_string()).or_default() += p.connections;
-        counts.push((ip, name, p.connections, p.used_once));
+        counts.push((ip.clone(), name.clone(), p.connections, used_once));
     }
-    uc.oldest_start = oldest_start.and_then(Stamp::time);
-    uc.newest_start = newest_start.and_then(Stamp::time);
+    uc.oldest_start = u.oldest_start.and_then(Stamp::time);
+    uc.newest_start = u.newest_start.and_then(Stamp::time);
     uc.leak_suspects = uc.idle_zero_msgs + uc.idle_used_once;
-    sort_suspects(&mut suspects);
+    suspects.sort_unstable_by(|a, b| suspect_order(a, b));
     suspects.truncate(max);
-    uc.suspects = suspects.into_iter().map(Candidate::into_suspect).collect();
-    uc.by_server = sorted(by_server);
+    uc.suspects = suspects.into_iter().map(Candidate::to_suspect).collect();
+    let mut by_server: BTreeMap<String, u64> = u
+        .by_server
+        .iter()
+        .map(|(k, v)| (k.to_string(), *v))
+        .collect();
+    if let (Some(server), n @ 1..) = (first, u.at_first_server) {
+        *by_server.entry(server.to_string()).or_default() += n;
+    }
+    uc.by_server = by_server;
     uc.by_name = by_name;
     uc.by_ip = by_ip;
     uc.threshold = threshold_for(detect, &uc);

@@ -151,8 +151,9 @@ pub struct LiveView {
     /// Servers whose CONNZ does not list leafnode connections (older than 2.12): their
     /// `Leafnode` connections come from events only, and no reply replaces them.
     leafnodes_unlisted: HashSet<String>,
-    /// The last census ([`LiveView::counted`]), for the next one's unchanged users.
-    last_census: Option<Aggregate>,
+    /// The last census ([`LiveView::counted`]), for the next one's unchanged users: shared
+    /// with the round's snapshot, taken back whole once the round let it go.
+    last_census: Option<Arc<Aggregate>>,
 }
 
 /// Asks the processor to load `c` into its cache (a hint; nothing where there is none).
@@ -787,9 +788,8 @@ impl LiveView {
     ///
     /// Between sweeps only the users whose connections changed since the last census are
     /// counted again (events change a few users at a time; the others are the last census's).
-    /// Everything is counted when a sweep listed the connections (it moved every counter) and
-    /// at the first round after it, when the rules are not the last census's, or when most
-    /// users changed.
+    /// Everything is counted when a sweep listed the connections (it moved every counter),
+    /// when the rules are not the last census's, or when most users changed.
     pub fn counted(&mut self, sweep: &Snapshot, now: DateTime<Utc>, census: Aggregate) -> Snapshot {
         let census = self.recount(census);
         Snapshot {
@@ -798,7 +798,7 @@ impl LiveView {
         }
     }
 
-    fn recount(&mut self, rules: Aggregate) -> Aggregate {
+    fn recount(&mut self, rules: Aggregate) -> Arc<Aggregate> {
         let changed = std::mem::take(&mut self.counts.changed);
         let all = std::mem::take(&mut self.counts.all);
         let pairs: Vec<(&str, &str)> = changed
@@ -806,9 +806,9 @@ impl LiveView {
             .flat_map(|(a, us)| us.iter().map(move |u| (&**a, &**u)))
             .collect();
         let census = match self.last_census.take() {
-            Some(mut last)
-                if !all && last.same_rules(&rules) && pairs.len() * 2 <= last.users() =>
-            {
+            Some(last) if !all && last.same_rules(&rules) && pairs.len() * 2 <= last.users() => {
+                // A copy only while the last round's snapshot still holds it.
+                let mut last = Arc::unwrap_or_clone(last);
                 for (account, user) in &pairs {
                     last.forget_user(account, user);
                 }
@@ -839,9 +839,10 @@ impl LiveView {
                 census
             }
         };
-        // Kept for the rounds between sweeps, not after a sweep's census (the first round
-        // after it counts everything once more): a sweep's peak memory holds no second census.
-        self.last_census = (!all).then(|| census.clone());
+        // Kept for the next round, after a sweep's census too (a sweep lets it go as it
+        // begins: its peak memory holds no second census).
+        let census = Arc::new(census);
+        self.last_census = Some(Arc::clone(&census));
         census
     }
 

@@ -220,7 +220,7 @@ impl Sweeper {
             // holds them already.
             self.inflater = Inflater::default();
         }
-        snap.census = census;
+        snap.census = census.map(Arc::new);
         snap.handed = handed.servers;
         snap.handed_connections = handed.connections;
         match list {

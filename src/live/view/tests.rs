@@ -762,8 +762,9 @@ proptest! {
 
 
     /// A live round counts again only the users whose connections changed since the last one
-    /// (opened, closed, renamed, read again, listed by a sweep; all after new rules), and its
-    /// census is the census of every connection counted anew.
+    /// (opened, closed, renamed, read again; all after new rules or a sweep, whole, partial or
+    /// failed, with connections changing while it ran), and its census is the census of every
+    /// connection counted anew.
     #[test]
     fn a_round_counts_again_only_the_users_that_changed(
         steps in proptest::collection::vec(
@@ -773,7 +774,14 @@ proptest! {
                 2 => (0..64usize).prop_map(Round::Close),
                 1 => (0..64usize).prop_map(Round::Named),
                 1 => (0..4usize).prop_map(Round::Read),
-                1 => Just(Round::Sweep),
+                2 => (
+                    proptest::collection::vec((0..3usize, 0..4usize, 0..64usize, proptest::bool::ANY), 0..4),
+                    0u8..8,
+                    proptest::option::weighted(0.2, 0..3usize),
+                    proptest::bool::weighted(0.1),
+                ).prop_map(|(during, hand, missing, fails)| {
+                    Round::Sweep { during, hand, missing, fails }
+                }),
                 3 => Just(Round::Count),
                 1 => Just(Round::Rules),
             ],
@@ -797,23 +805,28 @@ proptest! {
             keys.sort();
             (!keys.is_empty()).then(|| keys[i % keys.len()].clone())
         };
+        let open = |v: &mut LiveView, next: &mut u64, s: usize, u: usize, msg: bool| {
+            *next += 1;
+            let mut c = conn(servers[s], *next, ROUND_USERS[u]);
+            // Idle long enough to be a suspect, and never tied with another.
+            c.idle = std::time::Duration::from_secs(300 + 7 * *next);
+            c.in_msgs = u64::from(msg);
+            c.name = if *next % 3 == 0 { "".into() } else { format!("w{s}").into() };
+            c.ip = format!("10.0.0.{}", *next % 2).into();
+            if *next % 5 == 0 {
+                c.kind = "Leafnode".into();
+            }
+            v.apply(Delta::Open(c));
+        };
+        let close_nth = |v: &mut LiveView, i: usize| {
+            if let Some((server, cid)) = nth(v, i) {
+                v.apply(close(&server, cid));
+            }
+        };
         for step in steps {
             match step {
-                Round::Open(s, u, msg) => {
-                    next += 1;
-                    let mut c = conn(servers[s], next, ROUND_USERS[u]);
-                    // Idle long enough to be a suspect, and never tied with another.
-                    c.idle = std::time::Duration::from_secs(300 + 7 * next);
-                    c.in_msgs = u64::from(msg);
-                    c.name = if next % 3 == 0 { "".into() } else { format!("w{s}").into() };
-                    c.ip = format!("10.0.0.{}", next % 2).into();
-                    v.apply(Delta::Open(c));
-                }
-                Round::Close(i) => {
-                    if let Some((server, cid)) = nth(&v, i) {
-                        v.apply(close(&server, cid));
-                    }
-                }
+                Round::Open(s, u, msg) => open(&mut v, &mut next, s, u, msg),
+                Round::Close(i) => close_nth(&mut v, i),
                 Round::Named(i) => {
                     if let Some((server, cid)) = nth(&v, i) {
                         let held = held(&v, &format!("ID-{server}"), cid).clone();
@@ -830,9 +843,51 @@ proptest! {
                         .collect();
                     v.finish_sync(s, &scope, &answered, read.iter().map(Connection::view));
                 }
-                Round::Sweep => {
-                    let s = v.begin_sync();
-                    let mut sweep = snap(&servers, relisted(&v, None));
+                Round::Sweep { during, hand, missing, fails } => {
+                    let s = v.begin_sweep();
+                    // What the servers list (n2's CONNZ omits its leafnodes) ...
+                    let answering: Vec<&str> = (0..3)
+                        .filter(|i| Some(*i) != missing)
+                        .map(|i| servers[i])
+                        .collect();
+                    let listed: Vec<Connection> = relisted(&v, None)
+                        .into_iter()
+                        .filter(|c| answering.contains(&&*c.server))
+                        .filter(|c| !(c.server == "n2" && c.kind == "Leafnode"))
+                        .collect();
+                    // ... then what happens before the view takes it.
+                    for (server, user, i, opens) in during {
+                        if opens {
+                            open(&mut v, &mut next, server, user, false);
+                        } else {
+                            close_nth(&mut v, i);
+                        }
+                    }
+                    let handed: Vec<&str> = answering
+                        .iter()
+                        .copied()
+                        .filter(|n| hand & (1 << (n.as_bytes()[1] - b'0')) != 0)
+                        .collect();
+                    for name in &handed {
+                        let mut list = crate::connlist::ConnList::default();
+                        for c in listed.iter().filter(|c| c.server == *name) {
+                            list.push(&c.view());
+                        }
+                        v.take_server(s, &format!("ID-{name}"), *name != "n2", &mut list, 0);
+                    }
+                    if fails {
+                        v.abandon(s);
+                        continue;
+                    }
+                    let rest = listed
+                        .iter()
+                        .filter(|c| !handed.contains(&&*c.server))
+                        .cloned()
+                        .collect();
+                    let mut sweep = compact_snap(&answering, rest);
+                    sweep.servers_expected = 3;
+                    sweep.handed = handed.iter().map(|n| format!("ID-{n}")).collect();
+                    sweep.leafnodes_unlisted = vec!["ID-n2".into()];
                     v.reconcile(s, &mut sweep);
                 }
                 Round::Rules => {
@@ -867,8 +922,16 @@ enum Round {
     Named(usize),
     /// One user's connections read again (counters moved).
     Read(usize),
-    /// A sweep lists every connection again (counters moved).
-    Sweep,
+    /// A sweep lists every connection again (counters moved; n2 lists no leafnodes), but of
+    /// server `missing`; `during`: connections open (server, user) or close (the `.2`-th)
+    /// after it listed, before the view takes the lists; `hand`: servers (bits) whose lists
+    /// the view takes as they come; `fails`: abandoned.
+    Sweep {
+        during: Vec<(usize, usize, usize, bool)>,
+        hand: u8,
+        missing: Option<usize>,
+        fails: bool,
+    },
     /// A live round's census.
     Count,
     /// The thresholds change (a reload).

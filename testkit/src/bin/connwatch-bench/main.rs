@@ -209,6 +209,9 @@ struct Measured {
     /// rounds counted only the users that changed, median.
     #[serde(default)]
     round_all_ms: f64,
+    /// The first of those rounds, right after the last timed sweep's census.
+    #[serde(default)]
+    first_round_ms: f64,
 }
 
 impl Measured {
@@ -237,6 +240,7 @@ impl Measured {
         self.peak_in_flight = self.peak_in_flight.max(o.peak_in_flight);
         self.round_ms = mean(self.round_ms, o.round_ms);
         self.round_all_ms = mean(self.round_all_ms, o.round_all_ms);
+        self.first_round_ms = mean(self.first_round_ms, o.first_round_ms);
         self.wall_ms.extend(o.wall_ms);
     }
 }
@@ -441,7 +445,8 @@ fn sweeper_method(a: &MethodArgs) -> anyhow::Result<Measured> {
         }
         per_run(a, &mut m, (cpu0, srv0, t0));
         if let Some(view) = &view {
-            (m.round_ms, m.round_all_ms) = live_rounds(&mut view.lock().expect("view"), &detect);
+            (m.first_round_ms, m.round_ms, m.round_all_ms) =
+                live_rounds(&mut view.lock().expect("view"), &detect);
         }
         if restarted {
             m.later_peak_rss_kb = m.peak_rss_kb;
@@ -454,10 +459,11 @@ fn sweeper_method(a: &MethodArgs) -> anyhow::Result<Measured> {
 }
 
 /// Live rounds between sweeps (outside the timed sweeps): one connection opens, the round's
-/// census is counted, it closes again, 21 times. Returns the medians of the round's census
-/// and of one counting every connection of the view, as each round did before it counted
-/// only the users that changed (forced by other rules: one more suspect a user).
-fn live_rounds(view: &mut LiveView, detect: &DetectConfig) -> (f64, f64) {
+/// census is counted, it closes again, 21 times. Returns the first round's census (right
+/// after the last sweep's), and the medians of the round's census and of one counting every
+/// connection of the view, as each round did before it counted only the users that changed
+/// (forced by other rules: one more suspect a user).
+fn live_rounds(view: &mut LiveView, detect: &DetectConfig) -> (f64, f64, f64) {
     let meta = Snapshot::default();
     let rules = connwatch::census::Aggregate::new(Some("SYS"), detect);
     let other = connwatch::census::Aggregate::new(
@@ -468,7 +474,7 @@ fn live_rounds(view: &mut LiveView, detect: &DetectConfig) -> (f64, f64) {
         },
     );
     let Some(mut c) = view.connections().next().cloned() else {
-        return (0.0, 0.0);
+        return (0.0, 0.0, 0.0);
     };
     let census = |view: &mut LiveView, rules: &connwatch::census::Aggregate| {
         let t = Instant::now();
@@ -488,7 +494,7 @@ fn live_rounds(view: &mut LiveView, detect: &DetectConfig) -> (f64, f64) {
             cid: c.cid,
         });
     }
-    (median(&round), median(&all))
+    (round[0], median(&round), median(&all))
 }
 
 /// What `connwatch run` does with a sweep in a live round: the view takes its connections.
@@ -1431,8 +1437,8 @@ fn print_table(size: usize, rows: &[Measured]) {
     }
     for m in rows.iter().filter(|m| m.round_ms > 0.0) {
         println!(
-            "\n{}: a live round's census, one connection opened: {:.2} ms; counting every connection: {:.2} ms",
-            m.kind, m.round_ms, m.round_all_ms
+            "\n{}: a live round's census, one connection opened: {:.2} ms (the first after a sweep: {:.2} ms); counting every connection: {:.2} ms",
+            m.kind, m.round_ms, m.first_round_ms, m.round_all_ms
         );
     }
     let _ = std::io::stdout().flush();
