@@ -929,6 +929,94 @@ async fn a_bounded_sweep_with_a_server_silent_hands_each_list_over_long_before_i
     }
 }
 
+/// A counting sweeper, `max_in_flight` 1, over 3 servers holding 10, 20 and 30 connections of
+/// `app`, that expects a fourth server, which never answers (its STATSZ awaited until
+/// `timeout`).
+async fn counting_with_a_silent_server(
+    dir: &std::path::Path,
+    timeout: Duration,
+) -> (Cluster, Vec<load::Load>, connwatch::sweep::Sweeper) {
+    use connwatch::census::Aggregate;
+    use connwatch::config::{DetectConfig, SweepConfig};
+    let cfg = SweepConfig {
+        expected_servers: 4,
+        max_in_flight: 1,
+        timeout,
+        ..SweepConfig::default()
+    };
+    let (cluster, loads, mut sweeper) = app_sweeper(dir, [10, 20, 30], &cfg).await;
+    let rules = Aggregate::new(Some("SYS"), &DetectConfig::default());
+    sweeper.collect(connwatch::sweep::Collecting::Census(rules));
+    (cluster, loads, sweeper)
+}
+
+/// A sweep of [`counting_with_a_silent_server`]: partial, each answering server counted.
+fn assert_counted_without_the_silent_server(snap: &connwatch::snapshot::Snapshot) {
+    assert!(snap.partial(), "a fourth server expected");
+    let census = snap.census.as_ref().unwrap().finish();
+    let app = census.users.iter().find(|u| u.user == "app").unwrap();
+    assert_eq!(app.connections, 60);
+}
+
+/// A bounded counting sweep (`report`, `run` without the live census) with a server silent
+/// reads no more servers while `max_in_flight` censuses wait for who is who to be settled (the
+/// STATSZ replies quiet for 250 ms): with `max_in_flight` 1, one server is read before that,
+/// the two others after it, so what the sweep holds stays one server's census; each answering
+/// server is counted exactly. Seen as the servers see it: a system-account client that
+/// listens to the directed CONNZ requests and to the STATSZ replies.
+#[tokio::test]
+async fn a_bounded_counting_sweep_with_a_server_silent_reads_no_more_while_censuses_wait() {
+    use connwatch::state::KnownServers;
+    use futures::StreamExt;
+    use std::time::Instant;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, loads, mut sweeper) =
+        counting_with_a_silent_server(dir.path(), Duration::from_secs(3)).await;
+    let spy = system_client(&cluster).await;
+    let asks = spy.subscribe("$SYS.REQ.SERVER.*.CONNZ").await.unwrap();
+    let replies = spy.subscribe("_INBOX.>").await.unwrap();
+    spy.flush().await.unwrap();
+    // (when, a CONNZ request: true; a STATSZ reply: false)
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = |sub: async_nats::Subscriber, ask: bool| {
+        let seen = seen.clone();
+        tokio::spawn(sub.for_each(move |m| {
+            let statsz = m.payload.windows(8).any(|w| w == b"\"statsz\"");
+            if ask || statsz {
+                seen.lock().unwrap().push((Instant::now(), ask));
+            }
+            futures::future::ready(())
+        }))
+    };
+    let tasks = [record(asks, true), record(replies, false)];
+    let snap = sweeper.sweep(&mut KnownServers::default()).await.unwrap();
+    for t in tasks {
+        t.abort();
+    }
+    assert_counted_without_the_silent_server(&snap);
+    let seen = seen.lock().unwrap().clone();
+    let asked: Vec<Instant> = seen.iter().filter(|(_, a)| *a).map(|(t, _)| *t).collect();
+    let last_statsz = seen.iter().filter(|(_, a)| !a).map(|(t, _)| *t).max();
+    let last_statsz = last_statsz.expect("STATSZ replies seen");
+    assert_eq!(asked.len(), 3, "one directed CONNZ per answering server");
+    // Read before the settling: at most one (100 ms of the 250 left for the listener's lag).
+    let settled = last_statsz + Duration::from_millis(100);
+    let before: Vec<Duration> = asked
+        .iter()
+        .filter(|t| **t < settled)
+        .map(|t| settled - *t)
+        .collect();
+    assert!(
+        before.len() <= 1,
+        "{} servers read before the STATSZ replies went quiet: {before:?}",
+        before.len()
+    );
+    for l in loads {
+        l.close().await;
+    }
+}
+
 /// A bounded counting sweep (`report`, `run` without the live census) with a server silent
 /// settles who is who once its STATSZ replies went quiet, and counts each census as it comes.
 /// A server found answering twice after that (its census counted already) makes the sweep an
@@ -936,27 +1024,15 @@ async fn a_bounded_sweep_with_a_server_silent_hands_each_list_over_long_before_i
 /// reply the same sweep is partial and counts every answering server exactly.
 #[tokio::test]
 async fn a_server_found_answering_twice_after_its_census_was_counted_fails_the_sweep() {
-    use connwatch::census::Aggregate;
-    use connwatch::config::{DetectConfig, SweepConfig};
     use connwatch::state::KnownServers;
-    use connwatch::sweep::{Collecting, SweepError};
+    use connwatch::sweep::SweepError;
 
     let dir = tempfile::tempdir().unwrap();
-    let cfg = SweepConfig {
-        expected_servers: 4,
-        max_in_flight: 1,
-        timeout: Duration::from_secs(4),
-        ..SweepConfig::default()
-    };
-    let (cluster, loads, mut sweeper) = app_sweeper(dir.path(), [10, 20, 30], &cfg).await;
-    let rules = Aggregate::new(Some("SYS"), &DetectConfig::default());
-    sweeper.collect(Collecting::Census(rules));
+    let (cluster, loads, mut sweeper) =
+        counting_with_a_silent_server(dir.path(), Duration::from_secs(4)).await;
     let mut known = KnownServers::default();
     let snap = sweeper.sweep(&mut known).await.unwrap();
-    assert!(snap.partial(), "a fourth server expected");
-    let census = snap.census.as_ref().unwrap().finish();
-    let app = census.users.iter().find(|u| u.user == "app").unwrap();
-    assert_eq!(app.connections, 60);
+    assert_counted_without_the_silent_server(&snap);
 
     // Something else answers STATSZ as the server of 30, 2 s after the others: long after
     // they went quiet (250 ms), before the 4 s timeout.
