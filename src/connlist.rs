@@ -219,13 +219,24 @@ impl ConnList {
         if !auth_required {
             return 0;
         }
-        let before = self.len();
-        let mut at = 0;
-        self.retain(|c| {
-            at += 1;
-            at <= from || !c.pending(true)
-        });
-        (before - self.len()) as u64
+        let Self {
+            rows,
+            texts,
+            tag_lists,
+            ..
+        } = self;
+        // Those before `from` are not looked at; the others kept are moved down in place.
+        let before = rows.len();
+        let start = from.min(before);
+        let mut kept = start;
+        for i in start..before {
+            if !view(texts, tag_lists, &rows[i]).pending(true) {
+                rows[kept] = rows[i];
+                kept += 1;
+            }
+        }
+        rows.truncate(kept);
+        (before - kept) as u64
     }
 
     /// Keeps only the connections for which `keep` is true, in order.

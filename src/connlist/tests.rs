@@ -106,3 +106,34 @@ fn truncate_retain_and_set_server_work_on_rows() {
     assert_eq!(list.get(0).unwrap().server, "n1");
     assert!(list.get(2).is_none());
 }
+
+#[test]
+fn pending_ones_are_dropped_from_a_place_on_only_the_rest_kept_in_order() {
+    // Listed before it authenticated: a client in `$G` with no user yet.
+    let pending = |cid: u64| Connection {
+        kind: "Client".into(),
+        ..bare(cid)
+    };
+    let conns = vec![
+        pending(1),
+        full(2),
+        pending(3),
+        full(4),
+        pending(5),
+        full(6),
+    ];
+    let mut list = list_of(&conns);
+    assert_eq!(
+        list.drop_pending_from(2, false),
+        0,
+        "no auth: nobody pending"
+    );
+    assert_eq!(list.len(), 6);
+    assert_eq!(list.drop_pending_from(2, true), 2);
+    let cids: Vec<u64> = list.iter().map(|c| c.cid).collect();
+    assert_eq!(cids, [1, 2, 4, 6], "the one before the place stays");
+    assert_eq!(list.to_vec()[3], full(6));
+    assert_eq!(list.drop_pending(true), 1);
+    assert_eq!(list.drop_pending_from(9, true), 0, "a place past the end");
+    assert_eq!(list.len(), 3);
+}
