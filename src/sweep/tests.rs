@@ -189,15 +189,11 @@ fn connections(list: List) -> Vec<Connection> {
 
 #[test]
 fn a_compact_list_keeps_or_drops_each_servers_connections_whole() {
-    let read = |conns: &mut Collect, name: &str, id: &str, total: u64, cids: &[u64]| {
-        let (head, part) = conns.parse(&connz(name, id, total, cids), 100).unwrap();
-        conns.keep(&head.server, part);
-    };
     for room in [List::Full(Vec::new()), List::Compact(ConnList::default())] {
         let mut conns = Collect::new(room, None);
-        read(&mut conns, "n1", "N1", 2, &[1, 2]);
-        read(&mut conns, "n2", "N2", 3, &[1, 2, 3]);
-        read(&mut conns, "n3", "N3", 1, &[4]);
+        read_whole(&mut conns, "n1", "N1", &[1, 2]);
+        read_whole(&mut conns, "n2", "N2", &[1, 2, 3]);
+        read_whole(&mut conns, "n3", "N3", &[4]);
         // A bad reply (cids out of order) leaves the list as it was.
         assert!(conns.parse(&connz("n4", "N4", 2, &[5, 5]), 100).is_err());
         // A reply that is not the whole list is read but not kept.
@@ -206,7 +202,7 @@ fn a_compact_list_keeps_or_drops_each_servers_connections_whole() {
         // A server found out (impostors, or too slow) is dropped whole, now and later.
         conns.drop_server("N2");
         conns.settle(&["N3".to_string()]);
-        read(&mut conns, "n3", "N3", 1, &[9]);
+        read_whole(&mut conns, "n3", "N3", &[9]);
         let got: Vec<(String, u64)> = connections(conns.finish().0)
             .into_iter()
             .map(|c| (c.server.to_string(), c.cid))
@@ -372,6 +368,11 @@ fn read(conns: &mut Collect, reply: &[u8]) {
     conns.keep(&head.server, part);
 }
 
+/// [`read`] of server `name` (`id`) listing `cids`, all of its connections.
+fn read_whole(conns: &mut Collect, name: &str, id: &str, cids: &[u64]) {
+    read(conns, &connz(name, id, cids.len() as u64, cids));
+}
+
 /// A live sweep's lists, handed to a [`Taker`] that refuses server `refuse`.
 fn handing(refuse: &str, auth_required: bool) -> (Arc<Taker>, Collect) {
     let to = Arc::new(Taker {
@@ -406,7 +407,7 @@ fn a_live_sweep_hands_each_whole_list_over_once_who_is_who_is_settled() {
     // After: each whole list goes at once, without the unauthenticated one; an impostor's
     // never; one the view does not take stays in the list.
     read(&mut conns, &authed("n2", "N2", [3, 4]));
-    read(&mut conns, &connz("n3", "N3", 1, &[5]));
+    read_whole(&mut conns, "n3", "N3", &[5]);
     read(&mut conns, &authed("n4", "N4", [6, 7]));
     read(&mut conns, &authed("n5", "N5", [8, 9]));
     assert_eq!(
@@ -434,12 +435,9 @@ fn lists_read_before_the_settling_go_over_at_it_and_a_later_one_says_what_it_can
     // A bounded sweep with a server silent: its STATSZ replies went quiet, so who is who is
     // settled before the timeout settles it for good.
     let (to, mut conns) = handing("N1", false);
-    let read = |conns: &mut Collect, name: &str, id: &str, cids: &[u64]| {
-        read(conns, &connz(name, id, cids.len() as u64, cids));
-    };
-    read(&mut conns, "n1", "N1", &[1, 2]);
-    read(&mut conns, "n2", "N2", &[3]);
-    read(&mut conns, "n3", "N3", &[4, 5]);
+    read_whole(&mut conns, "n1", "N1", &[1, 2]);
+    read_whole(&mut conns, "n2", "N2", &[3]);
+    read_whole(&mut conns, "n3", "N3", &[4, 5]);
     assert!(to.taken.lock().unwrap().is_empty());
     assert_eq!((conns.settled(), conns.waiting()), (false, 3));
     // N2 answered twice: dropped. The others go from the last back; the view refusing n1's
@@ -449,8 +447,8 @@ fn lists_read_before_the_settling_go_over_at_it_and_a_later_one_says_what_it_can
     assert_eq!(*to.taken.lock().unwrap(), [("N3".to_string(), vec![4, 5])]);
     // Later lists go as they come; N2's, when it comes again, never. At the timeout N4 and N1
     // turn out to answer twice too: N4's list is the view's already, N1's is dropped.
-    read(&mut conns, "n4", "N4", &[6]);
-    read(&mut conns, "n2", "N2", &[7]);
+    read_whole(&mut conns, "n4", "N4", &[6]);
+    read_whole(&mut conns, "n2", "N2", &[7]);
     let late = ["N2", "N4", "N1"].map(String::from);
     assert_eq!(conns.settle(&late), ["N4"]);
     let (list, _, handed) = conns.finish();
@@ -464,12 +462,12 @@ fn lists_read_before_the_settling_go_over_at_it_and_a_later_one_says_what_it_can
     // before its server is found answering twice is said.
     let rules = crate::census::Aggregate::new(None, &crate::config::DetectConfig::default());
     let mut conns = Collect::new(List::Full(Vec::new()), Some(rules));
-    read(&mut conns, "n1", "N1", &[1, 2]);
+    read_whole(&mut conns, "n1", "N1", &[1, 2]);
     assert_eq!((conns.held(), conns.waiting()), (1, 1));
     assert!(conns.settle(&[]).is_empty());
     assert_eq!(conns.held(), 0);
-    read(&mut conns, "n2", "N2", &[3]);
-    read(&mut conns, "n3", "N3", &[4]);
+    read_whole(&mut conns, "n2", "N2", &[3]);
+    read_whole(&mut conns, "n3", "N3", &[4]);
     assert_eq!(conns.settle(&["N3".to_string(), "N9".to_string()]), ["N3"]);
 }
 
@@ -477,17 +475,14 @@ fn lists_read_before_the_settling_go_over_at_it_and_a_later_one_says_what_it_can
 fn a_counting_sweep_holds_each_servers_census_only_until_who_is_who_is_settled() {
     let rules = crate::census::Aggregate::new(None, &crate::config::DetectConfig::default());
     let mut conns = Collect::new(List::Full(Vec::new()), Some(rules));
-    let read = |conns: &mut Collect, name: &str, id: &str, cids: &[u64]| {
-        read(conns, &connz(name, id, cids.len() as u64, cids));
-    };
-    read(&mut conns, "n1", "N1", &[1, 2]);
-    read(&mut conns, "n2", "N2", &[1, 2, 3]);
+    read_whole(&mut conns, "n1", "N1", &[1, 2]);
+    read_whole(&mut conns, "n2", "N2", &[1, 2, 3]);
     assert_eq!(conns.held(), 2, "before: one census per server");
     // N2 turned out to answer as two servers: dropped, now and when it comes again.
     conns.settle(&["N2".to_string()]);
     assert_eq!(conns.held(), 0, "after: joined into one");
-    read(&mut conns, "n3", "N3", &[5]);
-    read(&mut conns, "n2", "N2", &[7, 8]);
+    read_whole(&mut conns, "n3", "N3", &[5]);
+    read_whole(&mut conns, "n2", "N2", &[7, 8]);
     assert_eq!(conns.held(), 0);
     let census = conns.finish().1.unwrap().finish();
     assert_eq!(census.connections, 3);
