@@ -164,8 +164,8 @@ pub struct SweepConfig {
     /// (then 8 at a time for the servers whose first reply did not hold their whole list).
     pub max_in_flight: usize,
     /// How the servers send their connection lists: `snappy` (compressed, about 8× fewer bytes
-    /// in flight and held while they arrive; connwatch decompresses one reply at a time) or
-    /// `none`.
+    /// in flight and held while they arrive; connwatch parses each as it decompresses it, a
+    /// block at a time) or `none`.
     pub compression: Compression,
 }
 

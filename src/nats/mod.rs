@@ -13,6 +13,7 @@ mod system;
 pub mod wire;
 
 pub use connect::{connect, ConnectError, ConnectionEvents};
+pub(crate) use system::decoded;
 pub use system::{
     parse, server_subject, RequestError, System, PING_ACCOUNT_STATZ, PING_CONNZ, PING_STATSZ,
     PING_VARZ,

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use chrono::Utc;
 
 use super::scan;
+use super::snappy::Payload;
 use super::wire::{jwt_name, ApiError, ConnzRequest, ServerInfo, SweepConn};
 use crate::census::Aggregate;
 use crate::connlist::ConnList;
@@ -96,6 +97,7 @@ pub(crate) fn parse_page(
     limit: usize,
     reserve: bool,
 ) -> Result<PageHead, serde_json::Error> {
+    let payload = Payload::Plain(payload);
     parse(payload, Sink::List(out), limit, reserve, false, scan_read)
 }
 
@@ -104,7 +106,7 @@ pub(crate) fn parse_page(
 /// so its connections are counted and checked but not converted (`out` is left as it was).
 /// Room for the reply's connections is reserved up front.
 pub(crate) fn parse_server_list(
-    payload: &[u8],
+    payload: Payload<'_>,
     out: &mut Vec<Connection>,
     limit: usize,
 ) -> Result<PageHead, serde_json::Error> {
@@ -114,7 +116,7 @@ pub(crate) fn parse_server_list(
 /// [`parse_server_list`] into a census instead of a list: no connection is built. On an error
 /// `census` holds part of the reply: the caller throws it away (one census per reply).
 pub(crate) fn parse_server_census(
-    payload: &[u8],
+    payload: Payload<'_>,
     census: &mut Aggregate,
     limit: usize,
 ) -> Result<PageHead, serde_json::Error> {
@@ -124,7 +126,7 @@ pub(crate) fn parse_server_census(
 /// [`parse_server_list`] into a compact list ([`ConnList`]): each connection goes in as it is
 /// read, its texts looked up in the list's table, so no [`Connection`] is built.
 pub(crate) fn parse_server_compact(
-    payload: &[u8],
+    payload: Payload<'_>,
     out: &mut ConnList,
     limit: usize,
 ) -> Result<PageHead, serde_json::Error> {
@@ -152,20 +154,22 @@ impl Sink<'_> {
 }
 
 fn parse(
-    payload: &[u8],
+    payload: Payload<'_>,
     mut sink: Sink,
     limit: usize,
     reserve: bool,
     whole_only: bool,
-    read: impl FnOnce(&[u8], &mut Sink, &mut PageStats) -> Result<PageHead, serde_json::Error>,
+    read: impl FnOnce(Payload, &mut Sink, &mut PageStats) -> Result<PageHead, serde_json::Error>,
 ) -> Result<PageHead, serde_json::Error> {
     let max_bytes = limit
         .saturating_mul(MAX_BYTES_PER_CONNECTION)
         .saturating_add(REPLY_SLACK);
-    if payload.len() > max_bytes {
+    let len = payload
+        .len()
+        .ok_or_else(|| invalid("a snappy reply that is not a framed stream"))?;
+    if len > max_bytes {
         return Err(invalid(format!(
-            "reply of {} bytes is too big for {limit} connections",
-            payload.len()
+            "reply of {len} bytes is too big for {limit} connections"
         )));
     }
     let start = sink.len();
@@ -267,7 +271,7 @@ fn check_page(head: &PageHead, stats: &PageStats) -> Result<(), serde_json::Erro
 /// Reads a reply with the scanner into `sink`, counting and checking its connections in
 /// `stats`; the checks of the whole reply are [`parse`]'s.
 fn scan_read(
-    payload: &[u8],
+    payload: Payload,
     sink: &mut Sink,
     stats: &mut PageStats,
 ) -> Result<PageHead, serde_json::Error> {
@@ -304,7 +308,7 @@ struct Fill<'s, 'o> {
     now: Stamp,
 }
 
-impl<'a> scan::Visit<'a> for Fill<'_, '_> {
+impl scan::Visit for Fill<'_, '_> {
     fn list(&mut self, start: &scan::ListStart) -> bool {
         // More than the reply may hold (nats-server writes `total` first): not the whole
         // list, which is all a sweep keeps ([`parse_server_list`]).
@@ -330,7 +334,7 @@ impl<'a> scan::Visit<'a> for Fill<'_, '_> {
         !partial
     }
 
-    fn conn(&mut self, c: &SweepConn<'a>) -> Result<(), String> {
+    fn conn(&mut self, c: &SweepConn<'_>) -> Result<(), String> {
         self.stats.check(c.cid)?;
         let user_name = c.jwt.as_deref().and_then(|jwt| self.texts.jwt_name(jwt));
         let c = conn_ref(&self.server, self.now, c, user_name.as_deref());
@@ -601,7 +605,7 @@ mod tests {
         };
         let mut out = vec![Connection::default()];
         let h = parse_server_list(
-            page(r#"{"cid":1,"ip":"x"},{"cid":2}"#).as_bytes(),
+            Payload::Plain(page(r#"{"cid":1,"ip":"x"},{"cid":2}"#).as_bytes()),
             &mut out,
             2,
         )
@@ -609,11 +613,55 @@ mod tests {
         assert_eq!((h.total, h.count, out.len()), (Some(9), 2, 1));
         // Still checked: cids must rise, no more than asked for.
         for bad in [r#"{"cid":2},{"cid":1}"#, r#"{"cid":1},{"cid":2},{"cid":3}"#] {
-            assert!(parse_server_list(page(bad).as_bytes(), &mut out, 2).is_err());
+            assert!(parse_server_list(Payload::Plain(page(bad).as_bytes()), &mut out, 2).is_err());
         }
         // A filtered reply's `total` is not its list's: parse_page converts whatever it holds.
         parse_page(page(r#"{"cid":1}"#).as_bytes(), &mut out, 2, true).unwrap();
         assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn a_snappy_reply_is_read_as_the_plain_one_and_a_broken_one_keeps_nothing() {
+        use std::io::Write;
+        let conns: Vec<String> = (1..=3000)
+            .map(|cid| {
+                format!(
+                    r#"{{"cid":{cid},"ip":"10.0.0.{}","authorized_user":"u{}"}}"#,
+                    cid % 200,
+                    cid % 7
+                )
+            })
+            .collect();
+        let text = format!(
+            r#"{{"server":{{"name":"n1","id":"NID"}},"data":{{"total":3000,"connections":[{}]}}}}"#,
+            conns.join(",")
+        );
+        let mut framed = Vec::new();
+        let mut w = snap::write::FrameEncoder::new(&mut framed);
+        w.write_all(text.as_bytes()).unwrap();
+        drop(w);
+        assert!(
+            text.len() > 2 * crate::nats::snappy::MAX_BLOCK,
+            "several blocks"
+        );
+        let (mut plain, mut snappy) = (Vec::new(), vec![Connection::default()]);
+        parse_server_list(Payload::Plain(text.as_bytes()), &mut plain, 5000).unwrap();
+        let head = parse_server_list(Payload::Snappy(&framed), &mut snappy, 5000).unwrap();
+        assert_eq!((head.total, head.count), (Some(3000), 3000));
+        assert_eq!(&snappy[1..], &plain[..]);
+        // A byte of the last block changed: its checksum fails after the first blocks' connections
+        // were read, and none of them is kept.
+        let last = framed.len() - 10;
+        framed[last] ^= 0x55;
+        let mut out = vec![Connection::default()];
+        let err = parse_server_list(Payload::Snappy(&framed), &mut out, 5000).unwrap_err();
+        assert!(err.to_string().contains("snappy"), "{err}");
+        assert_eq!(out.len(), 1);
+        let mut census = Aggregate::new(None, &crate::config::DetectConfig::default());
+        assert!(parse_server_census(Payload::Snappy(&framed), &mut census, 5000).is_err());
+        // Not a snappy stream at all: refused before any parse.
+        let err = parse_server_list(Payload::Snappy(b"{}"), &mut out, 5).unwrap_err();
+        assert!(err.to_string().contains("not a framed stream"), "{err}");
     }
 
     #[test]
@@ -624,15 +672,15 @@ mod tests {
             {"cid":2,"ip":"10.0.0.2","authorized_user":"v","tags":["t","s"],"kind":"Leafnode"}]},
             "server":{"name":"n1","id":"NID"}}"#;
         let (mut list, mut compact) = (Vec::new(), ConnList::default());
-        let a = parse_server_list(server_last, &mut list, 5).unwrap();
-        let b = parse_server_compact(server_last, &mut compact, 5).unwrap();
+        let a = parse_server_list(Payload::Plain(server_last), &mut list, 5).unwrap();
+        let b = parse_server_compact(Payload::Plain(server_last), &mut compact, 5).unwrap();
         assert_eq!((a.total, a.count), (b.total, b.count));
         assert_eq!(compact.get(0).unwrap().server_id, "NID");
         assert_eq!(compact.to_vec(), list);
         // A refused reply leaves it as it was.
         let bad = br#"{"server":{"name":"n2","id":"N2"},"data":{"total":2,"connections":[
             {"cid":2},{"cid":1}]}}"#;
-        assert!(parse_server_compact(bad, &mut compact, 5).is_err());
+        assert!(parse_server_compact(Payload::Plain(bad), &mut compact, 5).is_err());
         assert_eq!(compact.to_vec(), list);
     }
 }

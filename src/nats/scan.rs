@@ -12,9 +12,16 @@
 //! what no nats-server writes: a connection, `server` or `error` written as a JSON array
 //! (serde accepts an array for a struct, field by field), and a skipped value nested deeper
 //! than [`MAX_DEPTH`] (serde skips any depth).
+//!
+//! A snappy reply is read a chunk at a time into a small window ([`Reader`]), never held
+//! decompressed whole: the parse goes a unit at a time (a connection, a key, a value and what
+//! follows it), and a unit that runs out of bytes before the stream has ended is read again
+//! from its start with more in hand. A unit that succeeds read only bytes it had, ending on a
+//! delimiter, so it reads as it would from the whole reply.
 
 use std::borrow::Cow;
 
+use super::snappy::{Payload, Unframer, MAX_BLOCK};
 use super::wire::{fast_rfc3339, parse_rfc3339, ApiError, Rfc3339, ServerInfo, SweepConn};
 use text::{field_of, field_of_packed, first_special, unescape, OTHER};
 
@@ -60,14 +67,15 @@ pub(crate) struct ListStart<'h> {
 }
 
 /// What is done with the connections of a reply as [`reply`] reads them.
-pub(crate) trait Visit<'a> {
+pub(crate) trait Visit {
     /// Asked once, when the reply's `connections` key is reached (even when it is `null`):
     /// `true`, each connection is read whole and handed to [`Visit::conn`], in the reply's
     /// order; `false`, only its `cid` is read and handed to [`Visit::cid`] (the rest checked for
     /// syntax only, as serde's `IgnoredAny` does).
     fn list(&mut self, start: &ListStart) -> bool;
-    /// One connection kept; an error stops the parse and is returned by [`reply`].
-    fn conn(&mut self, conn: &SweepConn<'a>) -> Result<(), String>;
+    /// One connection kept, its texts borrowed from the bytes in hand; an error stops the
+    /// parse and is returned by [`reply`].
+    fn conn(&mut self, conn: &SweepConn<'_>) -> Result<(), String>;
     /// The cid of one connection not kept; an error stops the parse and is returned.
     fn cid(&mut self, cid: u64) -> Result<(), String>;
 }
@@ -75,21 +83,24 @@ pub(crate) trait Visit<'a> {
 /// Parses one CONNZ reply `payload`, handing its connections to `visit` as they are read.
 /// Checks of the reply's content (cid order, counts, server ids) are the caller's; this
 /// refuses what is not a well-formed CONNZ reply, as serde does.
-pub(crate) fn reply<'a>(payload: &'a [u8], visit: &mut impl Visit<'a>) -> Result<Head, String> {
-    let mut p = Cursor {
-        b: payload,
+pub(crate) fn reply(payload: Payload<'_>, visit: &mut impl Visit) -> Result<Head, String> {
+    read(payload, visit, AHEAD)
+}
+
+/// [`reply`], with at least `ahead` bytes kept in hand ahead of the parse of a snappy reply.
+fn read(payload: Payload<'_>, visit: &mut impl Visit, ahead: usize) -> Result<Head, String> {
+    let mut r = Reader {
+        w: Window::new(payload, ahead),
+        ahead,
         i: 0,
-        why: String::new(),
-        guesses: [Guess::default(); GUESSES],
+        st: State {
+            why: String::new(),
+            base: 0,
+            guesses: [Guess::default(); GUESSES],
+        },
     };
-    let head = p.envelope(visit).and_then(|head| {
-        p.ws();
-        match p.i == p.b.len() {
-            true => Ok(head),
-            false => Err(p.err("trailing characters")),
-        }
-    });
-    head.map_err(|Stop| p.why)
+    let head = r.envelope(visit).and_then(|head| r.end().map(|()| head));
+    head.map_err(|Stop| r.st.why)
 }
 
 /// What `data` said.
@@ -101,12 +112,19 @@ struct Data {
     count: usize,
 }
 
-/// A position in a reply.
-struct Cursor<'a> {
+/// A position in the bytes of a reply in hand, for one unit of the parse ([`Reader::unit`]).
+struct Cursor<'a, 's> {
     b: &'a [u8],
     i: usize,
+    st: &'s mut State,
+}
+
+/// What the parse of a reply keeps from unit to unit.
+struct State {
     /// Why the parse stopped, once it has.
     why: String,
+    /// Where the bytes in hand start in the reply.
+    base: usize,
     /// The keys of the last connection read, by place ([`Cursor::conn_key`]).
     guesses: [Guess; GUESSES],
 }
@@ -132,11 +150,14 @@ struct Stop;
 
 type Res<T> = Result<T, Stop>;
 
-impl<'a> Cursor<'a> {
+impl<'a> Cursor<'a, '_> {
     #[cold]
     #[inline(never)]
     fn err(&mut self, what: &str) -> Stop {
-        self.why = format!("{what} at byte {} of the connz reply", self.i);
+        self.st.why = format!(
+            "{what} at byte {} of the connz reply",
+            self.st.base + self.i
+        );
         Stop
     }
 
@@ -348,7 +369,7 @@ impl<'a> Cursor<'a> {
         self.ws();
         let next = self.b.get(self.i..self.i + 16);
         let next = next.map(|w| u128::from_le_bytes(w.try_into().expect("16 bytes")));
-        if let (Some(&g), Some(w)) = (self.guesses.get(place), next) {
+        if let (Some(&g), Some(w)) = (self.st.guesses.get(place), next) {
             if w & g.mask == g.word && g.mask != 0 {
                 self.i += g.len;
                 self.colon()?;
@@ -356,7 +377,7 @@ impl<'a> Cursor<'a> {
             }
         }
         let (field, short) = self.key_field()?;
-        if let Some(g) = self.guesses.get_mut(place) {
+        if let Some(g) = self.st.guesses.get_mut(place) {
             // The key and its quotes when they fit the 16 bytes (a key of at most 14 bytes, no
             // escape); no guess otherwise.
             *g = match (next, short) {
@@ -488,52 +509,6 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// The envelope: `{"server":…,"data":…,"error":…}` in any order, each at most once.
-    fn envelope(&mut self, visit: &mut impl Visit<'a>) -> Res<Head> {
-        let mut head = Head::default();
-        let (mut server_seen, mut data_seen, mut error_seen) = (false, false, false);
-        self.eat(b'{')?;
-        if self.empty(b'}')? {
-            return Ok(head);
-        }
-        loop {
-            let key = self.key()?;
-            let seen = match &*key {
-                b"server" => &mut server_seen,
-                b"data" => &mut data_seen,
-                b"error" => &mut error_seen,
-                _ => {
-                    self.skip()?;
-                    if self.more(b'}')? {
-                        continue;
-                    }
-                    return Ok(head);
-                }
-            };
-            // A key given twice would let one reply speak for two.
-            if std::mem::replace(seen, true) {
-                return Err(self.err("duplicate key in connz reply"));
-            }
-            match &*key {
-                b"server" => head.server = self.serde()?,
-                b"error" => head.error = self.serde()?,
-                _ => {
-                    head.server_late = !server_seen;
-                    let server = server_seen.then_some(&head.server);
-                    if let Some(data) = self.data(server, visit)? {
-                        head.total = Some(data.total);
-                        head.now = data.now;
-                        head.data_server_id = data.server_id;
-                        head.count = data.count;
-                    }
-                }
-            }
-            if !self.more(b'}')? {
-                return Ok(head);
-            }
-        }
-    }
-
     /// A small value read with serde from its raw bytes (`server`, `error`: once a reply).
     /// Refused when written as an array, which serde would take field by field.
     fn serde<T: serde::de::DeserializeOwned>(&mut self) -> Res<T> {
@@ -542,79 +517,6 @@ impl<'a> Cursor<'a> {
         }
         let raw = self.raw_value()?;
         serde_json::from_slice(raw).map_err(|e| self.err(&e.to_string()))
-    }
-
-    /// `data`: `null` or the CONNZ object, its connections handed to `visit` as they are read.
-    fn data(
-        &mut self,
-        server: Option<&ServerInfo>,
-        visit: &mut impl Visit<'a>,
-    ) -> Res<Option<Data>> {
-        if self.null()? {
-            return Ok(None);
-        }
-        let mut d = Data::default();
-        let mut connections_seen = false;
-        self.eat(b'{')?;
-        if self.empty(b'}')? {
-            return Ok(Some(d));
-        }
-        loop {
-            let key = self.key()?;
-            match &*key {
-                b"now" => d.now = self.opt_time()?,
-                b"total" => d.total = self.u64()?,
-                b"offset" => {
-                    // Every request of a sweep asks from offset 0 (serde reads an i64: any
-                    // other integer, or a number that is not one, is refused as well).
-                    if self.u64()? != 0 {
-                        return Err(self.err("connz reply at an offset, asked 0"));
-                    }
-                }
-                b"server_id" => d.server_id = self.opt_string()?.map(Cow::into_owned),
-                b"connections" => {
-                    if std::mem::replace(&mut connections_seen, true) {
-                        return Err(self.err("duplicate connections in connz reply"));
-                    }
-                    let start = ListStart {
-                        total: d.total,
-                        now: d.now,
-                        server,
-                    };
-                    let keep = visit.list(&start);
-                    d.count = self.connections(keep, visit)?;
-                }
-                _ => self.skip()?,
-            }
-            if !self.more(b'}')? {
-                return Ok(Some(d));
-            }
-        }
-    }
-
-    /// `connections`: `null` or an array of connection objects. Returns how many there were.
-    fn connections(&mut self, keep: bool, visit: &mut impl Visit<'a>) -> Res<usize> {
-        if self.null()? {
-            return Ok(0);
-        }
-        self.eat(b'[')?;
-        if self.empty(b']')? {
-            return Ok(0);
-        }
-        let mut count = 0;
-        loop {
-            count += 1;
-            if keep {
-                let c = self.conn()?;
-                visit.conn(&c).map_err(|e| self.err(&e))?;
-            } else {
-                let cid = self.cid_only()?;
-                visit.cid(cid).map_err(|e| self.err(&e))?;
-            }
-            if !self.more(b']')? {
-                return Ok(count);
-            }
-        }
     }
 
     /// One connection, the fields of [`SweepConn`] read, the others skipped.
@@ -698,6 +600,334 @@ impl<'a> Cursor<'a> {
             }
             if !self.more(b'}')? {
                 return Ok(cid.unwrap_or_default());
+            }
+        }
+    }
+}
+
+/// Bytes kept in hand ahead of the parse, at least, while a snappy reply is read: a unit
+/// longer than this (a connection with a long JWT) is read again with more. Moving what is
+/// left to the front before each chunk costs a copy of at most this much per 64 KiB.
+const AHEAD: usize = 8 * 1024;
+
+/// The bytes of a reply in hand: all of a plain one; a window on a snappy one, read a chunk
+/// at a time.
+struct Window<'f> {
+    plain: &'f [u8],
+    framed: Option<Unframer<'f>>,
+    buf: Vec<u8>,
+    /// Bytes of `buf` in hand.
+    end: usize,
+    /// Whether the reply's last byte is in hand.
+    done: bool,
+}
+
+impl<'f> Window<'f> {
+    fn new(payload: Payload<'f>, ahead: usize) -> Self {
+        match payload {
+            Payload::Plain(b) => Self {
+                plain: b,
+                framed: None,
+                buf: Vec::new(),
+                end: b.len(),
+                done: true,
+            },
+            Payload::Snappy(f) => Self {
+                plain: &[],
+                framed: Some(Unframer::new(f)),
+                buf: vec![0; ahead + MAX_BLOCK],
+                end: 0,
+                done: false,
+            },
+        }
+    }
+
+    #[inline]
+    fn bytes(&self) -> &[u8] {
+        match self.framed {
+            None => self.plain,
+            Some(_) => &self.buf[..self.end],
+        }
+    }
+
+    /// Lets the bytes before `from` go, then reads chunks until `want` bytes from there are in
+    /// hand or the reply has ended.
+    fn fill(&mut self, from: usize, want: usize) -> Result<(), String> {
+        let Some(u) = &mut self.framed else {
+            return Ok(());
+        };
+        self.buf.copy_within(from..self.end, 0);
+        self.end -= from;
+        while self.end < want && !self.done {
+            match u.next_into(&mut self.buf, self.end)? {
+                0 => self.done = true,
+                n => self.end += n,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The parse of one reply, a unit at a time ([`Reader::unit`]): the envelope, `data` and the
+/// connections.
+struct Reader<'f> {
+    w: Window<'f>,
+    /// Bytes kept in hand ahead of each unit, at least ([`AHEAD`]).
+    ahead: usize,
+    /// The place in the bytes in hand.
+    i: usize,
+    st: State,
+}
+
+/// The envelope's keys.
+enum EnvKey {
+    Server,
+    Data,
+    Error,
+    Other,
+}
+
+/// The keys of `data` that are read.
+enum DataKey {
+    Now,
+    Total,
+    Offset,
+    ServerId,
+    Connections,
+    Other,
+}
+
+impl EnvKey {
+    fn of(key: &[u8]) -> Self {
+        match key {
+            b"server" => Self::Server,
+            b"data" => Self::Data,
+            b"error" => Self::Error,
+            _ => Self::Other,
+        }
+    }
+}
+
+impl DataKey {
+    fn of(key: &[u8]) -> Self {
+        match key {
+            b"now" => Self::Now,
+            b"total" => Self::Total,
+            b"offset" => Self::Offset,
+            b"server_id" => Self::ServerId,
+            b"connections" => Self::Connections,
+            _ => Self::Other,
+        }
+    }
+}
+
+impl Reader<'_> {
+    /// Runs `parse` from the reader's place and moves past what it read. When it stops while
+    /// the reply is not all in hand, it is run again from the same place with more: what it
+    /// reads must end on a delimiter, and it must do nothing it cannot do twice until it has
+    /// read all it needs.
+    #[inline]
+    fn unit<T>(&mut self, mut parse: impl FnMut(&mut Cursor) -> Res<T>) -> Res<T> {
+        if !self.w.done && self.w.end - self.i < self.ahead {
+            self.more(self.ahead)?;
+        }
+        loop {
+            let mut c = Cursor {
+                b: self.w.bytes(),
+                i: self.i,
+                st: &mut self.st,
+            };
+            match parse(&mut c) {
+                Ok(t) => {
+                    self.i = c.i;
+                    return Ok(t);
+                }
+                Err(Stop) if !self.w.done => {
+                    let ahead = self.w.end - self.i;
+                    self.more(2 * ahead.max(self.ahead))?;
+                }
+                Err(Stop) => return Err(Stop),
+            }
+        }
+    }
+
+    /// Lets the bytes before the reader's place go and reads until `want` bytes are in hand.
+    fn more(&mut self, want: usize) -> Res<()> {
+        let from = self.i;
+        self.st.base += from;
+        self.i = 0;
+        self.w.fill(from, want).map_err(|e| {
+            self.st.why = format!("{e} in the snappy connz reply");
+            Stop
+        })
+    }
+
+    #[cold]
+    fn err(&mut self, what: &str) -> Stop {
+        let mut c = Cursor {
+            b: &[],
+            i: self.i,
+            st: &mut self.st,
+        };
+        c.err(what)
+    }
+
+    /// After the envelope: whitespace to the end of the reply.
+    fn end(&mut self) -> Res<()> {
+        loop {
+            let at_end = self.unit(|c| {
+                c.ws();
+                Ok(c.i == c.b.len())
+            })?;
+            if !at_end {
+                return Err(self.err("trailing characters"));
+            }
+            if self.w.done {
+                return Ok(());
+            }
+            self.more(self.ahead)?;
+        }
+    }
+
+    /// An object member's key and its colon, as `of` names it.
+    fn key<K>(&mut self, of: impl Fn(&[u8]) -> K) -> Res<K> {
+        self.unit(|c| Ok(of(&c.key()?)))
+    }
+
+    /// An object member's value into `into`, and what follows it: whether another member
+    /// does.
+    fn member<T>(&mut self, into: &mut T, value: impl Fn(&mut Cursor) -> Res<T>) -> Res<bool> {
+        let (v, more) = self.unit(|c| Ok((value(c)?, c.more(b'}')?)))?;
+        *into = v;
+        Ok(more)
+    }
+
+    /// An object's opening brace: whether it is empty (its closing one read too).
+    fn open(&mut self) -> Res<bool> {
+        self.unit(|c| {
+            c.eat(b'{')?;
+            c.empty(b'}')
+        })
+    }
+
+    /// The envelope: `{"server":…,"data":…,"error":…}` in any order, each at most once.
+    fn envelope(&mut self, visit: &mut impl Visit) -> Res<Head> {
+        let mut head = Head::default();
+        let (mut server_seen, mut data_seen, mut error_seen) = (false, false, false);
+        if self.open()? {
+            return Ok(head);
+        }
+        loop {
+            let key = self.key(EnvKey::of)?;
+            let seen = match key {
+                EnvKey::Server => &mut server_seen,
+                EnvKey::Data => &mut data_seen,
+                EnvKey::Error => &mut error_seen,
+                EnvKey::Other => &mut false,
+            };
+            // A key given twice would let one reply speak for two.
+            if std::mem::replace(seen, true) {
+                return Err(self.err("duplicate key in connz reply"));
+            }
+            let more = match key {
+                EnvKey::Server => self.member(&mut head.server, |c| c.serde())?,
+                EnvKey::Error => self.member(&mut head.error, |c| c.serde())?,
+                EnvKey::Other => self.member(&mut (), |c| c.skip())?,
+                EnvKey::Data => {
+                    head.server_late = !server_seen;
+                    let server = server_seen.then_some(&head.server);
+                    if let Some(data) = self.data(server, visit)? {
+                        head.total = Some(data.total);
+                        head.now = data.now;
+                        head.data_server_id = data.server_id;
+                        head.count = data.count;
+                    }
+                    self.unit(|c| c.more(b'}'))?
+                }
+            };
+            if !more {
+                return Ok(head);
+            }
+        }
+    }
+
+    /// `data`: `null` or the CONNZ object, its connections handed to `visit` as they are read.
+    fn data(&mut self, server: Option<&ServerInfo>, visit: &mut impl Visit) -> Res<Option<Data>> {
+        if self.unit(|c| c.null())? {
+            return Ok(None);
+        }
+        let mut d = Data::default();
+        let mut connections_seen = false;
+        if self.open()? {
+            return Ok(Some(d));
+        }
+        loop {
+            let key = self.key(DataKey::of)?;
+            let more = match key {
+                DataKey::Now => self.member(&mut d.now, |c| c.opt_time())?,
+                DataKey::Total => self.member(&mut d.total, |c| c.u64())?,
+                // Every request of a sweep asks from offset 0 (serde reads an i64: any other
+                // integer, or a number that is not one, is refused as well).
+                DataKey::Offset => self.unit(|c| match c.u64()? {
+                    0 => c.more(b'}'),
+                    _ => Err(c.err("connz reply at an offset, asked 0")),
+                })?,
+                DataKey::ServerId => self.member(&mut d.server_id, |c| {
+                    c.opt_string().map(|s| s.map(Cow::into_owned))
+                })?,
+                DataKey::Connections => {
+                    if std::mem::replace(&mut connections_seen, true) {
+                        return Err(self.err("duplicate connections in connz reply"));
+                    }
+                    let start = ListStart {
+                        total: d.total,
+                        now: d.now,
+                        server,
+                    };
+                    let keep = visit.list(&start);
+                    d.count = self.connections(keep, visit)?;
+                    self.unit(|c| c.more(b'}'))?
+                }
+                DataKey::Other => self.member(&mut (), |c| c.skip())?,
+            };
+            if !more {
+                return Ok(Some(d));
+            }
+        }
+    }
+
+    /// `connections`: `null` or an array of connection objects. Returns how many there were.
+    /// Each is handed to `visit` once read with what follows it, so it is never read twice.
+    fn connections(&mut self, keep: bool, visit: &mut impl Visit) -> Res<usize> {
+        if self.unit(|c| c.null())? {
+            return Ok(0);
+        }
+        let empty = self.unit(|c| {
+            c.eat(b'[')?;
+            c.empty(b']')
+        })?;
+        if empty {
+            return Ok(0);
+        }
+        let mut count = 0;
+        loop {
+            count += 1;
+            let (seen, more) = if keep {
+                self.unit(|c| {
+                    let conn = c.conn()?;
+                    let more = c.more(b']')?;
+                    Ok((visit.conn(&conn), more))
+                })?
+            } else {
+                self.unit(|c| {
+                    let cid = c.cid_only()?;
+                    let more = c.more(b']')?;
+                    Ok((visit.cid(cid), more))
+                })?
+            };
+            seen.map_err(|e| self.err(&e))?;
+            if !more {
+                return Ok(count);
             }
         }
     }

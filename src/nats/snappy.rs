@@ -1,125 +1,142 @@
-//! Snappy-framed replies, decompressed straight into one buffer that goes from reply to reply.
+//! Snappy-framed replies: read a chunk at a time, or decompressed whole.
 //!
-//! A sweep's replies are megabytes each once decompressed. A fresh buffer per reply is a fresh
-//! mapping whose every page faults in (it was ~14% of a sweep's CPU), and `snap`'s reader
-//! copies each block once more through its own buffer. Here each block is decompressed where
-//! it belongs in the output, and the output is lent to the reply: when the reply is dropped,
-//! its buffer comes back for the next one, while the [`Inflater`] lives (a sweeper keeps one
-//! from sweep to sweep).
+//! A sweep's CONNZ replies are megabytes each once decompressed. The sweep's parser reads them
+//! through an [`Unframer`], a chunk (at most 64 KiB) at a time into a small window, so no reply
+//! is ever held decompressed whole ([`scan`](super::scan)). Other replies are small and are
+//! decompressed whole ([`inflate`]).
 
-use std::sync::{Arc, Mutex, Weak};
-
+use async_nats::Message;
 use bytes::Bytes;
 
-/// Decompresses replies, reusing one buffer while each reply is dropped before the next
-/// arrives.
-#[derive(Debug, Default)]
-pub(crate) struct Inflater {
-    spare: Arc<Mutex<Option<Vec<u8>>>>,
+/// A reply's payload as it came: plain, or snappy-framed (its `Content-Encoding`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Payload<'a> {
+    /// The reply's own bytes.
+    Plain(&'a [u8]),
+    /// A framed snappy stream of the reply's bytes.
+    Snappy(&'a [u8]),
 }
 
-/// A decompressed payload on loan from an [`Inflater`]: back to it when dropped.
-struct Lent {
-    buf: Vec<u8>,
-    home: Weak<Mutex<Option<Vec<u8>>>>,
-}
-
-impl AsRef<[u8]> for Lent {
-    fn as_ref(&self) -> &[u8] {
-        &self.buf
+impl<'a> Payload<'a> {
+    /// `msg`'s payload, snappy when its `Content-Encoding` says so.
+    pub fn of(msg: &'a Message) -> Self {
+        match is_snappy(msg) {
+            true => Self::Snappy(&msg.payload),
+            false => Self::Plain(&msg.payload),
+        }
     }
-}
 
-impl Drop for Lent {
-    fn drop(&mut self) {
-        if let Some(home) = self.home.upgrade() {
-            if let Ok(mut spare) = home.lock() {
-                spare.get_or_insert_with(|| std::mem::take(&mut self.buf));
-            }
+    /// The length of the reply's bytes (decompressed), from the chunk headers alone; `None`
+    /// when a snappy payload is not a framed stream.
+    pub fn len(&self) -> Option<usize> {
+        match self {
+            Self::Plain(b) => Some(b.len()),
+            Self::Snappy(f) => framed_len(f),
         }
     }
 }
 
-impl Inflater {
-    /// The bytes a framed snappy stream holds, or why they cannot be had.
-    pub fn inflate(&self, framed: &[u8]) -> Result<Bytes, String> {
-        let len = framed_len(framed).ok_or("not a snappy stream")?;
-        let spare = self.spare.lock().ok().and_then(|mut s| s.take());
-        let mut buf = match spare {
-            // Bytes a reply left are initialized: cut or extended, nothing is zeroed twice.
-            Some(mut b) if b.capacity() >= len => {
-                b.resize(len, 0);
-                b
-            }
-            // A fresh buffer comes zeroed from the system (calloc): no pass to zero it. Its
-            // spare quarter is never touched (so not resident) unless a longer reply comes.
-            short => {
-                drop(short);
-                let mut b = vec![0; len + len / 4];
-                b.truncate(len);
-                b
-            }
-        };
-        unframe(framed, &mut buf)?;
-        Ok(Bytes::from_owner(Lent {
-            buf,
-            home: Arc::downgrade(&self.spare),
-        }))
+/// Whether `msg`'s payload is snappy-framed.
+pub(crate) fn is_snappy(msg: &Message) -> bool {
+    msg.headers
+        .as_ref()
+        .and_then(|h| h.get("Content-Encoding"))
+        .is_some_and(|v| v.as_str().eq_ignore_ascii_case("snappy"))
+}
+
+/// The bytes a framed snappy stream holds, decompressed whole, or why they cannot be had.
+pub(crate) fn inflate(framed: &[u8]) -> Result<Bytes, String> {
+    let len = framed_len(framed).ok_or("not a snappy stream")?;
+    let mut buf = vec![0; len];
+    let mut u = Unframer::new(framed);
+    let mut at = 0;
+    loop {
+        match u.next_into(&mut buf, at)? {
+            0 => break,
+            n => at += n,
+        }
+    }
+    match at == len {
+        true => Ok(Bytes::from(buf)),
+        false => Err("truncated stream".into()),
     }
 }
 
 /// The body of the stream identifier chunk.
 const STREAM: &[u8] = b"sNaPpY";
 /// The most bytes one chunk holds once decompressed.
-const MAX_BLOCK: usize = 65_536;
+pub(crate) const MAX_BLOCK: usize = 65_536;
 
-/// Decompresses `framed` into `out`, whose length must be [`framed_len`]'s: every chunk's
-/// checksum checked, chunk types as the framing format says (the stream starts with its
-/// identifier; reserved unskippable types refused).
-fn unframe(mut framed: &[u8], out: &mut [u8]) -> Result<(), String> {
-    let mut at = 0;
-    let mut first = true;
-    let mut decoder = snap::raw::Decoder::new();
-    while let Some((kind, body, rest)) = chunk(framed) {
-        framed = rest;
-        if first && kind != 0xff {
-            return Err("no stream identifier".into());
+/// A framed snappy stream read a chunk at a time: every chunk's checksum checked, chunk types
+/// as the framing format says (the stream starts with its identifier; reserved unskippable
+/// types refused).
+pub(crate) struct Unframer<'f> {
+    rest: &'f [u8],
+    first: bool,
+    decoder: snap::raw::Decoder,
+}
+
+impl<'f> Unframer<'f> {
+    /// Reads `framed` from its start.
+    pub fn new(framed: &'f [u8]) -> Self {
+        Self {
+            rest: framed,
+            first: true,
+            decoder: snap::raw::Decoder::new(),
         }
-        first = false;
-        let (sum, data) = match kind {
-            0x00 | 0x01 if body.len() >= 4 => {
-                let sum = u32::from_le_bytes(body[..4].try_into().expect("4 bytes"));
-                (sum, &body[4..])
-            }
-            0xff if body == STREAM => continue,
-            0x80..=0xfe => continue,
-            _ => return Err(format!("bad chunk of type {kind:#04x}")),
-        };
-        let n = match kind {
-            0x00 => snap::raw::decompress_len(data).map_err(|e| e.to_string())?,
-            _ => data.len(),
-        };
-        let dst = out
-            .get_mut(at..at + n)
-            .filter(|_| n <= MAX_BLOCK)
-            .ok_or("a chunk longer than a block or than the stream")?;
-        match kind {
-            0x00 => {
-                let got = decoder.decompress(data, dst).map_err(|e| e.to_string())?;
-                if got != n {
-                    return Err("a block shorter than its header".into());
-                }
-            }
-            _ => dst.copy_from_slice(data),
-        }
-        if masked_crc(dst) != sum {
-            return Err("checksum mismatch".into());
-        }
-        at += n;
     }
-    match (framed.is_empty(), at == out.len()) {
-        (true, true) => Ok(()),
-        _ => Err("truncated stream".into()),
+
+    /// Decompresses the next chunk that holds bytes into `buf` from `at` on (`buf` grown when
+    /// it is too short): how many bytes it held, 0 at the end of the stream.
+    pub fn next_into(&mut self, buf: &mut Vec<u8>, at: usize) -> Result<usize, String> {
+        while let Some((kind, body, rest)) = chunk(self.rest) {
+            self.rest = rest;
+            if std::mem::take(&mut self.first) && kind != 0xff {
+                return Err("no stream identifier".into());
+            }
+            let (sum, data) = match kind {
+                0x00 | 0x01 if body.len() >= 4 => {
+                    let sum = u32::from_le_bytes(body[..4].try_into().expect("4 bytes"));
+                    (sum, &body[4..])
+                }
+                0xff if body == STREAM => continue,
+                0x80..=0xfe => continue,
+                _ => return Err(format!("bad chunk of type {kind:#04x}")),
+            };
+            let n = match kind {
+                0x00 => snap::raw::decompress_len(data).map_err(|e| e.to_string())?,
+                _ => data.len(),
+            };
+            if n > MAX_BLOCK {
+                return Err("a chunk longer than a block".into());
+            }
+            if buf.len() < at + n {
+                buf.resize(at + n, 0);
+            }
+            let dst = &mut buf[at..at + n];
+            match kind {
+                0x00 => {
+                    let got = self
+                        .decoder
+                        .decompress(data, dst)
+                        .map_err(|e| e.to_string())?;
+                    if got != n {
+                        return Err("a block shorter than its header".into());
+                    }
+                }
+                _ => dst.copy_from_slice(data),
+            }
+            if masked_crc(dst) != sum {
+                return Err("checksum mismatch".into());
+            }
+            if n > 0 {
+                return Ok(n);
+            }
+        }
+        match self.rest.is_empty() {
+            true => Ok(0),
+            false => Err("truncated stream".into()),
+        }
     }
 }
 
@@ -140,7 +157,7 @@ fn masked_crc(data: &[u8]) -> u32 {
 }
 
 /// The decompressed length of a framed snappy stream, from its chunk headers (the checks are
-/// [`unframe`]'s); `None` when it is not one.
+/// [`Unframer`]'s); `None` when it is not one.
 pub(crate) fn framed_len(mut framed: &[u8]) -> Option<usize> {
     let mut total = 0usize;
     while !framed.is_empty() {
@@ -156,6 +173,22 @@ pub(crate) fn framed_len(mut framed: &[u8]) -> Option<usize> {
         framed = rest;
     }
     Some(total)
+}
+
+/// `text` framed in uncompressed chunks of at most `size` bytes: for tests of a reader that
+/// must not care where the chunks end.
+#[cfg(test)]
+pub(crate) fn framed_in_chunks(text: &[u8], size: usize) -> Vec<u8> {
+    let mut out = vec![0xff, 6, 0, 0];
+    out.extend_from_slice(STREAM);
+    for part in text.chunks(size.max(1)) {
+        let len = part.len() + 4;
+        out.push(0x01);
+        out.extend_from_slice(&len.to_le_bytes()[..3]);
+        out.extend_from_slice(&masked_crc(part).to_le_bytes());
+        out.extend_from_slice(part);
+    }
+    out
 }
 
 #[cfg(test)]

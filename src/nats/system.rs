@@ -8,7 +8,7 @@ use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
-use super::snappy::Inflater;
+use super::snappy::{inflate, is_snappy};
 use super::wire::{Reply, UserInfo};
 use crate::config::Compression;
 use tracing::warn;
@@ -123,21 +123,20 @@ impl System {
         requests: &[(&str, Bytes)],
         timeout: Duration,
         linger: Duration,
-        each: impl FnMut(usize, Message) -> bool,
+        mut each: impl FnMut(usize, Message) -> bool,
     ) -> Result<usize, RequestError> {
-        let inflater = Inflater::default();
-        self.scatter_inflating(requests, timeout, linger, &inflater, each)
+        self.scatter_raw(requests, timeout, linger, |i, msg| each(i, decoded(msg)))
             .await
     }
 
-    /// [`System::scatter_each`], compressed replies decompressed by `inflater` (each into its
-    /// buffer while the one before was dropped).
-    pub(crate) async fn scatter_inflating(
+    /// [`System::scatter_each`] with replies handed over as they came: a compressed one still
+    /// compressed ([`Payload::of`](super::snappy::Payload::of) reads it; [`decoded`]
+    /// decompresses it).
+    pub(crate) async fn scatter_raw(
         &self,
         requests: &[(&str, Bytes)],
         timeout: Duration,
         linger: Duration,
-        inflater: &Inflater,
         mut each: impl FnMut(usize, Message) -> bool,
     ) -> Result<usize, RequestError> {
         let inbox = self.client.new_inbox();
@@ -181,7 +180,7 @@ impl System {
                 continue;
             }
             count += 1;
-            let stop = each(i, decoded(msg, inflater)) && !finished;
+            let stop = each(i, msg) && !finished;
             if stop {
                 if linger.is_zero() {
                     break;
@@ -201,18 +200,15 @@ impl System {
         body: Bytes,
         timeout: Duration,
     ) -> Result<Message, RequestError> {
-        self.request_inflating(subject, body, timeout, &Inflater::default())
-            .await
+        self.request_raw(subject, body, timeout).await.map(decoded)
     }
 
-    /// [`System::request`], a compressed reply decompressed by `inflater`: requests made one
-    /// after another, each reply dropped before the next, share its one buffer.
-    pub(crate) async fn request_inflating(
+    /// [`System::request`] with the reply as it came: still compressed when it was.
+    pub(crate) async fn request_raw(
         &self,
         subject: String,
         body: Bytes,
         timeout: Duration,
-        inflater: &Inflater,
     ) -> Result<Message, RequestError> {
         let mut req = async_nats::Request::new()
             .payload(body)
@@ -223,7 +219,6 @@ impl System {
         self.client
             .send_request(subject, req)
             .await
-            .map(|msg| decoded(msg, inflater))
             .map_err(|e| match e.kind() {
                 async_nats::RequestErrorKind::NoResponders => RequestError::NoResponders,
                 async_nats::RequestErrorKind::TimedOut => RequestError::TimedOut(timeout),
@@ -241,19 +236,14 @@ impl System {
     }
 }
 
-/// `msg` with its payload decompressed by `inflater` when a `Content-Encoding: snappy` header
+/// `msg` with its payload decompressed when a `Content-Encoding: snappy` header
 /// says it is compressed. A payload that does not decompress is left as it came (it then fails
 /// to parse, and counts as a bad reply).
-fn decoded(mut msg: Message, inflater: &Inflater) -> Message {
-    let snappy = msg
-        .headers
-        .as_ref()
-        .and_then(|h| h.get("Content-Encoding"))
-        .is_some_and(|v| v.as_str().eq_ignore_ascii_case("snappy"));
-    if !snappy {
+pub(crate) fn decoded(mut msg: Message) -> Message {
+    if !is_snappy(&msg) {
         return msg;
     }
-    match inflater.inflate(&msg.payload) {
+    match inflate(&msg.payload) {
         Ok(payload) => msg.payload = payload,
         Err(e) => warn!(error = %e, subject = %msg.subject, "a snappy reply does not decompress"),
     }
@@ -300,15 +290,12 @@ mod tests {
             let mut w = snap::write::FrameEncoder::new(&mut framed);
             w.write_all(&text).unwrap();
         }
-        assert_eq!(
-            decoded(reply(framed.clone()), &Inflater::default()).payload,
-            text
-        );
+        assert_eq!(decoded(reply(framed.clone())).payload, text);
         // One byte of the block changed: its checksum fails, the bytes stay as they came, and
         // the sweep's parser refuses them (a bad reply).
         let last = framed.len() - 1;
         framed[last] ^= 0x55;
-        let broken = decoded(reply(framed.clone()), &Inflater::default());
+        let broken = decoded(reply(framed.clone()));
         assert_eq!(broken.payload, framed);
         assert!(crate::nats::page::parse_reply(&broken.payload, 10).is_err());
     }

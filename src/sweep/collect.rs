@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::census::Aggregate;
 use crate::connlist::ConnList;
 use crate::nats::page::{parse_server_census, parse_server_compact, parse_server_list, PageHead};
+use crate::nats::snappy::Payload;
 use crate::nats::wire::ServerInfo;
 use crate::snapshot::Connection;
 
@@ -175,7 +176,7 @@ impl Collect {
     /// list; on an error nothing of it is kept.
     pub(super) fn parse(
         &mut self,
-        payload: &[u8],
+        payload: Payload,
         limit: usize,
     ) -> Result<(PageHead, Part), serde_json::Error> {
         match &self.census {

@@ -13,7 +13,7 @@ use super::inflight::Span;
 use super::replies::error_reply;
 use super::{bounded_unordered, locked, Sweeper};
 use crate::nats::page::{connz_body, PageHead};
-use crate::nats::snappy::Inflater;
+use crate::nats::snappy::Payload;
 use crate::nats::wire::ServerInfo;
 use crate::nats::{server_subject, RequestError, System};
 use crate::snapshot::ServerFailure;
@@ -152,7 +152,6 @@ async fn fetch_server(
     f: Fetch,
     limits: FetchLimits,
     sink: &Mutex<Collect>,
-    inflater: &Inflater,
 ) -> Fetched {
     let subject = server_subject(&f.server.id, "CONNZ");
     let mut out = Fetched::new(f.server);
@@ -187,7 +186,7 @@ async fn fetch_server(
         let wait = limits.timeout.min(limits.deadline - now);
         let sent = Instant::now();
         let reply = match system
-            .request_inflating(subject.clone(), connz_body(limit, 0), wait, inflater)
+            .request_raw(subject.clone(), connz_body(limit, 0), wait)
             .await
         {
             Ok(m) => m,
@@ -204,7 +203,7 @@ async fn fetch_server(
         out.bytes += reply.length;
         let parsed = {
             let mut conns = locked(sink);
-            conns.parse(&reply.payload, limit).map(|(h, part)| {
+            conns.parse(Payload::of(&reply), limit).map(|(h, part)| {
                 let whole = h.server.id == out.server.id
                     && h.error.is_none()
                     && h.total.is_some_and(|t| h.count as u64 >= t);
@@ -275,10 +274,8 @@ impl Sweeper {
             0 => UNBOUNDED_FETCHES,
             n => n,
         };
-        // One decompression buffer for every reply (the sweeper's): each is parsed and dropped
-        // before this task reads the next, so they take turns with it.
         bounded_unordered(fetches, at_once, |f| {
-            fetch_server(&self.system, f, limits, sink, &self.inflater)
+            fetch_server(&self.system, f, limits, sink)
         })
         .collect()
         .await

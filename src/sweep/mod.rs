@@ -40,8 +40,9 @@ use tracing::info;
 use crate::census::Aggregate;
 use crate::config::SweepConfig;
 use crate::connlist::ConnList;
+use crate::nats::decoded;
 use crate::nats::page::connz_body;
-use crate::nats::snappy::Inflater;
+use crate::nats::snappy::Payload;
 use crate::nats::wire::ServerInfo;
 use crate::nats::{RequestError, System, PING_CONNZ, PING_STATSZ};
 use crate::snapshot::{ServerError, ServerSeen, Snapshot};
@@ -96,10 +97,6 @@ pub struct Sweeper {
     last_largest_server: u64,
     /// What the sweeps make of the connections ([`Sweeper::collect`]).
     collecting: Collecting,
-    /// The buffer each reply is decompressed into, kept from one counting sweep to the next: a
-    /// fresh one is a fresh mapping, faulted in page by page (~2 ms a sweep at 45,000
-    /// connections). It holds the largest reply's bytes between sweeps.
-    inflater: Inflater,
 }
 
 /// What a sweep makes of the connections it reads ([`Sweeper::collect`]).
@@ -138,7 +135,6 @@ impl Sweeper {
             last_connections: 0,
             last_largest_server: 0,
             collecting: Collecting::List,
-            inflater: Inflater::default(),
         }
     }
 
@@ -214,12 +210,6 @@ impl Sweeper {
                 .await?
         };
         let (list, census, handed) = conns.finish();
-        if census.is_none() {
-            // A sweep that lists its connections (for the live view, or to act on them) keeps
-            // no reply's bytes past its end: its peak, the connections and the view they go to,
-            // holds them already.
-            self.inflater = Inflater::default();
-        }
         snap.census = census.map(Arc::new);
         snap.handed = handed.servers;
         snap.handed_connections = handed.connections;
@@ -349,17 +339,18 @@ impl Sweeper {
         let mut firsts = FirstReplies::new(limit, conns);
         let sent = Instant::now();
         self.system
-            .scatter_inflating(&requests, g.timeout, g.linger, &self.inflater, |i, msg| {
-                snap.bytes += msg.length;
+            .scatter_raw(&requests, g.timeout, g.linger, |i, msg| {
+                let length = msg.length;
+                snap.bytes += length;
                 if i == 0 {
-                    firsts.add(&msg.payload, &mut snap.bad_replies);
+                    firsts.add(Payload::of(&msg), &mut snap.bad_replies);
                 } else {
-                    discovery.add(&msg.payload);
+                    discovery.add(&decoded(msg).payload);
                 }
                 spans.push(Span {
                     sent,
                     parsed: Instant::now(),
-                    bytes: msg.length,
+                    bytes: length,
                 });
                 if !finished {
                     let answered = firsts.answered(discovery);

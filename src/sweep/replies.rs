@@ -9,6 +9,7 @@ use tracing::warn;
 use super::discovery::{Discovery, Vouch};
 use super::display_name;
 use super::fetch::{Fetch, Fetched};
+use crate::nats::snappy::Payload;
 use crate::nats::wire::{ApiError, ServerInfo};
 use crate::snapshot::{ServerError, ServerFailure, Snapshot};
 
@@ -52,12 +53,12 @@ impl FirstReplies {
     }
 
     /// Parses one reply; a reply that is not a valid answer of some server is counted in `bad`.
-    pub(super) fn add(&mut self, payload: &[u8], bad: &mut usize) {
+    pub(super) fn add(&mut self, payload: Payload, bad: &mut usize) {
         let (head, part) = match self.conns.parse(payload, self.page_size) {
             Ok(parsed) => parsed,
             Err(e) => {
                 *bad += 1;
-                warn!(error = %e, bytes = payload.len(), "bad connz reply ignored");
+                warn!(error = %e, "bad connz reply ignored");
                 return;
             }
         };

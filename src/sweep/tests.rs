@@ -195,9 +195,13 @@ fn a_compact_list_keeps_or_drops_each_servers_connections_whole() {
         read_whole(&mut conns, "n2", "N2", &[1, 2, 3]);
         read_whole(&mut conns, "n3", "N3", &[4]);
         // A bad reply (cids out of order) leaves the list as it was.
-        assert!(conns.parse(&connz("n4", "N4", 2, &[5, 5]), 100).is_err());
+        assert!(conns
+            .parse(Payload::Plain(&connz("n4", "N4", 2, &[5, 5])), 100)
+            .is_err());
         // A reply that is not the whole list is read but not kept.
-        let (_, part) = conns.parse(&connz("n5", "N5", 300, &[1]), 100).unwrap();
+        let (_, part) = conns
+            .parse(Payload::Plain(&connz("n5", "N5", 300, &[1])), 100)
+            .unwrap();
         conns.drop_last(part);
         // A server found out (impostors, or too slow) is dropped whole, now and later.
         conns.drop_server("N2");
@@ -218,19 +222,19 @@ fn vouched_and_impostors(conns: Collect) -> (List, Option<crate::census::Aggrega
     let mut firsts = FirstReplies::new(100, conns);
     let mut bad = 0;
     // Garbage and impostors arrive first.
-    firsts.add(b"{not json", &mut bad);
-    firsts.add(&connz("fake", "NFAKE", 1, &[1]), &mut bad);
-    firsts.add(&connz("evil", "N1", 1, &[7]), &mut bad);
-    firsts.add(&connz("n2", "N2", 1, &[9]), &mut bad);
-    firsts.add(&connz("n2", "N2", 1, &[3]), &mut bad);
+    firsts.add(Payload::Plain(b"{not json"), &mut bad);
+    firsts.add(Payload::Plain(&connz("fake", "NFAKE", 1, &[1])), &mut bad);
+    firsts.add(Payload::Plain(&connz("evil", "N1", 1, &[7])), &mut bad);
+    firsts.add(Payload::Plain(&connz("n2", "N2", 1, &[9])), &mut bad);
+    firsts.add(Payload::Plain(&connz("n2", "N2", 1, &[3])), &mut bad);
     assert_eq!(bad, 1);
     d.add(&statsz("n1", "N1", 3));
     d.add(&statsz("n2", "N2", 3));
     d.add(&statsz("n3", "N3", 3));
     // Nothing vouched but n2's id so far (twice: still one server).
     assert_eq!(firsts.answered(&d), 1);
-    firsts.add(&connz("n1", "N1", 2, &[1, 2]), &mut bad);
-    firsts.add(&connz("n3", "N3", 3, &[1]), &mut bad);
+    firsts.add(Payload::Plain(&connz("n1", "N1", 2, &[1, 2])), &mut bad);
+    firsts.add(Payload::Plain(&connz("n3", "N3", 3, &[1])), &mut bad);
     assert_eq!(firsts.answered(&d), 3);
 
     let mut snap = Snapshot {
@@ -364,7 +368,7 @@ impl super::Handover for Taker {
 
 /// Parses `reply` into `conns` and keeps it (a whole list, as a sweep does).
 fn read(conns: &mut Collect, reply: &[u8]) {
-    let (head, part) = conns.parse(reply, 100).unwrap();
+    let (head, part) = conns.parse(Payload::Plain(reply), 100).unwrap();
     conns.keep(&head.server, part);
 }
 

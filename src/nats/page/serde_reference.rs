@@ -5,6 +5,7 @@
 use chrono::Utc;
 
 use super::{conn_ref, parse, PageHead, PageStats, Sink, Texts};
+use crate::nats::snappy::{inflate, Payload};
 use crate::nats::wire::{Rfc3339, ServerInfo, SweepConn};
 use crate::snapshot::Connection;
 use crate::stamp::Stamp;
@@ -16,12 +17,19 @@ pub(crate) fn parse_page(
     limit: usize,
     reserve: bool,
 ) -> Result<PageHead, serde_json::Error> {
-    parse(payload, Sink::List(out), limit, reserve, false, read)
+    parse(
+        Payload::Plain(payload),
+        Sink::List(out),
+        limit,
+        reserve,
+        false,
+        read,
+    )
 }
 
 /// [`super::parse_server_list`] through serde.
 pub(crate) fn parse_server_list(
-    payload: &[u8],
+    payload: Payload<'_>,
     out: &mut Vec<Connection>,
     limit: usize,
 ) -> Result<PageHead, serde_json::Error> {
@@ -29,11 +37,19 @@ pub(crate) fn parse_server_list(
 }
 
 fn read(
-    payload: &[u8],
+    payload: Payload,
     sink: &mut Sink,
     stats: &mut PageStats,
 ) -> Result<PageHead, serde_json::Error> {
     use serde::de::DeserializeSeed;
+    let whole;
+    let payload = match payload {
+        Payload::Plain(b) => b,
+        Payload::Snappy(f) => {
+            whole = inflate(f).map_err(super::invalid)?;
+            &whole[..]
+        }
+    };
     let mut de = serde_json::Deserializer::from_slice(payload);
     EnvelopeSeed { out: sink, stats }
         .deserialize(&mut de)

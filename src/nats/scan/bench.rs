@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use super::{reply, Head, ListStart, Visit};
 use crate::nats::page::{parse_server_list, serde_reference};
+use crate::nats::snappy::Payload;
 use crate::nats::wire::{Rfc3339, ServerInfo, SweepConn};
 
 /// Connections in the reply: one server's list at 45,000 over 3 servers.
@@ -109,19 +110,23 @@ struct CidOnly {
     cid: u64,
 }
 
-/// Keeps every connection (`keep`) or only their cids, into vectors as serde's path does.
-struct Gather<'a> {
+/// Reads every connection (`keep`) or only their cids: the connections' texts are looked at
+/// (their lengths summed), as a user of the parse does, and let go (they borrow from the bytes
+/// in hand), where serde's path keeps them in a vector.
+struct Gather {
     keep: bool,
-    conns: Vec<SweepConn<'a>>,
+    conns: usize,
+    text: usize,
     cids: Vec<u64>,
 }
 
-impl<'a> Visit<'a> for Gather<'a> {
+impl Visit for Gather {
     fn list(&mut self, _: &ListStart) -> bool {
         self.keep
     }
-    fn conn(&mut self, c: &SweepConn<'a>) -> Result<(), String> {
-        self.conns.push(c.clone());
+    fn conn(&mut self, c: &SweepConn<'_>) -> Result<(), String> {
+        self.conns += 1;
+        self.text += c.ip.len() + c.name.as_ref().map_or(0, |n| n.len());
         Ok(())
     }
     fn cid(&mut self, cid: u64) -> Result<(), String> {
@@ -163,16 +168,27 @@ fn ns_per_conn(runs: usize, mut f: impl FnMut() -> usize) -> f64 {
 fn scan_against_serde_on_15k_connections() {
     let payload = realistic_reply(CONNS);
     let runs = 31;
-    let scan = |keep: bool| {
+    let framed = {
+        use std::io::Write;
+        let mut out = Vec::new();
+        let mut w = snap::write::FrameEncoder::new(&mut out);
+        w.write_all(&payload).expect("frames");
+        drop(w);
+        out
+    };
+    let gather = |keep: bool, from: Payload| {
         let mut into = Gather {
             keep,
-            conns: Vec::with_capacity(CONNS),
+            conns: 0,
+            text: 0,
             cids: Vec::with_capacity(CONNS),
         };
-        let head: Head = reply(&payload, &mut into).expect("the reply parses");
+        let head: Head = reply(from, &mut into).expect("the reply parses");
         assert_eq!(head.count, CONNS);
-        into.conns.len() + into.cids.len()
+        assert!(!keep || into.text > 0);
+        into.conns + into.cids.len()
     };
+    let scan = |keep: bool| gather(keep, Payload::Plain(&payload));
     let serde_kept = || {
         let r: SerdeReply = serde_json::from_slice(&payload).expect("parses");
         r.data.and_then(|d| d.connections).map_or(0, |c| c.len())
@@ -184,7 +200,7 @@ fn scan_against_serde_on_15k_connections() {
     };
     let page = || {
         let mut out = Vec::with_capacity(CONNS);
-        parse_server_list(&payload, &mut out, CONNS).expect("parses");
+        parse_server_list(Payload::Plain(&payload), &mut out, CONNS).expect("parses");
         out.len()
     };
     // Warm up caches and the allocator, then alternate so neither side gets a quieter machine.
@@ -222,7 +238,8 @@ fn scan_against_serde_on_15k_connections() {
     }
     let serde_page = || {
         let mut out = Vec::with_capacity(CONNS);
-        serde_reference::parse_server_list(&payload, &mut out, CONNS).expect("parses");
+        serde_reference::parse_server_list(Payload::Plain(&payload), &mut out, CONNS)
+            .expect("parses");
         out.len()
     };
     println!(
@@ -233,11 +250,24 @@ fn scan_against_serde_on_15k_connections() {
     let census = || {
         let detect = crate::config::DetectConfig::default();
         let mut agg = crate::census::Aggregate::new(None, &detect);
-        crate::nats::page::parse_server_census(&payload, &mut agg, CONNS).expect("parses");
+        crate::nats::page::parse_server_census(Payload::Plain(&payload), &mut agg, CONNS)
+            .expect("parses");
         agg.finish().connections as usize
     };
     println!(
         "| page::parse_server_census (the census while parsing, finished) | | {:.0} | |",
         ns_per_conn(runs, census)
+    );
+    // Snappy: decompressed whole into a fresh buffer, then parsed (as before), against read
+    // a chunk at a time through the window.
+    let whole = || {
+        let bytes = crate::nats::snappy::inflate(&framed).expect("inflates");
+        gather(true, Payload::Plain(&bytes))
+    };
+    println!(
+        "| snappy reply ({:.0} bytes/conn framed): decompressed whole, then scanned / scanned through the window | {:.0} | {:.0} | |",
+        framed.len() as f64 / CONNS as f64,
+        ns_per_conn(runs, whole),
+        ns_per_conn(runs, || gather(true, Payload::Snappy(&framed)))
     );
 }

@@ -3,7 +3,7 @@
 
 use super::{Cursor, Res, MAX_DEPTH};
 
-impl<'a> Cursor<'a> {
+impl<'a> Cursor<'a, '_> {
     /// A number, checked for syntax only.
     fn skip_number(&mut self) -> Res<()> {
         let b = self.b;

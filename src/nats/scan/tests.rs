@@ -94,7 +94,7 @@ fn scan_view(head: &Head, now: Option<Rfc3339>, c: &SweepConn) -> View {
 /// What a test hands the scanner: collects what it is given, with the checks `page` makes
 /// per connection (count within the limit, cids rising).
 #[derive(Default)]
-struct Collect<'a> {
+struct Collect {
     limit: usize,
     /// Keep only a whole list (`total` within `limit`), as a sweep.
     whole_only: bool,
@@ -102,7 +102,7 @@ struct Collect<'a> {
     skip_all: bool,
     now: Option<Rfc3339>,
     starts: Vec<(u64, bool, Option<String>)>,
-    conns: Vec<SweepConn<'a>>,
+    conns: Vec<SweepConn<'static>>,
     skipped: Vec<u64>,
     last_cid: Option<u64>,
     count: usize,
@@ -110,7 +110,7 @@ struct Collect<'a> {
     refuse: Option<u64>,
 }
 
-impl Collect<'_> {
+impl Collect {
     fn check(&mut self, cid: u64) -> Result<(), String> {
         self.count += 1;
         if self.count > self.limit || self.last_cid.is_some_and(|l| cid <= l) {
@@ -124,7 +124,7 @@ impl Collect<'_> {
     }
 }
 
-impl<'a> Visit<'a> for Collect<'a> {
+impl Visit for Collect {
     fn list(&mut self, s: &ListStart) -> bool {
         self.now = s.now;
         let id = s.server.map(|s| s.id.clone());
@@ -132,9 +132,9 @@ impl<'a> Visit<'a> for Collect<'a> {
         let partial = self.whole_only && s.total > self.limit as u64;
         !(self.skip_all || partial)
     }
-    fn conn(&mut self, c: &SweepConn<'a>) -> Result<(), String> {
+    fn conn(&mut self, c: &SweepConn<'_>) -> Result<(), String> {
         self.check(c.cid)?;
-        self.conns.push(c.clone());
+        self.conns.push(owned(c));
         Ok(())
     }
     fn cid(&mut self, cid: u64) -> Result<(), String> {
@@ -144,14 +144,63 @@ impl<'a> Visit<'a> for Collect<'a> {
     }
 }
 
-/// Parses with a [`Collect`] of `limit`.
-fn collect(payload: &[u8], limit: usize, whole_only: bool) -> (Result<Head, String>, Collect<'_>) {
-    let mut c = Collect {
-        limit,
-        whole_only,
-        ..Collect::default()
+/// `c` with texts of its own.
+fn owned(c: &SweepConn) -> SweepConn<'static> {
+    let own = |s: &Cow<str>| Cow::Owned(s.to_string());
+    SweepConn {
+        kind: c.kind.as_ref().map(own),
+        ip: own(&c.ip),
+        name: c.name.as_ref().map(own),
+        authorized_user: c.authorized_user.as_ref().map(own),
+        account: c.account.as_ref().map(own),
+        name_tag: c.name_tag.as_ref().map(own),
+        tags: c.tags.as_ref().map(|t| t.iter().map(own).collect()),
+        jwt: c.jwt.as_ref().map(own),
+        ..*c
+    }
+}
+
+/// Ways to frame a reply as a snappy stream (chunk size) and read it (bytes kept in hand).
+const FRAMINGS: [(usize, usize); 5] = [(1, 1), (7, 16), (64, 1), (1000, 100), (65_536, AHEAD)];
+
+/// Parses `payload` with a [`Collect`] of `limit`, as it is and (every short payload, a third
+/// of the long ones) framed as a snappy stream, one of [`FRAMINGS`] picked by the payload's
+/// length and the limit so that many payloads meet them all: both reading the same.
+fn collect(payload: &[u8], limit: usize, whole_only: bool) -> (Result<Head, String>, Collect) {
+    let run = |payload: Payload, ahead: usize| {
+        let mut c = Collect {
+            limit,
+            whole_only,
+            ..Collect::default()
+        };
+        (read(payload, &mut c, ahead), c)
     };
-    (reply(payload, &mut c), c)
+    let plain = run(Payload::Plain(payload), AHEAD);
+    let pick = payload.len() + limit + usize::from(whole_only);
+    // The truncation test reads ~360,000 payloads: a third of the longer ones are framed too.
+    if payload.len() > 512 && pick % 3 != 0 {
+        return plain;
+    }
+    let (size, ahead) = FRAMINGS[pick / 3 % FRAMINGS.len()];
+    {
+        let framed = crate::nats::snappy::framed_in_chunks(payload, size);
+        let (head, c) = run(Payload::Snappy(&framed), ahead);
+        let what = format!("chunks of {size}, {ahead} ahead");
+        assert_eq!(head.is_ok(), plain.0.is_ok(), "{what}: {head:?}");
+        if let (Ok(a), Ok(b)) = (&head, &plain.0) {
+            assert_eq!(format!("{a:?}"), format!("{b:?}"), "{what}");
+        }
+        assert_eq!(c.conns.len(), plain.1.conns.len(), "{what}");
+        for (a, b) in c.conns.iter().zip(&plain.1.conns) {
+            assert_eq!(format!("{a:?}"), format!("{b:?}"), "{what}");
+        }
+        assert_eq!(
+            (&c.skipped, &c.starts, c.count),
+            (&plain.1.skipped, &plain.1.starts, plain.1.count),
+            "{what}"
+        );
+    }
+    plain
 }
 
 /// The scanner with the checks `page` makes around its parse (size, count, cid order, one
@@ -183,7 +232,7 @@ fn scan(payload: &[u8], limit: usize, whole_only: bool) -> (Outcome, Option<Rfc3
 fn serde(payload: &[u8], limit: usize, whole_only: bool, with_idle: bool) -> Outcome {
     let mut out = Vec::new();
     let head = if whole_only {
-        parse_server_list(payload, &mut out, limit)
+        parse_server_list(Payload::Plain(payload), &mut out, limit)
     } else {
         parse_page(payload, &mut out, limit, true)
     }
@@ -665,7 +714,7 @@ fn the_visitor_sees_the_list_start_and_can_stop_the_parse() {
         skip_all: true,
         ..Collect::default()
     };
-    let head = reply(payload, &mut skip).unwrap();
+    let head = reply(Payload::Plain(payload), &mut skip).unwrap();
     assert_eq!(
         (skip.skipped, skip.conns.len(), head.count),
         (vec![1, 2], 0, 2)
@@ -682,7 +731,7 @@ fn the_visitor_sees_the_list_start_and_can_stop_the_parse() {
         refuse: Some(2),
         ..Collect::default()
     };
-    let err = reply(payload, &mut stop).unwrap_err();
+    let err = reply(Payload::Plain(payload), &mut stop).unwrap_err();
     assert!(err.contains("refused 2"), "{err}");
     assert_eq!(stop.conns.len(), 1);
 }

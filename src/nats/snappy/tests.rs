@@ -43,7 +43,7 @@ fn a_stream_reads_as_snaps_own_reader_reads_it() {
         let text = sample(seed, conns);
         let f = framed(&text);
         assert_eq!(framed_len(&f), Some(text.len()));
-        let got = Inflater::default().inflate(&f).unwrap();
+        let got = inflate(&f).unwrap();
         assert_eq!(&got[..], &text[..], "seed {seed}");
         assert_eq!(reference(&f).as_deref(), Some(&text[..]));
     }
@@ -52,7 +52,6 @@ fn a_stream_reads_as_snaps_own_reader_reads_it() {
 #[test]
 fn what_snaps_reader_refuses_is_refused_and_what_it_reads_is_read_the_same() {
     let f = framed(&sample(7, 2_000));
-    let inflater = Inflater::default();
     let mut refused = 0;
     // Every truncation, and one byte changed at every place of the first 2 KB and then every
     // 97th (headers, checksums, blocks).
@@ -63,7 +62,7 @@ fn what_snaps_reader_refuses_is_refused_and_what_it_reads_is_read_the_same() {
         g
     });
     for g in cuts.chain(flips) {
-        let mine = inflater.inflate(&g).ok().map(|b| b.to_vec());
+        let mine = inflate(&g).ok().map(|b| b.to_vec());
         assert_eq!(mine, reference(&g), "{} bytes", g.len());
         refused += usize::from(mine.is_none());
     }
@@ -73,43 +72,37 @@ fn what_snaps_reader_refuses_is_refused_and_what_it_reads_is_read_the_same() {
 #[test]
 fn a_stream_without_its_identifier_or_with_a_reserved_chunk_is_refused() {
     let f = framed(b"hello, hello, hello");
-    let inflater = Inflater::default();
-    assert!(inflater.inflate(&f[10..]).is_err(), "no identifier");
+    assert!(inflate(&f[10..]).is_err(), "no identifier");
     let mut reserved = f.clone();
     reserved.extend_from_slice(&[0x02, 0, 0, 0]);
-    assert!(inflater.inflate(&reserved).is_err());
+    assert!(inflate(&reserved).is_err());
     let mut skippable = f.clone();
     skippable.extend_from_slice(&[0x80, 1, 0, 0, 9]);
-    assert_eq!(
-        &inflater.inflate(&skippable).unwrap()[..],
-        b"hello, hello, hello"
-    );
-    assert!(inflater.inflate(b"not snappy at all").is_err());
+    assert_eq!(&inflate(&skippable).unwrap()[..], b"hello, hello, hello");
+    assert!(inflate(b"not snappy at all").is_err());
     assert_eq!(framed_len(b""), Some(0));
 }
 
 #[test]
-fn a_dropped_reply_lends_its_buffer_to_the_next_and_a_held_one_does_not() {
-    let (big, small) = (sample(11, 3_000), sample(12, 2_000));
-    let inflater = Inflater::default();
-    let first = inflater.inflate(&framed(&big)).unwrap();
-    let at = first.as_ptr();
-    // Held: the next reply gets a buffer of its own.
-    let second = inflater.inflate(&framed(&small)).unwrap();
-    assert_ne!(second.as_ptr(), at);
-    assert_eq!(&second[..], &small[..]);
-    drop(first);
-    drop(second);
-    // Dropped: the next replies (no longer than the first) are decompressed into its buffer,
-    // each whole (nothing left of the longer one before).
-    let third = inflater.inflate(&framed(&small)).unwrap();
-    assert_eq!(third.as_ptr(), at);
-    assert_eq!(&third[..], &small[..]);
-    drop(third);
-    let fourth = inflater.inflate(&framed(&big)).unwrap();
-    assert_eq!(fourth.as_ptr(), at);
-    assert_eq!(&fourth[..], &big[..]);
-    // Kept past its inflater, a reply is still whole.
-    drop(inflater);
-    assert_eq!(&fourth[..], &big[..]);
+fn a_stream_read_a_chunk_at_a_time_holds_the_same_bytes() {
+    let text = sample(13, 4_000);
+    for f in [
+        framed(&text),
+        framed_in_chunks(&text, 1),
+        framed_in_chunks(&text, 1000),
+    ] {
+        assert_eq!(reference(&f).as_deref(), Some(&text[..]));
+        let mut u = Unframer::new(&f);
+        let (mut buf, mut got) = (Vec::new(), Vec::new());
+        loop {
+            match u.next_into(&mut buf, 0).unwrap() {
+                0 => break,
+                n => {
+                    assert!(n <= MAX_BLOCK);
+                    got.extend_from_slice(&buf[..n]);
+                }
+            }
+        }
+        assert_eq!(got, text);
+    }
 }
