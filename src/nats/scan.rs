@@ -651,10 +651,11 @@ impl<'f> Window<'f> {
     }
 
     /// Lets the bytes before `from` go, then reads chunks until `want` bytes from there are in
-    /// hand or the reply has ended.
-    fn fill(&mut self, from: usize, want: usize) -> Result<(), String> {
+    /// hand or the reply has ended. Returns how many bytes were let go (none of a plain reply,
+    /// which is all in hand).
+    fn fill(&mut self, from: usize, want: usize) -> Result<usize, String> {
         let Some(u) = &mut self.framed else {
-            return Ok(());
+            return Ok(0);
         };
         self.buf.copy_within(from..self.end, 0);
         self.end -= from;
@@ -664,7 +665,7 @@ impl<'f> Window<'f> {
                 n => self.end += n,
             }
         }
-        Ok(())
+        Ok(from)
     }
 }
 
@@ -753,13 +754,17 @@ impl Reader<'_> {
 
     /// Lets the bytes before the reader's place go and reads until `want` bytes are in hand.
     fn more(&mut self, want: usize) -> Res<()> {
-        let from = self.i;
-        self.st.base += from;
-        self.i = 0;
-        self.w.fill(from, want).map_err(|e| {
-            self.st.why = format!("{e} in the snappy connz reply");
-            Stop
-        })
+        match self.w.fill(self.i, want) {
+            Ok(gone) => {
+                self.st.base += gone;
+                self.i -= gone;
+                Ok(())
+            }
+            Err(e) => {
+                self.st.why = format!("{e} in the snappy connz reply");
+                Err(Stop)
+            }
+        }
     }
 
     #[cold]
