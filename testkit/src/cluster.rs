@@ -967,7 +967,7 @@ impl Cluster {
     }
 
     /// With JetStream: polls `/jsz` of every running server until each knows the meta leader
-    /// (streams can be created only then).
+    /// and the leader has every other one current (streams can be created only then).
     fn wait_jetstream(&self, deadline: Instant) -> anyhow::Result<()> {
         if !self.spec.jetstream {
             return Ok(());
@@ -990,7 +990,51 @@ impl Cluster {
                 std::thread::sleep(POLL_INTERVAL);
             }
         }
-        Ok(())
+        self.wait_meta_peers(deadline)
+    }
+
+    /// Waits until the meta leader has every other running server as a current peer: until
+    /// then it may refuse to place a replicated stream ("no suitable peers for placement").
+    fn wait_meta_peers(&self, deadline: Instant) -> anyhow::Result<()> {
+        let running: Vec<usize> = (0..self.servers.len())
+            .filter(|&i| {
+                let s = &self.servers[i];
+                s.child.is_some() && !s.paused && !s.leaf
+            })
+            .collect();
+        if running.len() < 2 {
+            return Ok(());
+        }
+        loop {
+            let ready = running.iter().any(|&i| {
+                let Ok(jsz) = self.monitor_get(i, "/jsz") else {
+                    return false;
+                };
+                let meta = &jsz["meta_cluster"];
+                let name = &self.servers[i].name;
+                let current: Vec<&str> = meta["replicas"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|r| r["current"].as_bool() == Some(true))
+                    .filter_map(|r| r["name"].as_str())
+                    .collect();
+                meta["leader"].as_str() == Some(name.as_str())
+                    && running
+                        .iter()
+                        .filter(|&&j| j != i)
+                        .all(|&j| current.contains(&self.servers[j].name.as_str()))
+            });
+            if ready {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the JetStream meta leader does not have every running server current in time"
+                );
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
     }
 
     /// A `[jetstream]` table for connwatch: the JetStream account's user (see
