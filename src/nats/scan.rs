@@ -143,7 +143,7 @@ struct Guess {
     len: usize,
 }
 
-/// A refusal: what and where are in [`Cursor::why`] (a result this small costs the hot path
+/// A refusal: what and where are in [`State::why`] (a result this small costs the hot path
 /// less than one that carries its message).
 #[derive(Debug)]
 struct Stop;
