@@ -756,7 +756,9 @@ async fn a_long_lived_sweeper_reads_each_servers_list_once_from_its_second_sweep
 /// `/connz`: connections listed or counted while parsing (`Collecting::Census`, as `report`
 /// and `run` without kicks do), replies plain or snappy-compressed (`sweep.compression`), the
 /// compressed ones several times fewer bytes. Pages of 20 make the bigger servers' lists come
-/// from directed requests, so both the PING and the directed path decompress and count.
+/// from directed requests, so both the PING and the directed path decompress and count; the
+/// first server's list is several snappy blocks (64 KiB each), which the parser reads a block
+/// at a time.
 #[tokio::test]
 async fn listed_or_counted_plain_or_compressed_a_sweep_counts_the_same() {
     use connwatch::census::Aggregate;
@@ -773,7 +775,7 @@ async fn listed_or_counted_plain_or_compressed_a_sweep_counts_the_same() {
     .unwrap();
     let mut loads = Vec::new();
     for (i, user, n) in [
-        (0, "app", 60),
+        (0, "app", 400),
         (1, "app", 25),
         (2, "ops", 30),
         (1, "ops", 4),
@@ -817,6 +819,8 @@ async fn listed_or_counted_plain_or_compressed_a_sweep_counts_the_same() {
     for counting in [false, true] {
         let (plain, snappy) = (bytes[&(false, counting)], bytes[&(true, counting)]);
         assert!(snappy * 3 < plain, "snappy {snappy} bytes, plain {plain}");
+        // The first server's 400 connections alone are more than two blocks.
+        assert!(plain > 3 * 65_536, "plain {plain} bytes");
     }
     drop(loads);
 }
