@@ -622,7 +622,6 @@ mod tests {
 
     #[test]
     fn a_snappy_reply_is_read_as_the_plain_one_and_a_broken_one_keeps_nothing() {
-        use std::io::Write;
         let conns: Vec<String> = (1..=3000)
             .map(|cid| {
                 format!(
@@ -636,10 +635,7 @@ mod tests {
             r#"{{"server":{{"name":"n1","id":"NID"}},"data":{{"total":3000,"connections":[{}]}}}}"#,
             conns.join(",")
         );
-        let mut framed = Vec::new();
-        let mut w = snap::write::FrameEncoder::new(&mut framed);
-        w.write_all(text.as_bytes()).unwrap();
-        drop(w);
+        let mut framed = crate::nats::snappy::framed(text.as_bytes());
         assert!(
             text.len() > 2 * crate::nats::snappy::MAX_BLOCK,
             "several blocks"

@@ -175,6 +175,17 @@ pub(crate) fn framed_len(mut framed: &[u8]) -> Option<usize> {
     Some(total)
 }
 
+/// `text` as a framed snappy stream, as `snap` (and nats-server) write it: blocks of 64 KiB.
+#[cfg(test)]
+pub(crate) fn framed(text: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut out = Vec::new();
+    let mut w = snap::write::FrameEncoder::new(&mut out);
+    w.write_all(text).expect("frames");
+    drop(w);
+    out
+}
+
 /// `text` framed in uncompressed chunks of at most `size` bytes: for tests of a reader that
 /// must not care where the chunks end.
 #[cfg(test)]

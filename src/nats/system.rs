@@ -284,12 +284,7 @@ mod tests {
             }
         };
         let text = br#"{"server":{"name":"n1","id":"N1"},"data":{"total":0}}"#.to_vec();
-        let mut framed = Vec::new();
-        {
-            use std::io::Write;
-            let mut w = snap::write::FrameEncoder::new(&mut framed);
-            w.write_all(&text).unwrap();
-        }
+        let mut framed = crate::nats::snappy::framed(&text);
         assert_eq!(decoded(reply(framed.clone())).payload, text);
         // One byte of the block changed: its checksum fails, the bytes stay as they came, and
         // the sweep's parser refuses them (a bad reply).

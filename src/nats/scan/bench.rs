@@ -168,14 +168,7 @@ fn ns_per_conn(runs: usize, mut f: impl FnMut() -> usize) -> f64 {
 fn scan_against_serde_on_15k_connections() {
     let payload = realistic_reply(CONNS);
     let runs = 31;
-    let framed = {
-        use std::io::Write;
-        let mut out = Vec::new();
-        let mut w = snap::write::FrameEncoder::new(&mut out);
-        w.write_all(&payload).expect("frames");
-        drop(w);
-        out
-    };
+    let framed = crate::nats::snappy::framed(&payload);
     let gather = |keep: bool, from: Payload| {
         let mut into = Gather {
             keep,

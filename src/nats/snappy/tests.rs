@@ -1,14 +1,6 @@
-use std::io::{Read, Write};
+use std::io::Read;
 
 use super::*;
-
-fn framed(text: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut w = snap::write::FrameEncoder::new(&mut out);
-    w.write_all(text).unwrap();
-    drop(w);
-    out
-}
 
 /// What `snap`'s own reader makes of `framed`.
 fn reference(framed: &[u8]) -> Option<Vec<u8>> {
