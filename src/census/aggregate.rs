@@ -381,9 +381,15 @@ impl Aggregate {
 impl UserAgg {
     /// Moves the count at the census's first server into `by_server`.
     fn count_first_server(&mut self, first: Option<&Str>) {
-        if let (Some(server), n @ 1..) = (first, std::mem::take(&mut self.at_first_server)) {
+        if let Some((server, n)) = self.at_first(first) {
             *self.by_server.entry(server.clone()).or_default() += n;
         }
+        self.at_first_server = 0;
+    }
+
+    /// The census's first server and this user's connections there, when it has any.
+    fn at_first<'f>(&self, first: Option<&'f Str>) -> Option<(&'f Str, u64)> {
+        first.zip(Some(self.at_first_server).filter(|n| *n > 0))
     }
 
     /// Joins the same user's counts from a later part of the sweep.
@@ -465,7 +471,7 @@ fn finish_user(u: &UserAgg, first: Option<&Str>, detect: &DetectConfig) -> UserC
         .iter()
         .map(|(k, v)| (k.to_string(), *v))
         .collect();
-    if let (Some(server), n @ 1..) = (first, u.at_first_server) {
+    if let Some((server, n)) = u.at_first(first) {
         *by_server.entry(server.to_string()).or_default() += n;
     }
     uc.by_server = by_server;
