@@ -58,7 +58,7 @@ impl FirstReplies {
             Ok(parsed) => parsed,
             Err(e) => {
                 *bad += 1;
-                warn!(error = %e, "bad connz reply ignored");
+                warn!(error = %e, bytes = ?payload.len(), "bad connz reply ignored");
                 return;
             }
         };
