@@ -6,12 +6,12 @@
 //! [`Connection`]s builds each one by cloning the table's [`Str`]s ([`ConnList::into_iter`]:
 //! reference counts, no text copied).
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 use std::time::Duration;
 
 use crate::stamp::Stamp;
 
-use crate::intern::{FxBuild, Interner, Str};
+use crate::intern::{same_text, FxBuild, Interner, Str, Text};
 use crate::snapshot::{ConnRef, Connection, Tags};
 
 /// No text (`None`), in a text index.
@@ -106,7 +106,7 @@ impl ConnList {
     }
 
     fn text(&mut self, s: &str) -> u32 {
-        if let Some(&i) = self.index.get(s) {
+        if let Some(&i) = self.index.get(&Text(s)) {
             return i;
         }
         let i = u32::try_from(self.texts.len()).expect("fewer than 2^32 - 1 distinct texts");
@@ -118,10 +118,11 @@ impl ConnList {
     }
 
     /// [`ConnList::text`], first compared with the text at `before` (the row before's: a
-    /// reply's connections share their server and mostly their kind).
+    /// reply's connections share their server and mostly their kind, and connections opened
+    /// one after another often come from one process).
     fn text_as_before(&mut self, s: &str, before: Option<u32>) -> u32 {
         match before {
-            Some(i) if *self.texts[i as usize] == *s => i,
+            Some(i) if i != NONE && same_text(&self.texts[i as usize], s) => i,
             _ => self.text(s),
         }
     }
@@ -165,12 +166,16 @@ impl ConnList {
             server: self.text_as_before(c.server, last.map(|r| r.server)),
             server_id: self.text_as_before(c.server_id, last.map(|r| r.server_id)),
             kind: self.text_as_before(c.kind, last.map(|r| r.kind)),
-            ip: self.text(c.ip),
-            name: self.text(c.name),
-            account: self.text(c.account),
-            account_name: c.account_name.map_or(NONE, |n| self.text(n)),
-            user: self.text(c.user),
-            user_name: c.user_name.map_or(NONE, |n| self.text(n)),
+            ip: self.text_as_before(c.ip, last.map(|r| r.ip)),
+            name: self.text_as_before(c.name, last.map(|r| r.name)),
+            account: self.text_as_before(c.account, last.map(|r| r.account)),
+            account_name: c.account_name.map_or(NONE, |n| {
+                self.text_as_before(n, last.map(|r| r.account_name))
+            }),
+            user: self.text_as_before(c.user, last.map(|r| r.user)),
+            user_name: c
+                .user_name
+                .map_or(NONE, |n| self.text_as_before(n, last.map(|r| r.user_name))),
             tags: self.tag_list(c.tags),
         };
         self.rows.push(row);

@@ -5,9 +5,8 @@
 //! with connections, and cloning a connection (the live view, a snapshot of it) copies no text.
 
 use std::borrow::Borrow;
-use std::collections::HashSet;
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::ops::Deref;
 use std::sync::Arc;
 
@@ -187,18 +186,87 @@ impl Hasher for FxHasher {
 /// A `HashMap`/`HashSet` hasher builder for [`FxHasher`].
 pub type FxBuild = BuildHasherDefault<FxHasher>;
 
+/// Whether two texts are equal. Texts of up to 16 bytes (servers, IPs, names) are compared a
+/// word or two at a time, inline, not through a call to `memcmp` per look-up (BENCHMARKS.md,
+/// "Fewer and cheaper text look-ups").
+#[inline]
+pub fn same_text(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let n = a.len();
+    let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().expect("8"));
+    let half = |s: &[u8], at: usize| u32::from_le_bytes(s[at..at + 4].try_into().expect("4"));
+    match n {
+        0 => true,
+        1..=3 => a.iter().zip(b).all(|(x, y)| x == y),
+        // Two words that overlap cover every byte.
+        4..=8 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
+        9..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
+        _ => a == b,
+    }
+}
+
+/// A borrowed text looked up among [`Str`] keys (`hashbrown`'s `entry_ref`, `get`): hashed
+/// as the `str`, compared with [`same_text`].
+#[derive(Clone, Copy)]
+pub struct Text<'a>(pub &'a str);
+
+impl Hash for Text<'_> {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.0.hash(h);
+    }
+}
+
+impl hashbrown::Equivalent<Str> for Text<'_> {
+    fn equivalent(&self, key: &Str) -> bool {
+        same_text(self.0, key)
+    }
+}
+
+impl From<&Text<'_>> for Str {
+    fn from(t: &Text<'_>) -> Self {
+        Str::from(t.0)
+    }
+}
+
+/// Two borrowed texts looked up among `(Str, Str)` keys, as [`Text`] is among [`Str`]s: one
+/// look-up for a pair (an account and user, an IP and client name) instead of two nested.
+#[derive(Clone, Copy)]
+pub struct Pair<'a>(pub &'a str, pub &'a str);
+
+impl Hash for Pair<'_> {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        // As `(Str, Str)` hashes.
+        (self.0, self.1).hash(h);
+    }
+}
+
+impl From<&Pair<'_>> for (Str, Str) {
+    fn from(p: &Pair<'_>) -> Self {
+        (Str::from(p.0), Str::from(p.1))
+    }
+}
+
+impl hashbrown::Equivalent<(Str, Str)> for Pair<'_> {
+    fn equivalent(&self, (a, b): &(Str, Str)) -> bool {
+        same_text(self.0, a) && same_text(self.1, b)
+    }
+}
+
 /// Hands out one [`Str`] per distinct text: equal texts share one allocation. One interner per
 /// reply (or per batch of work): it holds a reference to every text it handed out until it is
 /// dropped, so it is not kept across sweeps.
 #[derive(Debug, Default, Clone)]
 pub struct Interner {
-    texts: HashSet<Str, FxBuild>,
+    texts: hashbrown::HashSet<Str, FxBuild>,
 }
 
 impl Interner {
     /// The shared [`Str`] for `s`, allocated on first sight.
     pub fn get(&mut self, s: &str) -> Str {
-        if let Some(t) = self.texts.get(s) {
+        if let Some(t) = self.texts.get(&Text(s)) {
             return t.clone();
         }
         let t = Str::from(s);
@@ -227,6 +295,41 @@ impl Interner {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn texts_compare_as_str_does_at_every_length_and_place() {
+        for n in 0..=40 {
+            let a: String = (0..n).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+            assert!(same_text(&a, &a.clone()), "{a:?}");
+            for at in 0..n {
+                let mut b = a.clone().into_bytes();
+                b[at] = b'Z';
+                let b = String::from_utf8(b).expect("ascii");
+                assert!(!same_text(&a, &b), "{a:?} {b:?}");
+            }
+            let longer = format!("{a}x");
+            assert!(!same_text(&a, &longer) && !same_text(&longer, &a));
+        }
+        let mut i = Interner::default();
+        let a = i.get("10.0.0.1");
+        assert!(Arc::ptr_eq(&a.0, &i.get(&String::from("10.0.0.1")).0));
+        assert!(!Arc::ptr_eq(&a.0, &i.get("10.0.0.2").0));
+    }
+
+    #[test]
+    fn a_pair_finds_its_own_key_and_no_other_split() {
+        let mut map: hashbrown::HashMap<(Str, Str), u32, FxBuild> = Default::default();
+        map.insert(("ab".into(), "c".into()), 1);
+        map.insert(("a".into(), "bc".into()), 2);
+        map.insert(("".into(), "abc".into()), 3);
+        assert_eq!(map.get(&Pair("ab", "c")), Some(&1));
+        assert_eq!(map.get(&Pair("a", "bc")), Some(&2));
+        assert_eq!(map.get(&Pair("", "abc")), Some(&3));
+        assert_eq!(map.get(&Pair("abc", "")), None);
+        *map.entry_ref(&Pair("abc", "")).or_insert(0) += 4;
+        assert_eq!(map[&("abc".into(), "".into())], 4);
+        assert_eq!(map.len(), 4);
+    }
 
     #[test]
     fn equal_texts_share_one_allocation() {

@@ -4,6 +4,8 @@ pub mod advisory;
 pub mod alloc;
 pub mod api;
 pub mod app;
+#[cfg(test)]
+mod bench;
 pub mod census;
 pub mod cli;
 pub mod config;

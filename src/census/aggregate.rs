@@ -14,7 +14,7 @@ use super::{
     UserCensus, USED_ONCE_MIN_PER_PROCESS,
 };
 use crate::config::DetectConfig;
-use crate::intern::{FxBuild, Interner, Str};
+use crate::intern::{same_text, FxBuild, Interner, Pair, Str, Text};
 use crate::snapshot::{ConnRef, Connection};
 use crate::stamp::Stamp;
 
@@ -45,9 +45,9 @@ pub struct Aggregate {
     skip_pending: bool,
     connections: u64,
     pending: u64,
-    /// Account → user → counts (nested, so a connection is looked up by its borrowed texts,
-    /// without a key built per connection).
-    users: HashMap<Str, HashMap<Str, UserAgg, FxBuild>, FxBuild>,
+    /// (Account, user) → counts, looked up by a connection's borrowed texts ([`Pair`]), without
+    /// a key built per connection.
+    users: HashMap<(Str, Str), UserAgg, FxBuild>,
     /// The texts of the suspects (server, name, IP), each held once.
     texts: Interner,
     /// The server of the first connection added. Its connections are counted per user apart
@@ -65,10 +65,10 @@ struct UserAgg {
     by_server: HashMap<Str, u64, FxBuild>,
     /// Connections at the census's `first_server`, not in `by_server` until joined or finished.
     at_first_server: u64,
-    /// IP → client name → counts (by name and by IP are summed from it at `finish`).
-    processes: HashMap<Str, HashMap<Str, Process, FxBuild>, FxBuild>,
-    /// `zero_msgs` suspects, longest idle first once sorted: at most `2 × max` held.
-    zero_msgs: Vec<Candidate>,
+    /// (IP, client name) → counts (by name and by IP are summed from it at `finish`).
+    processes: HashMap<(Str, Str), Process, FxBuild>,
+    /// `zero_msgs` suspects.
+    zero_msgs: Kept,
 }
 
 /// One (IP, client name) of a user.
@@ -79,8 +79,8 @@ struct Process {
     /// of the `used_once` pattern once the process holds at least
     /// [`USED_ONCE_MIN_PER_PROCESS`] of them.
     used_once: u64,
-    /// The longest idle of them (at most `2 × max` held).
-    candidates: Vec<Candidate>,
+    /// The longest idle of them.
+    candidates: Kept,
 }
 
 /// What a suspect shows of its connection.
@@ -136,40 +136,70 @@ impl Candidate {
     }
 }
 
-/// Longest idle first, then lowest cid, then the order they came in: a total order, so
-/// trimming as connections arrive keeps the same ones as sorting all of them at the end.
-fn sort_suspects(list: &mut [Candidate]) {
-    list.sort_unstable_by(suspect_order);
-}
+/// Where a suspect sorts: longest idle first, then lowest cid, then the order they came in
+/// (its place among the connections added). A total order, so trimming as connections arrive
+/// keeps the same ones as sorting all of them at the end.
+type Place = (std::cmp::Reverse<Duration>, u64, u64);
 
-/// The order of [`sort_suspects`].
-fn suspect_order(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
-    b.idle
-        .cmp(&a.idle)
-        .then(a.cid.cmp(&b.cid))
-        .then(a.seq.cmp(&b.seq))
-}
-
-/// Adds `c` to a list that keeps the `max` first in [`sort_suspects`] order: sorted and cut
-/// back to `max` whenever it reaches `2 × max`, so each connection costs amortized O(log max).
-fn push_bounded(list: &mut Vec<Candidate>, c: Candidate, max: usize) {
-    list.push(c);
-    trim(list, max);
-}
-
-/// Cuts `list` back to its `max` first once it holds `2 × max` or more.
-fn trim(list: &mut Vec<Candidate>, max: usize) {
-    if list.len() >= max.saturating_mul(2).max(1) {
-        sort_suspects(list);
-        list.truncate(max);
+impl Candidate {
+    fn place(&self) -> Place {
+        (std::cmp::Reverse(self.idle), self.cid, self.seq)
     }
 }
 
-/// Joins `more` (of a later part of the sweep: its places come after `base`) into `list`.
-fn join_candidates(list: &mut Vec<Candidate>, more: Vec<Candidate>, base: u64, max: usize) {
-    for mut c in more {
-        c.seq += base;
-        push_bounded(list, c, max);
+/// The order of suspects: by [`Place`].
+fn suspect_order(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
+    a.place().cmp(&b.place())
+}
+
+/// The suspects of a user or process kept while the census is built: the `max` first in
+/// [`suspect_order`] of those offered, sorted and cut back to `max` whenever `2 × max` are
+/// held, so each costs amortized O(log max).
+#[derive(Debug, Default, Clone)]
+struct Kept {
+    list: Vec<Candidate>,
+    /// Whether the list was cut: its `max` first are then sorted, and one that sorts after
+    /// the last of them can never be kept (at least `max` come before it).
+    cut: bool,
+}
+
+impl Kept {
+    /// Offers connection `c`, the `seq`-th added: its [`Candidate`] (its texts taken from
+    /// `texts`) is made only when it can still be among the `max` kept. A leaking user's
+    /// thousands of idle connections then cost a comparison each, not four text look-ups.
+    fn offer(
+        &mut self,
+        seq: u64,
+        c: &ConnRef,
+        texts: &mut Interner,
+        pattern: LeakPattern,
+        max: usize,
+    ) {
+        if max == 0 {
+            return;
+        }
+        let place = (std::cmp::Reverse(c.idle), c.cid, seq);
+        if !self.cut || place < self.list[max - 1].place() {
+            self.push(Candidate::of(seq, c, texts, pattern), max);
+        }
+    }
+
+    /// Adds `c`, then cuts the list back to its `max` first once it holds `2 × max`.
+    fn push(&mut self, c: Candidate, max: usize) {
+        self.list.push(c);
+        if self.list.len() >= max.saturating_mul(2).max(1) {
+            self.list.sort_unstable_by(suspect_order);
+            self.list.truncate(max);
+            self.cut = true;
+        }
+    }
+
+    /// Joins `more` (of a later part of the sweep: its places come after `base`).
+    fn join(&mut self, more: Kept, base: u64, max: usize) {
+        for mut c in more.list {
+            c.seq += base;
+            self.push(c, max);
+        }
     }
 }
 
@@ -183,6 +213,16 @@ fn add_counts(into: &mut HashMap<Str, u64, FxBuild>, from: HashMap<Str, u64, FxB
     }
 }
 
+/// The value of `key`, made by `new` when there is none: one look-up, the key's texts copied
+/// only then.
+fn pair_slot<'m, V>(
+    map: &'m mut HashMap<(Str, Str), V, FxBuild>,
+    key: Pair<'_>,
+    new: impl FnOnce() -> V,
+) -> &'m mut V {
+    map.entry_ref(&key).or_insert_with(new)
+}
+
 /// The value of `key`, made by `new` when there is none: one lookup, the key's text copied
 /// only then.
 fn slot<'m, V>(
@@ -190,7 +230,7 @@ fn slot<'m, V>(
     key: &str,
     new: impl FnOnce() -> V,
 ) -> &'m mut V {
-    map.entry_ref(key).or_insert_with(new)
+    map.entry_ref(&Text(key)).or_insert_with(new)
 }
 
 impl Aggregate {
@@ -241,14 +281,8 @@ impl Aggregate {
 
     /// Takes a user's connections out, as if none had been added (to count them again).
     pub fn forget_user(&mut self, account: &str, user: &str) {
-        let Some(users) = self.users.get_mut(account) else {
-            return;
-        };
-        if let Some(u) = users.remove(user) {
+        if let Some(u) = self.users.remove(&Pair(account, user)) {
             self.connections -= u.census.connections;
-        }
-        if users.is_empty() {
-            self.users.remove(account);
         }
     }
 
@@ -259,7 +293,7 @@ impl Aggregate {
 
     /// Users counted.
     pub fn users(&self) -> usize {
-        self.users.values().map(HashMap::len).sum()
+        self.users.len()
     }
 
     /// Connections counted.
@@ -280,9 +314,11 @@ impl Aggregate {
         }
         self.connections += 1;
         let texts = &mut self.texts;
-        let system = self.system_account.as_deref() == Some(c.account);
-        let account = slot(&mut self.users, c.account, HashMap::default);
-        let u = slot(account, c.user, || UserAgg {
+        let system = self
+            .system_account
+            .as_deref()
+            .is_some_and(|s| same_text(s, c.account));
+        let u = pair_slot(&mut self.users, Pair(c.account, c.user), || UserAgg {
             census: UserCensus {
                 account: c.account.to_string(),
                 account_name: c.account_name.map(String::from),
@@ -304,28 +340,26 @@ impl Aggregate {
             u.newest_start = Some(u.newest_start.map_or(start, |n| n.max(start)));
         }
         let first = self.first_server.get_or_insert_with(|| texts.get(c.server));
-        if **first == *c.server {
+        if same_text(first, c.server) {
             u.at_first_server += 1;
         } else {
             bump(&mut u.by_server, c.server);
         }
-        let process = slot(
-            slot(&mut u.processes, c.ip, HashMap::default),
-            c.name,
-            Process::default,
-        );
+        let process = pair_slot(&mut u.processes, Pair(c.ip, c.name), Process::default);
         process.connections += 1;
         let max = self.detect.max_suspects_per_user;
         match pattern_alone(c, &self.sig) {
             Some(LeakPattern::ZeroMsgs) => {
                 uc.idle_zero_msgs += 1;
-                let cand = Candidate::of(self.connections, c, texts, LeakPattern::ZeroMsgs);
-                push_bounded(&mut u.zero_msgs, cand, max);
+                let seq = self.connections;
+                u.zero_msgs.offer(seq, c, texts, LeakPattern::ZeroMsgs, max);
             }
             Some(LeakPattern::UsedOnce) => {
                 process.used_once += 1;
-                let cand = Candidate::of(self.connections, c, texts, LeakPattern::UsedOnce);
-                push_bounded(&mut process.candidates, cand, max);
+                let seq = self.connections;
+                process
+                    .candidates
+                    .offer(seq, c, texts, LeakPattern::UsedOnce, max);
             }
             None => {}
         }
@@ -339,17 +373,13 @@ impl Aggregate {
         self.connections += other.connections;
         self.pending += other.pending;
         let theirs_first = other.first_server;
-        for (account, users) in other.users {
-            let mine = self.users.entry(account).or_default();
-            for (user, mut theirs) in users {
-                theirs.count_first_server(theirs_first.as_ref());
-                match mine.get_mut(user.as_str()) {
-                    Some(u) => u.absorb(theirs, base, max),
-                    None => {
-                        let mut u = theirs;
-                        u.rebase(base);
-                        mine.insert(user, u);
-                    }
+        for (key, mut theirs) in other.users {
+            theirs.count_first_server(theirs_first.as_ref());
+            match self.users.get_mut(&key) {
+                Some(u) => u.absorb(theirs, base, max),
+                None => {
+                    theirs.rebase(base);
+                    self.users.insert(key, theirs);
                 }
             }
         }
@@ -362,7 +392,6 @@ impl Aggregate {
         let mut out: Vec<UserCensus> = self
             .users
             .values()
-            .flat_map(HashMap::values)
             .map(|u| finish_user(u, first, detect))
             .collect();
         out.sort_by(|a, b| {
@@ -403,23 +432,22 @@ impl UserAgg {
         self.oldest_start = min_some(self.oldest_start, other.oldest_start);
         self.newest_start = self.newest_start.max(other.newest_start);
         add_counts(&mut self.by_server, other.by_server);
-        join_candidates(&mut self.zero_msgs, other.zero_msgs, base, max);
-        for (ip, names) in other.processes {
-            let by_name = self.processes.entry(ip).or_default();
-            for (name, p) in names {
-                let mine = by_name.entry(name).or_default();
-                mine.connections += p.connections;
-                mine.used_once += p.used_once;
-                join_candidates(&mut mine.candidates, p.candidates, base, max);
-            }
+        self.zero_msgs.join(other.zero_msgs, base, max);
+        for (key, p) in other.processes {
+            let mine = self.processes.entry(key).or_default();
+            mine.connections += p.connections;
+            mine.used_once += p.used_once;
+            mine.candidates.join(p.candidates, base, max);
         }
     }
 
     /// Moves its suspects' places after `base` (a later part of the sweep).
     fn rebase(&mut self, base: u64) {
-        let processes = self.processes.values_mut().flat_map(HashMap::values_mut);
-        let candidates = processes.flat_map(|p| p.candidates.iter_mut());
-        for c in self.zero_msgs.iter_mut().chain(candidates) {
+        let candidates = self
+            .processes
+            .values_mut()
+            .flat_map(|p| p.candidates.list.iter_mut());
+        for c in self.zero_msgs.list.iter_mut().chain(candidates) {
             c.seq += base;
         }
     }
@@ -439,12 +467,8 @@ fn finish_user(u: &UserAgg, first: Option<&Str>, detect: &DetectConfig) -> UserC
     let max = detect.max_suspects_per_user;
     let mut counts = Vec::new();
     let (mut by_name, mut by_ip) = (BTreeMap::new(), BTreeMap::new());
-    let mut suspects: Vec<&Candidate> = u.zero_msgs.iter().collect();
-    let processes = u
-        .processes
-        .iter()
-        .flat_map(|(ip, names)| names.iter().map(move |(name, p)| (ip, name, p)));
-    for (ip, name, p) in processes {
+    let mut suspects: Vec<&Candidate> = u.zero_msgs.list.iter().collect();
+    for ((ip, name), p) in &u.processes {
         // Used once, but too few such connections in the process: a live client's start-up
         // work, not the connection-per-request pattern; not suspects, not counted.
         let used_once = if p.used_once < USED_ONCE_MIN_PER_PROCESS as u64 {
@@ -454,7 +478,7 @@ fn finish_user(u: &UserAgg, first: Option<&Str>, detect: &DetectConfig) -> UserC
         };
         uc.idle_used_once += used_once;
         if used_once > 0 {
-            suspects.extend(&p.candidates);
+            suspects.extend(&p.candidates.list);
         }
         *by_ip.entry(ip.to_string()).or_default() += p.connections;
         *by_name.entry(name.to_string()).or_default() += p.connections;

@@ -287,3 +287,6 @@ pub use aggregate::{build, Aggregate};
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod bench;

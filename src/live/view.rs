@@ -27,7 +27,7 @@ use chrono::{DateTime, Utc};
 
 use crate::census::Aggregate;
 use crate::connlist::ConnList;
-use crate::intern::{FxBuild, Interner, Str};
+use crate::intern::{same_text, FxBuild, Interner, Str};
 use crate::snapshot::{ConnRef, Connection, ServerSeen, Snapshot};
 
 /// Deltas before a sync's start that it replays too (see the module docs): at 2,000 events a
@@ -207,7 +207,7 @@ fn server_conns<'m>(
 
 /// Whether two texts are equal; the same text (shared from one table) is told at once.
 fn same(a: &str, b: &str) -> bool {
-    std::ptr::eq(a, b) || a == b
+    std::ptr::eq(a, b) || same_text(a, b)
 }
 
 /// Holds `c` (listed by its server) in `server` in place of what was held. The same

@@ -10,6 +10,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 
 use super::{reply, Head, ListStart, Visit};
+use crate::bench::thread_cpu_ns;
 use crate::nats::page::{parse_server_list, serde_reference};
 use crate::nats::snappy::Payload;
 use crate::nats::wire::{Rfc3339, ServerInfo, SweepConn};
@@ -133,19 +134,6 @@ impl Visit for Gather {
         self.cids.push(cid);
         Ok(())
     }
-}
-
-/// This thread's CPU time in ns: on a shared machine, time spent waiting for a core is not
-/// the parser's.
-fn thread_cpu_ns() -> f64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec into `t`, which outlives the call.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
-    assert_eq!(rc, 0, "thread CPU clock");
-    t.tv_sec as f64 * 1e9 + t.tv_nsec as f64
 }
 
 /// The median ns of CPU per connection of `runs` runs of `f` (which returns the connections
