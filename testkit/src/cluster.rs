@@ -990,18 +990,24 @@ impl Cluster {
                 std::thread::sleep(POLL_INTERVAL);
             }
         }
-        self.wait_meta_peers(deadline)
+        self.wait_meta_peers(deadline)?;
+        self.wait_placement(deadline)
+    }
+
+    /// The running JetStream servers (not paused, not the leaf).
+    fn running_jetstream(&self) -> Vec<usize> {
+        (0..self.servers.len())
+            .filter(|&i| {
+                let s = &self.servers[i];
+                s.child.is_some() && !s.paused && !s.leaf
+            })
+            .collect()
     }
 
     /// Waits until the meta leader has every other running server as a current peer: until
     /// then it may refuse to place a replicated stream ("no suitable peers for placement").
     fn wait_meta_peers(&self, deadline: Instant) -> anyhow::Result<()> {
-        let running: Vec<usize> = (0..self.servers.len())
-            .filter(|&i| {
-                let s = &self.servers[i];
-                s.child.is_some() && !s.paused && !s.leaf
-            })
-            .collect();
+        let running = self.running_jetstream();
         if running.len() < 2 {
             return Ok(());
         }
@@ -1037,6 +1043,29 @@ impl Cluster {
         }
     }
 
+    /// Waits until a stream replicated on the running servers (at most 3) can be placed, by
+    /// making one and deleting it. The meta leader places only on servers whose JetStream
+    /// statistics it has heard (a STATSZ after they joined), which `/jsz` does not show: a
+    /// test's replicated stream made before then is refused ("no suitable peers for placement,
+    /// peer offline"). Skipped when [`JETSTREAM_USER`] has permissions of its own (it may not
+    /// make streams) and with TLS.
+    fn wait_placement(&self, deadline: Instant) -> anyhow::Result<()> {
+        let running = self.running_jetstream();
+        if running.len() < 2 || self.spec.jetstream_permissions.is_some() || self.spec.tls.is_some()
+        {
+            return Ok(());
+        }
+        let url = self.client_url(running[0]);
+        let replicas = running.len().min(3);
+        // Its own thread and runtime: the cluster is started from sync code, often inside a
+        // test's runtime.
+        std::thread::scope(|s| {
+            s.spawn(|| probe_placement(&url, replicas, deadline))
+                .join()
+                .map_err(|_| anyhow!("the placement probe panicked"))?
+        })
+    }
+
     /// A `[jetstream]` table for connwatch: the JetStream account's user (see
     /// [`ClusterSpec::jetstream`](field@ClusterSpec::jetstream)).
     pub fn jetstream_toml(&self) -> String {
@@ -1052,6 +1081,44 @@ impl Cluster {
             let _ = self.kill(i);
         }
     }
+}
+
+/// Makes a stream of `replicas` in the JetStream account until it is placed or `deadline`
+/// passes, then deletes it.
+fn probe_placement(url: &str, replicas: usize, deadline: Instant) -> anyhow::Result<()> {
+    use async_nats::jetstream::stream::{Config, StorageType};
+    const NAME: &str = "TESTKIT_PLACEMENT";
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let client = async_nats::ConnectOptions::with_user_and_password(
+            JETSTREAM_USER.into(),
+            JETSTREAM_PASSWORD.into(),
+        )
+        .connect(url)
+        .await?;
+        let js = async_nats::jetstream::new(client);
+        let config = Config {
+            name: NAME.into(),
+            subjects: vec!["testkit.placement".into()],
+            num_replicas: replicas,
+            storage: StorageType::Memory,
+            ..Config::default()
+        };
+        loop {
+            match js.create_stream(config.clone()).await {
+                Ok(_) => {
+                    js.delete_stream(NAME).await?;
+                    return Ok(());
+                }
+                Err(e) if Instant::now() >= deadline => {
+                    bail!("no stream of {replicas} replicas could be placed in time: {e}")
+                }
+                Err(_) => tokio::time::sleep(POLL_INTERVAL).await,
+            }
+        }
+    })
 }
 
 impl Drop for Cluster {
