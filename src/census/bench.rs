@@ -20,11 +20,27 @@ use crate::stamp::Stamp;
 
 const CONNS: usize = 45_000;
 
-/// `connwatch-bench`'s load: 10% on one hot user, the rest over 50 accounts of 10 users, round
-/// robin over 3 servers; `ips` distinct client IPs; `nkeys`: accounts and users named by
-/// 56-character keys (operator mode) instead of short names; `leak`: the hot user's
-/// connections idle for an hour or more without a message (suspects, all of them).
-fn view(ips: usize, nkeys: bool, leak: bool) -> Vec<Connection> {
+/// A view's shape: `connwatch-bench`'s load is 10% on one hot user, the rest over 50
+/// accounts of 10 users, round robin over the servers.
+#[derive(Clone, Copy)]
+struct Shape {
+    servers: usize,
+    /// Distinct client IPs.
+    ips: usize,
+    /// Accounts and users named by 56-character keys (operator mode), not short names.
+    nkeys: bool,
+    /// The hot user's connections idle for an hour or more without a message (suspects).
+    leak: bool,
+}
+
+const BENCH: Shape = Shape {
+    servers: 3,
+    ips: 1,
+    nkeys: false,
+    leak: false,
+};
+
+fn view(shape: Shape) -> Vec<Connection> {
     let mut texts = Interner::default();
     let hot = CONNS / 10;
     let mut out: Vec<Connection> = (0..CONNS)
@@ -38,14 +54,14 @@ fn view(ips: usize, nkeys: bool, leak: bool) -> Vec<Connection> {
                     format!("a{a:02}u{}", (i - hot) / 50 % 10),
                 )
             };
-            let (account, user) = if nkeys {
+            let (account, user) = if shape.nkeys {
                 (format!("A{account:A>55}"), format!("U{user:U>55}"))
             } else {
                 (account, user)
             };
-            let server = format!("n{}", i % 3);
-            let ip = i % ips;
-            let (idle, msgs) = if leak && i < hot {
+            let server = format!("n{}", i % shape.servers);
+            let ip = i % shape.ips;
+            let (idle, msgs) = if shape.leak && i < hot {
                 (3_600 + (i as u64 * 7_919) % 3_600, 0)
             } else {
                 (1, 1)
@@ -97,18 +113,38 @@ fn count_a_view_and_look_up_its_texts() {
     let runs = 41;
     println!("\nns a connection, median (quartiles) of {runs} runs, thread CPU time");
     println!("| view | census (add each, finish) |\n| --- | ---: |");
-    for (what, ips, nkeys, leak) in [
-        ("short names, one IP", 1, false, false),
-        ("56-character account and user keys, one IP", 1, true, false),
-        ("short names, an IP per connection", CONNS, false, false),
+    for (what, shape) in [
+        ("short names, one IP", BENCH),
+        (
+            "56-character account and user keys, one IP",
+            Shape {
+                nkeys: true,
+                ..BENCH
+            },
+        ),
+        (
+            "short names, an IP per connection",
+            Shape {
+                ips: CONNS,
+                ..BENCH
+            },
+        ),
+        (
+            "short names, one IP, 48 servers",
+            Shape {
+                servers: 48,
+                ..BENCH
+            },
+        ),
         (
             "short names, one IP, the hot user's 4,500 idle (a leak)",
-            1,
-            false,
-            true,
+            Shape {
+                leak: true,
+                ..BENCH
+            },
         ),
     ] {
-        let conns = view(ips, nkeys, leak);
+        let conns = view(shape);
         let ns = ns_per_conn(runs, || {
             let mut agg = Aggregate::new(Some("SYS"), &detect);
             for c in &conns {
@@ -119,7 +155,7 @@ fn count_a_view_and_look_up_its_texts() {
         println!("| {what} | {ns} |");
     }
     // The look-ups themselves: each connection's user, server and IP in maps keyed by text.
-    let conns = view(1, false, false);
+    let conns = view(BENCH);
     let keys = |f: fn(&Connection) -> &Str| -> HashMap<Str, u64, FxBuild> {
         conns
             .iter()
