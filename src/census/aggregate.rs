@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use hashbrown::hash_map::RawEntryMut;
 use hashbrown::HashMap;
 use std::time::Duration;
 
@@ -48,7 +49,7 @@ pub struct Aggregate {
     /// (Account, user) → counts, looked up by a connection's borrowed texts ([`Pair`]), without
     /// a key built per connection.
     users: HashMap<(Str, Str), UserAgg, FxBuild>,
-    /// The texts of the suspects (server, name, IP), each held once.
+    /// The texts of the keys (account, user, IP, name) and of the suspects, each held once.
     texts: Interner,
     /// The server of the first connection added. Its connections are counted per user apart
     /// from `by_server` (one comparison instead of a lookup: a reply's are all one server's).
@@ -213,14 +214,19 @@ fn add_counts(into: &mut HashMap<Str, u64, FxBuild>, from: HashMap<Str, u64, FxB
     }
 }
 
-/// The value of `key`, made by `new` when there is none: one look-up, the key's texts copied
-/// only then.
+/// The value of `key`, made by `new` when there is none: one look-up, the key's texts taken
+/// from `texts` only then (an account's text is held once for all its users, an IP's once
+/// for all its processes).
 fn pair_slot<'m, V>(
     map: &'m mut HashMap<(Str, Str), V, FxBuild>,
     key: Pair<'_>,
+    texts: &mut Interner,
     new: impl FnOnce() -> V,
 ) -> &'m mut V {
-    map.entry_ref(&key).or_insert_with(new)
+    match map.raw_entry_mut().from_key(&key) {
+        RawEntryMut::Occupied(o) => o.into_mut(),
+        RawEntryMut::Vacant(v) => v.insert((texts.get(key.0), texts.get(key.1)), new()).1,
+    }
 }
 
 /// The value of `key`, made by `new` when there is none: one lookup, the key's text copied
@@ -318,17 +324,19 @@ impl Aggregate {
             .system_account
             .as_deref()
             .is_some_and(|s| same_text(s, c.account));
-        let u = pair_slot(&mut self.users, Pair(c.account, c.user), || UserAgg {
-            census: UserCensus {
-                account: c.account.to_string(),
-                account_name: c.account_name.map(String::from),
-                user: c.user.to_string(),
-                user_name: c.user_name.map(String::from),
-                tags: c.tags.iter().map(String::from).collect(),
-                system,
-                ..UserCensus::default()
-            },
-            ..UserAgg::default()
+        let u = pair_slot(&mut self.users, Pair(c.account, c.user), texts, || {
+            UserAgg {
+                census: UserCensus {
+                    account: c.account.to_string(),
+                    account_name: c.account_name.map(String::from),
+                    user: c.user.to_string(),
+                    user_name: c.user_name.map(String::from),
+                    tags: c.tags.iter().map(String::from).collect(),
+                    system,
+                    ..UserCensus::default()
+                },
+                ..UserAgg::default()
+            }
         });
         let uc = &mut u.census;
         uc.connections += 1;
@@ -345,7 +353,12 @@ impl Aggregate {
         } else {
             bump(&mut u.by_server, c.server);
         }
-        let process = pair_slot(&mut u.processes, Pair(c.ip, c.name), Process::default);
+        let process = pair_slot(
+            &mut u.processes,
+            Pair(c.ip, c.name),
+            texts,
+            Process::default,
+        );
         process.connections += 1;
         let max = self.detect.max_suspects_per_user;
         match pattern_alone(c, &self.sig) {
@@ -528,5 +541,41 @@ fn spread(u: &UserCensus, processes: &[(Str, Str, u64, u64)]) -> Spread {
         max_per_ip: per_ip.last().copied().unwrap_or(0),
         median_per_ip: per_ip.get(per_ip.len() / 2).copied().unwrap_or(0),
         unnamed: u.by_name.get("").copied().unwrap_or(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_their_texts_across_users_and_processes() {
+        let conn = |user: &str, name: &str| Connection {
+            account: "A".repeat(56).into(),
+            user: user.into(),
+            ip: "10.1.2.3".into(),
+            name: name.into(),
+            ..Connection::default()
+        };
+        let mut agg = Aggregate::new(None, &DetectConfig::default());
+        for c in [
+            conn("u1", "a"),
+            conn("u2", "a"),
+            conn("u2", "b"),
+            conn("u1", "a"),
+        ] {
+            agg.add(&c.view());
+        }
+        let keys: Vec<&(Str, Str)> = agg.users.keys().collect();
+        assert_eq!(keys.len(), 2);
+        assert!(std::ptr::eq(keys[0].0.as_str(), keys[1].0.as_str()));
+        let ips: Vec<&str> = agg
+            .users
+            .values()
+            .flat_map(|u| u.processes.keys().map(|(ip, _)| ip.as_str()))
+            .collect();
+        assert_eq!(ips.len(), 3, "(u1, a), (u2, a), (u2, b)");
+        assert!(ips.iter().all(|ip| std::ptr::eq(*ip, ips[0])));
+        assert_eq!(agg.finish().connections, 4);
     }
 }
