@@ -208,7 +208,7 @@ pub fn same_text(a: &str, b: &str) -> bool {
     }
 }
 
-/// A borrowed text looked up among [`Str`] keys (`hashbrown`'s `entry_ref`, `get`): hashed
+/// A borrowed text looked up among [`Str`] keys (`hashbrown`'s `get`, raw entries): hashed
 /// as the `str`, compared with [`same_text`].
 #[derive(Clone, Copy)]
 pub struct Text<'a>(pub &'a str);
@@ -222,12 +222,6 @@ impl Hash for Text<'_> {
 impl hashbrown::Equivalent<Str> for Text<'_> {
     fn equivalent(&self, key: &Str) -> bool {
         same_text(self.0, key)
-    }
-}
-
-impl From<&Text<'_>> for Str {
-    fn from(t: &Text<'_>) -> Self {
-        Str::from(t.0)
     }
 }
 

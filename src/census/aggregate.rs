@@ -204,8 +204,15 @@ impl Kept {
     }
 }
 
-fn bump(map: &mut HashMap<Str, u64, FxBuild>, key: &str) {
-    *slot(map, key, u64::default) += 1;
+/// Counts one more for `key`, its text taken from `texts` when it is new (a server's name is
+/// held once for all the users on it).
+fn bump(map: &mut HashMap<Str, u64, FxBuild>, key: &str, texts: &mut Interner) {
+    match map.raw_entry_mut().from_key(&Text(key)) {
+        RawEntryMut::Occupied(o) => *o.into_mut() += 1,
+        RawEntryMut::Vacant(v) => {
+            v.insert(texts.get(key), 1);
+        }
+    }
 }
 
 fn add_counts(into: &mut HashMap<Str, u64, FxBuild>, from: HashMap<Str, u64, FxBuild>) {
@@ -227,16 +234,6 @@ fn pair_slot<'m, V>(
         RawEntryMut::Occupied(o) => o.into_mut(),
         RawEntryMut::Vacant(v) => v.insert((texts.get(key.0), texts.get(key.1)), new()).1,
     }
-}
-
-/// The value of `key`, made by `new` when there is none: one lookup, the key's text copied
-/// only then.
-fn slot<'m, V>(
-    map: &'m mut HashMap<Str, V, FxBuild>,
-    key: &str,
-    new: impl FnOnce() -> V,
-) -> &'m mut V {
-    map.entry_ref(&Text(key)).or_insert_with(new)
 }
 
 impl Aggregate {
@@ -351,7 +348,7 @@ impl Aggregate {
         if same_text(first, c.server) {
             u.at_first_server += 1;
         } else {
-            bump(&mut u.by_server, c.server);
+            bump(&mut u.by_server, c.server, texts);
         }
         let process = pair_slot(
             &mut u.processes,
@@ -550,7 +547,8 @@ mod tests {
 
     #[test]
     fn keys_share_their_texts_across_users_and_processes() {
-        let conn = |user: &str, name: &str| Connection {
+        let conn = |server: &str, user: &str, name: &str| Connection {
+            server: server.into(),
             account: "A".repeat(56).into(),
             user: user.into(),
             ip: "10.1.2.3".into(),
@@ -558,11 +556,12 @@ mod tests {
             ..Connection::default()
         };
         let mut agg = Aggregate::new(None, &DetectConfig::default());
+        // The census's first server is n1; n2 is counted in each user's `by_server`.
         for c in [
-            conn("u1", "a"),
-            conn("u2", "a"),
-            conn("u2", "b"),
-            conn("u1", "a"),
+            conn("n1", "u1", "a"),
+            conn("n2", "u1", "a"),
+            conn("n2", "u2", "a"),
+            conn("n2", "u2", "b"),
         ] {
             agg.add(&c.view());
         }
@@ -576,6 +575,13 @@ mod tests {
             .collect();
         assert_eq!(ips.len(), 3, "(u1, a), (u2, a), (u2, b)");
         assert!(ips.iter().all(|ip| std::ptr::eq(*ip, ips[0])));
+        let servers: Vec<&str> = agg
+            .users
+            .values()
+            .flat_map(|u| u.by_server.keys().map(Str::as_str))
+            .collect();
+        assert_eq!(servers, ["n2", "n2"]);
+        assert!(std::ptr::eq(servers[0], servers[1]));
         assert_eq!(agg.finish().connections, 4);
     }
 }
