@@ -142,9 +142,13 @@ impl Candidate {
 /// keeps the same ones as sorting all of them at the end.
 type Place = (std::cmp::Reverse<Duration>, u64, u64);
 
+fn place(idle: Duration, cid: u64, seq: u64) -> Place {
+    (std::cmp::Reverse(idle), cid, seq)
+}
+
 impl Candidate {
     fn place(&self) -> Place {
-        (std::cmp::Reverse(self.idle), self.cid, self.seq)
+        place(self.idle, self.cid, self.seq)
     }
 }
 
@@ -179,8 +183,7 @@ impl Kept {
         if max == 0 {
             return;
         }
-        let place = (std::cmp::Reverse(c.idle), c.cid, seq);
-        if !self.cut || place < self.list[max - 1].place() {
+        if !self.cut || place(c.idle, c.cid, seq) < self.list[max - 1].place() {
             self.push(Candidate::of(seq, c, texts, pattern), max);
         }
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use hashbrown::HashMap;
 
 use super::Aggregate;
-use crate::bench::thread_cpu_ns;
+use crate::bench::sorted_ns_per_conn;
 use crate::config::DetectConfig;
 use crate::intern::{FxBuild, Interner, Str, Text};
 use crate::snapshot::Connection;
@@ -94,14 +94,10 @@ fn view(shape: Shape) -> Vec<Connection> {
 
 /// Median and quartiles of `runs` runs of `f`, in ns a connection.
 fn ns_per_conn(runs: usize, mut f: impl FnMut()) -> String {
-    let mut times: Vec<f64> = (0..runs)
-        .map(|_| {
-            let t = thread_cpu_ns();
-            f();
-            (thread_cpu_ns() - t) / CONNS as f64
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
+    let times = sorted_ns_per_conn(runs, || {
+        f();
+        CONNS
+    });
     let q = |at: usize| times[at * (runs - 1) / 4];
     format!("{:.0} ({:.0}–{:.0})", q(2), q(1), q(3))
 }

@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 
 use super::{reply, Head, ListStart, Visit};
-use crate::bench::thread_cpu_ns;
+use crate::bench::sorted_ns_per_conn;
 use crate::nats::page::{parse_server_list, serde_reference};
 use crate::nats::snappy::Payload;
 use crate::nats::wire::{Rfc3339, ServerInfo, SweepConn};
@@ -139,15 +139,11 @@ impl Visit for Gather {
 /// The median ns of CPU per connection of `runs` runs of `f` (which returns the connections
 /// it read).
 fn ns_per_conn(runs: usize, mut f: impl FnMut() -> usize) -> f64 {
-    let mut times: Vec<f64> = (0..runs)
-        .map(|_| {
-            let t = thread_cpu_ns();
-            let n = f();
-            assert_eq!(n, CONNS, "every connection read");
-            (thread_cpu_ns() - t) / n as f64
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
+    let times = sorted_ns_per_conn(runs, || {
+        let n = f();
+        assert_eq!(n, CONNS, "every connection read");
+        n
+    });
     times[runs / 2]
 }
 
