@@ -69,6 +69,23 @@ fn reported(report: &Value) -> BTreeMap<(String, String), BTreeMap<String, u64>>
         .collect()
 }
 
+/// `user`'s connections by remote IP over every server, as the servers' own `/connz` say.
+fn ips_of(cluster: &Cluster, user: &str) -> BTreeMap<String, u64> {
+    let mut ips = BTreeMap::new();
+    for i in 0..cluster.len() {
+        let connz = cluster
+            .monitor_get(i, "/connz?auth=true&limit=100000")
+            .unwrap();
+        for c in connz["connections"].as_array().unwrap() {
+            if c["authorized_user"] == user {
+                *ips.entry(c["ip"].as_str().unwrap().to_string())
+                    .or_default() += 1;
+            }
+        }
+    }
+    ips
+}
+
 /// connwatch's own connection is in the ground truth read after it exits: drop the system
 /// account from both sides, the app accounts are what must match exactly.
 fn without_system(
@@ -88,12 +105,17 @@ async fn census_is_exact_across_servers_and_pages_and_a_stopped_server_makes_it_
                     .user("leaky", "leaky-pw")
                     .user("app", "app-pw"),
             )
-            .account(AccountSpec::new("OTHER").user("batch", "batch-pw")),
+            .account(
+                AccountSpec::new("OTHER")
+                    .user("batch", "batch-pw")
+                    .user("fleet", "fleet-pw"),
+            ),
     )
     .unwrap();
 
     // 2,500 leaked (idle, named) connections of one user on one server, a healthy publishing
-    // user spread over all three, and an unnamed batch user on the second.
+    // user spread over all three, an unnamed batch user on the second, and a fleet whose every
+    // client is a host of its own (its own loopback address), 20 on each server.
     let leaky = LoadAuth::user_password("leaky", "leaky-pw");
     let app = LoadAuth::user_password("app", "app-pw");
     let mut loads = vec![
@@ -113,6 +135,14 @@ async fn census_is_exact_across_servers_and_pages_and_a_stopped_server_makes_it_
             .name("orders")
             .publish_every(Duration::from_millis(200));
         loads.push(load::open(spec).await.unwrap());
+        let fleet = LoadSpec::new(
+            cluster.client_url(i),
+            LoadAuth::user_password("fleet", "fleet-pw"),
+            20,
+        )
+        .name("pod")
+        .own_ips_from(std::net::Ipv4Addr::new(127, 1, 0, 1 + 20 * i as u8));
+        loads.push(load::open(fleet).await.unwrap());
     }
 
     let state = dir.path().join("state.json");
@@ -153,6 +183,17 @@ async fn census_is_exact_across_servers_and_pages_and_a_stopped_server_makes_it_
         assert_eq!(app["connections"], 90);
         assert_eq!(app["over_threshold"], false);
         assert_eq!(user(&report, "OTHER", "batch")["by_name"][""], 42);
+        let fleet = user(&report, "OTHER", "fleet");
+        let ips = ips_of(&cluster, "fleet");
+        assert_eq!(ips.len(), 60, "{label}: load not as planned: {ips:?}");
+        assert_eq!(fleet["by_ip"], serde_json::json!(ips), "{label}");
+        let spread = &fleet["spread"];
+        assert_eq!(
+            (&spread["processes"], &spread["ips"], &spread["max_per_ip"]),
+            (&60.into(), &60.into(), &1.into()),
+            "{label}: {spread}"
+        );
+        assert_eq!(leaky["spread"]["processes"], 1, "{label}");
         let sys = report["users"]
             .as_array()
             .unwrap()

@@ -10,6 +10,7 @@ use hashbrown::hash_map::RawEntryMut;
 use hashbrown::HashMap;
 use std::time::Duration;
 
+use super::ip::{Ip, IpRef, ProcessRef};
 use super::{
     pattern_alone, threshold_for, Census, LeakPattern, ProcessCount, Signature, Spread, Suspect,
     UserCensus, USED_ONCE_MIN_PER_PROCESS,
@@ -67,7 +68,7 @@ struct UserAgg {
     /// Connections at the census's `first_server`, not in `by_server` until joined or finished.
     at_first_server: u64,
     /// (IP, client name) → counts (by name and by IP are summed from it at `finish`).
-    processes: HashMap<(Str, Str), Process, FxBuild>,
+    processes: HashMap<(Ip, Str), Process, FxBuild>,
     /// `zero_msgs` suspects.
     zero_msgs: Kept,
 }
@@ -80,8 +81,8 @@ struct Process {
     /// of the `used_once` pattern once the process holds at least
     /// [`USED_ONCE_MIN_PER_PROCESS`] of them.
     used_once: u64,
-    /// The longest idle of them.
-    candidates: Kept,
+    /// The longest idle of them (made at the first: most processes have none).
+    candidates: Option<Box<Kept>>,
 }
 
 /// What a suspect shows of its connection.
@@ -353,12 +354,17 @@ impl Aggregate {
         } else {
             bump(&mut u.by_server, c.server, texts);
         }
-        let process = pair_slot(
-            &mut u.processes,
-            Pair(c.ip, c.name),
-            texts,
-            Process::default,
-        );
+        let process = match u
+            .processes
+            .raw_entry_mut()
+            .from_key(&ProcessRef(IpRef::of(c.ip), c.name))
+        {
+            RawEntryMut::Occupied(o) => o.into_mut(),
+            RawEntryMut::Vacant(v) => {
+                let key = (IpRef::of(c.ip).owned(texts), texts.get(c.name));
+                v.insert(key, Process::default()).1
+            }
+        };
         process.connections += 1;
         let max = self.detect.max_suspects_per_user;
         match pattern_alone(c, &self.sig) {
@@ -370,9 +376,13 @@ impl Aggregate {
             Some(LeakPattern::UsedOnce) => {
                 process.used_once += 1;
                 let seq = self.connections;
-                process
-                    .candidates
-                    .offer(seq, c, texts, LeakPattern::UsedOnce, max);
+                process.candidates.get_or_insert_default().offer(
+                    seq,
+                    c,
+                    texts,
+                    LeakPattern::UsedOnce,
+                    max,
+                );
             }
             None => {}
         }
@@ -450,7 +460,10 @@ impl UserAgg {
             let mine = self.processes.entry(key).or_default();
             mine.connections += p.connections;
             mine.used_once += p.used_once;
-            mine.candidates.join(p.candidates, base, max);
+            if let Some(theirs) = p.candidates {
+                let kept = mine.candidates.get_or_insert_default();
+                kept.join(*theirs, base, max);
+            }
         }
     }
 
@@ -459,7 +472,8 @@ impl UserAgg {
         let candidates = self
             .processes
             .values_mut()
-            .flat_map(|p| p.candidates.list.iter_mut());
+            .filter_map(|p| p.candidates.as_mut())
+            .flat_map(|k| k.list.iter_mut());
         for c in self.zero_msgs.list.iter_mut().chain(candidates) {
             c.seq += base;
         }
@@ -478,10 +492,22 @@ fn min_some<T: Ord>(a: Option<T>, b: Option<T>) -> Option<T> {
 fn finish_user(u: &UserAgg, first: Option<&Str>, detect: &DetectConfig) -> UserCensus {
     let mut uc = u.census.clone();
     let max = detect.max_suspects_per_user;
-    let mut counts = Vec::new();
-    let (mut by_name, mut by_ip) = (BTreeMap::new(), BTreeMap::new());
+    let mut by_name = BTreeMap::new();
     let mut suspects: Vec<&Candidate> = u.zero_msgs.list.iter().collect();
-    for ((ip, name), p) in &u.processes {
+    // The processes in the order of their IPs' texts, then names: `by_ip` is built from runs
+    // of one IP, and the first process with the most connections is the top one. Most
+    // processes of a user may have an IP of their own (a fleet of hosts or pods): a sort by
+    // packed texts costs them less than a search of `by_ip` each.
+    let mut processes: Vec<_> = u
+        .processes
+        .iter()
+        .map(|((ip, name), p)| (ip.text_order(), name, ip, p))
+        .collect();
+    processes.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
+    let mut ips: Vec<(String, u64)> = Vec::new();
+    let mut top: Option<(&Ip, &Str, u64, u64)> = None;
+    let mut last_ip = None;
+    for (order, name, ip, p) in processes {
         // Used once, but too few such connections in the process: a live client's start-up
         // work, not the connection-per-request pattern; not suspects, not counted.
         let used_once = if p.used_once < USED_ONCE_MIN_PER_PROCESS as u64 {
@@ -490,12 +516,18 @@ fn finish_user(u: &UserAgg, first: Option<&Str>, detect: &DetectConfig) -> UserC
             p.used_once
         };
         uc.idle_used_once += used_once;
-        if used_once > 0 {
-            suspects.extend(&p.candidates.list);
+        if let Some(kept) = p.candidates.as_ref().filter(|_| used_once > 0) {
+            suspects.extend(&kept.list);
         }
-        *by_ip.entry(ip.to_string()).or_default() += p.connections;
-        *by_name.entry(name.to_string()).or_default() += p.connections;
-        counts.push((ip.clone(), name.clone(), p.connections, used_once));
+        match ips.last_mut() {
+            Some((_, n)) if last_ip == Some(order) => *n += p.connections,
+            _ => ips.push((ip.to_string(), p.connections)),
+        }
+        last_ip = Some(order);
+        count_in(&mut by_name, name, p.connections);
+        if top.is_none_or(|(_, _, n, _)| p.connections > n) {
+            top = Some((ip, name, p.connections, used_once));
+        }
     }
     uc.oldest_start = u.oldest_start.and_then(Stamp::time);
     uc.newest_start = u.newest_start.and_then(Stamp::time);
@@ -513,29 +545,37 @@ fn finish_user(u: &UserAgg, first: Option<&Str>, detect: &DetectConfig) -> UserC
     }
     uc.by_server = by_server;
     uc.by_name = by_name;
-    uc.by_ip = by_ip;
+    // In text order already: built in one pass, without a search per IP.
+    uc.by_ip = BTreeMap::from_iter(ips);
     uc.threshold = threshold_for(detect, &uc);
     uc.over_threshold = uc.connections > uc.threshold;
-    uc.spread = spread(&uc, &counts);
+    let top_process = top.map(|(ip, name, connections, used_once)| ProcessCount {
+        ip: ip.to_string(),
+        name: name.to_string(),
+        connections,
+        used_once,
+    });
+    uc.spread = spread(&uc, u.processes.len() as u64, top_process);
     uc
 }
 
-/// Summarises how a user's connections spread over processes (IP, client name, connections,
-/// `used_once` suspects) and IPs.
-fn spread(u: &UserCensus, processes: &[(Str, Str, u64, u64)]) -> Spread {
-    let top_process = processes
-        .iter()
-        .max_by(|a, b| a.2.cmp(&b.2).then_with(|| (&b.0, &b.1).cmp(&(&a.0, &a.1))))
-        .map(|(ip, name, n, used_once)| ProcessCount {
-            ip: ip.to_string(),
-            name: name.to_string(),
-            connections: *n,
-            used_once: *used_once,
-        });
+/// Counts `n` more for `key` (its text copied only when it is new).
+fn count_in(map: &mut BTreeMap<String, u64>, key: &str, n: u64) {
+    match map.get_mut(key) {
+        Some(count) => *count += n,
+        None => {
+            map.insert(key.to_owned(), n);
+        }
+    }
+}
+
+/// Summarises how a user's connections spread over its `processes` (IP, client name), the
+/// largest of them `top_process`, and its IPs.
+fn spread(u: &UserCensus, processes: u64, top_process: Option<ProcessCount>) -> Spread {
     let mut per_ip: Vec<u64> = u.by_ip.values().copied().collect();
     per_ip.sort_unstable();
     Spread {
-        processes: processes.len() as u64,
+        processes,
         top_process,
         ips: per_ip.len() as u64,
         max_per_ip: per_ip.last().copied().unwrap_or(0),
@@ -554,7 +594,7 @@ mod tests {
             server: server.into(),
             account: "A".repeat(56).into(),
             user: user.into(),
-            ip: "10.1.2.3".into(),
+            ip: "2001:db8::7".into(),
             name: name.into(),
             ..Connection::default()
         };
@@ -574,7 +614,11 @@ mod tests {
         let ips: Vec<&str> = agg
             .users
             .values()
-            .flat_map(|u| u.processes.keys().map(|(ip, _)| ip.as_str()))
+            .flat_map(|u| u.processes.keys())
+            .map(|(ip, _)| match ip {
+                Ip::Text(t) => t.as_str(),
+                Ip::V4(_) => panic!("an IPv6 address is held as its text"),
+            })
             .collect();
         assert_eq!(ips.len(), 3, "(u1, a), (u2, a), (u2, b)");
         assert!(ips.iter().all(|ip| std::ptr::eq(*ip, ips[0])));
@@ -586,5 +630,19 @@ mod tests {
         assert_eq!(servers, ["n2", "n2"]);
         assert!(std::ptr::eq(servers[0], servers[1]));
         assert_eq!(agg.finish().connections, 4);
+
+        // An IPv4 address holds no text: it is packed.
+        let v4 = Connection {
+            ip: "10.1.2.3".into(),
+            ..conn("n1", "u3", "a")
+        };
+        agg.add(&v4.view());
+        let u3 = &agg.users[&Pair(&"A".repeat(56), "u3")];
+        let keys: Vec<&Ip> = u3.processes.keys().map(|(ip, _)| ip).collect();
+        assert_eq!(keys, [&Ip::V4(0x0a01_0203)]);
+        let finished = agg.finish();
+        let u3 = finished.users.iter().find(|u| u.user == "u3").unwrap();
+        assert_eq!(u3.by_ip["10.1.2.3"], 1);
+        assert_eq!(u3.spread.top_process.as_ref().unwrap().ip, "10.1.2.3");
     }
 }

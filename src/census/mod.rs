@@ -283,6 +283,7 @@ pub fn threshold_for(detect: &DetectConfig, u: &UserCensus) -> u64 {
 }
 
 mod aggregate;
+mod ip;
 pub use aggregate::{build, Aggregate};
 
 #[cfg(test)]

@@ -453,3 +453,41 @@ fn counts_by_server_name_and_ip_are_each_users_connections_counted_directly() {
     }
     assert_eq!(census.users.len(), 4);
 }
+
+#[test]
+fn a_fleet_with_an_ip_per_client_counts_every_ip_and_the_top_process_is_first_by_text() {
+    // Each client its own host, IPv4 and IPv6, the same IP under two names once; the IPs
+    // sort differently as numbers and as texts ("10.0.0.10" before "10.0.0.9").
+    let ips = ["10.0.0.9", "10.0.0.10", "9.1.1.1", "2001:db8::a", "::1", "10.0.0.9"];
+    let names = ["pod", "pod", "pod", "pod", "pod", "sidecar"];
+    let conns: Vec<Connection> = ips
+        .iter()
+        .zip(names)
+        .enumerate()
+        .map(|(i, (ip, name))| conn("n1", i as u64, "APP", "fleet", name, ip))
+        .collect();
+    let census = build(&conns, None, &DetectConfig::default());
+    let u = &census.users[0];
+    let expect: BTreeMap<String, u64> = [
+        ("10.0.0.10", 1),
+        ("10.0.0.9", 2),
+        ("2001:db8::a", 1),
+        ("9.1.1.1", 1),
+        ("::1", 1),
+    ]
+    .into_iter()
+    .map(|(ip, n)| (ip.to_string(), n))
+    .collect();
+    assert_eq!(u.by_ip, expect);
+    assert_eq!((u.spread.processes, u.spread.ips), (6, 5));
+    assert_eq!((u.spread.max_per_ip, u.spread.median_per_ip), (2, 1));
+    // Every process holds one connection: the top one is the first by IP text, then name.
+    let top = u.spread.top_process.as_ref().unwrap();
+    assert_eq!((top.ip.as_str(), top.name.as_str()), ("10.0.0.10", "pod"));
+    // With a process of two, that one.
+    let mut more = conns.clone();
+    more.push(conn("n2", 99, "APP", "fleet", "pod", "::1"));
+    let census = build(&more, None, &DetectConfig::default());
+    let top = census.users[0].spread.top_process.clone().unwrap();
+    assert_eq!((top.ip.as_str(), top.connections), ("::1", 2));
+}

@@ -4,6 +4,7 @@
 //! and then lives in a small tokio task that answers the server's keep-alive `PING`s (and,
 //! optionally, publishes now and then), so the server sees real, non-stale clients.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use nkeys::KeyPair;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -97,6 +98,9 @@ pub struct LoadSpec {
     /// If set, a connection the server closes (e.g. kicked) connects again after this delay,
     /// like a client library with reconnect enabled.
     pub reconnect: Option<Duration>,
+    /// If set, connection `i` connects from its own loopback address, this one plus `i` (as
+    /// a fleet whose every client is a host of its own); else from the system's choice.
+    pub own_ips_from: Option<Ipv4Addr>,
 }
 
 impl LoadSpec {
@@ -109,7 +113,22 @@ impl LoadSpec {
             count,
             publish_every: None,
             reconnect: None,
+            own_ips_from: None,
         }
+    }
+
+    /// Connects connection `i` from loopback address `first` plus `i` (any address of
+    /// 127.0.0.0/8 is the loopback interface's on Linux): a client per IP, as a fleet of
+    /// hosts or pods.
+    pub fn own_ips_from(mut self, first: Ipv4Addr) -> Self {
+        self.own_ips_from = Some(first);
+        self
+    }
+
+    /// The address connection `i` connects from, when it has its own.
+    fn source(&self, i: usize) -> Option<Ipv4Addr> {
+        let first = u32::from(self.own_ips_from?);
+        Some(Ipv4Addr::from(first.wrapping_add(i as u32)))
     }
 
     /// Sets the client name.
@@ -159,21 +178,23 @@ pub async fn open(spec: LoadSpec) -> anyhow::Result<Load> {
         reconnects: Arc::new(AtomicUsize::new(0)),
     };
     let mut handshakes = futures::stream::iter(0..spec.count)
-        .map(|_| {
+        .map(|i| {
             let (spec, signer, addr) = (spec.clone(), signer.clone(), addr.clone());
             async move {
+                let from = spec.source(i);
                 tokio::time::timeout(
                     HANDSHAKE_TIMEOUT,
-                    handshake(&addr, &spec, signer.as_deref()),
+                    handshake(&addr, from, &spec, signer.as_deref()),
                 )
                 .await
                 .map_err(|_| anyhow!("no PONG from {addr} within {HANDSHAKE_TIMEOUT:?}"))?
+                .map(|conn| (conn, from))
             }
         })
         .buffer_unordered(OPEN_CONCURRENCY);
     while let Some(result) = handshakes.next().await {
         match result {
-            Ok(conn) => {
+            Ok((conn, from)) => {
                 load.alive.fetch_add(1, Ordering::SeqCst);
                 let guard = AliveGuard(load.alive.clone());
                 let cancel = load.cancel.clone();
@@ -194,7 +215,7 @@ pub async fn open(spec: LoadSpec) -> anyhow::Result<Load> {
                         }
                         let again = tokio::time::timeout(
                             HANDSHAKE_TIMEOUT,
-                            handshake(&addr, &spec, signer.as_deref()),
+                            handshake(&addr, from, &spec, signer.as_deref()),
                         );
                         if let Ok(Ok(again)) = again.await {
                             alive.fetch_add(1, Ordering::SeqCst);
@@ -310,10 +331,15 @@ struct Conn {
     writer: OwnedWriteHalf,
 }
 
-async fn handshake(addr: &str, spec: &LoadSpec, signer: Option<&KeyPair>) -> anyhow::Result<Conn> {
-    let stream = TcpStream::connect(addr)
+async fn handshake(
+    addr: &str,
+    from: Option<Ipv4Addr>,
+    spec: &LoadSpec,
+    signer: Option<&KeyPair>,
+) -> anyhow::Result<Conn> {
+    let stream = connect(addr, from)
         .await
-        .with_context(|| format!("failed to connect to {addr}"))?;
+        .with_context(|| format!("failed to connect to {addr} (from {from:?})"))?;
     let (reader, mut writer) = stream.into_split();
     let mut lines = LineReader {
         reader,
@@ -363,6 +389,20 @@ async fn handshake(addr: &str, spec: &LoadSpec, signer: Option<&KeyPair>) -> any
             None => bail!("{addr} closed the connection before PONG"),
         }
     }
+}
+
+/// A TCP connection to `addr`, from `from` when given.
+async fn connect(addr: &str, from: Option<Ipv4Addr>) -> std::io::Result<TcpStream> {
+    let Some(from) = from else {
+        return TcpStream::connect(addr).await;
+    };
+    let to = tokio::net::lookup_host(addr)
+        .await?
+        .find(SocketAddr::is_ipv4)
+        .ok_or_else(|| std::io::Error::other(format!("{addr} has no IPv4 address")))?;
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((from, 0)))?;
+    socket.connect(to).await
 }
 
 impl Conn {

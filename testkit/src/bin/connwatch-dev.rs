@@ -154,6 +154,7 @@ async fn main() -> anyhow::Result<()> {
                 count,
                 publish_every,
                 reconnect,
+                own_ips_from: None,
             };
             run_load(spec, hold).await
         }

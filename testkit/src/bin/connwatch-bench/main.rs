@@ -126,6 +126,11 @@ struct RunArgs {
     /// and is partial
     #[arg(long, default_value_t = 0)]
     silent_servers: usize,
+    /// Every client of the 500 users connects from a loopback address of its own (127.1.x.y),
+    /// as a fleet of hosts or pods: a user has as many IPs and processes as connections. The
+    /// hot user's connections stay on 127.0.0.1 (one leaking process).
+    #[arg(long)]
+    ip_per_client: bool,
     /// Another build of this bench (e.g. of the main branch, built by
     /// `scripts/bench-aggregate.sh`): methods named `main:<kind>` run in its children, side by
     /// side with this build's in the same run.
@@ -789,6 +794,9 @@ struct PlanEntry {
     /// Open at this many connections a second (in tenths of a second) instead of at once.
     #[serde(default)]
     rate: Option<f64>,
+    /// Connection `i` connects from this loopback address plus `i` (an IP per client).
+    #[serde(default)]
+    own_ips_from: Option<std::net::Ipv4Addr>,
 }
 
 fn load_worker(plan: &Path) -> anyhow::Result<()> {
@@ -827,16 +835,21 @@ fn load_worker(plan: &Path) -> anyhow::Result<()> {
 
 /// Opens one plan entry's connections: at once, or in chunks every 100 ms at its rate.
 async fn open_entry(e: PlanEntry) -> anyhow::Result<Vec<load::Load>> {
-    let spec = |count: usize| {
-        LoadSpec::new(
+    // `count` connections, the first of them the entry's `opened`-th.
+    let spec = |count: usize, opened: usize| {
+        let spec = LoadSpec::new(
             e.server.clone(),
             LoadAuth::user_password(e.user.clone(), LOAD_PASSWORD),
             count,
         )
-        .name(e.name.clone())
+        .name(e.name.clone());
+        match e.own_ips_from {
+            Some(first) => spec.own_ips_from((u32::from(first) + opened as u32).into()),
+            None => spec,
+        }
     };
     let Some(rate) = e.rate else {
-        return Ok(vec![load::open(spec(e.count)).await?]);
+        return Ok(vec![load::open(spec(e.count, 0)).await?]);
     };
     let chunk = ((rate / 10.0).ceil() as usize).max(1);
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -845,7 +858,7 @@ async fn open_entry(e: PlanEntry) -> anyhow::Result<Vec<load::Load>> {
     while opened < e.count {
         tick.tick().await;
         let n = chunk.min(e.count - opened);
-        loads.push(load::open(spec(n)).await?);
+        loads.push(load::open(spec(n, opened)).await?);
         opened += n;
     }
     Ok(loads)
@@ -988,7 +1001,14 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
 
     for (step, &size) in args.sizes.iter().enumerate() {
         let want = distribution(size, args.accounts, args.users, args.hot_share, n_servers);
-        workers.extend(grow_load(&cluster, &dir, step, &have, &want, size)?);
+        workers.extend(grow_load(
+            &cluster,
+            &dir,
+            (step, args.ip_per_client),
+            &have,
+            &want,
+            size,
+        )?);
         have = want;
         eprintln!("{size} connections open; measuring");
 
@@ -1229,15 +1249,19 @@ fn start_spec(
 
 /// Grows the load from `have` to `want` connections per (server, account, user): one worker
 /// process per server holding the new ones, then waits until the servers count `size` in all.
+/// With `ip_per_client`, every new connection but the hot user's has a loopback address of
+/// its own (127.1.0.0 plus the connections opened before it).
 fn grow_load(
     cluster: &Cluster,
     dir: &Path,
-    step: usize,
+    (step, ip_per_client): (usize, bool),
     have: &BTreeMap<(usize, String, String), usize>,
     want: &BTreeMap<(usize, String, String), usize>,
     size: usize,
 ) -> anyhow::Result<Vec<Worker>> {
     let mut workers = Vec::new();
+    let mut next_ip =
+        u32::from(std::net::Ipv4Addr::new(127, 1, 0, 0)) + have.values().sum::<usize>() as u32;
     for (s, url) in cluster.client_urls().iter().enumerate() {
         let plan: Vec<PlanEntry> = want
             .iter()
@@ -1258,6 +1282,10 @@ fn grow_load(
                     ),
                     count: delta,
                     rate: None,
+                    own_ips_from: (ip_per_client && k.2 != HOT_USER).then(|| {
+                        next_ip += delta as u32;
+                        std::net::Ipv4Addr::from(next_ip - delta as u32)
+                    }),
                 })
             })
             .collect();

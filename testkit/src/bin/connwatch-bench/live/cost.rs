@@ -520,7 +520,7 @@ pub fn cost(args: CostArgs) -> anyhow::Result<()> {
         }
         let (cluster, pids) = start_cluster(&dir, 50, 10, vec![churn_acc])?;
         let want = distribution(args.size, 50, 10, 0.1, cluster.len());
-        let workers = grow_load(&cluster, &dir, 0, &BTreeMap::new(), &want, args.size)?;
+        let workers = grow_load(&cluster, &dir, (0, false), &BTreeMap::new(), &want, args.size)?;
         eprintln!("{} connections open; settling", args.size);
         tokio::time::sleep(Duration::from_secs(5)).await;
         let load_before = loadavg();

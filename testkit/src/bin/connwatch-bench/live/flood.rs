@@ -47,6 +47,7 @@ pub fn flood(args: FloodArgs) -> anyhow::Result<()> {
                         name: format!("flood-{u}"),
                         count: per,
                         rate: Some(rate),
+                        own_ips_from: None,
                     })
                     .collect();
                 let path = dir.join(format!("flood-{s}.json"));
