@@ -458,7 +458,14 @@ fn counts_by_server_name_and_ip_are_each_users_connections_counted_directly() {
 fn a_fleet_with_an_ip_per_client_counts_every_ip_and_the_top_process_is_first_by_text() {
     // Each client its own host, IPv4 and IPv6, the same IP under two names once; the IPs
     // sort differently as numbers and as texts ("10.0.0.10" before "10.0.0.9").
-    let ips = ["10.0.0.9", "10.0.0.10", "9.1.1.1", "2001:db8::a", "::1", "10.0.0.9"];
+    let ips = [
+        "10.0.0.9",
+        "10.0.0.10",
+        "9.1.1.1",
+        "2001:db8::a",
+        "::1",
+        "10.0.0.9",
+    ];
     let names = ["pod", "pod", "pod", "pod", "pod", "sidecar"];
     let conns: Vec<Connection> = ips
         .iter()
