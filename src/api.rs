@@ -26,6 +26,7 @@ use crate::census::Census;
 use crate::config::ServiceConfig;
 use crate::lifecycle::Active;
 use crate::report::{Filter, Report, SweepSummary};
+use crate::rules::MAX_MAP_ENTRIES;
 
 /// The latest round's results, read by the endpoints.
 #[derive(Debug, Clone, Default)]
@@ -87,8 +88,17 @@ fn query<T: Default + for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Servi
     })
 }
 
-/// The census endpoint's answer.
-pub fn census_reply(latest: &Latest, body: &[u8]) -> Result<Bytes, ServiceError> {
+/// The census endpoint's answer, within `max_payload` bytes (the servers' limit on a message):
+/// the census as `report --format json` shapes it. Over that, each user's `by_name` and
+/// `by_ip` are cut to their [`MAX_MAP_ENTRIES`] largest (`maps_cut_to` says so; `spread` keeps
+/// the totals), as a fleet whose every client has its own IP makes them long; still over, a
+/// 413 that says how to ask for less. Never a reply the servers refuse (the asker would only
+/// time out).
+pub fn census_reply(
+    latest: &Latest,
+    body: &[u8],
+    max_payload: usize,
+) -> Result<Bytes, ServiceError> {
     let q: CensusQuery = query(body)?;
     let sweep = latest.sweep.clone().ok_or(ServiceError {
         code: 503,
@@ -99,28 +109,74 @@ pub fn census_reply(latest: &Latest, body: &[u8]) -> Result<Bytes, ServiceError>
         user: q.user,
         top: q.top,
     };
-    Ok(Bytes::from(
-        serde_json::to_vec(&Report::of_summary(sweep, &latest.census, &filter))
-            .expect("serializes"),
-    ))
+    let whole = Report::of_summary(sweep.clone(), &latest.census, &filter);
+    let whole = serde_json::to_vec(&whole).expect("serializes");
+    if whole.len() <= max_payload {
+        return Ok(Bytes::from(whole));
+    }
+    let cut = Census {
+        connections: latest.census.connections,
+        users: latest
+            .census
+            .users
+            .iter()
+            .map(|u| u.with_maps_cut(MAX_MAP_ENTRIES))
+            .collect(),
+    };
+    let mut report = Report::of_summary(sweep, &cut, &filter);
+    report.maps_cut_to = Some(MAX_MAP_ENTRIES);
+    let cut = serde_json::to_vec(&report).expect("serializes");
+    within(
+        cut,
+        max_payload,
+        &format!(
+            "the census is {} bytes, over the servers' max_payload of {max_payload} even with each user's by_name and by_ip cut to their {MAX_MAP_ENTRIES} largest: ask for fewer users ({{\"top\": 100}}) or one account or user",
+            whole.len()
+        ),
+    )
 }
 
-/// The findings endpoint's answer.
-pub fn findings_reply(latest: &Latest, body: &[u8]) -> Result<Bytes, ServiceError> {
+/// The findings endpoint's answer, within `max_payload` bytes (else a 413).
+pub fn findings_reply(
+    latest: &Latest,
+    body: &[u8],
+    max_payload: usize,
+) -> Result<Bytes, ServiceError> {
     let q: FindingsQuery = query(body)?;
     let findings: Vec<&Active> = latest
         .findings
         .iter()
         .filter(|a| q.r#type.as_deref().is_none_or(|t| t == a.kind().name()))
         .collect();
-    Ok(Bytes::from(
-        serde_json::to_vec(&serde_json::json!({ "findings": findings })).expect("serializes"),
-    ))
+    let reply =
+        serde_json::to_vec(&serde_json::json!({ "findings": findings })).expect("serializes");
+    let over = format!(
+        "the findings are {} bytes, over the servers' max_payload of {max_payload}: ask for one type ({{\"type\": \"excessive_user_connections\"}})",
+        reply.len()
+    );
+    within(reply, max_payload, &over)
+}
+
+/// `reply` when it fits in `max_payload` bytes, else a 413 saying `why`.
+fn within(reply: Vec<u8>, max_payload: usize, why: &str) -> Result<Bytes, ServiceError> {
+    if reply.len() <= max_payload {
+        return Ok(Bytes::from(reply));
+    }
+    warn!(
+        bytes = reply.len(),
+        max_payload, "service reply too large: {why}"
+    );
+    Err(ServiceError {
+        code: 413,
+        status: why.to_string(),
+    })
 }
 
 /// The service, registered with its endpoints and ready to [`Endpoints::serve`].
 pub struct Endpoints {
     service: async_nats::service::Service,
+    /// The connection the endpoints answer on: its server's `max_payload` bounds a reply.
+    client: async_nats::Client,
     census: Endpoint,
     findings: Endpoint,
     sweep: Endpoint,
@@ -177,6 +233,7 @@ pub async fn start(
     info!(prefix = %cfg.prefix, "service endpoints ready");
     Ok(Endpoints {
         service,
+        client: client.clone(),
         census,
         findings,
         sweep,
@@ -217,6 +274,7 @@ impl Endpoints {
     ) -> Result<(), async_nats::Error> {
         let Endpoints {
             service,
+            client,
             mut census,
             mut findings,
             mut sweep,
@@ -225,11 +283,13 @@ impl Endpoints {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Some(req) = census.next() => {
-                    let reply = census_reply(&latest.read().expect("latest lock"), &req.message.payload);
+                    let max = max_payload(&client);
+                    let reply = census_reply(&latest.read().expect("latest lock"), &req.message.payload, max);
                     respond(&req, reply).await;
                 }
                 Some(req) = findings.next() => {
-                    let reply = findings_reply(&latest.read().expect("latest lock"), &req.message.payload);
+                    let max = max_payload(&client);
+                    let reply = findings_reply(&latest.read().expect("latest lock"), &req.message.payload, max);
                     respond(&req, reply).await;
                 }
                 Some(req) = sweep.next() => {
@@ -280,6 +340,11 @@ async fn sweep_now(
     ))
 }
 
+/// The most bytes a message may carry on `client`'s server (its `max_payload`).
+fn max_payload(client: &async_nats::Client) -> usize {
+    client.server_info().max_payload
+}
+
 async fn respond(req: &Request, reply: Result<Bytes, ServiceError>) {
     if let Err(e) = req.respond(reply).await {
         warn!(error = %e, "service reply failed");
@@ -299,10 +364,10 @@ mod tests {
             b"{\"acount\": \"x\"}",
             b"\xff\xfe",
         ] {
-            let e = census_reply(&latest, body).unwrap_err();
+            let e = census_reply(&latest, body, MAX).unwrap_err();
             assert_eq!(e.code, 400, "{body:?}");
             assert!(e.status.starts_with("invalid request"));
-            assert_eq!(findings_reply(&latest, body).unwrap_err().code, 400);
+            assert_eq!(findings_reply(&latest, body, MAX).unwrap_err().code, 400);
         }
     }
 
@@ -331,6 +396,95 @@ mod tests {
 
     #[test]
     fn census_before_the_first_sweep_is_unavailable() {
-        assert_eq!(census_reply(&Latest::default(), b"").unwrap_err().code, 503);
+        assert_eq!(
+            census_reply(&Latest::default(), b"", MAX).unwrap_err().code,
+            503
+        );
+    }
+
+    /// The servers' default `max_payload`.
+    const MAX: usize = 1024 * 1024;
+
+    /// A fleet: `fleet` with 3,000 clients, each on its own IP (and one IP with two more),
+    /// and a user `one` on one IP.
+    fn fleet() -> Latest {
+        use crate::snapshot::{Connection, Snapshot};
+        let conn = |cid: u64, user: &str, ip: String| Connection {
+            server: "n1".into(),
+            cid,
+            account: "APP".into(),
+            user: user.into(),
+            name: "pod".into(),
+            ip: ip.into(),
+            ..Connection::default()
+        };
+        let mut conns: Vec<Connection> = (0..3_000)
+            .map(|i| conn(i, "fleet", format!("10.1.{}.{}", i / 250, i % 250)))
+            .collect();
+        conns.push(conn(5_000, "fleet", "10.1.0.7".into()));
+        conns.push(conn(5_001, "fleet", "10.1.0.7".into()));
+        conns.push(conn(5_002, "one", "10.9.9.9".into()));
+        let census = crate::census::build(&conns, None, &crate::config::DetectConfig::default());
+        Latest {
+            sweep: Some(SweepSummary::of(&Snapshot::default())),
+            census,
+            findings: Vec::new(),
+        }
+    }
+
+    fn json(b: &Bytes) -> serde_json::Value {
+        serde_json::from_slice(b).unwrap()
+    }
+
+    #[test]
+    fn a_census_over_max_payload_comes_with_its_maps_cut_then_as_a_413() {
+        let latest = fleet();
+        let whole = census_reply(&latest, b"", MAX).unwrap();
+        let w = json(&whole);
+        assert!(w.get("maps_cut_to").is_none(), "whole: no mark");
+        assert_eq!(w["users"][0]["by_ip"].as_object().unwrap().len(), 3_000);
+
+        // One byte short of the whole: every user's maps cut, the totals kept, and it fits.
+        let max = whole.len() - 1;
+        let cut = census_reply(&latest, b"", max).unwrap();
+        assert!(cut.len() <= max, "{} > {max}", cut.len());
+        let c = json(&cut);
+        assert_eq!(c["maps_cut_to"], 50);
+        let fleet = &c["users"][0];
+        assert_eq!(fleet["user"], "fleet");
+        assert_eq!(fleet["connections"], 3_002);
+        let by_ip = fleet["by_ip"].as_object().unwrap();
+        assert_eq!(by_ip.len(), 50);
+        assert_eq!(by_ip["10.1.0.7"], 3, "the largest entry is kept");
+        assert_eq!(fleet["spread"]["ips"], 3_000, "the totals stay");
+        assert_eq!(c["users"][1]["by_ip"]["10.9.9.9"], 1);
+        assert_eq!(
+            (&c["users_total"], &w["users_total"]),
+            (&2.into(), &2.into())
+        );
+
+        // Smaller than even that: a 413 that says how to ask for less.
+        let max = cut.len() - 1;
+        let e = census_reply(&latest, b"", max).unwrap_err();
+        assert_eq!(e.code, 413);
+        assert!(
+            e.status.contains(&format!("max_payload of {max}")),
+            "{}",
+            e.status
+        );
+        assert!(e.status.contains("\"top\""), "{}", e.status);
+        // Asking for one user fits.
+        let one = census_reply(&latest, br#"{"user": "one"}"#, max).unwrap();
+        assert_eq!(json(&one)["users"][0]["user"], "one");
+    }
+
+    #[test]
+    fn findings_over_max_payload_are_a_413() {
+        let latest = fleet();
+        let none = findings_reply(&latest, b"", 20).unwrap();
+        assert_eq!(json(&none)["findings"], serde_json::json!([]));
+        let e = findings_reply(&latest, b"", 10).unwrap_err();
+        assert_eq!(e.code, 413);
+        assert!(e.status.contains("\"type\""), "{}", e.status);
     }
 }

@@ -124,6 +124,11 @@ pub struct Report<'a> {
     pub users_total: usize,
     /// The users shown, most connections first.
     pub users: Vec<ReportUser<'a>>,
+    /// Set when each user's `by_name` and `by_ip` were cut to this many largest entries (the
+    /// `census` endpoint, when the whole census is over the servers' `max_payload`); absent
+    /// when they are whole.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maps_cut_to: Option<usize>,
 }
 
 /// A user in the report: its census and, when one applies, its cap.
@@ -202,6 +207,7 @@ impl<'a> Report<'a> {
                 .take(take)
                 .map(|census| ReportUser { census, cap: None })
                 .collect(),
+            maps_cut_to: None,
         }
     }
 

@@ -573,3 +573,87 @@ async fn over_the_event_rate_the_events_give_way_to_sweeps_and_counts_stay_exact
     )
     .await;
 }
+
+/// A fleet whose every client has its own IP makes each user's `by_ip` as long as its
+/// connections: the `census` endpoint's reply, over the servers' `max_payload` (16 KiB here),
+/// still comes back (it would otherwise never be sent, and the asker time out), each user's
+/// maps cut to their 50 largest and said to be, the totals whole; one user asked alone comes
+/// whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_census_over_max_payload_comes_back_with_its_maps_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = ClusterSpec::new(dir.path().join("cluster")).account(
+        AccountSpec::new("APP")
+            .user("app", "pw")
+            .user("fleet", "fleet-pw"),
+    );
+    spec.max_payload = Some(16 * 1024);
+    let cluster = Cluster::start(spec).unwrap();
+    let _running = run(&cluster, dir.path(), "").await;
+    let mut loads = Vec::new();
+    for i in 0..3u32 {
+        let first = u32::from(std::net::Ipv4Addr::new(127, 2, 0, 1)) + 500 * i;
+        let spec = LoadSpec::new(
+            cluster.client_url(i as usize),
+            LoadAuth::user_password("fleet", "fleet-pw"),
+            500,
+        )
+        .name("pod")
+        .own_ips_from(first.into());
+        loads.push(load::open(spec).await.unwrap());
+    }
+    let app = connect(&cluster.client_url(0), "app", "pw").await.unwrap();
+    let (_, sys) = Seen::subscribe(&cluster.client_url(0)).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let census = loop {
+        let reply = call(&sys, "connwatch.census", "").await;
+        if let Ok(v) = &reply {
+            let fleet = v["users"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|u| u["user"] == "fleet");
+            if fleet.is_some_and(|f| f["connections"] == 1_500) {
+                break v.clone();
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no census with the fleet's 1,500: {reply:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(census["maps_cut_to"], 50, "{census}");
+    let fleet = report_user(&census, "APP", "fleet");
+    assert_eq!(fleet["by_ip"].as_object().unwrap().len(), 50);
+    assert_eq!(fleet["spread"]["ips"], 1_500);
+    assert_eq!(fleet["spread"]["processes"], 1_500);
+    assert_eq!(fleet["by_name"]["pod"], 1_500);
+    assert_eq!(report_user(&census, "APP", "app")["connections"], 1);
+    // The servers' own count of the fleet's IPs agrees.
+    let ips: usize = (0..3)
+        .map(|i| {
+            let connz = cluster
+                .monitor_get(i, "/connz?auth=true&limit=5000")
+                .unwrap();
+            connz["connections"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|c| c["authorized_user"] == "fleet")
+                .map(|c| c["ip"].as_str().unwrap().to_string())
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+        })
+        .sum();
+    assert_eq!(ips, 1_500);
+    let alone = call(&sys, "connwatch.census", r#"{"user": "app"}"#)
+        .await
+        .unwrap();
+    assert!(alone.get("maps_cut_to").is_none(), "{alone}");
+    assert_eq!(alone["users"][0]["by_ip"]["127.0.0.1"], 1);
+    drop(app);
+    for l in loads {
+        l.close().await;
+    }
+}

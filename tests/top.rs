@@ -309,6 +309,28 @@ fn enter_shows_the_users_detail_with_its_diagnosis() {
     assert!(lines.join("\n").contains("no finding firing for this user"));
 }
 
+#[test]
+fn a_detail_counts_the_ips_a_cut_census_does_not_list() {
+    // A fleet of 1,500 clients each on its own IP, as the census endpoint serves it when
+    // the whole census is over the servers' max_payload: its 50 largest IPs listed, `spread`
+    // counting all 1,500.
+    let mut d = data(false);
+    let fleet = &mut d.census.users[0];
+    fleet.by_ip = (0..50)
+        .map(|i| (format!("10.2.0.{i}"), 1))
+        .collect::<BTreeMap<_, _>>();
+    fleet.spread.ips = 1_500;
+    let mut ui = Ui::default();
+    press(
+        &mut ui,
+        &d,
+        KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE),
+    );
+    let (lines, _) = render(Some(&d), &ui, 120, 24, false);
+    let text = lines.join(" ");
+    assert!(text.contains("+1495 more"), "{text}");
+}
+
 fn plan(cid: u64) -> KickPlan {
     KickPlan {
         server: "n1".into(),

@@ -235,6 +235,24 @@ pub fn classify<'a>(
 }
 
 impl UserCensus {
+    /// This census with `by_name` and `by_ip` cut to their `max` largest entries (ties by key),
+    /// so that what carries it stays small whatever the user does; `spread` keeps the totals.
+    pub fn with_maps_cut(&self, max: usize) -> UserCensus {
+        let top = |m: &BTreeMap<String, u64>| -> BTreeMap<String, u64> {
+            let mut v: Vec<(&String, &u64)> = m.iter().collect();
+            v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+            v.into_iter()
+                .take(max)
+                .map(|(k, n)| (k.clone(), *n))
+                .collect()
+        };
+        UserCensus {
+            by_name: top(&self.by_name),
+            by_ip: top(&self.by_ip),
+            ..self.clone()
+        }
+    }
+
     /// A short label: `name (key)` when there is a human name, else the key.
     pub fn label(&self) -> String {
         match &self.user_name {

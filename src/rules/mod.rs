@@ -314,7 +314,7 @@ pub fn evaluate(census: &Census, detect: &DetectConfig, ctx: &Context) -> Vec<Fi
         }
         let churn = ctx.churn.get(&(u.account.clone(), u.user.clone()));
         let finding = Box::new(UserFinding {
-            census: bounded(u),
+            census: u.with_maps_cut(MAX_MAP_ENTRIES),
             diagnosis: diagnose(u, churn),
             growth: trend,
         });
@@ -359,24 +359,6 @@ pub fn evaluate(census: &Census, detect: &DetectConfig, ctx: &Context) -> Vec<Fi
 
 /// Entries kept in an advisory's `by_name` and `by_ip` (the largest); `spread` has the totals.
 pub const MAX_MAP_ENTRIES: usize = 50;
-
-/// A user's census with its per-name and per-IP maps cut to their largest entries, so that an
-/// advisory stays small whatever the user does.
-fn bounded(u: &UserCensus) -> UserCensus {
-    let top = |m: &BTreeMap<String, u64>| -> BTreeMap<String, u64> {
-        let mut v: Vec<(&String, &u64)> = m.iter().collect();
-        v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-        v.into_iter()
-            .take(MAX_MAP_ENTRIES)
-            .map(|(k, n)| (k.clone(), *n))
-            .collect()
-    };
-    UserCensus {
-        by_name: top(&u.by_name),
-        by_ip: top(&u.by_ip),
-        ..u.clone()
-    }
-}
 
 /// The schema of a [`UserFinding`] says how far `by_name` and `by_ip` are bounded.
 fn bounded_maps(schema: &mut schemars::Schema) {

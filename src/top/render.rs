@@ -342,8 +342,10 @@ fn detail(frame: &mut Frame, area: Rect, s: &Screen, data: &Data, u: &UserCensus
             u.idle_zero_msgs
         )),
     ])];
-    let section = |title: &str, m: &BTreeMap<String, u64>| {
-        let more = m.len().saturating_sub(5);
+    // `count`: the entries there are (a census cut to fit the servers' `max_payload` lists
+    // each user's 50 largest IPs; `spread` has them all).
+    let section = |title: &str, m: &BTreeMap<String, u64>, count: usize| {
+        let more = count.max(m.len()).saturating_sub(5);
         let mut text = top(m, 5)
             .into_iter()
             .map(|(k, n)| format!("{} {n}", unnamed(k)))
@@ -354,9 +356,9 @@ fn detail(frame: &mut Frame, area: Rect, s: &Screen, data: &Data, u: &UserCensus
         }
         Line::raw(format!("{title}: {text}"))
     };
-    lines.push(section("by server", &u.by_server));
-    lines.push(section("by client name", &u.by_name));
-    lines.push(section("by IP", &u.by_ip));
+    lines.push(section("by server", &u.by_server, 0));
+    lines.push(section("by client name", &u.by_name, 0));
+    lines.push(section("by IP", &u.by_ip, u.spread.ips as usize));
     lines.push(Line::styled(
         format!(
             "suspects ({} listed of {} idle with no messages):",

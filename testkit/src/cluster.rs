@@ -130,6 +130,8 @@ pub struct ClusterSpec {
     pub accounts: Vec<AccountSpec>,
     /// Server-wide `max_connections`; `None` leaves the server default.
     pub max_connections: Option<u64>,
+    /// Server-wide `max_payload` (bytes); `None` leaves the server default (1 MiB).
+    pub max_payload: Option<u64>,
     /// How long to wait for every server to be up with its routes formed.
     pub start_timeout: Duration,
     /// TLS on the client port; `None` for plain `nats://`.
@@ -169,6 +171,7 @@ impl ClusterSpec {
             },
             accounts: Vec::new(),
             max_connections: None,
+            max_payload: None,
             start_timeout: Duration::from_secs(20),
             tls: None,
             system_permissions: None,
@@ -448,6 +451,9 @@ impl Cluster {
         );
         if let Some(max) = self.spec.max_connections {
             let _ = writeln!(out, "max_connections: {max}");
+        }
+        if let Some(max) = self.spec.max_payload {
+            let _ = writeln!(out, "max_payload: {max}");
         }
         if self.spec.jetstream {
             let store = self.spec.dir.join(format!("{}-js", server.name));
