@@ -889,12 +889,14 @@ async fn app_sweeper(
     (cluster, loads, sweeper)
 }
 
-/// A client of the cluster's system user, as connwatch connects.
+/// A client of the cluster's system user, as connwatch connects; always to n1, so a spy sees
+/// what a sweeper on it sends and receives with no wait for its interest to cross the routes
+/// (a spy on another server missed every STATSZ reply once).
 async fn system_client(cluster: &Cluster) -> async_nats::Client {
     use connwatch::config::{NatsConfig, Secret};
     let sys = cluster.system_user();
     let nats = NatsConfig {
-        servers: cluster.client_urls(),
+        servers: vec![cluster.client_url(0)],
         user: Some(sys.name.clone()),
         password: Some(Secret::new(sys.password.clone())),
         ..NatsConfig::default()
@@ -1036,6 +1038,19 @@ async fn a_bounded_counting_sweep_with_a_server_silent_reads_no_more_while_censu
     };
     let tasks = [record(asks, true), record(replies, false)];
     let snap = sweeper.sweep(&mut KnownServers::default()).await.unwrap();
+    // What the spy received by now is read before its tasks stop.
+    spy.flush().await.unwrap();
+    let heard = |ask: bool| {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, a)| *a == ask)
+            .count()
+    };
+    wait_until_async(Duration::from_secs(5), || {
+        heard(true) >= 3 && heard(false) >= 3
+    })
+    .await;
     for t in tasks {
         t.abort();
     }
