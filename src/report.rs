@@ -420,7 +420,7 @@ mod tests {
             connections: n,
             threshold: 100,
             over_threshold: n > 100,
-            by_name: BTreeMap::from([("".into(), n)]),
+            by_name: BTreeMap::from([("".into(), n)]).into(),
             ..UserCensus::default()
         }
     }

@@ -37,8 +37,8 @@ fn user(account: &str, user: &str, by_server: &[(&str, u64)], name: &str) -> Use
         threshold: 100,
         over_threshold: n > 100,
         by_server: by_server.iter().map(|(s, c)| (s.to_string(), *c)).collect(),
-        by_name: BTreeMap::from([(name.to_string(), n)]),
-        by_ip: BTreeMap::from([("10.0.0.7".to_string(), n)]),
+        by_name: BTreeMap::from([(name.to_string(), n)]).into(),
+        by_ip: BTreeMap::from([("10.0.0.7".to_string(), n)]).into(),
         idle_zero_msgs: n / 2,
         ..UserCensus::default()
     }
@@ -318,7 +318,8 @@ fn a_detail_counts_the_ips_a_cut_census_does_not_list() {
     let fleet = &mut d.census.users[0];
     fleet.by_ip = (0..50)
         .map(|i| (format!("10.2.0.{i}"), 1))
-        .collect::<BTreeMap<_, _>>();
+        .collect::<BTreeMap<_, _>>()
+        .into();
     fleet.spread.ips = 1_500;
     let mut ui = Ui::default();
     press(

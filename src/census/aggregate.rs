@@ -4,7 +4,7 @@
 //! at most `detect.max_suspects_per_user` suspects per user and process, not with connections.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use hashbrown::hash_map::RawEntryMut;
 use hashbrown::HashMap;
@@ -57,6 +57,12 @@ pub struct Aggregate {
     first_server: Option<Str>,
 }
 
+/// Entries of a user's `by_ip` and `by_name` from which its finished census is kept for the
+/// next `finish` (a fleet whose clients each have an IP of their own): building those maps is
+/// what a user costs; a short one is built again, and a copy kept would cost memory for
+/// nothing.
+const LONG_MAPS: usize = 64;
+
 /// One user's counts while the census is built.
 #[derive(Debug, Default, Clone)]
 struct UserAgg {
@@ -71,6 +77,11 @@ struct UserAgg {
     processes: HashMap<(Ip, Str), Process, FxBuild>,
     /// `zero_msgs` suspects.
     zero_msgs: Kept,
+    /// Its census once finished, kept when its maps are long ([`LONG_MAPS`]), until a
+    /// connection is added or joined: a live round then finishes again only the users that
+    /// changed, and the others' copies share their long maps. Boxed: a user's map entry stays
+    /// small (a census while parsing has one map per reply).
+    finished: OnceLock<Box<UserCensus>>,
 }
 
 /// One (IP, client name) of a user.
@@ -339,6 +350,7 @@ impl Aggregate {
                 ..UserAgg::default()
             }
         });
+        u.finished.take();
         let uc = &mut u.census;
         uc.connections += 1;
         if uc.user_name.is_none() {
@@ -415,7 +427,16 @@ impl Aggregate {
         let mut out: Vec<UserCensus> = self
             .users
             .values()
-            .map(|u| finish_user(u, first, detect))
+            .map(|u| {
+                if let Some(kept) = u.finished.get() {
+                    return UserCensus::clone(kept);
+                }
+                let census = finish_user(u, first, detect);
+                if census.by_ip.len() + census.by_name.len() >= LONG_MAPS {
+                    let _ = u.finished.set(Box::new(census.clone()));
+                }
+                census
+            })
             .collect();
         out.sort_by(|a, b| {
             b.connections
@@ -433,6 +454,7 @@ impl Aggregate {
 impl UserAgg {
     /// Moves the count at the census's first server into `by_server`.
     fn count_first_server(&mut self, first: Option<&Str>) {
+        self.finished.take();
         if let Some((server, n)) = self.at_first(first) {
             *self.by_server.entry(server.clone()).or_default() += n;
         }
@@ -446,6 +468,7 @@ impl UserAgg {
 
     /// Joins the same user's counts from a later part of the sweep.
     fn absorb(&mut self, other: UserAgg, base: u64, max: usize) {
+        self.finished.take();
         let (mine, theirs) = (&mut self.census, other.census);
         mine.connections += theirs.connections;
         mine.idle_zero_msgs += theirs.idle_zero_msgs;
@@ -469,6 +492,7 @@ impl UserAgg {
 
     /// Moves its suspects' places after `base` (a later part of the sweep).
     fn rebase(&mut self, base: u64) {
+        self.finished.take();
         let candidates = self
             .processes
             .values_mut()
@@ -544,9 +568,9 @@ fn finish_user(u: &UserAgg, first: Option<&Str>, detect: &DetectConfig) -> UserC
         *by_server.entry(server.to_string()).or_default() += n;
     }
     uc.by_server = by_server;
-    uc.by_name = by_name;
+    uc.by_name = Arc::new(by_name);
     // In text order already: built in one pass, without a search per IP.
-    uc.by_ip = BTreeMap::from_iter(ips);
+    uc.by_ip = Arc::new(BTreeMap::from_iter(ips));
     uc.threshold = threshold_for(detect, &uc);
     uc.over_threshold = uc.connections > uc.threshold;
     let top_process = top.map(|(ip, name, connections, used_once)| ProcessCount {
@@ -587,6 +611,61 @@ fn spread(u: &UserCensus, processes: u64, top_process: Option<ProcessCount>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fleet_user_finished_is_kept_until_it_changes() {
+        let conn = |server: &str, cid: u64, user: &str, ip: String| Connection {
+            server: server.into(),
+            cid,
+            account: "APP".into(),
+            user: user.into(),
+            ip: ip.into(),
+            name: "pod".into(),
+            ..Connection::default()
+        };
+        // `fleet`: 70 clients, each on its own IP (long maps); `one`: one IP.
+        let mut conns: Vec<Connection> = (0..70)
+            .map(|i| conn("n1", i, "fleet", format!("10.0.0.{i}")))
+            .collect();
+        conns.push(conn("n1", 100, "one", "10.9.9.9".into()));
+        let detect = DetectConfig::default();
+        let mut agg = Aggregate::new(None, &detect);
+        for c in &conns {
+            agg.add(&c.view());
+        }
+        let of = |c: &Census, user: &str| c.users.iter().find(|u| u.user == user).cloned().unwrap();
+        let first = agg.finish();
+        // Finished again unchanged: the same census; the fleet's kept (its long maps shared,
+        // not built again), the short one built again.
+        let again = agg.finish();
+        assert_eq!(again.users, first.users);
+        assert!(Arc::ptr_eq(
+            &of(&again, "fleet").by_ip,
+            &of(&first, "fleet").by_ip
+        ));
+        assert!(!Arc::ptr_eq(
+            &of(&again, "one").by_ip,
+            &of(&first, "one").by_ip
+        ));
+        // A connection added to the fleet: counted anew.
+        let more = conn("n2", 200, "fleet", "10.0.1.1".into());
+        agg.add(&more.view());
+        conns.push(more);
+        let added = agg.finish();
+        assert_eq!(of(&added, "fleet").connections, 71);
+        assert_eq!(of(&added, "fleet").by_ip.len(), 71);
+        assert_eq!(of(&added, "fleet").by_server.len(), 2);
+        // A part joined (a later reply's census): counted anew too.
+        let mut part = agg.fork();
+        let late = conn("n3", 300, "fleet", "10.0.2.1".into());
+        part.add(&late.view());
+        conns.push(late);
+        agg.absorb(part);
+        let joined = agg.finish();
+        assert_eq!(of(&joined, "fleet").connections, 72);
+        assert_eq!(of(&joined, "fleet").by_server.get("n3"), Some(&1));
+        assert_eq!(joined.users, build(&conns, None, &detect).users);
+    }
 
     #[test]
     fn keys_share_their_texts_across_users_and_processes() {

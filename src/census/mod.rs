@@ -3,6 +3,7 @@
 //! Plain functions over plain data: no NATS, no clock (idle times come from the servers).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -20,6 +21,11 @@ pub struct Census {
     /// Users, most connections first.
     pub users: Vec<UserCensus>,
 }
+
+/// Connections by a text (client name, IP), shared between copies: a fleet whose clients each
+/// have their own IP (or name) makes these as long as its connections, and a live round hands
+/// on the census of every user that did not change without copying them.
+pub type SharedCounts = Arc<BTreeMap<String, u64>>;
 
 /// One user's connections across the cluster.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -53,9 +59,9 @@ pub struct UserCensus {
     #[serde(default)]
     pub by_cluster: BTreeMap<String, u64>,
     /// Client name → connections (`""` for connections without a name).
-    pub by_name: BTreeMap<String, u64>,
+    pub by_name: SharedCounts,
     /// Remote IP → connections.
-    pub by_ip: BTreeMap<String, u64>,
+    pub by_ip: SharedCounts,
     /// Leak suspects of the `zero_msgs` pattern: idle at least `detect.idle_threshold` with no
     /// message in or out ever.
     pub idle_zero_msgs: u64,
@@ -247,8 +253,8 @@ impl UserCensus {
                 .collect()
         };
         UserCensus {
-            by_name: top(&self.by_name),
-            by_ip: top(&self.by_ip),
+            by_name: Arc::new(top(&self.by_name)),
+            by_ip: Arc::new(top(&self.by_ip)),
             ..self.clone()
         }
     }

@@ -448,8 +448,8 @@ fn counts_by_server_name_and_ip_are_each_users_connections_counted_directly() {
         };
         assert_eq!(u.connections, mine().count() as u64);
         assert_eq!(u.by_server, count(|c| &c.server));
-        assert_eq!(u.by_name, count(|c| &c.name));
-        assert_eq!(u.by_ip, count(|c| &c.ip));
+        assert_eq!(*u.by_name, count(|c| &c.name));
+        assert_eq!(*u.by_ip, count(|c| &c.ip));
     }
     assert_eq!(census.users.len(), 4);
 }
@@ -485,7 +485,7 @@ fn a_fleet_with_an_ip_per_client_counts_every_ip_and_the_top_process_is_first_by
     .into_iter()
     .map(|(ip, n)| (ip.to_string(), n))
     .collect();
-    assert_eq!(u.by_ip, expect);
+    assert_eq!(*u.by_ip, expect);
     assert_eq!((u.spread.processes, u.spread.ips), (6, 5));
     assert_eq!((u.spread.max_per_ip, u.spread.median_per_ip), (2, 1));
     // Every process holds one connection: the top one is the first by IP text, then name.
