@@ -479,6 +479,8 @@ impl UserAgg {
         self.newest_start = self.newest_start.max(other.newest_start);
         add_counts(&mut self.by_server, other.by_server);
         self.zero_msgs.join(other.zero_msgs, base, max);
+        // A fleet's processes are mostly new to this part: room for them at once.
+        self.processes.reserve(other.processes.len());
         for (key, p) in other.processes {
             let mine = self.processes.entry(key).or_default();
             mine.connections += p.connections;
@@ -545,7 +547,7 @@ fn finish_user(u: &UserAgg, first: Option<&Str>, detect: &DetectConfig) -> UserC
         }
         match ips.last_mut() {
             Some((_, n)) if last_ip == Some(order) => *n += p.connections,
-            _ => ips.push((ip.to_string(), p.connections)),
+            _ => ips.push((order.text(), p.connections)),
         }
         last_ip = Some(order);
         count_in(&mut by_name, name, p.connections);

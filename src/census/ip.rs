@@ -76,6 +76,11 @@ pub(super) enum TextOrder<'a> {
 }
 
 impl TextOrder<'_> {
+    /// The text (not formatted again).
+    pub fn text(&self) -> String {
+        self.with_bytes(|b| String::from_utf8_lossy(b).into_owned())
+    }
+
     fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
         match self {
             Self::Short(w) => {
@@ -322,6 +327,7 @@ mod tests {
                 );
                 let order = x.text_order().cmp(&y.text_order());
                 assert_eq!(order, a.cmp(b), "{a} against {b}");
+                assert_eq!(x.text_order().text(), a);
             }
         }
     }
