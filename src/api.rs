@@ -126,14 +126,12 @@ pub fn census_reply(
     let mut report = Report::of_summary(sweep, &cut, &filter);
     report.maps_cut_to = Some(MAX_MAP_ENTRIES);
     let cut = serde_json::to_vec(&report).expect("serializes");
-    within(
-        cut,
-        max_payload,
-        &format!(
+    within(cut, max_payload, || {
+        format!(
             "the census is {} bytes, over the servers' max_payload of {max_payload} even with each user's by_name and by_ip cut to their {MAX_MAP_ENTRIES} largest: ask for fewer users ({{\"top\": 100}}) or one account or user",
             whole.len()
-        ),
-    )
+        )
+    })
 }
 
 /// The findings endpoint's answer, within `max_payload` bytes (else a 413).
@@ -150,25 +148,31 @@ pub fn findings_reply(
         .collect();
     let reply =
         serde_json::to_vec(&serde_json::json!({ "findings": findings })).expect("serializes");
-    let over = format!(
-        "the findings are {} bytes, over the servers' max_payload of {max_payload}: ask for one type ({{\"type\": \"excessive_user_connections\"}})",
-        reply.len()
-    );
-    within(reply, max_payload, &over)
+    let bytes = reply.len();
+    within(reply, max_payload, || {
+        format!(
+            "the findings are {bytes} bytes, over the servers' max_payload of {max_payload}: ask for one type ({{\"type\": \"excessive_user_connections\"}})"
+        )
+    })
 }
 
-/// `reply` when it fits in `max_payload` bytes, else a 413 saying `why`.
-fn within(reply: Vec<u8>, max_payload: usize, why: &str) -> Result<Bytes, ServiceError> {
+/// `reply` when it fits in `max_payload` bytes, else a 413 saying `why` (made only then).
+fn within(
+    reply: Vec<u8>,
+    max_payload: usize,
+    why: impl FnOnce() -> String,
+) -> Result<Bytes, ServiceError> {
     if reply.len() <= max_payload {
         return Ok(Bytes::from(reply));
     }
+    let why = why();
     warn!(
         bytes = reply.len(),
         max_payload, "service reply too large: {why}"
     );
     Err(ServiceError {
         code: 413,
-        status: why.to_string(),
+        status: why,
     })
 }
 

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
 use hashbrown::hash_map::RawEntryMut;
-use hashbrown::HashMap;
+use hashbrown::{Equivalent, HashMap};
+use std::hash::Hash;
 use std::time::Duration;
 
 use super::ip::{Ip, IpRef, ProcessRef};
@@ -219,35 +220,29 @@ impl Kept {
     }
 }
 
-/// Counts one more for `key`, its text taken from `texts` when it is new (a server's name is
-/// held once for all the users on it).
-fn bump(map: &mut HashMap<Str, u64, FxBuild>, key: &str, texts: &mut Interner) {
-    match map.raw_entry_mut().from_key(&Text(key)) {
-        RawEntryMut::Occupied(o) => *o.into_mut() += 1,
-        RawEntryMut::Vacant(v) => {
-            v.insert(texts.get(key), 1);
-        }
-    }
-}
-
 fn add_counts(into: &mut HashMap<Str, u64, FxBuild>, from: HashMap<Str, u64, FxBuild>) {
     for (k, n) in from {
         *into.entry(k).or_default() += n;
     }
 }
 
-/// The value of `key`, made by `new` when there is none: one look-up, the key's texts taken
-/// from `texts` only then (an account's text is held once for all its users, an IP's once
-/// for all its processes).
-fn pair_slot<'m, V>(
-    map: &'m mut HashMap<(Str, Str), V, FxBuild>,
-    key: Pair<'_>,
-    texts: &mut Interner,
+/// The value of `key` (a connection's borrowed texts), made by `new` when there is none: one
+/// look-up, the owned key made by `own` only then, its texts taken from the census's interner
+/// (an account's text is held once for all its users, a server's once for all the users on
+/// it, an IP's once for all its processes).
+fn slot<'m, K, Q, V>(
+    map: &'m mut HashMap<K, V, FxBuild>,
+    key: &Q,
+    own: impl FnOnce() -> K,
     new: impl FnOnce() -> V,
-) -> &'m mut V {
-    match map.raw_entry_mut().from_key(&key) {
+) -> &'m mut V
+where
+    K: Hash + Eq,
+    Q: Hash + Equivalent<K>,
+{
+    match map.raw_entry_mut().from_key(key) {
         RawEntryMut::Occupied(o) => o.into_mut(),
-        RawEntryMut::Vacant(v) => v.insert((texts.get(key.0), texts.get(key.1)), new()).1,
+        RawEntryMut::Vacant(v) => v.insert(own(), new()).1,
     }
 }
 
@@ -336,7 +331,8 @@ impl Aggregate {
             .system_account
             .as_deref()
             .is_some_and(|s| same_text(s, c.account));
-        let u = pair_slot(&mut self.users, Pair(c.account, c.user), texts, || {
+        let user = || (texts.get(c.account), texts.get(c.user));
+        let u = slot(&mut self.users, &Pair(c.account, c.user), user, || {
             UserAgg {
                 census: UserCensus {
                     account: c.account.to_string(),
@@ -364,19 +360,16 @@ impl Aggregate {
         if same_text(first, c.server) {
             u.at_first_server += 1;
         } else {
-            bump(&mut u.by_server, c.server, texts);
+            let server = || texts.get(c.server);
+            *slot(&mut u.by_server, &Text(c.server), server, u64::default) += 1;
         }
-        let process = match u
-            .processes
-            .raw_entry_mut()
-            .from_key(&ProcessRef(IpRef::of(c.ip), c.name))
-        {
-            RawEntryMut::Occupied(o) => o.into_mut(),
-            RawEntryMut::Vacant(v) => {
-                let key = (IpRef::of(c.ip).owned(texts), texts.get(c.name));
-                v.insert(key, Process::default()).1
-            }
-        };
+        let ip = IpRef::of(c.ip);
+        let process = slot(
+            &mut u.processes,
+            &ProcessRef(ip, c.name),
+            || (ip.owned(texts), texts.get(c.name)),
+            Process::default,
+        );
         process.connections += 1;
         let max = self.detect.max_suspects_per_user;
         match pattern_alone(c, &self.sig) {
