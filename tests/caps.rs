@@ -186,6 +186,7 @@ async fn a_burst_over_the_cap_is_cut_back_to_the_oldest_and_a_gap_holds_it() {
         })
         .collect();
     assert_eq!(closed.len(), 30, "{adv:#}");
+    assert_eq!(adv["closed_more"], 0, "all 30 listed: {adv:#}");
     // The 50 kept are the oldest: each older, by (start, server id, cid), than every one closed.
     assert!(
         kept.last().unwrap() < closed.iter().min().unwrap(),

@@ -172,8 +172,12 @@ pub struct ConnectionCapEnforced {
     /// The user's connections once the burst was over (in dry run, as if closed).
     pub after: u64,
     /// The connections closed, oldest first: the newest beyond the cap, by (start, server id,
-    /// cid).
+    /// cid). At most the first 100 are listed (`closed_more` counts the others), so the
+    /// advisory stays well within `max_payload` however fast closes go.
     pub closed: Vec<CappedConnection>,
+    /// Connections closed beyond those listed in `closed` (0 when all are listed).
+    #[serde(default)]
+    pub closed_more: u64,
     /// KICKs that failed in this burst (each tried again while the user stays over its cap).
     pub failed: u64,
     /// When the burst began (UTC, milliseconds).

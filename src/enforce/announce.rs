@@ -18,6 +18,12 @@ fn source_text(source: CapSource) -> &'static str {
     }
 }
 
+/// The most closed connections an advisory lists; `closed_more` counts the others. A burst
+/// closes at most `enforce.max_kicks_per_sec` × 5 s, and each listed one is ~200 bytes: past
+/// this the advisory could outgrow `max_payload` and be dropped, losing the record of what
+/// was done.
+pub const MAX_CLOSED_LISTED: usize = 100;
+
 /// The advisory body of a finished burst.
 pub fn body(f: &Finished, dry_run: bool) -> ConnectionCapEnforced {
     let n = f.closed.len() as u64;
@@ -58,6 +64,7 @@ pub fn body(f: &Finished, dry_run: bool) -> ConnectionCapEnforced {
         closed: f
             .closed
             .iter()
+            .take(MAX_CLOSED_LISTED)
             .map(|c| CappedConnection {
                 server: c.server.to_string(),
                 server_id: c.server_id.to_string(),
@@ -67,6 +74,7 @@ pub fn body(f: &Finished, dry_run: bool) -> ConnectionCapEnforced {
                 start: c.start.and_then(Stamp::time).unwrap_or_default(),
             })
             .collect(),
+        closed_more: n.saturating_sub(MAX_CLOSED_LISTED as u64),
         failed: f.failed,
         since: f.started,
         churn: CapChurn {
@@ -151,5 +159,38 @@ mod tests {
             Message::decode(a.body).unwrap(),
             Message::ConnectionCapEnforced(_)
         ));
+    }
+
+    #[test]
+    fn a_large_burst_lists_the_oldest_closed_and_counts_the_others() {
+        let mut f = finished(MAX_CLOSED_LISTED + 150, 1);
+        for (i, c) in f.closed.iter_mut().enumerate() {
+            c.cid = i as u64;
+            c.name = "a-client-name-of-some-length".into();
+            c.server_id = "NDZQJDV4ZZRQPNX4T5RUQEYFRPGNEQ2OY3CPOCC4EG6BKBKXNWZZOEBG".into();
+        }
+        let b = body(&f, false);
+        assert_eq!(
+            (b.before, b.after, b.closed.len(), b.closed_more),
+            (MAX_CLOSED_LISTED as u64 + 200, 50, MAX_CLOSED_LISTED, 150)
+        );
+        let cids: Vec<u64> = b.closed.iter().map(|c| c.cid).collect();
+        assert_eq!(cids, (0..MAX_CLOSED_LISTED as u64).collect::<Vec<_>>());
+        assert!(b.message.starts_with("closed 250 of 300"), "{}", b.message);
+        // 5 s of closes at 10,000 a second still makes an advisory far below 1 MiB.
+        let f = finished(50_000, 1);
+        let a = advisory(
+            "cw",
+            &f,
+            false,
+            &Completeness::of(&Default::default()),
+            Utc::now(),
+        );
+        let bytes = serde_json::to_vec(&a.body).unwrap().len();
+        assert!(bytes < 64 * 1024, "{bytes} bytes");
+        let Message::ConnectionCapEnforced(e) = Message::decode(a.body).unwrap() else {
+            panic!("not a cap advisory")
+        };
+        assert_eq!(e.body.closed_more, 50_000 - MAX_CLOSED_LISTED as u64);
     }
 }

@@ -346,7 +346,7 @@ impl<'a> Parts<'a> {
                     b.after,
                     b.cap,
                     b.cap_source.name(),
-                    b.closed.len()
+                    b.closed.len() as u64 + b.closed_more
                 );
                 let state = if b.dry_run { "would_close" } else { "closed" };
                 Self {
