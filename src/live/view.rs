@@ -805,7 +805,8 @@ impl LiveView {
             .iter()
             .flat_map(|(a, us)| us.iter().map(move |u| (&**a, &**u)))
             .collect();
-        let census = match self.last_census.take() {
+        let last = self.last_census.take();
+        let census = match last {
             Some(last) if !all && last.same_rules(&rules) && pairs.len() * 2 <= last.users() => {
                 // A copy only while the last round's snapshot still holds it.
                 let mut last = Arc::unwrap_or_clone(last);
@@ -833,7 +834,9 @@ impl LiveView {
                 }
                 last
             }
-            _ => {
+            stale => {
+                // Let go before counting anew: never two whole censuses at once.
+                drop(stale);
                 let mut census = rules;
                 each_prefetched(self.connections(), |c| census.add(&c.view()));
                 census
