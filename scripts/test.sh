@@ -23,4 +23,6 @@ if ((${#missing[@]} > 0)); then
 fi
 cargo fmt --all --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
+# Doc comments whose links or HTML are broken, private items included.
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --no-deps --document-private-items -q
 cargo test --locked --workspace "$@"

@@ -5,10 +5,10 @@
 //! counted; NATS reconnects on its own.
 //!
 //! A round has two phases, and shutdown treats them differently:
-//! 1. [`Service::gather`] (the sweep, the limit and churn lookups, the identity retry) only
+//! 1. `Service::gather` (the sweep, the limit and churn lookups, the identity retry) only
 //!    reads: it may be cancelled anywhere, nothing is decided yet (a sweep that ends records
 //!    the servers that answered in the state; a cancelled one changes nothing).
-//! 2. [`Service::act`] takes the decisions (lifecycle, kicks) and does their bookkeeping; it is
+//! 2. `Service::act` takes the decisions (lifecycle, kicks) and does their bookkeeping; it is
 //!    never cancelled. Its only waits are the kick requests, each within `kick.timeout`; once
 //!    shutdown is requested no new kick starts, so shutdown waits for at most
 //!    `kick.concurrency` kicks per server ([`crate::kick::executor::execute`]). Every event, and every kick

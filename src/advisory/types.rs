@@ -3,7 +3,7 @@
 //!
 //! Every advisory is an [`Envelope`] (`type`, `id`, `timestamp`, like NATS's own events) around
 //! its body, with the completeness of the sweep behind it. A new advisory type is its body
-//! type plus one line in [`advisory_types!`]'s list at the end of this file.
+//! type plus one line in `advisory_types!`'s list at the end of this file.
 
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;

@@ -3,9 +3,9 @@
 //! Every error names the key and where its value came from, so an operator can fix it in one go.
 //!
 //! - this file: the settings, section by section, with their defaults;
-//! - [`load`](mod@load): the layers (figment), the provenance of each key, the errors;
-//! - [`validate`](mod@validate): the checks beyond types;
-//! - [`secrets`]: the redacted secret type and the credential-file checks.
+//! - `load`: the layers (figment), the provenance of each key, the errors;
+//! - `validate`: the checks beyond types;
+//! - `secrets`: the redacted secret type and the credential-file checks.
 
 mod enforce;
 mod jetstream;

@@ -1,5 +1,5 @@
 //! Kicking leaked connections: the policy (pure, here), the memory of what was kicked
-//! ([`memory`]) and the executor that sends kicks and audits them ([`executor`]).
+//! (`memory`) and the executor that sends kicks and audits them ([`executor`]).
 //!
 //! A kick closes one connection. A client whose library reconnects comes straight back, so a
 //! kick only helps when the leaking object is really abandoned. connwatch remembers whom it

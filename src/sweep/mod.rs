@@ -11,12 +11,12 @@
 //! answer at once); a bigger one, or one of unknown size, is bounded: STATSZ, then directed
 //! requests, a few servers at a time ([`pings_all`] decides).
 //!
-//! - [`discovery`]: how many servers there are and who is who (STATSZ), and who was silent.
-//! - [`replies`]: the answers to the PING, sorted out by server id.
-//! - [`fetch`]: the per-server reader: directed requests for the lists the PING did not hold,
+//! - `discovery`: how many servers there are and who is who (STATSZ), and who was silent.
+//! - `replies`: the answers to the PING, sorted out by server id.
+//! - `fetch`: the per-server reader: directed requests for the lists the PING did not hold,
 //!   and for every server of a bounded sweep.
-//! - [`bounded`]: the bounded sweep (STATSZ, then directed reads as its replies arrive).
-//! - [`inflight`]: the reply bytes in flight at the peak (pure).
+//! - `bounded`: the bounded sweep (STATSZ, then directed reads as its replies arrive).
+//! - `inflight`: the reply bytes in flight at the peak (pure).
 
 mod bounded;
 mod collect;

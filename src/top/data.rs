@@ -150,7 +150,7 @@ impl Trends {
     }
 
     /// Connections gained (positive) or lost per minute over the last minute (or the time
-    /// seen, when shorter); `None` until samples span [`MIN_RATE_SPAN_SECS`].
+    /// seen, when shorter); `None` until samples span `MIN_RATE_SPAN_SECS`.
     pub fn per_minute(&self, key: &UserKey, now: DateTime<Utc>) -> Option<f64> {
         let s = self.samples.get(key)?;
         let (t_last, last) = *s.back()?;

@@ -308,7 +308,7 @@ fn self_status_kb(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// utime + stime of a process from /proc/<pid>/stat, in ms.
+/// utime + stime of a process from `/proc/<pid>/stat`, in ms.
 fn proc_cpu_ms(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
