@@ -235,6 +235,14 @@ fn cap_enforcements_render_before_after_and_the_cap() {
         &msg(&capped),
         &args(&["connection_cap_enforced"], Some("APP"), Some("leaky"))
     ));
+    // A large burst lists the oldest it closed and counts the others.
+    let mut large = capped.clone();
+    large["closed_more"] = json!(29);
+    assert!(
+        render(&large).contains("80 -> 50 conns (cap 50, user), 30 closed"),
+        "{}",
+        render(&large)
+    );
 }
 
 #[test]
