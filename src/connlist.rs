@@ -1,5 +1,6 @@
 //! A sweep's connections held compactly while its replies are parsed: each text a `u32` index
-//! into one table of shared [`Str`]s (one entry per distinct value for the whole sweep), times
+//! into one table of shared [`Str`]s (one entry per distinct value for the whole sweep), an
+//! IPv4 address packed instead ([`crate::ipv4`]: a fleet has as many IPs as connections), times
 //! as whole seconds and nanoseconds, so a connection takes about 100 bytes instead of a
 //! [`Connection`]'s 168. The live view reads them in place ([`ConnList::iter`]), its table's
 //! texts first taken from the view's own ([`ConnList::share_texts`]); what needs
@@ -12,12 +13,15 @@ use std::time::Duration;
 use crate::stamp::Stamp;
 
 use crate::intern::{same_text, FxBuild, Interner, Str, Text};
-use crate::snapshot::{ConnRef, Connection, Tags};
+use crate::snapshot::{ConnRef, Connection, IpText, Tags};
 
 /// No text (`None`), in a text index.
 const NONE: u32 = u32::MAX;
 /// No time (`None`), in a time's nanoseconds (never above 1,999,999,999, leap seconds included).
 const NO_TIME: u32 = u32::MAX;
+/// Set in a row's `idle_nanos` (never above 999,999,999) when its `ip` is an IPv4 address
+/// packed, not a text index.
+const IP_PACKED: u32 = 1 << 31;
 
 /// One connection, its texts as indexes into the list's table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,11 +34,13 @@ struct Row {
     idle_secs: u64,
     start_nanos: u32,
     last_nanos: u32,
+    /// The idle time's nanoseconds, and [`IP_PACKED`].
     idle_nanos: u32,
     subscriptions: u32,
     server: u32,
     server_id: u32,
     kind: u32,
+    /// A text index, or the address itself (see `idle_nanos`).
     ip: u32,
     name: u32,
     account: u32,
@@ -56,7 +62,13 @@ pub struct ConnList {
     tag_index: HashMap<Vec<Str>, u32, FxBuild>,
     /// Texts and tag lists taken from an [`Interner`] already ([`ConnList::share_texts`]).
     shared: (usize, usize),
+    /// The last IPv4 address packed, and its text: connections one after another often come
+    /// from one host.
+    last_v4: Option<(u32, IpBytes)>,
 }
+
+/// An IPv4 address's text: up to 15 bytes, zero-padded, and its length.
+type IpBytes = ([u8; 15], usize);
 
 impl Default for ConnList {
     fn default() -> Self {
@@ -67,6 +79,7 @@ impl Default for ConnList {
             tag_lists: vec![Vec::new()],
             tag_index: HashMap::default(),
             shared: (0, 0),
+            last_v4: None,
         }
     }
 }
@@ -127,6 +140,22 @@ impl ConnList {
         }
     }
 
+    /// `text` packed when it is a canonical IPv4 address ([`crate::ipv4::parse`]), the last
+    /// one's first compared.
+    fn ipv4(&mut self, text: &str) -> Option<u32> {
+        let bytes = text.as_bytes();
+        let mut padded: IpBytes = ([0; 15], bytes.len());
+        padded.0.get_mut(..bytes.len())?.copy_from_slice(bytes);
+        match self.last_v4 {
+            Some((v, last)) if last == padded => Some(v),
+            _ => {
+                let v = crate::ipv4::parse(text)?;
+                self.last_v4 = Some((v, padded));
+                Some(v)
+            }
+        }
+    }
+
     fn tag_list(&mut self, tags: Tags<'_>) -> u32 {
         let list: Vec<Str> = tags
             .iter()
@@ -152,6 +181,16 @@ impl ConnList {
         let (start_secs, start_nanos) = split_time(c.start);
         let (last_secs, last_nanos) = split_time(c.last_activity);
         let last = self.rows.last().copied();
+        let (ip, packed) = match c.ip {
+            IpText::V4(v) => (v, IP_PACKED),
+            IpText::Text(t) => match self.ipv4(t) {
+                Some(v) => (v, IP_PACKED),
+                None => {
+                    let before = last.filter(|r| r.idle_nanos & IP_PACKED == 0);
+                    (self.text_as_before(t, before.map(|r| r.ip)), 0)
+                }
+            },
+        };
         let row = Row {
             cid: c.cid,
             in_msgs: c.in_msgs,
@@ -161,12 +200,12 @@ impl ConnList {
             idle_secs: c.idle.as_secs(),
             start_nanos,
             last_nanos,
-            idle_nanos: c.idle.subsec_nanos(),
+            idle_nanos: c.idle.subsec_nanos() | packed,
             subscriptions: c.subscriptions,
             server: self.text_as_before(c.server, last.map(|r| r.server)),
             server_id: self.text_as_before(c.server_id, last.map(|r| r.server_id)),
             kind: self.text_as_before(c.kind, last.map(|r| r.kind)),
-            ip: self.text_as_before(c.ip, last.map(|r| r.ip)),
+            ip,
             name: self.text_as_before(c.name, last.map(|r| r.name)),
             account: self.text_as_before(c.account, last.map(|r| r.account)),
             account_name: c.account_name.map_or(NONE, |n| {
@@ -276,10 +315,15 @@ impl ConnList {
 
     /// Builds every connection into a list (for what needs a `Vec<Connection>`).
     pub fn to_vec(&self) -> Vec<Connection> {
-        self.rows.iter().map(|r| self.connection(r)).collect()
+        let mut ips = Interner::default();
+        self.rows
+            .iter()
+            .map(|r| self.connection(r, &mut ips))
+            .collect()
     }
 
-    fn connection(&self, r: &Row) -> Connection {
+    /// The connection of row `r`; a packed IP's text from `ips` (one per distinct address).
+    fn connection(&self, r: &Row, ips: &mut Interner) -> Connection {
         let t = |i: u32| self.texts[i as usize].clone();
         let opt = |i: u32| (i != NONE).then(|| t(i));
         Connection {
@@ -287,9 +331,13 @@ impl ConnList {
             server_id: t(r.server_id),
             cid: r.cid,
             kind: t(r.kind),
-            ip: t(r.ip),
+            ip: if r.idle_nanos & IP_PACKED == 0 {
+                t(r.ip)
+            } else {
+                ips.get(crate::ipv4::write(r.ip, &mut [0; 15]))
+            },
             start: join_time(r.start_secs, r.start_nanos),
-            idle: Duration::new(r.idle_secs, r.idle_nanos),
+            idle: Duration::new(r.idle_secs, r.idle_nanos & !IP_PACKED),
             last_activity: join_time(r.last_secs, r.last_nanos),
             subscriptions: r.subscriptions,
             in_msgs: r.in_msgs,
@@ -312,9 +360,13 @@ fn view<'a>(texts: &'a [Str], tag_lists: &'a [Vec<Str>], r: &Row) -> ConnRef<'a>
         server_id: t(r.server_id),
         cid: r.cid,
         kind: t(r.kind),
-        ip: t(r.ip),
+        ip: if r.idle_nanos & IP_PACKED == 0 {
+            IpText::Text(t(r.ip))
+        } else {
+            IpText::V4(r.ip)
+        },
         start: join_time(r.start_secs, r.start_nanos),
-        idle: Duration::new(r.idle_secs, r.idle_nanos),
+        idle: Duration::new(r.idle_secs, r.idle_nanos & !IP_PACKED),
         last_activity: join_time(r.last_secs, r.last_nanos),
         subscriptions: r.subscriptions,
         in_msgs: r.in_msgs,
@@ -332,6 +384,8 @@ fn view<'a>(texts: &'a [Str], tag_lists: &'a [Vec<Str>], r: &Row) -> ConnRef<'a>
 pub struct IntoIter {
     list: ConnList,
     next: usize,
+    /// The packed IPs' texts, one per distinct address.
+    ips: Interner,
 }
 
 impl Iterator for IntoIter {
@@ -340,7 +394,7 @@ impl Iterator for IntoIter {
     fn next(&mut self) -> Option<Connection> {
         let r = *self.list.rows.get(self.next)?;
         self.next += 1;
-        Some(self.list.connection(&r))
+        Some(self.list.connection(&r, &mut self.ips))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -361,6 +415,7 @@ impl IntoIterator for ConnList {
         IntoIter {
             list: self,
             next: 0,
+            ips: Interner::default(),
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod error;
 pub mod ha;
 pub mod human;
 pub mod intern;
+pub mod ipv4;
 pub mod jetstream;
 pub mod kick;
 pub mod lifecycle;

@@ -63,8 +63,8 @@ pub struct ConnRef<'a> {
     pub cid: u64,
     /// `Client` or `Leafnode`.
     pub kind: &'a str,
-    /// Remote IP.
-    pub ip: &'a str,
+    /// Remote IP (derefs to its text).
+    pub ip: IpText<'a>,
     /// When it was made.
     pub start: Option<Stamp>,
     /// Time since the server last saw traffic on it.
@@ -89,6 +89,61 @@ pub struct ConnRef<'a> {
     pub user_name: Option<&'a str>,
     /// Tags of the user.
     pub tags: Tags<'a>,
+}
+
+/// The remote IP of a [`ConnRef`]: a borrowed text, or an IPv4 address a compact list holds
+/// packed ([`crate::ipv4`]), written out only where its text is needed ([`IpText::text`]).
+#[derive(Clone, Copy)]
+pub enum IpText<'a> {
+    /// The text as it is held.
+    Text(&'a str),
+    /// A canonical IPv4 address, packed.
+    V4(u32),
+}
+
+impl<'a> IpText<'a> {
+    /// The text: borrowed, or written into `buf`.
+    pub fn text<'b>(&'b self, buf: &'b mut [u8; 15]) -> &'b str
+    where
+        'a: 'b,
+    {
+        match self {
+            Self::Text(t) => t,
+            Self::V4(v) => crate::ipv4::write(*v, buf),
+        }
+    }
+
+    /// The address, when it is held packed.
+    pub fn packed(&self) -> Option<u32> {
+        match self {
+            Self::V4(v) => Some(*v),
+            Self::Text(_) => None,
+        }
+    }
+}
+
+impl Default for IpText<'_> {
+    fn default() -> Self {
+        Self::Text("")
+    }
+}
+
+impl std::fmt::Display for IpText<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.text(&mut [0; 15]))
+    }
+}
+
+impl std::fmt::Debug for IpText<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.text(&mut [0; 15]), f)
+    }
+}
+
+impl<'a> From<&'a str> for IpText<'a> {
+    fn from(t: &'a str) -> Self {
+        Self::Text(t)
+    }
 }
 
 /// The tags of a [`ConnRef`]: a [`Connection`]'s, or as a reply gave them.
@@ -133,7 +188,7 @@ impl<'a> ConnRef<'a> {
             server_id: texts.get(self.server_id),
             cid: self.cid,
             kind: texts.get(self.kind),
-            ip: texts.get(self.ip),
+            ip: texts.get(self.ip.text(&mut [0; 15])),
             start: self.start,
             idle: self.idle,
             last_activity: self.last_activity,
@@ -158,7 +213,7 @@ impl Connection {
             server_id: &self.server_id,
             cid: self.cid,
             kind: &self.kind,
-            ip: &self.ip,
+            ip: IpText::Text(&self.ip),
             start: self.start,
             idle: self.idle,
             last_activity: self.last_activity,

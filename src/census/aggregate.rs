@@ -123,7 +123,7 @@ impl Candidate {
             server_id: texts.get(c.server_id),
             cid: c.cid,
             name: texts.get(c.name),
-            ip: texts.get(c.ip),
+            ip: texts.get(c.ip.text(&mut [0; 15])),
             start: c.start,
             idle: c.idle,
             in_msgs: c.in_msgs,
@@ -363,7 +363,7 @@ impl Aggregate {
             let server = || texts.get(c.server);
             *slot(&mut u.by_server, &Text(c.server), server, u64::default) += 1;
         }
-        let ip = IpRef::of(c.ip);
+        let ip = IpRef::of_ip(c.ip);
         let process = slot(
             &mut u.processes,
             &ProcessRef(ip, c.name),

@@ -7,6 +7,8 @@ use std::cmp::Ordering;
 use std::hash::{Hash, Hasher};
 
 use crate::intern::{same_text, Interner, Str};
+use crate::ipv4::{parse as ipv4, write as v4_text};
+use crate::snapshot::IpText;
 
 /// An IP held by the census.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +32,14 @@ impl<'a> IpRef<'a> {
         match ipv4(text) {
             Some(v) => Self::V4(v),
             None => Self::Text(text),
+        }
+    }
+
+    /// A connection's IP as a key: packed already, or its text looked at.
+    pub fn of_ip(ip: IpText<'a>) -> Self {
+        match ip {
+            IpText::V4(v) => Self::V4(v),
+            IpText::Text(t) => Self::of(t),
         }
     }
 
@@ -145,61 +155,6 @@ impl IpRef<'_> {
             _ => false,
         }
     }
-}
-
-/// An IPv4 address in canonical dotted form (four decimal parts of 0 to 255, no leading zero),
-/// packed; `None` for any other text, which then prints back unchanged.
-pub(super) fn ipv4(text: &str) -> Option<u32> {
-    let b = text.as_bytes();
-    if !(7..=15).contains(&b.len()) {
-        return None;
-    }
-    let (mut out, mut i) = (0u32, 0);
-    for part in 0..4 {
-        if part > 0 {
-            if b.get(i) != Some(&b'.') {
-                return None;
-            }
-            i += 1;
-        }
-        let start = i;
-        let mut v = 0u32;
-        while let Some(&d @ b'0'..=b'9') = b.get(i) {
-            v = v * 10 + u32::from(d - b'0');
-            i += 1;
-            if i - start > 3 {
-                return None;
-            }
-        }
-        let len = i - start;
-        if len == 0 || v > 255 || (len > 1 && b[start] == b'0') {
-            return None;
-        }
-        out = out << 8 | v;
-    }
-    (i == b.len()).then_some(out)
-}
-
-/// `v`'s dotted text, written into `buf`.
-fn v4_text(v: u32, buf: &mut [u8; 15]) -> &str {
-    let mut at = 0;
-    for (k, octet) in v.to_be_bytes().into_iter().enumerate() {
-        if k > 0 {
-            buf[at] = b'.';
-            at += 1;
-        }
-        let digits = [octet / 100, octet / 10 % 10, octet % 10];
-        let skip = match octet {
-            100.. => 0,
-            10.. => 1,
-            _ => 2,
-        };
-        for d in &digits[skip..] {
-            buf[at] = b'0' + d;
-            at += 1;
-        }
-    }
-    std::str::from_utf8(&buf[..at]).expect("ASCII digits and dots")
 }
 
 /// A process (IP, client name) looked up among `(Ip, Str)` keys by a connection's texts.

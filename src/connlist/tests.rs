@@ -80,11 +80,16 @@ fn every_field_comes_back_equal_nones_and_tags_included() {
 fn texts_are_held_once_and_shared_by_the_connections_built() {
     let conns: Vec<Connection> = (1..=100).map(full).collect();
     let list = list_of(&conns);
-    // n1, NID1, Client, 10.0.0.1, worker, APP, App, UABC, alice, a, b.
-    assert_eq!(list.distinct_texts(), 11);
+    // n1, NID1, Client, worker, APP, App, UABC, alice, a, b; the IP is held packed.
+    assert_eq!(list.distinct_texts(), 10);
+    assert_eq!(list.to_vec(), conns);
     let back: Vec<Connection> = list.into_iter().collect();
     assert_eq!(back.len(), 100);
     assert!(std::ptr::eq(back[0].user.as_str(), back[99].user.as_str()));
+    assert!(
+        std::ptr::eq(back[0].ip.as_str(), back[99].ip.as_str()),
+        "a packed IP's text is made once for the connections built"
+    );
     assert!(std::ptr::eq(
         back[0].tags[1].as_str(),
         back[99].tags[1].as_str()
@@ -136,4 +141,73 @@ fn pending_ones_are_dropped_from_a_place_on_only_the_rest_kept_in_order() {
     assert_eq!(list.drop_pending(true), 1);
     assert_eq!(list.drop_pending_from(9, true), 0, "a place past the end");
     assert_eq!(list.len(), 3);
+}
+
+#[test]
+fn a_canonical_ipv4_is_held_packed_and_any_other_ip_as_its_text() {
+    let ips = [
+        "10.0.0.1",
+        "255.255.255.255",
+        "0.0.0.0",
+        "010.0.0.1",
+        "10.0.0.01",
+        "::1",
+        "2001:db8::7",
+        "",
+        "not an ip",
+        "10.0.0.1 ",
+    ];
+    let conns: Vec<Connection> = ips
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| Connection {
+            ip: (*ip).into(),
+            ..full(i as u64)
+        })
+        .collect();
+    let list = list_of(&conns);
+    // Every text but the three canonical IPv4 addresses, and the other texts of `full`.
+    assert_eq!(list.distinct_texts(), ips.len() - 3 + 10);
+    for (i, ip) in ips.iter().enumerate() {
+        let c = list.get(i).unwrap();
+        assert_eq!(c.ip.to_string(), *ip);
+        assert_eq!(c.ip.packed().is_some(), i < 3, "{ip:?}");
+        assert_eq!(
+            c.idle,
+            full(0).idle,
+            "the flag leaves the idle time as it was"
+        );
+    }
+    assert_eq!(list.to_vec(), conns);
+    let back: Vec<Connection> = list.clone().into_iter().collect();
+    assert_eq!(back, conns);
+    // A reply's IP after a packed one's, and a packed one after a text: each read as itself.
+    let mut list = list_of(&conns[3..6]);
+    list.push(&conns[0].view());
+    list.push(&conns[5].view());
+    // The last address packed is compared first: a text it is a prefix of is not it.
+    for ip in ["10.0.0.1", "10.0.0.1\0", "10.0.0.1", "10.0.0.10"] {
+        list.push(
+            &Connection {
+                ip: ip.into(),
+                ..full(9)
+            }
+            .view(),
+        );
+    }
+    let got: Vec<String> = list.iter().map(|c| c.ip.to_string()).collect();
+    assert_eq!(
+        got,
+        [
+            "010.0.0.1",
+            "10.0.0.01",
+            "::1",
+            "10.0.0.1",
+            "::1",
+            "10.0.0.1",
+            "10.0.0.1\0",
+            "10.0.0.1",
+            "10.0.0.10"
+        ]
+    );
 }

@@ -248,7 +248,7 @@ fn list(server: &mut ServerConns, counts: &mut Counts, texts: &mut Interner, c: 
         }
     };
     text(&mut h.server, c.server, texts);
-    text(&mut h.ip, c.ip, texts);
+    text(&mut h.ip, c.ip.text(&mut [0; 15]), texts);
     text(&mut h.name, c.name, texts);
     opt_text(&mut h.account_name, c.account_name, texts);
     opt_text(&mut h.user_name, c.user_name, texts);

@@ -11,7 +11,7 @@ use super::wire::{jwt_name, ApiError, ConnzRequest, ServerInfo, SweepConn};
 use crate::census::Aggregate;
 use crate::connlist::ConnList;
 use crate::intern::{FxBuild, Interner, Str};
-use crate::snapshot::{ConnRef, Connection, Tags};
+use crate::snapshot::{ConnRef, Connection, IpText, Tags};
 use crate::stamp::Stamp;
 
 /// Bytes a reply may hold per connection asked for (plus [`REPLY_SLACK`]): a real connection
@@ -387,7 +387,7 @@ fn conn_ref<'a>(
         server_id: &server.id,
         cid: c.cid,
         kind: c.kind.as_deref().unwrap_or("Client"),
-        ip: &c.ip,
+        ip: IpText::Text(&c.ip),
         start: c.start.map(|t| t.0),
         idle,
         last_activity: last,
