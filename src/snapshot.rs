@@ -63,7 +63,7 @@ pub struct ConnRef<'a> {
     pub cid: u64,
     /// `Client` or `Leafnode`.
     pub kind: &'a str,
-    /// Remote IP (derefs to its text).
+    /// Remote IP ([`IpText::text`]).
     pub ip: IpText<'a>,
     /// When it was made.
     pub start: Option<Stamp>,
@@ -112,14 +112,6 @@ impl<'a> IpText<'a> {
             Self::V4(v) => crate::ipv4::write(*v, buf),
         }
     }
-
-    /// The address, when it is held packed.
-    pub fn packed(&self) -> Option<u32> {
-        match self {
-            Self::V4(v) => Some(*v),
-            Self::Text(_) => None,
-        }
-    }
 }
 
 impl Default for IpText<'_> {
@@ -137,12 +129,6 @@ impl std::fmt::Display for IpText<'_> {
 impl std::fmt::Debug for IpText<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         std::fmt::Debug::fmt(self.text(&mut [0; 15]), f)
-    }
-}
-
-impl<'a> From<&'a str> for IpText<'a> {
-    fn from(t: &'a str) -> Self {
-        Self::Text(t)
     }
 }
 

@@ -19,7 +19,9 @@ pub(super) enum Ip {
     Text(Str),
 }
 
-/// An IP as a connection gives it, looked up among [`Ip`]s without making one.
+/// An IP as a connection gives it, looked up among [`Ip`]s without making one. Unlike a
+/// connection's [`IpText`], whose text may be any, its `Text` is never a canonical IPv4
+/// address: every IP has one key, so the two forms of one address cannot be two processes.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum IpRef<'a> {
     V4(u32),
